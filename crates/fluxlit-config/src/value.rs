@@ -1,0 +1,172 @@
+//! Turning a raw value from any source into a typed JSON value for the merge.
+
+use crate::schema::Kind;
+use serde_json::Value;
+
+/// A value as one source gave it, before it is checked against its key's [`Kind`].
+#[derive(Debug, Clone)]
+pub(crate) enum Raw {
+    /// Text from the environment or the command line.
+    Text(String),
+    /// A typed value from a TOML file.
+    Toml(toml::Value),
+}
+
+impl Raw {
+    /// The value as it would be shown back to the user in an error message.
+    pub(crate) fn display(&self) -> String {
+        match self {
+            Raw::Text(s) => s.clone(),
+            Raw::Toml(toml::Value::String(s)) => s.clone(),
+            Raw::Toml(v) => v.to_string(),
+        }
+    }
+}
+
+/// Parses a boolean the way FluxLit does: `1/0/true/false/yes/no/on/off`, any case.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a duration in seconds: a non-negative finite number (`2.5`) or a humantime string
+/// (`30s`, `5m`, `250ms`, `1h 30m`). Returns the number of seconds.
+pub fn parse_seconds(text: &str) -> Option<f64> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if let Ok(n) = t.parse::<f64>() {
+        return (n.is_finite() && n >= 0.0).then_some(n);
+    }
+    humantime::parse_duration(t).ok().map(|d| d.as_secs_f64())
+}
+
+/// Parses a list: a JSON array of strings, or comma-separated text (items trimmed, empty items
+/// dropped). Empty text is the empty list.
+pub fn parse_list(text: &str) -> Option<Vec<String>> {
+    let t = text.trim();
+    if t.starts_with('[') {
+        return serde_json::from_str::<Vec<String>>(t).ok();
+    }
+    Some(
+        t.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Checks `raw` against `kind`; `Ok(None)` means "unset" (only for optional text).
+pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
+    match (kind, raw) {
+        (Kind::Text, Raw::Text(s)) | (Kind::Text, Raw::Toml(toml::Value::String(s))) => {
+            Ok(Value::String(s.clone()))
+        }
+        (Kind::OptText, Raw::Text(s)) | (Kind::OptText, Raw::Toml(toml::Value::String(s))) => {
+            if s.trim().is_empty() {
+                Ok(Value::Null)
+            } else {
+                Ok(Value::String(s.clone()))
+            }
+        }
+        (Kind::Bool, Raw::Toml(toml::Value::Boolean(b))) => Ok(Value::Bool(*b)),
+        (Kind::Bool, Raw::Text(s)) | (Kind::Bool, Raw::Toml(toml::Value::String(s))) => {
+            parse_bool(s).map(Value::Bool).ok_or(())
+        }
+        (Kind::Port, Raw::Toml(toml::Value::Integer(i))) => u16::try_from(*i)
+            .map(|p| Value::from(p))
+            .map_err(|_| ()),
+        (Kind::Port, Raw::Text(s)) | (Kind::Port, Raw::Toml(toml::Value::String(s))) => {
+            s.trim().parse::<u16>().map(Value::from).map_err(|_| ())
+        }
+        (Kind::Seconds, Raw::Toml(toml::Value::Integer(i))) if *i >= 0 => {
+            Ok(Value::from(*i as f64))
+        }
+        (Kind::Seconds, Raw::Toml(toml::Value::Float(f))) if f.is_finite() && *f >= 0.0 => {
+            Ok(Value::from(*f))
+        }
+        (Kind::Seconds, Raw::Text(s)) | (Kind::Seconds, Raw::Toml(toml::Value::String(s))) => {
+            parse_seconds(s).map(Value::from).ok_or(())
+        }
+        (Kind::List, Raw::Toml(toml::Value::Array(items))) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(Value::String(s.clone())),
+                _ => Err(()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        (Kind::List, Raw::Text(s)) | (Kind::List, Raw::Toml(toml::Value::String(s))) => {
+            parse_list(s)
+                .map(|v| Value::Array(v.into_iter().map(Value::String).collect()))
+                .ok_or(())
+        }
+        _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn booleans() {
+        for t in ["1", "TRUE", "Yes", "on", " true "] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for t in ["0", "false", "NO", "Off"] {
+            assert_eq!(parse_bool(t), Some(false), "{t}");
+        }
+        for t in ["", "2", "enabled", "t"] {
+            assert_eq!(parse_bool(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("2.5"), Some(2.5));
+        assert_eq!(parse_seconds("30s"), Some(30.0));
+        assert_eq!(parse_seconds("5m"), Some(300.0));
+        assert_eq!(parse_seconds("250ms"), Some(0.25));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("NaN"), None);
+        assert_eq!(parse_seconds("inf"), None);
+        assert_eq!(parse_seconds("soon"), None);
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(parse_list(r#"["a", "b"]"#), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(parse_list("a, b,,c"), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(parse_list(""), Some(vec![]));
+        assert_eq!(parse_list("[1, 2]"), None);
+        assert_eq!(parse_list("[\"unterminated"), None);
+    }
+
+    #[test]
+    fn toml_types_are_checked() {
+        assert!(convert(Kind::Port, &Raw::Toml(toml::Value::Integer(70000))).is_err());
+        assert!(convert(Kind::Port, &Raw::Toml(toml::Value::Boolean(true))).is_err());
+        assert_eq!(
+            convert(Kind::Port, &Raw::Toml(toml::Value::Integer(9000))),
+            Ok(Value::from(9000u16))
+        );
+        assert!(convert(Kind::Seconds, &Raw::Toml(toml::Value::Integer(-3))).is_err());
+        assert!(convert(Kind::Text, &Raw::Toml(toml::Value::Integer(3))).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn conversion_never_panics(s in ".*") {
+            for kind in [Kind::Text, Kind::OptText, Kind::Bool, Kind::Port, Kind::Seconds, Kind::List] {
+                let _ = convert(kind, &Raw::Text(s.clone()));
+            }
+        }
+    }
+}
