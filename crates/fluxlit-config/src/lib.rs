@@ -40,7 +40,7 @@ use figment::Figment;
 use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
-pub use paths::{normalize_api_mount, normalize_root_path};
+pub use paths::{PathRejection, normalize_api_mount, normalize_root_path};
 use schema::{KEYS, KNOWN_NON_SETTING_ENV, KeySpec, find_key};
 use value::Raw;
 
