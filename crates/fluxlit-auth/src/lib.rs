@@ -23,7 +23,8 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION, SET_COOKIE};
 
 /// Headers whose values are credentials: never logged, never forwarded by an allow-list option.
-pub const CREDENTIAL_HEADERS: [HeaderName; 4] = [AUTHORIZATION, COOKIE, SET_COOKIE, PROXY_AUTHORIZATION];
+pub const CREDENTIAL_HEADERS: [HeaderName; 4] =
+    [AUTHORIZATION, COOKIE, SET_COOKIE, PROXY_AUTHORIZATION];
 
 /// Whether `name` carries a credential (see [`CREDENTIAL_HEADERS`]).
 pub fn is_credential_header(name: &HeaderName) -> bool {

@@ -149,7 +149,10 @@ mod tests {
         assert_eq!(normalize_root_path(""), Ok(String::new()));
         assert_eq!(normalize_root_path("/"), Ok(String::new()));
         assert_eq!(normalize_root_path(" myapp/ "), Ok("/myapp".into()));
-        assert_eq!(normalize_root_path("/apps/my-app"), Ok("/apps/my-app".into()));
+        assert_eq!(
+            normalize_root_path("/apps/my-app"),
+            Ok("/apps/my-app".into())
+        );
         assert!(normalize_root_path("/a//b").is_err());
         assert!(normalize_root_path("/a/../b").is_err());
         assert!(normalize_root_path("/a b").is_err());
@@ -168,9 +171,15 @@ mod tests {
     #[test]
     fn upstream_urls() {
         let u = parse_upstream_url("http://127.0.0.1:9000").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.base_path.as_str()), ("127.0.0.1", 9000, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base_path.as_str()),
+            ("127.0.0.1", 9000, "")
+        );
         let u = parse_upstream_url("http://[::1]:81/v1/").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.base_path.as_str()), ("::1", 81, "/v1"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base_path.as_str()),
+            ("::1", 81, "/v1")
+        );
         assert_eq!(u.authority(), "[::1]:81");
         assert_eq!(parse_upstream_url("http://api.internal").unwrap().port, 80);
         for bad in [

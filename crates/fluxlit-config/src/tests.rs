@@ -49,40 +49,61 @@ fn defaults_apply_with_no_sources() {
 #[test]
 fn precedence_cli_over_env_over_file_over_default() {
     let d = Dir::new("precedence");
-    d.write("fluxlit.toml", "gateway_port = 9000\nroot_path = \"/file\"\ntarget = \"f.py\"\n");
+    d.write(
+        "fluxlit.toml",
+        "gateway_port = 9000\nroot_path = \"/file\"\ntarget = \"f.py\"\n",
+    );
     // file only
     let l = load_in(&d, &[], CliOverrides::default()).unwrap();
     assert_eq!(l.settings.gateway_port, 9000);
     assert_eq!(l.settings.root_path, "/file");
     assert_eq!(
         l.origin("gateway_port"),
-        &Origin::File { path: d.0.join("fluxlit.toml"), line: Some(1) }
+        &Origin::File {
+            path: d.0.join("fluxlit.toml"),
+            line: Some(1)
+        }
     );
     // env beats file (FluxLit for Python gets this backwards for host/port)
-    let env = [("FLUXLIT_GATEWAY_PORT", "9100"), ("fluxlit_root_path", "/env")];
+    let env = [
+        ("FLUXLIT_GATEWAY_PORT", "9100"),
+        ("fluxlit_root_path", "/env"),
+    ];
     let l = load_in(&d, &env, CliOverrides::default()).unwrap();
     assert_eq!(l.settings.gateway_port, 9100);
     assert_eq!(l.settings.root_path, "/env");
     assert_eq!(l.settings.target, "f.py");
-    assert_eq!(l.origin("gateway_port").to_string(), "environment variable FLUXLIT_GATEWAY_PORT");
+    assert_eq!(
+        l.origin("gateway_port").to_string(),
+        "environment variable FLUXLIT_GATEWAY_PORT"
+    );
     // CLI beats env
     let mut cli = CliOverrides::default();
     cli.set("gateway_port", "9200", "--port");
     let l = load_in(&d, &env, cli).unwrap();
     assert_eq!(l.settings.gateway_port, 9200);
-    assert_eq!(l.origin("gateway_port").to_string(), "command-line flag --port");
+    assert_eq!(
+        l.origin("gateway_port").to_string(),
+        "command-line flag --port"
+    );
     assert_eq!(l.settings.root_path, "/env");
 }
 
 #[test]
 fn pyproject_is_read_and_fluxlit_toml_wins() {
     let d = Dir::new("pyproject");
-    d.write("pyproject.toml", "[project]\nname = \"x\"\n\n[tool.fluxlit]\ngateway_port = 7000\n");
+    d.write(
+        "pyproject.toml",
+        "[project]\nname = \"x\"\n\n[tool.fluxlit]\ngateway_port = 7000\n",
+    );
     let l = load_in(&d, &[], CliOverrides::default()).unwrap();
     assert_eq!(l.settings.gateway_port, 7000);
     assert_eq!(
         l.origin("gateway_port"),
-        &Origin::File { path: d.0.join("pyproject.toml"), line: Some(5) }
+        &Origin::File {
+            path: d.0.join("pyproject.toml"),
+            line: Some(5)
+        }
     );
     d.write("fluxlit.toml", "gateway_port = 7100\n");
     let l = load_in(&d, &[], CliOverrides::default()).unwrap();
@@ -94,7 +115,10 @@ fn pyproject_is_read_and_fluxlit_toml_wins() {
 fn every_problem_is_collected_with_source_and_fix() {
     let d = Dir::new("problems");
     d.write("fluxlit.toml", "gateway_prot = 1\nroot_path = 5\n");
-    let env = [("FLUXLIT_GATEWAY_PORT", "80x"), ("FLUXLIT_NO_PIDFILE", "maybe")];
+    let env = [
+        ("FLUXLIT_GATEWAY_PORT", "80x"),
+        ("FLUXLIT_NO_PIDFILE", "maybe"),
+    ];
     let mut cli = CliOverrides::default();
     cli.set("graceful_shutdown_timeout_s", "-3", "--grace");
     let err = load_in(&d, &env, cli).unwrap_err();
@@ -104,7 +128,10 @@ fn every_problem_is_collected_with_source_and_fix() {
     assert!(text.contains("fluxlit.toml:1"), "{text}");
     assert!(text.contains("root_path = \"5\" (from"), "{text}");
     assert!(text.contains("fluxlit.toml:2"), "{text}");
-    assert!(text.contains("gateway_port = \"80x\" (from environment variable FLUXLIT_GATEWAY_PORT)"), "{text}");
+    assert!(
+        text.contains("gateway_port = \"80x\" (from environment variable FLUXLIT_GATEWAY_PORT)"),
+        "{text}"
+    );
     assert!(text.contains("no_pidfile = \"maybe\""), "{text}");
     assert!(text.contains("command-line flag --grace"), "{text}");
 }
@@ -112,12 +139,18 @@ fn every_problem_is_collected_with_source_and_fix() {
 #[test]
 fn malformed_toml_reports_position() {
     let d = Dir::new("malformed");
-    d.write("fluxlit.toml", "gateway_port = 1\nroot_path = \"unterminated\n");
+    d.write(
+        "fluxlit.toml",
+        "gateway_port = 1\nroot_path = \"unterminated\n",
+    );
     let err = load_in(&d, &[], CliOverrides::default()).unwrap_err();
     assert_eq!(err.problems.len(), 1);
     assert_eq!(
         err.problems[0].origin,
-        Origin::File { path: d.0.join("fluxlit.toml"), line: Some(2) }
+        Origin::File {
+            path: d.0.join("fluxlit.toml"),
+            line: Some(2)
+        }
     );
 }
 
@@ -132,7 +165,11 @@ fn unknown_env_is_a_warning_and_other_env_is_ignored() {
     ];
     let l = load_in(&d, &env, CliOverrides::default()).unwrap();
     assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
-    assert!(l.warnings.iter().any(|w| w.message.contains("did you mean FLUXLIT_GATEWAY_PORT")));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.message.contains("did you mean FLUXLIT_GATEWAY_PORT"))
+    );
 }
 
 #[test]
@@ -141,7 +178,10 @@ fn cross_key_checks() {
     let env = [
         ("FLUXLIT_API_UPSTREAM", "http://127.0.0.1:9000"),
         ("FLUXLIT_API_COMMAND", "uvicorn api:app --port {port}"),
-        ("FLUXLIT_STREAMLIT_RUN_CLI_ARGS", "--server.port=1,--theme.base=dark"),
+        (
+            "FLUXLIT_STREAMLIT_RUN_CLI_ARGS",
+            "--server.port=1,--theme.base=dark",
+        ),
         ("FLUXLIT_API_MOUNT_PATH", "/"),
     ];
     let err = load_in(&d, &env, CliOverrides::default()).unwrap_err();
@@ -155,12 +195,21 @@ fn cross_key_checks() {
 #[test]
 fn lists_durations_and_aliases() {
     let d = Dir::new("types");
-    d.write("fluxlit.toml", "streamlit_run_cli_args = [\"--theme.base\", \"dark\"]\nsidecar_start_timeout_s = \"2m\"\n");
+    d.write(
+        "fluxlit.toml",
+        "streamlit_run_cli_args = [\"--theme.base\", \"dark\"]\nsidecar_start_timeout_s = \"2m\"\n",
+    );
     let env = [("FLUXLIT_UVICORN_GRACEFUL_SHUTDOWN_TIMEOUT_S", "2.5")];
     let l = load_in(&d, &env, CliOverrides::default()).unwrap();
-    assert_eq!(l.settings.streamlit_run_cli_args, vec!["--theme.base", "dark"]);
+    assert_eq!(
+        l.settings.streamlit_run_cli_args,
+        vec!["--theme.base", "dark"]
+    );
     assert_eq!(l.settings.sidecar_start_timeout_s, Duration::from_secs(120));
-    assert_eq!(l.settings.graceful_shutdown_timeout_s, Duration::from_millis(2500));
+    assert_eq!(
+        l.settings.graceful_shutdown_timeout_s,
+        Duration::from_millis(2500)
+    );
     assert_eq!(
         l.origin("graceful_shutdown_timeout_s").to_string(),
         "environment variable FLUXLIT_UVICORN_GRACEFUL_SHUTDOWN_TIMEOUT_S"
@@ -175,12 +224,20 @@ fn python_defaults_follow_virtual_env_then_dot_venv() {
     fs::create_dir_all(d.0.join(".venv/bin")).unwrap();
     fs::write(d.0.join(".venv/bin/python"), "").unwrap();
     let l = load_in(&d, &[], CliOverrides::default()).unwrap();
-    assert_eq!(l.settings.streamlit_python, d.0.join(".venv/bin/python").display().to_string());
+    assert_eq!(
+        l.settings.streamlit_python,
+        d.0.join(".venv/bin/python").display().to_string()
+    );
 }
 
 #[test]
 fn explicit_config_file_must_exist() {
     let d = Dir::new("explicit");
-    let err = load_in(&d, &[("FLUXLIT_CONFIG", "nope.toml")], CliOverrides::default()).unwrap_err();
+    let err = load_in(
+        &d,
+        &[("FLUXLIT_CONFIG", "nope.toml")],
+        CliOverrides::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nope.toml"), "{err}");
 }

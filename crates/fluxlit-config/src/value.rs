@@ -78,9 +78,9 @@ pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
         (Kind::Bool, Raw::Text(s)) | (Kind::Bool, Raw::Toml(toml::Value::String(s))) => {
             parse_bool(s).map(Value::Bool).ok_or(())
         }
-        (Kind::Port, Raw::Toml(toml::Value::Integer(i))) => u16::try_from(*i)
-            .map(|p| Value::from(p))
-            .map_err(|_| ()),
+        (Kind::Port, Raw::Toml(toml::Value::Integer(i))) => {
+            u16::try_from(*i).map(|p| Value::from(p)).map_err(|_| ())
+        }
         (Kind::Port, Raw::Text(s)) | (Kind::Port, Raw::Toml(toml::Value::String(s))) => {
             s.trim().parse::<u16>().map(Value::from).map_err(|_| ())
         }
@@ -142,8 +142,14 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(parse_list(r#"["a", "b"]"#), Some(vec!["a".into(), "b".into()]));
-        assert_eq!(parse_list("a, b,,c"), Some(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(
+            parse_list(r#"["a", "b"]"#),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            parse_list("a, b,,c"),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
         assert_eq!(parse_list(""), Some(vec![]));
         assert_eq!(parse_list("[1, 2]"), None);
         assert_eq!(parse_list("[\"unterminated"), None);

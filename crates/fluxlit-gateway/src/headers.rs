@@ -84,7 +84,12 @@ impl ClientHop {
 /// Replaces inbound forwarded headers with the gateway's own: `X-Forwarded-For` (the peer),
 /// `-Proto` (`http`), `-Host` (the request's host), `-Port` (from the host, else the local port)
 /// and `-Prefix` when `prefix` is given. Trusting inbound values from a proxy is not done here.
-pub fn set_forwarded(headers: &mut HeaderMap, host: Option<&HeaderValue>, hop: &ClientHop, prefix: Option<&str>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    hop: &ClientHop,
+    prefix: Option<&str>,
+) {
     for name in &FORWARDED_HEADERS {
         headers.remove(name);
     }
@@ -125,7 +130,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -158,7 +166,13 @@ mod tests {
 
     #[test]
     fn detects_upgrades() {
-        assert!(upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])).is_some());
+        assert!(
+            upgrade_request(&map(&[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "websocket")
+            ]))
+            .is_some()
+        );
         assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
         assert!(upgrade_request(&map(&[("connection", "upgrade")])).is_none());
     }
@@ -171,7 +185,10 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-forwarded-prefix", "/evil"),
         ]);
-        let hop = ClientHop { peer: "[::ffff:127.0.0.2]:5000".parse().unwrap(), local: "127.0.0.1:8000".parse().unwrap() };
+        let hop = ClientHop {
+            peer: "[::ffff:127.0.0.2]:5000".parse().unwrap(),
+            local: "127.0.0.1:8000".parse().unwrap(),
+        };
         let host = HeaderValue::from_static("example.com:8443");
         set_forwarded(&mut h, Some(&host), &hop, None);
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");

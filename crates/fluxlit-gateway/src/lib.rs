@@ -194,13 +194,17 @@ impl GatewayBuilder {
     /// # Errors
     /// [`BuildError`] for an invalid root path or API mount.
     pub fn build(self) -> Result<Gateway, BuildError> {
-        let root = fluxlit_config::normalize_root_path(&self.root_path).map_err(|reason| BuildError::RootPath {
-            value: self.root_path.clone(),
-            reason,
+        let root = fluxlit_config::normalize_root_path(&self.root_path).map_err(|reason| {
+            BuildError::RootPath {
+                value: self.root_path.clone(),
+                reason,
+            }
         })?;
-        let api = fluxlit_config::normalize_api_mount(&self.api_mount).map_err(|reason| BuildError::ApiMount {
-            value: self.api_mount.clone(),
-            reason,
+        let api = fluxlit_config::normalize_api_mount(&self.api_mount).map_err(|reason| {
+            BuildError::ApiMount {
+                value: self.api_mount.clone(),
+                reason,
+            }
         })?;
         Ok(Gateway {
             inner: Arc::new(Inner {
@@ -283,7 +287,9 @@ impl Gateway {
         };
         match route {
             Route::Healthz => match *req.method() {
-                Method::GET | Method::HEAD => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+                Method::GET | Method::HEAD => {
+                    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                }
                 _ => method_not_allowed(),
             },
             Route::Readyz => match *req.method() {
@@ -296,17 +302,31 @@ impl Gateway {
                     &serde_json::json!({"detail": "Not Found", "reason": "no API is configured (set api_command or api_upstream)"}),
                 ),
                 ApiTarget::Upstream(u) => {
-                    inner.proxy.forward(u, req, &path, hop, Some(&inner.api_prefix)).await
+                    inner
+                        .proxy
+                        .forward(u, req, &path, hop, Some(&inner.api_prefix))
+                        .await
                 }
                 ApiTarget::Service(svc) => {
                     let host = req.headers().get(http::header::HOST).cloned();
                     let uri = match rewrite_path(req.uri(), &path) {
                         Ok(u) => u,
-                        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("FluxLit: invalid request target: {e}\n")),
+                        Err(e) => {
+                            return plain(
+                                StatusCode::BAD_REQUEST,
+                                format!("FluxLit: invalid request target: {e}\n"),
+                            );
+                        }
                     };
                     *req.uri_mut() = uri;
-                    headers::set_forwarded(req.headers_mut(), host.as_ref(), hop, Some(&inner.api_prefix));
-                    svc.call(req.map(|b| b.map_err(Into::into).boxed_unsync())).await
+                    headers::set_forwarded(
+                        req.headers_mut(),
+                        host.as_ref(),
+                        hop,
+                        Some(&inner.api_prefix),
+                    );
+                    svc.call(req.map(|b| b.map_err(Into::into).boxed_unsync()))
+                        .await
                 }
             },
             Route::Ui { path } => match &inner.ui {
@@ -314,7 +334,10 @@ impl Gateway {
                     let prefix = (!inner.root.is_empty()).then_some(inner.root.as_str());
                     inner.proxy.forward(u, req, &path, hop, prefix).await
                 }
-                None => plain(StatusCode::NOT_FOUND, "FluxLit: no UI upstream is configured\n"),
+                None => plain(
+                    StatusCode::NOT_FOUND,
+                    "FluxLit: no UI upstream is configured\n",
+                ),
             },
         }
     }
@@ -335,7 +358,10 @@ impl Gateway {
             components.insert(name.clone(), serde_json::Value::String(text));
         }
         if ready {
-            json(StatusCode::OK, &serde_json::json!({"status": "ready", "components": components}))
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready", "components": components}),
+            )
         } else {
             json(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -396,7 +422,10 @@ impl Gateway {
             }
         }
         drop(listener);
-        tracing::info!(drain_timeout_s = self.inner.drain_timeout.as_secs_f64(), "gateway stopped accepting; draining in-flight requests");
+        tracing::info!(
+            drain_timeout_s = self.inner.drain_timeout.as_secs_f64(),
+            "gateway stopped accepting; draining in-flight requests"
+        );
         tokio::select! {
             () = graceful.shutdown() => tracing::debug!("all HTTP connections drained"),
             () = tokio::time::sleep(self.inner.drain_timeout) => tracing::warn!("drain timeout elapsed with requests still in flight; closing them"),
@@ -426,8 +455,10 @@ impl Gateway {
 
 fn method_not_allowed() -> Response<Body> {
     let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "FluxLit: use GET or HEAD\n");
-    r.headers_mut()
-        .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+    r.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD"),
+    );
     r
 }
 
@@ -445,8 +476,12 @@ fn rewrite_path(uri: &Uri, path: &str) -> Result<Uri, http::Error> {
 /// unspecified host (`0.0.0.0`, `::`) replaced by loopback (`127.0.0.1`, `::1`).
 pub fn loopback_base(bound: SocketAddr) -> String {
     let ip = match bound.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
         ip => ip,
     };
     match ip {

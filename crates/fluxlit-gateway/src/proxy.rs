@@ -14,10 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Body;
 use crate::headers::{ClientHop, set_forwarded, strip_hop_by_hop, upgrade_request};
 use crate::response::plain;
 use crate::upstream::Upstream;
-use crate::Body;
 
 /// Idle pooled connections are closed after this long: below the keep-alive timeout of common
 /// upstream servers (uvicorn's default is 5 s, so stay under it) to avoid reusing a connection
@@ -80,9 +80,12 @@ impl Proxy {
         let Some(ep) = upstream.endpoint.borrow().clone() else {
             let mut r = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("FluxLit: the {name} upstream is not running (starting, restarting or stopped); retry shortly\n"),
+                format!(
+                    "FluxLit: the {name} upstream is not running (starting, restarting or stopped); retry shortly\n"
+                ),
             );
-            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
         };
 
@@ -109,7 +112,10 @@ impl Proxy {
         {
             Ok(u) => u,
             Err(e) => {
-                return plain(StatusCode::BAD_REQUEST, format!("FluxLit: invalid request target: {e}\n"));
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("FluxLit: invalid request target: {e}\n"),
+                );
             }
         };
         let host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -124,7 +130,9 @@ impl Proxy {
             parts.headers.insert(HOST, h.clone());
         }
         if let Some(u) = &upgrade {
-            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, u.clone());
         }
         parts.uri = uri;
@@ -132,7 +140,9 @@ impl Proxy {
         parts.extensions = http::Extensions::new();
         let up_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-        let mut resp = match tokio::time::timeout(self.read_timeout, self.client.request(up_req)).await {
+        let mut resp = match tokio::time::timeout(self.read_timeout, self.client.request(up_req))
+            .await
+        {
             Err(_elapsed) => {
                 tracing::warn!(upstream = name, authority = %ep.authority, timeout_s = self.read_timeout.as_secs_f64(), "upstream sent no response headers in time");
                 return plain(
@@ -154,7 +164,10 @@ impl Proxy {
                 };
                 return plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("FluxLit: the {name} upstream at {} {what} ({detail})\n", ep.authority),
+                    format!(
+                        "FluxLit: the {name} upstream at {} {what} ({detail})\n",
+                        ep.authority
+                    ),
                 );
             }
             Ok(Ok(r)) => r,
@@ -164,7 +177,9 @@ impl Proxy {
             let Some(client_upgrade) = client_upgrade else {
                 return plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("FluxLit: the {name} upstream switched protocols without being asked\n"),
+                    format!(
+                        "FluxLit: the {name} upstream switched protocols without being asked\n"
+                    ),
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -192,10 +207,15 @@ impl Proxy {
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             if let Some(u) = up {
-                parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
                 parts.headers.insert(UPGRADE, u);
             }
-            return Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed_unsync());
+            return Response::from_parts(
+                parts,
+                Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            );
         }
 
         let (mut parts, body) = resp.into_parts();

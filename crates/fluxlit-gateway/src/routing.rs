@@ -174,19 +174,38 @@ mod tests {
             ("/api/readyz", "/myapp", "/api", Route::Readyz),
             ("/foo", "/myapp", "/api", ui("/myapp/foo")),
             ("/myappfoo", "/myapp", "/api", ui("/myapp/myappfoo")),
-            ("/myapp/_stcore/stream", "/myapp", "/api", ui("/myapp/_stcore/stream")),
-            ("/_stcore/stream", "/myapp", "/api", ui("/myapp/_stcore/stream")),
+            (
+                "/myapp/_stcore/stream",
+                "/myapp",
+                "/api",
+                ui("/myapp/_stcore/stream"),
+            ),
+            (
+                "/_stcore/stream",
+                "/myapp",
+                "/api",
+                ui("/myapp/_stcore/stream"),
+            ),
             ("/myapp/apiary", "/myapp", "/api", ui("/myapp/apiary")),
             // multi-segment root path and custom API mount
             ("/apps/my-app/api/x", "/apps/my-app", "/api", api("/x")),
             ("/apps/my-app/", "/apps/my-app", "/api", ui("/apps/my-app/")),
-            ("/apps/other", "/apps/my-app", "/api", ui("/apps/my-app/apps/other")),
+            (
+                "/apps/other",
+                "/apps/my-app",
+                "/api",
+                ui("/apps/my-app/apps/other"),
+            ),
             ("/apps/my-app/v1/x", "/apps/my-app", "/v1", api("/x")),
             ("/v1", "", "/v1/inner", ui("/v1")),
             ("/v1/inner/x", "", "/v1/inner", api("/x")),
         ];
         for (path, root, mount, want) in cases {
-            assert_eq!(&route(path, root, mount).unwrap(), want, "{path} root={root:?} api={mount}");
+            assert_eq!(
+                &route(path, root, mount).unwrap(),
+                want,
+                "{path} root={root:?} api={mount}"
+            );
         }
     }
 
@@ -204,7 +223,10 @@ mod tests {
         assert_eq!(remove_dot_segments("/.."), "/");
         assert_eq!(remove_dot_segments("/a/%2E%2e/b"), "/b");
         assert_eq!(remove_dot_segments("/a/.b/..c"), "/a/.b/..c");
-        assert!(matches!(remove_dot_segments("/plain/path"), Cow::Borrowed(_)));
+        assert!(matches!(
+            remove_dot_segments("/plain/path"),
+            Cow::Borrowed(_)
+        ));
     }
 
     proptest! {

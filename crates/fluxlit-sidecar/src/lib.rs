@@ -109,7 +109,8 @@ impl fmt::Display for ExitInfo {
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "exit code {c}")?,
             (None, Some(s)) => {
-                let name = Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_owned());
+                let name = Signal::try_from(s)
+                    .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_owned());
                 write!(f, "killed by {name}")?;
             }
             (None, None) => f.write_str("unknown exit status")?,
@@ -240,7 +241,15 @@ impl Sidecar {
         };
         let (state_tx, state_rx) = watch::channel(initial);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(supervise(spec.name.clone(), child, pid, spec.health, spec.stop_grace, state_tx, stop_rx));
+        let task = tokio::spawn(supervise(
+            spec.name.clone(),
+            child,
+            pid,
+            spec.health,
+            spec.stop_grace,
+            state_tx,
+            stop_rx,
+        ));
         Ok(Self {
             name: spec.name,
             pid,
@@ -268,7 +277,10 @@ impl Sidecar {
 
     /// The last lines the sidecar printed (at most 30).
     pub fn last_lines(&self) -> Vec<String> {
-        self.tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
+        self.tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Waits until the sidecar is [`SidecarState::Ready`].
@@ -278,13 +290,20 @@ impl Sidecar {
     /// carry its last output lines.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartError> {
         let mut rx = self.state.clone();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| matches!(s, SidecarState::Ready | SidecarState::Exited(_)))).await;
+        let waited = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| matches!(s, SidecarState::Ready | SidecarState::Exited(_))),
+        )
+        .await;
         let state = match waited {
             Ok(Ok(s)) => s.clone(),
             Ok(Err(_closed)) => self.state.borrow().clone(),
             Err(_elapsed) => {
                 let last_probe = match &*self.state.borrow() {
-                    SidecarState::Unhealthy(why) | SidecarState::Starting { last_probe: Some(why) } => why.clone(),
+                    SidecarState::Unhealthy(why)
+                    | SidecarState::Starting {
+                        last_probe: Some(why),
+                    } => why.clone(),
                     _ => "no probe has completed yet".to_owned(),
                 };
                 return Err(StartError::Timeout {
@@ -299,7 +318,11 @@ impl Sidecar {
             SidecarState::Exited(exit) => {
                 // Let the output pumps catch up with the final lines before reporting them.
                 tokio::task::yield_now().await;
-                Err(StartError::Exited { name: self.name.clone(), exit, last_lines: self.last_lines() })
+                Err(StartError::Exited {
+                    name: self.name.clone(),
+                    exit,
+                    last_lines: self.last_lines(),
+                })
             }
             _ => Ok(()),
         }
@@ -308,10 +331,17 @@ impl Sidecar {
     /// Waits for the sidecar to exit by itself (without asking it to stop).
     pub async fn exited(&self) -> ExitInfo {
         let mut rx = self.state.clone();
-        let result = rx.wait_for(|s| matches!(s, SidecarState::Exited(_))).await.map(|s| s.clone());
+        let result = rx
+            .wait_for(|s| matches!(s, SidecarState::Exited(_)))
+            .await
+            .map(|s| s.clone());
         match result {
             Ok(SidecarState::Exited(e)) => e,
-            _ => ExitInfo { code: None, signal: None, requested: false },
+            _ => ExitInfo {
+                code: None,
+                signal: None,
+                requested: false,
+            },
         }
     }
 
@@ -321,7 +351,11 @@ impl Sidecar {
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
-        let unknown = ExitInfo { code: None, signal: None, requested: true };
+        let unknown = ExitInfo {
+            code: None,
+            signal: None,
+            requested: true,
+        };
         match self.task.take() {
             Some(task) => task.await.unwrap_or(unknown),
             None => unknown,
@@ -404,7 +438,9 @@ async fn supervise(
     state: watch::Sender<SidecarState>,
     mut stop_rx: oneshot::Receiver<()>,
 ) -> ExitInfo {
-    let interval = health.as_ref().map_or(Duration::from_secs(3600), |h| h.interval);
+    let interval = health
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |h| h.interval);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
@@ -460,14 +496,22 @@ async fn stop_child(name: &str, child: &mut Child, pid: u32, grace: Duration) ->
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
         tracing::info!(sidecar = %name, pid, signal = sig.as_str(), "stopping sidecar");
         signal_group(pid, sig);
-        let wait = if sig == Signal::SIGKILL { Duration::from_secs(30) } else { grace };
+        let wait = if sig == Signal::SIGKILL {
+            Duration::from_secs(30)
+        } else {
+            grace
+        };
         if let Ok(Ok(status)) = tokio::time::timeout(wait, child.wait()).await {
             let info = ExitInfo::from_status(status, true);
             tracing::info!(sidecar = %name, pid, exit = %info, "sidecar stopped");
             return info;
         }
     }
-    ExitInfo { code: None, signal: None, requested: true }
+    ExitInfo {
+        code: None,
+        signal: None,
+        requested: true,
+    }
 }
 
 /// Picks a free TCP port on 127.0.0.1 by binding port 0 and releasing it.

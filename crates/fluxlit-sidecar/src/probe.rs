@@ -80,12 +80,21 @@ pub enum ProbeError {
 impl HealthProbe {
     /// A probe that wants 200 from `path`, every 1 s with a 1 s timeout.
     pub fn status_200(addr: SocketAddr, path: &str) -> Self {
-        Self { addr, path: path.to_owned(), expect: Expect::Status200, interval: Duration::from_secs(1), timeout: Duration::from_secs(1) }
+        Self {
+            addr,
+            path: path.to_owned(),
+            expect: Expect::Status200,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
     }
 
     /// A probe that accepts any HTTP response from `path`, every 1 s with a 1 s timeout.
     pub fn any_response(addr: SocketAddr, path: &str) -> Self {
-        Self { expect: Expect::AnyResponse, ..Self::status_200(addr, path) }
+        Self {
+            expect: Expect::AnyResponse,
+            ..Self::status_200(addr, path)
+        }
     }
 
     /// Runs the probe once.
@@ -95,20 +104,31 @@ impl HealthProbe {
     pub async fn check(&self) -> Result<(), ProbeError> {
         match tokio::time::timeout(self.timeout, self.exchange()).await {
             Ok(r) => r,
-            Err(_) => Err(ProbeError::Timeout { addr: self.addr, path: self.path.clone(), timeout: self.timeout }),
+            Err(_) => Err(ProbeError::Timeout {
+                addr: self.addr,
+                path: self.path.clone(),
+                timeout: self.timeout,
+            }),
         }
     }
 
     async fn exchange(&self) -> Result<(), ProbeError> {
-        let http_err = |reason: String| ProbeError::Http { addr: self.addr, path: self.path.clone(), reason };
-        let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| ProbeError::Connect {
+        let http_err = |reason: String| ProbeError::Http {
             addr: self.addr,
             path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            reason,
+        };
+        let stream = tokio::net::TcpStream::connect(self.addr)
             .await
-            .map_err(|e| http_err(e.to_string()))?;
+            .map_err(|e| ProbeError::Connect {
+                addr: self.addr,
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| http_err(e.to_string()))?;
         let conn = tokio::spawn(conn);
         let req = Request::get(self.path.as_str())
             .header(http::header::HOST, self.addr.to_string())
@@ -121,7 +141,11 @@ impl HealthProbe {
         match self.expect {
             Expect::AnyResponse => Ok(()),
             Expect::Status200 if resp.status() == StatusCode::OK => Ok(()),
-            Expect::Status200 => Err(ProbeError::Status { addr: self.addr, path: self.path.clone(), status: resp.status() }),
+            Expect::Status200 => Err(ProbeError::Status {
+                addr: self.addr,
+                path: self.path.clone(),
+                status: resp.status(),
+            }),
         }
     }
 }
