@@ -1,1 +1,139 @@
-fn main() {}
+//! The `fluxlit` command: wiring only. It parses arguments, loads the configuration, starts the
+//! sidecars, serves the gateway and stops everything in order.
+
+mod doctor_cmd;
+mod pidfile;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use fluxlit_config::{CliOverrides, Environment, LoadOptions};
+
+/// FluxLit: a Streamlit UI and an HTTP API behind one port.
+#[derive(Debug, Parser)]
+#[command(name = "fluxlit", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the Streamlit app and the API on one port.
+    Run(RunArgs),
+    /// Check the project's configuration and prerequisites (Python, Streamlit, target).
+    Doctor(DoctorArgs),
+}
+
+/// Options shared by every command that reads the configuration.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// The Streamlit script [env: FLUXLIT_TARGET; file: target; default: app.py].
+    target: Option<String>,
+    /// Config file to read instead of ./fluxlit.toml or ./pyproject.toml [env: FLUXLIT_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    /// Address to listen on [env: FLUXLIT_GATEWAY_HOST; default: 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [env: FLUXLIT_GATEWAY_PORT; default: 8000].
+    #[arg(long, value_name = "PORT")]
+    port: Option<String>,
+    /// Public path prefix, e.g. /myapp [env: FLUXLIT_ROOT_PATH].
+    #[arg(long, value_name = "PATH")]
+    root_path: Option<String>,
+    /// Where the API is mounted [env: FLUXLIT_API_MOUNT_PATH; default: /api].
+    #[arg(long, value_name = "PATH")]
+    api_mount_path: Option<String>,
+    /// URL of an API running elsewhere, e.g. http://127.0.0.1:9000 [env: FLUXLIT_API_UPSTREAM].
+    #[arg(long, value_name = "URL", conflicts_with = "api_command")]
+    api_upstream: Option<String>,
+    /// Command that starts the API; {port} is replaced by a free port [env: FLUXLIT_API_COMMAND].
+    #[arg(long, value_name = "CMD")]
+    api_command: Option<String>,
+    /// Python interpreter for Streamlit [env: FLUXLIT_STREAMLIT_PYTHON].
+    #[arg(long, value_name = "PATH")]
+    streamlit_python: Option<String>,
+    /// Pidfile path [env: FLUXLIT_PIDFILE; default: .fluxlit.pid].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_pidfile")]
+    pidfile: Option<String>,
+    /// Do not write a pidfile [env: FLUXLIT_NO_PIDFILE].
+    #[arg(long)]
+    no_pidfile: bool,
+    /// Log filter: error, warn, info, debug, trace [env: FLUXLIT_LOG_LEVEL; default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Extra arguments for `streamlit run` (after `--`) [env: FLUXLIT_STREAMLIT_RUN_CLI_ARGS].
+    #[arg(last = true, value_name = "STREAMLIT_ARGS")]
+    streamlit_args: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> CliOverrides {
+        let mut cli = CliOverrides::default();
+        let mut set = |key: &str, value: &Option<String>, flag: &str| {
+            if let Some(v) = value {
+                cli.set(key, v.clone(), flag);
+            }
+        };
+        set("target", &self.target, "TARGET");
+        set("gateway_host", &self.host, "--host");
+        set("gateway_port", &self.port, "--port");
+        set("root_path", &self.root_path, "--root-path");
+        set("api_mount_path", &self.api_mount_path, "--api-mount-path");
+        set("api_upstream", &self.api_upstream, "--api-upstream");
+        set("api_command", &self.api_command, "--api-command");
+        set(
+            "streamlit_python",
+            &self.streamlit_python,
+            "--streamlit-python",
+        );
+        set("pidfile", &self.pidfile, "--pidfile");
+        set("log_level", &self.log_level, "--log-level");
+        if self.no_pidfile {
+            cli.set("no_pidfile", "true", "--no-pidfile");
+        }
+        if !self.streamlit_args.is_empty() {
+            cli.set_list(
+                "streamlit_run_cli_args",
+                &self.streamlit_args,
+                "-- STREAMLIT_ARGS",
+            );
+        }
+        cli
+    }
+
+    fn load_options(&self, env: Environment) -> Result<LoadOptions, String> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot read the working directory: {e}"))?;
+        let mut opts = LoadOptions::new(&cwd, env, self.overrides());
+        opts.config_file = self.config.clone();
+        Ok(opts)
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The one place the process environment is read; everything else gets this snapshot.
+    let env = Environment::from_process();
+    match cli.command {
+        Command::Run(args) => run::main(args.config, env),
+        Command::Doctor(args) => doctor_cmd::main(args, env),
+    }
+}

@@ -22,6 +22,18 @@ pub struct Endpoint {
     pub base_path: String,
 }
 
+impl Endpoint {
+    /// `127.0.0.1:port` with no base path: where a sidecar listens.
+    pub fn loopback(port: u16) -> Self {
+        let authority = Authority::try_from(format!("127.0.0.1:{port}"))
+            .expect("an IPv4 address and a u16 port always form a valid authority");
+        Self {
+            authority,
+            base_path: String::new(),
+        }
+    }
+}
+
 /// An HTTP upstream with a human name (used in error bodies and logs) and an address that may
 /// change or be absent (a sidecar that is starting or restarting).
 #[derive(Debug, Clone)]

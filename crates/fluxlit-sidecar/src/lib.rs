@@ -469,6 +469,10 @@ async fn supervise(
                             _ => SidecarState::Unhealthy(e.to_string()),
                         },
                     };
+                    if next == SidecarState::Ready && h.ready_interval != h.interval && ticker.period() != h.ready_interval {
+                        ticker = tokio::time::interval_at(tokio::time::Instant::now() + h.ready_interval, h.ready_interval);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
                     state.send_if_modified(|cur| {
                         if *cur != next {
                             if next == SidecarState::Ready {
@@ -534,4 +538,48 @@ pub fn output_says_port_in_use(lines: &[String]) -> bool {
         let l = l.to_ascii_lowercase();
         l.contains("already in use")
     })
+}
+
+/// The result of [`capture`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// How it ended.
+    pub exit: ExitInfo,
+    /// Its standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Its standard error (lossy UTF-8).
+    pub stderr: String,
+}
+
+/// Runs a short command to completion (for diagnostics such as `python -m streamlit version`),
+/// killing it after `timeout`.
+///
+/// # Errors
+/// The OS error when it cannot be executed, or `TimedOut` when it ran too long.
+pub async fn capture(
+    program: &std::ffi::OsStr,
+    args: &[&str],
+    timeout: Duration,
+) -> std::io::Result<Captured> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out?;
+            Ok(Captured {
+                exit: ExitInfo::from_status(out.status, false),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("did not finish within {} s", timeout.as_secs_f64()),
+        )),
+    }
 }

@@ -26,8 +26,11 @@ pub struct HealthProbe {
     pub path: String,
     /// What counts as healthy.
     pub expect: Expect,
-    /// Time between probes. Default: 1 s.
+    /// Time between probes until the first success. Default: 1 s.
     pub interval: Duration,
+    /// Time between probes once the sidecar has been ready. Default: 1 s. A longer one keeps
+    /// probes out of an upstream's access log at the cost of slower failure detection.
+    pub ready_interval: Duration,
     /// Time one probe may take, connect included. Default: 1 s.
     pub timeout: Duration,
 }

@@ -1,0 +1,602 @@
+//! `fluxlit run`: load config → bind → start sidecars → serve → stop in order.
+//!
+//! Lifecycle (see docs/ARCHITECTURE.md):
+//! 1. Configuration errors are reported before anything binds (exit 1).
+//! 2. The public port is bound; readiness is 503 and UI requests get 503 until Streamlit's
+//!    `/_stcore/health` answers 200.
+//! 3. The API sidecar (if `api_command`) and Streamlit start in their own process groups; the
+//!    pidfile is written once they are ready.
+//! 4. SIGTERM/SIGINT: stop accepting, drain in-flight HTTP (graceful timeout), stop the sidecars
+//!    (SIGINT → grace → SIGTERM → grace → SIGKILL; Streamlit closes its WebSockets with 1012,
+//!    which reach the browsers through the tunnels), cut what tunnels remain, remove the
+//!    pidfile, exit 0.
+//! 5. A sidecar that exits on its own: readiness is 503 at once, the gateway stops the same way
+//!    and exits 1, so the platform restarts the pod.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fluxlit_config::{Environment, Loaded, Settings};
+use fluxlit_gateway::{ApiTarget, ComponentState, Endpoint, Gateway, ReadinessCheck, Upstream};
+use fluxlit_sidecar::{HealthProbe, Sidecar, SidecarSpec, SidecarState, StartError};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::ConfigArgs;
+use crate::pidfile::Pidfile;
+
+/// How many times a sidecar is restarted with a new port when its port was taken between
+/// FluxLit picking it and the sidecar binding it.
+const PORT_RETRIES: usize = 3;
+
+/// Time tunnels get to close after the sidecars stopped (Streamlit sends its close frames
+/// as it stops, so this is only for stragglers).
+const TUNNEL_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
+    let opts = match args.load_options(env.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("fluxlit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let loaded = match fluxlit_config::load(&opts) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fluxlit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let filter = match EnvFilter::try_new(&loaded.settings.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "fluxlit: invalid configuration: log_level = {:?} (from {}): expected error, warn, info, debug, trace or a tracing directive list ({e})",
+                loaded.settings.log_level,
+                loaded.origin("log_level")
+            );
+            return ExitCode::from(1);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    for w in &loaded.warnings {
+        tracing::warn!(code = w.code, "{}", w.message);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fluxlit: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(loaded, opts.cwd, env)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("fluxlit: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A start-up failure, said plainly.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(
+        "target {path} does not exist (target = {target:?} from {origin}); pass the Streamlit script as `fluxlit run app.py` or set target in fluxlit.toml"
+    )]
+    MissingTarget {
+        path: PathBuf,
+        target: String,
+        origin: String,
+    },
+    #[error(
+        "cannot listen on {addr} (gateway_host from {host_origin}, gateway_port from {port_origin}): {source}"
+    )]
+    Bind {
+        addr: String,
+        host_origin: String,
+        port_origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot pick a free loopback port for the {name} sidecar: {source}")]
+    Port {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Spawn(#[from] fluxlit_sidecar::SpawnError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("api_command {command:?} (from {origin}) could not be parsed as a shell command line")]
+    ApiCommand { command: String, origin: String },
+    #[error("cannot write the pidfile {path}: {source}")]
+    Pidfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("invalid gateway settings: {0}")]
+    Gateway(#[from] fluxlit_gateway::BuildError),
+}
+
+/// Why the gateway is stopping.
+enum Stop {
+    Signal(&'static str),
+    SidecarExited(String),
+}
+
+async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCode, RunError> {
+    let s = &loaded.settings;
+    let target = cwd.join(&s.target);
+    if !target.is_file() {
+        return Err(RunError::MissingTarget {
+            path: target,
+            target: s.target.clone(),
+            origin: loaded.origin("target").to_string(),
+        });
+    }
+
+    let bind_addr = format!("{}:{}", s.gateway_host, s.gateway_port);
+    let listener = tokio::net::TcpListener::bind(&bind_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: bind_addr.clone(),
+            host_origin: loaded.origin("gateway_host").to_string(),
+            port_origin: loaded.origin("gateway_port").to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: bind_addr.clone(),
+        host_origin: loaded.origin("gateway_host").to_string(),
+        port_origin: loaded.origin("gateway_port").to_string(),
+        source,
+    })?;
+    let internal_api_base = format!(
+        "{}{}",
+        fluxlit_gateway::loopback_base(bound),
+        s.api_mount_path
+    );
+    let mount = s.public_mount().to_owned();
+
+    // Signals are watched from here on, so Ctrl-C during start-up stops cleanly too.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+
+    // UI upstream, published once Streamlit is ready.
+    let (ui_tx, ui_rx) = watch::channel::<Option<Endpoint>>(None);
+    let (ui_state_tx, ui_state_rx) = watch::channel(ComponentState::Starting(
+        "Streamlit has not been started yet".into(),
+    ));
+    let mut builder = Gateway::builder()
+        .settings(s)
+        .ui(Upstream::dynamic("streamlit", ui_rx))
+        .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+
+    // API: supervised command, external upstream, or none.
+    let (api_tx, api_rx) = watch::channel::<Option<Endpoint>>(None);
+    let (api_state_tx, api_state_rx) = watch::channel(ComponentState::Starting(
+        "the API has not been started yet".into(),
+    ));
+    let mut api_prober = None;
+    if s.api_command.is_some() {
+        builder = builder
+            .api(ApiTarget::Upstream(Upstream::dynamic("api", api_rx)))
+            .readiness(ReadinessCheck::new("api", api_state_rx));
+    } else if let Some(url) = &s.api_upstream {
+        // Validated by the config loader.
+        if let Ok(u) = fluxlit_config::parse_upstream_url(url) {
+            if let Ok(authority) = u.authority().parse() {
+                builder = builder.api(ApiTarget::Upstream(Upstream::fixed(
+                    "api",
+                    Endpoint {
+                        authority,
+                        base_path: u.base_path.clone(),
+                    },
+                )));
+            }
+            builder = builder.readiness(ReadinessCheck::new("api", api_state_rx));
+            api_prober = Some(tokio::spawn(probe_external_api(
+                u.host.clone(),
+                u.port,
+                api_state_tx.clone(),
+            )));
+        }
+    }
+    let gateway = builder.build()?;
+
+    let stop_serving = CancellationToken::new();
+    let serve_task = {
+        let gw = gateway.clone();
+        let token = stop_serving.clone();
+        tokio::spawn(async move { gw.serve(listener, token.cancelled_owned()).await })
+    };
+    tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, "gateway listening");
+
+    let python_bin_dir = Path::new(&s.streamlit_python)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf);
+    let child_path = child_path(env.get("PATH"), python_bin_dir.as_deref());
+    let common_env: Vec<(OsString, OsString)> = vec![
+        (
+            "FLUXLIT_INTERNAL_API_BASE".into(),
+            internal_api_base.clone().into(),
+        ),
+        ("FLUXLIT_API_PREFIX".into(), s.api_mount_path.clone().into()),
+        ("FLUXLIT_ROOT_PATH".into(), mount.clone().into()),
+        ("PATH".into(), child_path.into()),
+    ];
+
+    // Start the sidecars; any failure or a signal stops what was started.
+    let startup = async {
+        let api = match &s.api_command {
+            Some(cmd) => Some(start_api(s, &loaded, cmd, &cwd, &common_env).await?),
+            None => None,
+        };
+        let ui = match start_streamlit(s, &cwd, &common_env).await {
+            Ok(ui) => ui,
+            Err(e) => {
+                if let Some((api, _)) = api {
+                    api.stop().await;
+                }
+                return Err(e);
+            }
+        };
+        Ok::<_, RunError>((ui, api))
+    };
+    let started = tokio::select! {
+        r = startup => Some(r),
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+    };
+    let (ui, api) = match started {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            shutdown_gateway(&gateway, stop_serving, serve_task).await;
+            return Err(e);
+        }
+        None => {
+            tracing::info!("signal received during start-up; stopping");
+            // Dropping the start-up future dropped any half-started sidecar handle, which kills its group.
+            shutdown_gateway(&gateway, stop_serving, serve_task).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let (ui, ui_port) = ui;
+    ui_tx.send_replace(Some(Endpoint::loopback(ui_port)));
+    tokio::spawn(forward_state(ui.state(), ui_state_tx));
+    if let Some((api, port)) = &api {
+        api_tx.send_replace(Some(Endpoint::loopback(*port)));
+        tokio::spawn(forward_state(api.state(), api_state_tx.clone()));
+    }
+
+    let pidfile = match s.pidfile_path(&cwd) {
+        Some(path) => match Pidfile::write(&path) {
+            Ok(p) => Some(p),
+            Err(source) => {
+                let e = RunError::Pidfile { path, source };
+                stop_all(&gateway, stop_serving, serve_task, ui, api).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let public = format!("{}{}/", fluxlit_gateway::loopback_base(bound), mount);
+    tracing::info!(url = %public, api = %format!("{}{}{}", fluxlit_gateway::loopback_base(bound), mount, s.api_mount_path), "FluxLit is ready");
+
+    let stop = tokio::select! {
+        _ = sigterm.recv() => Stop::Signal("SIGTERM"),
+        _ = sigint.recv() => Stop::Signal("SIGINT"),
+        exit = ui.exited() => Stop::SidecarExited(format!("the streamlit sidecar exited ({exit})")),
+        exit = wait_api(&api) => Stop::SidecarExited(format!("the api sidecar exited ({exit})")),
+    };
+    let code = match &stop {
+        Stop::Signal(sig) => {
+            tracing::info!(signal = sig, "stopping");
+            ExitCode::SUCCESS
+        }
+        Stop::SidecarExited(why) => {
+            tracing::error!("{why}; stopping the gateway");
+            ExitCode::from(1)
+        }
+    };
+    if let Some(p) = api_prober {
+        p.abort();
+    }
+    stop_all(&gateway, stop_serving, serve_task, ui, api).await;
+    if let Some(p) = pidfile {
+        p.remove();
+    }
+    tracing::info!("stopped");
+    Ok(code)
+}
+
+async fn wait_api(api: &Option<(Sidecar, u16)>) -> fluxlit_sidecar::ExitInfo {
+    match api {
+        Some((a, _)) => a.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn shutdown_gateway(
+    gateway: &Gateway,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    stop.cancel();
+    let _ = task.await;
+    gateway.drain_tunnels(Duration::ZERO).await;
+}
+
+async fn stop_all(
+    gateway: &Gateway,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ui: Sidecar,
+    api: Option<(Sidecar, u16)>,
+) {
+    // 1. Stop accepting; let in-flight HTTP finish.
+    stop.cancel();
+    let _ = task.await;
+    // 2. Stop the sidecars (Streamlit closes its WebSockets as it goes).
+    let ui_stop = ui.stop();
+    let api_stop = async {
+        if let Some((a, _)) = api {
+            a.stop().await;
+        }
+    };
+    let _ = tokio::join!(ui_stop, api_stop);
+    // 3. Cut whatever tunnels are left.
+    let cut = gateway.drain_tunnels(TUNNEL_GRACE).await;
+    if cut > 0 {
+        tracing::info!(tunnels = cut, "closed remaining WebSocket tunnels");
+    }
+}
+
+async fn forward_state(mut from: watch::Receiver<SidecarState>, to: watch::Sender<ComponentState>) {
+    loop {
+        let next = match &*from.borrow_and_update() {
+            SidecarState::Starting { last_probe } => ComponentState::Starting(
+                last_probe
+                    .clone()
+                    .unwrap_or_else(|| "waiting for the first probe".into()),
+            ),
+            SidecarState::Ready => ComponentState::Ready,
+            SidecarState::Unhealthy(why) => ComponentState::NotReady(why.clone()),
+            SidecarState::Exited(exit) => ComponentState::NotReady(format!("exited ({exit})")),
+        };
+        to.send_replace(next);
+        if from.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn probe_external_api(host: String, port: u16, state: watch::Sender<ComponentState>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let addr = match tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map(|mut a| a.next())
+        {
+            Ok(Some(a)) => a,
+            Ok(None) | Err(_) => {
+                state.send_replace(ComponentState::NotReady(format!(
+                    "cannot resolve {host}:{port}"
+                )));
+                continue;
+            }
+        };
+        let next = match HealthProbe::any_response(addr, "/").check().await {
+            Ok(()) => ComponentState::Ready,
+            Err(e) => ComponentState::NotReady(e.to_string()),
+        };
+        state.send_replace(next);
+    }
+}
+
+/// `PATH` for the children: the Streamlit interpreter's directory first (so `python` and
+/// `uvicorn` in `api_command` are the venv's), then the gateway's own `PATH`.
+fn child_path(path: Option<&str>, first: Option<&Path>) -> String {
+    let inherited = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    match first {
+        Some(dir) => format!("{}:{inherited}", dir.display()),
+        None => inherited.to_owned(),
+    }
+}
+
+async fn start_streamlit(
+    s: &Settings,
+    cwd: &Path,
+    env: &[(OsString, OsString)],
+) -> Result<(Sidecar, u16), RunError> {
+    let mount = s.public_mount();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = fluxlit_sidecar::free_loopback_port().map_err(|source| RunError::Port {
+            name: "streamlit",
+            source,
+        })?;
+        let mut spec = SidecarSpec::new("streamlit", &s.streamlit_python);
+        let mut args: Vec<String> = vec![
+            "-m".into(),
+            "streamlit".into(),
+            "run".into(),
+            s.target.clone(),
+            "--server.headless".into(),
+            "true".into(),
+            "--server.port".into(),
+            port.to_string(),
+            "--server.address".into(),
+            "127.0.0.1".into(),
+            "--browser.gatherUsageStats".into(),
+            "false".into(),
+        ];
+        if !mount.is_empty() {
+            args.push("--server.baseUrlPath".into());
+            args.push(mount.to_owned());
+        }
+        args.extend(s.streamlit_run_cli_args.iter().cloned());
+        spec.args = args.into_iter().map(OsString::from).collect();
+        spec.env = env.to_vec();
+        spec.cwd = Some(cwd.to_path_buf());
+        spec.stop_grace = s.sidecar_stop_timeout_s;
+        let health_path = format!("{mount}/_stcore/health");
+        spec.health = Some(HealthProbe::status_200(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &health_path,
+        ));
+        let mut sidecar = Sidecar::spawn(spec)?;
+        match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
+            Ok(()) => return Ok((sidecar, port)),
+            Err(StartError::Exited { last_lines, .. })
+                if attempt < PORT_RETRIES
+                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
+            {
+                tracing::warn!(
+                    port,
+                    attempt,
+                    "streamlit's port was taken before it could bind it; retrying with another"
+                );
+            }
+            Err(e) => {
+                sidecar.stop().await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+async fn start_api(
+    s: &Settings,
+    loaded: &Loaded,
+    command: &str,
+    cwd: &Path,
+    env: &[(OsString, OsString)],
+) -> Result<(Sidecar, u16), RunError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = fluxlit_sidecar::free_loopback_port().map_err(|source| RunError::Port {
+            name: "api",
+            source,
+        })?;
+        let line = command.replace("{port}", &port.to_string());
+        let (program, args) = split_command(&line).ok_or_else(|| RunError::ApiCommand {
+            command: command.to_owned(),
+            origin: loaded.origin("api_command").to_string(),
+        })?;
+        let mut spec = SidecarSpec::new("api", program);
+        spec.args = args;
+        spec.env = env.to_vec();
+        spec.env.push(("PORT".into(), port.to_string().into()));
+        spec.cwd = Some(cwd.to_path_buf());
+        spec.stop_grace = s.sidecar_stop_timeout_s;
+        let mut probe = HealthProbe::any_response(SocketAddr::from(([127, 0, 0, 1], port)), "/");
+        // `GET /` shows up in the API's access log: probe it every 10 s once it is up.
+        probe.ready_interval = Duration::from_secs(10);
+        spec.health = Some(probe);
+        let mut sidecar = Sidecar::spawn(spec)?;
+        match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
+            Ok(()) => return Ok((sidecar, port)),
+            Err(StartError::Exited { last_lines, .. })
+                if attempt < PORT_RETRIES
+                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
+            {
+                tracing::warn!(
+                    port,
+                    attempt,
+                    "the api's port was taken before it could bind it; retrying with another"
+                );
+            }
+            Err(e) => {
+                sidecar.stop().await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Splits a command line. A plain command (words and quotes only) is executed directly, so
+/// the process FluxLit supervises *is* the API server (signals and the parent-death signal reach
+/// it). Anything using shell syntax (`;`, `&&`, `|`, `$VAR`, redirections, globs) runs under
+/// `sh -c`; then a SIGKILLed gateway can only take `sh` with it, not what `sh` started, so a
+/// warning says so.
+fn split_command(line: &str) -> Option<(OsString, Vec<OsString>)> {
+    const SHELL_SYNTAX: &[char] = &[
+        ';', '&', '|', '<', '>', '(', ')', '$', '`', '*', '?', '[', '\n', '~', '#',
+    ];
+    if line.contains(SHELL_SYNTAX) {
+        tracing::warn!(
+            "api_command uses shell syntax, so it runs under `sh -c`; if the gateway is killed with SIGKILL, \
+             processes started by that shell may outlive it. Use a plain command (or `exec …`) to avoid this"
+        );
+        return Some(("sh".into(), vec!["-c".into(), line.into()]));
+    }
+    let words = shlex::split(line)?;
+    let mut it = words.into_iter().map(OsString::from);
+    let program = it.next()?;
+    Some((program, it.collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_commands_are_executed_directly() {
+        let (p, a) = split_command("python -m uvicorn api:app --port 9000").unwrap();
+        assert_eq!(p, "python");
+        assert_eq!(a.len(), 5);
+        let (p, a) = split_command("python -c 'print(1)'").unwrap();
+        assert_eq!(
+            (p.as_os_str(), a[1].as_os_str()),
+            ("python".as_ref(), "print(1)".as_ref())
+        );
+    }
+
+    #[test]
+    fn shell_syntax_goes_through_sh() {
+        let (p, a) = split_command("cd api && uvicorn app:app").unwrap();
+        assert_eq!(p, "sh");
+        assert_eq!(
+            a,
+            vec![
+                OsString::from("-c"),
+                OsString::from("cd api && uvicorn app:app")
+            ]
+        );
+        assert!(split_command("").is_none());
+        assert!(split_command("unterminated 'quote").is_none());
+    }
+
+    #[test]
+    fn child_path_puts_the_venv_first() {
+        assert_eq!(
+            child_path(Some("/usr/bin"), Some(Path::new("/v/bin"))),
+            "/v/bin:/usr/bin"
+        );
+        assert_eq!(child_path(Some("/usr/bin"), None), "/usr/bin");
+    }
+}
