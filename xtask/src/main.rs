@@ -1,1 +1,185 @@
-fn main() {}
+//! FluxLit's developer tasks (`cargo xtask <task>`):
+//!
+//! - `setup`: install what the tests need on this machine: Debian's `chromium` (when missing
+//!   and running as root), and `.venv` with the pinned Python packages of `examples/hello`.
+//! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
+//!   `cargo deny check` (installed if missing), and the whole test suite, end-to-end included.
+//! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
+//!   http://127.0.0.1:8000.
+//!
+//! Every step prints what it runs; the first failure stops the task with its exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const APT_PACKAGES: &[&str] = &["chromium"];
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+#[derive(Debug)]
+struct Failed(String);
+
+type Result<T = ()> = std::result::Result<T, Failed>;
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("xtask: $ {}", render(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| Failed(format!("cannot run {}: {e}", render(cmd))))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failed(format!("{} failed ({status})", render(cmd))))
+    }
+}
+
+fn render(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(project_root());
+    c
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn setup_apt() -> Result {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !have("apt-get") {
+        return Err(Failed(format!(
+            "missing Debian packages {missing:?}: install them with `sudo apt-get install {}`",
+            missing.join(" ")
+        )));
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup_venv() -> Result<PathBuf> {
+    let root = project_root();
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    let requirements = root.join("examples/hello/requirements.txt");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| Failed(format!("cannot read {}: {e}", requirements.display())))?;
+    let stamp = venv.join(".fluxlit-requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, wanted)
+            .map_err(|e| Failed(format!("cannot write {}: {e}", stamp.display())))?;
+    }
+    Ok(python)
+}
+
+fn setup() -> Result {
+    setup_apt()?;
+    setup_venv()?;
+    Ok(())
+}
+
+fn ci() -> Result {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !have("cargo-deny") {
+        run(cargo().args(["install", "--locked", "cargo-deny"]))?;
+    }
+    // Advisories need the RustSec database from the network, which CI machines cannot reach;
+    // licenses, bans and sources are checked offline.
+    run(cargo().args(["deny", "--offline", "check", "bans", "licenses", "sources"]))?;
+    run(cargo().args(["test", "--workspace", "--locked"]))?;
+    Ok(())
+}
+
+fn example() -> Result {
+    let python = setup_venv()?;
+    run(cargo().args(["build", "--release", "--locked", "-p", "fluxlit-cli"]))?;
+    let root = project_root();
+    let mut cmd = Command::new(root.join("target/release/fluxlit"));
+    cmd.arg("run")
+        .current_dir(root.join("examples/hello"))
+        .env("FLUXLIT_STREAMLIT_PYTHON", &python);
+    eprintln!("xtask: $ {} (in examples/hello)", render(&cmd));
+    eprintln!("xtask: open http://127.0.0.1:8000/ (Ctrl-C stops FluxLit and the sidecars)");
+    // Become fluxlit, so that Ctrl-C reaches it alone and its exit code is ours.
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Err(Failed(format!("cannot run {}: {err}", render(&cmd))))
+}
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "setup" => setup(),
+        "ci" => ci(),
+        "example" => example(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|ci|example>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failed(msg)) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -465,10 +465,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         }
     }
 
-    if !problems.is_empty() {
-        return Err(ConfigError { problems });
-    }
-
+    // Values that failed their type check were left out of the merge (their defaults stand
+    // in), so the cross-key checks below still run and every problem is reported at once.
     let raw: RawSettings = match figment.extract() {
         Ok(r) => r,
         Err(e) => {

@@ -88,6 +88,7 @@ impl HealthProbe {
             path: path.to_owned(),
             expect: Expect::Status200,
             interval: Duration::from_secs(1),
+            ready_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
         }
     }

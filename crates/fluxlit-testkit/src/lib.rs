@@ -8,6 +8,7 @@
 
 pub mod cdp;
 pub mod process;
+pub mod streamlit;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,0 +1,223 @@
+//! Running the real `fluxlit` binary against the real example app (Streamlit + uvicorn).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluxlit_testkit::{TempDir, eventually, process, repo_root, venv_python};
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A `fluxlit run` process.
+pub struct Fluxlit {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    pub dir: TempDir,
+    pub pidfile: PathBuf,
+}
+
+/// Copies `examples/hello` into a fresh directory, so that parallel tests do not share files.
+pub fn example_copy() -> TempDir {
+    let dir = TempDir::new("e2e");
+    let src = repo_root().join("examples/hello");
+    for f in ["app.py", "api.py", "fluxlit.toml"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy example");
+    }
+    dir
+}
+
+pub fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluxlit"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("FLUXLIT_STREAMLIT_PYTHON", venv_python())
+        .env("FLUXLIT_SIDECAR_STOP_TIMEOUT_S", "3")
+        .env("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S", "5")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Fluxlit {
+    /// Starts `fluxlit run --port 0 ARGS` in a copy of the example and waits until it listens.
+    pub async fn start(args: &[&str]) -> Self {
+        Self::start_in(example_copy(), args).await
+    }
+
+    pub async fn start_in(dir: TempDir, args: &[&str]) -> Self {
+        let pidfile = dir.path().join("run/fluxlit.pid");
+        let pid_arg = pidfile.display().to_string();
+        let mut all = vec!["run", "--port", "0", "--pidfile", &pid_arg];
+        all.extend_from_slice(args);
+        let mut child = command(dir.path(), &all).spawn().expect("start fluxlit");
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[fluxlit] {line}");
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let log2 = log.clone();
+        let addr = eventually(
+            Duration::from_secs(30),
+            "the gateway's 'listening' log line",
+            || {
+                let log = log2.clone();
+                async move {
+                    let text = log.lock().ok()?.clone();
+                    let line = text.lines().find(|l| l.contains("gateway listening"))?;
+                    let addr = line.split("address=").nth(1)?.split_whitespace().next()?;
+                    addr.parse().ok()
+                }
+            },
+        )
+        .await;
+        Self {
+            child,
+            addr,
+            log,
+            dir,
+            pidfile,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until `{api}/readyz` (at `path`) answers 200.
+    pub async fn wait_ready(&self, path: &str) {
+        let url = self.url(path);
+        eventually(READY_TIMEOUT, "readyz 200", || {
+            let url = url.clone();
+            async move { (get(&url).await.ok()?.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Live children of the gateway: (pid, command line).
+    pub fn children(&self) -> Vec<(u32, String)> {
+        process::children_of(self.child.id())
+            .into_iter()
+            .map(|p| (p, process::cmdline(p)))
+            .collect()
+    }
+
+    pub fn child_matching(&self, needle: &str) -> u32 {
+        self.children()
+            .into_iter()
+            .find(|(_, c)| c.contains(needle))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no child of the gateway runs {needle}: {:?}",
+                    self.children()
+                )
+            })
+            .0
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal fluxlit");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        eventually(timeout, "fluxlit to exit", || {
+            let r = child.try_wait().expect("try_wait");
+            async move { r }
+        })
+        .await
+    }
+}
+
+impl Drop for Fluxlit {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A tiny HTTP/1.1 GET returning (status, headers, body).
+pub async fn get(url: &str) -> Result<(u16, http::HeaderMap, String), String> {
+    request("GET", url, &[], Vec::new()).await
+}
+
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, http::HeaderMap, String), String> {
+    use http_body_util::{BodyExt, Full};
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().ok_or("no authority")?.to_string();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header("host", &authority);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let bytes = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .map_err(|_| "body timeout".to_owned())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}
