@@ -37,10 +37,8 @@ impl Pidfile {
     pub(crate) fn remove(self) {
         let ours =
             std::fs::read_to_string(&self.path).is_ok_and(|t| t.trim() == self.pid.to_string());
-        if ours {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove the pidfile");
-            }
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the pidfile");
         }
     }
 }

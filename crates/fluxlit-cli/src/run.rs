@@ -544,10 +544,7 @@ async fn start_api(
 /// `sh -c`; then a SIGKILLed gateway can only take `sh` with it, not what `sh` started, so a
 /// warning says so.
 fn split_command(line: &str) -> Option<(OsString, Vec<OsString>)> {
-    const SHELL_SYNTAX: &[char] = &[
-        ';', '&', '|', '<', '>', '(', ')', '$', '`', '*', '?', '[', '\n', '~', '#',
-    ];
-    if line.contains(SHELL_SYNTAX) {
+    if uses_shell_syntax(line) {
         tracing::warn!(
             "api_command uses shell syntax, so it runs under `sh -c`; if the gateway is killed with SIGKILL, \
              processes started by that shell may outlive it. Use a plain command (or `exec …`) to avoid this"
@@ -560,9 +557,42 @@ fn split_command(line: &str) -> Option<(OsString, Vec<OsString>)> {
     Some((program, it.collect()))
 }
 
+/// Whether `line` needs a shell: an operator, expansion, redirection, glob or comment outside
+/// quotes (inside double quotes, `$` and backquotes still expand).
+fn uses_shell_syntax(line: &str) -> bool {
+    const OUTSIDE_QUOTES: &[char] = &[
+        ';', '&', '|', '<', '>', '(', ')', '$', '`', '*', '?', '[', '\n', '~', '#',
+    ];
+    let mut chars = line.chars();
+    let (mut single, mut double) = (false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if !single => {
+                chars.next();
+            }
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '$' | '`' if double => return true,
+            c if !single && !double && OUTSIDE_QUOTES.contains(&c) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_syntax_is_found_outside_quotes_only() {
+        assert!(!uses_shell_syntax("python -c 'print(1); x'"));
+        assert!(!uses_shell_syntax("python -m uvicorn api:app --port 9000"));
+        assert!(uses_shell_syntax("a && b"));
+        assert!(uses_shell_syntax("echo \"$HOME\""));
+        assert!(uses_shell_syntax("uvicorn app:app > log"));
+        assert!(!uses_shell_syntax("echo \\$HOME"));
+    }
 
     #[test]
     fn plain_commands_are_executed_directly() {

@@ -2,6 +2,8 @@
 //! user runs it: readiness, API calls, the UI over HTTP and WebSocket, uploads with XSRF on,
 //! signals, crashes, and a gateway killed with SIGKILL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

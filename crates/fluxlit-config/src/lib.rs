@@ -643,16 +643,16 @@ fn resolve(
             origin_of(origins, "api_upstream"),
         );
     }
-    if let Some(u) = &raw.api_upstream {
-        if let Err(why) = paths::parse_upstream_url(u) {
-            bad(
-                "api_upstream",
-                u,
-                &format!("an http:// URL with a host and port, optionally a base path ({why})"),
-                "for example http://127.0.0.1:9000 or http://api.internal:8080/v1",
-                origin_of(origins, "api_upstream"),
-            );
-        }
+    if let Some(u) = &raw.api_upstream
+        && let Err(why) = paths::parse_upstream_url(u)
+    {
+        bad(
+            "api_upstream",
+            u,
+            &format!("an http:// URL with a host and port, optionally a base path ({why})"),
+            "for example http://127.0.0.1:9000 or http://api.internal:8080/v1",
+            origin_of(origins, "api_upstream"),
+        );
     }
     for arg in &raw.streamlit_run_cli_args {
         let flag = arg.split('=').next().unwrap_or(arg);

@@ -79,7 +79,7 @@ pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
             parse_bool(s).map(Value::Bool).ok_or(())
         }
         (Kind::Port, Raw::Toml(toml::Value::Integer(i))) => {
-            u16::try_from(*i).map(|p| Value::from(p)).map_err(|_| ())
+            u16::try_from(*i).map(Value::from).map_err(|_| ())
         }
         (Kind::Port, Raw::Text(s)) | (Kind::Port, Raw::Toml(toml::Value::String(s))) => {
             s.trim().parse::<u16>().map(Value::from).map_err(|_| ())

@@ -106,10 +106,10 @@ pub fn set_forwarded(
         headers.insert(&FORWARDED_HEADERS[2], h.clone());
     }
     headers.insert(&FORWARDED_HEADERS[3], HeaderValue::from(port));
-    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
-        if let Ok(v) = HeaderValue::from_str(p) {
-            headers.insert(&FORWARDED_HEADERS[4], v);
-        }
+    if let Some(p) = prefix.filter(|p| !p.is_empty())
+        && let Ok(v) = HeaderValue::from_str(p)
+    {
+        headers.insert(&FORWARDED_HEADERS[4], v);
     }
 }
 

@@ -2,6 +2,8 @@
 //! results must match (after removing what the gateway is supposed to change: the forwarded
 //! headers). Plus the gateway's own behaviours: routing, readiness, errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;

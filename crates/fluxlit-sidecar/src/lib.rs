@@ -294,9 +294,10 @@ impl Sidecar {
             timeout,
             rx.wait_for(|s| matches!(s, SidecarState::Ready | SidecarState::Exited(_))),
         )
-        .await;
+        .await
+        .map(|r| r.map(|state| state.clone()));
         let state = match waited {
-            Ok(Ok(s)) => s.clone(),
+            Ok(Ok(s)) => s,
             Ok(Err(_closed)) => self.state.borrow().clone(),
             Err(_elapsed) => {
                 let last_probe = match &*self.state.borrow() {

@@ -268,11 +268,7 @@ fn websocket(mut req: Request<Incoming>, refuse: bool) -> Response<Body> {
                         return;
                     }
                 }
-                Message::Binary(b) => {
-                    if ws.send(Message::Binary(b)).await.is_err() {
-                        return;
-                    }
-                }
+                Message::Binary(b) if ws.send(Message::Binary(b.clone())).await.is_err() => return,
                 Message::Close(_) => return,
                 _ => {}
             }

@@ -1,5 +1,6 @@
 //! Running the real `fluxlit` binary against the real example app (Streamlit + uvicorn).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
