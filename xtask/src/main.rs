@@ -7,6 +7,9 @@
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
+//! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
+//!   is stale).
+//!
 //! Every step prints what it runs; the first failure stops the task with its exit code.
 
 use std::path::{Path, PathBuf};
@@ -142,7 +145,7 @@ fn ci() -> Result {
     }
     // Advisories need the RustSec database from the network, which CI machines cannot reach;
     // licenses, bans and sources are checked offline.
-    run(cargo().args(["deny", "--offline", "check", "bans", "licenses", "sources"]))?;
+    run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
     Ok(())
 }
@@ -162,15 +165,24 @@ fn example() -> Result {
     Err(Failed(format!("cannot run {}: {err}", render(&cmd))))
 }
 
+fn docs() -> Result {
+    let path = project_root().join("docs/configuration.md");
+    std::fs::write(&path, fluxlit_config::schema::render_markdown())
+        .map_err(|e| Failed(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
         "setup" => setup(),
         "ci" => ci(),
         "example" => example(),
+        "docs" => docs(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000"
+                "usage: cargo xtask <setup|ci|example|docs>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000"
             );
             return ExitCode::from(2);
         }

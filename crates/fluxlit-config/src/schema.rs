@@ -295,3 +295,73 @@ mod tests {
         assert_eq!(spec.name, "graceful_shutdown_timeout_s");
     }
 }
+
+/// Renders `docs/configuration.md` from [`KEYS`]; `cargo xtask docs` writes it and a test
+/// fails when the committed file is stale.
+pub fn render_markdown() -> String {
+    let mut s = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from crates/fluxlit-config/src/schema.rs by `cargo xtask docs`; do not edit. -->\n\n\
+         Every setting can be given in every source. Precedence, highest first:\n\n\
+         1. command-line flags of `fluxlit run`;\n\
+         2. environment variables `FLUXLIT_<KEY>` (names are case-insensitive; unknown `FLUXLIT_*` names are warnings, other variables are ignored);\n\
+         3. the project file: `--config PATH` / `FLUXLIT_CONFIG`, else `./fluxlit.toml` (top-level keys), else `[tool.fluxlit]` in `./pyproject.toml` (unknown keys are errors);\n\
+         4. defaults.\n\n\
+         Types: booleans accept `1/0/true/false/yes/no/on/off` (any case); durations accept seconds (`2.5`) or humantime strings (`30s`, `5m`, `250ms`); lists accept a JSON array, comma-separated text, or a TOML array.\n\n\
+         | key | environment | flag | type | default | meaning |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for k in KEYS {
+        let env = std::iter::once(k.env_name())
+            .chain(k.aliases.iter().map(|a| env_name(a)))
+            .map(|e| format!("`{e}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ty = match k.kind {
+            Kind::Text => "string",
+            Kind::OptText => "string (optional)",
+            Kind::Bool => "boolean",
+            Kind::Port => "port",
+            Kind::Seconds => "seconds",
+            Kind::List => "list of strings",
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} |\n",
+            k.name,
+            env,
+            k.flag.map_or_else(|| "—".to_owned(), |f| format!("`{f}`")),
+            ty,
+            if k.default.is_empty() {
+                "*(empty)*".to_owned()
+            } else {
+                format!("`{}`", k.default)
+            },
+            k.doc.replace('|', "\\|")
+        ));
+    }
+    s.push_str(
+        "\n## Not applicable\n\n\
+         FluxLit for Python settings that only make sense for its Python runtime are not carried over: \
+         `title` (FastAPI title), `streamlit_host` and `streamlit_port` (unused there too), `enable_request_logging` \
+         (FastAPI middleware), `url_session_query_param`, `strict_page_signatures`, `experimental_yield_pages`, \
+         `async_page_depends` (page dependency injection), and the variables `FLUXLIT_APP`, `FLUXLIT_TESTS`, \
+         `FLUXLIT_FORCE_URL_SESSION_IN_TESTS`, `FLUXLIT_DISABLE_URL_SESSION`, `FLUXLIT_TEST_PAGE_OVERRIDES`. \
+         More of FluxLit's settings (proxy trust, limits, metrics, auth) arrive with their features.\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod docs_tests {
+    #[test]
+    fn configuration_docs_are_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == super::render_markdown(),
+            "{} is stale: run `cargo xtask docs` and commit the result",
+            path.display()
+        );
+    }
+}
