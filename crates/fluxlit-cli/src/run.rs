@@ -321,12 +321,27 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
     if let Some(p) = api_prober {
         p.abort();
     }
-    stop_all(&gateway, stop_serving, serve_task, ui, api).await;
+    // A second SIGTERM/SIGINT while stopping cuts the graces short: dropping the stop future
+    // drops the sidecar handles, which SIGKILL their process groups.
+    let mut code = code;
+    tokio::select! {
+        () = stop_all(&gateway, stop_serving, serve_task, ui, api) => {}
+        _ = sigterm.recv() => code = forced("SIGTERM"),
+        _ = sigint.recv() => code = forced("SIGINT"),
+    }
     if let Some(p) = pidfile {
         p.remove();
     }
     tracing::info!("stopped");
     Ok(code)
+}
+
+fn forced(signal: &str) -> ExitCode {
+    tracing::warn!(
+        signal,
+        "second signal while stopping: killing the sidecars now"
+    );
+    ExitCode::from(1)
 }
 
 async fn wait_api(api: &Option<(Sidecar, u16)>) -> fluxlit_sidecar::ExitInfo {

@@ -340,3 +340,43 @@ async fn a_browser_loads_the_app_and_uploads_a_file() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_second_signal_cuts_the_stop_short() {
+    // An API that ignores SIGINT and SIGTERM: a graceful stop would take 2 × 20 s.
+    let stubborn = "python -c \"import http.server, os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), http.server.SimpleHTTPRequestHandler).serve_forever()\"";
+    let mut gw = Fluxlit::start_with_env(
+        support::example_copy(),
+        &[],
+        &[
+            ("FLUXLIT_API_COMMAND", stubborn),
+            ("FLUXLIT_SIDECAR_STOP_TIMEOUT_S", "20"),
+        ],
+    )
+    .await;
+    gw.wait_ready("/api/readyz").await;
+    let api = gw.child_matching("http.server");
+    gw.signal(Signal::SIGTERM);
+    let log = gw.log.clone();
+    eventually(Duration::from_secs(20), "the API to be sent SIGINT", || {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .ok()?
+                .lines()
+                .any(|l| l.contains("stopping sidecar") && l.contains("sidecar=api"))
+                .then_some(())
+        }
+    })
+    .await;
+    gw.signal(Signal::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{}", gw.log());
+    assert!(gw.log().contains("second signal"), "{}", gw.log());
+    eventually(
+        Duration::from_secs(5),
+        "the stubborn API to be killed",
+        || async move { (!process::pid_alive(api)).then_some(()) },
+    )
+    .await;
+}

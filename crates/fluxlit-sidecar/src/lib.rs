@@ -227,11 +227,22 @@ impl Sidecar {
         })?;
         let pid = child.id().unwrap_or_default();
         let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(spec.name.clone(), "stdout", out, tail.clone()));
+            pumps.push(tokio::spawn(pump(
+                spec.name.clone(),
+                "stdout",
+                out,
+                tail.clone(),
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(spec.name.clone(), "stderr", err, tail.clone()));
+            pumps.push(tokio::spawn(pump(
+                spec.name.clone(),
+                "stderr",
+                err,
+                tail.clone(),
+            )));
         }
         tracing::info!(sidecar = %spec.name, pid, program = %spec.program.to_string_lossy(), "sidecar started");
         let initial = if spec.health.is_some() {
@@ -249,6 +260,7 @@ impl Sidecar {
             spec.stop_grace,
             state_tx,
             stop_rx,
+            pumps,
         ));
         Ok(Self {
             name: spec.name,
@@ -316,15 +328,11 @@ impl Sidecar {
             }
         };
         match state {
-            SidecarState::Exited(exit) => {
-                // Let the output pumps catch up with the final lines before reporting them.
-                tokio::task::yield_now().await;
-                Err(StartError::Exited {
-                    name: self.name.clone(),
-                    exit,
-                    last_lines: self.last_lines(),
-                })
-            }
+            SidecarState::Exited(exit) => Err(StartError::Exited {
+                name: self.name.clone(),
+                exit,
+                last_lines: self.last_lines(),
+            }),
             _ => Ok(()),
         }
     }
@@ -357,10 +365,14 @@ impl Sidecar {
             signal: None,
             requested: true,
         };
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or(unknown),
-            None => unknown,
-        }
+        // Await through a reference: if this future is dropped mid-way (a second Ctrl-C),
+        // the handle still owns the task and Drop kills the group.
+        let result = match self.task.as_mut() {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        self.task = None;
+        result.unwrap_or(unknown)
     }
 }
 
@@ -438,6 +450,7 @@ async fn supervise(
     grace: Duration,
     state: watch::Sender<SidecarState>,
     mut stop_rx: oneshot::Receiver<()>,
+    pumps: Vec<JoinHandle<()>>,
 ) -> ExitInfo {
     let interval = health
         .as_ref()
@@ -493,6 +506,14 @@ async fn supervise(
     };
     // Whatever else is left in the group (grandchildren) goes too.
     signal_group(pid, Signal::SIGKILL);
+    // Let the output pumps reach EOF so the last lines are in the tail before anyone reads
+    // the exit; bounded, in case something outside the group still holds the pipes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for p in pumps {
+            let _ = p.await;
+        }
+    })
+    .await;
     state.send_replace(SidecarState::Exited(exit.clone()));
     exit
 }

@@ -56,11 +56,17 @@ impl Fluxlit {
     }
 
     pub async fn start_in(dir: TempDir, args: &[&str]) -> Self {
+        Self::start_with_env(dir, args, &[]).await
+    }
+
+    pub async fn start_with_env(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let pidfile = dir.path().join("run/fluxlit.pid");
         let pid_arg = pidfile.display().to_string();
         let mut all = vec!["run", "--port", "0", "--pidfile", &pid_arg];
         all.extend_from_slice(args);
-        let mut child = command(dir.path(), &all).spawn().expect("start fluxlit");
+        let mut cmd = command(dir.path(), &all);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("start fluxlit");
         let log = Arc::new(Mutex::new(String::new()));
         for stream in [
             child
