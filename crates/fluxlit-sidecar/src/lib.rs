@@ -253,14 +253,16 @@ impl Sidecar {
         let (state_tx, state_rx) = watch::channel(initial);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(supervise(
-            spec.name.clone(),
-            child,
-            pid,
-            spec.health,
-            spec.stop_grace,
+            Supervised {
+                name: spec.name.clone(),
+                child,
+                pid,
+                health: spec.health,
+                grace: spec.stop_grace,
+                pumps,
+            },
             state_tx,
             stop_rx,
-            pumps,
         ));
         Ok(Self {
             name: spec.name,
@@ -442,16 +444,29 @@ async fn pump(name: String, stream: &'static str, io: impl AsyncRead + Unpin, ta
     }
 }
 
-async fn supervise(
+/// What the supervising task owns.
+struct Supervised {
     name: String,
-    mut child: Child,
+    child: Child,
     pid: u32,
     health: Option<HealthProbe>,
     grace: Duration,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+async fn supervise(
+    sup: Supervised,
     state: watch::Sender<SidecarState>,
     mut stop_rx: oneshot::Receiver<()>,
-    pumps: Vec<JoinHandle<()>>,
 ) -> ExitInfo {
+    let Supervised {
+        name,
+        mut child,
+        pid,
+        health,
+        grace,
+        pumps,
+    } = sup;
     let interval = health
         .as_ref()
         .map_or(Duration::from_secs(3600), |h| h.interval);
