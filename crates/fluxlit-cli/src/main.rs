@@ -52,6 +52,9 @@ struct ConfigArgs {
     /// Command that starts the API; {port} is replaced by a free port [env: FLUXLIT_API_COMMAND].
     #[arg(long, value_name = "CMD")]
     api_command: Option<String>,
+    /// URL of a UI server running elsewhere; no Streamlit is started [env: FLUXLIT_UI_UPSTREAM].
+    #[arg(long, value_name = "URL")]
+    ui_upstream: Option<String>,
     /// Python interpreter for Streamlit [env: FLUXLIT_STREAMLIT_PYTHON].
     #[arg(long, value_name = "PATH")]
     streamlit_python: Option<String>,
@@ -89,6 +92,7 @@ impl ConfigArgs {
             &self.streamlit_python,
             "--streamlit-python",
         );
+        set("ui_upstream", &self.ui_upstream, "--ui-upstream");
         set("pidfile", &self.pidfile, "--pidfile");
         set("log_level", &self.log_level, "--log-level");
         if self.no_pidfile {

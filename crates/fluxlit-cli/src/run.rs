@@ -146,7 +146,7 @@ enum Stop {
 async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCode, RunError> {
     let s = &loaded.settings;
     let target = cwd.join(&s.target);
-    if !target.is_file() {
+    if s.ui_upstream.is_none() && !target.is_file() {
         return Err(RunError::MissingTarget {
             path: target,
             target: s.target.clone(),
@@ -185,17 +185,44 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
     let (ui_state_tx, ui_state_rx) = watch::channel(ComponentState::Starting(
         "Streamlit has not been started yet".into(),
     ));
-    let mut builder = Gateway::builder()
-        .settings(s)
-        .ui(Upstream::dynamic("streamlit", ui_rx))
-        .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+    let mut probers = Vec::new();
+    let mut builder = Gateway::builder().settings(s);
+    match s
+        .ui_upstream
+        .as_deref()
+        .map(fluxlit_config::parse_upstream_url)
+    {
+        // Validated by the config loader.
+        Some(Ok(u)) => {
+            if let Ok(authority) = u.authority().parse() {
+                builder = builder.ui(Upstream::fixed(
+                    "ui",
+                    Endpoint {
+                        authority,
+                        base_path: u.base_path.clone(),
+                    },
+                ));
+            }
+            builder = builder.readiness(ReadinessCheck::new("ui", ui_state_rx));
+            probers.push(tokio::spawn(probe_external(
+                u.host,
+                u.port,
+                format!("{}/", u.base_path),
+                ui_state_tx.clone(),
+            )));
+        }
+        _ => {
+            builder = builder
+                .ui(Upstream::dynamic("streamlit", ui_rx))
+                .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+        }
+    }
 
     // API: supervised command, external upstream, or none.
     let (api_tx, api_rx) = watch::channel::<Option<Endpoint>>(None);
     let (api_state_tx, api_state_rx) = watch::channel(ComponentState::Starting(
         "the API has not been started yet".into(),
     ));
-    let mut api_prober = None;
     if s.api_command.is_some() {
         builder = builder
             .api(ApiTarget::Upstream(Upstream::dynamic("api", api_rx)))
@@ -213,9 +240,10 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
                 )));
             }
             builder = builder.readiness(ReadinessCheck::new("api", api_state_rx));
-            api_prober = Some(tokio::spawn(probe_external_api(
+            probers.push(tokio::spawn(probe_external(
                 u.host.clone(),
                 u.port,
+                format!("{}/", u.base_path),
                 api_state_tx.clone(),
             )));
         }
@@ -251,7 +279,11 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             Some(cmd) => Some(start_api(s, &loaded, cmd, &cwd, &common_env).await?),
             None => None,
         };
-        let ui = match start_streamlit(s, &cwd, &common_env).await {
+        let ui = match s.ui_upstream {
+            Some(_) => Ok(None),
+            None => start_streamlit(s, &cwd, &common_env).await.map(Some),
+        };
+        let ui = match ui {
             Ok(ui) => ui,
             Err(e) => {
                 if let Some((api, _)) = api {
@@ -280,9 +312,10 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let (ui, ui_port) = ui;
-    ui_tx.send_replace(Some(Endpoint::loopback(ui_port)));
-    tokio::spawn(forward_state(ui.state(), ui_state_tx));
+    if let Some((ui, port)) = &ui {
+        ui_tx.send_replace(Some(Endpoint::loopback(*port)));
+        tokio::spawn(forward_state(ui.state(), ui_state_tx));
+    }
     if let Some((api, port)) = &api {
         api_tx.send_replace(Some(Endpoint::loopback(*port)));
         tokio::spawn(forward_state(api.state(), api_state_tx.clone()));
@@ -305,8 +338,8 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
     let stop = tokio::select! {
         _ = sigterm.recv() => Stop::Signal("SIGTERM"),
         _ = sigint.recv() => Stop::Signal("SIGINT"),
-        exit = ui.exited() => Stop::SidecarExited(format!("the streamlit sidecar exited ({exit})")),
-        exit = wait_api(&api) => Stop::SidecarExited(format!("the api sidecar exited ({exit})")),
+        exit = wait_exit(&ui) => Stop::SidecarExited(format!("the streamlit sidecar exited ({exit})")),
+        exit = wait_exit(&api) => Stop::SidecarExited(format!("the api sidecar exited ({exit})")),
     };
     let code = match &stop {
         Stop::Signal(sig) => {
@@ -318,7 +351,7 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             ExitCode::from(1)
         }
     };
-    if let Some(p) = api_prober {
+    for p in probers {
         p.abort();
     }
     // A second SIGTERM/SIGINT while stopping cuts the graces short: dropping the stop future
@@ -344,8 +377,8 @@ fn forced(signal: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-async fn wait_api(api: &Option<(Sidecar, u16)>) -> fluxlit_sidecar::ExitInfo {
-    match api {
+async fn wait_exit(sidecar: &Option<(Sidecar, u16)>) -> fluxlit_sidecar::ExitInfo {
+    match sidecar {
         Some((a, _)) => a.exited().await,
         None => std::future::pending().await,
     }
@@ -365,14 +398,18 @@ async fn stop_all(
     gateway: &Gateway,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    ui: Sidecar,
+    ui: Option<(Sidecar, u16)>,
     api: Option<(Sidecar, u16)>,
 ) {
     // 1. Stop accepting; let in-flight HTTP finish.
     stop.cancel();
     let _ = task.await;
     // 2. Stop the sidecars (Streamlit closes its WebSockets as it goes).
-    let ui_stop = ui.stop();
+    let ui_stop = async {
+        if let Some((u, _)) = ui {
+            u.stop().await;
+        }
+    };
     let api_stop = async {
         if let Some((a, _)) = api {
             a.stop().await;
@@ -405,7 +442,12 @@ async fn forward_state(mut from: watch::Receiver<SidecarState>, to: watch::Sende
     }
 }
 
-async fn probe_external_api(host: String, port: u16, state: watch::Sender<ComponentState>) {
+async fn probe_external(
+    host: String,
+    port: u16,
+    path: String,
+    state: watch::Sender<ComponentState>,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -422,7 +464,7 @@ async fn probe_external_api(host: String, port: u16, state: watch::Sender<Compon
                 continue;
             }
         };
-        let next = match HealthProbe::any_response(addr, "/").check().await {
+        let next = match HealthProbe::any_response(addr, &path).check().await {
             Ok(()) => ComponentState::Ready,
             Err(e) => ComponentState::NotReady(e.to_string()),
         };

@@ -380,3 +380,29 @@ async fn a_second_signal_cuts_the_stop_short() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_external_ui_upstream_replaces_streamlit() {
+    let up = fluxlit_testkit::upstream::TestUpstream::start().await;
+    let dir = fluxlit_testkit::TempDir::new("ui-upstream");
+    let ui = format!("http://{}", up.addr);
+    let gw = Fluxlit::start_in(dir, &["--ui-upstream", &ui]).await;
+    gw.wait_ready("/api/readyz").await;
+    let (_, _, body) = get(&gw.url("/api/readyz")).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["components"]["ui"],
+        "ready",
+        "{body}"
+    );
+    let (s, _, body) = get(&gw.url("/echo/x?y=1")).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["uri"],
+        "/echo/x?y=1"
+    );
+    assert!(
+        gw.children().is_empty(),
+        "no sidecar is started: {:?}",
+        gw.children()
+    );
+}

@@ -225,6 +225,8 @@ pub struct Settings {
     pub api_upstream: Option<String>,
     /// Shell command that starts a supervised API; `{port}` is substituted.
     pub api_command: Option<String>,
+    /// External UI upstream URL; when set, no Streamlit sidecar is started.
+    pub ui_upstream: Option<String>,
     /// Python interpreter for `python -m streamlit`, resolved.
     pub streamlit_python: String,
     /// Extra `streamlit run` arguments.
@@ -541,6 +543,7 @@ struct RawSettings {
     api_mount_path: String,
     api_upstream: Option<String>,
     api_command: Option<String>,
+    ui_upstream: Option<String>,
     streamlit_python: Option<String>,
     streamlit_run_cli_args: Vec<String>,
     pidfile: Option<String>,
@@ -563,6 +566,7 @@ fn defaults() -> serde_json::Value {
         "api_mount_path": "/api",
         "api_upstream": null,
         "api_command": null,
+        "ui_upstream": null,
         "streamlit_python": null,
         "streamlit_run_cli_args": [],
         "pidfile": null,
@@ -654,6 +658,17 @@ fn resolve(
             origin_of(origins, "api_upstream"),
         );
     }
+    if let Some(u) = &raw.ui_upstream
+        && let Err(why) = paths::parse_upstream_url(u)
+    {
+        bad(
+            "ui_upstream",
+            u,
+            &format!("an http:// URL with a host and port, optionally a base path ({why})"),
+            "for example http://127.0.0.1:8501",
+            origin_of(origins, "ui_upstream"),
+        );
+    }
     for arg in &raw.streamlit_run_cli_args {
         let flag = arg.split('=').next().unwrap_or(arg);
         if RESERVED_STREAMLIT_FLAGS.contains(&flag) {
@@ -704,6 +719,7 @@ fn resolve(
         api_mount_path,
         api_upstream: raw.api_upstream,
         api_command: raw.api_command,
+        ui_upstream: raw.ui_upstream,
         streamlit_python,
         streamlit_run_cli_args: raw.streamlit_run_cli_args,
         pidfile: raw.pidfile.unwrap_or_else(|| ".fluxlit.pid".into()),

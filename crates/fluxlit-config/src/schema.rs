@@ -145,6 +145,15 @@ pub const KEYS: &[KeySpec] = &[
         doc: "Shell command that starts the API; {port} is replaced by a free loopback port (also given as PORT). FluxLit supervises it.",
     },
     KeySpec {
+        name: "ui_upstream",
+        aliases: &[],
+        kind: Kind::OptText,
+        flag: Some("--ui-upstream"),
+        secret: false,
+        default: "",
+        doc: "URL of a UI server that runs elsewhere (http://host:port[/base]); FluxLit then starts no Streamlit and proxies every non-API path there.",
+    },
+    KeySpec {
         name: "streamlit_python",
         aliases: &[],
         kind: Kind::OptText,
