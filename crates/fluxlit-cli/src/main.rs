@@ -1,6 +1,7 @@
 //! The `fluxlit` command: wiring only. It parses arguments, loads the configuration, starts the
 //! sidecars, serves the gateway and stops everything in order.
 
+mod config_cmd;
 mod doctor_cmd;
 mod pidfile;
 mod run;
@@ -24,6 +25,8 @@ enum Command {
     Run(RunArgs),
     /// Check the project's configuration and prerequisites (Python, Streamlit, target).
     Doctor(DoctorArgs),
+    /// Print the effective settings, where each came from, and configuration warnings.
+    Config(ConfigCmdArgs),
 }
 
 /// Options shared by every command that reads the configuration.
@@ -64,6 +67,18 @@ struct ConfigArgs {
     /// Do not write a pidfile [env: FLUXLIT_NO_PIDFILE].
     #[arg(long)]
     no_pidfile: bool,
+    /// Trust X-Forwarded-* / Forwarded from forwarded_allow_ips [env: FLUXLIT_TRUST_PROXY].
+    #[arg(long)]
+    proxy_headers: bool,
+    /// Proxies whose forwarded headers are trusted: IPs/CIDRs, comma-separated [env: FLUXLIT_FORWARDED_ALLOW_IPS].
+    #[arg(long, value_name = "LIST")]
+    forwarded_allow_ips: Option<String>,
+    /// Debug mode [env: FLUXLIT_DEBUG].
+    #[arg(long)]
+    debug: bool,
+    /// Log format: text or json [env: FLUXLIT_LOG_FORMAT; default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
     /// Log filter: error, warn, info, debug, trace [env: FLUXLIT_LOG_LEVEL; default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -95,6 +110,18 @@ impl ConfigArgs {
         set("ui_upstream", &self.ui_upstream, "--ui-upstream");
         set("pidfile", &self.pidfile, "--pidfile");
         set("log_level", &self.log_level, "--log-level");
+        set(
+            "forwarded_allow_ips",
+            &self.forwarded_allow_ips,
+            "--forwarded-allow-ips",
+        );
+        set("log_format", &self.log_format, "--log-format");
+        if self.proxy_headers {
+            cli.set("trust_proxy", "true", "--proxy-headers");
+        }
+        if self.debug {
+            cli.set("debug", "true", "--debug");
+        }
         if self.no_pidfile {
             cli.set("no_pidfile", "true", "--no-pidfile");
         }
@@ -124,6 +151,21 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+struct ConfigCmdArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON (always includes each value's origin).
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 on any warning, not only on errors.
+    #[arg(long)]
+    strict: bool,
+    /// Show where each value came from.
+    #[arg(long)]
+    show_origin: bool,
+}
+
+#[derive(Debug, Args)]
 struct DoctorArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -139,5 +181,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::main(args.config, env),
         Command::Doctor(args) => doctor_cmd::main(args, env),
+        Command::Config(args) => config_cmd::main(args, env),
     }
 }

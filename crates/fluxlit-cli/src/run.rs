@@ -53,7 +53,34 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let filter = match EnvFilter::try_new(&loaded.settings.log_level) {
+    let found = fluxlit_config::findings::findings(&loaded, &env);
+    let refuse: Vec<&fluxlit_config::findings::Finding> = found
+        .iter()
+        .filter(|f| {
+            f.level == fluxlit_config::findings::Level::Error || loaded.settings.strict_startup
+        })
+        .collect();
+    if !refuse.is_empty() {
+        eprintln!(
+            "fluxlit: refusing to start{}:",
+            if loaded.settings.strict_startup {
+                " (strict_startup is on)"
+            } else {
+                ""
+            }
+        );
+        for f in refuse {
+            eprintln!("  - {}: {}", f.code, f.message);
+        }
+        return ExitCode::from(1);
+    }
+    // Debug mode raises the default level to debug (an explicit log_level still wins).
+    let level = if loaded.settings.debug && loaded.settings.log_level == "info" {
+        "debug".to_owned()
+    } else {
+        loaded.settings.log_level.clone()
+    };
+    let filter = match EnvFilter::try_new(&level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
@@ -64,13 +91,21 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    for w in &loaded.warnings {
-        tracing::warn!(code = w.code, "{}", w.message);
+        .with_writer(std::io::stderr);
+    match loaded.settings.log_format {
+        fluxlit_config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        fluxlit_config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    for f in &found {
+        tracing::warn!(code = f.code, "{}", f.message);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

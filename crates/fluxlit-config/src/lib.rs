@@ -27,6 +27,7 @@
 //! ```
 
 mod file;
+pub mod findings;
 mod paths;
 pub mod schema;
 pub mod value;
@@ -40,7 +41,7 @@ use figment::Figment;
 use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
-pub use paths::{PathRejection, normalize_api_mount, normalize_root_path};
+pub use paths::{IpNet, PathRejection, normalize_api_mount, normalize_root_path, parse_ip_net};
 use schema::{KEYS, KNOWN_NON_SETTING_ENV, KeySpec, find_key};
 use value::Raw;
 
@@ -205,53 +206,137 @@ fn render_problems(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// The effective settings after precedence and validation. Paths are normalised, durations are
-/// [`Duration`]s, optional text is `None` when unset.
+/// A secret value (`*_secret`): redacted wherever it is printed or serialized.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the code that needs it (never for printing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[REDACTED]"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { REDACTED })
+    }
+}
+
+/// What secrets are replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// What happens when a sidecar exits on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// The gateway stops and exits non-zero (the platform restarts it).
+    Exit,
+    /// The sidecar is restarted with backoff.
+    Restart,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The effective settings after precedence and validation (see `docs/configuration.md` for
+/// every key). Paths are normalised, durations are [`Duration`]s, sizes are bytes, optional
+/// values are `None` when unset, secrets are [`Secret`]s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)] // each field is documented in the schema (`schema::KEYS`) and docs/configuration.md
 pub struct Settings {
-    /// Streamlit script path (relative to the working directory).
     pub target: String,
-    /// Public bind address.
-    pub gateway_host: String,
-    /// Public bind port (`0` = pick a free one).
-    pub gateway_port: u16,
-    /// Normalised public mount: `""` or `/seg[/seg…]` without a trailing slash.
-    pub root_path: String,
-    /// Normalised fallback public mount (used only when `root_path` is empty).
-    pub streamlit_public_path: String,
-    /// Normalised API mount, `/api` by default; never `/`.
-    pub api_mount_path: String,
-    /// External API upstream URL (`http://host:port[/base]`).
-    pub api_upstream: Option<String>,
-    /// Shell command that starts a supervised API; `{port}` is substituted.
-    pub api_command: Option<String>,
-    /// External UI upstream URL; when set, no Streamlit sidecar is started.
-    pub ui_upstream: Option<String>,
-    /// Python interpreter for `python -m streamlit`, resolved.
+    #[serde(deserialize_with = "null_as_empty")]
     pub streamlit_python: String,
-    /// Extra `streamlit run` arguments.
     pub streamlit_run_cli_args: Vec<String>,
-    /// Pidfile path (relative to the working directory), unless `no_pidfile`.
-    pub pidfile: String,
-    /// Skip writing the pidfile.
-    pub no_pidfile: bool,
-    /// Log filter.
-    pub log_level: String,
-    /// Upstream connect timeout.
-    #[serde(with = "secs")]
-    pub gateway_upstream_connect_timeout_s: Duration,
-    /// Upstream response-header timeout.
-    #[serde(with = "secs")]
-    pub gateway_upstream_read_timeout_s: Duration,
-    /// Drain period for in-flight requests on shutdown.
-    #[serde(with = "secs")]
-    pub graceful_shutdown_timeout_s: Duration,
-    /// Sidecar start-up deadline.
+    pub streamlit_page_config: serde_json::Map<String, serde_json::Value>,
+    pub api_command: Option<String>,
+    pub api_upstream: Option<String>,
+    pub ui_upstream: Option<String>,
     #[serde(with = "secs")]
     pub sidecar_start_timeout_s: Duration,
-    /// Grace after each stop signal to a sidecar.
     #[serde(with = "secs")]
     pub sidecar_stop_timeout_s: Duration,
+    pub sidecar_restart: RestartPolicy,
+    pub pidfile: String,
+    pub no_pidfile: bool,
+    pub gateway_host: String,
+    pub gateway_port: u16,
+    pub root_path: String,
+    pub streamlit_public_path: String,
+    pub api_mount_path: String,
+    pub public_base_url: String,
+    pub strict_public_base_url: bool,
+    pub trust_proxy: bool,
+    pub forwarded_allow_ips: Vec<String>,
+    pub gateway_forward_client_headers_to_streamlit: Vec<String>,
+    #[serde(with = "secs")]
+    pub gateway_upstream_connect_timeout_s: Duration,
+    #[serde(with = "secs")]
+    pub gateway_upstream_read_timeout_s: Duration,
+    pub gateway_max_proxy_request_body_bytes: u64,
+    pub gateway_max_api_request_body_bytes: u64,
+    pub gateway_max_concurrent_upstream_http: u64,
+    pub gateway_httpx_max_connections: u64,
+    pub gateway_httpx_max_keepalive_connections: u64,
+    #[serde(with = "secs")]
+    pub gateway_ws_open_timeout_s: Duration,
+    #[serde(with = "opt_secs")]
+    pub gateway_ws_ping_interval_s: Option<Duration>,
+    #[serde(with = "opt_secs")]
+    pub gateway_ws_ping_timeout_s: Option<Duration>,
+    #[serde(with = "opt_secs")]
+    pub gateway_ws_close_timeout_s: Option<Duration>,
+    pub gateway_ws_max_message_bytes: Option<u64>,
+    #[serde(with = "secs")]
+    pub graceful_shutdown_timeout_s: Duration,
+    pub enable_security_headers: bool,
+    pub cors_allow_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+    pub cors_middleware_kwargs: serde_json::Map<String, serde_json::Value>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub debug: bool,
+    pub enable_gateway_access_log: bool,
+    pub enable_gateway_prometheus_metrics: bool,
+    pub gateway_prometheus_metrics_path: String,
+    pub strict_startup: bool,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub jwt_hs256_secret: Secret,
+    pub jwt_jwks_url: String,
+    pub jwt_leeway_seconds: u64,
+    pub oidc_issuer: String,
+    pub oidc_client_id: String,
+    pub oidc_client_secret: Secret,
+    pub oidc_bff_secret: Secret,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 mod secs {
@@ -265,6 +350,26 @@ mod secs {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let f = f64::deserialize(d)?;
         Duration::try_from_secs_f64(f).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|f| Duration::try_from_secs_f64(f).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -431,6 +536,23 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             }),
         }
     }
+    // PUBLIC_BASE_URL (a platform convention) stands in for FLUXLIT_PUBLIC_BASE_URL when that is unset.
+    if !layer.contains_key("public_base_url")
+        && let Some(v) = opts
+            .env
+            .get("PUBLIC_BASE_URL")
+            .filter(|v| !v.trim().is_empty())
+    {
+        layer.insert(
+            "public_base_url",
+            (
+                serde_json::Value::String(v.to_owned()),
+                Origin::Env {
+                    var: "PUBLIC_BASE_URL".into(),
+                },
+            ),
+        );
+    }
     layers.push(layer);
 
     // 3. The command line.
@@ -469,7 +591,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
 
     // Values that failed their type check were left out of the merge (their defaults stand
     // in), so the cross-key checks below still run and every problem is reported at once.
-    let raw: RawSettings = match figment.extract() {
+    let raw: Settings = match figment.extract() {
         Ok(r) => r,
         Err(e) => {
             for err in e {
@@ -532,52 +654,20 @@ fn check(
     }
 }
 
-/// The merge result before normalisation and cross-key checks.
-#[derive(Debug, Deserialize)]
-struct RawSettings {
-    target: String,
-    gateway_host: String,
-    gateway_port: u16,
-    root_path: String,
-    streamlit_public_path: String,
-    api_mount_path: String,
-    api_upstream: Option<String>,
-    api_command: Option<String>,
-    ui_upstream: Option<String>,
-    streamlit_python: Option<String>,
-    streamlit_run_cli_args: Vec<String>,
-    pidfile: Option<String>,
-    no_pidfile: bool,
-    log_level: String,
-    gateway_upstream_connect_timeout_s: f64,
-    gateway_upstream_read_timeout_s: f64,
-    graceful_shutdown_timeout_s: f64,
-    sidecar_start_timeout_s: f64,
-    sidecar_stop_timeout_s: f64,
-}
-
-fn defaults() -> serde_json::Value {
-    serde_json::json!({
-        "target": "app.py",
-        "gateway_host": "127.0.0.1",
-        "gateway_port": 8000,
-        "root_path": "",
-        "streamlit_public_path": "",
-        "api_mount_path": "/api",
-        "api_upstream": null,
-        "api_command": null,
-        "ui_upstream": null,
-        "streamlit_python": null,
-        "streamlit_run_cli_args": [],
-        "pidfile": null,
-        "no_pidfile": false,
-        "log_level": "info",
-        "gateway_upstream_connect_timeout_s": 30.0,
-        "gateway_upstream_read_timeout_s": 120.0,
-        "graceful_shutdown_timeout_s": 30.0,
-        "sidecar_start_timeout_s": 60.0,
-        "sidecar_stop_timeout_s": 5.0,
-    })
+/// The defaults layer, derived from the schema: optional kinds are absent (`null`), every
+/// other default is parsed by its kind (a test checks that each one parses).
+fn defaults() -> serde_json::Map<String, serde_json::Value> {
+    KEYS.iter()
+        .map(|k| {
+            let v = if k.kind.optional() {
+                serde_json::Value::Null
+            } else {
+                value::convert(k.kind, &Raw::Text(k.default.to_owned()))
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            (k.name.to_owned(), v)
+        })
+        .collect()
 }
 
 /// Streamlit flags FluxLit sets itself; user arguments may not set them.
@@ -585,7 +675,7 @@ const RESERVED_STREAMLIT_FLAGS: &[&str] =
     &["--server.port", "--server.address", "--server.baseUrlPath"];
 
 fn resolve(
-    raw: RawSettings,
+    mut raw: Settings,
     opts: &LoadOptions,
     origins: &mut BTreeMap<&'static str, Origin>,
     problems: &mut Vec<Problem>,
@@ -700,37 +790,63 @@ fn resolve(
         );
     }
 
-    let streamlit_python = match raw.streamlit_python {
-        Some(p) => p,
-        None => {
-            let (python, reason) = default_python(opts);
-            origins.insert("streamlit_python", Origin::Derived { reason });
-            python
-        }
+    if raw.streamlit_python.is_empty() {
+        let (python, reason) = default_python(opts);
+        origins.insert("streamlit_python", Origin::Derived { reason });
+        raw.streamlit_python = python;
+    }
+    if raw.pidfile.trim().is_empty() && !raw.no_pidfile {
+        bad(
+            "pidfile",
+            &raw.pidfile,
+            "a file path",
+            "set a path such as .fluxlit.pid, or set no_pidfile to skip the pidfile",
+            origin_of(origins, "pidfile"),
+        );
+    }
+    let metrics_path = if raw.gateway_prometheus_metrics_path.starts_with('/') {
+        raw.gateway_prometheus_metrics_path.clone()
+    } else {
+        format!("/{}", raw.gateway_prometheus_metrics_path)
     };
+    if metrics_path == api_mount_path || metrics_path.starts_with(&format!("{api_mount_path}/")) {
+        bad(
+            "gateway_prometheus_metrics_path",
+            &raw.gateway_prometheus_metrics_path,
+            &format!("a path outside the API mount {api_mount_path} (the API would shadow it)"),
+            "keep the default /__fluxlit/metrics, or choose another path outside the API mount",
+            origin_of(origins, "gateway_prometheus_metrics_path"),
+        );
+    }
+    for entry in &raw.forwarded_allow_ips {
+        if entry != "*" && paths::parse_ip_net(entry).is_err() {
+            bad(
+                "forwarded_allow_ips",
+                entry,
+                "IP addresses or CIDR ranges (IPv4 or IPv6), e.g. 10.0.0.0/8, 192.168.1.10, fd00::/8",
+                "list the addresses of your reverse proxies",
+                origin_of(origins, "forwarded_allow_ips"),
+            );
+        }
+    }
+    if !raw.jwt_hs256_secret.is_empty() && !raw.jwt_jwks_url.is_empty() {
+        bad(
+            "jwt_hs256_secret",
+            REDACTED,
+            &format!(
+                "either jwt_hs256_secret or jwt_jwks_url, not both (jwt_jwks_url is set by {})",
+                origin_of(origins, "jwt_jwks_url")
+            ),
+            "use the shared secret for HS256 tokens or the JWKS URL for RS256/ES256 tokens",
+            origin_of(origins, "jwt_hs256_secret"),
+        );
+    }
 
-    let dur = |f: f64| Duration::try_from_secs_f64(f).unwrap_or(Duration::MAX);
-    Some(Settings {
-        target: raw.target,
-        gateway_host: raw.gateway_host,
-        gateway_port: raw.gateway_port,
-        root_path,
-        streamlit_public_path,
-        api_mount_path,
-        api_upstream: raw.api_upstream,
-        api_command: raw.api_command,
-        ui_upstream: raw.ui_upstream,
-        streamlit_python,
-        streamlit_run_cli_args: raw.streamlit_run_cli_args,
-        pidfile: raw.pidfile.unwrap_or_else(|| ".fluxlit.pid".into()),
-        no_pidfile: raw.no_pidfile,
-        log_level: raw.log_level,
-        gateway_upstream_connect_timeout_s: dur(raw.gateway_upstream_connect_timeout_s),
-        gateway_upstream_read_timeout_s: dur(raw.gateway_upstream_read_timeout_s),
-        graceful_shutdown_timeout_s: dur(raw.graceful_shutdown_timeout_s),
-        sidecar_start_timeout_s: dur(raw.sidecar_start_timeout_s),
-        sidecar_stop_timeout_s: dur(raw.sidecar_stop_timeout_s),
-    })
+    raw.root_path = root_path;
+    raw.streamlit_public_path = streamlit_public_path;
+    raw.api_mount_path = api_mount_path;
+    raw.gateway_prometheus_metrics_path = metrics_path;
+    Some(raw)
 }
 
 /// `$VIRTUAL_ENV/bin/python`, else `./.venv/bin/python` if it exists, else `python3`.

@@ -140,9 +140,97 @@ pub fn parse_upstream_url(raw: &str) -> Result<UpstreamUrl, PathRejection> {
     })
 }
 
+/// An IP network: an address and a prefix length (`/32` or `/128` for a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// The network address (host bits are ignored when matching).
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address matches IPv4 networks).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses `10.0.0.0/8`, `192.168.1.10`, `fd00::/8` or `::1`.
+///
+/// # Errors
+/// Not an IP address, or a prefix longer than the address.
+pub fn parse_ip_net(text: &str) -> Result<IpNet, PathRejection> {
+    let t = text.trim();
+    let (addr, prefix) = match t.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (t, None),
+    };
+    let addr: std::net::IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| "not an IP address")?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or("the prefix length is out of range")?,
+        None => max,
+    };
+    Ok(IpNet { addr, prefix })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_networks() {
+        let net = parse_ip_net("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            parse_ip_net("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        let one = parse_ip_net("127.0.0.1").unwrap();
+        assert!(
+            one.contains("127.0.0.1".parse().unwrap())
+                && !one.contains("127.0.0.2".parse().unwrap())
+        );
+        let v6 = parse_ip_net("fd00::/8").unwrap();
+        assert!(
+            v6.contains("fd12::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap())
+        );
+        assert!(
+            parse_ip_net("::/0")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "nope", "::1/129", "1.2.3.4/x", ""] {
+            assert!(parse_ip_net(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn root_paths() {

@@ -15,25 +15,66 @@ pub enum Kind {
     Bool,
     /// A TCP port, `0..=65535` (`0` asks the OS for a free port).
     Port,
+    /// A non-negative whole number.
+    Count,
+    /// A size in bytes: an integer or a number with a unit (`64MiB`, `10 MB`, `512KiB`).
+    Bytes,
+    /// Like [`Kind::Bytes`], but may be absent.
+    OptBytes,
     /// A duration in seconds: a number (`2.5`) or a humantime string (`30s`, `5m`, `250ms`).
     Seconds,
+    /// Like [`Kind::Seconds`], but may be absent.
+    OptSeconds,
     /// A list of strings: a JSON array (`["a","b"]`), comma-separated text, or a TOML array.
     List,
+    /// A JSON object (`{"k": 1}`), or a TOML table in files.
+    Object,
+    /// One of a fixed set of words (any case).
+    Choice(&'static [&'static str]),
 }
 
 impl Kind {
     /// What a value of this kind looks like, for error messages.
-    pub fn expected(self) -> &'static str {
+    pub fn expected(self) -> String {
         match self {
-            Kind::Text | Kind::OptText => "a string",
-            Kind::Bool => "a boolean: one of 1/0, true/false, yes/no, on/off (any case)",
-            Kind::Port => "a TCP port number from 0 to 65535",
-            Kind::Seconds => {
-                "a non-negative duration: seconds as a number (2.5) or a humantime string (30s, 5m, 250ms)"
+            Kind::Text | Kind::OptText => "a string".into(),
+            Kind::Bool => "a boolean: one of 1/0, true/false, yes/no, on/off (any case)".into(),
+            Kind::Port => "a TCP port number from 0 to 65535".into(),
+            Kind::Count => "a whole number, 0 or more".into(),
+            Kind::Bytes | Kind::OptBytes => {
+                "a size in bytes: a whole number or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB), e.g. 64MiB".into()
+            }
+            Kind::Seconds | Kind::OptSeconds => {
+                "a non-negative duration: seconds as a number (2.5) or a humantime string (30s, 5m, 250ms)".into()
             }
             Kind::List => {
-                "a list of strings: a JSON array ([\"a\",\"b\"]), comma-separated text, or a TOML array"
+                "a list of strings: a JSON array ([\"a\",\"b\"]), comma-separated text, or a TOML array".into()
             }
+            Kind::Object => "a JSON object ({\"key\": value}) or a TOML table".into(),
+            Kind::Choice(words) => format!("one of: {}", words.join(", ")),
+        }
+    }
+
+    /// Whether an unset value is allowed (its default is "absent").
+    pub fn optional(self) -> bool {
+        matches!(self, Kind::OptText | Kind::OptBytes | Kind::OptSeconds)
+    }
+
+    /// The type's name in `docs/configuration.md`.
+    pub fn doc_name(self) -> String {
+        match self {
+            Kind::Text => "string".into(),
+            Kind::OptText => "string (optional)".into(),
+            Kind::Bool => "boolean".into(),
+            Kind::Port => "port".into(),
+            Kind::Count => "integer ≥ 0".into(),
+            Kind::Bytes => "bytes".into(),
+            Kind::OptBytes => "bytes (optional)".into(),
+            Kind::Seconds => "seconds".into(),
+            Kind::OptSeconds => "seconds (optional)".into(),
+            Kind::List => "list of strings".into(),
+            Kind::Object => "JSON object".into(),
+            Kind::Choice(words) => words.join(" \\| "),
         }
     }
 }
@@ -70,179 +111,100 @@ pub fn env_name(key: &str) -> String {
     format!("FLUXLIT_{}", key.to_ascii_uppercase())
 }
 
-/// Every setting FluxLit understands, in documentation order.
+const fn key(name: &'static str, kind: Kind, default: &'static str, doc: &'static str) -> KeySpec {
+    KeySpec {
+        name,
+        aliases: &[],
+        kind,
+        flag: None,
+        secret: false,
+        default,
+        doc,
+    }
+}
+
+impl KeySpec {
+    const fn flag(mut self, flag: &'static str) -> Self {
+        self.flag = Some(flag);
+        self
+    }
+
+    const fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    const fn aliases(mut self, aliases: &'static [&'static str]) -> Self {
+        self.aliases = aliases;
+        self
+    }
+}
+
+/// Every setting FluxLit understands, in documentation order. For optional kinds the default
+/// is "absent" and `default` only describes what happens then.
 pub const KEYS: &[KeySpec] = &[
-    KeySpec {
-        name: "target",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: Some("TARGET (positional)"),
-        secret: false,
-        default: "app.py",
-        doc: "The Streamlit script to run, relative to the working directory.",
-    },
-    KeySpec {
-        name: "gateway_host",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: Some("--host"),
-        secret: false,
-        default: "127.0.0.1",
-        doc: "Address the public gateway listens on (use 0.0.0.0 in containers).",
-    },
-    KeySpec {
-        name: "gateway_port",
-        aliases: &[],
-        kind: Kind::Port,
-        flag: Some("--port"),
-        secret: false,
-        default: "8000",
-        doc: "TCP port of the public gateway; 0 picks a free port.",
-    },
-    KeySpec {
-        name: "root_path",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: Some("--root-path"),
-        secret: false,
-        default: "",
-        doc: "Public path prefix the app is served under (for example /myapp); passed to Streamlit as server.baseUrlPath.",
-    },
-    KeySpec {
-        name: "streamlit_public_path",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: None,
-        secret: false,
-        default: "",
-        doc: "Public path prefix used only when root_path is empty (FluxLit compatibility).",
-    },
-    KeySpec {
-        name: "api_mount_path",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: Some("--api-mount-path"),
-        secret: false,
-        default: "/api",
-        doc: "Path under the root path where the API is mounted; normalised to a leading slash and no trailing slash.",
-    },
-    KeySpec {
-        name: "api_upstream",
-        aliases: &[],
-        kind: Kind::OptText,
-        flag: Some("--api-upstream"),
-        secret: false,
-        default: "",
-        doc: "URL of an API server that runs elsewhere (http://host:port[/base]); requests under the API mount are proxied to it.",
-    },
-    KeySpec {
-        name: "api_command",
-        aliases: &[],
-        kind: Kind::OptText,
-        flag: Some("--api-command"),
-        secret: false,
-        default: "",
-        doc: "Shell command that starts the API; {port} is replaced by a free loopback port (also given as PORT). FluxLit supervises it.",
-    },
-    KeySpec {
-        name: "ui_upstream",
-        aliases: &[],
-        kind: Kind::OptText,
-        flag: Some("--ui-upstream"),
-        secret: false,
-        default: "",
-        doc: "URL of a UI server that runs elsewhere (http://host:port[/base]); FluxLit then starts no Streamlit and proxies every non-API path there.",
-    },
-    KeySpec {
-        name: "streamlit_python",
-        aliases: &[],
-        kind: Kind::OptText,
-        flag: Some("--streamlit-python"),
-        secret: false,
-        default: "$VIRTUAL_ENV/bin/python, else ./.venv/bin/python, else python3",
-        doc: "Python interpreter used as `python -m streamlit run`.",
-    },
-    KeySpec {
-        name: "streamlit_run_cli_args",
-        aliases: &[],
-        kind: Kind::List,
-        flag: Some("-- STREAMLIT_ARGS..."),
-        secret: false,
-        default: "[]",
-        doc: "Extra arguments for `streamlit run`, after FluxLit's own; they may not set server.port, server.address or server.baseUrlPath.",
-    },
-    KeySpec {
-        name: "pidfile",
-        aliases: &[],
-        kind: Kind::OptText,
-        flag: Some("--pidfile"),
-        secret: false,
-        default: ".fluxlit.pid",
-        doc: "Where the gateway writes its process id once the sidecars are ready; removed on shutdown.",
-    },
-    KeySpec {
-        name: "no_pidfile",
-        aliases: &[],
-        kind: Kind::Bool,
-        flag: Some("--no-pidfile"),
-        secret: false,
-        default: "false",
-        doc: "Do not write a pidfile.",
-    },
-    KeySpec {
-        name: "log_level",
-        aliases: &[],
-        kind: Kind::Text,
-        flag: Some("--log-level"),
-        secret: false,
-        default: "info",
-        doc: "Log filter: error, warn, info, debug, trace, or a tracing directive list.",
-    },
-    KeySpec {
-        name: "gateway_upstream_connect_timeout_s",
-        aliases: &[],
-        kind: Kind::Seconds,
-        flag: None,
-        secret: false,
-        default: "30",
-        doc: "Seconds to wait for a TCP connection to an upstream; then 502.",
-    },
-    KeySpec {
-        name: "gateway_upstream_read_timeout_s",
-        aliases: &[],
-        kind: Kind::Seconds,
-        flag: None,
-        secret: false,
-        default: "120",
-        doc: "Seconds to wait for an upstream's response headers; then 504. Streaming bodies and WebSockets are never cut by it.",
-    },
-    KeySpec {
-        name: "graceful_shutdown_timeout_s",
-        aliases: &["uvicorn_graceful_shutdown_timeout_s"],
-        kind: Kind::Seconds,
-        flag: None,
-        secret: false,
-        default: "30",
-        doc: "Seconds in-flight requests get to finish after SIGTERM/SIGINT before connections are closed.",
-    },
-    KeySpec {
-        name: "sidecar_start_timeout_s",
-        aliases: &[],
-        kind: Kind::Seconds,
-        flag: None,
-        secret: false,
-        default: "60",
-        doc: "Seconds a sidecar (Streamlit, API command) has to become ready before start-up fails.",
-    },
-    KeySpec {
-        name: "sidecar_stop_timeout_s",
-        aliases: &[],
-        kind: Kind::Seconds,
-        flag: None,
-        secret: false,
-        default: "5",
-        doc: "Seconds a sidecar gets after each stop signal (SIGINT, then SIGTERM) before the next; then SIGKILL.",
-    },
+    // What to run.
+    key("target", Kind::Text, "app.py", "The Streamlit script to run, relative to the working directory.").flag("TARGET (positional)"),
+    key("streamlit_python", Kind::OptText, "$VIRTUAL_ENV/bin/python, else ./.venv/bin/python, else python3", "Python interpreter used as `python -m streamlit run`.").flag("--streamlit-python"),
+    key("streamlit_run_cli_args", Kind::List, "[]", "Extra arguments for `streamlit run`, after FluxLit's own; they may not set server.port, server.address or server.baseUrlPath.").flag("-- STREAMLIT_ARGS..."),
+    key("streamlit_page_config", Kind::Object, "{}", "Page configuration for the app (page_title, page_icon, layout, initial_sidebar_state, menu_items), handed to the Streamlit process as JSON in FLUXLIT_STREAMLIT_PAGE_CONFIG for the script to pass to st.set_page_config."),
+    key("api_command", Kind::OptText, "no supervised API", "Command that starts the API; {port} is replaced by a free loopback port (also given as PORT). A plain command is executed directly, shell syntax runs under `sh -c`. FluxLit supervises it.").flag("--api-command"),
+    key("api_upstream", Kind::OptText, "no external API", "URL of an API server that runs elsewhere (http://host:port[/base]); requests under the API mount are proxied to it.").flag("--api-upstream"),
+    key("ui_upstream", Kind::OptText, "Streamlit sidecar", "URL of a UI server that runs elsewhere (http://host:port[/base]); FluxLit then starts no Streamlit and proxies every non-API path there.").flag("--ui-upstream"),
+    key("sidecar_start_timeout_s", Kind::Seconds, "60", "Seconds a sidecar (Streamlit, API command) has to become ready before start-up fails."),
+    key("sidecar_stop_timeout_s", Kind::Seconds, "5", "Seconds a sidecar gets after each stop signal (SIGINT, then SIGTERM) before the next; then SIGKILL."),
+    key("sidecar_restart", Kind::Choice(&["exit", "restart"]), "exit", "What happens when a sidecar exits on its own: `exit` stops the gateway with a non-zero status so the platform restarts it; `restart` restarts the sidecar with backoff."),
+    key("pidfile", Kind::Text, ".fluxlit.pid", "Where the gateway writes its process id once the sidecars are ready; removed on shutdown.").flag("--pidfile"),
+    key("no_pidfile", Kind::Bool, "false", "Do not write a pidfile.").flag("--no-pidfile"),
+    // Where to listen, and paths.
+    key("gateway_host", Kind::Text, "127.0.0.1", "Address the public gateway listens on (use 0.0.0.0 in containers).").flag("--host"),
+    key("gateway_port", Kind::Port, "8000", "TCP port of the public gateway; 0 picks a free port.").flag("--port"),
+    key("root_path", Kind::Text, "", "Public path prefix the app is served under (for example /myapp); passed to Streamlit as server.baseUrlPath.").flag("--root-path"),
+    key("streamlit_public_path", Kind::Text, "", "Public path prefix used only when root_path is empty (FluxLit compatibility)."),
+    key("api_mount_path", Kind::Text, "/api", "Path under the root path where the API is mounted; normalised to a leading slash and no trailing slash.").flag("--api-mount-path"),
+    key("public_base_url", Kind::Text, "", "Public origin (and path) users reach the app at, e.g. https://example.com/myapp; used for OAuth redirects and links. PUBLIC_BASE_URL is read when FLUXLIT_PUBLIC_BASE_URL is unset."),
+    key("strict_public_base_url", Kind::Bool, "false", "Make a conflict between FLUXLIT_PUBLIC_BASE_URL and PUBLIC_BASE_URL an error."),
+    // Proxy trust.
+    key("trust_proxy", Kind::Bool, "false", "Trust X-Forwarded-* and Forwarded headers from peers in forwarded_allow_ips.").flag("--proxy-headers"),
+    key("forwarded_allow_ips", Kind::List, "[]", "IPs and CIDRs (IPv4 and IPv6) whose forwarded headers are trusted when trust_proxy is on; empty means loopback only.").flag("--forwarded-allow-ips"),
+    key("gateway_forward_client_headers_to_streamlit", Kind::List, "[]", "Extra client header names passed to Streamlit on every hop even where the gateway would drop them; credential and identity headers are never forwarded because of it."),
+    // Limits and timeouts.
+    key("gateway_upstream_connect_timeout_s", Kind::Seconds, "30", "Seconds to wait for a TCP connection to an upstream; then 502."),
+    key("gateway_upstream_read_timeout_s", Kind::Seconds, "120", "Seconds to wait for an upstream's response headers; then 504. Streaming bodies and WebSockets are never cut by it."),
+    key("gateway_max_proxy_request_body_bytes", Kind::Bytes, "0", "Largest request body proxied to the UI (Streamlit), in bytes; 0 means no limit. Larger bodies get 413."),
+    key("gateway_max_api_request_body_bytes", Kind::Bytes, "0", "Largest request body passed to the API, in bytes; 0 means no limit. Larger bodies get 413."),
+    key("gateway_max_concurrent_upstream_http", Kind::Count, "0", "Most upstream HTTP requests in flight at once; more are shed with a fast 503. 0 means no limit."),
+    key("gateway_httpx_max_connections", Kind::Count, "0", "Most pooled idle connections kept per upstream; 0 means the client's default."),
+    key("gateway_httpx_max_keepalive_connections", Kind::Count, "0", "Accepted for FluxLit compatibility; pooled idle connections are bounded by gateway_httpx_max_connections."),
+    key("gateway_ws_open_timeout_s", Kind::Seconds, "30", "Seconds an upstream has to answer a WebSocket upgrade; then 504."),
+    key("gateway_ws_ping_interval_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect: the gateway splices WebSocket bytes, so Streamlit's own pings reach the browser."),
+    key("gateway_ws_ping_timeout_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect (see gateway_ws_ping_interval_s)."),
+    key("gateway_ws_close_timeout_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect: close frames pass through untouched."),
+    key("gateway_ws_max_message_bytes", Kind::OptBytes, "no limit", "Accepted for FluxLit compatibility; no effect: the gateway does not reassemble WebSocket messages (Streamlit's server.maxMessageSize applies)."),
+    key("graceful_shutdown_timeout_s", Kind::Seconds, "30", "Seconds in-flight requests get to finish after SIGTERM/SIGINT before connections are closed.").aliases(&["uvicorn_graceful_shutdown_timeout_s"]),
+    // Security headers and CORS.
+    key("enable_security_headers", Kind::Bool, "false", "Add X-Content-Type-Options, X-Frame-Options, Referrer-Policy (and HSTS over https) to API responses."),
+    key("cors_allow_origins", Kind::List, "[]", "Origins allowed to call the API cross-origin; non-empty turns CORS on for API routes."),
+    key("cors_allow_credentials", Kind::Bool, "false", "Allow credentials on cross-origin API requests."),
+    key("cors_middleware_kwargs", Kind::Object, "{}", "Extra CORS options (max_age, expose_headers, allow_methods, allow_headers)."),
+    // Logging, metrics, debug.
+    key("log_level", Kind::Text, "info", "Log filter: error, warn, info, debug, trace, or a tracing directive list.").flag("--log-level"),
+    key("log_format", Kind::Choice(&["text", "json"]), "text", "Log line format.").flag("--log-format"),
+    key("debug", Kind::Bool, "false", "Debug mode: debug log level, access log on, GET /__fluxlit/debug snapshot.").flag("--debug"),
+    key("enable_gateway_access_log", Kind::Bool, "false", "One access-log line per request (always on in debug mode)."),
+    key("enable_gateway_prometheus_metrics", Kind::Bool, "false", "Serve Prometheus metrics at gateway_prometheus_metrics_path."),
+    key("gateway_prometheus_metrics_path", Kind::Text, "/__fluxlit/metrics", "Path of the metrics endpoint; must not be under the API mount."),
+    key("strict_startup", Kind::Bool, "false", "Refuse to start when `fluxlit config` reports any warning."),
+    // Authentication.
+    key("jwt_issuer", Kind::Text, "", "Expected `iss` of bearer tokens."),
+    key("jwt_audience", Kind::Text, "", "Expected `aud` of bearer tokens."),
+    key("jwt_hs256_secret", Kind::Text, "", "Shared secret for HS256 bearer tokens (exclusive with jwt_jwks_url).").secret(),
+    key("jwt_jwks_url", Kind::Text, "", "JWKS URL for RS256/ES256 bearer tokens."),
+    key("jwt_leeway_seconds", Kind::Count, "0", "Clock skew allowed when checking exp/nbf/iat, in seconds."),
+    key("oidc_issuer", Kind::Text, "", "OpenID Connect issuer URL for the login (backend-for-frontend)."),
+    key("oidc_client_id", Kind::Text, "", "OpenID Connect client id."),
+    key("oidc_client_secret", Kind::Text, "", "OpenID Connect client secret.").secret(),
+    key("oidc_bff_secret", Kind::Text, "", "Key for FluxLit's session cookies and first-party tokens.").secret(),
 ];
 
 /// Names under `FLUXLIT_` that are not settings but are known to FluxLit (set for or by the
@@ -326,14 +288,7 @@ pub fn render_markdown() -> String {
             .map(|e| format!("`{e}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        let ty = match k.kind {
-            Kind::Text => "string",
-            Kind::OptText => "string (optional)",
-            Kind::Bool => "boolean",
-            Kind::Port => "port",
-            Kind::Seconds => "seconds",
-            Kind::List => "list of strings",
-        };
+        let ty = k.kind.doc_name();
         s.push_str(&format!(
             "| `{}` | {} | {} | {} | {} | {} |\n",
             k.name,

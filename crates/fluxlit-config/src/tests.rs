@@ -241,3 +241,173 @@ fn explicit_config_file_must_exist() {
     .unwrap_err();
     assert!(err.to_string().contains("nope.toml"), "{err}");
 }
+
+#[test]
+fn every_default_parses_as_its_kind() {
+    for k in schema::KEYS {
+        if !k.kind.optional() {
+            assert!(
+                value::convert(k.kind, &value::Raw::Text(k.default.to_owned())).is_ok(),
+                "default of {} ({:?}) does not parse as {:?}",
+                k.name,
+                k.default,
+                k.kind
+            );
+        }
+    }
+}
+
+#[test]
+fn public_base_url_falls_back_to_the_platform_variable() {
+    let d = Dir::new("pbu");
+    let l = load_in(
+        &d,
+        &[("PUBLIC_BASE_URL", "https://a.example/x")],
+        CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.settings.public_base_url, "https://a.example/x");
+    assert_eq!(
+        l.origin("public_base_url").to_string(),
+        "environment variable PUBLIC_BASE_URL"
+    );
+    let env = [
+        ("PUBLIC_BASE_URL", "https://a.example/x"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://b.example/y"),
+    ];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.public_base_url, "https://b.example/y");
+}
+
+#[test]
+fn secrets_are_redacted_in_errors_debug_and_serialization() {
+    let d = Dir::new("secrets");
+    d.write("fluxlit.toml", "jwt_hs256_secret = 12345\n");
+    let err = load_in(&d, &[], CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[REDACTED]") && !err.contains("12345"),
+        "{err}"
+    );
+    let env = [
+        ("FLUXLIT_OIDC_BFF_SECRET", "s3cr3t-value"),
+        ("FLUXLIT_JWT_HS256_SECRET", "another-s3cr3t"),
+    ];
+    let l = load_in(&Dir::new("secrets2"), &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.oidc_bff_secret.expose(), "s3cr3t-value");
+    let debug = format!("{:?}", l.settings);
+    let json = serde_json::to_string(&l.settings).unwrap();
+    for text in [debug, json] {
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("[REDACTED]"));
+    }
+}
+
+/// A FluxLit-for-Python deployment's environment, in the forms Python accepts (JSON lists and
+/// objects, float seconds, `1`/`true` booleans), loads unchanged.
+#[test]
+fn a_python_deployment_environment_loads_unchanged() {
+    let env = [
+        ("FLUXLIT_GATEWAY_HOST", "0.0.0.0"),
+        ("FLUXLIT_GATEWAY_PORT", "8000"),
+        ("FLUXLIT_LOG_LEVEL", "info"),
+        ("FLUXLIT_API_MOUNT_PATH", "v1/"),
+        ("FLUXLIT_ROOT_PATH", "/myapp"),
+        ("FLUXLIT_STREAMLIT_PUBLIC_PATH", ""),
+        ("FLUXLIT_TRUST_PROXY", "1"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "10.0.0.0/8,127.0.0.1"),
+        ("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "true"),
+        ("FLUXLIT_DEBUG", "0"),
+        ("FLUXLIT_ENABLE_GATEWAY_PROMETHEUS_METRICS", "yes"),
+        (
+            "FLUXLIT_GATEWAY_PROMETHEUS_METRICS_PATH",
+            "__fluxlit/metrics",
+        ),
+        ("FLUXLIT_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", "5.0"),
+        ("FLUXLIT_GATEWAY_UPSTREAM_READ_TIMEOUT_S", "60"),
+        ("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "209715200"),
+        ("FLUXLIT_GATEWAY_MAX_CONCURRENT_UPSTREAM_HTTP", "100"),
+        ("FLUXLIT_GATEWAY_HTTPX_MAX_CONNECTIONS", "50"),
+        ("FLUXLIT_GATEWAY_HTTPX_MAX_KEEPALIVE_CONNECTIONS", "20"),
+        ("FLUXLIT_GATEWAY_WS_OPEN_TIMEOUT_S", "10"),
+        ("FLUXLIT_GATEWAY_WS_PING_INTERVAL_S", "20"),
+        ("FLUXLIT_GATEWAY_WS_MAX_MESSAGE_BYTES", "1048576"),
+        (
+            "FLUXLIT_GATEWAY_FORWARD_CLIENT_HEADERS_TO_STREAMLIT",
+            "[\"x-tenant\"]",
+        ),
+        ("FLUXLIT_UVICORN_GRACEFUL_SHUTDOWN_TIMEOUT_S", "25"),
+        ("FLUXLIT_ENABLE_SECURITY_HEADERS", "true"),
+        (
+            "FLUXLIT_CORS_ALLOW_ORIGINS",
+            "[\"https://a.example\",\"https://b.example\"]",
+        ),
+        ("FLUXLIT_CORS_ALLOW_CREDENTIALS", "false"),
+        ("FLUXLIT_CORS_MIDDLEWARE_KWARGS", "{\"max_age\": 600}"),
+        (
+            "FLUXLIT_STREAMLIT_RUN_CLI_ARGS",
+            "[\"--theme.base\", \"dark\"]",
+        ),
+        ("FLUXLIT_STREAMLIT_PAGE_CONFIG", "{\"layout\": \"wide\"}"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://example.com/myapp"),
+        ("FLUXLIT_STRICT_PUBLIC_BASE_URL", "false"),
+        ("FLUXLIT_STRICT_STARTUP", "false"),
+        ("FLUXLIT_JWT_ISSUER", "https://idp.example"),
+        ("FLUXLIT_JWT_AUDIENCE", "fluxlit"),
+        ("FLUXLIT_JWT_JWKS_URL", "https://idp.example/jwks"),
+        ("FLUXLIT_JWT_LEEWAY_SECONDS", "30"),
+        ("FLUXLIT_OIDC_BFF_SECRET", "x"),
+        ("FLUXLIT_PIDFILE", "/run/fluxlit.pid"),
+    ];
+    let l = load_in(&Dir::new("python-env"), &env, CliOverrides::default()).unwrap();
+    let s = &l.settings;
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(s.api_mount_path, "/v1");
+    assert_eq!(s.gateway_prometheus_metrics_path, "/__fluxlit/metrics");
+    assert_eq!(s.forwarded_allow_ips, vec!["10.0.0.0/8", "127.0.0.1"]);
+    assert_eq!(s.gateway_max_proxy_request_body_bytes, 200 << 20);
+    assert_eq!(s.gateway_ws_ping_interval_s, Some(Duration::from_secs(20)));
+    assert_eq!(s.cors_allow_origins.len(), 2);
+    assert_eq!(s.cors_middleware_kwargs["max_age"], 600);
+    assert_eq!(s.streamlit_page_config["layout"], "wide");
+    assert_eq!(s.graceful_shutdown_timeout_s, Duration::from_secs(25));
+    assert_eq!(
+        s.gateway_forward_client_headers_to_streamlit,
+        vec!["x-tenant"]
+    );
+    assert!(s.trust_proxy && s.enable_gateway_prometheus_metrics && s.enable_security_headers);
+}
+
+#[test]
+fn every_kind_rejects_malformed_values_with_one_error_each() {
+    let env = [
+        (
+            "FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES",
+            "64 potatoes",
+        ),
+        ("FLUXLIT_GATEWAY_MAX_CONCURRENT_UPSTREAM_HTTP", "-1"),
+        ("FLUXLIT_CORS_MIDDLEWARE_KWARGS", "[1,2]"),
+        ("FLUXLIT_SIDECAR_RESTART", "sometimes"),
+        ("FLUXLIT_GATEWAY_WS_PING_INTERVAL_S", "soon"),
+        ("FLUXLIT_CORS_ALLOW_ORIGINS", "[\"unterminated"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "10.0.0.0/99"),
+        ("FLUXLIT_GATEWAY_PROMETHEUS_METRICS_PATH", "/api/metrics"),
+    ];
+    let err = load_in(&Dir::new("malformed-kinds"), &env, CliOverrides::default()).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys.len(), 8, "{err}");
+    for k in [
+        "gateway_max_proxy_request_body_bytes",
+        "gateway_max_concurrent_upstream_http",
+        "cors_middleware_kwargs",
+        "sidecar_restart",
+        "gateway_ws_ping_interval_s",
+        "cors_allow_origins",
+        "forwarded_allow_ips",
+        "gateway_prometheus_metrics_path",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    assert!(err.to_string().contains("one of: exit, restart"), "{err}");
+}

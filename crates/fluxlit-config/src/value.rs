@@ -61,7 +61,61 @@ pub fn parse_list(text: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Checks `raw` against `kind`; `Ok(None)` means "unset" (only for optional text).
+/// Parses a size in bytes: a whole number, or a number (decimals allowed) with a unit: `B`,
+/// `KB`/`MB`/`GB` (powers of 1000) or `KiB`/`MiB`/`GiB` (powers of 1024), any case, optional
+/// space (`64MiB`, `10 MB`, `1.5GiB`).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    if num.is_empty() {
+        return None;
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    let v = f * mult as f64;
+    (v.is_finite() && v >= 0.0 && v <= u64::MAX as f64 && v.fract() == 0.0).then_some(v as u64)
+}
+
+fn text_of(raw: &Raw) -> Option<&str> {
+    match raw {
+        Raw::Text(s) | Raw::Toml(toml::Value::String(s)) => Some(s),
+        Raw::Toml(_) => None,
+    }
+}
+
+fn toml_to_json(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::from(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Checks `raw` against `kind`; `Value::Null` means "unset" (only for optional kinds).
 pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
     match (kind, raw) {
         (Kind::Text, Raw::Text(s)) | (Kind::Text, Raw::Toml(toml::Value::String(s))) => {
@@ -101,6 +155,41 @@ pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
+        (Kind::Count, Raw::Toml(toml::Value::Integer(i))) => {
+            u64::try_from(*i).map(Value::from).map_err(|_| ())
+        }
+        (Kind::Count, r) => text_of(r)
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map(Value::from)
+            .ok_or(()),
+        (Kind::Bytes | Kind::OptBytes, Raw::Toml(toml::Value::Integer(i))) => {
+            u64::try_from(*i).map(Value::from).map_err(|_| ())
+        }
+        (Kind::OptBytes, r) if text_of(r).is_some_and(|t| t.trim().is_empty()) => Ok(Value::Null),
+        (Kind::Bytes | Kind::OptBytes, r) => {
+            text_of(r).and_then(parse_bytes).map(Value::from).ok_or(())
+        }
+        (Kind::OptSeconds, r) if text_of(r).is_some_and(|t| t.trim().is_empty()) => Ok(Value::Null),
+        (Kind::OptSeconds, r) => convert(Kind::Seconds, r),
+        (Kind::Object, Raw::Toml(t @ toml::Value::Table(_))) => Ok(toml_to_json(t)),
+        (Kind::Object, r) => {
+            let t = text_of(r).ok_or(())?.trim();
+            if t.is_empty() {
+                return Ok(Value::Object(serde_json::Map::new()));
+            }
+            match serde_json::from_str::<Value>(t) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                _ => Err(()),
+            }
+        }
+        (Kind::Choice(words), r) => {
+            let t = text_of(r).ok_or(())?.trim().to_ascii_lowercase();
+            words
+                .iter()
+                .find(|w| **w == t)
+                .map(|w| Value::String((*w).to_owned()))
+                .ok_or(())
+        }
         (Kind::List, Raw::Text(s)) | (Kind::List, Raw::Toml(toml::Value::String(s))) => {
             parse_list(s)
                 .map(|v| Value::Array(v.into_iter().map(Value::String).collect()))
@@ -156,6 +245,53 @@ mod tests {
     }
 
     #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("10 MB"), Some(10_000_000));
+        assert_eq!(parse_bytes("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_bytes("2kib"), Some(2048));
+        assert_eq!(parse_bytes("0"), Some(0));
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.3B",
+            "10 XB",
+            "99999999999999999999",
+            "18446744073709551615GiB",
+        ] {
+            assert_eq!(parse_bytes(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn objects_choices_and_optionals() {
+        assert!(convert(Kind::Object, &Raw::Text("{\"layout\": \"wide\"}".into())).is_ok());
+        assert!(convert(Kind::Object, &Raw::Text("[1]".into())).is_err());
+        assert_eq!(
+            convert(Kind::Object, &Raw::Text(String::new())),
+            Ok(Value::Object(serde_json::Map::new()))
+        );
+        let choice = Kind::Choice(&["exit", "restart"]);
+        assert_eq!(
+            convert(choice, &Raw::Text("Restart".into())),
+            Ok(Value::from("restart"))
+        );
+        assert!(convert(choice, &Raw::Text("sometimes".into())).is_err());
+        assert_eq!(
+            convert(Kind::OptSeconds, &Raw::Text(String::new())),
+            Ok(Value::Null)
+        );
+        assert_eq!(
+            convert(Kind::OptBytes, &Raw::Text("1KiB".into())),
+            Ok(Value::from(1024u64))
+        );
+        assert!(convert(Kind::Count, &Raw::Text("-1".into())).is_err());
+        assert!(convert(Kind::Count, &Raw::Toml(toml::Value::Integer(-1))).is_err());
+    }
+
+    #[test]
     fn toml_types_are_checked() {
         assert!(convert(Kind::Port, &Raw::Toml(toml::Value::Integer(70000))).is_err());
         assert!(convert(Kind::Port, &Raw::Toml(toml::Value::Boolean(true))).is_err());
@@ -170,7 +306,7 @@ mod tests {
     proptest! {
         #[test]
         fn conversion_never_panics(s in ".*") {
-            for kind in [Kind::Text, Kind::OptText, Kind::Bool, Kind::Port, Kind::Seconds, Kind::List] {
+            for kind in [Kind::Text, Kind::OptText, Kind::Bool, Kind::Port, Kind::Count, Kind::Bytes, Kind::OptBytes, Kind::Seconds, Kind::OptSeconds, Kind::List, Kind::Object, Kind::Choice(&["a"])] {
                 let _ = convert(kind, &Raw::Text(s.clone()));
             }
         }

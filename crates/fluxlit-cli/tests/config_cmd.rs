@@ -1,0 +1,169 @@
+//! `fluxlit config` through the real binary: provenance, redaction, warnings, exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::Value;
+
+fn config(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut all = vec!["config"];
+    all.extend_from_slice(args);
+    let out = support::command(dir, &all)
+        .env_remove("FLUXLIT_SIDECAR_STOP_TIMEOUT_S")
+        .env_remove("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_says_where_every_value_came_from() {
+    let dir = fluxlit_testkit::TempDir::new("config-json");
+    std::fs::write(
+        dir.path().join("fluxlit.toml"),
+        "target = \"ui.py\"\n\ngateway_port = 9000\nroot_path = \"/file\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("FLUXLIT_ROOT_PATH", "/env"),
+        ("FLUXLIT_JWT_HS256_SECRET", "very-secret-value"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://example.com/cli"),
+    ];
+    let (code, out, err) = config(
+        dir.path(),
+        &[
+            "--json",
+            "--show-origin",
+            "--root-path",
+            "/cli",
+            "--proxy-headers",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let o = &v["origins"];
+    assert_eq!(o["target"]["source"], "file");
+    assert_eq!(o["target"]["line"], 1);
+    assert_eq!(o["gateway_port"]["line"], 3);
+    assert_eq!(o["root_path"]["source"], "cli");
+    assert_eq!(o["root_path"]["flag"], "--root-path");
+    assert_eq!(o["jwt_hs256_secret"]["var"], "FLUXLIT_JWT_HS256_SECRET");
+    assert_eq!(o["log_level"]["source"], "default");
+    assert_eq!(o["trust_proxy"]["flag"], "--proxy-headers");
+    assert_eq!(v["settings"]["root_path"], "/cli");
+    assert_eq!(v["settings"]["gateway_port"], 9000);
+    assert_eq!(v["settings"]["jwt_hs256_secret"], "[REDACTED]");
+    assert!(!out.contains("very-secret-value"));
+    assert!(
+        v["origins"].as_object().unwrap().len() >= 50,
+        "every key has an origin"
+    );
+}
+
+#[test]
+fn human_output_shows_origins_and_warnings() {
+    let dir = fluxlit_testkit::TempDir::new("config-text");
+    let (code, out, _) = config(dir.path(), &["--show-origin", "--root-path", "/myapp"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("root_path") && out.contains("# command-line flag --root-path"),
+        "{out}"
+    );
+    assert!(out.contains("[WARN] subpath_without_trust_proxy"), "{out}");
+    assert!(out.contains("[WARN] oauth_public_base_url"), "{out}");
+    // --strict turns warnings into a failure.
+    let (code, _, _) = config(dir.path(), &["--strict", "--root-path", "/myapp"], &[]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn a_correct_subpath_setup_is_clean_even_with_strict() {
+    let dir = fluxlit_testkit::TempDir::new("config-subpath");
+    let env = [
+        ("FLUXLIT_ROOT_PATH", "/myapp"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://example.com/myapp"),
+        ("FLUXLIT_TRUST_PROXY", "true"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "10.0.0.0/8"),
+        ("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "64MiB"),
+    ];
+    let (code, out, err) = config(dir.path(), &["--strict"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Warnings:\n  (none)"), "{out}");
+}
+
+#[test]
+fn exit_codes() {
+    let dir = fluxlit_testkit::TempDir::new("config-exit");
+    // Error-level finding.
+    let (code, out, _) = config(
+        dir.path(),
+        &[],
+        &[("FLUXLIT_PUBLIC_BASE_URL", "example.com")],
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("[ERROR] public_base_url_invalid"), "{out}");
+    // Malformed value: one clear error naming key, value and source.
+    let (code, out, err) = config(
+        dir.path(),
+        &["--json"],
+        &[("FLUXLIT_GATEWAY_UPSTREAM_READ_TIMEOUT_S", "forever")],
+    );
+    assert_eq!(code, 1, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["errors"][0]["key"], "gateway_upstream_read_timeout_s");
+    assert_eq!(v["errors"][0]["value"], "forever");
+    assert_eq!(
+        v["errors"][0]["origin"]["var"],
+        "FLUXLIT_GATEWAY_UPSTREAM_READ_TIMEOUT_S"
+    );
+    // Usage error.
+    let (code, _, _) = config(dir.path(), &["--no-such-flag"], &[]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn kubernetes_service_variables_do_not_break_loading() {
+    let dir = fluxlit_testkit::TempDir::new("config-k8s");
+    let env = [
+        ("FLUXLIT_SERVICE_HOST", "10.96.0.12"),
+        ("FLUXLIT_SERVICE_PORT", "8000"),
+        ("FLUXLIT_PORT", "tcp://10.96.0.12:8000"),
+        ("FLUXLIT_PORT_8000_TCP", "tcp://10.96.0.12:8000"),
+        ("FLUXLIT_PORT_8000_TCP_PROTO", "tcp"),
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+    ];
+    let (code, out, err) = config(dir.path(), &["--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let codes: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["unknown_env"; 5], "{out}");
+    assert_eq!(v["settings"]["gateway_port"], 8000);
+}
+
+#[test]
+fn strict_startup_refuses_to_run_on_warnings() {
+    let dir = support::example_copy();
+    let out = support::command(dir.path(), &["run", "--port", "0", "--root-path", "/myapp"])
+        .env("FLUXLIT_STRICT_STARTUP", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to start (strict_startup is on)")
+            && err.contains("subpath_without_trust_proxy"),
+        "{err}"
+    );
+}

@@ -1,0 +1,308 @@
+//! The warnings catalogue of `fluxlit config` (and `strict_startup`), computed from the
+//! effective settings. Codes are FluxLit's (reference §9.2) so CI scripts keep working; a few
+//! conditions are corrected and a few codes are new (marked below).
+
+use serde::Serialize;
+
+use crate::{Environment, Loaded, Origin};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Works, but probably not as intended. `--strict` and `strict_startup` refuse it.
+    Warn,
+    /// Will not work; `fluxlit config` exits 1.
+    Error,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Severity.
+    pub level: Level,
+    /// Stable code.
+    pub code: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Where the docs explain it.
+    pub doc: &'static str,
+}
+
+const CONFIG_DOC: &str = "docs/configuration.md";
+
+/// Header names `gateway_forward_client_headers_to_streamlit` may never name: credentials,
+/// hop-by-hop and connection-level fields, the gateway's own forwarded headers, and identity
+/// headers that only a verified login may set (FluxLit's list, plus the identity ones).
+pub const BLOCKED_FORWARD_NAMES: &[&str] = &[
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-request-id",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-remote-user",
+    "x-auth-request-user",
+    "x-auth-request-email",
+];
+
+/// `(scheme, host, path)` of an absolute http(s) URL, if it is one.
+fn split_url(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (host, path) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    Some((scheme, host, path.trim_end_matches('/')))
+}
+
+/// Computes the findings for `loaded`. `env` is the same snapshot the settings came from;
+/// `gateway_port` is the port the gateway will use (to compare `FLUXLIT_INTERNAL_API_BASE`).
+pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
+    let s = &loaded.settings;
+    let mut out: Vec<Finding> = loaded
+        .warnings
+        .iter()
+        .map(|w| Finding {
+            level: Level::Warn,
+            code: w.code,
+            message: w.message.clone(),
+            doc: CONFIG_DOC,
+        })
+        .collect();
+    let mut push = |level, code, message: String| {
+        out.push(Finding {
+            level,
+            code,
+            message,
+            doc: CONFIG_DOC,
+        })
+    };
+    let mount = s.public_mount();
+
+    if let Some(base) = env
+        .get("FLUXLIT_INTERNAL_API_BASE")
+        .filter(|b| !b.is_empty())
+    {
+        let derived = format!("http://127.0.0.1:{}{}", s.gateway_port, s.api_mount_path);
+        match split_url(base) {
+            None => push(
+                Level::Error,
+                "internal_api_base_invalid",
+                format!(
+                    "FLUXLIT_INTERNAL_API_BASE={base:?} is not an absolute http(s) URL; FluxLit sets it for its children itself, so unset it"
+                ),
+            ),
+            Some((_, _, path)) if path != s.api_mount_path => push(
+                Level::Warn,
+                "internal_api_base_path",
+                format!(
+                    "FLUXLIT_INTERNAL_API_BASE path {path:?} differs from api_mount_path {:?}",
+                    s.api_mount_path
+                ),
+            ),
+            Some(_) => {}
+        }
+        if base.trim_end_matches('/') != derived {
+            push(
+                Level::Warn,
+                "internal_api_base_mismatch",
+                format!(
+                    "FLUXLIT_INTERNAL_API_BASE={base:?} differs from the URL FluxLit derives and gives its children ({derived}); the derived one is used"
+                ),
+            );
+        }
+    }
+
+    if s.trust_proxy {
+        let broad: Vec<&String> = s
+            .forwarded_allow_ips
+            .iter()
+            .filter(|e| matches!(e.as_str(), "*" | "0.0.0.0/0" | "::/0"))
+            .collect();
+        if !broad.is_empty() {
+            push(
+                Level::Warn,
+                "forwarded_allow_ips_broad",
+                format!(
+                    "trust_proxy is on and forwarded_allow_ips contains {broad:?}: any client can spoof its IP, scheme and host; list your proxies' addresses instead"
+                ),
+            );
+        }
+        if s.gateway_max_proxy_request_body_bytes == 0 {
+            push(Level::Warn, "gateway_max_body_unlimited_trust_proxy", "trust_proxy is on but gateway_max_proxy_request_body_bytes is 0 (unlimited); set a cap (for example 200MiB, Streamlit's own upload limit)".into());
+        }
+        // New: a cap above Streamlit's default server.maxUploadSize (200 MB) never triggers first.
+        if s.gateway_max_proxy_request_body_bytes > 200 * 1024 * 1024 {
+            push(
+                Level::Warn,
+                "gateway_max_body_above_streamlit_limit",
+                format!(
+                    "gateway_max_proxy_request_body_bytes is {} bytes, above Streamlit's default upload limit of 200 MB, so Streamlit refuses large uploads before the gateway does",
+                    s.gateway_max_proxy_request_body_bytes
+                ),
+            );
+        }
+    }
+
+    if !s.public_base_url.is_empty() {
+        match split_url(&s.public_base_url) {
+            None => push(
+                Level::Error,
+                "public_base_url_invalid",
+                format!(
+                    "public_base_url {:?} (from {}) is not an absolute http(s) URL such as https://example.com/myapp",
+                    s.public_base_url,
+                    loaded.origin("public_base_url")
+                ),
+            ),
+            Some((_, _, path)) => {
+                if !path.is_empty() && !mount.is_empty() && path != mount {
+                    push(
+                        Level::Warn,
+                        "public_base_url_path_mismatch",
+                        format!(
+                            "public_base_url path {path:?} differs from the root path {mount:?}"
+                        ),
+                    );
+                }
+                // Corrected: a URL whose path is the root path (the usual subpath setup) is right.
+                let api_prefix = format!("{mount}{}", s.api_mount_path);
+                if !path.is_empty() && path != mount && !path.ends_with(&api_prefix) {
+                    push(
+                        Level::Warn,
+                        "public_base_url_missing_api_prefix",
+                        format!(
+                            "public_base_url path {path:?} is neither the root path {mount:?} nor ends with the API prefix {api_prefix:?}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (
+        env.get("PUBLIC_BASE_URL"),
+        env.get("FLUXLIT_PUBLIC_BASE_URL"),
+    )
+        && !a.is_empty() && !b.is_empty() && a != b {
+            let level = if s.strict_public_base_url {
+                Level::Error
+            } else {
+                Level::Warn
+            };
+            push(
+                level,
+                "public_base_url_precedence",
+                format!(
+                    "PUBLIC_BASE_URL={a:?} and FLUXLIT_PUBLIC_BASE_URL={b:?} differ; FLUXLIT_PUBLIC_BASE_URL is used"
+                ),
+            );
+        }
+    if !mount.is_empty() && s.public_base_url.is_empty() {
+        push(
+            Level::Warn,
+            "oauth_public_base_url",
+            format!(
+                "root path {mount:?} is set but public_base_url is empty; OAuth redirects and absolute links need the public origin"
+            ),
+        );
+    }
+    if !mount.is_empty() && !s.trust_proxy {
+        push(
+            Level::Warn,
+            "subpath_without_trust_proxy",
+            format!(
+                "root path {mount:?} is set but trust_proxy is off: the scheme and host your proxy forwards are ignored"
+            ),
+        );
+    }
+    if !s.cors_allow_origins.is_empty() && !s.enable_security_headers {
+        push(
+            Level::Warn,
+            "cors_without_security_headers",
+            "CORS is on for the API but enable_security_headers is off".into(),
+        );
+    }
+    if s.enable_security_headers
+        && s.streamlit_page_config
+            .get("csp")
+            .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
+    {
+        push(Level::Warn, "csp_with_security_headers", "streamlit_page_config sets csp while enable_security_headers is on; FluxLit sets no CSP, configure it at the edge".into());
+    }
+    let blocked: Vec<&String> = s
+        .gateway_forward_client_headers_to_streamlit
+        .iter()
+        .filter(|n| BLOCKED_FORWARD_NAMES.contains(&n.to_ascii_lowercase().as_str()))
+        .collect();
+    if !blocked.is_empty() {
+        push(
+            Level::Warn,
+            "gateway_forward_blocked_names",
+            format!(
+                "gateway_forward_client_headers_to_streamlit names {blocked:?}, which are never forwarded because of it (credentials, hop-by-hop, forwarded or identity headers)"
+            ),
+        );
+    }
+    // New: WebSocket frame settings have no effect on a byte-for-byte splice.
+    let ignored: Vec<&str> = [
+        (
+            "gateway_ws_ping_interval_s",
+            s.gateway_ws_ping_interval_s.is_some(),
+        ),
+        (
+            "gateway_ws_ping_timeout_s",
+            s.gateway_ws_ping_timeout_s.is_some(),
+        ),
+        (
+            "gateway_ws_close_timeout_s",
+            s.gateway_ws_close_timeout_s.is_some(),
+        ),
+        (
+            "gateway_ws_max_message_bytes",
+            s.gateway_ws_max_message_bytes.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if !ignored.is_empty() {
+        push(
+            Level::Warn,
+            "gateway_ws_setting_ignored",
+            format!(
+                "{ignored:?} have no effect: the gateway splices WebSocket bytes without terminating frames, so pings, close frames and message sizes are Streamlit's"
+            ),
+        );
+    }
+    if matches!(
+        loaded.origin("gateway_httpx_max_keepalive_connections"),
+        Origin::File { .. } | Origin::Env { .. } | Origin::Cli { .. }
+    ) {
+        push(Level::Warn, "gateway_httpx_max_keepalive_ignored", "gateway_httpx_max_keepalive_connections has no effect; the pool's idle connections are bounded by gateway_httpx_max_connections".into());
+    }
+    out
+}
