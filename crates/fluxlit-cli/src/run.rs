@@ -605,10 +605,12 @@ async fn start_api(
         spec.env.push(("PORT".into(), port.to_string().into()));
         spec.cwd = Some(cwd.to_path_buf());
         spec.stop_grace = s.sidecar_stop_timeout_s;
-        let mut probe = HealthProbe::any_response(SocketAddr::from(([127, 0, 0, 1], port)), "/");
-        // `GET /` shows up in the API's access log: probe it every 10 s once it is up.
-        probe.ready_interval = Duration::from_secs(10);
-        spec.health = Some(probe);
+        // A TCP probe: uvicorn (and most servers) listen only once the app has started, and
+        // an HTTP probe would add a line to the API's access log every interval.
+        spec.health = Some(HealthProbe::connect(SocketAddr::from((
+            [127, 0, 0, 1],
+            port,
+        ))));
         let mut sidecar = Sidecar::spawn(spec)?;
         match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
             Ok(()) => return Ok((sidecar, port)),

@@ -15,6 +15,9 @@ pub enum Expect {
     Status200,
     /// Any HTTP response: the server is up and speaking HTTP (an API whose `/` may be 404).
     AnyResponse,
+    /// A TCP connection is accepted; nothing is sent, so the probe leaves no access-log line.
+    /// (uvicorn binds only after its application start-up completed.)
+    Connect,
 }
 
 /// An HTTP GET probe.
@@ -116,6 +119,14 @@ impl HealthProbe {
         }
     }
 
+    /// A probe that only opens (and closes) a TCP connection, every 1 s with a 1 s timeout.
+    pub fn connect(addr: SocketAddr) -> Self {
+        Self {
+            expect: Expect::Connect,
+            ..Self::status_200(addr, "/")
+        }
+    }
+
     async fn exchange(&self) -> Result<(), ProbeError> {
         let http_err = |reason: String| ProbeError::Http {
             addr: self.addr,
@@ -129,6 +140,9 @@ impl HealthProbe {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
+        if self.expect == Expect::Connect {
+            return Ok(());
+        }
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
@@ -143,7 +157,7 @@ impl HealthProbe {
         conn.abort();
         let resp = result.map_err(|e| http_err(e.to_string()))?;
         match self.expect {
-            Expect::AnyResponse => Ok(()),
+            Expect::AnyResponse | Expect::Connect => Ok(()),
             Expect::Status200 if resp.status() == StatusCode::OK => Ok(()),
             Expect::Status200 => Err(ProbeError::Status {
                 addr: self.addr,
