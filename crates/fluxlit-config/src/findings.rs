@@ -206,21 +206,23 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
     if let (Some(a), Some(b)) = (
         env.get("PUBLIC_BASE_URL"),
         env.get("FLUXLIT_PUBLIC_BASE_URL"),
-    )
-        && !a.is_empty() && !b.is_empty() && a != b {
-            let level = if s.strict_public_base_url {
-                Level::Error
-            } else {
-                Level::Warn
-            };
-            push(
-                level,
-                "public_base_url_precedence",
-                format!(
-                    "PUBLIC_BASE_URL={a:?} and FLUXLIT_PUBLIC_BASE_URL={b:?} differ; FLUXLIT_PUBLIC_BASE_URL is used"
-                ),
-            );
-        }
+    ) && !a.is_empty()
+        && !b.is_empty()
+        && a != b
+    {
+        let level = if s.strict_public_base_url {
+            Level::Error
+        } else {
+            Level::Warn
+        };
+        push(
+            level,
+            "public_base_url_precedence",
+            format!(
+                "PUBLIC_BASE_URL={a:?} and FLUXLIT_PUBLIC_BASE_URL={b:?} differ; FLUXLIT_PUBLIC_BASE_URL is used"
+            ),
+        );
+    }
     if !mount.is_empty() && s.public_base_url.is_empty() {
         push(
             Level::Warn,

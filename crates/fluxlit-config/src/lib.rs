@@ -491,6 +491,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
                         layer.insert(spec.name, (v, origin));
                     }
                 }
+                None if schema::NOT_APPLICABLE.contains(&name.to_ascii_lowercase().as_str()) => warnings.push(Warning {
+                    code: "not_applicable",
+                    message: format!("{origin}: `{name}` is a FluxLit for Python setting with no meaning in FluxLit for Rust and is ignored"),
+                }),
                 None => problems.push(Problem {
                     key: name.clone(),
                     value: None,
@@ -525,6 +529,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
                     layer.insert(spec.name, (v, origin));
                 }
             }
+            None if schema::NOT_APPLICABLE.contains(&name.to_ascii_lowercase().as_str()) => warnings.push(Warning {
+                code: "not_applicable",
+                message: format!(
+                    "environment variable {var} is a FluxLit for Python setting with no meaning in FluxLit for Rust and is ignored (see docs/configuration.md, \"Not applicable\")"
+                ),
+            }),
             None => warnings.push(Warning {
                 code: "unknown_env",
                 message: format!(

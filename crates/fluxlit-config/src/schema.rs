@@ -219,6 +219,23 @@ pub const KNOWN_NON_SETTING_ENV: &[&str] = &[
     "FLUXLIT_TESTS",
 ];
 
+/// FluxLit for Python settings that have no meaning here (its Python runtime, page dependency
+/// injection, URL sessions). Setting one is a `not_applicable` warning, never an error.
+pub const NOT_APPLICABLE: &[&str] = &[
+    "title",
+    "streamlit_host",
+    "streamlit_port",
+    "enable_request_logging",
+    "url_session_query_param",
+    "strict_page_signatures",
+    "experimental_yield_pages",
+    "async_page_depends",
+    "allow_unified_uvicorn_multiworker",
+    "force_url_session_in_tests",
+    "disable_url_session",
+    "test_page_overrides",
+];
+
 /// Looks a key (or alias) up by its file name, case-insensitively.
 pub fn find_key(name: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|k| {

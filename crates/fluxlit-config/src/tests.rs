@@ -411,3 +411,78 @@ fn every_kind_rejects_malformed_values_with_one_error_each() {
     }
     assert!(err.to_string().contains("one of: exit, restart"), "{err}");
 }
+
+/// Every pair of sources, for a key of each common kind: the higher source wins and the
+/// origin says so.
+#[test]
+fn precedence_matrix_for_every_source_pair() {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Src {
+        Default,
+        File,
+        Env,
+        Cli,
+    }
+    let cases = [
+        ("gateway_port", ["8000", "9001", "9002", "9003"]),
+        ("debug", ["false", "true", "false", "true"]),
+        ("root_path", ["", "/f", "/e", "/c"]),
+    ];
+    let sources = [Src::Default, Src::File, Src::Env, Src::Cli];
+    for (key, values) in cases {
+        for (i, lo) in sources.iter().enumerate() {
+            for hi in &sources[i + 1..] {
+                let d = Dir::new("matrix");
+                let mut env: Vec<(String, String)> = Vec::new();
+                let mut cli = CliOverrides::default();
+                for src in [lo, hi] {
+                    let v = values[*src as usize];
+                    match src {
+                        Src::Default => {}
+                        Src::File => d.write(
+                            "fluxlit.toml",
+                            &format!("{key} = {}\n", toml::Value::String(v.to_owned())),
+                        ),
+                        Src::Env => env.push((schema::env_name(key), v.to_owned())),
+                        Src::Cli => cli.set(key, v, "--flag"),
+                    }
+                }
+                let l = load(&LoadOptions::new(&d.0, Environment::from_pairs(env), cli)).unwrap();
+                let got = serde_json::to_value(&l.settings).unwrap()[key].clone();
+                let want = value::convert(
+                    schema::find_key(key).unwrap().kind,
+                    &value::Raw::Text(values[*hi as usize].to_owned()),
+                )
+                .unwrap();
+                assert_eq!(got, want, "{key}: {lo:?} vs {hi:?}");
+                let origin = l.origin(key);
+                let ok = match hi {
+                    Src::Default => *origin == Origin::Default,
+                    Src::File => matches!(origin, Origin::File { line: Some(1), .. }),
+                    Src::Env => matches!(origin, Origin::Env { .. }),
+                    Src::Cli => matches!(origin, Origin::Cli { .. }),
+                };
+                assert!(ok, "{key}: {lo:?} vs {hi:?}: origin {origin}");
+            }
+        }
+    }
+}
+
+#[test]
+fn python_only_settings_are_warnings_not_errors() {
+    let d = Dir::new("na");
+    d.write("fluxlit.toml", "title = \"My app\"\n");
+    let l = load_in(
+        &d,
+        &[("FLUXLIT_URL_SESSION_QUERY_PARAM", "sid")],
+        CliOverrides::default(),
+    )
+    .unwrap();
+    let codes: Vec<_> = l.warnings.iter().map(|w| w.code).collect();
+    assert_eq!(
+        codes,
+        vec!["not_applicable", "not_applicable"],
+        "{:?}",
+        l.warnings
+    );
+}
