@@ -73,6 +73,9 @@ struct ConfigArgs {
     /// Proxies whose forwarded headers are trusted: IPs/CIDRs, comma-separated [env: FLUXLIT_FORWARDED_ALLOW_IPS].
     #[arg(long, value_name = "LIST")]
     forwarded_allow_ips: Option<String>,
+    /// Serve metrics on this admin address instead of the public port [env: FLUXLIT_METRICS_ADDR].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// Debug mode [env: FLUXLIT_DEBUG].
     #[arg(long)]
     debug: bool,
@@ -116,6 +119,7 @@ impl ConfigArgs {
             "--forwarded-allow-ips",
         );
         set("log_format", &self.log_format, "--log-format");
+        set("metrics_addr", &self.metrics_addr, "--metrics-addr");
         if self.proxy_headers {
             cli.set("trust_proxy", "true", "--proxy-headers");
         }

@@ -303,6 +303,20 @@ pub struct Settings {
     pub gateway_httpx_max_connections: u64,
     pub gateway_httpx_max_keepalive_connections: u64,
     #[serde(with = "secs")]
+    pub gateway_header_read_timeout_s: Duration,
+    pub gateway_max_request_header_bytes: u64,
+    pub gateway_max_connections: u64,
+    pub gateway_max_connections_per_ip: u64,
+    pub gateway_rate_limit_api_per_s: u64,
+    pub gateway_rate_limit_api_burst: u64,
+    pub gateway_rate_limit_ui_per_s: u64,
+    pub gateway_rate_limit_ui_burst: u64,
+    #[serde(with = "opt_secs")]
+    pub gateway_ws_idle_timeout_s: Option<Duration>,
+    #[serde(with = "opt_secs")]
+    pub gateway_ws_max_lifetime_s: Option<Duration>,
+    pub gateway_ws_allowed_origins: Vec<String>,
+    #[serde(with = "secs")]
     pub gateway_ws_open_timeout_s: Duration,
     #[serde(with = "opt_secs")]
     pub gateway_ws_ping_interval_s: Option<Duration>,
@@ -321,6 +335,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub debug: bool,
     pub enable_gateway_access_log: bool,
+    pub enable_health_access_log: bool,
+    pub metrics_addr: Option<String>,
     pub enable_gateway_prometheus_metrics: bool,
     pub gateway_prometheus_metrics_path: String,
     pub strict_startup: bool,
@@ -852,6 +868,26 @@ fn resolve(
         );
     }
 
+    if raw.gateway_max_request_header_bytes < 8192 {
+        bad(
+            "gateway_max_request_header_bytes",
+            &raw.gateway_max_request_header_bytes.to_string(),
+            "at least 8192 bytes (8KiB)",
+            "use the default 64KiB unless you need more",
+            origin_of(origins, "gateway_max_request_header_bytes"),
+        );
+    }
+    if let Some(addr) = &raw.metrics_addr
+        && addr.parse::<std::net::SocketAddr>().is_err()
+    {
+        bad(
+            "metrics_addr",
+            addr,
+            "an IP address and port such as 127.0.0.1:9100",
+            "give the admin listener's address with a port",
+            origin_of(origins, "metrics_addr"),
+        );
+    }
     raw.root_path = root_path;
     raw.streamlit_public_path = streamlit_public_path;
     raw.api_mount_path = api_mount_path;

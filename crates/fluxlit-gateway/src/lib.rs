@@ -32,9 +32,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod forwarded;
 pub mod headers;
+pub mod limits;
+pub mod observe;
 mod proxy;
 mod response;
+mod rewrite;
 pub mod routing;
 mod upstream;
 
@@ -42,9 +46,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -52,19 +58,34 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tower::{Layer, ServiceExt};
+use tower_http::cors::CorsLayer;
 
+pub use forwarded::{ClientView, TrustPolicy};
 pub use headers::{ClientHop, HOP_BY_HOP, strip_hop_by_hop};
+pub use limits::Limits;
+pub use observe::{describe_metrics, names as metric_names};
 pub use routing::Route;
 pub use upstream::{ApiService, ApiTarget, ComponentState, Endpoint, ReadinessCheck, Upstream};
 
-use response::{json, plain};
+use response::{json, plain, plain_rid};
 
 /// A boxed error, as carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every request and response the gateway hands on.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Renders the metrics exposition (Prometheus text) on demand.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Supplies the embedding program's part of the debug snapshot (settings, sidecars).
+pub type DebugInfo = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The path of the debug snapshot (after the root path).
+pub const DEBUG_PATH: &str = "/__fluxlit/debug";
 
 /// Building the gateway failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +108,71 @@ pub enum BuildError {
     },
 }
 
+/// Security headers and CORS for API responses (FluxLit's `enable_security_headers`,
+/// `cors_*`; reference §4.10). Streamlit's responses are left alone.
+#[derive(Debug, Clone, Default)]
+pub struct ApiHeaders {
+    /// Add `X-Content-Type-Options`, `X-Frame-Options`, `Referrer-Policy` (and HSTS when the
+    /// effective scheme is https) where the API did not set them.
+    pub security_headers: bool,
+    /// CORS for API routes, when origins are configured.
+    pub cors: Option<CorsLayer>,
+}
+
+impl ApiHeaders {
+    /// From loaded settings.
+    pub fn from_settings(s: &fluxlit_config::Settings) -> Self {
+        use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, ExposeHeaders};
+        let cors = (!s.cors_allow_origins.is_empty()).then(|| {
+            let any = s.cors_allow_origins.iter().any(|o| o == "*");
+            let origin = if any && s.cors_allow_credentials {
+                AllowOrigin::mirror_request()
+            } else if any {
+                AllowOrigin::any()
+            } else {
+                AllowOrigin::list(
+                    s.cors_allow_origins
+                        .iter()
+                        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+                )
+            };
+            let mut layer = CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods(AllowMethods::mirror_request())
+                .allow_headers(AllowHeaders::mirror_request())
+                .allow_credentials(s.cors_allow_credentials);
+            if let Some(age) = s
+                .cors_middleware_kwargs
+                .get("max_age")
+                .and_then(serde_json::Value::as_u64)
+            {
+                layer = layer.max_age(Duration::from_secs(age));
+            }
+            if let Some(list) = s
+                .cors_middleware_kwargs
+                .get("expose_headers")
+                .and_then(serde_json::Value::as_array)
+            {
+                let names: Vec<http::HeaderName> = list
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                layer = layer.expose_headers(ExposeHeaders::list(names));
+            }
+            layer
+        });
+        Self {
+            security_headers: s.enable_security_headers,
+            cors,
+        }
+    }
+}
+
 /// Configures a [`Gateway`]. Defaults: no root path, API mount `/api`, no API, no UI upstream,
-/// connect timeout 30 s, response-header timeout 120 s, request-header read timeout 30 s,
-/// graceful drain 30 s.
-#[derive(Debug, Clone)]
+/// no trusted proxies, connect timeout 30 s, response-header timeout 120 s, drain 30 s, the
+/// [`Limits`] defaults, no access log, no metrics endpoint, no debug endpoint.
+#[derive(Clone)]
 pub struct GatewayBuilder {
     root_path: String,
     api_mount: String,
@@ -99,8 +181,26 @@ pub struct GatewayBuilder {
     readiness: Vec<ReadinessCheck>,
     connect_timeout: Duration,
     read_timeout: Duration,
-    header_read_timeout: Duration,
     drain_timeout: Duration,
+    pool_max_idle: usize,
+    limits: Limits,
+    trust: TrustPolicy,
+    header_policy: fluxlit_auth::HeaderPolicy,
+    api_headers: ApiHeaders,
+    access_log: bool,
+    health_access_log: bool,
+    metrics_path: Option<String>,
+    metrics_render: Option<MetricsRender>,
+    debug: Option<DebugInfo>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("root_path", &self.root_path)
+            .field("api_mount", &self.api_mount)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for GatewayBuilder {
@@ -113,20 +213,56 @@ impl Default for GatewayBuilder {
             readiness: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(120),
-            header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            pool_max_idle: 0,
+            limits: Limits::default(),
+            trust: TrustPolicy::none(),
+            header_policy: fluxlit_auth::HeaderPolicy::default(),
+            api_headers: ApiHeaders::default(),
+            access_log: false,
+            health_access_log: false,
+            metrics_path: None,
+            metrics_render: None,
+            debug: None,
         }
     }
 }
 
 impl GatewayBuilder {
-    /// Takes root path, API mount and timeouts from loaded settings.
+    /// Takes paths, timeouts, limits, proxy trust, header rules, security headers/CORS and the
+    /// access-log switches from loaded settings.
     pub fn settings(mut self, s: &fluxlit_config::Settings) -> Self {
         self.root_path = s.public_mount().to_owned();
         self.api_mount = s.api_mount_path.clone();
         self.connect_timeout = s.gateway_upstream_connect_timeout_s;
         self.read_timeout = s.gateway_upstream_read_timeout_s;
         self.drain_timeout = s.graceful_shutdown_timeout_s;
+        self.pool_max_idle = usize::try_from(s.gateway_httpx_max_connections).unwrap_or(usize::MAX);
+        self.limits = Limits::from_settings(s);
+        self.trust = if s.trust_proxy {
+            TrustPolicy::trusting(
+                s.forwarded_allow_ips
+                    .iter()
+                    .flat_map(|e| match e.as_str() {
+                        "*" => vec![
+                            fluxlit_config::parse_ip_net("0.0.0.0/0"),
+                            fluxlit_config::parse_ip_net("::/0"),
+                        ],
+                        e => vec![fluxlit_config::parse_ip_net(e)],
+                    })
+                    .filter_map(Result::ok)
+                    .collect(),
+            )
+        } else {
+            TrustPolicy::none()
+        };
+        self.header_policy = fluxlit_auth::HeaderPolicy::new(
+            &trusted_user_headers(&s.streamlit_run_cli_args),
+            &s.gateway_forward_client_headers_to_streamlit,
+        );
+        self.api_headers = ApiHeaders::from_settings(s);
+        self.access_log = s.enable_gateway_access_log || s.debug;
+        self.health_access_log = s.enable_health_access_log;
         self
     }
 
@@ -177,15 +313,55 @@ impl GatewayBuilder {
         self
     }
 
-    /// Time a client has to send its request headers (slow-loris guard). Default: 30 s.
-    pub fn header_read_timeout(mut self, d: Duration) -> Self {
-        self.header_read_timeout = d;
+    /// Time in-flight requests and tunnels get once shutdown starts. Default: 30 s.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
         self
     }
 
-    /// Time in-flight HTTP requests get to finish once shutdown starts. Default: 30 s.
-    pub fn drain_timeout(mut self, d: Duration) -> Self {
-        self.drain_timeout = d;
+    /// Limits (body caps, connections, rate limits, WebSocket policy). Default: [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whose forwarded headers to believe. Default: nobody's.
+    pub fn trust(mut self, trust: TrustPolicy) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Identity headers to strip and the UI hop's allow-list. Default: [`fluxlit_auth::HeaderPolicy::default`].
+    pub fn header_policy(mut self, policy: fluxlit_auth::HeaderPolicy) -> Self {
+        self.header_policy = policy;
+        self
+    }
+
+    /// Security headers and CORS for API responses. Default: neither.
+    pub fn api_headers(mut self, h: ApiHeaders) -> Self {
+        self.api_headers = h;
+        self
+    }
+
+    /// One access-log line per request (`fluxlit::access` target); health probes only when
+    /// `health` is set too. Default: off.
+    pub fn access_log(mut self, on: bool, health: bool) -> Self {
+        self.access_log = on;
+        self.health_access_log = health;
+        self
+    }
+
+    /// Serves `render()` as Prometheus text at `path` (after the root path) on this gateway.
+    /// The path must not lie under the API mount. Default: no metrics endpoint.
+    pub fn metrics_endpoint(mut self, path: &str, render: MetricsRender) -> Self {
+        self.metrics_path = Some(path.to_owned());
+        self.metrics_render = Some(render);
+        self
+    }
+
+    /// Serves the debug snapshot at [`DEBUG_PATH`], with `info()` merged in. Default: off (404).
+    pub fn debug(mut self, info: DebugInfo) -> Self {
+        self.debug = Some(info);
         self
     }
 
@@ -206,6 +382,24 @@ impl GatewayBuilder {
                 reason,
             }
         })?;
+        let under_api = |p: &str| p == api || p.starts_with(&format!("{api}/"));
+        let debug = match self.debug {
+            Some(d) if under_api(DEBUG_PATH) => {
+                tracing::warn!(api_mount = %api, "the API mount shadows {DEBUG_PATH}; the debug snapshot is disabled");
+                drop(d);
+                None
+            }
+            d => d,
+        };
+        let metrics = match (self.metrics_path, self.metrics_render) {
+            (Some(p), Some(r)) if !under_api(&p) => Some((p, r)),
+            (Some(p), Some(_)) => {
+                tracing::warn!(path = %p, api_mount = %api, "the metrics path lies under the API mount; the metrics endpoint is disabled");
+                None
+            }
+            _ => None,
+        };
+        let rate = limits::RateLimits::new(&self.limits);
         Ok(Gateway {
             inner: Arc::new(Inner {
                 api_prefix: format!("{root}{api}"),
@@ -214,12 +408,50 @@ impl GatewayBuilder {
                 ui: self.ui,
                 api_target: self.api,
                 readiness: self.readiness,
-                proxy: proxy::Proxy::new(self.connect_timeout, self.read_timeout),
-                header_read_timeout: self.header_read_timeout,
+                proxy: proxy::Proxy::new(
+                    self.connect_timeout,
+                    self.read_timeout,
+                    self.limits.clone(),
+                    self.pool_max_idle,
+                ),
+                conns: limits::ConnLimiter::new(&self.limits),
+                rate,
+                limits: self.limits,
                 drain_timeout: self.drain_timeout,
+                trust: self.trust,
+                header_policy: self.header_policy,
+                api_headers: self.api_headers,
+                access_log: self.access_log,
+                health_access_log: self.health_access_log,
+                metrics,
+                debug,
+                recent: observe::Recent::default(),
             }),
         })
     }
+}
+
+/// Header names configured for Streamlit's `server.trustedUserHeaders` in the `streamlit run`
+/// arguments (a JSON object `{"Header-Name": "user_key"}`); the gateway strips them from
+/// clients like the other identity headers.
+pub fn trusted_user_headers(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if let Some(v) = a.strip_prefix("--server.trustedUserHeaders=") {
+            Some(v.to_owned())
+        } else if a == "--server.trustedUserHeaders" {
+            it.next().cloned()
+        } else {
+            None
+        };
+        if let Some(v) = value
+            && let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&v)
+        {
+            out.extend(m.keys().cloned());
+        }
+    }
+    out
 }
 
 struct Inner {
@@ -231,8 +463,18 @@ struct Inner {
     api_target: ApiTarget,
     readiness: Vec<ReadinessCheck>,
     proxy: proxy::Proxy,
-    header_read_timeout: Duration,
+    conns: limits::ConnLimiter,
+    rate: limits::RateLimits,
+    limits: Limits,
     drain_timeout: Duration,
+    trust: TrustPolicy,
+    header_policy: fluxlit_auth::HeaderPolicy,
+    api_headers: ApiHeaders,
+    access_log: bool,
+    health_access_log: bool,
+    metrics: Option<(String, MetricsRender)>,
+    debug: Option<DebugInfo>,
+    recent: observe::Recent,
 }
 
 /// The gateway. Cheap to clone; clones share state.
@@ -248,6 +490,13 @@ impl std::fmt::Debug for Gateway {
             .field("api", &self.inner.api)
             .finish_non_exhaustive()
     }
+}
+
+/// Per-connection context handed to [`Gateway::handle`].
+#[derive(Debug, Clone)]
+struct ConnCtx {
+    hop: ClientHop,
+    permit: Option<Arc<limits::ConnPermit>>,
 }
 
 impl Gateway {
@@ -266,7 +515,7 @@ impl Gateway {
         &self.inner.api
     }
 
-    /// Whether every readiness input is ready, and a detail naming those that are not.
+    /// Whether every readiness input is ready, and each input's state.
     pub fn readiness(&self) -> (bool, Vec<(String, ComponentState)>) {
         let states: Vec<(String, ComponentState)> = self
             .inner
@@ -277,69 +526,336 @@ impl Gateway {
         (states.iter().all(|(_, s)| s.is_ready()), states)
     }
 
+    /// The last 32 dispatches (request id, dispatch, path), oldest first.
+    pub fn recent_dispatches(&self) -> Vec<observe::Dispatch> {
+        self.inner.recent.snapshot()
+    }
+
     /// Handles one request from `hop`. Never fails: every problem is a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, hop: &ClientHop) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, hop: &ClientHop) -> Response<Body> {
+        self.handle_conn(
+            req,
+            &ConnCtx {
+                hop: hop.clone(),
+                permit: None,
+            },
+        )
+        .await
+    }
+
+    async fn handle_conn(&self, mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+        let start = Instant::now();
+        let inner = &*self.inner;
         fluxlit_auth::mark_sensitive(req.headers_mut());
-        let inner = &self.inner;
-        let route = match routing::route(req.uri().path(), &inner.root, &inner.api) {
+        inner.header_policy.strip_identity(req.headers_mut());
+        let view = ClientView::resolve(
+            &inner.trust,
+            ctx.hop.peer,
+            ctx.hop.local.port(),
+            req.headers(),
+        );
+        let rid = observe::request_id(req.headers(), view.peer_trusted);
+        req.headers_mut().insert(observe::REQUEST_ID, rid.clone());
+        let raw_path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let websocket = headers::upgrade_request(req.headers()).is_some();
+        let method = req.method().clone();
+
+        let route = match routing::route(&raw_path, &inner.root, &inner.api) {
             Ok(r) => r,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("FluxLit: {e}\n")),
+            Err(e) => {
+                return with_rid(
+                    plain_rid(StatusCode::BAD_REQUEST, format!("FluxLit: {e}\n"), &rid),
+                    &rid,
+                );
+            }
         };
-        match route {
-            Route::Healthz => match *req.method() {
-                Method::GET | Method::HEAD => {
-                    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        // The gateway's own endpoints outside the API mount (UI-routed paths).
+        if let Route::Ui { .. } = &route {
+            let own = routing::dispatch_path(&raw_path, &inner.root);
+            if let Some((path, render)) = &inner.metrics
+                && own == *path
+                && method == Method::GET
+            {
+                let mut r = Response::new(response::full(render()));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return with_rid(r, &rid);
+            }
+            if own == DEBUG_PATH && method == Method::GET {
+                return with_rid(self.debug_snapshot(), &rid);
+            }
+        }
+
+        let dispatch: &'static str = match &route {
+            Route::Healthz | Route::Readyz => "internal",
+            Route::Api { .. } => "api",
+            Route::Ui { .. } => "streamlit",
+        };
+        if inner.debug.is_some() {
+            inner.recent.push(observe::Dispatch {
+                request_id: rid.to_str().unwrap_or("").to_owned(),
+                dispatch,
+                path: raw_path.clone(),
+            });
+        }
+        let is_health = matches!(route, Route::Healthz | Route::Readyz);
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut upstream_name: Option<String> = None;
+
+        let (mut resp, slot) = 'resp: {
+            if !is_health && let Err(wait) = inner.rate.check(dispatch == "api", view.client_ip) {
+                metrics::counter!(observe::names::RATE_LIMITED, "dispatch" => dispatch)
+                    .increment(1);
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                tracing::info!(request_id = rid.to_str().unwrap_or(""), client_ip = %view.client_ip, dispatch, retry_after_s = secs, "rate limited");
+                let mut r = plain_rid(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "FluxLit: too many requests from {}; retry in {secs} s\n",
+                        view.client_ip
+                    ),
+                    &rid,
+                );
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+                break 'resp (r, None);
+            }
+            match route {
+                Route::Healthz => match method {
+                    Method::GET | Method::HEAD => (
+                        json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+                        None,
+                    ),
+                    _ => (method_not_allowed(), None),
+                },
+                Route::Readyz => match method {
+                    Method::GET | Method::HEAD => (self.readyz(), None),
+                    _ => (method_not_allowed(), None),
+                },
+                Route::Api { path } => {
+                    let public_prefix = format!(
+                        "{}{}",
+                        view.prefix.as_deref().unwrap_or(&inner.root),
+                        inner.api
+                    );
+                    let req = req.map(|b| observe::Counted::new(b, bytes_in.clone()));
+                    let (r, slot) = self
+                        .api(
+                            req,
+                            &path,
+                            &view,
+                            &rid,
+                            &public_prefix,
+                            ctx,
+                            &mut upstream_name,
+                        )
+                        .await;
+                    (r, slot)
                 }
-                _ => method_not_allowed(),
-            },
-            Route::Readyz => match *req.method() {
-                Method::GET | Method::HEAD => self.readyz(),
-                _ => method_not_allowed(),
-            },
-            Route::Api { path } => match &inner.api_target {
-                ApiTarget::None => json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({"detail": "Not Found", "reason": "no API is configured (set api_command or api_upstream)"}),
+                Route::Ui { path } => match &inner.ui {
+                    Some(u) => {
+                        upstream_name = Some(u.name().to_owned());
+                        let prefix = view
+                            .prefix
+                            .clone()
+                            .or_else(|| (!inner.root.is_empty()).then(|| inner.root.clone()));
+                        let (parts, body) = req.into_parts();
+                        let req = Request::from_parts(
+                            parts,
+                            observe::Counted::new(body, bytes_in.clone()),
+                        );
+                        let hop = proxy::Hop {
+                            view: &view,
+                            request_id: &rid,
+                            prefix: prefix.as_deref(),
+                            body_cap: (
+                                inner.limits.max_ui_body,
+                                "gateway_max_proxy_request_body_bytes",
+                            ),
+                            conn: ctx.permit.clone(),
+                            ui_policy: Some(&inner.header_policy),
+                        };
+                        let f = inner.proxy.forward(u, req, &path, hop).await;
+                        (f.response, f.slot)
+                    }
+                    None => (
+                        plain_rid(
+                            StatusCode::NOT_FOUND,
+                            "FluxLit: no UI upstream is configured\n",
+                            &rid,
+                        ),
+                        None,
+                    ),
+                },
+            }
+        };
+        resp.headers_mut().insert(observe::REQUEST_ID, rid.clone());
+        let status = resp.status().as_u16();
+        let exchange = observe::Exchange {
+            start,
+            request_id: rid,
+            dispatch,
+            method,
+            websocket: websocket && status == 101,
+            path: raw_path,
+            query,
+            client_ip: view.client_ip,
+            upstream: upstream_name,
+            status,
+            bytes_in,
+            log: inner.access_log && (!is_health || inner.health_access_log),
+            metrics: true,
+        };
+        resp.map(|b| observe::Observed::new(b, exchange, slot).boxed_unsync())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn api(
+        &self,
+        req: Request<observe::Counted<Incoming>>,
+        path: &str,
+        view: &ClientView,
+        rid: &HeaderValue,
+        public_prefix: &str,
+        ctx: &ConnCtx,
+        upstream_name: &mut Option<String>,
+    ) -> (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) {
+        let inner = &*self.inner;
+        let cors = inner.api_headers.cors.clone();
+        let handler = |req: Request<observe::Counted<Incoming>>| async move {
+            let r: (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) = match &inner
+                .api_target
+            {
+                ApiTarget::None => (
+                    json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"detail": "Not Found", "reason": "no API is configured (set api_command or api_upstream)"}),
+                    ),
+                    None,
                 ),
                 ApiTarget::Upstream(u) => {
-                    inner
-                        .proxy
-                        .forward(u, req, &path, hop, Some(&inner.api_prefix))
-                        .await
+                    let hop = proxy::Hop {
+                        view,
+                        request_id: rid,
+                        prefix: Some(public_prefix),
+                        body_cap: (
+                            inner.limits.max_api_body,
+                            "gateway_max_api_request_body_bytes",
+                        ),
+                        conn: ctx.permit.clone(),
+                        ui_policy: None,
+                    };
+                    let f = inner.proxy.forward(u, req, path, hop).await;
+                    let mut resp = f.response;
+                    if let Some(ep) = u.endpoint.borrow().clone() {
+                        let host = view.host.as_ref().and_then(|h| h.to_str().ok());
+                        let origin = host.map(|h| format!("{}://{h}", view.proto));
+                        rewrite::api_response(
+                            resp.headers_mut(),
+                            public_prefix,
+                            host,
+                            ep.authority.as_str(),
+                            origin.as_deref(),
+                        );
+                    }
+                    (resp, f.slot)
                 }
                 ApiTarget::Service(svc) => {
-                    let host = req.headers().get(http::header::HOST).cloned();
-                    let uri = match rewrite_path(req.uri(), &path) {
-                        Ok(u) => u,
+                    let (mut parts, body) = req.into_parts();
+                    match rewrite_path(&parts.uri, path) {
+                        Ok(u) => parts.uri = u,
                         Err(e) => {
-                            return plain(
-                                StatusCode::BAD_REQUEST,
-                                format!("FluxLit: invalid request target: {e}\n"),
+                            return (
+                                plain_rid(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("FluxLit: invalid request target: {e}\n"),
+                                    rid,
+                                ),
+                                None,
                             );
                         }
+                    }
+                    view.apply(&mut parts.headers, Some(public_prefix));
+                    let cap = inner.limits.max_api_body;
+                    let declared: Option<u64> = parts
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    if cap > 0 && declared.is_some_and(|n| n > cap) {
+                        return (
+                            plain_rid(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                format!(
+                                    "FluxLit: the request body is larger than {cap} bytes, the gateway's limit for this route (gateway_max_api_request_body_bytes); the upstream was not asked\n"
+                                ),
+                                rid,
+                            ),
+                            None,
+                        );
+                    }
+                    let body: Body = if cap > 0 {
+                        http_body_util::Limited::new(
+                            body,
+                            usize::try_from(cap).unwrap_or(usize::MAX),
+                        )
+                        .boxed_unsync()
+                    } else {
+                        body.map_err(Into::into).boxed_unsync()
                     };
-                    *req.uri_mut() = uri;
-                    headers::set_forwarded(
-                        req.headers_mut(),
-                        host.as_ref(),
-                        hop,
-                        Some(&inner.api_prefix),
-                    );
-                    svc.call(req.map(|b| b.map_err(Into::into).boxed_unsync()))
-                        .await
+                    (svc.call(Request::from_parts(parts, body)).await, None)
                 }
-            },
-            Route::Ui { path } => match &inner.ui {
-                Some(u) => {
-                    let prefix = (!inner.root.is_empty()).then_some(inner.root.as_str());
-                    inner.proxy.forward(u, req, &path, hop, prefix).await
-                }
-                None => plain(
-                    StatusCode::NOT_FOUND,
-                    "FluxLit: no UI upstream is configured\n",
-                ),
-            },
+            };
+            r
+        };
+        if let ApiTarget::Upstream(u) = &inner.api_target {
+            *upstream_name = Some(u.name().to_owned());
         }
+        let (mut resp, slot) = match cors {
+            Some(layer) => {
+                let slot_cell: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>> =
+                    std::sync::Mutex::new(None);
+                let svc = layer.layer(tower::service_fn(
+                    |req: Request<observe::Counted<Incoming>>| {
+                        let slot_cell = &slot_cell;
+                        let fut = handler(req);
+                        async move {
+                            let (r, s) = fut.await;
+                            if let Ok(mut c) = slot_cell.lock() {
+                                *c = s;
+                            }
+                            Ok::<_, Infallible>(r)
+                        }
+                    },
+                ));
+                let r = match svc.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                let s = slot_cell.lock().ok().and_then(|mut c| c.take());
+                (r, s)
+            }
+            None => handler(req).await,
+        };
+        if inner.api_headers.security_headers {
+            let h = resp.headers_mut();
+            for (name, value) in [
+                ("x-content-type-options", "nosniff"),
+                ("x-frame-options", "SAMEORIGIN"),
+                ("referrer-policy", "strict-origin-when-cross-origin"),
+            ] {
+                h.entry(name).or_insert(HeaderValue::from_static(value));
+            }
+            if view.proto == "https" {
+                h.entry("strict-transport-security")
+                    .or_insert(HeaderValue::from_static(
+                        "max-age=63072000; includeSubDomains",
+                    ));
+            }
+        }
+        (resp, slot)
     }
 
     fn readyz(&self) -> Response<Body> {
@@ -352,6 +868,8 @@ impl Gateway {
                 ComponentState::Starting(why) => format!("starting: {why}"),
                 ComponentState::NotReady(why) => format!("not ready: {why}"),
             };
+            metrics::gauge!(observe::names::READY, "component" => name.clone())
+                .set(if state.is_ready() { 1.0 } else { 0.0 });
             if !state.is_ready() {
                 problems.push(format!("{name}: {text}"));
             }
@@ -370,11 +888,40 @@ impl Gateway {
         }
     }
 
-    /// Serves connections from `listener` until `shutdown` resolves; then stops accepting, lets
-    /// in-flight HTTP requests finish (idle keep-alive connections are closed) for up to the
-    /// drain timeout, and returns. Upgraded tunnels (WebSockets) outlive this call: end them with
-    /// [`Gateway::drain_tunnels`] after the upstreams have been told to stop, so that their close
-    /// frames reach the clients.
+    fn debug_snapshot(&self) -> Response<Body> {
+        let inner = &*self.inner;
+        let Some(info) = &inner.debug else {
+            return plain(StatusCode::NOT_FOUND, "Not Found\n");
+        };
+        let (ready, states) = self.readiness();
+        let readiness: serde_json::Map<String, serde_json::Value> = states
+            .iter()
+            .map(|(n, s)| (n.clone(), serde_json::Value::String(format!("{s:?}"))))
+            .collect();
+        let mut v = serde_json::json!({
+            "fluxlit_debug": true,
+            "gateway": {
+                "root_path": inner.root,
+                "api_prefix": inner.api_prefix,
+                "trust_proxy": inner.trust.enabled(),
+                "active_tunnels": self.active_tunnels(),
+                "ready": ready,
+                "readiness": readiness,
+            },
+            "recent_dispatches": inner.recent.snapshot(),
+        });
+        if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), info()) {
+            obj.extend(extra);
+        }
+        json(StatusCode::OK, &v)
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves; then stops accepting and
+    /// waits, up to the drain timeout, for in-flight HTTP requests to finish (idle keep-alive
+    /// connections are closed at once) and for WebSocket tunnels to end by themselves. Tunnels
+    /// still open at the deadline keep running: the caller stops the upstreams (Streamlit then
+    /// closes its WebSockets with code 1012, through the tunnels) and calls
+    /// [`Gateway::drain_tunnels`] to cut what remains.
     ///
     /// # Errors
     /// Only if the listener's local address cannot be read; accept errors are logged and retried.
@@ -387,13 +934,20 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.inner.header_read_timeout);
+            .header_read_timeout(self.inner.limits.header_read_timeout)
+            .max_buf_size(self.inner.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(self.inner.limits.max_header_bytes).unwrap_or(u32::MAX),
+            );
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
+                    let (mut stream, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
                             // EMFILE and friends: back off briefly instead of spinning.
@@ -402,17 +956,36 @@ impl Gateway {
                             continue;
                         }
                     };
+                    let permit = match self.inner.conns.admit(peer.ip().to_canonical()) {
+                        Ok(p) => Arc::new(p),
+                        Err(why) => {
+                            let (reason, setting) = match why {
+                                limits::Refused::Total => ("connections", "gateway_max_connections"),
+                                limits::Refused::PerIp => ("connections_per_ip", "gateway_max_connections_per_ip"),
+                            };
+                            metrics::counter!(observe::names::SHED, "reason" => reason).increment(1);
+                            tracing::warn!(peer = %peer, setting, "connection refused: limit reached");
+                            tokio::spawn(async move {
+                                let body = format!("FluxLit: too many connections ({setting}); retry shortly\n");
+                                let msg = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes())).await;
+                                let _ = stream.shutdown().await;
+                            });
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let gw = self.clone();
-                    let hop = ClientHop { peer, local };
+                    let ctx = ConnCtx { hop: ClientHop { peer, local }, permit: Some(permit.clone()) };
                     let service = hyper::service::service_fn(move |req| {
                         let gw = gw.clone();
-                        let hop = hop.clone();
-                        async move { Ok::<_, Infallible>(gw.handle(req, &hop).await) }
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(gw.handle_conn(req, &ctx).await) }
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
+                        let _permit = permit;
                         if let Err(e) = conn.await {
                             tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                         }
@@ -422,13 +995,24 @@ impl Gateway {
             }
         }
         drop(listener);
+        let deadline = tokio::time::Instant::now() + self.inner.drain_timeout;
+        let tunnels = self.active_tunnels();
         tracing::info!(
             drain_timeout_s = self.inner.drain_timeout.as_secs_f64(),
-            "gateway stopped accepting; draining in-flight requests"
+            websocket_tunnels = tunnels,
+            "stopped accepting; waiting for in-flight requests and WebSocket sessions to finish (a second signal stops now)"
         );
-        tokio::select! {
-            () = graceful.shutdown() => tracing::debug!("all HTTP connections drained"),
-            () = tokio::time::sleep(self.inner.drain_timeout) => tracing::warn!("drain timeout elapsed with requests still in flight; closing them"),
+        let tracker = &self.inner.proxy.tunnels;
+        tracker.close();
+        let drained = async {
+            graceful.shutdown().await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            tracing::info!(
+                websocket_tunnels = self.active_tunnels(),
+                "drain deadline reached"
+            );
         }
         Ok(())
     }
@@ -451,14 +1035,23 @@ impl Gateway {
         }
         cut
     }
+
+    /// Forgets rate-limit state of idle clients (bounds memory); the embedding program calls it
+    /// periodically (the CLI: every minute).
+    pub fn housekeeping(&self) {
+        self.inner.rate.retain_recent();
+    }
+}
+
+fn with_rid(mut r: Response<Body>, rid: &HeaderValue) -> Response<Body> {
+    r.headers_mut().insert(observe::REQUEST_ID, rid.clone());
+    r
 }
 
 fn method_not_allowed() -> Response<Body> {
     let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "FluxLit: use GET or HEAD\n");
-    r.headers_mut().insert(
-        http::header::ALLOW,
-        http::HeaderValue::from_static("GET, HEAD"),
-    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     r
 }
 
@@ -473,7 +1066,7 @@ fn rewrite_path(uri: &Uri, path: &str) -> Result<Uri, http::Error> {
 }
 
 /// The address the gateway tells children to use to reach it: the bound address with an
-/// unspecified host (`0.0.0.0`, `::`) replaced by loopback (`127.0.0.1`, `::1`).
+/// unspecified host (`0.0.0.0`, `::`) replaced by loopback (`127.0.0.1`).
 pub fn loopback_base(bound: SocketAddr) -> String {
     let ip = match bound.ip() {
         std::net::IpAddr::V4(v4) if v4.is_unspecified() => {

@@ -2,33 +2,75 @@
 //! ways, WebSocket (and any HTTP/1.1) upgrades spliced byte for byte once the upstream says 101.
 
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, ORIGIN, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Body;
-use crate::headers::{ClientHop, set_forwarded, strip_hop_by_hop, upgrade_request};
-use crate::response::plain;
+use crate::forwarded::ClientView;
+use crate::headers::{strip_hop_by_hop, upgrade_request};
+use crate::limits::{ConnPermit, Limits};
+use crate::observe::{REQUEST_ID, names};
+use crate::response::plain_rid;
 use crate::upstream::Upstream;
 
 /// Idle pooled connections are closed after this long: below the keep-alive timeout of common
-/// upstream servers (uvicorn's default is 5 s, so stay under it) to avoid reusing a connection
-/// the upstream is closing.
+/// upstream servers (uvicorn's default is 5 s) so the gateway never reuses a connection the
+/// upstream is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
     read_timeout: Duration,
+    limits: Limits,
+    upstream_slots: Option<Arc<Semaphore>>,
     pub(crate) tunnels: TaskTracker,
     pub(crate) cut_tunnels: CancellationToken,
+}
+
+/// What one forwarded exchange needs to know about its request.
+pub(crate) struct Hop<'a> {
+    pub(crate) view: &'a ClientView,
+    pub(crate) request_id: &'a HeaderValue,
+    /// `X-Forwarded-Prefix` for this hop.
+    pub(crate) prefix: Option<&'a str>,
+    /// Request body cap in bytes (0: none) and the setting that sets it.
+    pub(crate) body_cap: (u64, &'static str),
+    /// Held by a tunnel for its life, so tunnels count against the connection limits.
+    pub(crate) conn: Option<Arc<ConnPermit>>,
+    /// The UI hop's client-header allow-list, when this is the UI hop.
+    pub(crate) ui_policy: Option<&'a fluxlit_auth::HeaderPolicy>,
+}
+
+/// The result of a forward: the response and, when the upstream concurrency cap is on, the
+/// slot to hold until the response body is done.
+pub(crate) struct Forwarded {
+    pub(crate) response: Response<Body>,
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Response<Body>> for Forwarded {
+    fn from(response: Response<Body>) -> Self {
+        Self {
+            response,
+            slot: None,
+        }
+    }
 }
 
 /// Renders an error and its sources as `a: b: c`.
@@ -46,47 +88,99 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     s
 }
 
+fn caused_by<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A pooled connection closed under an already-sent request (hyper's "incomplete message" or a
+/// canceled dispatch).
+fn closed_under_us(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<Body> {
+    plain_rid(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "FluxLit: the request body is larger than {cap} bytes, the gateway's limit for this route ({setting}); the upstream was not asked\n"
+        ),
+        rid,
+    )
+}
+
 impl Proxy {
-    pub(crate) fn new(connect_timeout: Duration, read_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        limits: Limits,
+        pool_max_idle: usize,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        if pool_max_idle > 0 {
+            builder.pool_max_idle_per_host(pool_max_idle);
+        }
+        let client = builder.build(connector);
         Self {
             client,
             read_timeout,
+            upstream_slots: (limits.max_upstream_concurrency > 0)
+                .then(|| Arc::new(Semaphore::new(limits.max_upstream_concurrency))),
+            limits,
             tunnels: TaskTracker::new(),
             cut_tunnels: CancellationToken::new(),
         }
     }
 
-    /// Forwards `req` to `upstream` at `path` (plus the request's query), setting forwarded
-    /// headers (with `X-Forwarded-Prefix: prefix` when given). Never fails: upstream problems
-    /// become 502/503/504 responses that name the upstream.
-    pub(crate) async fn forward(
+    /// Forwards `req` to `upstream` at `path` (plus the request's query). Never fails:
+    /// problems become 413/502/503/504 responses naming the upstream and the request id.
+    pub(crate) async fn forward<B>(
         &self,
         upstream: &Upstream,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         path: &str,
-        hop: &ClientHop,
-        prefix: Option<&str>,
-    ) -> Response<Body> {
+        hop: Hop<'_>,
+    ) -> Forwarded
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
         let name = upstream.name();
+        let rid = hop.request_id;
         let Some(ep) = upstream.endpoint.borrow().clone() else {
-            let mut r = plain(
+            let mut r = plain_rid(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "FluxLit: the {name} upstream is not running (starting, restarting or stopped); retry shortly\n"
                 ),
+                rid,
             );
             r.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+            return r.into();
         };
 
         let upgrade = if req.version() == Version::HTTP_11 {
@@ -94,8 +188,57 @@ impl Proxy {
         } else {
             None
         };
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        if upgrade.is_some() && !self.limits.ws_allowed_origins.is_empty() {
+            let origin = req
+                .headers()
+                .get(ORIGIN)
+                .and_then(|o| o.to_str().ok())
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
+            if !origin.is_some_and(|o| self.limits.ws_allowed_origins.contains(&o)) {
+                tracing::warn!(request_id = rid.to_str().unwrap_or(""), origin = ?req.headers().get(ORIGIN), "WebSocket origin not allowed");
+                return plain_rid(StatusCode::FORBIDDEN, "FluxLit: this origin may not open WebSockets here (gateway_ws_allowed_origins)\n", rid).into();
+            }
+        }
 
+        // Body cap: refuse up front when Content-Length says so; otherwise count as it streams.
+        let (cap, setting) = hop.body_cap;
+        let declared: Option<u64> = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        if cap > 0 && declared.is_some_and(|n| n > cap) {
+            tracing::warn!(
+                request_id = rid.to_str().unwrap_or(""),
+                upstream = name,
+                limit = cap,
+                declared,
+                setting,
+                "request body over the limit (Content-Length)"
+            );
+            metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
+            return too_large(cap, setting, rid).into();
+        }
+
+        let slot = match &self.upstream_slots {
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    metrics::counter!(names::SHED, "reason" => "upstream_concurrency").increment(1);
+                    let mut r = plain_rid(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "FluxLit: too many requests in flight to the upstreams (gateway_max_concurrent_upstream_http); retry shortly\n",
+                        rid,
+                    );
+                    r.headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return r.into();
+                }
+            },
+            None => None,
+        };
+
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 64);
         pq.push_str(&ep.base_path);
@@ -112,10 +255,12 @@ impl Proxy {
         {
             Ok(u) => u,
             Err(e) => {
-                return plain(
+                return plain_rid(
                     StatusCode::BAD_REQUEST,
                     format!("FluxLit: invalid request target: {e}\n"),
-                );
+                    rid,
+                )
+                .into();
             }
         };
         let host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -124,8 +269,16 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        let empty_body = declared == Some(0)
+            || (declared.is_none()
+                && !parts.headers.contains_key(TRANSFER_ENCODING)
+                && body.is_end_stream());
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, host.as_ref(), hop, prefix);
+        if let Some(policy) = hop.ui_policy {
+            policy.retain_for_ui(&mut parts.headers);
+        }
+        hop.view.apply(&mut parts.headers, hop.prefix);
+        parts.headers.insert(REQUEST_ID, rid.clone());
         if let Some(h) = &host {
             parts.headers.insert(HOST, h.clone());
         }
@@ -138,70 +291,163 @@ impl Proxy {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
-        let up_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        // A request that can be sent again unchanged: idempotent, no body, not an upgrade.
+        let retryable = upgrade.is_none()
+            && empty_body
+            && matches!(
+                parts.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            );
+        let replay = retryable.then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+        let body: Body = if cap > 0 {
+            Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX)).boxed_unsync()
+        } else {
+            body.map_err(Into::into).boxed_unsync()
+        };
+        let up_req = Request::from_parts(parts, body);
 
-        let mut resp = match tokio::time::timeout(self.read_timeout, self.client.request(up_req))
-            .await
+        let timeout = if upgrade.is_some() {
+            self.limits.ws_open_timeout
+        } else {
+            self.read_timeout
+        };
+        let mut result = tokio::time::timeout(timeout, self.client.request(up_req)).await;
+        if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, replay)
+            && !e.is_connect()
+            && closed_under_us(e)
         {
+            tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = name, error = %chain(e), "pooled connection closed under an idempotent request; retrying once");
+            let mut again =
+                Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+            *again.method_mut() = method;
+            *again.uri_mut() = uri;
+            *again.headers_mut() = headers;
+            result = tokio::time::timeout(timeout, self.client.request(again)).await;
+        }
+        let mut resp = match result {
             Err(_elapsed) => {
-                tracing::warn!(upstream = name, authority = %ep.authority, timeout_s = self.read_timeout.as_secs_f64(), "upstream sent no response headers in time");
-                return plain(
+                metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "timeout").increment(1);
+                let setting = if upgrade.is_some() {
+                    "gateway_ws_open_timeout_s"
+                } else {
+                    "gateway_upstream_read_timeout_s"
+                };
+                tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %ep.authority, timeout_s = timeout.as_secs_f64(), setting, "upstream sent no response headers in time");
+                return plain_rid(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "FluxLit: the {name} upstream at {} sent no response within {} s (gateway_upstream_read_timeout_s)\n",
-                        ep.authority,
-                        self.read_timeout.as_secs_f64()
-                    ),
-                );
+                    format!("FluxLit: the {name} upstream at {} sent no response within {} s ({setting})\n", ep.authority, timeout.as_secs_f64()),
+                    rid,
+                )
+                .into();
             }
             Ok(Err(e)) => {
+                if caused_by::<LengthLimitError>(&e) {
+                    tracing::warn!(
+                        request_id = rid.to_str().unwrap_or(""),
+                        upstream = name,
+                        limit = cap,
+                        setting,
+                        "request body over the limit (streamed); upstream request aborted"
+                    );
+                    metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
+                    return too_large(cap, setting, rid).into();
+                }
                 let detail = chain(&e);
-                tracing::warn!(upstream = name, authority = %ep.authority, error = %detail, "upstream request failed");
+                let kind = if e.is_connect() { "connect" } else { "reset" };
+                metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => kind).increment(1);
+                tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %ep.authority, error = %detail, kind, "upstream request failed");
                 let what = if e.is_connect() {
                     "could not be reached"
                 } else {
                     "failed before sending a response"
                 };
-                return plain(
+                return plain_rid(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "FluxLit: the {name} upstream at {} {what} ({detail})\n",
                         ep.authority
                     ),
-                );
+                    rid,
+                )
+                .into();
             }
             Ok(Ok(r)) => r,
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
-                return plain(
+                return plain_rid(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "FluxLit: the {name} upstream switched protocols without being asked\n"
                     ),
-                );
+                    rid,
+                )
+                .into();
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let cut = self.cut_tunnels.clone();
             let upstream_name = name.to_owned();
+            let rid_text = rid.to_str().unwrap_or("").to_owned();
+            let (idle, lifetime) = (self.limits.ws_idle_timeout, self.limits.ws_max_lifetime);
+            let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
+                let _conn = conn;
                 let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
                     (Ok(c), Ok(u)) => (c, u),
                     (Err(e), _) | (_, Err(e)) => {
-                        tracing::debug!(upstream = %upstream_name, error = %e, "upgrade did not complete");
+                        tracing::debug!(request_id = %rid_text, upstream = %upstream_name, error = %e, "upgrade did not complete");
                         return;
                     }
                 };
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                tokio::select! {
+                let opened = Instant::now();
+                metrics::gauge!(names::TUNNELS).increment(1.0);
+                tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, "websocket tunnel open");
+                let activity = Arc::new(AtomicU64::new(0));
+                let mut client = Tracked::new(TokioIo::new(client), activity.clone(), opened);
+                let mut upstream = Tracked::new(TokioIo::new(upstream), activity.clone(), opened);
+                let idle_watch = async {
+                    let Some(idle) = idle else { return std::future::pending::<()>().await };
+                    let tick = (idle / 4).max(Duration::from_millis(10));
+                    loop {
+                        tokio::time::sleep(tick).await;
+                        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                        if opened.elapsed().saturating_sub(last) >= idle {
+                            return;
+                        }
+                    }
+                };
+                let life = async {
+                    match lifetime {
+                        Some(l) => tokio::time::sleep(l).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (up, down, how) = tokio::select! {
                     r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 16 * 1024, 16 * 1024) => match r {
-                        Ok((up, down)) => tracing::debug!(upstream = %upstream_name, bytes_up = up, bytes_down = down, "tunnel closed"),
-                        Err(e) => tracing::debug!(upstream = %upstream_name, error = %e, "tunnel ended with an error"),
+                        Ok((up, down)) => (up, down, "closed"),
+                        Err(_) => (client.read, upstream.read, "ended with an error"),
                     },
-                    () = cut.cancelled() => tracing::debug!(upstream = %upstream_name, "tunnel cut at shutdown"),
-                }
+                    () = cut.cancelled() => (client.read, upstream.read, "cut at shutdown"),
+                    () = idle_watch => (client.read, upstream.read, "closed after gateway_ws_idle_timeout_s"),
+                    () = life => (client.read, upstream.read, "closed after gateway_ws_max_lifetime_s"),
+                };
+                let lifetime_s = opened.elapsed().as_secs_f64();
+                metrics::gauge!(names::TUNNELS).decrement(1.0);
+                metrics::histogram!(names::TUNNEL_LIFETIME).record(lifetime_s);
+                metrics::histogram!(names::DURATION, "dispatch" => "streamlit").record(lifetime_s);
+                tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, bytes_in = up, bytes_out = down, lifetime_s, "websocket tunnel {how}");
             });
             let up = resp.headers().get(UPGRADE).cloned();
             let (mut parts, _) = resp.into_parts();
@@ -215,11 +461,75 @@ impl Proxy {
             return Response::from_parts(
                 parts,
                 Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            );
+            )
+            .into();
         }
 
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+        Forwarded {
+            response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
+            slot,
+        }
+    }
+}
+
+/// An upgraded connection that records when it last moved bytes (milliseconds since `opened`)
+/// and how many it read.
+struct Tracked<T> {
+    io: T,
+    activity: Arc<AtomicU64>,
+    opened: Instant,
+    read: u64,
+}
+
+impl<T> Tracked<T> {
+    fn new(io: T, activity: Arc<AtomicU64>, opened: Instant) -> Self {
+        Self {
+            io,
+            activity,
+            opened,
+            read: 0,
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

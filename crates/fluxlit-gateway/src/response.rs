@@ -37,3 +37,22 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Bo
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
+
+/// A `text/plain` error response whose body ends with the request id (also in `X-Request-ID`).
+pub(crate) fn plain_rid(
+    status: StatusCode,
+    text: impl Into<String>,
+    rid: &HeaderValue,
+) -> Response<Body> {
+    let mut text: String = text.into();
+    if let Ok(id) = rid.to_str() {
+        if text.ends_with('\n') {
+            text.pop();
+        }
+        text.push_str(&format!(" (request id {id})\n"));
+    }
+    let mut r = plain(status, text);
+    r.headers_mut()
+        .insert(crate::observe::REQUEST_ID, rid.clone());
+    r
+}

@@ -68,6 +68,17 @@ pub fn route(raw_path: &str, root: &str, api: &str) -> Result<Route, BadPath> {
     Ok(Route::Ui { path: ui })
 }
 
+/// The path after the root path (dot segments removed), for the gateway's own endpoints
+/// outside the API mount (metrics, debug): `/myapp/__fluxlit/debug` and `/__fluxlit/debug`
+/// both give `/__fluxlit/debug` under root `/myapp`.
+pub fn dispatch_path(raw_path: &str, root: &str) -> String {
+    let clean = remove_dot_segments(raw_path);
+    match strip_mount(&clean, root) {
+        Some(rest) => rest.to_owned(),
+        None => clean.into_owned(),
+    }
+}
+
 /// `Some(rest)` when `path` is `mount` or lies under it (`rest` is `/` for the mount itself);
 /// an empty mount matches everything with `rest = path`.
 fn strip_mount<'a>(path: &'a str, mount: &str) -> Option<&'a str> {

@@ -115,7 +115,10 @@ fn req(method: &str, uri: &str) -> http::request::Builder {
 fn echo_without_forwarded(body: &Bytes) -> Value {
     let mut v: Value = serde_json::from_slice(body).expect("echo JSON");
     if let Some(h) = v["headers"].as_array_mut() {
-        h.retain(|pair| !pair[0].as_str().unwrap_or("").starts_with("x-forwarded-"));
+        h.retain(|pair| {
+            let n = pair[0].as_str().unwrap_or("");
+            !n.starts_with("x-forwarded-") && n != "x-request-id"
+        });
     }
     v
 }
@@ -130,7 +133,8 @@ fn header_list(h: &HeaderMap, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn http_scenarios_match_direct() {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let policy = fluxlit_auth::HeaderPolicy::new(&[], &["x-custom".to_owned()]);
+    let gw = Running::start(Gateway::builder().ui(ui(&up)).header_policy(policy)).await;
 
     let big = Bytes::from(vec![7u8; 5 * 1024 * 1024 + 3]);
     type Case = (&'static str, &'static str, Option<Bytes>);
@@ -255,25 +259,9 @@ async fn responses_are_streamed_not_buffered() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn hop_by_hop_and_forwarded_headers() {
-    let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
-    let r = req("GET", "/echo")
-        .header("connection", "keep-alive, x-hop")
-        .header("x-hop", "secret")
-        .header("keep-alive", "timeout=5")
-        .header("te", "trailers")
-        .header("proxy-authorization", "Basic abc")
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-proto", "https")
-        .header("forwarded", "for=203.0.113.9")
-        .header("authorization", "Bearer user-token")
-        .body(empty())
-        .unwrap();
-    let (_, _, body) = collect(send(gw.addr, r).await).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    let seen: Vec<(String, String)> = v["headers"]
+fn seen_headers(body: &Bytes) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["headers"]
         .as_array()
         .unwrap()
         .iter()
@@ -283,32 +271,86 @@ async fn hop_by_hop_and_forwarded_headers() {
                 p[1].as_str().unwrap().to_owned(),
             )
         })
-        .collect();
-    let get = |n: &str| {
-        seen.iter()
-            .filter(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-            .collect::<Vec<_>>()
+        .collect()
+}
+
+fn get_header(seen: &[(String, String)], n: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|(k, _)| k == n)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn hop_by_hop_identity_and_forwarded_headers() {
+    let up = TestUpstream::start().await;
+    let gw = Running::start(
+        Gateway::builder()
+            .ui(ui(&up))
+            .api(ApiTarget::Upstream(ui(&up))),
+    )
+    .await;
+    let mk = |path: &str| {
+        req("GET", path)
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic abc")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "for=203.0.113.9")
+            .header("x-forwarded-user", "admin")
+            .header("x-remote-user", "admin")
+            .header("authorization", "Bearer user-token")
+            .header("x-not-for-streamlit", "1")
+            .body(empty())
+            .unwrap()
     };
-    for gone in [
-        "x-hop",
-        "keep-alive",
-        "te",
-        "proxy-authorization",
-        "forwarded",
-    ] {
-        assert!(
-            get(gone).is_empty(),
-            "{gone} must not be forwarded: {seen:?}"
+    for (path, ui_hop) in [("/echo", true), ("/api/echo", false)] {
+        let (_, _, body) = collect(send(gw.addr, mk(path)).await).await;
+        let seen = seen_headers(&body);
+        for gone in [
+            "x-hop",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "forwarded",
+            "connection",
+            "x-forwarded-user",
+            "x-remote-user",
+        ] {
+            assert!(
+                get_header(&seen, gone).is_empty(),
+                "{path}: {gone} must not be forwarded: {seen:?}"
+            );
+        }
+        assert_eq!(
+            get_header(&seen, "x-forwarded-for"),
+            ["127.0.0.1"],
+            "{path}: untrusted inbound chain is dropped"
         );
+        assert_eq!(get_header(&seen, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get_header(&seen, "x-forwarded-host"), ["example.test"]);
+        assert_eq!(
+            get_header(&seen, "x-forwarded-port"),
+            [gw.addr.port().to_string()]
+        );
+        assert_eq!(get_header(&seen, "host"), ["example.test"]);
+        assert_eq!(get_header(&seen, "x-request-id").len(), 1);
+        if ui_hop {
+            // Streamlit gets the allow-listed client headers only; credentials never.
+            assert!(get_header(&seen, "authorization").is_empty(), "{seen:?}");
+            assert!(
+                get_header(&seen, "x-not-for-streamlit").is_empty(),
+                "{seen:?}"
+            );
+        } else {
+            assert_eq!(get_header(&seen, "authorization"), ["Bearer user-token"]);
+            assert_eq!(get_header(&seen, "x-not-for-streamlit"), ["1"]);
+            assert_eq!(get_header(&seen, "x-forwarded-prefix"), ["/api"]);
+        }
     }
-    assert!(get("connection").is_empty(), "{seen:?}");
-    assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(get("x-forwarded-proto"), ["http"]);
-    assert_eq!(get("x-forwarded-host"), ["example.test"]);
-    assert_eq!(get("x-forwarded-port"), [gw.addr.port().to_string()]);
-    assert_eq!(get("host"), ["example.test"]);
-    assert_eq!(get("authorization"), ["Bearer user-token"]);
     gw.stop().await;
 }
 
@@ -385,7 +427,12 @@ async fn websocket_sessions_match_direct() {
 #[tokio::test]
 async fn open_tunnels_are_cut_by_drain() {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let gw = Running::start(
+        Gateway::builder()
+            .ui(ui(&up))
+            .drain_timeout(Duration::from_millis(300)),
+    )
+    .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
         .await
         .unwrap();
@@ -393,7 +440,7 @@ async fn open_tunnels_are_cut_by_drain() {
     assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
     assert_eq!(gw.gateway.active_tunnels(), 1);
     let gateway = gw.gateway.clone();
-    gw.stop().await; // HTTP drain does not wait for the tunnel
+    gw.stop().await; // the drain waits for the tunnel only until its deadline
     assert_eq!(gateway.drain_tunnels(Duration::from_millis(100)).await, 1);
     let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await

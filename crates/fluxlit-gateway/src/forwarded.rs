@@ -1,0 +1,485 @@
+//! Forwarded-header trust: what the gateway believes about the client (IP, scheme, host, port,
+//! public prefix), and the forwarded headers it sends on every upstream hop.
+//!
+//! From a trusted peer (`trust_proxy` on and the TCP peer in `forwarded_allow_ips`, loopback
+//! only when the list is empty) the gateway takes:
+//! - the client IP from `X-Forwarded-For`, walking right to left past trusted addresses (the
+//!   first untrusted address is the client); without `X-Forwarded-For`, from RFC 7239
+//!   `Forwarded: for=` the same way;
+//! - the scheme from `X-Forwarded-Proto` (else `Forwarded: proto=`), `http` or `https` only;
+//! - the host from `X-Forwarded-Host` (else `Forwarded: host=`), a valid authority only;
+//! - the port from `X-Forwarded-Port`, else the forwarded host's port, else the scheme's default;
+//! - the public prefix from `X-Forwarded-Prefix`, a valid path prefix only.
+//! `X-Forwarded-*` win over `Forwarded` when both are present: common proxies sanitise the
+//! former and may pass the latter through from the client.
+//!
+//! From anyone else all of these are ignored, and on every hop the gateway overwrites them:
+//! `X-Forwarded-For` is the trusted inbound chain plus the peer (or just the peer),
+//! `-Proto/-Host/-Port` are the effective values, `-Prefix` is set when there is a prefix,
+//! and `Forwarded` / `X-Real-IP` are removed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use fluxlit_config::IpNet;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const XFPREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Which peers' forwarded headers are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    enabled: bool,
+    nets: Vec<IpNet>,
+}
+
+impl TrustPolicy {
+    /// Trust nobody (the default).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Trust peers in `nets`; an empty list means loopback only (`127.0.0.0/8`, `::1`).
+    pub fn trusting(nets: Vec<IpNet>) -> Self {
+        let nets = if nets.is_empty() {
+            vec![
+                IpNet {
+                    addr: IpAddr::from([127, 0, 0, 0]),
+                    prefix: 8,
+                },
+                IpNet {
+                    addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                    prefix: 128,
+                },
+            ]
+        } else {
+            nets
+        };
+        Self {
+            enabled: true,
+            nets,
+        }
+    }
+
+    /// Whether forwarded headers are trusted at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.enabled && self.nets.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// What the gateway believes about the client of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// The client IP (the peer unless a trusted proxy said otherwise).
+    pub client_ip: IpAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The public host (authority), if known.
+    pub host: Option<HeaderValue>,
+    /// The public port.
+    pub port: u16,
+    /// The public prefix a trusted proxy stripped, if it said so.
+    pub prefix: Option<String>,
+    /// The trusted inbound `X-Forwarded-For` value, to append the peer to.
+    pub chain: Option<String>,
+}
+
+/// A host value that is a valid URI authority.
+fn valid_host(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 255 && v.parse::<http::uri::Authority>().is_ok() && !v.contains('@')
+}
+
+fn first_value<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    h.get(name)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Parses one `X-Forwarded-For` / `Forwarded for=` node: `1.2.3.4`, `1.2.3.4:5`, `::1`,
+/// `[::1]`, `[::1]:5` (quotes allowed). `unknown` and obfuscated identifiers are `None`.
+pub fn parse_node(node: &str) -> Option<IpAddr> {
+    let n = node.trim().trim_matches('"');
+    if let Ok(ip) = n.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = n.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    n.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+/// The `(for, proto, host)` pairs of an RFC 7239 `Forwarded` header, in order.
+pub fn parse_forwarded(value: &str) -> Vec<(Option<String>, Option<String>, Option<String>)> {
+    let mut out = Vec::new();
+    for element in split_outside_quotes(value, ',') {
+        let (mut f, mut p, mut h) = (None, None, None);
+        for pair in split_outside_quotes(&element, ';') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .map_or_else(|| v.to_owned(), |x| x.replace("\\\"", "\""));
+            match k.trim().to_ascii_lowercase().as_str() {
+                "for" => f = Some(v),
+                "proto" => p = Some(v),
+                "host" => h = Some(v),
+                _ => {}
+            }
+        }
+        out.push((f, p, h));
+    }
+    out
+}
+
+fn split_outside_quotes(s: &str, sep: char) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in s.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => {
+                cur.push(c);
+                escaped = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            c if c == sep && !quoted => parts.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    parts
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Walks `nodes` (leftmost = original client) right to left from a trusted `peer`; returns the
+/// first untrusted address, or the leftmost valid one when all are trusted.
+fn walk(policy: &TrustPolicy, peer: IpAddr, nodes: &[&str]) -> IpAddr {
+    let mut client = peer;
+    for node in nodes.iter().rev() {
+        if !policy.trusts(client) {
+            break;
+        }
+        match parse_node(node) {
+            Some(ip) => client = ip.to_canonical(),
+            None => break,
+        }
+    }
+    client
+}
+
+impl ClientView {
+    /// Resolves the view of a request from `peer` with `headers`; `local_port` is the gateway's
+    /// own port (used when the request names none).
+    pub fn resolve(
+        policy: &TrustPolicy,
+        peer: SocketAddr,
+        local_port: u16,
+        headers: &HeaderMap,
+    ) -> Self {
+        let peer_ip = peer.ip().to_canonical();
+        let host_header = headers.get(header::HOST).cloned();
+        let untrusted = || {
+            let port = host_header
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .and_then(crate::headers::port_of_host)
+                .unwrap_or(local_port);
+            ClientView {
+                peer: peer_ip,
+                peer_trusted: false,
+                client_ip: peer_ip,
+                proto: "http",
+                host: host_header.clone(),
+                port,
+                prefix: None,
+                chain: None,
+            }
+        };
+        if !policy.trusts(peer_ip) {
+            return untrusted();
+        }
+        let xff: Vec<&str> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let forwarded: Vec<_> = headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_forwarded)
+            .collect();
+        let (client_ip, chain) = if !xff.is_empty() {
+            (walk(policy, peer_ip, &xff), Some(xff.join(", ")))
+        } else if !forwarded.is_empty() {
+            let fors: Vec<&str> = forwarded
+                .iter()
+                .filter_map(|(f, _, _)| f.as_deref())
+                .collect();
+            let chain = fors
+                .iter()
+                .filter_map(|f| parse_node(f))
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                walk(policy, peer_ip, &fors),
+                (!chain.is_empty()).then_some(chain),
+            )
+        } else {
+            (peer_ip, None)
+        };
+        let proto = first_value(headers, &XFP)
+            .map(str::to_owned)
+            .or_else(|| forwarded.first().and_then(|(_, p, _)| p.clone()))
+            .and_then(|p| match p.to_ascii_lowercase().as_str() {
+                "https" | "wss" => Some("https"),
+                "http" | "ws" => Some("http"),
+                _ => None,
+            })
+            .unwrap_or("http");
+        let host = first_value(headers, &XFH)
+            .map(str::to_owned)
+            .or_else(|| forwarded.first().and_then(|(_, _, h)| h.clone()))
+            .filter(|h| valid_host(h))
+            .and_then(|h| HeaderValue::from_str(&h).ok())
+            .or(host_header);
+        let port = first_value(headers, &XFPORT)
+            .and_then(|p| p.parse::<u16>().ok())
+            .or_else(|| {
+                host.as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(crate::headers::port_of_host)
+            })
+            .unwrap_or(if proto == "https" { 443 } else { 80 });
+        let prefix = first_value(headers, &XFPREFIX)
+            .and_then(|p| fluxlit_config::normalize_root_path(p).ok())
+            .filter(|p| !p.is_empty());
+        ClientView {
+            peer: peer_ip,
+            peer_trusted: true,
+            client_ip,
+            proto,
+            host,
+            port,
+            prefix,
+            chain,
+        }
+    }
+
+    /// Sets the forwarded headers for an upstream hop, replacing inbound ones; `prefix` is the
+    /// value for `X-Forwarded-Prefix` (none when `None` or empty).
+    pub fn apply(&self, headers: &mut HeaderMap, prefix: Option<&str>) {
+        for name in [
+            &XFF,
+            &XFP,
+            &XFH,
+            &XFPORT,
+            &XFPREFIX,
+            &header::FORWARDED,
+            &X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
+        let xff = match &self.chain {
+            Some(chain) => format!("{chain}, {}", self.peer),
+            None => self.peer.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(XFF, v);
+        }
+        headers.insert(XFP, HeaderValue::from_static(self.proto));
+        if let Some(h) = &self.host {
+            headers.insert(XFH, h.clone());
+        }
+        headers.insert(XFPORT, HeaderValue::from(self.port));
+        if let Some(p) = prefix.filter(|p| !p.is_empty())
+            && let Ok(v) = HeaderValue::from_str(p)
+        {
+            headers.insert(XFPREFIX, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> TrustPolicy {
+        TrustPolicy::trusting(
+            list.iter()
+                .map(|n| fluxlit_config::parse_ip_net(n).unwrap())
+                .collect(),
+        )
+    }
+
+    const PEER: &str = "10.0.0.5:40000";
+
+    #[test]
+    fn untrusted_peers_are_ignored() {
+        let h = headers(&[
+            ("host", "app.example:8443"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let v = ClientView::resolve(&TrustPolicy::none(), PEER.parse().unwrap(), 8000, &h);
+        assert_eq!(v.client_ip, "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!((v.proto, v.port, v.chain.clone()), ("http", 8443, None));
+        assert_eq!(v.host.unwrap(), "app.example:8443");
+        // Trust on, but the peer is not in the list.
+        let v = ClientView::resolve(&nets(&["192.168.0.0/16"]), PEER.parse().unwrap(), 8000, &h);
+        assert!(!v.peer_trusted);
+        assert_eq!(v.proto, "http");
+    }
+
+    #[test]
+    fn xff_is_walked_right_to_left_past_trusted_proxies() {
+        let policy = nets(&["10.0.0.0/8"]);
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1"),
+            ("x-forwarded-proto", "HTTPS"),
+            ("x-forwarded-host", "app.example"),
+            ("x-forwarded-prefix", "/myapp/"),
+        ]);
+        let v = ClientView::resolve(&policy, PEER.parse().unwrap(), 8000, &h);
+        assert_eq!(
+            v.client_ip,
+            "203.0.113.7".parse::<IpAddr>().unwrap(),
+            "6.6.6.6 was written by the untrusted client"
+        );
+        assert_eq!((v.proto, v.port), ("https", 443));
+        assert_eq!(v.host.clone().unwrap(), "app.example");
+        assert_eq!(v.prefix.as_deref(), Some("/myapp"));
+        let mut out = HeaderMap::new();
+        v.apply(&mut out, Some("/myapp/api"));
+        assert_eq!(
+            out["x-forwarded-for"],
+            "6.6.6.6, 203.0.113.7, 10.1.1.1, 10.0.0.5"
+        );
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-port"], "443");
+        assert_eq!(out["x-forwarded-prefix"], "/myapp/api");
+    }
+
+    #[test]
+    fn all_trusted_chain_gives_the_leftmost_and_garbage_stops_the_walk() {
+        let policy = nets(&["10.0.0.0/8"]);
+        let v = ClientView::resolve(
+            &policy,
+            PEER.parse().unwrap(),
+            8000,
+            &headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]),
+        );
+        assert_eq!(v.client_ip, "10.9.9.9".parse::<IpAddr>().unwrap());
+        let v = ClientView::resolve(
+            &policy,
+            PEER.parse().unwrap(),
+            8000,
+            &headers(&[("x-forwarded-for", "1.1.1.1, garbage, 10.1.1.1")]),
+        );
+        assert_eq!(v.client_ip, "10.1.1.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn rfc7239_forwarded_with_quotes_and_ipv6() {
+        let policy = TrustPolicy::trusting(vec![]);
+        let h = headers(&[(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https;host=\"app.example:9443\", for=127.0.0.1",
+        )]);
+        let v = ClientView::resolve(&policy, "127.0.0.1:5000".parse().unwrap(), 8000, &h);
+        assert_eq!(v.client_ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!((v.proto, v.port), ("https", 9443));
+        assert_eq!(v.host.unwrap(), "app.example:9443");
+        // X-Forwarded-For wins over Forwarded.
+        let h = headers(&[("forwarded", "for=1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        let v = ClientView::resolve(&policy, "[::1]:5000".parse().unwrap(), 8000, &h);
+        assert_eq!(v.client_ip, "5.6.7.8".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn invalid_forwarded_values_are_ignored() {
+        let policy = TrustPolicy::trusting(vec![]);
+        let h = headers(&[
+            ("host", "h:1"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "bad host/x"),
+            ("x-forwarded-prefix", "/a/../b"),
+            ("x-forwarded-port", "99999"),
+        ]);
+        let v = ClientView::resolve(&policy, "127.0.0.1:5000".parse().unwrap(), 8000, &h);
+        assert_eq!((v.proto, v.port, v.prefix.clone()), ("http", 1, None));
+        assert_eq!(v.host.unwrap(), "h:1");
+    }
+
+    #[test]
+    fn nodes() {
+        assert_eq!(parse_node("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_node("1.2.3.4:80"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_node("[::1]:80"), Some("::1".parse().unwrap()));
+        assert_eq!(parse_node("\"[::1]\""), Some("::1".parse().unwrap()));
+        assert_eq!(parse_node("unknown"), None);
+        assert_eq!(parse_node("_hidden"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_untrusted_input_never_changes_the_client(xff in "\\PC{0,60}", fwd in "\\PC{0,60}", proto in "\\PC{0,10}") {
+            let mut h = HeaderMap::new();
+            for (k, v) in [("x-forwarded-for", &xff), ("forwarded", &fwd), ("x-forwarded-proto", &proto)] {
+                if let Ok(v) = HeaderValue::from_str(v) { h.insert(k, v); }
+            }
+            let v = ClientView::resolve(&TrustPolicy::none(), PEER.parse().unwrap(), 8000, &h);
+            prop_assert_eq!(v.client_ip, "10.0.0.5".parse::<IpAddr>().unwrap());
+            let _ = ClientView::resolve(&TrustPolicy::trusting(vec![]), "127.0.0.1:1".parse().unwrap(), 8000, &h);
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Observability of the request path: metric names (one place), the access log, request ids,
+//! and the recent-dispatch ring for the debug snapshot.
+//!
+//! Metrics go through the `metrics` facade: without an installed recorder every call is a
+//! no-op, so the hot path pays almost nothing when metrics are off. Label values are bounded:
+//! `dispatch` ∈ {api, streamlit, internal}, `method_kind` ∈ the standard methods, `OTHER` or
+//! `WEBSOCKET`, `status_class` ∈ {1xx…5xx}, `kind` ∈ the upstream error kinds, `component` ∈
+//! the readiness inputs. Raw paths never become labels.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::{Body, BoxError};
+
+/// Metric names, FluxLit's two stable series first (reference §7.1), then ours.
+pub mod names {
+    /// Counter `{dispatch, method_kind}`: requests dispatched (metrics and debug scrapes excluded).
+    pub const REQUESTS: &str = "fluxlit_gateway_requests_total";
+    /// Histogram `{dispatch}`: wall-clock seconds of a request (for WebSockets, the tunnel's life).
+    pub const DURATION: &str = "fluxlit_gateway_request_duration_seconds";
+    /// Counter `{dispatch, status_class}`: responses by status class.
+    pub const RESPONSES: &str = "fluxlit_gateway_responses_total";
+    /// Counter `{upstream, kind}`: upstream failures (`connect`, `timeout`, `reset`, `body_too_large`).
+    pub const UPSTREAM_ERRORS: &str = "fluxlit_gateway_upstream_errors_total";
+    /// Counter `{dispatch}`: request body bytes received from clients.
+    pub const BYTES_IN: &str = "fluxlit_gateway_request_bytes_total";
+    /// Counter `{dispatch}`: response body bytes sent to clients.
+    pub const BYTES_OUT: &str = "fluxlit_gateway_response_bytes_total";
+    /// Gauge: open client connections.
+    pub const CONNECTIONS: &str = "fluxlit_gateway_active_connections";
+    /// Gauge: open WebSocket (upgraded) tunnels.
+    pub const TUNNELS: &str = "fluxlit_gateway_active_websocket_tunnels";
+    /// Histogram: seconds a WebSocket tunnel stayed open.
+    pub const TUNNEL_LIFETIME: &str = "fluxlit_gateway_websocket_tunnel_lifetime_seconds";
+    /// Gauge `{component}`: 1 when the readiness input is ready, else 0.
+    pub const READY: &str = "fluxlit_gateway_component_ready";
+    /// Counter `{dispatch}`: requests refused by rate limiting (429).
+    pub const RATE_LIMITED: &str = "fluxlit_gateway_rate_limited_total";
+    /// Counter `{reason}`: requests or connections shed with 503 (`upstream_concurrency`, `connections`, `connections_per_ip`).
+    pub const SHED: &str = "fluxlit_gateway_shed_total";
+    /// Counter `{sidecar}`: sidecar restarts (emitted by the supervisor's owner).
+    pub const SIDECAR_RESTARTS: &str = "fluxlit_sidecar_restarts_total";
+    /// Gauge `{sidecar}`: 1 while the sidecar process runs, else 0.
+    pub const SIDECAR_UP: &str = "fluxlit_sidecar_up";
+
+    /// Buckets of [`DURATION`] (FluxLit's, unchanged: changing them is a semver-visible change).
+    pub const DURATION_BUCKETS: &[f64] = &[
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    /// Buckets of [`TUNNEL_LIFETIME`].
+    pub const TUNNEL_BUCKETS: &[f64] = &[1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
+}
+
+/// Registers descriptions (units, meaning) for every metric; call once after installing a recorder.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(names::REQUESTS, "Requests dispatched by the gateway");
+    describe_histogram!(
+        names::DURATION,
+        Unit::Seconds,
+        "Request wall-clock duration (WebSocket: tunnel lifetime)"
+    );
+    describe_counter!(names::RESPONSES, "Responses by status class");
+    describe_counter!(names::UPSTREAM_ERRORS, "Upstream failures by kind");
+    describe_counter!(names::BYTES_IN, Unit::Bytes, "Request body bytes received");
+    describe_counter!(names::BYTES_OUT, Unit::Bytes, "Response body bytes sent");
+    describe_gauge!(names::CONNECTIONS, "Open client connections");
+    describe_gauge!(names::TUNNELS, "Open WebSocket tunnels");
+    describe_histogram!(
+        names::TUNNEL_LIFETIME,
+        Unit::Seconds,
+        "WebSocket tunnel lifetime"
+    );
+    describe_gauge!(names::READY, "Readiness per component (1 ready, 0 not)");
+    describe_counter!(names::RATE_LIMITED, "Requests refused by rate limiting");
+    describe_counter!(names::SHED, "Requests or connections shed with 503");
+    describe_counter!(names::SIDECAR_RESTARTS, "Sidecar restarts");
+    describe_gauge!(names::SIDECAR_UP, "Sidecar process running (1) or not (0)");
+}
+
+/// A bounded `method_kind` label.
+pub(crate) fn method_kind(m: &Method, websocket: bool) -> &'static str {
+    if websocket {
+        return "WEBSOCKET";
+    }
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+pub(crate) fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Query keys whose values never reach a log line.
+const SENSITIVE_QUERY_KEYS: &[&str] = &[
+    "fluxlit_sid",
+    "auth_code",
+    "code",
+    "state",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "password",
+    "secret",
+    "key",
+    "api_key",
+    "apikey",
+    "session",
+];
+
+/// The query string with sensitive values replaced by `<redacted>` (keys compared
+/// case-insensitively, empty values kept, everything else byte for byte).
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v))
+                if !v.is_empty()
+                    && SENSITIVE_QUERY_KEYS
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k)) =>
+            {
+                format!("{k}=<redacted>")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The request id header.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The request's id: the inbound `X-Request-ID` when the peer is trusted and the value is sane
+/// (1–128 visible ASCII characters), else a new UUIDv7 (time-sortable).
+pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> HeaderValue {
+    if trusted_peer
+        && let Some(v) = headers.get(&REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return v.clone();
+    }
+    let id = uuid::Uuid::now_v7();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// One recent dispatch, for the debug snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dispatch {
+    /// The request id.
+    pub request_id: String,
+    /// `api`, `streamlit` or `internal`.
+    pub dispatch: &'static str,
+    /// The raw incoming path.
+    pub path: String,
+}
+
+/// The last 32 dispatches.
+#[derive(Debug, Default)]
+pub(crate) struct Recent(Mutex<VecDeque<Dispatch>>);
+
+impl Recent {
+    pub(crate) fn push(&self, d: Dispatch) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == 32 {
+                q.pop_front();
+            }
+            q.push_back(d);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Dispatch> {
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What the access-log line and the metrics of one request need, filled in as it goes.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub(crate) start: Instant,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) dispatch: &'static str,
+    pub(crate) method: Method,
+    pub(crate) websocket: bool,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) client_ip: std::net::IpAddr,
+    pub(crate) upstream: Option<String>,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) log: bool,
+    pub(crate) metrics: bool,
+}
+
+impl Exchange {
+    /// Emits the access-log line and the completion metrics.
+    pub(crate) fn finish(&self, bytes_out: u64) {
+        let elapsed = self.start.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        if self.metrics {
+            let mk = method_kind(&self.method, self.websocket);
+            metrics::counter!(names::REQUESTS, "dispatch" => self.dispatch, "method_kind" => mk)
+                .increment(1);
+            if !self.websocket {
+                metrics::histogram!(names::DURATION, "dispatch" => self.dispatch)
+                    .record(elapsed.as_secs_f64());
+            }
+            metrics::counter!(names::RESPONSES, "dispatch" => self.dispatch, "status_class" => status_class(self.status)).increment(1);
+            metrics::counter!(names::BYTES_IN, "dispatch" => self.dispatch).increment(bytes_in);
+            metrics::counter!(names::BYTES_OUT, "dispatch" => self.dispatch).increment(bytes_out);
+        }
+        if self.log {
+            let rid = self.request_id.to_str().unwrap_or("");
+            let query = self.query.as_deref().map(redact_query).unwrap_or_default();
+            tracing::info!(
+                target: "fluxlit::access",
+                request_id = rid,
+                fluxlit_dispatch = self.dispatch,
+                http_method_or_type = if self.websocket { "websocket" } else { self.method.as_str() },
+                path = %self.path,
+                query = %query,
+                status = self.status,
+                bytes_in,
+                bytes_out,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                client_ip = %self.client_ip,
+                upstream = self.upstream.as_deref().unwrap_or("-"),
+                "{} {} {}",
+                if self.websocket { "WEBSOCKET" } else { self.method.as_str() },
+                self.path,
+                self.status
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts the bytes it yields and reports the exchange when it is
+    /// dropped (completed, or abandoned by a disconnecting client).
+    pub(crate) struct Observed {
+        #[pin]
+        inner: Body,
+        bytes: u64,
+        exchange: Option<Exchange>,
+        // Held until the body is done: the upstream-concurrency slot, if any.
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    }
+
+    impl PinnedDrop for Observed {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(x) = this.exchange.take() {
+                x.finish(*this.bytes);
+            }
+        }
+    }
+}
+
+impl Observed {
+    pub(crate) fn new(
+        inner: Body,
+        exchange: Exchange,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            exchange: Some(exchange),
+            slot,
+        }
+    }
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            *this.bytes += d.len() as u64;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts the bytes it yields into a shared counter.
+    pub(crate) struct Counted<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub(crate) fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_redacted() {
+        assert_eq!(
+            redact_query("fluxlit_sid=abc&x=a+b&AUTH_CODE=zz&empty=&code=1"),
+            "fluxlit_sid=<redacted>&x=a+b&AUTH_CODE=<redacted>&empty=&code=<redacted>"
+        );
+        assert_eq!(redact_query("plain"), "plain");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h, true), "abc-123");
+        let minted = request_id(&h, false);
+        assert_ne!(minted, "abc-123", "untrusted peers cannot choose the id");
+        assert_eq!(minted.len(), 36);
+        h.insert(REQUEST_ID, HeaderValue::from_str(&"x".repeat(129)).unwrap());
+        assert_eq!(request_id(&h, true).len(), 36, "too long: minted");
+        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h, true).len(), 36, "not visible ASCII: minted");
+        let a = request_id(&HeaderMap::new(), false);
+        let b = request_id(&HeaderMap::new(), false);
+        assert!(
+            a.as_bytes() < b.as_bytes() || a.as_bytes()[..13] == b.as_bytes()[..13],
+            "v7 ids sort by time"
+        );
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(
+            method_kind(&Method::from_bytes(b"PROPFIND").unwrap(), false),
+            "OTHER"
+        );
+        assert_eq!(method_kind(&Method::GET, true), "WEBSOCKET");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(101), "1xx");
+    }
+}
