@@ -1,6 +1,7 @@
 //! The `fluxlit` command: wiring only. It parses arguments, loads the configuration, starts the
 //! sidecars, serves the gateway and stops everything in order.
 
+mod admin;
 mod config_cmd;
 mod doctor_cmd;
 mod pidfile;

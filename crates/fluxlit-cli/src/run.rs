@@ -17,6 +17,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fluxlit_config::{Environment, Loaded, Settings};
@@ -166,6 +167,8 @@ enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the metrics recorder: {0}")]
+    Metrics(String),
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signal(#[source] std::io::Error),
     #[error("invalid gateway settings: {0}")]
@@ -283,7 +286,60 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             )));
         }
     }
+    let sidecar_info: SidecarInfo = Arc::default();
+    if s.enable_gateway_prometheus_metrics {
+        let render = install_metrics()?;
+        match &s.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RunError::Bind {
+                        addr: addr.clone(),
+                        host_origin: loaded.origin("metrics_addr").to_string(),
+                        port_origin: loaded.origin("metrics_addr").to_string(),
+                        source,
+                    })?;
+                tracing::info!(address = %addr, path = %s.gateway_prometheus_metrics_path, "metrics on the admin listener");
+                tokio::spawn(crate::admin::serve(
+                    listener,
+                    s.gateway_prometheus_metrics_path.clone(),
+                    render,
+                ));
+            }
+            None => builder = builder.metrics_endpoint(&s.gateway_prometheus_metrics_path, render),
+        }
+    }
+    if s.debug {
+        let settings = serde_json::to_value(s).unwrap_or_default();
+        let info = sidecar_info.clone();
+        builder = builder.debug(Arc::new(move || {
+            let sidecars = info
+                .lock()
+                .map(|m| serde_json::to_value(&*m).unwrap_or_default())
+                .unwrap_or_default();
+            serde_json::json!({"settings": settings, "sidecars": sidecars})
+        }));
+        eprintln!(
+            "[fluxlit-debug] internal_api_base={internal_api_base} api_prefix={} public_mount={} trust_proxy={} forwarded_allow_ips={:?} debug_snapshot={}{}",
+            s.api_mount_path,
+            mount,
+            s.trust_proxy,
+            s.forwarded_allow_ips,
+            mount,
+            fluxlit_gateway::DEBUG_PATH
+        );
+    }
     let gateway = builder.build()?;
+    {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                gw.housekeeping();
+            }
+        });
+    }
 
     let stop_serving = CancellationToken::new();
     let serve_task = {
@@ -347,13 +403,23 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
     };
+    let ui_link = Link {
+        name: "streamlit",
+        endpoint: ui_tx,
+        state: ui_state_tx,
+        info: sidecar_info.clone(),
+    };
+    let api_link = Link {
+        name: "api",
+        endpoint: api_tx,
+        state: api_state_tx.clone(),
+        info: sidecar_info.clone(),
+    };
     if let Some((ui, port)) = &ui {
-        ui_tx.send_replace(Some(Endpoint::loopback(*port)));
-        tokio::spawn(forward_state(ui.state(), ui_state_tx));
+        ui_link.publish(ui, *port);
     }
     if let Some((api, port)) = &api {
-        api_tx.send_replace(Some(Endpoint::loopback(*port)));
-        tokio::spawn(forward_state(api.state(), api_state_tx.clone()));
+        api_link.publish(api, *port);
     }
 
     let pidfile = match s.pidfile_path(&cwd) {
@@ -370,11 +436,85 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
     let public = format!("{}{}/", fluxlit_gateway::loopback_base(bound), mount);
     tracing::info!(url = %public, api = %format!("{}{}{}", fluxlit_gateway::loopback_base(bound), mount, s.api_mount_path), "FluxLit is ready");
 
-    let stop = tokio::select! {
-        _ = sigterm.recv() => Stop::Signal("SIGTERM"),
-        _ = sigint.recv() => Stop::Signal("SIGINT"),
-        exit = wait_exit(&ui) => Stop::SidecarExited(format!("the streamlit sidecar exited ({exit})")),
-        exit = wait_exit(&api) => Stop::SidecarExited(format!("the api sidecar exited ({exit})")),
+    let (mut ui, mut api) = (ui, api);
+    let mut crashes = [CrashLog::default(), CrashLog::default()];
+    let stop = loop {
+        let (which, exit) = tokio::select! {
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            exit = wait_exit(&ui) => (0usize, exit),
+            exit = wait_exit(&api) => (1usize, exit),
+        };
+        let link = if which == 0 { &ui_link } else { &api_link };
+        link.exited(&exit);
+        if s.sidecar_restart == fluxlit_config::RestartPolicy::Exit {
+            break Stop::SidecarExited(format!("the {} sidecar exited ({exit})", link.name));
+        }
+        // Restart with exponential backoff and jitter; readiness is 503 meanwhile.
+        let restarted = loop {
+            let (delay, crash_loop) = crashes[which].record();
+            let detail = if crash_loop {
+                tracing::error!(
+                    sidecar = link.name,
+                    restarts_in_window = crashes[which].recent(),
+                    window_s = CRASH_WINDOW.as_secs(),
+                    "sidecar is crash-looping"
+                );
+                format!(
+                    "crash loop: {} restarts in {} s; last exit: {exit}; restarting in {:.1} s",
+                    crashes[which].recent(),
+                    CRASH_WINDOW.as_secs(),
+                    delay.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "exited ({exit}); restarting in {:.1} s",
+                    delay.as_secs_f64()
+                )
+            };
+            tracing::warn!(
+                sidecar = link.name,
+                delay_s = delay.as_secs_f64(),
+                "restarting sidecar"
+            );
+            link.state.send_replace(ComponentState::NotReady(detail));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = sigterm.recv() => break Err(Stop::Signal("SIGTERM")),
+                _ = sigint.recv() => break Err(Stop::Signal("SIGINT")),
+            }
+            let start = async {
+                if which == 0 {
+                    start_streamlit(s, &cwd, &common_env).await
+                } else {
+                    match &s.api_command {
+                        Some(cmd) => start_api(s, &loaded, cmd, &cwd, &common_env).await,
+                        None => std::future::pending().await,
+                    }
+                }
+            };
+            let started = tokio::select! {
+                r = start => r,
+                _ = sigterm.recv() => break Err(Stop::Signal("SIGTERM")),
+                _ = sigint.recv() => break Err(Stop::Signal("SIGINT")),
+            };
+            match started {
+                Ok(v) => break Ok(v),
+                Err(e) => tracing::error!(sidecar = link.name, error = %e, "restart failed"),
+            }
+        };
+        match restarted {
+            Ok((sidecar, port)) => {
+                metrics::counter!(fluxlit_gateway::metric_names::SIDECAR_RESTARTS, "sidecar" => link.name).increment(1);
+                link.publish(&sidecar, port);
+                if which == 0 {
+                    ui = Some((sidecar, port));
+                } else {
+                    api = Some((sidecar, port));
+                }
+            }
+            Err(stop) => break stop,
+        }
     };
     let code = match &stop {
         Stop::Signal(sig) => {
@@ -402,6 +542,110 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
     }
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// Restarts within this window count towards a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// This many restarts within [`CRASH_WINDOW`] is reported as a crash loop.
+const CRASH_LOOP_RESTARTS: usize = 5;
+
+/// Restart times of one sidecar, for backoff and crash-loop detection.
+#[derive(Debug, Default)]
+struct CrashLog {
+    times: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl CrashLog {
+    /// Records a restart; returns the delay before it (0.5 s doubling per recent restart, at
+    /// most 30 s, ±20 % jitter) and whether this is a crash loop.
+    fn record(&mut self) -> (Duration, bool) {
+        let now = std::time::Instant::now();
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.times.pop_front();
+        }
+        self.times.push_back(now);
+        let n = self.times.len();
+        let base = Duration::from_millis(500)
+            .saturating_mul(1u32 << (n - 1).min(6))
+            .min(Duration::from_secs(30));
+        // Jitter from the clock's sub-second noise: no RNG dependency needed for this.
+        let noise = f64::from(now.elapsed().subsec_nanos() ^ std::process::id()) % 1000.0 / 1000.0;
+        let delay = base.mul_f64(0.8 + 0.4 * noise);
+        (delay, n >= CRASH_LOOP_RESTARTS)
+    }
+
+    fn recent(&self) -> usize {
+        self.times.len()
+    }
+}
+
+/// What the debug snapshot shows of the sidecars: name → {pid, port, state}.
+type SidecarInfo =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, serde_json::Value>>>;
+
+/// Connects a sidecar to the gateway: its address, its readiness, its debug entry, its metrics.
+struct Link {
+    name: &'static str,
+    endpoint: watch::Sender<Option<Endpoint>>,
+    state: watch::Sender<ComponentState>,
+    info: SidecarInfo,
+}
+
+impl Link {
+    fn publish(&self, sidecar: &Sidecar, port: u16) {
+        self.endpoint.send_replace(Some(Endpoint::loopback(port)));
+        tokio::spawn(forward_state(sidecar.state(), self.state.clone()));
+        metrics::gauge!(fluxlit_gateway::metric_names::SIDECAR_UP, "sidecar" => self.name).set(1.0);
+        if let Ok(mut m) = self.info.lock() {
+            m.insert(
+                self.name,
+                serde_json::json!({"pid": sidecar.pid(), "port": port, "state": "running"}),
+            );
+        }
+    }
+
+    fn exited(&self, exit: &fluxlit_sidecar::ExitInfo) {
+        self.endpoint.send_replace(None);
+        self.state
+            .send_replace(ComponentState::NotReady(format!("exited ({exit})")));
+        metrics::gauge!(fluxlit_gateway::metric_names::SIDECAR_UP, "sidecar" => self.name).set(0.0);
+        tracing::error!(sidecar = self.name, exit = %exit, "sidecar exited");
+        if let Ok(mut m) = self.info.lock() {
+            m.insert(
+                self.name,
+                serde_json::json!({"state": format!("exited ({exit})")}),
+            );
+        }
+    }
+}
+
+/// Installs the Prometheus recorder (histogram buckets set, upkeep on a timer) and returns the
+/// renderer for the metrics endpoint.
+fn install_metrics() -> Result<fluxlit_gateway::MetricsRender, RunError> {
+    use fluxlit_gateway::metric_names as n;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(n::DURATION.into()), n::DURATION_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(n::TUNNEL_LIFETIME.into()), n::TUNNEL_BUCKETS)
+        })
+        .map_err(|e| RunError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| RunError::Metrics(e.to_string()))?;
+    fluxlit_gateway::describe_metrics();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(Arc::new(move || handle.render()))
 }
 
 fn forced(signal: &str) -> ExitCode {

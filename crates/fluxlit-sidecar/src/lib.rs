@@ -380,9 +380,13 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            // The supervising task owns the child with kill_on_drop; aborting it kills the
-            // leader, and the group gets SIGKILL here.
+        // Only while the supervising task still runs: once it has finished, the group is gone
+        // and its id may already belong to someone else.
+        if let Some(task) = &self.task
+            && !task.is_finished()
+        {
+            // The task owns the child with kill_on_drop; aborting it kills the leader, and the
+            // group gets SIGKILL here.
             task.abort();
             signal_group(self.pid, Signal::SIGKILL);
         }
