@@ -10,6 +10,7 @@
 //! - the host from `X-Forwarded-Host` (else `Forwarded: host=`), a valid authority only;
 //! - the port from `X-Forwarded-Port`, else the forwarded host's port, else the scheme's default;
 //! - the public prefix from `X-Forwarded-Prefix`, a valid path prefix only.
+//!
 //! `X-Forwarded-*` win over `Forwarded` when both are present: common proxies sanitise the
 //! former and may pass the latter through from the client.
 //!

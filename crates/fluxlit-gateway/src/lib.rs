@@ -805,7 +805,17 @@ impl Gateway {
                     } else {
                         body.map_err(Into::into).boxed_unsync()
                     };
-                    (svc.call(Request::from_parts(parts, body)).await, None)
+                    let mut resp = svc.call(Request::from_parts(parts, body)).await;
+                    let host = view.host.as_ref().and_then(|h| h.to_str().ok());
+                    let origin = host.map(|h| format!("{}://{h}", view.proto));
+                    rewrite::api_response(
+                        resp.headers_mut(),
+                        public_prefix,
+                        host,
+                        "",
+                        origin.as_deref(),
+                    );
+                    (resp, None)
                 }
             };
             r

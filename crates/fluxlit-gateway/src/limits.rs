@@ -117,14 +117,16 @@ pub(crate) enum Refused {
 pub(crate) struct ConnLimiter {
     total: Option<Arc<Semaphore>>,
     per_ip_max: usize,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip: PerIp,
 }
+
+type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 /// One admitted connection.
 #[derive(Debug)]
 pub(crate) struct ConnPermit {
     _total: Option<OwnedSemaphorePermit>,
-    ip: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    ip: Option<(IpAddr, PerIp)>,
 }
 
 impl Drop for ConnPermit {

@@ -40,7 +40,7 @@ fn rewrite_location(
         None => (rest, "/"),
     };
     let own = public_host.is_some_and(|h| h.eq_ignore_ascii_case(authority));
-    let upstream_self = authority.eq_ignore_ascii_case(upstream);
+    let upstream_self = !upstream.is_empty() && authority.eq_ignore_ascii_case(upstream);
     if !own && !upstream_self {
         return None;
     }
@@ -58,12 +58,13 @@ fn rewrite_cookie(value: &str, prefix: &str) -> Option<String> {
         .split(';')
         .map(|attr| {
             let t = attr.trim_start();
-            if t.len() >= 5 && t[..5].eq_ignore_ascii_case("path=") {
-                if let Some(p) = prefixed(t[5..].trim(), prefix) {
-                    changed = true;
-                    let lead = &attr[..attr.len() - t.len()];
-                    return format!("{lead}Path={p}");
-                }
+            if t.len() >= 5
+                && t[..5].eq_ignore_ascii_case("path=")
+                && let Some(p) = prefixed(t[5..].trim(), prefix)
+            {
+                changed = true;
+                let lead = &attr[..attr.len() - t.len()];
+                return format!("{lead}Path={p}");
             }
             attr.to_owned()
         })
