@@ -799,10 +799,11 @@ async fn start_streamlit(
         spec.cwd = Some(cwd.to_path_buf());
         spec.stop_grace = s.sidecar_stop_timeout_s;
         let health_path = format!("{mount}/_stcore/health");
-        spec.health = Some(HealthProbe::status_200(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            &health_path,
-        ));
+        let mut probe =
+            HealthProbe::status_200(SocketAddr::from(([127, 0, 0, 1], port)), &health_path);
+        // A hung Streamlit (accepts TCP, never answers) turns readiness 503 at the next probe.
+        probe.timeout = Duration::from_millis(800);
+        spec.health = Some(probe);
         let mut sidecar = Sidecar::spawn(spec)?;
         match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
             Ok(()) => return Ok((sidecar, port)),

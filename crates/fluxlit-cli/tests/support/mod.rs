@@ -59,6 +59,12 @@ impl Fluxlit {
         Self::start_with_env(dir, args, &[]).await
     }
 
+    /// Like [`Fluxlit::start_with_env`] for JSON logs: the listening address is read from
+    /// the JSON line.
+    pub async fn start_json(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_env(dir, args, env).await
+    }
+
     pub async fn start_with_env(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let pidfile = dir.path().join("run/fluxlit.pid");
         let pid_arg = pidfile.display().to_string();
@@ -101,6 +107,9 @@ impl Fluxlit {
                 async move {
                     let text = log.lock().ok()?.clone();
                     let line = text.lines().find(|l| l.contains("gateway listening"))?;
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                        return v["address"].as_str()?.parse().ok();
+                    }
                     let addr = line.split("address=").nth(1)?.split_whitespace().next()?;
                     addr.parse().ok()
                 }
