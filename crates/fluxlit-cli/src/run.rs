@@ -348,6 +348,15 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
         tokio::spawn(async move { gw.serve(listener, token.cancelled_owned()).await })
     };
     tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, "gateway listening");
+    if s.trust_proxy {
+        if s.forwarded_allow_ips.is_empty() {
+            tracing::info!(
+                "trust_proxy is on with no forwarded_allow_ips: trusting forwarded headers from loopback peers only (127.0.0.0/8, ::1)"
+            );
+        } else {
+            tracing::info!(forwarded_allow_ips = ?s.forwarded_allow_ips, "trusting forwarded headers from these peers");
+        }
+    }
 
     let python_bin_dir = Path::new(&s.streamlit_python)
         .parent()

@@ -191,6 +191,7 @@ pub struct GatewayBuilder {
     health_access_log: bool,
     metrics_path: Option<String>,
     metrics_render: Option<MetricsRender>,
+    record_metrics: bool,
     debug: Option<DebugInfo>,
 }
 
@@ -223,6 +224,7 @@ impl Default for GatewayBuilder {
             health_access_log: false,
             metrics_path: None,
             metrics_render: None,
+            record_metrics: false,
             debug: None,
         }
     }
@@ -262,6 +264,7 @@ impl GatewayBuilder {
         );
         self.api_headers = ApiHeaders::from_settings(s);
         self.access_log = s.enable_gateway_access_log || s.debug;
+        self.record_metrics = s.enable_gateway_prometheus_metrics;
         self.health_access_log = s.enable_health_access_log;
         self
     }
@@ -356,6 +359,16 @@ impl GatewayBuilder {
     pub fn metrics_endpoint(mut self, path: &str, render: MetricsRender) -> Self {
         self.metrics_path = Some(path.to_owned());
         self.metrics_render = Some(render);
+        self.record_metrics = true;
+        self
+    }
+
+    /// Records per-request metrics through the `metrics` facade (set by
+    /// [`GatewayBuilder::metrics_endpoint`] and by settings with metrics enabled; set it when the
+    /// embedding program installs its own recorder). Default: off, so the request path skips
+    /// building metric keys.
+    pub fn record_metrics(mut self, on: bool) -> Self {
+        self.record_metrics = on;
         self
     }
 
@@ -424,6 +437,7 @@ impl GatewayBuilder {
                 access_log: self.access_log,
                 health_access_log: self.health_access_log,
                 metrics,
+                record_metrics: self.record_metrics,
                 debug,
                 recent: observe::Recent::default(),
             }),
@@ -473,6 +487,7 @@ struct Inner {
     access_log: bool,
     health_access_log: bool,
     metrics: Option<(String, MetricsRender)>,
+    record_metrics: bool,
     debug: Option<DebugInfo>,
     recent: observe::Recent,
 }
@@ -706,7 +721,7 @@ impl Gateway {
             status,
             bytes_in,
             log: inner.access_log && (!is_health || inner.health_access_log),
-            metrics: true,
+            metrics: inner.record_metrics,
         };
         resp.map(|b| observe::Observed::new(b, exchange, slot).boxed_unsync())
     }
