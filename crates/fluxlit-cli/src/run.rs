@@ -770,19 +770,49 @@ fn child_path(path: Option<&str>, first: Option<&Path>) -> String {
     }
 }
 
+/// Starts a sidecar on a fresh loopback port and waits until it is ready. When it exits during
+/// start-up saying its port was taken (another process grabbed the port between FluxLit picking
+/// it and the sidecar binding it), it is started again on another port, up to
+/// [`PORT_RETRIES`] times.
+async fn start_on_free_port(
+    name: &'static str,
+    start_timeout: Duration,
+    spec_for: impl Fn(u16) -> Result<SidecarSpec, RunError>,
+) -> Result<(Sidecar, u16), RunError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = fluxlit_sidecar::free_loopback_port()
+            .map_err(|source| RunError::Port { name, source })?;
+        let mut sidecar = Sidecar::spawn(spec_for(port)?)?;
+        match sidecar.wait_ready(start_timeout).await {
+            Ok(()) => return Ok((sidecar, port)),
+            Err(StartError::Exited { last_lines, .. })
+                if attempt < PORT_RETRIES
+                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
+            {
+                tracing::warn!(
+                    sidecar = name,
+                    port,
+                    attempt,
+                    "the port was taken before the sidecar could bind it; retrying with another"
+                );
+            }
+            Err(e) => {
+                sidecar.stop().await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
 async fn start_streamlit(
     s: &Settings,
     cwd: &Path,
     env: &[(OsString, OsString)],
 ) -> Result<(Sidecar, u16), RunError> {
     let mount = s.public_mount();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = fluxlit_sidecar::free_loopback_port().map_err(|source| RunError::Port {
-            name: "streamlit",
-            source,
-        })?;
+    start_on_free_port("streamlit", s.sidecar_start_timeout_s, |port| {
         let mut spec = SidecarSpec::new("streamlit", &s.streamlit_python);
         let mut args: Vec<String> = vec![
             "-m".into(),
@@ -805,33 +835,26 @@ async fn start_streamlit(
         args.extend(s.streamlit_run_cli_args.iter().cloned());
         spec.args = args.into_iter().map(OsString::from).collect();
         spec.env = env.to_vec();
+        if !s.streamlit_page_config.is_empty() {
+            spec.env.push((
+                "FLUXLIT_STREAMLIT_PAGE_CONFIG".into(),
+                serde_json::Value::Object(s.streamlit_page_config.clone())
+                    .to_string()
+                    .into(),
+            ));
+        }
         spec.cwd = Some(cwd.to_path_buf());
         spec.stop_grace = s.sidecar_stop_timeout_s;
-        let health_path = format!("{mount}/_stcore/health");
-        let mut probe =
-            HealthProbe::status_200(SocketAddr::from(([127, 0, 0, 1], port)), &health_path);
+        let mut probe = HealthProbe::status_200(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &format!("{mount}/_stcore/health"),
+        );
         // A hung Streamlit (accepts TCP, never answers) turns readiness 503 at the next probe.
         probe.timeout = Duration::from_millis(800);
         spec.health = Some(probe);
-        let mut sidecar = Sidecar::spawn(spec)?;
-        match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
-            Ok(()) => return Ok((sidecar, port)),
-            Err(StartError::Exited { last_lines, .. })
-                if attempt < PORT_RETRIES
-                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
-            {
-                tracing::warn!(
-                    port,
-                    attempt,
-                    "streamlit's port was taken before it could bind it; retrying with another"
-                );
-            }
-            Err(e) => {
-                sidecar.stop().await;
-                return Err(e.into());
-            }
-        }
-    }
+        Ok(spec)
+    })
+    .await
 }
 
 async fn start_api(
@@ -841,13 +864,7 @@ async fn start_api(
     cwd: &Path,
     env: &[(OsString, OsString)],
 ) -> Result<(Sidecar, u16), RunError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = fluxlit_sidecar::free_loopback_port().map_err(|source| RunError::Port {
-            name: "api",
-            source,
-        })?;
+    start_on_free_port("api", s.sidecar_start_timeout_s, |port| {
         let line = command.replace("{port}", &port.to_string());
         let (program, args) = split_command(&line).ok_or_else(|| RunError::ApiCommand {
             command: command.to_owned(),
@@ -859,31 +876,15 @@ async fn start_api(
         spec.env.push(("PORT".into(), port.to_string().into()));
         spec.cwd = Some(cwd.to_path_buf());
         spec.stop_grace = s.sidecar_stop_timeout_s;
-        // A TCP probe: uvicorn (and most servers) listen only once the app has started, and
-        // an HTTP probe would add a line to the API's access log every interval.
+        // A TCP probe: uvicorn (and most servers) listen only once the app has started, and an
+        // HTTP probe would add a line to the API's access log every interval.
         spec.health = Some(HealthProbe::connect(SocketAddr::from((
             [127, 0, 0, 1],
             port,
         ))));
-        let mut sidecar = Sidecar::spawn(spec)?;
-        match sidecar.wait_ready(s.sidecar_start_timeout_s).await {
-            Ok(()) => return Ok((sidecar, port)),
-            Err(StartError::Exited { last_lines, .. })
-                if attempt < PORT_RETRIES
-                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
-            {
-                tracing::warn!(
-                    port,
-                    attempt,
-                    "the api's port was taken before it could bind it; retrying with another"
-                );
-            }
-            Err(e) => {
-                sidecar.stop().await;
-                return Err(e.into());
-            }
-        }
-    }
+        Ok(spec)
+    })
+    .await
 }
 
 /// Splits a command line. A plain command (words and quotes only) is executed directly, so
