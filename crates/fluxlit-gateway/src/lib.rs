@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cap;
 pub mod forwarded;
 pub mod headers;
 pub mod limits;
@@ -800,23 +801,14 @@ impl Gateway {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     if cap > 0 && declared.is_some_and(|n| n > cap) {
+                        cap::drain(body);
                         return (
-                            plain_rid(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                format!(
-                                    "FluxLit: the request body is larger than {cap} bytes, the gateway's limit for this route (gateway_max_api_request_body_bytes); the upstream was not asked\n"
-                                ),
-                                rid,
-                            ),
+                            proxy::too_large(cap, "gateway_max_api_request_body_bytes", rid),
                             None,
                         );
                     }
                     let body: Body = if cap > 0 {
-                        http_body_util::Limited::new(
-                            body,
-                            usize::try_from(cap).unwrap_or(usize::MAX),
-                        )
-                        .boxed_unsync()
+                        cap::Capped::new(body, cap).boxed_unsync()
                     } else {
                         body.map_err(Into::into).boxed_unsync()
                     };

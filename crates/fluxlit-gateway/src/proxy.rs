@@ -12,7 +12,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -114,14 +114,19 @@ fn closed_under_us(e: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<Body> {
-    plain_rid(
+/// The 413 response; `Connection: close`, because the rest of the client's body is drained and
+/// thrown away rather than read as the next request.
+pub(crate) fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<Body> {
+    let mut r = plain_rid(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
             "FluxLit: the request body is larger than {cap} bytes, the gateway's limit for this route ({setting}); the upstream was not asked\n"
         ),
         rid,
-    )
+    );
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 impl Proxy {
@@ -217,6 +222,7 @@ impl Proxy {
                 "request body over the limit (Content-Length)"
             );
             metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
+            crate::cap::drain(req.into_body());
             return too_large(cap, setting, rid).into();
         }
 
@@ -311,7 +317,7 @@ impl Proxy {
             )
         });
         let body: Body = if cap > 0 {
-            Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX)).boxed_unsync()
+            crate::cap::Capped::new(body, cap).boxed_unsync()
         } else {
             body.map_err(Into::into).boxed_unsync()
         };
@@ -352,7 +358,7 @@ impl Proxy {
                 .into();
             }
             Ok(Err(e)) => {
-                if caused_by::<LengthLimitError>(&e) {
+                if caused_by::<crate::cap::BodyTooLarge>(&e) {
                     tracing::warn!(
                         request_id = rid.to_str().unwrap_or(""),
                         upstream = name,

@@ -788,3 +788,56 @@ async fn idempotent_requests_are_retried_once_on_a_dead_pooled_connection() {
         "non-idempotent requests are never retried"
     );
 }
+
+/// A client (or a front proxy such as nginx) that writes its whole body before reading the
+/// answer must get the 413, not a connection reset.
+#[tokio::test]
+async fn refused_bodies_are_drained_so_the_413_arrives() {
+    let u = TestUpstream::start().await;
+    let limits = Limits {
+        max_ui_body: 64 * 1024,
+        ..Limits::default()
+    };
+    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(limits)).await;
+    for chunked in [false, true] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // More than the socket buffers hold, less than the drain bound.
+        let body = vec![b'x'; 12 * 1024 * 1024];
+        let head = if chunked {
+            "POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+        } else {
+            format!(
+                "POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+        };
+        s.write_all(head.as_bytes()).await.unwrap();
+        let write = async {
+            if chunked {
+                for c in body.chunks(64 * 1024) {
+                    s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+                    s.write_all(c).await?;
+                    s.write_all(b"\r\n").await?;
+                }
+                s.write_all(b"0\r\n\r\n").await
+            } else {
+                s.write_all(&body).await
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .unwrap()
+            .expect("the whole body is accepted (drained), not reset");
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "chunked={chunked}: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    }
+}

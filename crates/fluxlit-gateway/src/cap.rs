@@ -1,0 +1,119 @@
+//! Request body caps that leave the client connection in a clean state.
+//!
+//! Refusing a body (413) without reading it makes the kernel reset the connection when the
+//! gateway closes it with unread bytes; a front proxy that is still writing the body (nginx
+//! writes all of it before reading the answer) then reports 502 instead of the 413. So the
+//! refused body is read and discarded in the background, up to [`DRAIN_MAX_BYTES`] and
+//! [`DRAIN_MAX_TIME`], and the 413 says `Connection: close`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::BoxError;
+
+/// The most bytes of a refused body the gateway reads and discards (beyond it, it closes).
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest the gateway keeps reading a refused body.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+
+/// The error a capped body yields when the cap is crossed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The cap, bytes.
+    pub limit: u64,
+}
+
+/// Reads and discards `body` in the background, within the drain bounds.
+pub(crate) fn drain<B>(body: B)
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+{
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    read += bytes::Buf::remaining(d) as u64;
+                }
+                if read > DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// A body that fails with [`BodyTooLarge`] once more than `limit` bytes went through, and
+/// then hands the rest of the client's body to [`drain`].
+pub(crate) struct Capped<B> {
+    inner: Option<Pin<Box<B>>>,
+    seen: u64,
+    limit: u64,
+}
+
+impl<B> Capped<B> {
+    pub(crate) fn new(inner: B, limit: u64) -> Self {
+        Self {
+            inner: Some(Box::pin(inner)),
+            seen: 0,
+            limit,
+        }
+    }
+}
+
+impl<B> HttpBody for Capped<B>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        if let Some(rest) = this.inner.take() {
+                            drain(rest);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
