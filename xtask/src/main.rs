@@ -7,15 +7,20 @@
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
+//! - `smoke`: FluxLit behind nginx, Caddy, HAProxy and Traefik on loopback, every check
+//!   through every edge (see `smoke.rs`).
+//!
 //! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
 //!   is stale).
 //!
 //! Every step prints what it runs; the first failure stops the task with its exit code.
 
+mod smoke;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const APT_PACKAGES: &[&str] = &["chromium"];
+const APT_PACKAGES: &[&str] = &["chromium", "nginx", "caddy", "haproxy", "openssl"];
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,6 +152,7 @@ fn ci() -> Result {
     // licenses, bans and sources are checked offline.
     run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
+    smoke::ci()?;
     Ok(())
 }
 
@@ -180,9 +186,10 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "example" => example(),
         "docs" => docs(),
+        "smoke" => smoke::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000"
+                "usage: cargo xtask <setup|ci|example|docs|smoke>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik: [--require-all] [--keep] [EDGE...]"
             );
             return ExitCode::from(2);
         }
