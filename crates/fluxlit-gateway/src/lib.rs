@@ -587,11 +587,13 @@ impl Gateway {
             }
         };
         // The gateway's own endpoints outside the API mount (UI-routed paths).
-        if let Route::Ui { .. } = &route {
+        if let Route::Ui { .. } = &route
+            && method == Method::GET
+            && (inner.metrics.is_some() || raw_path.contains(DEBUG_PATH))
+        {
             let own = routing::dispatch_path(&raw_path, &inner.root);
             if let Some((path, render)) = &inner.metrics
-                && own == *path
-                && method == Method::GET
+                && own == path.as_str()
             {
                 let mut r = Response::new(response::full(render()));
                 r.headers_mut().insert(
@@ -600,7 +602,7 @@ impl Gateway {
                 );
                 return with_rid(r, &rid);
             }
-            if own == DEBUG_PATH && method == Method::GET {
+            if own == DEBUG_PATH {
                 return with_rid(self.debug_snapshot(), &rid);
             }
         }

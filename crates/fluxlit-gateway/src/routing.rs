@@ -71,11 +71,10 @@ pub fn route(raw_path: &str, root: &str, api: &str) -> Result<Route, BadPath> {
 /// The path after the root path (dot segments removed), for the gateway's own endpoints
 /// outside the API mount (metrics, debug): `/myapp/__fluxlit/debug` and `/__fluxlit/debug`
 /// both give `/__fluxlit/debug` under root `/myapp`.
-pub fn dispatch_path(raw_path: &str, root: &str) -> String {
-    let clean = remove_dot_segments(raw_path);
-    match strip_mount(&clean, root) {
-        Some(rest) => rest.to_owned(),
-        None => clean.into_owned(),
+pub fn dispatch_path<'a>(raw_path: &'a str, root: &str) -> Cow<'a, str> {
+    match remove_dot_segments(raw_path) {
+        Cow::Borrowed(clean) => Cow::Borrowed(strip_mount(clean, root).unwrap_or(clean)),
+        Cow::Owned(clean) => Cow::Owned(strip_mount(&clean, root).unwrap_or(&clean).to_owned()),
     }
 }
 
