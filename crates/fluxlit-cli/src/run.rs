@@ -108,10 +108,14 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
     for f in &found {
         tracing::warn!(code = f.code, "{}", f.message);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Ok(n) = usize::try_from(loaded.settings.gateway_worker_threads)
+        && n > 0
     {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fluxlit: cannot start the async runtime: {e}");

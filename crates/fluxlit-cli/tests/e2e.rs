@@ -386,7 +386,12 @@ async fn an_external_ui_upstream_replaces_streamlit() {
     let up = fluxlit_testkit::upstream::TestUpstream::start().await;
     let dir = fluxlit_testkit::TempDir::new("ui-upstream");
     let ui = format!("http://{}", up.addr);
-    let gw = Fluxlit::start_in(dir, &["--ui-upstream", &ui]).await;
+    let gw = Fluxlit::start_with_env(
+        dir,
+        &["--ui-upstream", &ui],
+        &[("FLUXLIT_GATEWAY_WORKER_THREADS", "1")],
+    )
+    .await;
     gw.wait_ready("/api/readyz").await;
     let (_, _, body) = get(&gw.url("/api/readyz")).await.unwrap();
     assert_eq!(
@@ -405,4 +410,10 @@ async fn an_external_ui_upstream_replaces_streamlit() {
         "no sidecar is started: {:?}",
         gw.children()
     );
+    let workers = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1, "gateway_worker_threads = 1");
 }

@@ -302,6 +302,7 @@ pub struct Settings {
     pub gateway_max_concurrent_upstream_http: u64,
     pub gateway_httpx_max_connections: u64,
     pub gateway_httpx_max_keepalive_connections: u64,
+    pub gateway_worker_threads: u64,
     #[serde(with = "secs")]
     pub gateway_header_read_timeout_s: Duration,
     pub gateway_max_request_header_bytes: u64,
