@@ -853,7 +853,10 @@ async fn start_streamlit(
             SocketAddr::from(([127, 0, 0, 1], port)),
             &format!("{mount}/_stcore/health"),
         );
-        // A hung Streamlit (accepts TCP, never answers) turns readiness 503 at the next probe.
+        // Quick probes while starting; once ready, every second, and a hung Streamlit (accepts
+        // TCP, never answers) turns readiness 503 at the next probe.
+        probe.interval = Duration::from_millis(200);
+        probe.ready_interval = Duration::from_secs(1);
         probe.timeout = Duration::from_millis(800);
         spec.health = Some(probe);
         Ok(spec)
@@ -882,10 +885,10 @@ async fn start_api(
         spec.stop_grace = s.sidecar_stop_timeout_s;
         // A TCP probe: uvicorn (and most servers) listen only once the app has started, and an
         // HTTP probe would add a line to the API's access log every interval.
-        spec.health = Some(HealthProbe::connect(SocketAddr::from((
-            [127, 0, 0, 1],
-            port,
-        ))));
+        let mut probe = HealthProbe::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        probe.interval = Duration::from_millis(100);
+        probe.ready_interval = Duration::from_secs(1);
+        spec.health = Some(probe);
         Ok(spec)
     })
     .await

@@ -200,3 +200,37 @@ async fn a_hung_sidecar_turns_readiness_503_while_liveness_stays_200() {
     gw.wait_ready("/api/readyz").await;
     eprintln!("hung sidecar detected after {detected:?}");
 }
+
+#[tokio::test]
+async fn a_crash_loop_is_reported_in_readiness_and_the_log() {
+    // An API that starts (listens) and dies 0.6 s later, every time.
+    let flaky = "python -c \"import os, socket, time; s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(); time.sleep(0.6)\"";
+    let mut gw = Fluxlit::start_with_env(
+        support::example_copy(),
+        &["--ui-upstream", "http://127.0.0.1:9"],
+        &[
+            ("FLUXLIT_API_COMMAND", flaky),
+            ("FLUXLIT_SIDECAR_RESTART", "restart"),
+        ],
+    )
+    .await;
+    let url = gw.url("/api/readyz");
+    let body = eventually(
+        Duration::from_secs(60),
+        "a crash loop in the readiness detail",
+        || {
+            let url = url.clone();
+            async move {
+                let (s, _, b) = get(&url).await.ok()?;
+                (s == 503 && b.contains("crash loop")).then_some(b)
+            }
+        },
+    )
+    .await;
+    assert!(body.contains("api: not ready: crash loop: "), "{body}");
+    assert!(gw.log().contains("sidecar is crash-looping"));
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the gateway keeps running and retrying"
+    );
+}
