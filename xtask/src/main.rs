@@ -10,17 +10,21 @@
 //! - `smoke`: FluxLit behind nginx, Caddy, HAProxy and Traefik on loopback, every check
 //!   through every edge (see `smoke.rs`).
 //!
+//! - `bench [--quick]`: the gateway against direct, nginx, HAProxy and FluxLit for Python on
+//!   loopback (see `bench.rs` and docs/performance.md); reports under `target/bench/`.
+//!
 //! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
 //!   is stale).
 //!
 //! Every step prints what it runs; the first failure stops the task with its exit code.
 
+mod bench;
 mod smoke;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const APT_PACKAGES: &[&str] = &["chromium", "nginx", "caddy", "haproxy", "openssl"];
+const APT_PACKAGES: &[&str] = &["chromium", "nginx", "caddy", "haproxy", "openssl", "wrk"];
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,6 +157,8 @@ fn ci() -> Result {
     run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
     smoke::ci()?;
+    // Keeps the benchmark harness working: that it runs and produces numbers, not the numbers.
+    bench::run(&["--quick".to_owned()])?;
     Ok(())
 }
 
@@ -187,9 +193,10 @@ fn main() -> ExitCode {
         "example" => example(),
         "docs" => docs(),
         "smoke" => smoke::run(),
+        "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik: [--require-all] [--keep] [EDGE...]"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik: [--require-all] [--keep] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
             );
             return ExitCode::from(2);
         }
