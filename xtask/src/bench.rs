@@ -248,32 +248,7 @@ fn raise_nofile() -> u64 {
 }
 
 fn ensure_apt() -> Result {
-    let missing: Vec<&str> = BENCH_APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !crate::is_root() || !crate::have("apt-get") {
-        return Err(Failed(format!(
-            "the bench needs Debian's {missing:?}: install them with `sudo apt-get install {}`",
-            missing.join(" ")
-        )));
-    }
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::install_apt(BENCH_APT_PACKAGES)
 }
 
 /// Starts everything, runs every scenario and the tunnels, and stops everything (by dropping
@@ -726,7 +701,7 @@ mod tests {
         let n = peers::nginx_conf(Path::new("/tmp/x"), 8001, 9001, 20_000);
         assert!(n.contains("listen 127.0.0.1:8001"));
         assert!(n.contains("server 127.0.0.1:9001"));
-        assert!(n.contains("worker_connections 40000;"), "{n}");
+        assert!(n.contains("worker_connections 22000;"), "{n}");
         let h = peers::haproxy_conf(8002, 9001, 9_968);
         assert!(h.contains("bind 127.0.0.1:8002"));
         assert!(h.contains("server up 127.0.0.1:9001"));

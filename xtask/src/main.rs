@@ -76,8 +76,9 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn setup_apt() -> Result {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs those of `packages` that Debian says are missing (as root, through apt-get).
+fn install_apt(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -101,6 +102,10 @@ fn setup_apt() -> Result {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup_apt() -> Result {
+    install_apt(APT_PACKAGES)
 }
 
 fn setup_venv() -> Result<PathBuf> {
@@ -196,7 +201,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny and every test\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik: [--require-all] [--keep] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik: [--require-all] [--keep] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
             );
             return ExitCode::from(2);
         }
