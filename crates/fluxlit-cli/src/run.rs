@@ -110,11 +110,10 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Ok(n) = usize::try_from(loaded.settings.gateway_worker_threads)
-        && n > 0
-    {
-        runtime.worker_threads(n);
-    }
+    runtime.worker_threads(gateway_worker_threads(
+        loaded.settings.gateway_worker_threads,
+        std::thread::available_parallelism().map_or(1, usize::from),
+    ));
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
@@ -936,8 +935,30 @@ fn uses_shell_syntax(line: &str) -> bool {
     false
 }
 
+/// Worker threads of the gateway's runtime: `configured` (`gateway_worker_threads`) when it is
+/// not 0, else one per core minus one for the sidecars, at least 1 (`cores`: the CPUs this
+/// process may use).
+fn gateway_worker_threads(configured: u64, cores: usize) -> usize {
+    match usize::try_from(configured) {
+        Ok(n) if n > 0 => n,
+        _ => cores.saturating_sub(1).max(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn worker_threads_leave_a_core_to_the_sidecars() {
+        assert_eq!(gateway_worker_threads(0, 1), 1);
+        assert_eq!(gateway_worker_threads(0, 2), 1);
+        assert_eq!(gateway_worker_threads(0, 8), 7);
+        assert_eq!(
+            gateway_worker_threads(3, 2),
+            3,
+            "a configured count is kept"
+        );
+    }
     use super::*;
 
     #[test]

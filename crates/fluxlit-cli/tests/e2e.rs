@@ -389,7 +389,7 @@ async fn an_external_ui_upstream_replaces_streamlit() {
     let gw = Fluxlit::start_with_env(
         dir,
         &["--ui-upstream", &ui],
-        &[("FLUXLIT_GATEWAY_WORKER_THREADS", "1")],
+        &[("FLUXLIT_GATEWAY_WORKER_THREADS", "3")],
     )
     .await;
     gw.wait_ready("/api/readyz").await;
@@ -415,5 +415,5 @@ async fn an_external_ui_upstream_replaces_streamlit() {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|c| c.trim() == "tokio-rt-worker")
         .count();
-    assert_eq!(workers, 1, "gateway_worker_threads = 1");
+    assert_eq!(workers, 3, "gateway_worker_threads = 3");
 }

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod affinity;
 pub mod cap;
 pub mod forwarded;
 pub mod headers;
@@ -513,6 +514,8 @@ impl std::fmt::Debug for Gateway {
 struct ConnCtx {
     hop: ClientHop,
     permit: Option<Arc<limits::ConnPermit>>,
+    /// The connection's own upstream connections (see `affinity`).
+    affinity: Option<Arc<affinity::Affinity>>,
 }
 
 impl Gateway {
@@ -554,6 +557,7 @@ impl Gateway {
             &ConnCtx {
                 hop: hop.clone(),
                 permit: None,
+                affinity: None,
             },
         )
         .await
@@ -572,12 +576,16 @@ impl Gateway {
         );
         let rid = observe::request_id(req.headers(), view.peer_trusted);
         req.headers_mut().insert(observe::REQUEST_ID, rid.clone());
-        let raw_path = req.uri().path().to_owned();
-        let query = req.uri().query().map(str::to_owned);
+        // A clone of the target shares its bytes (no copy); the path borrows from it.
+        let target = req.uri().clone();
+        let raw_path = target.path();
+        // Access log and metrics read the exchange when the response body is done; with both
+        // off (the default) nothing is recorded, counted or wrapped.
+        let observing = inner.access_log || inner.record_metrics;
         let websocket = headers::upgrade_request(req.headers()).is_some();
         let method = req.method().clone();
 
-        let route = match routing::route(&raw_path, &inner.root, &inner.api) {
+        let route = match routing::route(raw_path, &inner.root, &inner.api) {
             Ok(r) => r,
             Err(e) => {
                 return with_rid(
@@ -591,7 +599,7 @@ impl Gateway {
             && method == Method::GET
             && (inner.metrics.is_some() || raw_path.contains(DEBUG_PATH))
         {
-            let own = routing::dispatch_path(&raw_path, &inner.root);
+            let own = routing::dispatch_path(raw_path, &inner.root);
             if let Some((path, render)) = &inner.metrics
                 && own == path.as_str()
             {
@@ -616,12 +624,12 @@ impl Gateway {
             inner.recent.push(observe::Dispatch {
                 request_id: rid.to_str().unwrap_or("").to_owned(),
                 dispatch,
-                path: raw_path.clone(),
+                path: raw_path.to_owned(),
             });
         }
         let is_health = matches!(route, Route::Healthz | Route::Readyz);
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let mut upstream_name: Option<String> = None;
+        let bytes_in = observing.then(|| Arc::new(AtomicU64::new(0)));
+        let mut upstream_name: Option<Arc<str>> = None;
 
         let (mut resp, slot) = 'resp: {
             if !is_health && let Err(wait) = inner.rate.check(dispatch == "api", view.client_ip) {
@@ -674,7 +682,7 @@ impl Gateway {
                 }
                 Route::Ui { path } => match &inner.ui {
                     Some(u) => {
-                        upstream_name = Some(u.name().to_owned());
+                        upstream_name = Some(u.name.clone());
                         let prefix = view
                             .prefix
                             .clone()
@@ -694,6 +702,7 @@ impl Gateway {
                             ),
                             conn: ctx.permit.clone(),
                             ui_policy: Some(&inner.header_policy),
+                            affinity: ctx.affinity.as_deref(),
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
                         (f.response, f.slot)
@@ -711,21 +720,26 @@ impl Gateway {
         };
         resp.headers_mut().insert(observe::REQUEST_ID, rid.clone());
         let status = resp.status().as_u16();
-        let exchange = observe::Exchange {
-            start,
-            request_id: rid,
-            dispatch,
-            method,
-            websocket: websocket && status == 101,
-            path: raw_path,
-            query,
-            client_ip: view.client_ip,
-            upstream: upstream_name,
-            status,
-            bytes_in,
-            log: inner.access_log && (!is_health || inner.health_access_log),
-            metrics: inner.record_metrics,
+        let exchange = match bytes_in {
+            Some(bytes_in) if observing => Some(observe::Exchange {
+                start,
+                request_id: rid,
+                dispatch,
+                method,
+                websocket: websocket && status == 101,
+                target,
+                client_ip: view.client_ip,
+                upstream: upstream_name,
+                status,
+                bytes_in,
+                log: inner.access_log && (!is_health || inner.health_access_log),
+                metrics: inner.record_metrics,
+            }),
+            _ => None,
         };
+        if exchange.is_none() && slot.is_none() {
+            return resp;
+        }
         resp.map(|b| observe::Observed::new(b, exchange, slot).boxed_unsync())
     }
 
@@ -738,7 +752,7 @@ impl Gateway {
         rid: &HeaderValue,
         public_prefix: &str,
         ctx: &ConnCtx,
-        upstream_name: &mut Option<String>,
+        upstream_name: &mut Option<Arc<str>>,
     ) -> (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) {
         let inner = &*self.inner;
         let cors = inner.api_headers.cors.clone();
@@ -764,6 +778,7 @@ impl Gateway {
                         ),
                         conn: ctx.permit.clone(),
                         ui_policy: None,
+                        affinity: ctx.affinity.as_deref(),
                     };
                     let f = inner.proxy.forward(u, req, path, hop).await;
                     let mut resp = f.response;
@@ -830,7 +845,7 @@ impl Gateway {
             r
         };
         if let ApiTarget::Upstream(u) = &inner.api_target {
-            *upstream_name = Some(u.name().to_owned());
+            *upstream_name = Some(u.name.clone());
         }
         let (mut resp, slot) = match cors {
             Some(layer) => {
@@ -995,7 +1010,8 @@ impl Gateway {
                     };
                     let _ = stream.set_nodelay(true);
                     let gw = self.clone();
-                    let ctx = ConnCtx { hop: ClientHop { peer, local }, permit: Some(permit.clone()) };
+                    let aff = Arc::new(affinity::Affinity::default());
+                    let ctx = Arc::new(ConnCtx { hop: ClientHop { peer, local }, permit: Some(permit.clone()), affinity: Some(aff.clone()) });
                     let service = hyper::service::service_fn(move |req| {
                         let gw = gw.clone();
                         let ctx = ctx.clone();
@@ -1003,10 +1019,27 @@ impl Gateway {
                     });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
+                    let gw = self.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        if let Err(e) = conn.await {
+                        let mut conn = Box::pin(conn);
+                        // The client connection and its upstream connections, in this one task:
+                        // upstream bytes read here are written to the client in the same poll.
+                        let result = std::future::poll_fn(|cx| {
+                            aff.poll_drivers(cx);
+                            let r = conn.as_mut().poll(cx);
+                            if r.is_pending() {
+                                aff.poll_drivers(cx);
+                            }
+                            r
+                        })
+                        .await;
+                        if let Err(e) = result {
                             tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                        }
+                        drop(conn); // and with it the service, whose context holds `aff` too
+                        if let Some(aff) = Arc::into_inner(aff) {
+                            gw.inner.proxy.park(aff);
                         }
                     });
                 }

@@ -212,10 +212,10 @@ pub(crate) struct Exchange {
     pub(crate) dispatch: &'static str,
     pub(crate) method: Method,
     pub(crate) websocket: bool,
-    pub(crate) path: String,
-    pub(crate) query: Option<String>,
+    /// The request target as received (path and query are read from it).
+    pub(crate) target: http::Uri,
     pub(crate) client_ip: std::net::IpAddr,
-    pub(crate) upstream: Option<String>,
+    pub(crate) upstream: Option<Arc<str>>,
     pub(crate) status: u16,
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) log: bool,
@@ -241,13 +241,14 @@ impl Exchange {
         }
         if self.log {
             let rid = self.request_id.to_str().unwrap_or("");
-            let query = self.query.as_deref().map(redact_query).unwrap_or_default();
+            let query = self.target.query().map(redact_query).unwrap_or_default();
+            let path = self.target.path();
             tracing::info!(
                 target: "fluxlit::access",
                 request_id = rid,
                 fluxlit_dispatch = self.dispatch,
                 http_method_or_type = if self.websocket { "websocket" } else { self.method.as_str() },
-                path = %self.path,
+                path = %path,
                 query = %query,
                 status = self.status,
                 bytes_in,
@@ -257,7 +258,7 @@ impl Exchange {
                 upstream = self.upstream.as_deref().unwrap_or("-"),
                 "{} {} {}",
                 if self.websocket { "WEBSOCKET" } else { self.method.as_str() },
-                self.path,
+                path,
                 self.status
             );
         }
@@ -287,15 +288,17 @@ pin_project_lite::pin_project! {
 }
 
 impl Observed {
+    /// `exchange`: what to report when the body is done (`None`: nothing to report, only the
+    /// slot to hold).
     pub(crate) fn new(
         inner: Body,
-        exchange: Exchange,
+        exchange: Option<Exchange>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             inner,
             bytes: 0,
-            exchange: Some(exchange),
+            exchange,
             slot,
         }
     }
@@ -329,16 +332,17 @@ impl HttpBody for Observed {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that counts the bytes it yields into a shared counter.
+    /// A request body that counts the bytes it yields into a shared counter (when there is one:
+    /// nothing is counted while access log and metrics are off).
     pub(crate) struct Counted<B> {
         #[pin]
         inner: B,
-        count: Arc<AtomicU64>,
+        count: Option<Arc<AtomicU64>>,
     }
 }
 
 impl<B> Counted<B> {
-    pub(crate) fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: B, count: Option<Arc<AtomicU64>>) -> Self {
         Self { inner, count }
     }
 }
@@ -355,8 +359,9 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for Counted<B> {
         let r = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &r
             && let Some(d) = f.data_ref()
+            && let Some(count) = this.count
         {
-            this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+            count.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
         r
     }

@@ -11,17 +11,22 @@ use std::time::{Duration, Instant};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Body;
+use crate::affinity::{Affinity, Driver, Parking};
 use crate::forwarded::ClientView;
 use crate::headers::{strip_hop_by_hop, upgrade_request};
 use crate::limits::{ConnPermit, Limits};
@@ -32,7 +37,11 @@ use crate::upstream::Upstream;
 /// Idle pooled connections are closed after this long: below the keep-alive timeout of common
 /// upstream servers (uvicorn's default is 5 s) so the gateway never reuses a connection the
 /// upstream is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+const POOL_IDLE_TIMEOUT: Duration = crate::affinity::IDLE_TIMEOUT;
+
+/// Parked idle upstream connections (all upstreams together) when `gateway_httpx_max_connections`
+/// does not say otherwise.
+const MAX_PARKED: usize = 256;
 
 /// Copy buffer per direction of a WebSocket tunnel, bytes. Streamlit's messages are mostly small,
 /// and every idle tunnel holds two of these: 4 KiB keeps 10,000 idle tunnels within ~150 MiB
@@ -41,6 +50,9 @@ const TUNNEL_BUFFER: usize = 4 * 1024;
 
 pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
+    /// Idle upstream connections of ended client connections (see [`crate::affinity`]).
+    parking: Parking,
+    connect_timeout: Duration,
     read_timeout: Duration,
     limits: Limits,
     upstream_slots: Option<Arc<Semaphore>>,
@@ -60,6 +72,45 @@ pub(crate) struct Hop<'a> {
     pub(crate) conn: Option<Arc<ConnPermit>>,
     /// The UI hop's client-header allow-list, when this is the UI hop.
     pub(crate) ui_policy: Option<&'a fluxlit_auth::HeaderPolicy>,
+    /// The client connection's own upstream connections, when it is served by
+    /// [`crate::Gateway::serve`] (not for [`crate::Gateway::handle`]).
+    pub(crate) affinity: Option<&'a Affinity>,
+}
+
+/// Why an upstream exchange failed before response headers.
+enum SendError {
+    /// The TCP connection could not be opened (refused, unreachable, timed out).
+    Connect(String),
+    /// The exchange on a connection of the client connection's own failed.
+    Hyper(hyper::Error),
+    /// The pooled client failed (connecting or exchanging).
+    Pool(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Connect(_) => true,
+            Self::Hyper(_) => false,
+            Self::Pool(e) => e.is_connect(),
+        }
+    }
+
+    fn error(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Connect(_) => None,
+            Self::Hyper(e) => Some(e),
+            Self::Pool(e) => Some(e),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::Connect(s) => s.clone(),
+            Self::Hyper(e) => chain(e),
+            Self::Pool(e) => chain(e),
+        }
+    }
 }
 
 /// The result of a forward: the response and, when the upstream concurrency cap is on, the
@@ -156,6 +207,12 @@ impl Proxy {
         let client = builder.build(connector);
         Self {
             client,
+            parking: Parking::new(if pool_max_idle > 0 {
+                pool_max_idle
+            } else {
+                MAX_PARKED
+            }),
+            connect_timeout,
             read_timeout,
             upstream_slots: (limits.max_upstream_concurrency > 0)
                 .then(|| Arc::new(Semaphore::new(limits.max_upstream_concurrency))),
@@ -163,6 +220,96 @@ impl Proxy {
             tunnels: TaskTracker::new(),
             cut_tunnels: CancellationToken::new(),
         }
+    }
+
+    /// Hands the idle upstream connections of an ended client connection to the next ones.
+    pub(crate) fn park(&self, aff: Affinity) {
+        self.parking.park(aff);
+    }
+
+    /// Opens a new upstream connection to `authority` (TCP_NODELAY, the connect timeout) and
+    /// hyper's HTTP/1.1 client on it; the driver is polled by whoever adopts it.
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<(SendRequest<Body>, Driver), SendError> {
+        let target = if authority.port().is_some() {
+            authority.as_str().to_owned()
+        } else {
+            format!("{}:80", authority.as_str())
+        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&target)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::Connect(format!("tcp connect error: {e}"))),
+                Err(_) => {
+                    return Err(SendError::Connect(format!(
+                        "tcp connect timed out after {} s (gateway_upstream_connect_timeout_s)",
+                        self.connect_timeout.as_secs_f64()
+                    )));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Hyper)?;
+        let driver: Driver = Box::pin(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %chain(&e), "upstream connection ended with an error");
+            }
+        });
+        Ok((send, driver))
+    }
+
+    /// Sends `req` on a new connection that then belongs to `aff`.
+    async fn send_fresh(
+        &self,
+        aff: &Affinity,
+        authority: &Authority,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let (send, driver) = self.connect(authority).await?;
+        let mut kept = aff.adopt(authority.clone(), send, driver);
+        let resp = kept
+            .send
+            .send_request(req)
+            .await
+            .map_err(SendError::Hyper)?;
+        kept.used = Instant::now();
+        aff.put(kept, None);
+        Ok(resp)
+    }
+
+    /// Sends `req` on the client connection's kept connection to `authority`, adopting a parked
+    /// one or opening one when it has none. Also says whether the connection was reused (only
+    /// then can a failure be the upstream closing an idle connection under the request).
+    async fn send_affine(
+        &self,
+        aff: &Affinity,
+        authority: &Authority,
+        req: Request<Body>,
+    ) -> (Result<Response<Incoming>, SendError>, bool) {
+        let kept = match aff.take(authority) {
+            Some(k) => Some(k),
+            None => self.parking.adopt(aff, authority).await,
+        };
+        let mut req = req;
+        if let Some(mut kept) = kept {
+            match kept.send.try_send_request(req).await {
+                Ok(resp) => {
+                    kept.used = Instant::now();
+                    aff.put(kept, None);
+                    return (Ok(resp), true);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection was closing. A new one gets it.
+                    Some(r) => req = r,
+                    None => return (Err(SendError::Hyper(e.into_error())), true),
+                },
+            }
+        }
+        (self.send_fresh(aff, authority, req).await, false)
     }
 
     /// Forwards `req` to `upstream` at `path` (plus the request's query). Never fails:
@@ -258,12 +405,21 @@ impl Proxy {
             pq.push('?');
             pq.push_str(q);
         }
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(ep.authority.clone())
-            .path_and_query(pq)
-            .build()
-        {
+        // HTTP/1.x clients' plain requests go on the client connection's own upstream
+        // connection (origin-form target); the rest through the pool (absolute form).
+        let affinity = hop
+            .affinity
+            .filter(|_| upgrade.is_none() && parts.version <= Version::HTTP_11);
+        let uri = if affinity.is_some() {
+            Uri::try_from(pq).map_err(http::Error::from)
+        } else {
+            Uri::builder()
+                .scheme("http")
+                .authority(ep.authority.clone())
+                .path_and_query(pq)
+                .build()
+        };
+        let uri = match uri {
             Ok(u) => u,
             Err(e) => {
                 return plain_rid(
@@ -290,8 +446,17 @@ impl Proxy {
         }
         hop.view.apply(&mut parts.headers, hop.prefix);
         parts.headers.insert(REQUEST_ID, rid.clone());
-        if let Some(h) = &host {
-            parts.headers.insert(HOST, h.clone());
+        match &host {
+            Some(h) => {
+                parts.headers.insert(HOST, h.clone());
+            }
+            // The pooled client sets Host from the absolute target; here it is ours to set.
+            None if affinity.is_some() => {
+                if let Ok(h) = HeaderValue::from_str(ep.authority.as_str()) {
+                    parts.headers.insert(HOST, h);
+                }
+            }
+            None => {}
         }
         if let Some(u) = &upgrade {
             parts
@@ -333,19 +498,31 @@ impl Proxy {
         } else {
             self.read_timeout
         };
-        let mut result = tokio::time::timeout(timeout, self.client.request(up_req)).await;
-        if let (Ok(Err(e)), Some((method, uri, headers))) = (&result, replay)
-            && !e.is_connect()
-            && closed_under_us(e)
-        {
-            tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = name, error = %chain(e), "pooled connection closed under an idempotent request; retrying once");
+        let result = tokio::time::timeout(timeout, async {
+            let (first, reused) = match affinity {
+                Some(aff) => self.send_affine(aff, &ep.authority, up_req).await,
+                None => (
+                    self.client.request(up_req).await.map_err(SendError::Pool),
+                    true,
+                ),
+            };
+            let Err(e) = &first else { return first };
+            let Some((method, uri, headers)) = replay else { return first };
+            if !reused || e.is_connect() || !e.error().is_some_and(closed_under_us) {
+                return first;
+            }
+            tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = name, error = %e.detail(), "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
             let mut again =
                 Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
             *again.method_mut() = method;
             *again.uri_mut() = uri;
             *again.headers_mut() = headers;
-            result = tokio::time::timeout(timeout, self.client.request(again)).await;
-        }
+            match affinity {
+                Some(aff) => self.send_fresh(aff, &ep.authority, again).await,
+                None => self.client.request(again).await.map_err(SendError::Pool),
+            }
+        })
+        .await;
         let mut resp = match result {
             Err(_elapsed) => {
                 metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "timeout").increment(1);
@@ -363,7 +540,7 @@ impl Proxy {
                 .into();
             }
             Ok(Err(e)) => {
-                if caused_by::<crate::cap::BodyTooLarge>(&e) {
+                if e.error().is_some_and(caused_by::<crate::cap::BodyTooLarge>) {
                     tracing::warn!(
                         request_id = rid.to_str().unwrap_or(""),
                         upstream = name,
@@ -374,7 +551,7 @@ impl Proxy {
                     metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
                     return too_large(cap, setting, rid).into();
                 }
-                let detail = chain(&e);
+                let detail = e.detail();
                 let kind = if e.is_connect() { "connect" } else { "reset" };
                 metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => kind).increment(1);
                 tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %ep.authority, error = %detail, kind, "upstream request failed");

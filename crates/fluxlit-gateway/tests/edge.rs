@@ -751,8 +751,32 @@ async fn closing_upstream() -> SocketAddr {
     addr
 }
 
+/// One keep-alive client connection: requests are sent one after the other on it.
+struct KeepAlive(hyper::client::conn::http1::SendRequest<ReqBody>);
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self(send)
+    }
+
+    async fn send(&mut self, req: Request<ReqBody>) -> (StatusCode, Bytes) {
+        self.0.ready().await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.0.send_request(req))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+}
+
 #[tokio::test]
-async fn idempotent_requests_are_retried_once_on_a_dead_pooled_connection() {
+async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection() {
     let addr = closing_upstream().await;
     let ui = Upstream::fixed(
         "ui",
@@ -762,31 +786,165 @@ async fn idempotent_requests_are_retried_once_on_a_dead_pooled_connection() {
         },
     );
     let gw = start(Gateway::builder().ui(ui)).await;
-    // Each client request uses its own client connection, but the gateway pools upstream ones.
-    let (s, _, b) = send(gw.addr, get("/a").body(empty()).unwrap()).await;
+    // One client connection: its requests share one upstream connection, which the upstream
+    // closes under the second request without answering.
+    let mut c = KeepAlive::open(gw.addr).await;
+    let (s, b) = c.send(get("/a").body(empty()).unwrap()).await;
     assert_eq!((s, b.as_ref()), (StatusCode::OK, b"ok".as_ref()));
-    let (s, _, b) = send(gw.addr, get("/b").body(empty()).unwrap()).await;
+    let (s, b) = c.send(get("/b").body(empty()).unwrap()).await;
     assert_eq!(
         s,
         StatusCode::OK,
         "GET retried on a new connection: {}",
         String::from_utf8_lossy(&b)
     );
-    // Now the pooled connection is the retried one (answered once); a POST with a body on it
+    // Now the kept connection is the retried one (answered once); a POST with a body on it
     // dies and is not retried.
-    let (s, _, _) = send(
-        gw.addr,
-        Request::post("/c")
-            .header("host", "h")
-            .body(Full::new(Bytes::from_static(b"x")).boxed())
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = c
+        .send(
+            Request::post("/c")
+                .header("host", "h")
+                .body(Full::new(Bytes::from_static(b"x")).boxed())
+                .unwrap(),
+        )
+        .await;
     assert_eq!(
         s,
         StatusCode::BAD_GATEWAY,
         "non-idempotent requests are never retried"
     );
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on() {
+    let u = TestUpstream::start().await;
+    let gw = start(Gateway::builder().ui(up(&u, "ui"))).await;
+    let mut a = KeepAlive::open(gw.addr).await;
+    let mut b = KeepAlive::open(gw.addr).await;
+    for i in 0..5 {
+        let (s, _) = a
+            .send(get(&format!("/echo/a{i}")).body(empty()).unwrap())
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = b
+            .send(get(&format!("/echo/b{i}")).body(empty()).unwrap())
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    assert_eq!(
+        u.connections(),
+        2,
+        "two client connections, ten requests: one upstream connection each"
+    );
+    // A POST with a body and a streamed response on the same connections.
+    let (s, body) = a
+        .send(
+            Request::post("/echo/post")
+                .header("host", "h")
+                .body(Full::new(Bytes::from(vec![7u8; 100_000])).boxed())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["body_len"],
+        100_000
+    );
+    let (s, body) = b
+        .send(get("/big?bytes=300000").body(empty()).unwrap())
+        .await;
+    assert_eq!((s, body.len()), (StatusCode::OK, 300_000));
+    assert_eq!(u.connections(), 2);
+    // When a client connection ends, its idle upstream connection is parked and adopted by a
+    // later client connection instead of opening a new one.
+    drop(a);
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = u.connections();
+        let mut c = KeepAlive::open(gw.addr).await;
+        let (s, _) = c.send(get("/echo/c").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+        if u.connections() == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no parked upstream connection was adopted within 5 s ({} upstream connections)",
+            u.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upstream that answers keep-alive, then closes every connection 50 ms after its answer.
+async fn idle_closing_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(s);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported() {
+    let (addr, closed) = idle_closing_upstream().await;
+    let ui = Upstream::fixed(
+        "ui",
+        Endpoint {
+            authority: addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        },
+    );
+    let gw = start(Gateway::builder().ui(ui)).await;
+    let mut c = KeepAlive::open(gw.addr).await;
+    for i in 1..=3 {
+        let (s, b) = c
+            .send(
+                Request::post("/p")
+                    .header("host", "h")
+                    .body(Full::new(Bytes::from_static(b"body")).boxed())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (s, b.as_ref()),
+            (StatusCode::OK, b"ok".as_ref()),
+            "request {i}: a POST is not retried, so it must not be sent on the closed connection"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while closed.load(std::sync::atomic::Ordering::SeqCst) < i {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A client (or a front proxy such as nginx) that writes its whole body before reading the

@@ -40,6 +40,7 @@ pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     release: Arc<Notify>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,11 +59,14 @@ impl TestUpstream {
         let addr = listener.local_addr().expect("local addr");
         let release = Arc::new(Notify::new());
         let rel = release.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let rel = rel.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -78,8 +82,14 @@ impl TestUpstream {
         Self {
             addr,
             release,
+            accepted,
             task,
         }
+    }
+
+    /// How many TCP connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Lets the `/stream` route send its second part.

@@ -1,0 +1,222 @@
+//! Upstream connection affinity: an HTTP/1.1 client connection keeps, for each upstream it
+//! talks to, one HTTP/1.1 connection of its own, and drives that connection inside its own task.
+//!
+//! Why: hyper-util's pooled client checks a connection out of a mutex-protected map for every
+//! request and hands the request to the connection's own task and the response back over
+//! channels — a task hop, and often a thread wake-up, per request each way. A reverse proxy in
+//! front of one upstream does not need that: consecutive requests of one client connection can
+//! reuse one upstream connection, and polling that connection from the client connection's task
+//! (see [`Affinity::poll_drivers`]) moves bytes without waking anybody else. `cargo xtask bench`
+//! measures the difference (`docs/performance.md`).
+//!
+//! Rules:
+//! - Only HTTP/1.x client requests that are not upgrades use it; HTTP/2 clients (concurrent
+//!   streams) and WebSocket upgrades go through the pooled client.
+//! - A kept connection is reused only while idle for less than the pool idle timeout
+//!   ([`IDLE_TIMEOUT`], below uvicorn's 5 s keep-alive), and only when hyper says it is ready.
+//! - When the client connection ends, its idle upstream connections are parked in a shared,
+//!   bounded list ([`Parking`]) for the next client connection to adopt (with their driver
+//!   futures, so the adopting task drives them); connections still busy are finished by a task.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::Body;
+
+/// Idle upstream connections are not reused after this long: below the keep-alive timeout of
+/// common upstream servers (uvicorn's default is 5 s), so the gateway never sends a request on
+/// a connection the upstream is closing.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A connection's driver: hyper's `Connection` future, which reads and writes its socket.
+pub(crate) type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A kept upstream connection: where it goes, its sender, when it was last handed a request.
+pub(crate) struct Kept {
+    pub(crate) authority: Authority,
+    pub(crate) send: SendRequest<Body>,
+    pub(crate) used: Instant,
+    /// Links the sender to its driver in [`Affinity`].
+    id: u64,
+}
+
+impl Kept {
+    fn usable(&self) -> bool {
+        self.used.elapsed() < IDLE_TIMEOUT && !self.send.is_closed() && self.send.is_ready()
+    }
+}
+
+/// One client connection's upstream connections and their drivers.
+#[derive(Default)]
+pub(crate) struct Affinity {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Affinity").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Senders not currently carrying a request (at most one per upstream in practice).
+    idle: Vec<Kept>,
+    /// Drivers of every connection this client connection owns, busy or idle.
+    drivers: Vec<(u64, Driver)>,
+    next_id: u64,
+}
+
+impl Affinity {
+    /// Takes the kept connection to `authority` when it can carry a request now; a kept
+    /// connection that cannot (closed, stale, still busy) is dropped, and hyper closes it once
+    /// its driver has nothing left to do.
+    pub(crate) fn take(&self, authority: &Authority) -> Option<Kept> {
+        let mut st = self.state.lock().ok()?;
+        let i = st.idle.iter().position(|k| k.authority == *authority)?;
+        let k = st.idle.swap_remove(i);
+        drop(st);
+        k.usable().then_some(k)
+    }
+
+    /// Gives a connection (back) to this client connection; `driver` is its driver when it is
+    /// new here (freshly connected or adopted from the parking list).
+    pub(crate) fn put(&self, mut kept: Kept, driver: Option<Driver>) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(d) = driver {
+                st.next_id += 1;
+                kept.id = st.next_id;
+                st.drivers.push((kept.id, d));
+            }
+            st.idle.push(kept);
+        }
+    }
+
+    /// Registers a driver whose sender is in use right now (returned later with
+    /// [`Affinity::put`] and `None`).
+    pub(crate) fn adopt(
+        &self,
+        authority: Authority,
+        send: SendRequest<Body>,
+        driver: Driver,
+    ) -> Kept {
+        let mut kept = Kept {
+            authority,
+            send,
+            used: Instant::now(),
+            id: 0,
+        };
+        if let Ok(mut st) = self.state.lock() {
+            st.next_id += 1;
+            kept.id = st.next_id;
+            st.drivers.push((kept.id, driver));
+        }
+        kept
+    }
+
+    /// Polls every driver once (in the calling task, which is the client connection's task);
+    /// drops the finished ones.
+    pub(crate) fn poll_drivers(&self, cx: &mut Context<'_>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.drivers
+                .retain_mut(|(_, d)| d.as_mut().poll(cx).is_pending());
+        }
+    }
+
+    /// Splits what this client connection owns when it ends: idle connections (sender and
+    /// driver) and the drivers of connections that are not idle (still finishing).
+    fn into_parts(self) -> (Vec<(Kept, Driver)>, Vec<Driver>) {
+        let st = match self.state.into_inner() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut drivers = st.drivers;
+        let mut idle = Vec::new();
+        for k in st.idle {
+            if let Some(i) = drivers.iter().position(|(id, _)| *id == k.id) {
+                let (_, d) = drivers.swap_remove(i);
+                if k.usable() {
+                    idle.push((k, d));
+                } else {
+                    drivers.push((0, d));
+                }
+            }
+        }
+        (idle, drivers.into_iter().map(|(_, d)| d).collect())
+    }
+}
+
+/// Idle upstream connections of client connections that have ended, waiting for the next
+/// client connection to adopt them. Bounded: beyond `max` the oldest is closed.
+pub(crate) struct Parking {
+    parked: Mutex<Vec<(Kept, Driver)>>,
+    max: usize,
+}
+
+impl Parking {
+    /// `max` parked connections at most (all upstreams together).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            parked: Mutex::new(Vec::new()),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes what `aff` owns: parks its idle connections, and spawns a task that finishes the
+    /// drivers of the others (so an in-flight upstream exchange is not cut by the client
+    /// connection's end).
+    pub(crate) fn park(&self, aff: Affinity) {
+        let (idle, busy) = aff.into_parts();
+        for driver in busy {
+            tokio::spawn(driver);
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let mut dropped = Vec::new();
+        if let Ok(mut p) = self.parked.lock() {
+            let mut i = 0;
+            while i < p.len() {
+                if p[i].0.used.elapsed() >= IDLE_TIMEOUT {
+                    dropped.push(p.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            for entry in idle {
+                if p.len() >= self.max {
+                    dropped.push(p.remove(0));
+                }
+                p.push(entry);
+            }
+        }
+        drop(dropped); // closes them, outside the lock
+    }
+
+    /// Adopts a parked connection to `authority` into `aff`, after polling its driver once so
+    /// that a connection the upstream closed meanwhile is noticed and skipped.
+    pub(crate) async fn adopt(&self, aff: &Affinity, authority: &Authority) -> Option<Kept> {
+        loop {
+            let (kept, mut driver) = {
+                let mut p = self.parked.lock().ok()?;
+                let i = p.iter().rposition(|(k, _)| k.authority == *authority)?;
+                p.swap_remove(i)
+            };
+            let finished =
+                std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await;
+            if finished || !kept.usable() {
+                continue;
+            }
+            let Kept {
+                authority, send, ..
+            } = kept;
+            return Some(aff.adopt(authority, send, driver));
+        }
+    }
+}
