@@ -12,12 +12,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fluxlit_config::{CliOverrides, Environment, LoadOptions};
 
-/// mimalloc instead of glibc's malloc: the proxy path allocates and frees small objects (header
-/// maps, buffers, futures) for every request, on whichever worker thread runs it; `cargo xtask
-/// bench` measured glibc's malloc/free at ~8 % of the gateway's CPU (`docs/performance.md`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// FluxLit: a Streamlit UI and an HTTP API behind one port.
 #[derive(Debug, Parser)]
 #[command(name = "fluxlit", version, about, long_about = None)]

@@ -174,7 +174,7 @@ pub const KEYS: &[KeySpec] = &[
     key("gateway_max_proxy_request_body_bytes", Kind::Bytes, "0", "Largest request body proxied to the UI (Streamlit), in bytes; 0 means no limit. Larger bodies get 413."),
     key("gateway_max_api_request_body_bytes", Kind::Bytes, "0", "Largest request body passed to the API, in bytes; 0 means no limit. Larger bodies get 413."),
     key("gateway_max_concurrent_upstream_http", Kind::Count, "0", "Most upstream HTTP requests in flight at once; more are shed with a fast 503. 0 means no limit."),
-    key("gateway_httpx_max_connections", Kind::Count, "0", "Most pooled idle connections kept per upstream; 0 means the client's default."),
+    key("gateway_httpx_max_connections", Kind::Count, "0", "Most idle upstream connections kept: per upstream by the pool (HTTP/2 clients, WebSocket upgrades), and in all by the parking list of ended client connections; 0 means the defaults (pool unbounded, 256 parked)."),
     key("gateway_httpx_max_keepalive_connections", Kind::Count, "0", "Accepted for FluxLit compatibility; pooled idle connections are bounded by gateway_httpx_max_connections."),
     key("gateway_worker_threads", Kind::Count, "0", "Worker threads of the gateway's async runtime; 0 means automatic: one per CPU core minus one (at least 1), leaving a core to Streamlit and the API, which run on the same machine. On 2 cores that is 1 thread, which `cargo xtask bench` measured as faster than 2 (docs/performance.md)."),
     key("gateway_header_read_timeout_s", Kind::Seconds, "30", "Seconds a client has to send its request headers (slow-loris guard); the connection is closed after it."),

@@ -199,6 +199,23 @@ impl Parking {
         drop(dropped); // closes them, outside the lock
     }
 
+    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer (they would not be
+    /// adopted any more); returns how many.
+    pub(crate) fn expire(&self) -> usize {
+        let mut expired = Vec::new();
+        if let Ok(mut p) = self.parked.lock() {
+            let mut i = 0;
+            while i < p.len() {
+                if p[i].0.used.elapsed() >= IDLE_TIMEOUT {
+                    expired.push(p.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        expired.len()
+    }
+
     /// Adopts a parked connection to `authority` into `aff`, after polling its driver once so
     /// that a connection the upstream closed meanwhile is noticed and skipped.
     pub(crate) async fn adopt(&self, aff: &Affinity, authority: &Authority) -> Option<Kept> {

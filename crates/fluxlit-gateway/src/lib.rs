@@ -1088,10 +1088,12 @@ impl Gateway {
         cut
     }
 
-    /// Forgets rate-limit state of idle clients (bounds memory); the embedding program calls it
+    /// Forgets rate-limit state of idle clients (bounds memory) and closes parked idle upstream
+    /// connections too old to be reused (more than 4 s idle); the embedding program calls it
     /// periodically (the CLI: every minute).
     pub fn housekeeping(&self) {
         self.inner.rate.retain_recent();
+        self.inner.proxy.expire_parked();
     }
 }
 

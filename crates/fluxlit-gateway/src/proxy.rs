@@ -227,6 +227,11 @@ impl Proxy {
         self.parking.park(aff);
     }
 
+    /// Closes parked upstream connections that are too old to be adopted.
+    pub(crate) fn expire_parked(&self) -> usize {
+        self.parking.expire()
+    }
+
     /// Opens a new upstream connection to `authority` (TCP_NODELAY, the connect timeout) and
     /// hyper's HTTP/1.1 client on it; the driver is polled by whoever adopts it.
     async fn connect(
