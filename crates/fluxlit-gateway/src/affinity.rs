@@ -181,14 +181,7 @@ impl Parking {
         }
         let mut dropped = Vec::new();
         if let Ok(mut p) = self.parked.lock() {
-            let mut i = 0;
-            while i < p.len() {
-                if p[i].0.used.elapsed() >= IDLE_TIMEOUT {
-                    dropped.push(p.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
+            dropped = take_expired(&mut p);
             for entry in idle {
                 if p.len() >= self.max {
                     dropped.push(p.remove(0));
@@ -202,17 +195,11 @@ impl Parking {
     /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer (they would not be
     /// adopted any more); returns how many.
     pub(crate) fn expire(&self) -> usize {
-        let mut expired = Vec::new();
-        if let Ok(mut p) = self.parked.lock() {
-            let mut i = 0;
-            while i < p.len() {
-                if p[i].0.used.elapsed() >= IDLE_TIMEOUT {
-                    expired.push(p.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        // Dropped (closed) after the lock is released.
+        let expired = match self.parked.lock() {
+            Ok(mut p) => take_expired(&mut p),
+            Err(_) => Vec::new(),
+        };
         expired.len()
     }
 
@@ -236,4 +223,14 @@ impl Parking {
             return Some(aff.adopt(authority, send, driver));
         }
     }
+}
+
+/// Removes and returns the parked connections idle for [`IDLE_TIMEOUT`] or longer, keeping the
+/// order of the rest (oldest first, which `Parking::park` relies on when it is full).
+fn take_expired(parked: &mut Vec<(Kept, Driver)>) -> Vec<(Kept, Driver)> {
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(parked)
+        .into_iter()
+        .partition(|(k, _)| k.used.elapsed() >= IDLE_TIMEOUT);
+    *parked = kept;
+    expired
 }

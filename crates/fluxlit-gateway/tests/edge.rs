@@ -65,10 +65,15 @@ async fn start(builder: GatewayBuilder) -> Running {
 }
 
 fn up(u: &TestUpstream, name: &str) -> Upstream {
+    up_at(u.addr, name)
+}
+
+/// An upstream at `addr` with no base path.
+fn up_at(addr: SocketAddr, name: &str) -> Upstream {
     Upstream::fixed(
         name,
         Endpoint {
-            authority: u.addr.to_string().parse().unwrap(),
+            authority: addr.to_string().parse().unwrap(),
             base_path: String::new(),
         },
     )
@@ -520,13 +525,7 @@ async fn api_redirects_and_cookies_stay_under_the_public_prefix() {
             });
         }
     });
-    let api_up = Upstream::fixed(
-        "api",
-        Endpoint {
-            authority: api_addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    );
+    let api_up = up_at(api_addr, "api");
     let gw = start(
         Gateway::builder()
             .root_path("/myapp")
@@ -778,13 +777,7 @@ impl KeepAlive {
 #[tokio::test]
 async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection() {
     let addr = closing_upstream().await;
-    let ui = Upstream::fixed(
-        "ui",
-        Endpoint {
-            authority: addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    );
+    let ui = up_at(addr, "ui");
     let gw = start(Gateway::builder().ui(ui)).await;
     // One client connection: its requests share one upstream connection, which the upstream
     // closes under the second request without answering.
@@ -913,13 +906,7 @@ async fn idle_closing_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUs
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported() {
     let (addr, closed) = idle_closing_upstream().await;
-    let ui = Upstream::fixed(
-        "ui",
-        Endpoint {
-            authority: addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    );
+    let ui = up_at(addr, "ui");
     let gw = start(Gateway::builder().ui(ui)).await;
     let mut c = KeepAlive::open(gw.addr).await;
     for i in 1..=3 {
