@@ -140,6 +140,8 @@ pub fn valid_forward_name(name: &str) -> bool {
 pub struct HeaderPolicy {
     identity: Vec<HeaderName>,
     ui_allowed: std::collections::HashSet<HeaderName>,
+    /// The same names as text, for lookups by raw name without building a `HeaderName`.
+    ui_allowed_names: std::collections::HashSet<Box<str>>,
 }
 
 impl Default for HeaderPolicy {
@@ -178,9 +180,11 @@ impl HeaderPolicy {
             }
             ui_allowed.insert(h);
         }
+        let ui_allowed_names = ui_allowed.iter().map(|n| n.as_str().into()).collect();
         Self {
             identity,
             ui_allowed,
+            ui_allowed_names,
         }
     }
 
@@ -188,6 +192,30 @@ impl HeaderPolicy {
     pub fn strip_identity(&self, headers: &mut HeaderMap) {
         for name in &self.identity {
             headers.remove(name);
+        }
+    }
+
+    /// Whether a header named `name` (any letter case) is an identity header that
+    /// [`HeaderPolicy::strip_identity`] removes. For callers that see raw header names (the
+    /// gateway's HTTP/1.1 forwarding path) rather than a `HeaderMap`.
+    pub fn is_identity(&self, name: &[u8]) -> bool {
+        self.identity
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether [`HeaderPolicy::retain_for_ui`] keeps a header named `name` (any letter case).
+    pub fn ui_allows(&self, name: &[u8]) -> bool {
+        let mut lower = [0u8; 64];
+        match lower.get_mut(..name.len()) {
+            // Allowed names are at most 64 bytes (`valid_forward_name`, the baseline list).
+            None => false,
+            Some(dst) => {
+                for (d, c) in dst.iter_mut().zip(name) {
+                    *d = c.to_ascii_lowercase();
+                }
+                std::str::from_utf8(dst).is_ok_and(|n| self.ui_allowed_names.contains(n))
+            }
         }
     }
 
@@ -237,6 +265,40 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["cookie", "x-tenant"]);
+    }
+
+    #[test]
+    fn raw_name_predicates_agree_with_the_header_map_rules() {
+        let p = HeaderPolicy::new(&["X-Streamlit-User".into()], &["x-tenant".into()]);
+        let names = [
+            "X-Forwarded-User",
+            "x-streamlit-user",
+            "X-Tenant",
+            "Cookie",
+            "Authorization",
+            "x-other",
+            "Sec-CH-UA",
+            "x-request-id",
+            "Host",
+        ];
+        for name in names {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+            let mut stripped = h.clone();
+            p.strip_identity(&mut stripped);
+            assert_eq!(
+                p.is_identity(name.as_bytes()),
+                stripped.is_empty(),
+                "{name}"
+            );
+            let mut kept = h.clone();
+            p.retain_for_ui(&mut kept);
+            assert_eq!(p.ui_allows(name.as_bytes()), !kept.is_empty(), "{name}");
+        }
+        assert!(!p.ui_allows(&[b'a'; 65]));
     }
 
     #[test]

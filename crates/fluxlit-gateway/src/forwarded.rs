@@ -306,36 +306,50 @@ impl ClientView {
     /// Sets the forwarded headers for an upstream hop, replacing inbound ones; `prefix` is the
     /// value for `X-Forwarded-Prefix` (none when `None` or empty).
     pub fn apply(&self, headers: &mut HeaderMap, prefix: Option<&str>) {
-        for name in [
-            &XFF,
-            &XFP,
-            &XFH,
-            &XFPORT,
-            &XFPREFIX,
-            &header::FORWARDED,
-            &X_REAL_IP,
-        ] {
+        for name in &REPLACED_ON_HOP {
             headers.remove(name);
         }
+        for (name, value) in self.forwarded_fields(prefix) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// The forwarded headers [`ClientView::apply`] sets, in order: `X-Forwarded-For`, `-Proto`,
+    /// `-Host` (when known), `-Port`, `-Prefix` (when `prefix` is non-empty).
+    pub fn forwarded_fields(
+        &self,
+        prefix: Option<&str>,
+    ) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         let xff = match &self.chain {
             Some(chain) => format!("{chain}, {}", self.peer),
             None => self.peer.to_string(),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(XFF, v);
-        }
-        headers.insert(XFP, HeaderValue::from_static(self.proto));
-        if let Some(h) = &self.host {
-            headers.insert(XFH, h.clone());
-        }
-        headers.insert(XFPORT, HeaderValue::from(self.port));
-        if let Some(p) = prefix.filter(|p| !p.is_empty())
-            && let Ok(v) = HeaderValue::from_str(p)
-        {
-            headers.insert(XFPREFIX, v);
-        }
+        [
+            HeaderValue::from_str(&xff).ok().map(|v| (XFF, v)),
+            Some((XFP, HeaderValue::from_static(self.proto))),
+            self.host.clone().map(|h| (XFH, h)),
+            Some((XFPORT, HeaderValue::from(self.port))),
+            prefix
+                .filter(|p| !p.is_empty())
+                .and_then(|p| HeaderValue::from_str(p).ok())
+                .map(|v| (XFPREFIX, v)),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
+
+/// Inbound headers every upstream hop drops: the gateway sets its own forwarded headers
+/// ([`ClientView::forwarded_fields`]) and sends neither `Forwarded` nor `X-Real-IP`.
+pub const REPLACED_ON_HOP: [HeaderName; 7] = [
+    XFF,
+    XFP,
+    XFH,
+    XFPORT,
+    XFPREFIX,
+    header::FORWARDED,
+    X_REAL_IP,
+];
 
 #[cfg(test)]
 mod tests {

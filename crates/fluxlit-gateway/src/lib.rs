@@ -34,6 +34,7 @@
 
 mod affinity;
 pub mod cap;
+mod fast;
 pub mod forwarded;
 pub mod headers;
 pub mod limits;
@@ -195,6 +196,7 @@ pub struct GatewayBuilder {
     metrics_render: Option<MetricsRender>,
     record_metrics: bool,
     debug: Option<DebugInfo>,
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -228,6 +230,7 @@ impl Default for GatewayBuilder {
             metrics_render: None,
             record_metrics: false,
             debug: None,
+            fast_path: true,
         }
     }
 }
@@ -374,6 +377,16 @@ impl GatewayBuilder {
         self
     }
 
+    /// Whether plain HTTP/1.1 requests for the UI upstream may take the forwarding fast path
+    /// (parsed in place and relayed by their framing, without hyper's dispatchers; see
+    /// `docs/ARCHITECTURE.md`). It is used only while access log, metrics, the debug snapshot,
+    /// rate limits and the upstream concurrency cap are all off; everything else is served by
+    /// hyper either way. What the upstream and the client see is the same. Default: on.
+    pub fn http1_fast_path(mut self, on: bool) -> Self {
+        self.fast_path = on;
+        self
+    }
+
     /// Serves the debug snapshot at [`DEBUG_PATH`], with `info()` merged in. Default: off (404).
     pub fn debug(mut self, info: DebugInfo) -> Self {
         self.debug = Some(info);
@@ -415,6 +428,15 @@ impl GatewayBuilder {
             _ => None,
         };
         let rate = limits::RateLimits::new(&self.limits);
+        let fast_path = self.fast_path
+            && self.ui.is_some()
+            && !self.access_log
+            && !self.record_metrics
+            && metrics.is_none()
+            && debug.is_none()
+            && self.limits.rate_api.is_none()
+            && self.limits.rate_ui.is_none()
+            && self.limits.max_upstream_concurrency == 0;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 api_prefix: format!("{root}{api}"),
@@ -442,6 +464,7 @@ impl GatewayBuilder {
                 record_metrics: self.record_metrics,
                 debug,
                 recent: observe::Recent::default(),
+                fast_path,
             }),
         })
     }
@@ -492,6 +515,8 @@ struct Inner {
     record_metrics: bool,
     debug: Option<DebugInfo>,
     recent: observe::Recent,
+    /// Plain HTTP/1.1 UI requests take the fast path (see [`GatewayBuilder::http1_fast_path`]).
+    fast_path: bool,
 }
 
 /// The gateway. Cheap to clone; clones share state.
@@ -976,7 +1001,10 @@ impl Gateway {
             .max_header_list_size(
                 u32::try_from(self.inner.limits.max_header_bytes).unwrap_or(u32::MAX),
             );
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        // Tells fast-path connections to close once idle (hyper's are told by `graceful`).
+        let closing = tokio_util::sync::CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -1010,19 +1038,37 @@ impl Gateway {
                     };
                     let _ = stream.set_nodelay(true);
                     let gw = self.clone();
-                    let aff = Arc::new(affinity::Affinity::default());
-                    let ctx = Arc::new(ConnCtx { hop: ClientHop { peer, local }, permit: Some(permit.clone()), affinity: Some(aff.clone()) });
-                    let service = hyper::service::service_fn(move |req| {
-                        let gw = gw.clone();
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(gw.handle_conn(req, &ctx).await) }
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    let gw = self.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let closing = closing.clone();
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        let mut conn = Box::pin(conn);
+                        let _permit = permit.clone();
+                        let hop = ClientHop { peer, local };
+                        let inner = &*gw.inner;
+                        // Plain HTTP/1.1 for the UI upstream first; hyper takes over for the
+                        // rest of the connection when a request needs it.
+                        let (stream, pre) = match &inner.ui {
+                            Some(ui) if inner.fast_path => {
+                                match fast::serve(inner, ui, stream, &hop, &closing).await {
+                                    fast::Outcome::Closed => return,
+                                    fast::Outcome::Handoff(s, pre) => (s, pre),
+                                }
+                            }
+                            _ => (stream, Bytes::new()),
+                        };
+                        let aff = Arc::new(affinity::Affinity::default());
+                        let ctx = Arc::new(ConnCtx { hop, permit: Some(permit), affinity: Some(aff.clone()) });
+                        let service = {
+                            let gw = gw.clone();
+                            hyper::service::service_fn(move |req| {
+                                let gw = gw.clone();
+                                let ctx = ctx.clone();
+                                async move { Ok::<_, Infallible>(gw.handle_conn(req, &ctx).await) }
+                            })
+                        };
+                        let io = TokioIo::new(fast::Prefixed::new(stream, pre));
+                        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                        let mut conn = Box::pin(watcher.watch(conn));
                         // The client connection and its upstream connections, in this one task:
                         // upstream bytes read here are written to the client in the same poll.
                         let result = std::future::poll_fn(|cx| {
@@ -1047,6 +1093,7 @@ impl Gateway {
             }
         }
         drop(listener);
+        closing.cancel();
         let deadline = tokio::time::Instant::now() + self.inner.drain_timeout;
         let tunnels = self.active_tunnels();
         tracing::info!(

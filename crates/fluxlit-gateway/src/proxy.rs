@@ -52,8 +52,10 @@ pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
     /// Idle upstream connections of ended client connections (see [`crate::affinity`]).
     parking: Parking,
+    /// Idle upstream connections of the HTTP/1.1 fast path's ended client connections.
+    pub(crate) fast_parked: crate::fast::Parked,
     connect_timeout: Duration,
-    read_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     limits: Limits,
     upstream_slots: Option<Arc<Semaphore>>,
     pub(crate) tunnels: TaskTracker,
@@ -185,6 +187,53 @@ pub(crate) fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<
     r
 }
 
+/// The 504 for an upstream that sent no response headers within `timeout` (set by `setting`);
+/// logged and counted.
+pub(crate) fn timed_out(
+    name: &str,
+    authority: &Authority,
+    timeout: Duration,
+    setting: &str,
+    rid: &HeaderValue,
+) -> Response<Body> {
+    metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "timeout")
+        .increment(1);
+    tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %authority, timeout_s = timeout.as_secs_f64(), setting, "upstream sent no response headers in time");
+    plain_rid(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "FluxLit: the {name} upstream at {authority} sent no response within {} s ({setting})\n",
+            timeout.as_secs_f64()
+        ),
+        rid,
+    )
+}
+
+/// The 502 for an upstream that could not be reached (`connect`) or failed before its response
+/// headers, with `detail` (the error chain); logged and counted.
+pub(crate) fn failed(
+    name: &str,
+    authority: &Authority,
+    connect: bool,
+    detail: &str,
+    rid: &HeaderValue,
+) -> Response<Body> {
+    let kind = if connect { "connect" } else { "reset" };
+    metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => kind)
+        .increment(1);
+    tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %authority, error = %detail, kind, "upstream request failed");
+    let what = if connect {
+        "could not be reached"
+    } else {
+        "failed before sending a response"
+    };
+    plain_rid(
+        StatusCode::BAD_GATEWAY,
+        format!("FluxLit: the {name} upstream at {authority} {what} ({detail})\n"),
+        rid,
+    )
+}
+
 impl Proxy {
     pub(crate) fn new(
         connect_timeout: Duration,
@@ -212,6 +261,11 @@ impl Proxy {
             } else {
                 MAX_PARKED
             }),
+            fast_parked: crate::fast::Parked::new(if pool_max_idle > 0 {
+                pool_max_idle
+            } else {
+                MAX_PARKED
+            }),
             connect_timeout,
             read_timeout,
             upstream_slots: (limits.max_upstream_concurrency > 0)
@@ -229,7 +283,7 @@ impl Proxy {
 
     /// Closes parked upstream connections that are too old to be adopted.
     pub(crate) fn expire_parked(&self) -> usize {
-        self.parking.expire()
+        self.parking.expire() + self.fast_parked.expire()
     }
 
     /// Opens a new upstream connection to `authority` (TCP_NODELAY, the connect timeout) and
@@ -238,23 +292,10 @@ impl Proxy {
         &self,
         authority: &Authority,
     ) -> Result<(SendRequest<Body>, Driver), SendError> {
-        let target = if authority.port().is_some() {
-            authority.as_str().to_owned()
-        } else {
-            format!("{}:80", authority.as_str())
-        };
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&target)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::Connect(format!("tcp connect error: {e}"))),
-                Err(_) => {
-                    return Err(SendError::Connect(format!(
-                        "tcp connect timed out after {} s (gateway_upstream_connect_timeout_s)",
-                        self.connect_timeout.as_secs_f64()
-                    )));
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = self
+            .tcp_connect(authority)
+            .await
+            .map_err(SendError::Connect)?;
         let (send, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
@@ -265,6 +306,29 @@ impl Proxy {
             }
         });
         Ok((send, driver))
+    }
+
+    /// Opens a TCP connection to `authority` (port 80 when it names none) within the connect
+    /// timeout, with `TCP_NODELAY`. `Err` is the reason, for the 502.
+    pub(crate) async fn tcp_connect(&self, authority: &Authority) -> Result<TcpStream, String> {
+        let target = if authority.port().is_some() {
+            authority.as_str().to_owned()
+        } else {
+            format!("{}:80", authority.as_str())
+        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&target)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("tcp connect error: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "tcp connect timed out after {} s (gateway_upstream_connect_timeout_s)",
+                        self.connect_timeout.as_secs_f64()
+                    ));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     /// Sends `req` on a new connection that then belongs to `aff`.
@@ -530,19 +594,12 @@ impl Proxy {
         .await;
         let mut resp = match result {
             Err(_elapsed) => {
-                metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "timeout").increment(1);
                 let setting = if upgrade.is_some() {
                     "gateway_ws_open_timeout_s"
                 } else {
                     "gateway_upstream_read_timeout_s"
                 };
-                tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %ep.authority, timeout_s = timeout.as_secs_f64(), setting, "upstream sent no response headers in time");
-                return plain_rid(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("FluxLit: the {name} upstream at {} sent no response within {} s ({setting})\n", ep.authority, timeout.as_secs_f64()),
-                    rid,
-                )
-                .into();
+                return timed_out(name, &ep.authority, timeout, setting, rid).into();
             }
             Ok(Err(e)) => {
                 if e.error().is_some_and(caused_by::<crate::cap::BodyTooLarge>) {
@@ -556,24 +613,7 @@ impl Proxy {
                     metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
                     return too_large(cap, setting, rid).into();
                 }
-                let detail = e.detail();
-                let kind = if e.is_connect() { "connect" } else { "reset" };
-                metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => kind).increment(1);
-                tracing::warn!(request_id = rid.to_str().unwrap_or(""), upstream = name, authority = %ep.authority, error = %detail, kind, "upstream request failed");
-                let what = if e.is_connect() {
-                    "could not be reached"
-                } else {
-                    "failed before sending a response"
-                };
-                return plain_rid(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "FluxLit: the {name} upstream at {} {what} ({detail})\n",
-                        ep.authority
-                    ),
-                    rid,
-                )
-                .into();
+                return failed(name, &ep.authority, e.is_connect(), &e.detail(), rid).into();
             }
             Ok(Ok(r)) => r,
         };

@@ -132,9 +132,25 @@ fn header_list(h: &HeaderMap, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn http_scenarios_match_direct() {
+    http_scenarios_match_direct_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn http_scenarios_match_direct_general_path() {
+    http_scenarios_match_direct_on(false).await;
+}
+
+async fn http_scenarios_match_direct_on(fast: bool) {
     let up = TestUpstream::start().await;
     let policy = fluxlit_auth::HeaderPolicy::new(&[], &["x-custom".to_owned()]);
-    let gw = Running::start(Gateway::builder().ui(ui(&up)).header_policy(policy)).await;
+    let gw = Running::start(
+        Gateway::builder()
+            .http1_fast_path(fast)
+            .ui(ui(&up))
+            .header_policy(policy),
+    )
+    .await;
 
     let big = Bytes::from(vec![7u8; 5 * 1024 * 1024 + 3]);
     type Case = (&'static str, &'static str, Option<Bytes>);
@@ -237,8 +253,18 @@ async fn chunked_request_bodies_stream_through() {
 
 #[tokio::test]
 async fn responses_are_streamed_not_buffered() {
+    responses_are_streamed_not_buffered_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn responses_are_streamed_not_buffered_general_path() {
+    responses_are_streamed_not_buffered_on(false).await;
+}
+
+async fn responses_are_streamed_not_buffered_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let gw = Running::start(Gateway::builder().http1_fast_path(fast).ui(ui(&up))).await;
     let resp = send(gw.addr, req("GET", "/stream").body(empty()).unwrap()).await;
     let mut body = resp.into_body();
     // The upstream holds back the second part until released: a buffering gateway would
@@ -283,16 +309,38 @@ fn get_header(seen: &[(String, String)], n: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn hop_by_hop_identity_and_forwarded_headers() {
+    hop_by_hop_identity_and_forwarded_headers_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn hop_by_hop_identity_and_forwarded_headers_general_path() {
+    hop_by_hop_identity_and_forwarded_headers_on(false).await;
+}
+
+async fn hop_by_hop_identity_and_forwarded_headers_on(fast: bool) {
     let up = TestUpstream::start().await;
     let gw = Running::start(
         Gateway::builder()
+            .http1_fast_path(fast)
             .ui(ui(&up))
-            .api(ApiTarget::Upstream(ui(&up))),
+            .api(ApiTarget::Upstream(ui(&up)))
+            // Allowed for the UI, so that only the hop-by-hop rules can drop them there.
+            .header_policy(fluxlit_auth::HeaderPolicy::new(
+                &[],
+                &[
+                    "x-hop".into(),
+                    "x-kept".into(),
+                    "keep-alive".into(),
+                    "te".into(),
+                ],
+            )),
     )
     .await;
     let mk = |path: &str| {
         req("GET", path)
             .header("connection", "keep-alive, x-hop")
+            .header("x-kept", "yes")
             .header("x-hop", "secret")
             .header("keep-alive", "timeout=5")
             .header("te", "trailers")
@@ -337,6 +385,7 @@ async fn hop_by_hop_identity_and_forwarded_headers() {
             [gw.addr.port().to_string()]
         );
         assert_eq!(get_header(&seen, "host"), ["example.test"]);
+        assert_eq!(get_header(&seen, "x-kept"), ["yes"], "{path}");
         assert_eq!(get_header(&seen, "x-request-id").len(), 1);
         if ui_hop {
             // Streamlit gets the allow-listed client headers only; credentials never.
@@ -453,6 +502,16 @@ async fn open_tunnels_are_cut_by_drain() {
 
 #[tokio::test]
 async fn upstream_failures_are_responses() {
+    upstream_failures_are_responses_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn upstream_failures_are_responses_general_path() {
+    upstream_failures_are_responses_on(false).await;
+}
+
+async fn upstream_failures_are_responses_on(fast: bool) {
     // Nothing listens on a port we bound and released.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -468,6 +527,7 @@ async fn upstream_failures_are_responses() {
     let up = TestUpstream::start().await;
     let gw = Running::start(
         Gateway::builder()
+            .http1_fast_path(fast)
             .ui(dead_ui)
             .api(ApiTarget::Upstream(ui(&up)))
             .read_timeout(Duration::from_millis(300)),
@@ -490,9 +550,30 @@ async fn upstream_failures_are_responses() {
         "{}",
         String::from_utf8_lossy(&b)
     );
+    // The same on the UI hop, and the connection stays usable for the next request.
+    let gw3 = Running::start(
+        Gateway::builder()
+            .http1_fast_path(fast)
+            .ui(ui(&up))
+            .read_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let (s, h, b) = collect(send(gw3.addr, req("GET", "/hang").body(empty()).unwrap()).await).await;
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{text}");
+    assert!(
+        text.contains("gateway_upstream_read_timeout_s") && h.contains_key("x-request-id"),
+        "{text}"
+    );
+    gw3.stop().await;
     // An upstream that is not running (no endpoint) gives 503.
     let (_tx, rx) = watch::channel(None);
-    let gw2 = Running::start(Gateway::builder().ui(Upstream::dynamic("streamlit", rx))).await;
+    let gw2 = Running::start(
+        Gateway::builder()
+            .http1_fast_path(fast)
+            .ui(Upstream::dynamic("streamlit", rx)),
+    )
+    .await;
     let (s, h, _) = collect(send(gw2.addr, req("GET", "/").body(empty()).unwrap()).await).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h["retry-after"], "1");
@@ -576,9 +657,25 @@ async fn health_readiness_and_api_routing() {
 
 #[tokio::test]
 async fn ui_paths_keep_the_root_path() {
+    ui_paths_keep_the_root_path_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn ui_paths_keep_the_root_path_general_path() {
+    ui_paths_keep_the_root_path_on(false).await;
+}
+
+async fn ui_paths_keep_the_root_path_on(fast: bool) {
     let up = TestUpstream::start().await;
     // base_path "" and root /echo: every UI request reaches the upstream under /echo.
-    let gw = Running::start(Gateway::builder().root_path("/echo").ui(ui(&up))).await;
+    let gw = Running::start(
+        Gateway::builder()
+            .http1_fast_path(fast)
+            .root_path("/echo")
+            .ui(ui(&up)),
+    )
+    .await;
     for (path, want) in [
         ("/", "/echo/"),
         ("/echo/x?a=1", "/echo/x?a=1"),

@@ -1,0 +1,1129 @@
+//! The HTTP/1.1 forwarding fast path: plain HTTP/1.1 requests for the UI upstream are parsed in
+//! place (`httparse`), their head is rewritten in one pass straight into the upstream's buffer,
+//! and bodies are relayed by their framing (RFC 9112 §6), without building `HeaderMap`s, without
+//! hyper's server and client dispatchers and without a body channel between them.
+//!
+//! Anything else is handed to hyper with the bytes already read ([`Outcome::Handoff`]), and hyper
+//! serves the rest of that connection: HTTP/2 and HTTP/1.0 clients, upgrades (WebSocket),
+//! `Expect`, `Transfer-Encoding` on requests, requests without `Host`, several
+//! `Content-Length`s, bodies over the cap (hyper answers 413), heads that do not parse or are
+//! too large (400, 431), the gateway's own endpoints, the API, and an upstream that is not
+//! running (503). The gateway uses this path only when no feature it does not implement is on
+//! (access log, metrics, debug snapshot, rate limits, the upstream concurrency cap): see
+//! `Gateway::fast_path`.
+//!
+//! What reaches the upstream is what the general path sends (the transparency and edge suites
+//! run through this path): identity headers and hop-by-hop headers (RFC 9110 §7.6.1, including
+//! every field named in `Connection`) dropped, the UI hop's allow-list applied, forwarded headers
+//! and `X-Request-ID` set by the same code ([`ClientView::forwarded_fields`],
+//! [`crate::observe::request_id`]), `Host` and everything else byte for byte, in the client's
+//! order and letter case. Responses keep their framing (a chunked body is relayed verbatim),
+//! lose their hop-by-hop headers, and get `X-Request-ID` (and `Date` when missing, as hyper adds
+//! it). Upstream failures are the same 502/504 responses as on the general path.
+
+use std::io::ErrorKind;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
+use http::header::HeaderMap;
+use http::uri::{Authority, PathAndQuery};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::affinity::IDLE_TIMEOUT;
+use crate::forwarded::{ClientView, REPLACED_ON_HOP};
+use crate::headers::{ClientHop, HOP_BY_HOP};
+use crate::response::plain_rid;
+use crate::routing::{self, Route};
+use crate::upstream::{Endpoint, Upstream};
+use crate::{Body, Inner, observe};
+
+/// Header fields per message, as hyper's default limit.
+const MAX_HEADERS: usize = 100;
+/// Initial client read buffer, bytes (grows up to the header limit for a large head).
+const CLIENT_BUFFER: usize = 4 * 1024;
+/// Largest read of a request body from the client, bytes.
+const MAX_BODY_READ: usize = 64 * 1024;
+/// Upstream read buffer, bytes: one read carries a typical response head and body.
+const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// Largest upstream read, bytes: reads that fill the buffer double the next one up to this
+/// (large bodies then move in fewer, larger system calls, as hyper's adaptive buffer does).
+const MAX_UPSTREAM_READ: usize = 128 * 1024;
+/// Largest upstream response head, bytes (beyond it: 502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How the fast path left a client connection.
+pub(crate) enum Outcome {
+    /// The connection is finished (closed by either side, timed out, or shut down).
+    Closed,
+    /// hyper serves the rest of the connection, starting with these bytes already read.
+    Handoff(TcpStream, Bytes),
+}
+
+/// An upstream connection of the fast path, with its read buffer.
+pub(crate) struct UpConn {
+    stream: TcpStream,
+    authority: Authority,
+    /// When it last finished an exchange.
+    used: Instant,
+    buf: BytesMut,
+    /// Spare room to have before the next read (grows with large bodies).
+    read_size: usize,
+}
+
+impl UpConn {
+    /// Can carry a request now: idle for less than [`IDLE_TIMEOUT`] and not closed by the
+    /// upstream. The I/O driver marks an idle connection readable when the upstream closes it
+    /// (or sends something unasked); only then is it read, without waiting, to tell which.
+    fn usable(&self) -> bool {
+        if self.used.elapsed() >= IDLE_TIMEOUT {
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut b = [0u8; 1];
+                matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Idle upstream connections of ended client connections, for the next ones to adopt. Bounded:
+/// beyond `max` the oldest is closed.
+pub(crate) struct Parked {
+    conns: Mutex<Vec<UpConn>>,
+    max: usize,
+}
+
+impl Parked {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            conns: Mutex::new(Vec::new()),
+            max: max.max(1),
+        }
+    }
+
+    fn park(&self, conn: UpConn) {
+        let mut dropped = Vec::new();
+        if let Ok(mut p) = self.conns.lock() {
+            dropped = take_expired(&mut p);
+            if p.len() >= self.max {
+                dropped.push(p.remove(0));
+            }
+            p.push(conn);
+        }
+        drop(dropped); // closes them, outside the lock
+    }
+
+    fn adopt(&self, authority: &Authority) -> Option<UpConn> {
+        loop {
+            let c = {
+                let mut p = self.conns.lock().ok()?;
+                let i = p.iter().rposition(|c| c.authority == *authority)?;
+                p.swap_remove(i)
+            };
+            if c.usable() {
+                return Some(c);
+            }
+        }
+    }
+
+    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
+    pub(crate) fn expire(&self) -> usize {
+        let expired = match self.conns.lock() {
+            Ok(mut p) => take_expired(&mut p),
+            Err(_) => Vec::new(),
+        };
+        expired.len()
+    }
+}
+
+/// Removes and returns the connections idle for [`IDLE_TIMEOUT`] or longer, keeping the order
+/// of the rest (oldest first).
+fn take_expired(conns: &mut Vec<UpConn>) -> Vec<UpConn> {
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(conns)
+        .into_iter()
+        .partition(|c| c.used.elapsed() >= IDLE_TIMEOUT);
+    *conns = kept;
+    expired
+}
+
+/// Serves `client` on the fast path until it ends or needs hyper. `closing` is cancelled when
+/// the gateway shuts down: an idle connection then closes at once, a busy one after its
+/// exchange.
+pub(crate) async fn serve(
+    inner: &Inner,
+    ui: &Upstream,
+    mut client: TcpStream,
+    hop: &ClientHop,
+    closing: &CancellationToken,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(CLIENT_BUFFER);
+    let mut up: Option<UpConn> = None;
+    let max_head = inner.limits.max_header_bytes.max(8192);
+    let handoff: Option<Bytes> = 'conn: loop {
+        // A complete request head, within the header read timeout (idle time included).
+        let deadline = tokio::time::Instant::now() + inner.limits.header_read_timeout;
+        let plan = loop {
+            if !buf.is_empty() {
+                match plan(inner, ui, hop, &buf) {
+                    Parsed::Plan(p) => break Some(p),
+                    Parsed::Partial if buf.len() < max_head => {}
+                    Parsed::Partial | Parsed::Handoff => break None,
+                }
+            }
+            let idle = buf.is_empty();
+            if idle && closing.is_cancelled() {
+                break 'conn None;
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(CLIENT_BUFFER);
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => r,
+                () = closing.cancelled(), if idle => break 'conn None,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // End of stream, a read error, or the header read timeout.
+                _ => break 'conn None,
+            }
+        };
+        let Some(plan) = plan else {
+            break Some(buf.freeze());
+        };
+        buf.advance(plan.head_len);
+        if !exchange(inner, ui, &mut client, &mut buf, &mut up, plan, closing).await {
+            break None;
+        }
+    };
+    if let Some(c) = up {
+        inner.proxy.fast_parked.park(c);
+    }
+    match handoff {
+        Some(pre) => Outcome::Handoff(client, pre),
+        None => {
+            let _ = client.shutdown().await;
+            Outcome::Closed
+        }
+    }
+}
+
+/// A request head the fast path takes, turned into what to send upstream.
+struct Plan {
+    /// Length of the client's request head in the buffer.
+    head_len: usize,
+    /// The upstream request head (request line, fields, empty line).
+    upstream_head: Vec<u8>,
+    /// Request body length (`Content-Length`, 0 when absent), bytes.
+    body_len: u64,
+    /// A `HEAD` request (its response has no body whatever its fields say).
+    head_request: bool,
+    /// Idempotent and body-less: may be sent again on a new connection (RFC 9110 §9.2.2).
+    retryable: bool,
+    /// The client asked to close after this exchange.
+    client_close: bool,
+    endpoint: Endpoint,
+    rid: HeaderValue,
+}
+
+enum Parsed {
+    Plan(Plan),
+    /// The head is not complete yet.
+    Partial,
+    /// Not for the fast path: hyper serves it.
+    Handoff,
+}
+
+/// Whether `name` is hop-by-hop: on the fixed list or named in a `Connection` value
+/// (RFC 9110 §7.6.1), as [`crate::strip_hop_by_hop`] decides.
+fn hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+        || connection.iter().any(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: ASCII digits only (RFC 9110 §8.6).
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Decides what to do with the request head at the start of `buf`.
+fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Handoff;
+    }
+    let Ok(pq) = PathAndQuery::try_from(target) else {
+        return Parsed::Handoff;
+    };
+    let Ok(Route::Ui { path }) = routing::route(pq.path(), &inner.root, &inner.api) else {
+        return Parsed::Handoff;
+    };
+    let policy = &inner.header_policy;
+
+    // One pass for the fields that decide the exchange.
+    let mut connection: [&[u8]; 4] = [&[]; 4];
+    let mut n_connection = 0;
+    let mut host: Option<&[u8]> = None;
+    let mut length: Option<u64> = None;
+    let mut client_close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            if n_connection == connection.len() || has_token(h.value, "upgrade") {
+                return Parsed::Handoff;
+            }
+            client_close |= has_token(h.value, "close");
+            connection[n_connection] = h.value;
+            n_connection += 1;
+        } else if name.eq_ignore_ascii_case("host") {
+            host = host.or(Some(h.value));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Parsed::Handoff,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Parsed::Handoff;
+        }
+    }
+    let connection = &connection[..n_connection];
+    let Some(host) = host else {
+        return Parsed::Handoff;
+    };
+    let body_len = length.unwrap_or(0);
+    let cap = inner.limits.max_ui_body;
+    if cap > 0 && body_len > cap {
+        return Parsed::Handoff;
+    }
+    let Some(endpoint) = ui.endpoint.borrow().clone() else {
+        return Parsed::Handoff;
+    };
+
+    // What the gateway believes about the client, from the same fields the general path reads.
+    let Ok(host_value) = HeaderValue::from_bytes(host) else {
+        return Parsed::Handoff;
+    };
+    let mut seen = HeaderMap::with_capacity(2);
+    seen.insert(http::header::HOST, host_value.clone());
+    if inner.trust.trusts(hop.peer.ip().to_canonical()) {
+        for h in req.headers.iter() {
+            let forwarded = REPLACED_ON_HOP
+                .into_iter()
+                .chain([observe::REQUEST_ID])
+                .find(|n| n.as_str().eq_ignore_ascii_case(h.name));
+            if let Some(n) = forwarded
+                && !policy.is_identity(h.name.as_bytes())
+                && let Ok(v) = HeaderValue::from_bytes(h.value)
+            {
+                seen.append(n, v);
+            }
+        }
+    }
+    let view = ClientView::resolve(&inner.trust, hop.peer, hop.local.port(), &seen);
+    let rid = observe::request_id(&seen, view.peer_trusted);
+    let prefix = view
+        .prefix
+        .as_deref()
+        .or((!inner.root.is_empty()).then_some(&*inner.root));
+
+    let mut out = Vec::with_capacity(head_len + 256);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(endpoint.base_path.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = pq.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host_sent = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        // The first `Host`, where the client put it; no other.
+        if name.eq_ignore_ascii_case("host") {
+            if !host_sent {
+                push_field(&mut out, name.as_bytes(), host);
+                host_sent = true;
+            }
+            continue;
+        }
+        let forward = !policy.is_identity(name.as_bytes())
+            && !hop_by_hop(name, connection)
+            && policy.ui_allows(name.as_bytes())
+            && !name.eq_ignore_ascii_case(observe::REQUEST_ID.as_str())
+            && !REPLACED_ON_HOP
+                .iter()
+                .any(|n| n.as_str().eq_ignore_ascii_case(name));
+        if forward {
+            push_field(&mut out, name.as_bytes(), h.value);
+        }
+    }
+    for (name, value) in view.forwarded_fields(prefix) {
+        push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    push_field(&mut out, b"x-request-id", rid.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    Parsed::Plan(Plan {
+        head_len,
+        upstream_head: out,
+        body_len,
+        head_request: method == "HEAD",
+        retryable: body_len == 0
+            && matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
+        client_close,
+        endpoint,
+        rid,
+    })
+}
+
+/// Why an exchange failed before the response head.
+enum UpError {
+    /// The TCP connection could not be opened.
+    Connect(String),
+    /// The exchange failed; `closed` when the upstream closed the connection before sending
+    /// any of a response (so a retry on a new connection is safe for an idempotent request).
+    Failed { detail: String, closed: bool },
+    /// The upstream answered 101 to a request that asked for no upgrade.
+    Switched,
+    /// The client went away while its body was being forwarded.
+    Client,
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+/// A response head, rewritten for the client.
+struct RespHead {
+    head: Vec<u8>,
+    framing: Framing,
+    /// The upstream keeps the connection open after this response.
+    upstream_keep: bool,
+}
+
+/// What the response head rewrite needs to know.
+struct HeadCtx<'a> {
+    rid: &'a HeaderValue,
+    head_request: bool,
+    /// The client connection closes after this exchange.
+    close: bool,
+}
+
+/// Forwards one request and its response. Returns whether the client connection stays open.
+async fn exchange(
+    inner: &Inner,
+    ui: &Upstream,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    up: &mut Option<UpConn>,
+    plan: Plan,
+    closing: &CancellationToken,
+) -> bool {
+    let proxy = &inner.proxy;
+    let authority = plan.endpoint.authority.clone();
+    let rid = plan.rid;
+    let mut out = plan.upstream_head;
+    let first = usize::try_from(plan.body_len)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    out.extend_from_slice(&buf[..first]);
+    buf.advance(first);
+    let mut remaining = plan.body_len - first as u64;
+    let ctx = HeadCtx {
+        rid: &rid,
+        head_request: plan.head_request,
+        close: plan.client_close || closing.is_cancelled(),
+    };
+
+    let kept = up
+        .take()
+        .filter(|c| c.authority == authority && c.usable())
+        .or_else(|| proxy.fast_parked.adopt(&authority));
+    let attempt = tokio::time::timeout(proxy.read_timeout, async {
+        let (mut conn, mut reused) = match kept {
+            Some(c) => (c, true),
+            None => (connect(proxy, &authority).await?, false),
+        };
+        loop {
+            let sent = send(&mut conn, &out, client, buf, &mut remaining).await;
+            let head = match sent {
+                Ok(()) => read_head(&mut conn, &ctx).await,
+                Err(e) => Err(e),
+            };
+            match head {
+                Ok(h) => return Ok((conn, h)),
+                Err(UpError::Failed { detail, closed: true }) if reused && plan.retryable => {
+                    tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = ui.name(), error = %detail, "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
+                    conn = connect(proxy, &authority).await?;
+                    reused = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let name = ui.name();
+    let (mut conn, head) = match attempt {
+        Ok(Ok(x)) => x,
+        Ok(Err(UpError::Client)) => return false,
+        failure => {
+            let resp = match failure {
+                Err(_elapsed) => crate::proxy::timed_out(
+                    name,
+                    &authority,
+                    proxy.read_timeout,
+                    "gateway_upstream_read_timeout_s",
+                    &rid,
+                ),
+                Ok(Err(UpError::Connect(detail))) => {
+                    crate::proxy::failed(name, &authority, true, &detail, &rid)
+                }
+                Ok(Err(UpError::Failed { detail, .. })) => {
+                    crate::proxy::failed(name, &authority, false, &detail, &rid)
+                }
+                _ => plain_rid(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "FluxLit: the {name} upstream switched protocols without being asked\n"
+                    ),
+                    &rid,
+                ),
+            };
+            // A request body not read to its end cannot be skipped: close after the answer.
+            let close = ctx.close || remaining > 0;
+            return write_response(client, resp, close).await && !close;
+        }
+    };
+
+    let RespHead {
+        head,
+        framing,
+        upstream_keep,
+    } = head;
+    let until_close = matches!(framing, Framing::UntilClose);
+    match relay(client, &mut conn, head, framing).await {
+        Ok(()) => {
+            if upstream_keep && !until_close && conn.buf.is_empty() {
+                conn.used = Instant::now();
+                *up = Some(conn);
+            }
+            !(ctx.close || until_close)
+        }
+        Err(()) => false,
+    }
+}
+
+/// Opens an upstream connection for the fast path (`TCP_NODELAY`, the connect timeout).
+async fn connect(proxy: &crate::proxy::Proxy, authority: &Authority) -> Result<UpConn, UpError> {
+    let stream = proxy
+        .tcp_connect(authority)
+        .await
+        .map_err(UpError::Connect)?;
+    Ok(UpConn {
+        stream,
+        authority: authority.clone(),
+        used: Instant::now(),
+        buf: BytesMut::with_capacity(UPSTREAM_BUFFER),
+        read_size: UPSTREAM_BUFFER,
+    })
+}
+
+/// Writes the request head (with the body bytes already read) and the rest of the body.
+async fn send(
+    conn: &mut UpConn,
+    out: &[u8],
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    remaining: &mut u64,
+) -> Result<(), UpError> {
+    conn.stream
+        .write_all(out)
+        .await
+        .map_err(|e| UpError::Failed {
+            detail: e.to_string(),
+            closed: true,
+        })?;
+    while *remaining > 0 {
+        if buf.is_empty() {
+            // Large bodies move in reads of up to MAX_BODY_READ bytes.
+            let want = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .clamp(CLIENT_BUFFER, MAX_BODY_READ);
+            buf.reserve(want);
+            match client.read_buf(buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(UpError::Client),
+            }
+        }
+        let n = usize::try_from(*remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        conn.stream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| UpError::Failed {
+                detail: e.to_string(),
+                closed: false,
+            })?;
+        buf.advance(n);
+        *remaining -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads the upstream's response head (skipping 1xx interim responses other than 101, as
+/// hyper's client does) and rewrites it for the client.
+async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpError> {
+    enum Step {
+        Interim(usize),
+        Head(RespHead, usize),
+        More,
+    }
+    loop {
+        if !conn.buf.is_empty() {
+            let step = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&conn.buf) {
+                    Ok(httparse::Status::Complete(n)) => match resp.code {
+                        Some(101) => return Err(UpError::Switched),
+                        Some(100..=199) => Step::Interim(n),
+                        _ => Step::Head(rewrite_head(&resp, ctx)?, n),
+                    },
+                    Ok(httparse::Status::Partial) if conn.buf.len() < MAX_RESPONSE_HEAD => {
+                        Step::More
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return Err(UpError::Failed {
+                            detail: format!("response head larger than {MAX_RESPONSE_HEAD} bytes"),
+                            closed: false,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(UpError::Failed {
+                            detail: format!("invalid response head: {e}"),
+                            closed: false,
+                        });
+                    }
+                }
+            };
+            match step {
+                Step::Interim(n) => {
+                    conn.buf.advance(n);
+                    continue;
+                }
+                Step::Head(head, n) => {
+                    conn.buf.advance(n);
+                    return Ok(head);
+                }
+                Step::More => {}
+            }
+        }
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(UPSTREAM_BUFFER);
+        }
+        let nothing_yet = conn.buf.is_empty();
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                return Err(UpError::Failed {
+                    detail: "connection closed before message completed".into(),
+                    closed: nothing_yet,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let closed = nothing_yet
+                    && matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset
+                            | ErrorKind::ConnectionAborted
+                            | ErrorKind::BrokenPipe
+                    );
+                return Err(UpError::Failed {
+                    detail: e.to_string(),
+                    closed,
+                });
+            }
+        }
+    }
+}
+
+/// The client's response head: the upstream's status and fields minus hop-by-hop fields (the
+/// body's own `Transfer-Encoding` stays, since the body is relayed as it comes) and the
+/// upstream's `X-Request-ID`, plus the gateway's `X-Request-ID`, `Date` when missing and
+/// `Connection: close` when the client connection ends after it.
+fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<RespHead, UpError> {
+    let bad = |what: &str| UpError::Failed {
+        detail: format!("invalid response head: {what}"),
+        closed: false,
+    };
+    let code = resp.code.unwrap_or(0);
+    let mut connection: Vec<&[u8]> = Vec::new();
+    let mut length: Option<u64> = None;
+    let mut te_chunked: Option<bool> = None;
+    let mut date = false;
+    let mut upstream_keep = resp.version == Some(1);
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            upstream_keep &= !has_token(h.value, "close");
+            connection.push(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match (length, content_length(h.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Err(bad("Content-Length")),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The final coding decides (RFC 9112 §6.3): chunked, or read until close.
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(&[]);
+            te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("date") {
+            date = true;
+        }
+    }
+    let framing = if ctx.head_request || code == 204 || code == 304 {
+        Framing::None
+    } else {
+        match (te_chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::default()),
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+    let close = ctx.close || matches!(framing, Framing::UntilClose);
+
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(
+        StatusCode::from_u16(code)
+            .map_err(|_| bad("status"))?
+            .as_str()
+            .as_bytes(),
+    );
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let te = name.eq_ignore_ascii_case("transfer-encoding");
+        let keep = if te {
+            !matches!(framing, Framing::None)
+        } else {
+            let replaced = name.eq_ignore_ascii_case(observe::REQUEST_ID.as_str());
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); only one goes on.
+            let overridden = te_chunked.is_some() && name.eq_ignore_ascii_case("content-length");
+            !(hop_by_hop(name, &connection) || replaced || overridden)
+        };
+        if keep {
+            push_field(&mut out, name.as_bytes(), h.value);
+        }
+    }
+    push_field(&mut out, b"x-request-id", ctx.rid.as_bytes());
+    if !date {
+        push_field(
+            &mut out,
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
+    if close {
+        push_field(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(RespHead {
+        head: out,
+        framing,
+        upstream_keep,
+    })
+}
+
+/// Writes `head` and relays the body by its framing. `Err` when either side failed or the
+/// upstream's body was cut short (the client connection must then close).
+async fn relay(
+    client: &mut TcpStream,
+    conn: &mut UpConn,
+    head: Vec<u8>,
+    mut framing: Framing,
+) -> Result<(), ()> {
+    let mut pending = head;
+    loop {
+        let (n, done) = match &mut framing {
+            Framing::None => (0, true),
+            Framing::Length(rest) => {
+                let n = usize::try_from(*rest)
+                    .unwrap_or(usize::MAX)
+                    .min(conn.buf.len());
+                *rest -= n as u64;
+                (n, *rest == 0)
+            }
+            Framing::Chunked(c) => {
+                let n = c.scan(&conn.buf).map_err(|_| ())?;
+                (n, c.is_done())
+            }
+            Framing::UntilClose => (conn.buf.len(), false),
+        };
+        if pending.is_empty() {
+            if n > 0 {
+                client.write_all(&conn.buf[..n]).await.map_err(|_| ())?;
+            }
+        } else {
+            pending.extend_from_slice(&conn.buf[..n]);
+            client.write_all(&pending).await.map_err(|_| ())?;
+            pending = Vec::new();
+        }
+        conn.buf.advance(n);
+        if done {
+            return Ok(());
+        }
+        conn.buf.reserve(conn.read_size);
+        let room = conn.buf.capacity() - conn.buf.len();
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if matches!(framing, Framing::UntilClose) => return Ok(()),
+            Ok(n) if n > 0 => {
+                if n == room {
+                    conn.read_size = (conn.read_size * 2).min(MAX_UPSTREAM_READ);
+                }
+            }
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
+/// `close`, `Connection: close`. Returns whether it was written.
+async fn write_response(client: &mut TcpStream, resp: Response<Body>, close: bool) -> bool {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    push_field(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    push_field(
+        &mut out,
+        b"date",
+        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+    );
+    if close {
+        push_field(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    client.write_all(&out).await.is_ok()
+}
+
+/// A connection handed to hyper: the bytes the fast path already read, then the socket.
+pub(crate) struct Prefixed {
+    pre: Bytes,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(io: TcpStream, pre: Bytes) -> Self {
+        Self { pre, io }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Where a chunked body (RFC 9112 §7.1) is, as its bytes go by: tells where the body ends
+/// without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Chunked {
+    /// In a chunk-size line's hex digits (`digits` read so far).
+    #[default]
+    Size0,
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    /// In a chunk extension, until CR.
+    Ext {
+        value: u64,
+    },
+    /// After the chunk-size line's CR.
+    SizeLf {
+        value: u64,
+    },
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    LineStart,
+    /// Inside a trailer field line, until CR.
+    Line,
+    LineLf,
+    /// After the final empty line's CR.
+    EndLf,
+    Done,
+}
+
+/// A chunked body that breaks RFC 9112 §7.1.
+#[derive(Debug, PartialEq, Eq)]
+struct BadChunk;
+
+impl Chunked {
+    fn is_done(&self) -> bool {
+        *self == Self::Done
+    }
+
+    /// Advances over `bytes`; returns how many belong to the body (all of them, or fewer when
+    /// the body ends inside `bytes`).
+    fn scan(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Self::Data(left) = *self {
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len() - i);
+                i += n;
+                *self = if left == n as u64 {
+                    Self::DataCr
+                } else {
+                    Self::Data(left - n as u64)
+                };
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            *self = match (*self, b) {
+                (Self::Done, _) => return Ok(i - 1),
+                (Self::Size0, _) => match hex(b) {
+                    Some(d) => Self::Size {
+                        value: u64::from(d),
+                        digits: 1,
+                    },
+                    None => return Err(BadChunk),
+                },
+                (Self::Size { value, digits }, _) => match hex(b) {
+                    Some(_) if digits >= 15 => return Err(BadChunk),
+                    Some(d) => Self::Size {
+                        value: value << 4 | u64::from(d),
+                        digits: digits + 1,
+                    },
+                    None if b == b'\r' => Self::SizeLf { value },
+                    None if b == b';' || b == b' ' || b == b'\t' => Self::Ext { value },
+                    None => return Err(BadChunk),
+                },
+                (Self::Ext { value }, b'\r') => Self::SizeLf { value },
+                (Self::Ext { .. }, b'\n') => return Err(BadChunk),
+                (Self::Ext { value }, _) => Self::Ext { value },
+                (Self::SizeLf { value: 0 }, b'\n') => Self::LineStart,
+                (Self::SizeLf { value }, b'\n') => Self::Data(value),
+                (Self::DataCr, b'\r') => Self::DataLf,
+                (Self::DataLf, b'\n') => Self::Size0,
+                (Self::LineStart, b'\r') => Self::EndLf,
+                (Self::LineStart | Self::Line, b'\n') => return Err(BadChunk),
+                (Self::Line, b'\r') => Self::LineLf,
+                (Self::LineStart | Self::Line, _) => Self::Line,
+                (Self::LineLf, b'\n') => Self::LineStart,
+                (Self::EndLf, b'\n') => Self::Done,
+                _ => return Err(BadChunk),
+            };
+            if *self == Self::Done {
+                return Ok(i);
+            }
+        }
+        Ok(i)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(body: &[u8], step: usize) -> Result<(usize, bool), BadChunk> {
+        let mut c = Chunked::default();
+        let mut used = 0;
+        for part in body.chunks(step) {
+            let n = c.scan(part)?;
+            used += n;
+            if c.is_done() {
+                return Ok((used, true));
+            }
+            assert_eq!(n, part.len());
+        }
+        Ok((used, c.is_done()))
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n";
+        for step in [1, 2, 3, 7, body.len()] {
+            let mut with_next = body.to_vec();
+            with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            assert_eq!(
+                scan_all(&with_next, step),
+                Ok((body.len(), true)),
+                "step {step}"
+            );
+        }
+        assert_eq!(scan_all(b"0\r\n\r\n", 1), Ok((5, true)));
+        // Not finished yet.
+        assert_eq!(scan_all(b"5\r\nhel", 64), Ok((6, false)));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello\r\n",
+            b"0\r\n\n",
+            b"10000000000000000\r\n",
+            b"3;e\n",
+        ] {
+            assert_eq!(scan_all(bad, 64), Err(BadChunk), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_names_follow_the_fixed_list_and_connection() {
+        assert!(hop_by_hop("Keep-Alive", &[]));
+        assert!(hop_by_hop("TE", &[]));
+        assert!(!hop_by_hop("x-custom", &[]));
+        assert!(hop_by_hop("X-Custom", &[b"keep-alive, x-custom"]));
+        assert!(!hop_by_hop("x-cust", &[b"keep-alive, x-custom"]));
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"65536"), Some(65536));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1,1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+    }
+}
