@@ -3,12 +3,15 @@
 //! and bodies are relayed by their framing (RFC 9112 §6), without building `HeaderMap`s, without
 //! hyper's server and client dispatchers and without a body channel between them.
 //!
+//! WebSocket upgrades take it too: the upgrade request is forwarded the same way and a 101 turns
+//! the client and upstream connections into a tunnel ([`Outcome::Tunnel`]).
+//!
 //! Anything else is handed to hyper with the bytes already read ([`Outcome::Handoff`]), and hyper
-//! serves the rest of that connection: HTTP/2 and HTTP/1.0 clients, upgrades (WebSocket),
-//! `Expect`, `Transfer-Encoding` on requests, requests without `Host`, several
-//! `Content-Length`s, bodies over the cap (hyper answers 413), heads that do not parse or are
-//! too large (400, 431), the gateway's own endpoints, the API, and an upstream that is not
-//! running (503). The gateway uses this path only when no feature it does not implement is on
+//! serves the rest of that connection: HTTP/2 and HTTP/1.0 clients, upgrades with a body or
+//! under an Origin allow-list, `Expect`, `Transfer-Encoding` on requests, requests without
+//! `Host`, several `Content-Length`s, bodies over the cap (hyper answers 413), heads that do not
+//! parse or are too large (400, 431), the gateway's own endpoints, the API, and an upstream that
+//! is not running (503). The gateway uses this path only when no feature it does not implement is on
 //! (access log, metrics, debug snapshot, rate limits, the upstream concurrency cap): see
 //! `Gateway::fast_path`.
 //!
@@ -38,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::IDLE_TIMEOUT;
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
 use crate::headers::{ClientHop, HOP_BY_HOP};
+use crate::proxy::TunnelSpec;
 use crate::response::plain_rid;
 use crate::routing::{self, Route};
 use crate::upstream::{Endpoint, Upstream};
@@ -63,6 +67,9 @@ pub(crate) enum Outcome {
     Closed,
     /// hyper serves the rest of the connection, starting with these bytes already read.
     Handoff(TcpStream, Bytes),
+    /// The upstream switched protocols (WebSocket): splice the two connections with
+    /// [`crate::proxy::tunnel`]; the 101 and any bytes either side sent early have been passed on.
+    Tunnel(TcpStream, TcpStream, Box<TunnelSpec>),
 }
 
 /// An upstream connection of the fast path, with its read buffer.
@@ -201,8 +208,15 @@ pub(crate) async fn serve(
             break Some(buf.freeze());
         };
         buf.advance(plan.head_len);
-        if !exchange(inner, ui, &mut client, &mut buf, &mut up, plan, closing).await {
-            break None;
+        match exchange(inner, ui, &mut client, &mut buf, &mut up, plan, closing).await {
+            Next::KeepAlive => {}
+            Next::Close => break None,
+            Next::Tunnel(upstream, spec) => {
+                if let Some(c) = up.take() {
+                    inner.proxy.fast_parked.park(c);
+                }
+                return Outcome::Tunnel(client, upstream, spec);
+            }
         }
     };
     if let Some(c) = up {
@@ -215,6 +229,14 @@ pub(crate) async fn serve(
             Outcome::Closed
         }
     }
+}
+
+/// What follows an exchange on the client connection.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols on this upstream connection.
+    Tunnel(TcpStream, Box<TunnelSpec>),
 }
 
 /// A request head the fast path takes, turned into what to send upstream.
@@ -231,6 +253,8 @@ struct Plan {
     retryable: bool,
     /// The client asked to close after this exchange.
     client_close: bool,
+    /// A protocol upgrade (WebSocket): `Connection: upgrade` and `Upgrade` are sent on.
+    upgrade: bool,
     endpoint: Endpoint,
     rid: HeaderValue,
 }
@@ -305,13 +329,16 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     let mut host: Option<&[u8]> = None;
     let mut length: Option<u64> = None;
     let mut client_close = false;
+    let mut wants_upgrade = false;
+    let mut upgrade: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            if n_connection == connection.len() || has_token(h.value, "upgrade") {
+            if n_connection == connection.len() {
                 return Parsed::Handoff;
             }
             client_close |= has_token(h.value, "close");
+            wants_upgrade |= has_token(h.value, "upgrade");
             connection[n_connection] = h.value;
             n_connection += 1;
         } else if name.eq_ignore_ascii_case("host") {
@@ -321,12 +348,21 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
                 (None, Some(n)) => length = Some(n),
                 _ => return Parsed::Handoff,
             }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = upgrade.or(Some(h.value));
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
         {
             return Parsed::Handoff;
         }
+    }
+    // An upgrade needs both (RFC 9110 §7.8), as `headers::upgrade_request` decides. Upgrades
+    // with a body or under an Origin allow-list are left to the general path.
+    let upgrade = upgrade.filter(|_| wants_upgrade);
+    if upgrade.is_some()
+        && (length.is_some_and(|n| n > 0) || !inner.limits.ws_allowed_origins.is_empty())
+    {
+        return Parsed::Handoff;
     }
     let connection = &connection[..n_connection];
     let Some(host) = host else {
@@ -404,6 +440,10 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     push_field(&mut out, b"x-request-id", rid.as_bytes());
+    if let Some(u) = upgrade {
+        push_field(&mut out, b"connection", b"upgrade");
+        push_field(&mut out, b"upgrade", u);
+    }
     out.extend_from_slice(b"\r\n");
 
     Parsed::Plan(Plan {
@@ -412,11 +452,13 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         body_len,
         head_request: method == "HEAD",
         retryable: body_len == 0
+            && upgrade.is_none()
             && matches!(
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
         client_close,
+        upgrade: upgrade.is_some(),
         endpoint,
         rid,
     })
@@ -449,6 +491,8 @@ struct RespHead {
     framing: Framing,
     /// The upstream keeps the connection open after this response.
     upstream_keep: bool,
+    /// A 101 to an upgrade request: the connection becomes a tunnel.
+    switched: bool,
 }
 
 /// What the response head rewrite needs to know.
@@ -457,6 +501,8 @@ struct HeadCtx<'a> {
     head_request: bool,
     /// The client connection closes after this exchange.
     close: bool,
+    /// The request asked for an upgrade (a 101 is expected, not an error).
+    upgrade: bool,
 }
 
 /// Forwards one request and its response. Returns whether the client connection stays open.
@@ -468,7 +514,7 @@ async fn exchange(
     up: &mut Option<UpConn>,
     plan: Plan,
     closing: &CancellationToken,
-) -> bool {
+) -> Next {
     let proxy = &inner.proxy;
     let authority = plan.endpoint.authority.clone();
     let rid = plan.rid;
@@ -483,13 +529,19 @@ async fn exchange(
         rid: &rid,
         head_request: plan.head_request,
         close: plan.client_close || closing.is_cancelled(),
+        upgrade: plan.upgrade,
+    };
+    let (timeout, timeout_setting) = if plan.upgrade {
+        (inner.limits.ws_open_timeout, "gateway_ws_open_timeout_s")
+    } else {
+        (proxy.read_timeout, "gateway_upstream_read_timeout_s")
     };
 
     let kept = up
         .take()
         .filter(|c| c.authority == authority && c.usable())
         .or_else(|| proxy.fast_parked.adopt(&authority));
-    let attempt = tokio::time::timeout(proxy.read_timeout, async {
+    let attempt = tokio::time::timeout(timeout, async {
         let (mut conn, mut reused) = match kept {
             Some(c) => (c, true),
             None => (connect(proxy, &authority).await?, false),
@@ -515,16 +567,12 @@ async fn exchange(
     let name = ui.name();
     let (mut conn, head) = match attempt {
         Ok(Ok(x)) => x,
-        Ok(Err(UpError::Client)) => return false,
+        Ok(Err(UpError::Client)) => return Next::Close,
         failure => {
             let resp = match failure {
-                Err(_elapsed) => crate::proxy::timed_out(
-                    name,
-                    &authority,
-                    proxy.read_timeout,
-                    "gateway_upstream_read_timeout_s",
-                    &rid,
-                ),
+                Err(_elapsed) => {
+                    crate::proxy::timed_out(name, &authority, timeout, timeout_setting, &rid)
+                }
                 Ok(Err(UpError::Connect(detail))) => {
                     crate::proxy::failed(name, &authority, true, &detail, &rid)
                 }
@@ -541,7 +589,11 @@ async fn exchange(
             };
             // A request body not read to its end cannot be skipped: close after the answer.
             let close = ctx.close || remaining > 0;
-            return write_response(client, resp, close).await && !close;
+            return if write_response(client, resp, close).await && !close {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
         }
     };
 
@@ -549,7 +601,21 @@ async fn exchange(
         head,
         framing,
         upstream_keep,
+        switched,
     } = head;
+    if switched {
+        // Bytes either side sent after its head belong to the new protocol: pass them on.
+        let mut out = head;
+        out.extend_from_slice(&conn.buf);
+        conn.buf.clear();
+        if client.write_all(&out).await.is_err()
+            || (!buf.is_empty() && conn.stream.write_all(buf).await.is_err())
+        {
+            return Next::Close;
+        }
+        buf.clear();
+        return Next::Tunnel(conn.stream, Box::new(proxy.tunnel_spec(name, &rid)));
+    }
     let until_close = matches!(framing, Framing::UntilClose);
     match relay(client, &mut conn, head, framing).await {
         Ok(()) => {
@@ -557,9 +623,13 @@ async fn exchange(
                 conn.used = Instant::now();
                 *up = Some(conn);
             }
-            !(ctx.close || until_close)
+            if ctx.close || until_close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
         }
-        Err(()) => false,
+        Err(()) => Next::Close,
     }
 }
 
@@ -636,7 +706,8 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&conn.buf) {
                     Ok(httparse::Status::Complete(n)) => match resp.code {
-                        Some(101) => return Err(UpError::Switched),
+                        Some(101) if !ctx.upgrade => return Err(UpError::Switched),
+                        Some(101) => Step::Head(rewrite_head(&resp, ctx)?, n),
                         Some(100..=199) => Step::Interim(n),
                         _ => Step::Head(rewrite_head(&resp, ctx)?, n),
                     },
@@ -712,7 +783,9 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     let mut length: Option<u64> = None;
     let mut te_chunked: Option<bool> = None;
     let mut date = false;
-    let mut upstream_keep = resp.version == Some(1);
+    let mut upgrade: Option<&[u8]> = None;
+    let switched = code == 101;
+    let mut upstream_keep = resp.version == Some(1) && !switched;
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -730,9 +803,11 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("date") {
             date = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = upgrade.or(Some(h.value));
         }
     }
-    let framing = if ctx.head_request || code == 204 || code == 304 {
+    let framing = if switched || ctx.head_request || code == 204 || code == 304 {
         Framing::None
     } else {
         match (te_chunked, length) {
@@ -741,7 +816,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    let close = ctx.close || matches!(framing, Framing::UntilClose);
+    let close = !switched && (ctx.close || matches!(framing, Framing::UntilClose));
 
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -780,11 +855,16 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     if close {
         push_field(&mut out, b"connection", b"close");
     }
+    if let Some(u) = upgrade.filter(|_| switched) {
+        push_field(&mut out, b"connection", b"upgrade");
+        push_field(&mut out, b"upgrade", u);
+    }
     out.extend_from_slice(b"\r\n");
     Ok(RespHead {
         head: out,
         framing,
         upstream_keep,
+        switched,
     })
 }
 
@@ -818,8 +898,9 @@ async fn relay(
                 client.write_all(&conn.buf[..n]).await.map_err(|_| ())?;
             }
         } else {
-            pending.extend_from_slice(&conn.buf[..n]);
-            client.write_all(&pending).await.map_err(|_| ())?;
+            write_two(client, &pending, &conn.buf[..n])
+                .await
+                .map_err(|_| ())?;
             pending = Vec::new();
         }
         conn.buf.advance(n);
@@ -838,6 +919,23 @@ async fn relay(
             _ => return Err(()),
         }
     }
+}
+
+/// Writes `a` then `b` with as few system calls as the socket allows (`writev`), without
+/// copying them together.
+async fn write_two(client: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let n = client
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    client.write_all(b).await
 }
 
 /// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
@@ -898,6 +996,10 @@ impl tokio::io::AsyncRead for Prefixed {
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
             self.pre.advance(n);
+            if self.pre.is_empty() {
+                // Let go of the fast path's read buffer (it would stay with a tunnel otherwise).
+                self.pre = Bytes::new();
+            }
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)

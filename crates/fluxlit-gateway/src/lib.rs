@@ -1052,6 +1052,14 @@ impl Gateway {
                                 match fast::serve(inner, ui, stream, &hop, &closing).await {
                                     fast::Outcome::Closed => return,
                                     fast::Outcome::Handoff(s, pre) => (s, pre),
+                                    fast::Outcome::Tunnel(client, upstream, spec) => {
+                                        // A tunnel is not a request in flight: like the general
+                                        // path's, it is drained through `drain_tunnels`.
+                                        drop(watcher);
+                                        let tunnel = proxy::tunnel(client, upstream, *spec);
+                                        inner.proxy.tunnels.track_future(tunnel).await;
+                                        return;
+                                    }
                                 }
                             }
                             _ => (stream, Bytes::new()),

@@ -630,57 +630,18 @@ impl Proxy {
                 .into();
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let cut = self.cut_tunnels.clone();
-            let upstream_name = name.to_owned();
-            let rid_text = rid.to_str().unwrap_or("").to_owned();
-            let (idle, lifetime) = (self.limits.ws_idle_timeout, self.limits.ws_max_lifetime);
+            let spec = self.tunnel_spec(name, rid);
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
                 let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
                     (Ok(c), Ok(u)) => (c, u),
                     (Err(e), _) | (_, Err(e)) => {
-                        tracing::debug!(request_id = %rid_text, upstream = %upstream_name, error = %e, "upgrade did not complete");
+                        tracing::debug!(request_id = %spec.request_id, upstream = %spec.upstream, error = %e, "upgrade did not complete");
                         return;
                     }
                 };
-                let opened = Instant::now();
-                metrics::gauge!(names::TUNNELS).increment(1.0);
-                tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, "websocket tunnel open");
-                let activity = Arc::new(AtomicU64::new(0));
-                let mut client = Tracked::new(TokioIo::new(client), activity.clone(), opened);
-                let mut upstream = Tracked::new(TokioIo::new(upstream), activity.clone(), opened);
-                let idle_watch = async {
-                    let Some(idle) = idle else { return std::future::pending::<()>().await };
-                    let tick = (idle / 4).max(Duration::from_millis(10));
-                    loop {
-                        tokio::time::sleep(tick).await;
-                        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                        if opened.elapsed().saturating_sub(last) >= idle {
-                            return;
-                        }
-                    }
-                };
-                let life = async {
-                    match lifetime {
-                        Some(l) => tokio::time::sleep(l).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let (up, down, how) = tokio::select! {
-                    r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER) => match r {
-                        Ok((up, down)) => (up, down, "closed"),
-                        Err(_) => (client.read, upstream.read, "ended with an error"),
-                    },
-                    () = cut.cancelled() => (client.read, upstream.read, "cut at shutdown"),
-                    () = idle_watch => (client.read, upstream.read, "closed after gateway_ws_idle_timeout_s"),
-                    () = life => (client.read, upstream.read, "closed after gateway_ws_max_lifetime_s"),
-                };
-                let lifetime_s = opened.elapsed().as_secs_f64();
-                metrics::gauge!(names::TUNNELS).decrement(1.0);
-                metrics::histogram!(names::TUNNEL_LIFETIME).record(lifetime_s);
-                metrics::histogram!(names::DURATION, "dispatch" => "streamlit").record(lifetime_s);
-                tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, bytes_in = up, bytes_out = down, lifetime_s, "websocket tunnel {how}");
+                tunnel(TokioIo::new(client), TokioIo::new(upstream), spec).await;
             });
             let up = resp.headers().get(UPGRADE).cloned();
             let (mut parts, _) = resp.into_parts();
@@ -705,6 +666,86 @@ impl Proxy {
             slot,
         }
     }
+}
+
+/// What a tunnel needs besides its two ends.
+pub(crate) struct TunnelSpec {
+    /// Cancelled by [`crate::Gateway::drain_tunnels`] to cut open tunnels.
+    cut: CancellationToken,
+    idle: Option<Duration>,
+    lifetime: Option<Duration>,
+    upstream: String,
+    request_id: String,
+}
+
+impl Proxy {
+    /// The tunnel settings for an upgrade of request `rid` to upstream `name`.
+    pub(crate) fn tunnel_spec(&self, name: &str, rid: &HeaderValue) -> TunnelSpec {
+        TunnelSpec {
+            cut: self.cut_tunnels.clone(),
+            idle: self.limits.ws_idle_timeout,
+            lifetime: self.limits.ws_max_lifetime,
+            upstream: name.to_owned(),
+            request_id: rid.to_str().unwrap_or("").to_owned(),
+        }
+    }
+}
+
+/// Splices an upgraded client connection and upstream connection byte for byte
+/// (`TUNNEL_BUFFER` per direction) until either side closes, the tunnel is idle for
+/// `gateway_ws_idle_timeout_s`, reaches `gateway_ws_max_lifetime_s`, or is cut at shutdown; logs
+/// the tunnel's open and end (`fluxlit::access`) and records the tunnel metrics.
+pub(crate) async fn tunnel<A, B>(client: A, upstream: B, spec: TunnelSpec)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let TunnelSpec {
+        cut,
+        idle,
+        lifetime,
+        upstream: upstream_name,
+        request_id: rid_text,
+    } = spec;
+    let opened = Instant::now();
+    metrics::gauge!(names::TUNNELS).increment(1.0);
+    tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, "websocket tunnel open");
+    let activity = Arc::new(AtomicU64::new(0));
+    let mut client = Tracked::new(client, activity.clone(), opened);
+    let mut upstream = Tracked::new(upstream, activity.clone(), opened);
+    let idle_watch = async {
+        let Some(idle) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        let tick = (idle / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+            if opened.elapsed().saturating_sub(last) >= idle {
+                return;
+            }
+        }
+    };
+    let life = async {
+        match lifetime {
+            Some(l) => tokio::time::sleep(l).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (up, down, how) = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER) => match r {
+            Ok((up, down)) => (up, down, "closed"),
+            Err(_) => (client.read, upstream.read, "ended with an error"),
+        },
+        () = cut.cancelled() => (client.read, upstream.read, "cut at shutdown"),
+        () = idle_watch => (client.read, upstream.read, "closed after gateway_ws_idle_timeout_s"),
+        () = life => (client.read, upstream.read, "closed after gateway_ws_max_lifetime_s"),
+    };
+    let lifetime_s = opened.elapsed().as_secs_f64();
+    metrics::gauge!(names::TUNNELS).decrement(1.0);
+    metrics::histogram!(names::TUNNEL_LIFETIME).record(lifetime_s);
+    metrics::histogram!(names::DURATION, "dispatch" => "streamlit").record(lifetime_s);
+    tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, bytes_in = up, bytes_out = down, lifetime_s, "websocket tunnel {how}");
 }
 
 /// An upgraded connection that records when it last moved bytes (milliseconds since `opened`)

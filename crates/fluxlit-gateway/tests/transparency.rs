@@ -445,8 +445,18 @@ async fn ws_session(addr: SocketAddr, path: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn websocket_sessions_match_direct() {
+    websocket_sessions_match_direct_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn websocket_sessions_match_direct_general_path() {
+    websocket_sessions_match_direct_on(false).await;
+}
+
+async fn websocket_sessions_match_direct_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let gw = Running::start(Gateway::builder().http1_fast_path(fast).ui(ui(&up))).await;
     let direct = ws_session(up.addr, "/ws").await;
     let via = ws_session(gw.addr, "/ws").await;
     assert_eq!(direct, via);
@@ -475,9 +485,20 @@ async fn websocket_sessions_match_direct() {
 
 #[tokio::test]
 async fn open_tunnels_are_cut_by_drain() {
+    open_tunnels_are_cut_by_drain_on(true).await;
+}
+
+/// The same through the general (hyper) path.
+#[tokio::test]
+async fn open_tunnels_are_cut_by_drain_general_path() {
+    open_tunnels_are_cut_by_drain_on(false).await;
+}
+
+async fn open_tunnels_are_cut_by_drain_on(fast: bool) {
     let up = TestUpstream::start().await;
     let gw = Running::start(
         Gateway::builder()
+            .http1_fast_path(fast)
             .ui(ui(&up))
             .drain_timeout(Duration::from_millis(300)),
     )
