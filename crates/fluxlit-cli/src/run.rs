@@ -108,12 +108,21 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
     for f in &found {
         tracing::warn!(code = f.code, "{}", f.message);
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    runtime.worker_threads(gateway_worker_threads(
+    let workers = gateway_worker_threads(
         loaded.settings.gateway_worker_threads,
         std::thread::available_parallelism().map_or(1, usize::from),
-    ));
+    );
+    // One worker: a current-thread runtime, so that accepting, the I/O driver and every
+    // connection share one thread with no cross-thread wake-ups (measured in
+    // docs/performance.md); nothing on FluxLit's own tasks blocks.
+    let mut runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    runtime.enable_all();
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {

@@ -417,3 +417,32 @@ async fn an_external_ui_upstream_replaces_streamlit() {
         .count();
     assert_eq!(workers, 3, "gateway_worker_threads = 3");
 }
+
+#[tokio::test]
+async fn one_worker_thread_runs_the_gateway_on_the_main_thread() {
+    let up = fluxlit_testkit::upstream::TestUpstream::start().await;
+    let dir = fluxlit_testkit::TempDir::new("one-worker");
+    let ui = format!("http://{}", up.addr);
+    let gw = Fluxlit::start_with_env(
+        dir,
+        &["--ui-upstream", &ui],
+        &[("FLUXLIT_GATEWAY_WORKER_THREADS", "1")],
+    )
+    .await;
+    gw.wait_ready("/api/readyz").await;
+    let (s, _, body) = get(&gw.url("/echo/one?y=1")).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["uri"],
+        "/echo/one?y=1"
+    );
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "tokio-rt-worker"),
+        "gateway_worker_threads = 1 is a current-thread runtime: {names:?}"
+    );
+}
