@@ -118,7 +118,10 @@ impl Parked {
         }
     }
 
-    fn park(&self, conn: UpConn) {
+    fn park(&self, mut conn: UpConn) {
+        // A parked connection holds no read buffer (it may have grown to MAX_UPSTREAM_READ).
+        conn.buf = BytesMut::new();
+        conn.read_size = UPSTREAM_BUFFER;
         let mut dropped = Vec::new();
         if let Ok(mut p) = self.conns.lock() {
             dropped = take_expired(&mut p);
@@ -179,13 +182,19 @@ pub(crate) async fn serve(
     let handoff: Option<Bytes> = 'conn: loop {
         // A complete request head, within the header read timeout (idle time included).
         let deadline = tokio::time::Instant::now() + inner.limits.header_read_timeout;
+        // Bytes already parsed as an incomplete head: parsed again only once a new line has
+        // arrived, so a head trickling in costs one parse per line, not one per read.
+        let mut parsed = 0;
         let plan = loop {
-            if !buf.is_empty() {
+            if buf.len() > parsed && buf[parsed..].contains(&b'\n') {
                 match plan(inner, ui, hop, &buf) {
                     Parsed::Plan(p) => break Some(p),
-                    Parsed::Partial if buf.len() < max_head => {}
-                    Parsed::Partial | Parsed::Handoff => break None,
+                    Parsed::Partial => parsed = buf.len(),
+                    Parsed::Handoff => break None,
                 }
+            }
+            if buf.len() >= max_head {
+                break None;
             }
             let idle = buf.is_empty();
             if idle && closing.is_cancelled() {

@@ -651,6 +651,30 @@ async fn metrics_and_debug_endpoints() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// A request head that arrives a byte at a time (each in its own segment) is still answered,
+/// on the fast path and on the general one.
+#[tokio::test]
+async fn a_head_trickling_in_byte_by_byte_is_answered() {
+    let u = TestUpstream::start().await;
+    for fast in [true, false] {
+        let gw = start(Gateway::builder().http1_fast_path(fast).ui(up(&u, "ui"))).await;
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        for b in b"GET /echo/trickle HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n" {
+            s.write_all(&[*b]).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 200"), "fast path {fast}: {text}");
+        assert!(text.contains("/echo/trickle"), "fast path {fast}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn slow_clients_are_cut_by_the_header_read_timeout() {
     let u = TestUpstream::start().await;
