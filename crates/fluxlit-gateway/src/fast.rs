@@ -514,7 +514,7 @@ struct HeadCtx<'a> {
     upgrade: bool,
 }
 
-/// Forwards one request and its response. Returns whether the client connection stays open.
+/// Forwards one request and its response; says what becomes of the client connection.
 async fn exchange(
     inner: &Inner,
     ui: &Upstream,
@@ -527,13 +527,8 @@ async fn exchange(
     let proxy = &inner.proxy;
     let authority = plan.endpoint.authority.clone();
     let rid = plan.rid;
-    let mut out = plan.upstream_head;
-    let first = usize::try_from(plan.body_len)
-        .unwrap_or(usize::MAX)
-        .min(buf.len());
-    out.extend_from_slice(&buf[..first]);
-    buf.advance(first);
-    let mut remaining = plan.body_len - first as u64;
+    let out = plan.upstream_head;
+    let mut remaining = plan.body_len;
     let ctx = HeadCtx {
         rid: &rid,
         head_request: plan.head_request,
@@ -657,21 +652,27 @@ async fn connect(proxy: &crate::proxy::Proxy, authority: &Authority) -> Result<U
     })
 }
 
-/// Writes the request head (with the body bytes already read) and the rest of the body.
+/// Writes the request head together with the body bytes already read (one `writev`, no copy),
+/// then the rest of the body as it arrives. Only a body-less request is ever sent twice, so the
+/// head alone is what a retry repeats.
 async fn send(
     conn: &mut UpConn,
-    out: &[u8],
+    head: &[u8],
     client: &mut TcpStream,
     buf: &mut BytesMut,
     remaining: &mut u64,
 ) -> Result<(), UpError> {
-    conn.stream
-        .write_all(out)
+    let first = usize::try_from(*remaining)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    write_two(&mut conn.stream, head, &buf[..first])
         .await
         .map_err(|e| UpError::Failed {
             detail: e.to_string(),
             closed: true,
         })?;
+    buf.advance(first);
+    *remaining -= first as u64;
     while *remaining > 0 {
         if buf.is_empty() {
             // Large bodies move in reads of up to MAX_BODY_READ bytes.
@@ -930,11 +931,11 @@ async fn relay(
     }
 }
 
-/// Writes `a` then `b` with as few system calls as the socket allows (`writev`), without
-/// copying them together.
-async fn write_two(client: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+/// Writes `a` then `b` to `to` with as few system calls as the socket allows (`writev`),
+/// without copying them together.
+async fn write_two(to: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
     while !a.is_empty() {
-        let n = client
+        let n = to
             .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
             .await?;
         if n == 0 {
@@ -944,7 +945,7 @@ async fn write_two(client: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::i
         a = &a[from_a..];
         b = &b[n - from_a..];
     }
-    client.write_all(b).await
+    to.write_all(b).await
 }
 
 /// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
