@@ -410,10 +410,9 @@ async fn an_external_ui_upstream_replaces_streamlit() {
         "no sidecar is started: {:?}",
         gw.children()
     );
-    let workers = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "tokio-rt-worker")
+    let workers = thread_names(gw.child.id())
+        .iter()
+        .filter(|n| *n == "tokio-rt-worker")
         .count();
     assert_eq!(workers, 3, "gateway_worker_threads = 3");
 }
@@ -436,13 +435,18 @@ async fn one_worker_thread_runs_the_gateway_on_the_main_thread() {
         serde_json::from_str::<Value>(&body).unwrap()["uri"],
         "/echo/one?y=1"
     );
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_owned())
-        .collect();
+    let names = thread_names(gw.child.id());
     assert!(
         !names.iter().any(|n| n == "tokio-rt-worker"),
         "gateway_worker_threads = 1 is a current-thread runtime: {names:?}"
     );
+}
+
+/// The names of a process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect()
 }

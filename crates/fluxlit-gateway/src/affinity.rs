@@ -152,20 +152,93 @@ impl Affinity {
     }
 }
 
+/// What a [`Lot`] needs to know of a parked connection.
+pub(crate) trait Parkable {
+    /// The upstream it is connected to.
+    fn authority(&self) -> &Authority;
+    /// When it last finished an exchange.
+    fn used(&self) -> Instant;
+}
+
 /// Idle upstream connections of client connections that have ended, waiting for the next
-/// client connection to adopt them. Bounded: beyond `max` the oldest is closed.
-pub(crate) struct Parking {
-    parked: Mutex<Vec<(Kept, Driver)>>,
+/// client connection to adopt them. Bounded: beyond `max` the oldest is closed; connections
+/// idle for [`IDLE_TIMEOUT`] or longer are closed, never handed out.
+pub(crate) struct Lot<T> {
+    parked: Mutex<Vec<T>>,
     max: usize,
 }
 
-impl Parking {
+impl<T: Parkable> Lot<T> {
     /// `max` parked connections at most (all upstreams together).
     pub(crate) fn new(max: usize) -> Self {
         Self {
             parked: Mutex::new(Vec::new()),
             max: max.max(1),
         }
+    }
+
+    /// Parks `items`, closing expired ones and, when full, the oldest.
+    pub(crate) fn park(&self, items: impl IntoIterator<Item = T>) {
+        let mut dropped = Vec::new();
+        if let Ok(mut p) = self.parked.lock() {
+            dropped = take_expired(&mut p);
+            for item in items {
+                if p.len() >= self.max {
+                    dropped.push(p.remove(0));
+                }
+                p.push(item);
+            }
+        }
+        drop(dropped); // closes them, outside the lock
+    }
+
+    /// Takes the most recently parked connection to `authority`.
+    pub(crate) fn take(&self, authority: &Authority) -> Option<T> {
+        let mut p = self.parked.lock().ok()?;
+        let i = p.iter().rposition(|c| c.authority() == authority)?;
+        Some(p.swap_remove(i))
+    }
+
+    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
+    pub(crate) fn expire(&self) -> usize {
+        // Dropped (closed) after the lock is released.
+        let expired = match self.parked.lock() {
+            Ok(mut p) => take_expired(&mut p),
+            Err(_) => Vec::new(),
+        };
+        expired.len()
+    }
+}
+
+/// Removes and returns the parked connections idle for [`IDLE_TIMEOUT`] or longer, keeping the
+/// order of the rest (oldest first, which [`Lot::park`] relies on when it is full).
+fn take_expired<T: Parkable>(parked: &mut Vec<T>) -> Vec<T> {
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(parked)
+        .into_iter()
+        .partition(|c| c.used().elapsed() >= IDLE_TIMEOUT);
+    *parked = kept;
+    expired
+}
+
+impl Parkable for (Kept, Driver) {
+    fn authority(&self) -> &Authority {
+        &self.0.authority
+    }
+
+    fn used(&self) -> Instant {
+        self.0.used
+    }
+}
+
+/// The idle hyper connections (sender and driver) of ended client connections.
+pub(crate) struct Parking {
+    lot: Lot<(Kept, Driver)>,
+}
+
+impl Parking {
+    /// `max` parked connections at most (all upstreams together).
+    pub(crate) fn new(max: usize) -> Self {
+        Self { lot: Lot::new(max) }
     }
 
     /// Takes what `aff` owns: parks its idle connections, and spawns a task that finishes the
@@ -176,42 +249,21 @@ impl Parking {
         for driver in busy {
             tokio::spawn(driver);
         }
-        if idle.is_empty() {
-            return;
+        if !idle.is_empty() {
+            self.lot.park(idle);
         }
-        let mut dropped = Vec::new();
-        if let Ok(mut p) = self.parked.lock() {
-            dropped = take_expired(&mut p);
-            for entry in idle {
-                if p.len() >= self.max {
-                    dropped.push(p.remove(0));
-                }
-                p.push(entry);
-            }
-        }
-        drop(dropped); // closes them, outside the lock
     }
 
-    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer (they would not be
-    /// adopted any more); returns how many.
+    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
     pub(crate) fn expire(&self) -> usize {
-        // Dropped (closed) after the lock is released.
-        let expired = match self.parked.lock() {
-            Ok(mut p) => take_expired(&mut p),
-            Err(_) => Vec::new(),
-        };
-        expired.len()
+        self.lot.expire()
     }
 
     /// Adopts a parked connection to `authority` into `aff`, after polling its driver once so
     /// that a connection the upstream closed meanwhile is noticed and skipped.
     pub(crate) async fn adopt(&self, aff: &Affinity, authority: &Authority) -> Option<Kept> {
         loop {
-            let (kept, mut driver) = {
-                let mut p = self.parked.lock().ok()?;
-                let i = p.iter().rposition(|(k, _)| k.authority == *authority)?;
-                p.swap_remove(i)
-            };
+            let (kept, mut driver) = self.lot.take(authority)?;
             let finished =
                 std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await;
             if finished || !kept.usable() {
@@ -223,14 +275,4 @@ impl Parking {
             return Some(aff.adopt(authority, send, driver));
         }
     }
-}
-
-/// Removes and returns the parked connections idle for [`IDLE_TIMEOUT`] or longer, keeping the
-/// order of the rest (oldest first, which `Parking::park` relies on when it is full).
-fn take_expired(parked: &mut Vec<(Kept, Driver)>) -> Vec<(Kept, Driver)> {
-    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(parked)
-        .into_iter()
-        .partition(|(k, _)| k.used.elapsed() >= IDLE_TIMEOUT);
-    *parked = kept;
-    expired
 }

@@ -25,7 +25,6 @@
 //! it). Upstream failures are the same 502/504 responses as on the general path.
 
 use std::io::ErrorKind;
-use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::affinity::IDLE_TIMEOUT;
+use crate::affinity::{IDLE_TIMEOUT, Lot};
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
 use crate::headers::{ClientHop, HOP_BY_HOP};
 use crate::proxy::TunnelSpec;
@@ -103,43 +102,37 @@ impl UpConn {
     }
 }
 
-/// Idle upstream connections of ended client connections, for the next ones to adopt. Bounded:
-/// beyond `max` the oldest is closed.
+impl crate::affinity::Parkable for UpConn {
+    fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    fn used(&self) -> Instant {
+        self.used
+    }
+}
+
+/// Idle upstream connections of ended client connections, for the next ones to adopt (see
+/// [`Lot`]).
 pub(crate) struct Parked {
-    conns: Mutex<Vec<UpConn>>,
-    max: usize,
+    lot: Lot<UpConn>,
 }
 
 impl Parked {
     pub(crate) fn new(max: usize) -> Self {
-        Self {
-            conns: Mutex::new(Vec::new()),
-            max: max.max(1),
-        }
+        Self { lot: Lot::new(max) }
     }
 
     fn park(&self, mut conn: UpConn) {
         // A parked connection holds no read buffer (it may have grown to MAX_UPSTREAM_READ).
         conn.buf = BytesMut::new();
         conn.read_size = UPSTREAM_BUFFER;
-        let mut dropped = Vec::new();
-        if let Ok(mut p) = self.conns.lock() {
-            dropped = take_expired(&mut p);
-            if p.len() >= self.max {
-                dropped.push(p.remove(0));
-            }
-            p.push(conn);
-        }
-        drop(dropped); // closes them, outside the lock
+        self.lot.park([conn]);
     }
 
     fn adopt(&self, authority: &Authority) -> Option<UpConn> {
         loop {
-            let c = {
-                let mut p = self.conns.lock().ok()?;
-                let i = p.iter().rposition(|c| c.authority == *authority)?;
-                p.swap_remove(i)
-            };
+            let c = self.lot.take(authority)?;
             if c.usable() {
                 return Some(c);
             }
@@ -148,22 +141,8 @@ impl Parked {
 
     /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
     pub(crate) fn expire(&self) -> usize {
-        let expired = match self.conns.lock() {
-            Ok(mut p) => take_expired(&mut p),
-            Err(_) => Vec::new(),
-        };
-        expired.len()
+        self.lot.expire()
     }
-}
-
-/// Removes and returns the connections idle for [`IDLE_TIMEOUT`] or longer, keeping the order
-/// of the rest (oldest first).
-fn take_expired(conns: &mut Vec<UpConn>) -> Vec<UpConn> {
-    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(conns)
-        .into_iter()
-        .partition(|c| c.used.elapsed() >= IDLE_TIMEOUT);
-    *conns = kept;
-    expired
 }
 
 /// Serves `client` on the fast path until it ends or needs hyper. `closing` is cancelled when
@@ -299,6 +278,30 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `HTTP/1.1 {status} {reason}` and its line end.
+fn push_status_line(out: &mut Vec<u8>, status: StatusCode, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The fields the gateway adds to a response head it writes: `Date` (when `date`, as hyper's
+/// server adds it) and `Connection: close` (when `close`).
+fn push_own_fields(out: &mut Vec<u8>, date: bool, close: bool) {
+    if date {
+        push_field(
+            out,
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
+    if close {
+        push_field(out, b"connection", b"close");
+    }
 }
 
 /// A `Content-Length` value: ASCII digits only (RFC 9110 §8.6).
@@ -828,17 +831,9 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     };
     let close = !switched && (ctx.close || matches!(framing, Framing::UntilClose));
 
+    let status = StatusCode::from_u16(code).map_err(|_| bad("status"))?;
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(
-        StatusCode::from_u16(code)
-            .map_err(|_| bad("status"))?
-            .as_str()
-            .as_bytes(),
-    );
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(&mut out, status, resp.reason.unwrap_or(""));
     for h in resp.headers.iter() {
         let name = h.name;
         let te = name.eq_ignore_ascii_case("transfer-encoding");
@@ -855,16 +850,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         }
     }
     push_field(&mut out, b"x-request-id", ctx.rid.as_bytes());
-    if !date {
-        push_field(
-            &mut out,
-            b"date",
-            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-        );
-    }
-    if close {
-        push_field(&mut out, b"connection", b"close");
-    }
+    push_own_fields(&mut out, !date, close);
     if let Some(u) = upgrade.filter(|_| switched) {
         push_field(&mut out, b"connection", b"upgrade");
         push_field(&mut out, b"upgrade", u);
@@ -958,11 +944,11 @@ async fn write_response(client: &mut TcpStream, resp: Response<Body>, close: boo
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(
+        &mut out,
+        parts.status,
+        parts.status.canonical_reason().unwrap_or(""),
+    );
     for (name, value) in &parts.headers {
         push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -971,14 +957,7 @@ async fn write_response(client: &mut TcpStream, resp: Response<Body>, close: boo
         b"content-length",
         body.len().to_string().as_bytes(),
     );
-    push_field(
-        &mut out,
-        b"date",
-        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-    );
-    if close {
-        push_field(&mut out, b"connection", b"close");
-    }
+    push_own_fields(&mut out, true, close);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     client.write_all(&out).await.is_ok()
