@@ -8,6 +8,16 @@
 //! - [`CREDENTIAL_HEADERS`] values are marked sensitive before anything can log them
 //!   ([`mark_sensitive`]); `http`'s `Debug` then prints `Sensitive` instead of the value and
 //!   HTTP/2 never adds them to the HPACK dynamic table (RFC 7541 §7.1.3).
+//! - Identity headers are recognised by their *normalized name*: ASCII lower case, with `_`
+//!   read as `-` ([`name_eq_normalized`]). Field names are case-insensitive (RFC 9110 §5.1),
+//!   and the CGI mapping of request fields to `HTTP_*` variables (RFC 3875 §4.1.18), which
+//!   WSGI environs and CGI-style frameworks use, upper-cases the name and turns `-` into `_`:
+//!   `X-Remote-User` and `X_Remote_User` both arrive as `HTTP_X_REMOTE_USER`. A name is an
+//!   identity header when its normalized form is one of [`IDENTITY_HEADERS`], starts with one
+//!   of [`IDENTITY_HEADER_PREFIXES`], or is one of the extra names given to
+//!   [`HeaderPolicy::new`]. [`HeaderPolicy::strip_identity`] (on a `HeaderMap`) and
+//!   [`HeaderPolicy::is_identity`] (on a raw name) apply exactly the same rule, and the UI
+//!   hop's allow-list never contains an identity header.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
@@ -17,6 +27,12 @@
 //! fluxlit_auth::mark_sensitive(&mut headers);
 //! assert!(headers[AUTHORIZATION].is_sensitive());
 //! assert!(!format!("{headers:?}").contains("abc"));
+//!
+//! let policy = fluxlit_auth::HeaderPolicy::default();
+//! for spoofed in ["X-Remote-User", "x_remote_user", "X-Authentik-Username", "Cf_Access_Jwt_Assertion"] {
+//!     assert!(policy.is_identity(spoofed.as_bytes()), "{spoofed}");
+//! }
+//! assert!(!policy.is_identity(b"X-Request-ID"));
 //! ```
 
 use http::HeaderMap;
@@ -42,10 +58,95 @@ pub fn mark_sensitive(headers: &mut HeaderMap) {
     }
 }
 
-/// Identity headers set by authenticating proxies (oauth2-proxy, Pomerium, cloud load
-/// balancers) and read by apps such as Streamlit's `server.trustedUserHeaders`. A client must
-/// never be able to send them: the gateway strips them from every request, on every hop
+/// One byte of a header name in normalized form: ASCII lower case, `_` read as `-`.
+const fn normalize_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Whether the raw header name `raw` (as received: any letter case, `-` or `_`) equals
+/// `canonical` once normalized: ASCII letters compare case-insensitively (RFC 9110 §5.1) and
+/// `_` equals `-`, since the CGI `HTTP_*` mapping (RFC 3875 §4.1.18) used by WSGI servers and
+/// CGI-style frameworks turns both into `_`, so `X_Remote_User` reaches such an app as
+/// `X-Remote-User`.
+///
+/// `canonical` must already be normalized (lower case, `-` never `_`, as in
+/// [`IDENTITY_HEADERS`]); an upper-case letter or `_` in it never matches. Compares byte by
+/// byte without allocating, for per-header use on the hot path (for example to catch
+/// underscore spellings of the forwarded headers the gateway sets itself).
+///
+/// ```
+/// use fluxlit_auth::name_eq_normalized;
+///
+/// assert!(name_eq_normalized(b"X_Forwarded_For", "x-forwarded-for"));
+/// assert!(name_eq_normalized(b"x-forwarded-for", "x-forwarded-for"));
+/// assert!(!name_eq_normalized(b"x-forwarded-fo", "x-forwarded-for"));
+/// ```
+pub fn name_eq_normalized(raw: &[u8], canonical: &str) -> bool {
+    let canonical = canonical.as_bytes();
+    raw.len() == canonical.len()
+        && raw
+            .iter()
+            .zip(canonical)
+            .all(|(r, c)| normalize_byte(*r) == *c)
+}
+
+/// Whether the raw header name `raw` starts with `prefix` once normalized (see
+/// [`name_eq_normalized`]; `prefix` must be normalized). Allocation-free.
+///
+/// ```
+/// assert!(fluxlit_auth::name_starts_with_normalized(b"X_Authentik_Username", "x-authentik-"));
+/// assert!(!fluxlit_auth::name_starts_with_normalized(b"X-Authentik", "x-authentik-"));
+/// ```
+pub fn name_starts_with_normalized(raw: &[u8], prefix: &str) -> bool {
+    raw.get(..prefix.len())
+        .is_some_and(|head| name_eq_normalized(head, prefix))
+}
+
+/// The normalized form of a configured header name: surrounding whitespace trimmed, ASCII
+/// lower case, `_` replaced by `-` (the form [`name_eq_normalized`] compares against). For
+/// configuration, not the per-request path: it allocates.
+///
+/// ```
+/// assert_eq!(fluxlit_auth::normalize_header_name(" X_Streamlit-User "), "x-streamlit-user");
+/// ```
+pub fn normalize_header_name(name: &str) -> String {
+    name.trim()
+        .chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+/// Identity headers set by authenticating proxies and platforms, and read by apps such as
+/// Streamlit's `server.trustedUserHeaders`, in normalized form (lower case, `-`). A client
+/// must never be able to send them: the gateway strips them from every request, on every hop
 /// (HTTP and the WebSocket upgrade), before anything else sees the request.
+///
+/// These are the exact names; whole families are matched by [`IDENTITY_HEADER_PREFIXES`]
+/// (an exact name here is never also covered by a prefix). Matching is by normalized name
+/// ([`name_eq_normalized`]): case-insensitive (RFC 9110 §5.1) and with `_` equal to `-`,
+/// because the CGI `HTTP_*` mapping (RFC 3875 §4.1.18), which WSGI environs and CGI-style
+/// frameworks use, gives `X-Remote-User` and `X_Remote_User` the same variable.
+///
+/// Who sets them:
+/// - `x-forwarded-*`: oauth2-proxy (`--pass-user-headers`, `--pass-access-token`), also
+///   OpenShift's oauth-proxy.
+/// - `x-remote-*`: Apache/nginx authentication front ends and Kubernetes' request-header
+///   authentication (`X-Remote-User`, `X-Remote-Group`).
+/// - `remote-*`: Authelia (and Caddy/Traefik forward-auth setups copying its headers).
+/// - `x-ms-client-principal*`: Azure App Service / Container Apps authentication ("Easy Auth").
+/// - `x-goog-*`: Google Cloud Identity-Aware Proxy.
+/// - `x-amzn-oidc-*`: AWS Application Load Balancer OIDC authentication.
+/// - `tailscale-app-capabilities`: Tailscale serve (application capability grants).
 pub const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-user",
     "x-forwarded-email",
@@ -55,21 +156,63 @@ pub const IDENTITY_HEADERS: &[&str] = &[
     "x-remote-user",
     "x-remote-email",
     "x-remote-groups",
+    "x-remote-group",
     "remote-user",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-    "x-auth-request-preferred-username",
-    "x-auth-request-access-token",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
     "x-ms-client-principal",
     "x-ms-client-principal-id",
     "x-ms-client-principal-name",
+    "x-ms-client-principal-idp",
     "x-goog-authenticated-user-email",
     "x-goog-authenticated-user-id",
+    "x-goog-iap-jwt-assertion",
     "x-amzn-oidc-data",
     "x-amzn-oidc-identity",
     "x-amzn-oidc-accesstoken",
+    "tailscale-app-capabilities",
 ];
+
+/// Prefixes of identity header families, in normalized form (lower case, `-`, ending in
+/// `-`): a header whose normalized name starts with one of them is an identity header, like
+/// the exact [`IDENTITY_HEADERS`].
+///
+/// - `x-auth-request-`: oauth2-proxy (`X-Auth-Request-User`, `-Email`, `-Groups`,
+///   `-Preferred-Username`, `-Access-Token`, with `--set-xauthrequest`).
+/// - `x-pomerium-`: Pomerium (`X-Pomerium-Jwt-Assertion`, `X-Pomerium-Claim-*`).
+/// - `x-authentik-`: Authentik's proxy outpost (`X-Authentik-Username`, `-Email`, `-Groups`,
+///   `-Uid`, `-Jwt`, `-Meta-*`).
+/// - `cf-access-`: Cloudflare Access (`Cf-Access-Jwt-Assertion`,
+///   `Cf-Access-Authenticated-User-Email`).
+/// - `tailscale-user-`: Tailscale serve (`Tailscale-User-Login`, `-Name`, `-Profile-Pic`).
+/// - `x-webauth-`: Grafana's auth proxy convention (`X-Webauth-User`, `-Email`, `-Name`,
+///   `-Role`, `-Groups`), also used by Tailscale's proxy-to-grafana and caddy-tailscale.
+/// - `x-vouch-`: Vouch Proxy (`X-Vouch-User`, `X-Vouch-Idp-Claims-*`).
+/// - `x-ms-token-`: Azure App Service authentication's provider tokens
+///   (`X-Ms-Token-Aad-Access-Token`, `X-Ms-Token-Aad-Id-Token`).
+/// - `x-remote-extra-`: Kubernetes' request-header authentication (user extras).
+pub const IDENTITY_HEADER_PREFIXES: &[&str] = &[
+    "x-auth-request-",
+    "x-pomerium-",
+    "x-authentik-",
+    "cf-access-",
+    "tailscale-user-",
+    "x-webauth-",
+    "x-vouch-",
+    "x-ms-token-",
+    "x-remote-extra-",
+];
+
+/// Whether the raw header name `name` is a built-in identity header: its normalized form is
+/// one of [`IDENTITY_HEADERS`] or starts with one of [`IDENTITY_HEADER_PREFIXES`]. Allocation
+/// free. [`HeaderPolicy::is_identity`] adds the configured extra names.
+pub fn is_builtin_identity(name: &[u8]) -> bool {
+    IDENTITY_HEADERS.iter().any(|n| name_eq_normalized(name, n))
+        || IDENTITY_HEADER_PREFIXES
+            .iter()
+            .any(|p| name_starts_with_normalized(name, p))
+}
 
 /// Client headers the UI upstream (Streamlit) receives by default: what browsers send and
 /// Streamlit uses (cookies for XSRF and `st.login`, `Origin` for the WebSocket check, the
@@ -138,7 +281,9 @@ pub fn valid_forward_name(name: &str) -> bool {
 /// allow-list.
 #[derive(Debug, Clone)]
 pub struct HeaderPolicy {
-    identity: Vec<HeaderName>,
+    /// Extra identity names (Streamlit's `server.trustedUserHeaders`), normalized and not
+    /// already covered by [`is_builtin_identity`].
+    extra_identity: Vec<Box<str>>,
     ui_allowed: std::collections::HashSet<HeaderName>,
     /// The same names as text, for lookups by raw name without building a `HeaderName`.
     ui_allowed_names: std::collections::HashSet<Box<str>>,
@@ -152,59 +297,84 @@ impl Default for HeaderPolicy {
 
 impl HeaderPolicy {
     /// Rules with extra identity headers to strip (for example the names configured in
-    /// Streamlit's `server.trustedUserHeaders`) and extra client headers for the UI. Extra UI
-    /// names that are credentials, identity headers or invalid are ignored (`fluxlit config`
-    /// warns about them).
+    /// Streamlit's `server.trustedUserHeaders`) and extra client headers for the UI.
+    ///
+    /// Extra identity names are normalized ([`normalize_header_name`]: trimmed, lower case,
+    /// `_` as `-`) and then match like the built-in ones, in any letter case and with `_` or
+    /// `-`; names that are not valid header names are ignored. Extra UI names that are
+    /// credentials, identity headers (by the same normalized rule, built-in or extra) or
+    /// invalid ([`valid_forward_name`]) are ignored (`fluxlit config` warns about them).
     pub fn new(extra_identity: &[String], extra_ui: &[String]) -> Self {
-        let identity: Vec<HeaderName> = IDENTITY_HEADERS
-            .iter()
-            .map(|n| HeaderName::from_static(n))
-            .chain(extra_identity.iter().filter_map(|n| {
-                HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok()
-            }))
-            .collect();
+        let mut extras: Vec<Box<str>> = Vec::new();
+        for name in extra_identity {
+            let normalized = normalize_header_name(name);
+            if HeaderName::from_bytes(normalized.as_bytes()).is_err()
+                || is_builtin_identity(normalized.as_bytes())
+                || extras.iter().any(|e| **e == *normalized)
+            {
+                continue;
+            }
+            extras.push(normalized.into());
+        }
+        let mut policy = Self {
+            extra_identity: extras,
+            ui_allowed: std::collections::HashSet::new(),
+            ui_allowed_names: std::collections::HashSet::new(),
+        };
         let mut ui_allowed: std::collections::HashSet<HeaderName> = UI_BASELINE_HEADERS
             .iter()
+            .filter(|n| !policy.is_identity(n.as_bytes()))
             .map(|n| HeaderName::from_static(n))
             .collect();
         for name in extra_ui {
             let lower = name.trim().to_ascii_lowercase();
-            if !valid_forward_name(&lower) {
+            if !valid_forward_name(&lower) || policy.is_identity(lower.as_bytes()) {
                 continue;
             }
             let Ok(h) = HeaderName::from_bytes(lower.as_bytes()) else {
                 continue;
             };
-            if is_credential_header(&h) || identity.contains(&h) {
+            if is_credential_header(&h) {
                 continue;
             }
             ui_allowed.insert(h);
         }
-        let ui_allowed_names = ui_allowed.iter().map(|n| n.as_str().into()).collect();
-        Self {
-            identity,
-            ui_allowed,
-            ui_allowed_names,
-        }
+        policy.ui_allowed_names = ui_allowed.iter().map(|n| n.as_str().into()).collect();
+        policy.ui_allowed = ui_allowed;
+        policy
     }
 
-    /// Removes identity headers (every hop, first thing).
+    /// Removes every field whose name is an identity header ([`HeaderPolicy::is_identity`]):
+    /// the built-in names and prefixes and the extra names, in any letter case and with `_`
+    /// or `-` (`http`'s `HeaderName` keeps `_`, so `x_remote_user` is its own key). Every hop,
+    /// first thing. Allocates only when there is something to remove.
     pub fn strip_identity(&self, headers: &mut HeaderMap) {
-        for name in &self.identity {
+        let drop: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.is_identity(k.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in drop {
             headers.remove(name);
         }
     }
 
-    /// Whether a header named `name` (any letter case) is an identity header that
-    /// [`HeaderPolicy::strip_identity`] removes. For callers that see raw header names (the
-    /// gateway's HTTP/1.1 forwarding path) rather than a `HeaderMap`.
+    /// Whether a header named `name` (raw, as received) is an identity header that
+    /// [`HeaderPolicy::strip_identity`] removes: its normalized name (case-insensitive, `_`
+    /// equal to `-`) is one of [`IDENTITY_HEADERS`] or the extra names, or starts with one of
+    /// [`IDENTITY_HEADER_PREFIXES`]. For callers that see raw header names (the gateway's
+    /// HTTP/1.1 forwarding path) rather than a `HeaderMap`. Allocation-free.
     pub fn is_identity(&self, name: &[u8]) -> bool {
-        self.identity
-            .iter()
-            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        is_builtin_identity(name)
+            || self
+                .extra_identity
+                .iter()
+                .any(|n| name_eq_normalized(name, n))
     }
 
     /// Whether [`HeaderPolicy::retain_for_ui`] keeps a header named `name` (any letter case).
+    /// The allow-list holds exact lower-case names with `-` and never an identity header; an
+    /// underscore spelling of an allowed name is not allowed (it is dropped on the UI hop).
     pub fn ui_allows(&self, name: &[u8]) -> bool {
         let mut lower = [0u8; 64];
         match lower.get_mut(..name.len()) {
@@ -236,6 +406,34 @@ impl HeaderPolicy {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// Whether `strip_identity` removes a lone header named `name` (and `is_identity` agrees).
+    fn stripped(p: &HeaderPolicy, name: &str) -> bool {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+        h.insert("x-unrelated", HeaderValue::from_static("v"));
+        p.strip_identity(&mut h);
+        assert!(h.contains_key("x-unrelated"), "{name}");
+        let gone = h.len() == 1;
+        assert_eq!(p.is_identity(name.as_bytes()), gone, "{name}");
+        gone
+    }
+
+    /// Whether `retain_for_ui` keeps a lone header named `name` (and `ui_allows` agrees).
+    fn kept_for_ui(p: &HeaderPolicy, name: &str) -> bool {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+        p.retain_for_ui(&mut h);
+        let kept = !h.is_empty();
+        assert_eq!(p.ui_allows(name.as_bytes()), kept, "{name}");
+        kept
+    }
 
     #[test]
     fn identity_headers_are_stripped_and_credentials_never_allowed_for_the_ui() {
@@ -270,35 +468,248 @@ mod tests {
     #[test]
     fn raw_name_predicates_agree_with_the_header_map_rules() {
         let p = HeaderPolicy::new(&["X-Streamlit-User".into()], &["x-tenant".into()]);
+        // (name, is an identity header, kept on the UI hop)
         let names = [
-            "X-Forwarded-User",
-            "x-streamlit-user",
-            "X-Tenant",
-            "Cookie",
-            "Authorization",
-            "x-other",
-            "Sec-CH-UA",
-            "x-request-id",
-            "Host",
+            ("X-Forwarded-User", true, false),
+            ("x-streamlit-user", true, false),
+            ("X-Tenant", false, true),
+            ("Cookie", false, true),
+            ("Authorization", false, false),
+            ("x-other", false, false),
+            ("Sec-CH-UA", false, true),
+            ("x-request-id", false, true),
+            ("Host", false, true),
+            // Underscore spellings: distinct `HeaderName`s, the same normalized name. Never
+            // allowed on the UI hop (the allow-list holds `-` spellings only).
+            ("X_Forwarded_User", true, false),
+            ("x_streamlit_user", true, false),
+            ("X_STREAMLIT-USER", true, false),
+            ("x_tenant", false, false),
+            ("x_request_id", false, false),
+            ("Sec_CH_UA", false, false),
+            // Prefix families and the names added to the exact list.
+            ("X-Authentik-Username", true, false),
+            ("x_authentik_groups", true, false),
+            ("Cf-Access-Jwt-Assertion", true, false),
+            ("CF_ACCESS_AUTHENTICATED_USER_EMAIL", true, false),
+            ("X-Pomerium-Claim-Email", true, false),
+            ("Tailscale-User-Login", true, false),
+            ("X-Auth-Request-Email", true, false),
+            ("X-Webauth-User", true, false),
+            ("Remote-Name", true, false),
+            ("remote_email", true, false),
+            // Near misses: not identity headers.
+            ("X-Authentik", false, false),
+            ("x-forwarded-users", false, false),
+            ("remote", false, false),
+            ("x-pomerium", false, false),
         ];
-        for name in names {
-            let mut h = HeaderMap::new();
-            h.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_static("v"),
-            );
-            let mut stripped = h.clone();
-            p.strip_identity(&mut stripped);
-            assert_eq!(
-                p.is_identity(name.as_bytes()),
-                stripped.is_empty(),
-                "{name}"
-            );
-            let mut kept = h.clone();
-            p.retain_for_ui(&mut kept);
-            assert_eq!(p.ui_allows(name.as_bytes()), !kept.is_empty(), "{name}");
+        for (name, identity, ui) in names {
+            assert_eq!(stripped(&p, name), identity, "{name}");
+            assert_eq!(kept_for_ui(&p, name), ui, "{name}");
         }
         assert!(!p.ui_allows(&[b'a'; 65]));
+    }
+
+    #[test]
+    fn underscore_and_mixed_case_spellings_are_identity() {
+        let p = HeaderPolicy::default();
+        for name in [
+            "X_Remote_User",
+            "x_remote_user",
+            "x_forwarded_user",
+            "X_FORWARDED_EMAIL",
+            "X-fOrWaRdEd-GrOuPs",
+            "x-forwarded_preferred-username",
+            "X_Forwarded_Access_Token",
+            "REMOTE_USER",
+            "X_MS_CLIENT_PRINCIPAL_NAME",
+            "x_goog_authenticated_user_email",
+            "X_Amzn_Oidc_Data",
+        ] {
+            assert!(stripped(&p, name), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        for k in [
+            "x_remote_user",
+            "x-remote-user",
+            "X_Forwarded_User",
+            "x-keep",
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+        }
+        p.strip_identity(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn every_prefix_family_is_identity() {
+        let p = HeaderPolicy::default();
+        for name in [
+            "X-Authentik-Username",
+            "X-Authentik-Meta-App",
+            "Cf-Access-Jwt-Assertion",
+            "Cf-Access-Authenticated-User-Email",
+            "X-Pomerium-Jwt-Assertion",
+            "X-Pomerium-Claim-Groups",
+            "Tailscale-User-Login",
+            "Tailscale-User-Profile-Pic",
+            "X-Auth-Request-User",
+            "X-Auth-Request-Preferred-Username",
+            "X-Webauth-User",
+            "X-WEBAUTH-ROLE",
+            "X-Vouch-User",
+            "X-Vouch-Idp-Claims-Email",
+            "X-Ms-Token-Aad-Id-Token",
+            "X-Remote-Extra-Scopes",
+        ] {
+            assert!(stripped(&p, name), "{name}");
+            assert!(stripped(&p, &name.replace('-', "_")), "{name}");
+        }
+        for prefix in IDENTITY_HEADER_PREFIXES {
+            assert!(stripped(&p, &format!("{prefix}anything")), "{prefix}");
+            assert!(stripped(&p, &prefix.to_ascii_uppercase()), "{prefix}");
+            // The family name without its trailing `-` is not one.
+            assert!(!stripped(&p, &prefix[..prefix.len() - 1]), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn added_exact_names_are_identity() {
+        let p = HeaderPolicy::default();
+        for name in [
+            "Remote-Name",
+            "Remote-Email",
+            "Remote-Groups",
+            "X-Remote-Group",
+            "X-Webauth-User",
+            "X-Goog-Iap-Jwt-Assertion",
+            "X-Ms-Client-Principal-Idp",
+            "Tailscale-App-Capabilities",
+        ] {
+            assert!(stripped(&p, name), "{name}");
+        }
+        for name in ["X-Request-ID", "X-Forwarded-For", "X-Auth-Token", "Remote"] {
+            assert!(!stripped(&p, name), "{name}");
+        }
+    }
+
+    #[test]
+    fn extra_identity_names_are_normalized() {
+        let p = HeaderPolicy::new(
+            &[
+                " X_Streamlit_User ".into(),
+                "X-Email".into(),
+                "x-email".into(),
+                "Bad Name".into(),
+                String::new(),
+            ],
+            &[],
+        );
+        for name in [
+            "x-streamlit-user",
+            "X_STREAMLIT_USER",
+            "x_streamlit-user",
+            "x-email",
+            "X_Email",
+        ] {
+            assert!(stripped(&p, name), "{name}");
+        }
+        for name in ["x-streamlit", "x-emails", "x-other", "bad"] {
+            assert!(!stripped(&p, name), "{name}");
+        }
+        assert_eq!(p.extra_identity.len(), 2, "{:?}", p.extra_identity);
+    }
+
+    #[test]
+    fn ui_allow_list_never_allows_identity_names() {
+        let p = HeaderPolicy::new(
+            &["x-email".into(), "X_Request_Id".into()],
+            &[
+                "x-authentik-username".into(),
+                "cf-access-jwt-assertion".into(),
+                "x-webauth-user".into(),
+                "remote-name".into(),
+                "tailscale-user-login".into(),
+                "x-auth-request-user".into(),
+                "x-email".into(),
+                "x-tenant".into(),
+            ],
+        );
+        for name in [
+            "x-authentik-username",
+            "cf-access-jwt-assertion",
+            "x-webauth-user",
+            "remote-name",
+            "tailscale-user-login",
+            "x-auth-request-user",
+            "x-email",
+            // A baseline name configured as an identity header is not allowed either.
+            "x-request-id",
+        ] {
+            assert!(!kept_for_ui(&p, name), "{name}");
+            assert!(p.is_identity(name.as_bytes()), "{name}");
+        }
+        assert!(kept_for_ui(&p, "x-tenant"));
+        assert!(!kept_for_ui(&p, "x_tenant"));
+        for name in UI_BASELINE_HEADERS {
+            assert!(!is_builtin_identity(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn normalized_name_comparison() {
+        assert!(name_eq_normalized(b"X_Remote_User", "x-remote-user"));
+        assert!(name_eq_normalized(b"x-remote-user", "x-remote-user"));
+        assert!(name_eq_normalized(b"X-REMOTE_USER", "x-remote-user"));
+        assert!(!name_eq_normalized(b"x-remote-use", "x-remote-user"));
+        assert!(!name_eq_normalized(b"x-remote-users", "x-remote-user"));
+        assert!(!name_eq_normalized(b"x-remote.user", "x-remote-user"));
+        assert!(!name_eq_normalized(
+            "x-remote-us\u{e9}".as_bytes(),
+            "x-remote-user"
+        ));
+        // `canonical` is taken as already normalized.
+        assert!(!name_eq_normalized(b"x-remote-user", "X-Remote-User"));
+        assert!(!name_eq_normalized(b"x_remote_user", "x_remote_user"));
+        assert!(name_eq_normalized(b"", ""));
+        assert!(name_starts_with_normalized(b"CF_ACCESS_JWT", "cf-access-"));
+        assert!(name_starts_with_normalized(b"cf-access-", "cf-access-"));
+        assert!(!name_starts_with_normalized(b"cf-access", "cf-access-"));
+        assert!(!name_starts_with_normalized(b"xcf-access-", "cf-access-"));
+        assert_eq!(normalize_header_name("  X_Foo-BAR\t"), "x-foo-bar");
+    }
+
+    #[test]
+    fn built_in_lists_are_normalized_distinct_and_disjoint() {
+        let normal = |n: &str| {
+            HeaderName::from_bytes(n.as_bytes()).is_ok()
+                && n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        };
+        for (i, name) in IDENTITY_HEADERS.iter().enumerate() {
+            assert!(normal(name), "{name}");
+            assert!(!IDENTITY_HEADERS[..i].contains(name), "duplicate {name}");
+            assert!(
+                !IDENTITY_HEADER_PREFIXES
+                    .iter()
+                    .any(|p| name_starts_with_normalized(name.as_bytes(), p)),
+                "{name} is already covered by a prefix"
+            );
+        }
+        for (i, prefix) in IDENTITY_HEADER_PREFIXES.iter().enumerate() {
+            assert!(normal(prefix) && prefix.ends_with('-'), "{prefix}");
+            for (j, other) in IDENTITY_HEADER_PREFIXES.iter().enumerate() {
+                assert!(
+                    i == j || !prefix.starts_with(other),
+                    "{prefix} is covered by {other}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -321,5 +732,62 @@ mod tests {
         assert!(!h["x-other"].is_sensitive());
         assert!(is_credential_header(&COOKIE));
         assert!(!is_credential_header(&HeaderName::from_static("x-other")));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        const EXTRA: &str = "x-streamlit-user";
+
+        fn policy() -> HeaderPolicy {
+            HeaderPolicy::new(&["X_Streamlit_User".into()], &["x-tenant".into()])
+        }
+
+        /// A normalized identity name: an exact one, a prefix plus a tail, or the extra one.
+        fn identity_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                select(IDENTITY_HEADERS).prop_map(str::to_owned),
+                (select(IDENTITY_HEADER_PREFIXES), "[a-z0-9-]{0,12}")
+                    .prop_map(|(p, tail)| format!("{p}{tail}")),
+                Just(EXTRA.to_owned()),
+            ]
+        }
+
+        /// `name` with each letter's case and each `-`/`_` chosen at random.
+        fn respelled(name: String) -> impl Strategy<Value = String> {
+            let len = name.len();
+            proptest::collection::vec((any::<bool>(), any::<bool>()), len).prop_map(move |flips| {
+                name.bytes()
+                    .zip(flips)
+                    .map(|(b, (upper, swap))| {
+                        let b = if swap && b == b'-' { b'_' } else { b };
+                        char::from(if upper { b.to_ascii_uppercase() } else { b })
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_spelling_of_an_identity_name_is_stripped(
+                name in identity_name().prop_flat_map(respelled)
+            ) {
+                let p = policy();
+                prop_assert!(p.is_identity(name.as_bytes()), "{}", name);
+                prop_assert!(stripped(&p, &name), "{}", name);
+                prop_assert!(!kept_for_ui(&p, &name), "{}", name);
+            }
+
+            #[test]
+            fn is_identity_agrees_with_strip_identity(name in "[A-Za-z0-9_-]{1,40}") {
+                let p = policy();
+                // `stripped` and `kept_for_ui` assert the raw and `HeaderMap` rules agree.
+                let identity = stripped(&p, &name);
+                let ui = kept_for_ui(&p, &name);
+                prop_assert!(!(identity && ui), "{}", name);
+            }
+        }
     }
 }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{IDLE_TIMEOUT, Lot};
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
-use crate::headers::{ClientHop, HOP_BY_HOP};
+use crate::headers::{ClientHop, ConnectionOptions};
 use crate::proxy::TunnelSpec;
 use crate::response::plain_rid;
 use crate::routing::{self, Route};
@@ -83,22 +83,22 @@ pub(crate) struct UpConn {
 }
 
 impl UpConn {
-    /// Can carry a request now: idle for less than [`IDLE_TIMEOUT`] and not closed by the
-    /// upstream. The I/O driver marks an idle connection readable when the upstream closes it
-    /// (or sends something unasked); only then is it read, without waiting, to tell which.
+    /// Can carry a request now: idle for less than [`IDLE_TIMEOUT`], not closed by the upstream,
+    /// and with nothing unread: bytes an upstream sent after its complete response (a body
+    /// after HEAD/204/304, a second response nobody asked for) would otherwise be read as the
+    /// next request's response. One non-blocking read tells (`EAGAIN` when clean): the I/O
+    /// driver's readiness alone is not enough, since a short read clears it and the bytes may
+    /// have arrived since without the driver having looked.
     fn usable(&self) -> bool {
         if self.used.elapsed() >= IDLE_TIMEOUT {
             return false;
         }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            std::task::Poll::Pending => true,
-            std::task::Poll::Ready(Err(_)) => false,
-            std::task::Poll::Ready(Ok(())) => {
-                let mut b = [0u8; 1];
-                matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
-            }
-        }
+        // A peek on the non-blocking socket, past tokio's cached readiness.
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.stream).peek(&mut b),
+            Err(e) if e.kind() == ErrorKind::WouldBlock
+        )
     }
 }
 
@@ -241,8 +241,9 @@ struct Plan {
     retryable: bool,
     /// The client asked to close after this exchange.
     client_close: bool,
-    /// A protocol upgrade (WebSocket): `Connection: upgrade` and `Upgrade` are sent on.
-    upgrade: bool,
+    /// A WebSocket upgrade: the `Sec-WebSocket-Accept` the upstream's 101 must carry
+    /// (`Connection: upgrade` and `Upgrade: websocket` are sent on).
+    ws_accept: Option<String>,
     endpoint: Endpoint,
     rid: HeaderValue,
 }
@@ -255,29 +256,27 @@ enum Parsed {
     Handoff,
 }
 
-/// Whether `name` is hop-by-hop: on the fixed list or named in a `Connection` value
-/// (RFC 9110 §7.6.1), as [`crate::strip_hop_by_hop`] decides.
-fn hop_by_hop(name: &str, connection: &[&[u8]]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
-        || connection.iter().any(|v| {
-            v.split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
-}
-
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `content-length: {n}`, the framing the gateway relays (formatted without allocating).
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut v = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    push_field(out, b"content-length", &digits[at..]);
 }
 
 /// `HTTP/1.1 {status} {reason}` and its line end.
@@ -336,25 +335,22 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     let policy = &inner.header_policy;
 
     // One pass for the fields that decide the exchange.
-    let mut connection: [&[u8]; 4] = [&[]; 4];
-    let mut n_connection = 0;
+    // `Connection` is parsed once into a bounded set (one lookup per field below).
+    let mut connection = ConnectionOptions::default();
     let mut host: Option<&[u8]> = None;
     let mut length: Option<u64> = None;
-    let mut client_close = false;
-    let mut wants_upgrade = false;
     let mut upgrade: Option<&[u8]> = None;
+    let mut ws_key: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            if n_connection == connection.len() {
+            connection.add(h.value);
+        } else if name.eq_ignore_ascii_case("host") {
+            // One valid Host or hyper answers 400 (`headers::check_host`).
+            if host.is_some() || !crate::headers::valid_host(h.value) {
                 return Parsed::Handoff;
             }
-            client_close |= has_token(h.value, "close");
-            wants_upgrade |= has_token(h.value, "upgrade");
-            connection[n_connection] = h.value;
-            n_connection += 1;
-        } else if name.eq_ignore_ascii_case("host") {
-            host = host.or(Some(h.value));
+            host = Some(h.value);
         } else if name.eq_ignore_ascii_case("content-length") {
             match (length, content_length(h.value)) {
                 (None, Some(n)) => length = Some(n),
@@ -362,21 +358,25 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade = upgrade.or(Some(h.value));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws_key = ws_key.or(Some(h.value));
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
         {
             return Parsed::Handoff;
         }
     }
-    // An upgrade needs both (RFC 9110 §7.8), as `headers::upgrade_request` decides. Upgrades
-    // with a body or under an Origin allow-list are left to the general path.
-    let upgrade = upgrade.filter(|_| wants_upgrade);
-    if upgrade.is_some()
-        && (length.is_some_and(|n| n > 0) || !inner.limits.ws_allowed_origins.is_empty())
-    {
+    // Only a WebSocket upgrade is one (`headers::upgrade_request` decides the same); any other
+    // `Upgrade` is hop-by-hop and the request goes on as a plain one. Upgrades with a body or
+    // under an Origin allow-list are left to the general path.
+    let ws_accept = crate::headers::is_websocket_upgrade(connection.upgrade, upgrade, ws_key)
+        .then(|| ws_key.map(crate::headers::websocket_accept))
+        .flatten();
+    let upgrade = ws_accept.is_some();
+    let client_close = connection.close;
+    if upgrade && (length.is_some_and(|n| n > 0) || !inner.limits.ws_allowed_origins.is_empty()) {
         return Parsed::Handoff;
     }
-    let connection = &connection[..n_connection];
     let Some(host) = host else {
         return Parsed::Handoff;
     };
@@ -437,13 +437,16 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             }
             continue;
         }
+        // The framing is the gateway's: the length it counted and relays, where the client put
+        // its `Content-Length` (never removed by a `Connection` option, never copied).
+        if name.eq_ignore_ascii_case("content-length") {
+            push_length(&mut out, body_len);
+            continue;
+        }
         let forward = !policy.is_identity(name.as_bytes())
-            && !hop_by_hop(name, connection)
+            && !connection.hop_by_hop(name.as_bytes())
             && policy.ui_allows(name.as_bytes())
-            && !name.eq_ignore_ascii_case(observe::REQUEST_ID.as_str())
-            && !REPLACED_ON_HOP
-                .iter()
-                .any(|n| n.as_str().eq_ignore_ascii_case(name));
+            && !crate::forwarded::is_replaced_on_hop(name.as_bytes());
         if forward {
             push_field(&mut out, name.as_bytes(), h.value);
         }
@@ -452,9 +455,9 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     push_field(&mut out, b"x-request-id", rid.as_bytes());
-    if let Some(u) = upgrade {
+    if upgrade {
         push_field(&mut out, b"connection", b"upgrade");
-        push_field(&mut out, b"upgrade", u);
+        push_field(&mut out, b"upgrade", crate::headers::WEBSOCKET.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 
@@ -464,13 +467,13 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         body_len,
         head_request: method == "HEAD",
         retryable: body_len == 0
-            && upgrade.is_none()
+            && !upgrade
             && matches!(
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
         client_close,
-        upgrade: upgrade.is_some(),
+        ws_accept,
         endpoint,
         rid,
     })
@@ -485,6 +488,8 @@ enum UpError {
     Failed { detail: String, closed: bool },
     /// The upstream answered 101 to a request that asked for no upgrade.
     Switched,
+    /// The upstream's 101 does not complete the WebSocket handshake (`Sec-WebSocket-Accept`).
+    Handshake,
     /// The client went away while its body was being forwarded.
     Client,
 }
@@ -513,8 +518,9 @@ struct HeadCtx<'a> {
     head_request: bool,
     /// The client connection closes after this exchange.
     close: bool,
-    /// The request asked for an upgrade (a 101 is expected, not an error).
-    upgrade: bool,
+    /// The request asked for a WebSocket upgrade: a 101 with this `Sec-WebSocket-Accept` is
+    /// expected (any other 101 is a 502).
+    ws_accept: Option<&'a str>,
 }
 
 /// Forwards one request and its response; says what becomes of the client connection.
@@ -536,9 +542,9 @@ async fn exchange(
         rid: &rid,
         head_request: plan.head_request,
         close: plan.client_close || closing.is_cancelled(),
-        upgrade: plan.upgrade,
+        ws_accept: plan.ws_accept.as_deref(),
     };
-    let (timeout, timeout_setting) = if plan.upgrade {
+    let (timeout, timeout_setting) = if plan.ws_accept.is_some() {
         (inner.limits.ws_open_timeout, "gateway_ws_open_timeout_s")
     } else {
         (proxy.read_timeout, "gateway_upstream_read_timeout_s")
@@ -586,6 +592,7 @@ async fn exchange(
                 Ok(Err(UpError::Failed { detail, .. })) => {
                     crate::proxy::failed(name, &authority, false, &detail, &rid)
                 }
+                Ok(Err(UpError::Handshake)) => crate::proxy::bad_handshake(name, &rid),
                 _ => plain_rid(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -719,7 +726,7 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&conn.buf) {
                     Ok(httparse::Status::Complete(n)) => match resp.code {
-                        Some(101) if !ctx.upgrade => return Err(UpError::Switched),
+                        Some(101) if ctx.ws_accept.is_none() => return Err(UpError::Switched),
                         Some(101) => Step::Head(rewrite_head(&resp, ctx)?, n),
                         Some(100..=199) => Step::Interim(n),
                         _ => Step::Head(rewrite_head(&resp, ctx)?, n),
@@ -792,18 +799,18 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         closed: false,
     };
     let code = resp.code.unwrap_or(0);
-    let mut connection: Vec<&[u8]> = Vec::new();
+    let mut connection = ConnectionOptions::default();
     let mut length: Option<u64> = None;
     let mut te_chunked: Option<bool> = None;
     let mut date = false;
     let mut upgrade: Option<&[u8]> = None;
+    let mut accept: Option<&[u8]> = None;
     let switched = code == 101;
     let mut upstream_keep = resp.version == Some(1) && !switched;
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            upstream_keep &= !has_token(h.value, "close");
-            connection.push(h.value);
+            connection.add(h.value);
         } else if name.eq_ignore_ascii_case("content-length") {
             match (length, content_length(h.value)) {
                 (None, Some(n)) => length = Some(n),
@@ -818,8 +825,18 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             date = true;
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade = upgrade.or(Some(h.value));
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = accept.or(Some(h.value));
         }
     }
+    if switched
+        && !ctx
+            .ws_accept
+            .is_some_and(|want| crate::headers::websocket_switched(want, accept, upgrade))
+    {
+        return Err(UpError::Handshake);
+    }
+    upstream_keep &= !connection.close;
     let framing = if switched || ctx.head_request || code == 204 || code == 304 {
         Framing::None
     } else {
@@ -834,16 +851,25 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     let status = StatusCode::from_u16(code).map_err(|_| bad("status"))?;
     let mut out = Vec::with_capacity(512);
     push_status_line(&mut out, status, resp.reason.unwrap_or(""));
+    let mut length_sent = false;
     for h in resp.headers.iter() {
         let name = h.name;
-        let te = name.eq_ignore_ascii_case("transfer-encoding");
-        let keep = if te {
+        if name.eq_ignore_ascii_case("content-length") {
+            // The framing is the gateway's: one `Content-Length` with the length it relays (or,
+            // for HEAD/204/304, the validated length the upstream declared), where the upstream
+            // put it; never removed by a `Connection` option. Transfer-Encoding overrides it
+            // (RFC 9112 §6.3): then none goes on.
+            if let (Some(n), None, false) = (length, te_chunked, length_sent) {
+                push_length(&mut out, n);
+                length_sent = true;
+            }
+            continue;
+        }
+        let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
             !matches!(framing, Framing::None)
         } else {
             let replaced = name.eq_ignore_ascii_case(observe::REQUEST_ID.as_str());
-            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); only one goes on.
-            let overridden = te_chunked.is_some() && name.eq_ignore_ascii_case("content-length");
-            !(hop_by_hop(name, &connection) || replaced || overridden)
+            !(connection.hop_by_hop(name.as_bytes()) || replaced)
         };
         if keep {
             push_field(&mut out, name.as_bytes(), h.value);
@@ -851,9 +877,9 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     }
     push_field(&mut out, b"x-request-id", ctx.rid.as_bytes());
     push_own_fields(&mut out, !date, close);
-    if let Some(u) = upgrade.filter(|_| switched) {
+    if switched {
         push_field(&mut out, b"connection", b"upgrade");
-        push_field(&mut out, b"upgrade", u);
+        push_field(&mut out, b"upgrade", crate::headers::WEBSOCKET.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     Ok(RespHead {
@@ -1193,12 +1219,12 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_names_follow_the_fixed_list_and_connection() {
-        assert!(hop_by_hop("Keep-Alive", &[]));
-        assert!(hop_by_hop("TE", &[]));
-        assert!(!hop_by_hop("x-custom", &[]));
-        assert!(hop_by_hop("X-Custom", &[b"keep-alive, x-custom"]));
-        assert!(!hop_by_hop("x-cust", &[b"keep-alive, x-custom"]));
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 65536, u64::MAX] {
+            let mut out = Vec::new();
+            push_length(&mut out, n);
+            assert_eq!(out, format!("content-length: {n}\r\n").into_bytes());
+        }
     }
 
     #[test]

@@ -309,6 +309,18 @@ impl ClientView {
         for name in &REPLACED_ON_HOP {
             headers.remove(name);
         }
+        // Other spellings (`X_Forwarded_For`, `x_request_id`), which CGI/WSGI servers read as
+        // the real ones. The canonical `X-Request-ID` is the gateway's, set by the caller.
+        let spelled: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                *k != crate::observe::REQUEST_ID && is_replaced_on_hop(k.as_str().as_bytes())
+            })
+            .cloned()
+            .collect();
+        for name in spelled {
+            headers.remove(name);
+        }
         for (name, value) in self.forwarded_fields(prefix) {
             headers.insert(name, value);
         }
@@ -337,6 +349,17 @@ impl ClientView {
         .into_iter()
         .flatten()
     }
+}
+
+/// Whether a raw field name is one the gateway owns on every hop ([`REPLACED_ON_HOP`] or
+/// `X-Request-ID`) in any spelling: letter case, and `_` for `-` (CGI/WSGI servers read
+/// `X_Forwarded_For` as `X-Forwarded-For`, RFC 3875 §4.1.18). Such fields from a client are never
+/// forwarded; only the canonical spellings are ever read from a trusted proxy.
+pub fn is_replaced_on_hop(name: &[u8]) -> bool {
+    REPLACED_ON_HOP
+        .iter()
+        .chain([&crate::observe::REQUEST_ID])
+        .any(|n| fluxlit_auth::name_eq_normalized(name, n.as_str()))
 }
 
 /// Inbound headers every upstream hop drops: the gateway sets its own forwarded headers

@@ -601,6 +601,13 @@ impl Gateway {
         );
         let rid = observe::request_id(req.headers(), view.peer_trusted);
         req.headers_mut().insert(observe::REQUEST_ID, rid.clone());
+        // RFC 9112 §3.2: one valid Host, agreeing with an absolute-form target.
+        if let Err(e) = headers::check_host(req.version(), req.headers(), req.uri().authority()) {
+            let mut r = plain_rid(StatusCode::BAD_REQUEST, format!("FluxLit: {e}\n"), &rid);
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return with_rid(r, &rid);
+        }
         // A clone of the target shares its bytes (no copy); the path borrows from it.
         let target = req.uri().clone();
         let raw_path = target.path();
@@ -619,14 +626,20 @@ impl Gateway {
                 );
             }
         };
-        // The gateway's own endpoints outside the API mount (UI-routed paths).
-        if let Route::Ui { .. } = &route
-            && method == Method::GET
-            && (inner.metrics.is_some() || raw_path.contains(DEBUG_PATH))
-        {
-            let own = routing::dispatch_path(raw_path, &inner.root);
+        // The gateway's own endpoints: everything under `/__fluxlit` (404 unless enabled), and
+        // a metrics path configured elsewhere outside the API mount.
+        let own = match &route {
+            Route::Gateway { path } => Some(path.as_str()),
+            Route::Ui { .. } if inner.metrics.is_some() => {
+                Some(routing::dispatch_path(raw_path, &inner.root))
+            }
+            _ => None,
+        };
+        if let Some(own) = own {
+            let get = method == Method::GET || method == Method::HEAD;
             if let Some((path, render)) = &inner.metrics
                 && own == path.as_str()
+                && get
             {
                 let mut r = Response::new(response::full(render()));
                 r.headers_mut().insert(
@@ -635,13 +648,18 @@ impl Gateway {
                 );
                 return with_rid(r, &rid);
             }
-            if own == DEBUG_PATH {
-                return with_rid(self.debug_snapshot(), &rid);
+            if matches!(route, Route::Gateway { .. }) {
+                let r = if own == DEBUG_PATH && get {
+                    self.debug_snapshot()
+                } else {
+                    plain(StatusCode::NOT_FOUND, "Not Found\n")
+                };
+                return with_rid(r, &rid);
             }
         }
 
         let dispatch: &'static str = match &route {
-            Route::Healthz | Route::Readyz => "internal",
+            Route::Healthz | Route::Readyz | Route::Gateway { .. } => "internal",
             Route::Api { .. } => "api",
             Route::Ui { .. } => "streamlit",
         };
@@ -685,6 +703,8 @@ impl Gateway {
                     Method::GET | Method::HEAD => (self.readyz(), None),
                     _ => (method_not_allowed(), None),
                 },
+                // Answered above; kept for completeness.
+                Route::Gateway { .. } => (plain(StatusCode::NOT_FOUND, "Not Found\n"), None),
                 Route::Api { path } => {
                     let public_prefix = format!(
                         "{}{}",

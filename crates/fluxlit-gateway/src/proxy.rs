@@ -1,5 +1,6 @@
 //! The reverse proxy: one pooled HTTP/1.1 client for every upstream, bodies streamed both
-//! ways, WebSocket (and any HTTP/1.1) upgrades spliced byte for byte once the upstream says 101.
+//! ways, WebSocket upgrades spliced byte for byte once the upstream's 101 completes the handshake
+//! (no other protocol is ever tunnelled).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -185,6 +186,25 @@ pub(crate) fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<
     r.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     r
+}
+
+/// The 502 for an upstream whose 101 does not complete the WebSocket handshake the gateway
+/// forwarded (wrong or missing `Sec-WebSocket-Accept`, or another `Upgrade`): never tunnelled.
+pub(crate) fn bad_handshake(name: &str, rid: &HeaderValue) -> Response<Body> {
+    metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "handshake")
+        .increment(1);
+    tracing::warn!(
+        request_id = rid.to_str().unwrap_or(""),
+        upstream = name,
+        "upstream 101 without a valid Sec-WebSocket-Accept; not tunnelled"
+    );
+    plain_rid(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "FluxLit: the {name} upstream switched protocols without completing the WebSocket handshake (Sec-WebSocket-Accept)\n"
+        ),
+        rid,
+    )
 }
 
 /// The 504 for an upstream that sent no response headers within `timeout` (set by `setting`);
@@ -527,11 +547,11 @@ impl Proxy {
             }
             None => {}
         }
-        if let Some(u) = &upgrade {
+        if upgrade.is_some() {
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(UPGRADE, u.clone());
+            parts.headers.insert(UPGRADE, crate::headers::WEBSOCKET);
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -619,7 +639,8 @@ impl Proxy {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
+            let (Some(client_upgrade), Some(expected)) = (client_upgrade, upgrade.as_deref())
+            else {
                 return plain_rid(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -629,6 +650,15 @@ impl Proxy {
                 )
                 .into();
             };
+            let h = resp.headers();
+            if !crate::headers::websocket_switched(
+                expected,
+                h.get(http::header::SEC_WEBSOCKET_ACCEPT)
+                    .map(HeaderValue::as_bytes),
+                h.get(UPGRADE).map(HeaderValue::as_bytes),
+            ) {
+                return bad_handshake(name, rid).into();
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let spec = self.tunnel_spec(name, rid);
             let conn = hop.conn.clone();
@@ -643,15 +673,12 @@ impl Proxy {
                 };
                 tunnel(TokioIo::new(client), TokioIo::new(upstream), spec).await;
             });
-            let up = resp.headers().get(UPGRADE).cloned();
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            if let Some(u) = up {
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                parts.headers.insert(UPGRADE, u);
-            }
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, crate::headers::WEBSOCKET);
             return Response::from_parts(
                 parts,
                 Empty::new().map_err(|never| match never {}).boxed_unsync(),

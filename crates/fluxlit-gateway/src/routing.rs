@@ -2,11 +2,12 @@
 //!
 //! The gateway accepts both shapes a front proxy may use under a root path `/myapp`:
 //! one that strips the prefix (`/api/ping`, `/`) and one that forwards the full path
-//! (`/myapp/api/ping`, `/myapp/`). Dot segments are removed first (RFC 3986 §5.2.4, including
-//! their percent-encoded forms) so that the route decided here is the route the upstream sees;
-//! `%2F` is never decoded, so `/api%2Fx` is not under `/api`.
-
-use std::borrow::Cow;
+//! (`/myapp/api/ping`, `/myapp/`). A path with a dot segment (`.` or `..`, RFC 3986 §3.3, or
+//! their percent-encoded forms `%2e`, `%2e%2e`, `.%2e`, `%2e.`) is refused: an edge that does not
+//! normalise would route `/myapp/%2e%2e/api/x` as a UI path while a resolving gateway would route
+//! it to the API, so no route is decided for it at all. `%2F` is never decoded, so `/api%2Fx` is
+//! not under `/api`. Everything under `/__fluxlit` (after the root path) is the gateway's own
+//! ([`Route::Gateway`]), whatever the configuration.
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,13 @@ pub enum Route {
         /// Path after the API mount.
         path: String,
     },
+    /// `/__fluxlit` and everything under it (after the root path): the gateway's own endpoints
+    /// (metrics, the debug snapshot), answered by the gateway (404 when not enabled), never
+    /// forwarded to an upstream.
+    Gateway {
+        /// The path after the root path, starting with [`OWN_PREFIX`].
+        path: String,
+    },
     /// Everything else; `path` is what Streamlit sees (root path re-added, since Streamlit runs
     /// with `server.baseUrlPath` set to it).
     Ui {
@@ -28,26 +36,44 @@ pub enum Route {
     },
 }
 
-/// A request path the gateway cannot route.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("request target must be an absolute path starting with `/`")]
-pub struct BadPath;
+/// The gateway's own path space, after the root path (reference §5: `/__fluxlit/metrics`,
+/// `/__fluxlit/debug`).
+pub const OWN_PREFIX: &str = "/__fluxlit";
+
+/// A request path the gateway cannot route (answered with 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    /// Not an absolute path (`*`, empty, or an absolute-form target's path missing).
+    #[error("request target must be an absolute path starting with `/`")]
+    NotAbsolute,
+    /// A `.` or `..` segment, plain or percent-encoded (RFC 3986 §3.3, §5.2.4).
+    #[error("request path must not contain dot segments (`.`, `..`, or `%2e` forms)")]
+    DotSegment,
+}
 
 /// Splits `raw_path` (no query) for a gateway with public mount `root` (`""` or `/seg…`) and API
 /// mount `api` (`/seg…`).
 ///
 /// # Errors
-/// [`BadPath`] when the path does not start with `/` (for example `*` or an empty path).
+/// [`BadPath::NotAbsolute`] when the path does not start with `/` (for example `*` or an empty
+/// path); [`BadPath::DotSegment`] when a segment is a dot segment.
 pub fn route(raw_path: &str, root: &str, api: &str) -> Result<Route, BadPath> {
     if !raw_path.starts_with('/') {
-        return Err(BadPath);
+        return Err(BadPath::NotAbsolute);
     }
-    let path = remove_dot_segments(raw_path);
-    let path: &str = &path;
+    if has_dot_segment(raw_path) {
+        return Err(BadPath::DotSegment);
+    }
+    let path = raw_path;
     let (dispatch, had_prefix) = match strip_mount(path, root) {
         Some(rest) => (rest, true),
         None => (path, false),
     };
+    if strip_mount(dispatch, OWN_PREFIX).is_some() {
+        return Ok(Route::Gateway {
+            path: dispatch.to_owned(),
+        });
+    }
     if let Some(rest) = strip_mount(dispatch, api) {
         return Ok(match rest {
             "/healthz" => Route::Healthz,
@@ -68,14 +94,16 @@ pub fn route(raw_path: &str, root: &str, api: &str) -> Result<Route, BadPath> {
     Ok(Route::Ui { path: ui })
 }
 
-/// The path after the root path (dot segments removed), for the gateway's own endpoints
-/// outside the API mount (metrics, debug): `/myapp/__fluxlit/debug` and `/__fluxlit/debug`
-/// both give `/__fluxlit/debug` under root `/myapp`.
-pub fn dispatch_path<'a>(raw_path: &'a str, root: &str) -> Cow<'a, str> {
-    match remove_dot_segments(raw_path) {
-        Cow::Borrowed(clean) => Cow::Borrowed(strip_mount(clean, root).unwrap_or(clean)),
-        Cow::Owned(clean) => Cow::Owned(strip_mount(&clean, root).unwrap_or(&clean).to_owned()),
-    }
+/// The path after the root path, for the gateway's own endpoints outside the API mount
+/// (metrics, debug): `/myapp/__fluxlit/debug` and `/__fluxlit/debug` both give
+/// `/__fluxlit/debug` under root `/myapp`.
+pub fn dispatch_path<'a>(raw_path: &'a str, root: &str) -> &'a str {
+    strip_mount(raw_path, root).unwrap_or(raw_path)
+}
+
+/// Whether a segment of `path` is a dot segment, plain or percent-encoded.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| dot_kind(s).is_some())
 }
 
 /// `Some(rest)` when `path` is `mount` or lies under it (`rest` is `/` for the mount itself);
@@ -105,40 +133,6 @@ fn dot_kind(seg: &str) -> Option<u8> {
     }
 }
 
-/// RFC 3986 §5.2.4 `remove_dot_segments` on an absolute path, also treating `%2e` as `.`.
-/// `..` above the root stays at the root. Borrowed when there is nothing to remove.
-pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {
-    if !path.split('/').any(|s| dot_kind(s).is_some()) {
-        return Cow::Borrowed(path);
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segs.len().saturating_sub(1);
-    let mut trailing = false;
-    for (i, seg) in segs.iter().enumerate() {
-        match dot_kind(seg) {
-            Some(1) => trailing = i == last,
-            Some(_) => {
-                out.pop();
-                trailing = i == last;
-            }
-            None => {
-                out.push(seg);
-                trailing = false;
-            }
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if trailing || s.is_empty() {
-        s.push('/');
-    }
-    Cow::Owned(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +143,9 @@ mod tests {
     }
     fn api(p: &str) -> Route {
         Route::Api { path: p.into() }
+    }
+    fn own(p: &str) -> Route {
+        Route::Gateway { path: p.into() }
     }
 
     #[test]
@@ -168,12 +165,17 @@ mod tests {
             ("//api/ping", "", "/api", ui("//api/ping")),
             ("/api//ping", "", "/api", api("//ping")),
             ("/_stcore/stream", "", "/api", ui("/_stcore/stream")),
-            // dot segments are resolved before routing
-            ("/x/../api/ping", "", "/api", api("/ping")),
-            ("/api/../x", "", "/api", ui("/x")),
-            ("/api/%2e%2e/x", "", "/api", ui("/x")),
-            ("/api/./healthz", "", "/api", Route::Healthz),
-            ("/../../api/healthz", "", "/api", Route::Healthz),
+            // the gateway's own path space, under the root path too
+            ("/__fluxlit/debug", "", "/api", own("/__fluxlit/debug")),
+            ("/__fluxlit", "", "/api", own("/__fluxlit")),
+            ("/__fluxlitx", "", "/api", ui("/__fluxlitx")),
+            ("/myapp/__fluxlit/x", "/myapp", "/api", own("/__fluxlit/x")),
+            (
+                "/__fluxlit/metrics",
+                "/myapp",
+                "/api",
+                own("/__fluxlit/metrics"),
+            ),
             // root path, both proxy shapes
             ("/myapp", "/myapp", "/api", ui("/myapp")),
             ("/myapp/", "/myapp", "/api", ui("/myapp/")),
@@ -221,22 +223,33 @@ mod tests {
 
     #[test]
     fn rejects_non_absolute_targets() {
-        assert_eq!(route("*", "", "/api"), Err(BadPath));
-        assert_eq!(route("", "", "/api"), Err(BadPath));
+        assert_eq!(route("*", "", "/api"), Err(BadPath::NotAbsolute));
+        assert_eq!(route("", "", "/api"), Err(BadPath::NotAbsolute));
     }
 
     #[test]
-    fn dot_segments() {
-        assert_eq!(remove_dot_segments("/a/b/../c"), "/a/c");
-        assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
-        assert_eq!(remove_dot_segments("/a/./b/."), "/a/b/");
-        assert_eq!(remove_dot_segments("/.."), "/");
-        assert_eq!(remove_dot_segments("/a/%2E%2e/b"), "/b");
-        assert_eq!(remove_dot_segments("/a/.b/..c"), "/a/.b/..c");
-        assert!(matches!(
-            remove_dot_segments("/plain/path"),
-            Cow::Borrowed(_)
-        ));
+    fn refuses_dot_segments_plain_and_encoded() {
+        for p in [
+            "/x/../api/ping",
+            "/api/../x",
+            "/api/%2e%2e/x",
+            "/api/./healthz",
+            "/../../api/healthz",
+            "/myapp/%2e%2e/api/x",
+            "/myapp/%2E%2E/api/x",
+            "/a/.%2e/b",
+            "/a/%2e./b",
+            "/a/%2e",
+            "/.",
+            "/a/..",
+        ] {
+            for root in ["", "/myapp"] {
+                assert_eq!(route(p, root, "/api"), Err(BadPath::DotSegment), "{p}");
+            }
+        }
+        for p in ["/a/.b/..c", "/a/...", "/.well-known/x", "/a%2e/b"] {
+            assert!(route(p, "", "/api").is_ok(), "{p}");
+        }
     }
 
     proptest! {
@@ -246,8 +259,11 @@ mod tests {
             root in prop_oneof![Just(""), Just("/myapp"), Just("/apps/my-app")],
         ) {
             let path = format!("/{}", segs.join("/"));
-            let r = route(&path, root, "/api").unwrap();
-            let clean = remove_dot_segments(&path).into_owned();
+            let Ok(r) = route(&path, root, "/api") else {
+                prop_assert!(has_dot_segment(&path));
+                return Ok(());
+            };
+            let clean = path.clone();
             match r {
                 Route::Api { path: p } => {
                     prop_assert!(p.starts_with('/'));
@@ -260,6 +276,9 @@ mod tests {
                 }
                 Route::Healthz | Route::Readyz => {
                     prop_assert!(clean.ends_with("/api/healthz") || clean.ends_with("/api/readyz"));
+                }
+                Route::Gateway { path: p } => {
+                    prop_assert!(p.starts_with(OWN_PREFIX));
                 }
                 Route::Ui { path: p } => {
                     prop_assert!(p.starts_with(root));

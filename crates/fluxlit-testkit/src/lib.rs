@@ -2,12 +2,14 @@
 //!
 //! - [`eventually`]: wait for a condition with a bounded timeout, never a fixed sleep.
 //! - [`upstream`]: a real HTTP/WebSocket upstream with scripted behaviours, for transparency tests.
+//! - [`raw`]: a recording raw-socket HTTP/1.1 upstream and a strict raw client, for edge cases.
 //! - [`process`]: looking at processes (alive, children, process groups).
 //! - [`cdp`]: a minimal Chrome DevTools Protocol driver for Debian's headless `chromium`.
 //! - [`repo_root`] / [`venv_python`]: where the workspace and its Python venv are.
 
 pub mod cdp;
 pub mod process;
+pub mod raw;
 pub mod streamlit;
 pub mod upstream;
 

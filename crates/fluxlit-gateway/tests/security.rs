@@ -1,0 +1,543 @@
+//! Security regressions, against raw sockets, on both engines (the HTTP/1.1 fast path and the
+//! hyper path), in front of a recording upstream that logs every request it reads off the wire:
+//! request smuggling through `Connection` (F1, both directions), stale upstream bytes, the
+//! gateway's reserved paths, dot segments, identity headers, `Host` rules and upgrades.
+//! `docs/security.md` lists which test proves which guarantee.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fluxlit_gateway::{ApiTarget, Endpoint, Gateway, GatewayBuilder, Upstream};
+use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config, TestRunner};
+use tokio::sync::oneshot;
+
+/// Both engines: the fast path (the default) and hyper's.
+const ENGINES: [bool; 2] = [true, false];
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn start(builder: GatewayBuilder, fast: bool) -> Running {
+    let gateway = builder
+        .http1_fast_path(fast)
+        .drain_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        gateway
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        gateway.drain_tunnels(Duration::ZERO).await;
+    });
+    Running {
+        addr,
+        stop: Some(tx),
+    }
+}
+
+fn upstream(addr: SocketAddr, name: &str) -> Upstream {
+    Upstream::fixed(
+        name,
+        Endpoint {
+            authority: addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        },
+    )
+}
+
+/// A gateway with the recording upstream as the UI and as the API upstream.
+async fn gateway_for(rec: &RecordingUpstream, fast: bool) -> Running {
+    start(
+        Gateway::builder()
+            .ui(upstream(rec.addr, "ui"))
+            .api(ApiTarget::Upstream(upstream(rec.addr, "api"))),
+        fast,
+    )
+    .await
+}
+
+fn engine(fast: bool) -> &'static str {
+    if fast { "fast path" } else { "hyper path" }
+}
+
+const SMUGGLED: &[u8] = b"GET /__echo/SMUGGLED HTTP/1.1\r\nHost: x\r\nX-Remote-User: admin\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+
+/// F1: a client naming `Content-Length` in `Connection` cannot make the upstream read its body
+/// as a second request, and the next request on the connection gets its own response.
+#[tokio::test]
+async fn connection_content_length_cannot_smuggle_a_request() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        let mut req = format!(
+            "POST /outer HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Content-Length\r\nContent-Length: {}\r\n\r\n",
+            SMUGGLED.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(SMUGGLED);
+        c.send(&req).await;
+        let first = c.response(false).await.expect("response to /outer");
+        assert_eq!(
+            (first.status, first.text().as_str()),
+            (200, "POST /outer"),
+            "{}",
+            engine(fast)
+        );
+        c.send(b"GET /victim HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let second = c.response(false).await.expect("response to /victim");
+        assert_eq!(second.text(), "GET /victim", "{}", engine(fast));
+        let seen = rec.wait_for(2).await;
+        let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, ["/outer", "/victim"], "{}", engine(fast));
+        assert_eq!(seen[0].body, SMUGGLED, "{}", engine(fast));
+        assert_eq!(
+            seen[0].all("content-length"),
+            [SMUGGLED.len().to_string()],
+            "{}: the gateway writes the framing it relays",
+            engine(fast)
+        );
+    }
+}
+
+/// F1, response side: an upstream naming `Content-Length` in `Connection` still gets its
+/// response framed for the client, and the connection stays in step.
+#[tokio::test]
+async fn upstream_connection_content_length_keeps_the_response_framed() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::with(|r: &Recorded| {
+            if r.target == "/conn-cl" {
+                Reply::raw(
+                    &b"HTTP/1.1 200 OK\r\nConnection: keep-alive, content-length\r\nContent-Length: 5\r\n\r\nhello"[..],
+                )
+            } else {
+                fluxlit_testkit::raw::echo_line(r)
+            }
+        })
+        .await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /conn-cl HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let first = c.response(false).await.expect("first response");
+        assert_eq!(first.text(), "hello", "{}", engine(fast));
+        assert_eq!(first.all("content-length"), ["5"], "{}", engine(fast));
+        c.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let second = c.response(false).await.expect("second response");
+        assert_eq!(second.text(), "GET /after", "{}", engine(fast));
+    }
+}
+
+/// One generated request: method, body, and a `Connection` naming any of these fields.
+#[derive(Debug, Clone)]
+struct Case {
+    method: &'static str,
+    body: Vec<u8>,
+    options: Vec<&'static str>,
+}
+
+const NAMEABLE: [&str; 12] = [
+    "content-length",
+    "Content-Length",
+    "host",
+    "transfer-encoding",
+    "x-request-id",
+    "x-forwarded-for",
+    "keep-alive",
+    "cookie",
+    "x-custom",
+    "te",
+    "upgrade",
+    "accept",
+];
+
+fn cases(n: u32) -> Vec<Case> {
+    let strategy = (
+        proptest::sample::select(vec!["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+        proptest::prop_oneof![
+            proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            // A body that is itself a request, with and without a trailing one.
+            proptest::strategy::Just(SMUGGLED.to_vec()),
+            proptest::strategy::Just([SMUGGLED, SMUGGLED].concat()),
+        ],
+        proptest::sample::subsequence(NAMEABLE.to_vec(), 0..=NAMEABLE.len()),
+    );
+    let mut runner = TestRunner::new_with_rng(
+        Config::with_cases(n),
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
+    (0..n)
+        .map(|_| {
+            let (method, body, options) = strategy.new_tree(&mut runner).unwrap().current();
+            Case {
+                method,
+                body,
+                options,
+            }
+        })
+        .collect()
+}
+
+/// Property: whatever `Connection` names, the upstream reads exactly one request per client
+/// request, with the body and the length the gateway counted.
+#[tokio::test]
+async fn every_request_reaches_the_upstream_exactly_once_with_its_framing() {
+    let cases = cases(48);
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        for (i, case) in cases.iter().enumerate() {
+            let mut req = format!(
+                "{} /case/{i} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, {}\r\nContent-Length: {}\r\nX-Custom: 1\r\n\r\n",
+                case.method,
+                case.options.join(", "),
+                case.body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(&case.body);
+            c.send(&req).await;
+            let resp = c
+                .response(false)
+                .await
+                .unwrap_or_else(|| panic!("{}: no response to case {i}: {case:?}", engine(fast)));
+            assert_eq!(
+                resp.text(),
+                format!("{} /case/{i}", case.method),
+                "{}: case {i} {case:?}",
+                engine(fast)
+            );
+            let seen = rec.wait_for(i + 1).await;
+            assert_eq!(seen.len(), i + 1, "{}: case {i} {case:?}", engine(fast));
+            let got = &seen[i];
+            assert_eq!(got.target, format!("/case/{i}"), "{}", engine(fast));
+            assert_eq!(got.body, case.body, "{}: case {i}", engine(fast));
+            assert_eq!(
+                got.all("content-length"),
+                [case.body.len().to_string()],
+                "{}: case {i} {case:?}",
+                engine(fast)
+            );
+            assert_eq!(got.all("host"), ["x"], "{}: case {i}", engine(fast));
+        }
+        // Nothing more arrived than was asked.
+        assert_eq!(rec.requests().len(), cases.len(), "{}", engine(fast));
+    }
+}
+
+/// Bytes an upstream sends after a complete response (a body after HEAD or 204, a second
+/// response nobody asked for) never become another request's response.
+#[tokio::test]
+async fn stale_upstream_bytes_never_answer_the_next_request() {
+    const POISON: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON";
+    for fast in ENGINES {
+        let rec = RecordingUpstream::with(|r: &Recorded| match r.target.as_str() {
+            "/head" => Reply {
+                writes: vec![
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n".to_vec(),
+                    POISON.to_vec(),
+                ],
+                close: false,
+            },
+            "/no-content" => Reply {
+                writes: vec![b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), POISON.to_vec()],
+                close: false,
+            },
+            "/extra" => Reply {
+                writes: vec![
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                    POISON.to_vec(),
+                ],
+                close: false,
+            },
+            "/extra-same-write" => Reply::raw(
+                [
+                    &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+                    POISON,
+                ]
+                .concat(),
+            ),
+            _ => fluxlit_testkit::raw::echo_line(r),
+        })
+        .await;
+        let gw = gateway_for(&rec, fast).await;
+        for (method, path) in [
+            ("HEAD", "/head"),
+            ("GET", "/no-content"),
+            ("GET", "/extra"),
+            ("GET", "/extra-same-write"),
+        ] {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await;
+            let first = c.response(method == "HEAD").await.expect("first response");
+            assert_ne!(first.text(), "POISON", "{} {path}", engine(fast));
+            // The stray bytes are written (and on loopback, in the gateway's receive queue).
+            rec.wait_replied(rec.requests().len()).await;
+            // The next request, on this connection and on a new one (a parked connection).
+            c.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let next = c.response(false).await.expect("next response");
+            assert_eq!(next.text(), "GET /next", "{} after {path}", engine(fast));
+            drop(c);
+            let mut other = RawClient::connect(gw.addr).await;
+            other.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let r = other.response(false).await.expect("other response");
+            assert_eq!(r.text(), "GET /other", "{} after {path}", engine(fast));
+        }
+    }
+}
+
+/// Everything under `/__fluxlit` is the gateway's: 404 when the endpoint is off, never
+/// forwarded to Streamlit; with a root path too.
+#[tokio::test]
+async fn reserved_paths_never_reach_the_upstream() {
+    for fast in ENGINES {
+        for root in ["", "/myapp"] {
+            let rec = RecordingUpstream::start().await;
+            let gw = start(
+                Gateway::builder()
+                    .root_path(root)
+                    .ui(upstream(rec.addr, "ui")),
+                fast,
+            )
+            .await;
+            let mut c = RawClient::connect(gw.addr).await;
+            for path in [
+                "/__fluxlit/debug",
+                "/__fluxlit/metrics",
+                "/__fluxlit",
+                "/__fluxlit/anything?x=1",
+                "/myapp/__fluxlit/debug",
+            ] {
+                for method in ["GET", "POST"] {
+                    c.send(
+                        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await;
+                    let r = c.response(false).await.expect("response");
+                    let ctx = format!("{} root={root:?} {method} {path}", engine(fast));
+                    if path.starts_with("/myapp") && root.is_empty() {
+                        // Not under the root path: a UI path like any other.
+                        assert_eq!(r.status, 200, "{ctx}");
+                    } else {
+                        assert_eq!(r.status, 404, "{ctx}");
+                    }
+                }
+            }
+            c.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(c.response(false).await.expect("ok").status, 200);
+            for r in rec.requests() {
+                let fine = r.target == format!("{root}/ok")
+                    || root.is_empty() && r.target == "/myapp/__fluxlit/debug";
+                assert!(
+                    fine,
+                    "{} root={root:?}: {} reached the upstream",
+                    engine(fast),
+                    r.target
+                );
+            }
+        }
+    }
+}
+
+/// Dot segments, plain and percent-encoded, are refused with 400 before any routing.
+#[tokio::test]
+async fn dot_segments_are_refused() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = start(
+            Gateway::builder()
+                .root_path("/myapp")
+                .ui(upstream(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(upstream(rec.addr, "api"))),
+            fast,
+        )
+        .await;
+        for path in [
+            "/myapp/%2e%2e/api/x",
+            "/myapp/%2E%2E/api/x",
+            "/myapp/../api/x",
+            "/myapp/./x",
+            "/myapp/.%2e/api/x",
+            "/api/%2e%2e/x",
+            "/%2e",
+        ] {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await;
+            let r = c.response(false).await.expect("response");
+            assert_eq!(r.status, 400, "{} {path}", engine(fast));
+        }
+        assert!(rec.requests().is_empty(), "{}", engine(fast));
+    }
+}
+
+/// `Host` rules (RFC 9112 §3.2): duplicates, missing on HTTP/1.1, invalid values and an
+/// absolute-form target naming another authority get 400 and reach no upstream.
+#[tokio::test]
+async fn host_rules_are_enforced() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        for head in [
+            "GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: \r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: user@x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x/y\r\n\r\n",
+            "GET http://evil.example/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        ] {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(head.as_bytes()).await;
+            let r = c.response(false).await.expect("response");
+            assert_eq!(r.status, 400, "{} {head:?}", engine(fast));
+        }
+        // What is fine: HTTP/1.0 without Host, absolute-form naming the Host.
+        for head in [
+            "GET /a HTTP/1.0\r\n\r\n",
+            "GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: X:8000\r\n\r\n",
+        ] {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(head.as_bytes()).await;
+            let r = c.response(false).await.expect("response");
+            assert_eq!(r.status, 200, "{} {head:?}", engine(fast));
+        }
+        assert_eq!(rec.requests().len(), 3, "{}", engine(fast));
+    }
+}
+
+/// Identity headers from clients never reach an upstream, whatever their spelling: letter case,
+/// underscores (read as `-` by CGI/WSGI servers) and every authenticating proxy's family; nor
+/// do underscore spellings of the forwarded headers and `X-Request-ID` the gateway owns.
+#[tokio::test]
+async fn identity_headers_are_stripped_in_every_spelling() {
+    const SPELLINGS: [&str; 13] = [
+        "X-Remote-User",
+        "X_Remote_User",
+        "x_forwarded_user",
+        "Remote-User",
+        "Remote-Name",
+        "X-Authentik-Username",
+        "Cf-Access-Authenticated-User-Email",
+        "X-Pomerium-Claim-Email",
+        "Tailscale-User-Login",
+        "X-Webauth-User",
+        // The gateway's own fields, spelled with underscores.
+        "X_Forwarded_Host",
+        "x_forwarded_for",
+        "X_Request_Id",
+    ];
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        for path in ["/ui", "/api/x"] {
+            let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+            for name in SPELLINGS {
+                head.push_str(&format!("{name}: admin\r\n"));
+            }
+            head.push_str("\r\n");
+            c.send(head.as_bytes()).await;
+            assert_eq!(c.response(false).await.expect("response").status, 200);
+        }
+        let seen = rec.wait_for(2).await;
+        for r in &seen {
+            for name in SPELLINGS {
+                assert!(
+                    !r.has(name),
+                    "{}: {name} reached {} ({:?})",
+                    engine(fast),
+                    r.target,
+                    r.headers
+                );
+            }
+        }
+    }
+}
+
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Only WebSocket upgrades are forwarded as upgrades (`h2c` and others go on as plain requests
+/// without `Upgrade`), and a 101 whose `Sec-WebSocket-Accept` is wrong is a 502, never a tunnel.
+#[tokio::test]
+async fn only_completed_websocket_handshakes_become_tunnels() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::with(|r: &Recorded| {
+            let accept = match r.target.as_str() {
+                "/ws-good" => WS_ACCEPT,
+                "/ws-bad" => "d3JvbmcgYWNjZXB0IGtleQ==",
+                // Switches to whatever was asked (a permissive upstream).
+                _ if r.has("upgrade") => WS_ACCEPT,
+                _ => return fluxlit_testkit::raw::echo_line(r),
+            };
+            Reply::raw(format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ))
+        })
+        .await;
+        let gw = gateway_for(&rec, fast).await;
+        let upgrade = |path: &str, proto: &str| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+        };
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(upgrade("/ws-good", "websocket").as_bytes()).await;
+        let r = c.response(false).await.expect("101");
+        assert_eq!(r.status, 101, "{}", engine(fast));
+        assert_eq!(r.get("sec-websocket-accept"), Some(WS_ACCEPT));
+
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(upgrade("/ws-bad", "websocket").as_bytes()).await;
+        let r = c.response(false).await.expect("502");
+        assert_eq!(r.status, 502, "{}: wrong accept", engine(fast));
+
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(upgrade("/h2c", "h2c").as_bytes()).await;
+        let r = c.response(false).await.expect("answer to h2c");
+        assert_eq!(
+            r.status,
+            200,
+            "{}: an h2c upgrade goes on as a plain request",
+            engine(fast)
+        );
+        let seen = rec.requests();
+        let h2c = seen
+            .iter()
+            .find(|r| r.target == "/h2c")
+            .expect("h2c request");
+        assert!(
+            !h2c.has("upgrade") && !h2c.has("connection"),
+            "{}: {:?}",
+            engine(fast),
+            h2c.headers
+        );
+    }
+}
