@@ -99,6 +99,27 @@ fn a_correct_subpath_setup_is_clean_even_with_strict() {
 }
 
 #[test]
+fn cors_wildcard_with_credentials_is_a_warning_and_fails_strict() {
+    let dir = fluxlit_testkit::TempDir::new("config-cors");
+    let env = [
+        ("FLUXLIT_CORS_ALLOW_ORIGINS", "[\"*\"]"),
+        ("FLUXLIT_CORS_ALLOW_CREDENTIALS", "true"),
+        ("FLUXLIT_ENABLE_SECURITY_HEADERS", "true"),
+    ];
+    let (code, out, err) = config(dir.path(), &[], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("[WARN] cors_wildcard_with_credentials"),
+        "{out}"
+    );
+    let (code, _, _) = config(dir.path(), &["--strict"], &env);
+    assert_eq!(code, 1);
+    // Without credentials a wildcard is fine.
+    let (_, out, _) = config(dir.path(), &[], &env[..1]);
+    assert!(!out.contains("cors_wildcard_with_credentials"), "{out}");
+}
+
+#[test]
 fn exit_codes() {
     let dir = fluxlit_testkit::TempDir::new("config-exit");
     // Error-level finding.

@@ -241,6 +241,13 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             ),
         );
     }
+    if s.cors_allow_credentials && s.cors_allow_origins.iter().any(|o| o == "*") {
+        push(
+            Level::Warn,
+            "cors_wildcard_with_credentials",
+            "cors_allow_origins contains \"*\" and cors_allow_credentials is on: the API answers every origin with its credentials (the origin is mirrored), so any site a user visits can call the API as that user; list the allowed origins instead".into(),
+        );
+    }
     if !s.cors_allow_origins.is_empty() && !s.enable_security_headers {
         push(
             Level::Warn,

@@ -292,6 +292,8 @@ pub struct Settings {
     pub strict_public_base_url: bool,
     pub trust_proxy: bool,
     pub forwarded_allow_ips: Vec<String>,
+    pub trust_forwarded_prefix: bool,
+    pub trust_forwarded_port: bool,
     pub gateway_forward_client_headers_to_streamlit: Vec<String>,
     #[serde(with = "secs")]
     pub gateway_upstream_connect_timeout_s: Duration,
@@ -305,6 +307,9 @@ pub struct Settings {
     pub gateway_worker_threads: u64,
     #[serde(with = "secs")]
     pub gateway_header_read_timeout_s: Duration,
+    pub gateway_http2_max_concurrent_streams: u64,
+    #[serde(with = "secs")]
+    pub gateway_write_timeout_s: Duration,
     pub gateway_max_request_header_bytes: u64,
     pub gateway_max_connections: u64,
     pub gateway_max_connections_per_ip: u64,

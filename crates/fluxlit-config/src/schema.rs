@@ -167,6 +167,8 @@ pub const KEYS: &[KeySpec] = &[
     // Proxy trust.
     key("trust_proxy", Kind::Bool, "false", "Trust X-Forwarded-* and Forwarded headers from peers in forwarded_allow_ips.").flag("--proxy-headers"),
     key("forwarded_allow_ips", Kind::List, "[]", "IPs and CIDRs (IPv4 and IPv6) whose forwarded headers are trusted when trust_proxy is on; empty means loopback only.").flag("--forwarded-allow-ips"),
+    key("trust_forwarded_prefix", Kind::Bool, "false", "Also believe X-Forwarded-Prefix from trusted proxies (the last value, written by the nearest one). Off: the public prefix is root_path. Turn on only when your edge sets or clears X-Forwarded-Prefix on every request."),
+    key("trust_forwarded_port", Kind::Bool, "false", "Also believe X-Forwarded-Port from trusted proxies (the last value). Off: the port comes from the forwarded host, else the scheme's default. Turn on only when your edge sets or clears X-Forwarded-Port on every request."),
     key("gateway_forward_client_headers_to_streamlit", Kind::List, "[]", "Extra client header names passed to Streamlit on every hop even where the gateway would drop them; credential and identity headers are never forwarded because of it."),
     // Limits and timeouts.
     key("gateway_upstream_connect_timeout_s", Kind::Seconds, "30", "Seconds to wait for a TCP connection to an upstream; then 502."),
@@ -177,10 +179,12 @@ pub const KEYS: &[KeySpec] = &[
     key("gateway_httpx_max_connections", Kind::Count, "0", "Most idle upstream connections kept: per upstream by the pool (HTTP/2 clients, WebSocket upgrades), and in all by the parking list of ended client connections; 0 means the defaults (pool unbounded, 256 parked)."),
     key("gateway_httpx_max_keepalive_connections", Kind::Count, "0", "Accepted for FluxLit compatibility; pooled idle connections are bounded by gateway_httpx_max_connections."),
     key("gateway_worker_threads", Kind::Count, "0", "Worker threads of the gateway's async runtime; 0 means automatic: one per CPU core minus one (at least 1), leaving a core to Streamlit and the API, which run on the same machine. On 2 cores that is 1 thread, which `cargo xtask bench` measured as faster than 2 (docs/performance.md). With 1 the gateway runs on a single-threaded (current-thread) runtime."),
-    key("gateway_header_read_timeout_s", Kind::Seconds, "30", "Seconds a client has to send its request headers (slow-loris guard); the connection is closed after it."),
+    key("gateway_header_read_timeout_s", Kind::Seconds, "30", "Seconds a client has to send its request headers, and the longest a connection may stay idle between requests (HTTP/1.1 keep-alive, HTTP/2 without open streams; slow-loris guard); the connection is closed after it."),
+    key("gateway_http2_max_concurrent_streams", Kind::Count, "64", "Most concurrent requests (streams) on one HTTP/2 client connection; each may use its own upstream connection, so this bounds one client's upstream fan-out. At least 1."),
+    key("gateway_write_timeout_s", Kind::Seconds, "60", "Seconds a write to a client may stay blocked because the client stopped reading; then the connection (or WebSocket tunnel) is closed. 0 turns it off."),
     key("gateway_max_request_header_bytes", Kind::Bytes, "64KiB", "Largest request head (request line and headers) accepted, in bytes; larger gets 431. At least 8KiB."),
     key("gateway_max_connections", Kind::Count, "10000", "Most client connections (WebSocket tunnels included) open at once; more are answered 503 and closed. 0 means no limit."),
-    key("gateway_max_connections_per_ip", Kind::Count, "0", "Most connections from one TCP peer address at once (behind a proxy all come from the proxy: keep 0, no limit)."),
+    key("gateway_max_connections_per_ip", Kind::Count, "1024", "Most connections (WebSocket tunnels included) from one TCP peer address at once, so one client cannot hold every slot; trusted proxies (trust_proxy and forwarded_allow_ips) are exempt, since their connections carry many clients. 0 means no limit."),
     key("gateway_rate_limit_api_per_s", Kind::Count, "0", "Requests per second each client IP may make to the API (GCRA); 0 turns API rate limiting off. Over the limit: 429 with Retry-After."),
     key("gateway_rate_limit_api_burst", Kind::Count, "0", "Burst allowance for API rate limiting; 0 means the per-second rate."),
     key("gateway_rate_limit_ui_per_s", Kind::Count, "0", "Requests per second each client IP may make to UI routes; 0 turns UI rate limiting off. Health probes are never limited."),

@@ -120,6 +120,15 @@ impl Affinity {
         kept
     }
 
+    /// Drops kept connections idle for [`IDLE_TIMEOUT`] or longer (they would not be reused):
+    /// an idle client connection holds no upstream socket for longer than that. Their drivers
+    /// then finish and hyper closes the sockets.
+    pub(crate) fn release_stale(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.idle.retain(|k| k.used.elapsed() < IDLE_TIMEOUT);
+        }
+    }
+
     /// Polls every driver once (in the calling task, which is the client connection's task);
     /// drops the finished ones.
     pub(crate) fn poll_drivers(&self, cx: &mut Context<'_>) {

@@ -182,9 +182,17 @@ pub(crate) async fn serve(
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(CLIENT_BUFFER);
             }
+            // An idle client holds its upstream connection only while that could be reused.
+            let stale = up
+                .as_ref()
+                .map(|c| tokio::time::Instant::from_std(c.used + IDLE_TIMEOUT));
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => r,
                 () = closing.cancelled(), if idle => break 'conn None,
+                () = sleep_until_some(stale), if idle => {
+                    up = None;
+                    continue;
+                }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -216,6 +224,14 @@ pub(crate) async fn serve(
             let _ = client.shutdown().await;
             Outcome::Closed
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -534,6 +550,7 @@ async fn exchange(
     closing: &CancellationToken,
 ) -> Next {
     let proxy = &inner.proxy;
+    let wt = inner.limits.write_timeout;
     let authority = plan.endpoint.authority.clone();
     let rid = plan.rid;
     let out = plan.upstream_head;
@@ -603,7 +620,7 @@ async fn exchange(
             };
             // A request body not read to its end cannot be skipped: close after the answer.
             let close = ctx.close || remaining > 0;
-            return if write_response(client, resp, close).await && !close {
+            return if write_response(client, resp, close, wt).await && !close {
                 Next::KeepAlive
             } else {
                 Next::Close
@@ -622,7 +639,7 @@ async fn exchange(
         let mut out = head;
         out.extend_from_slice(&conn.buf);
         conn.buf.clear();
-        if client.write_all(&out).await.is_err()
+        if timed(wt, client.write_all(&out)).await.is_err()
             || (!buf.is_empty() && conn.stream.write_all(buf).await.is_err())
         {
             return Next::Close;
@@ -631,7 +648,7 @@ async fn exchange(
         return Next::Tunnel(conn.stream, Box::new(proxy.tunnel_spec(name, &rid)));
     }
     let until_close = matches!(framing, Framing::UntilClose);
-    match relay(client, &mut conn, head, framing).await {
+    match relay(client, &mut conn, head, framing, wt).await {
         Ok(()) => {
             if upstream_keep && !until_close && conn.buf.is_empty() {
                 conn.used = Instant::now();
@@ -897,6 +914,7 @@ async fn relay(
     conn: &mut UpConn,
     head: Vec<u8>,
     mut framing: Framing,
+    wt: std::time::Duration,
 ) -> Result<(), ()> {
     let mut pending = head;
     loop {
@@ -917,10 +935,12 @@ async fn relay(
         };
         if pending.is_empty() {
             if n > 0 {
-                client.write_all(&conn.buf[..n]).await.map_err(|_| ())?;
+                timed(wt, client.write_all(&conn.buf[..n]))
+                    .await
+                    .map_err(|_| ())?;
             }
         } else {
-            write_two(client, &pending, &conn.buf[..n])
+            timed(wt, write_two(client, &pending, &conn.buf[..n]))
                 .await
                 .map_err(|_| ())?;
             pending = Vec::new();
@@ -962,7 +982,12 @@ async fn write_two(to: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::R
 
 /// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
 /// `close`, `Connection: close`. Returns whether it was written.
-async fn write_response(client: &mut TcpStream, resp: Response<Body>, close: bool) -> bool {
+async fn write_response(
+    client: &mut TcpStream,
+    resp: Response<Body>,
+    close: bool,
+    wt: std::time::Duration,
+) -> bool {
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
@@ -986,7 +1011,21 @@ async fn write_response(client: &mut TcpStream, resp: Response<Body>, close: boo
     push_own_fields(&mut out, true, close);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
-    client.write_all(&out).await.is_ok()
+    timed(wt, client.write_all(&out)).await.is_ok()
+}
+
+/// `write` bounded by the write timeout `wt` (`gateway_write_timeout_s`; zero: unbounded): a
+/// client that stops reading fails the write with `TimedOut` and its connection is closed.
+async fn timed<T>(
+    wt: std::time::Duration,
+    write: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    if wt.is_zero() {
+        return write.await;
+    }
+    tokio::time::timeout(wt, write)
+        .await
+        .unwrap_or_else(|_| Err(ErrorKind::TimedOut.into()))
 }
 
 /// A connection handed to hyper: the bytes the fast path already read, then the socket.

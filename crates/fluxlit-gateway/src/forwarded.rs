@@ -2,17 +2,25 @@
 //! public prefix), and the forwarded headers it sends on every upstream hop.
 //!
 //! From a trusted peer (`trust_proxy` on and the TCP peer in `forwarded_allow_ips`, loopback
-//! only when the list is empty) the gateway takes:
-//! - the client IP from `X-Forwarded-For`, walking right to left past trusted addresses (the
-//!   first untrusted address is the client); without `X-Forwarded-For`, from RFC 7239
-//!   `Forwarded: for=` the same way;
-//! - the scheme from `X-Forwarded-Proto` (else `Forwarded: proto=`), `http` or `https` only;
-//! - the host from `X-Forwarded-Host` (else `Forwarded: host=`), a valid authority only;
-//! - the port from `X-Forwarded-Port`, else the forwarded host's port, else the scheme's default;
-//! - the public prefix from `X-Forwarded-Prefix`, a valid path prefix only.
-//!
-//! `X-Forwarded-*` win over `Forwarded` when both are present: common proxies sanitise the
-//! former and may pass the latter through from the client.
+//! only when the list is empty) the gateway reads ONE header family per request: the
+//! `X-Forwarded-*` family when any of `X-Forwarded-For`, `-Proto` or `-Host` is present, else
+//! RFC 7239 `Forwarded`; the other family is ignored entirely (common edges set the former and
+//! pass the latter through from the client, so a client's `Forwarded: host=evil.example` never
+//! fills a gap). Of each field it believes the value the NEAREST hop wrote: the last list
+//! element across all its lines (an edge that appends puts its value last; one that overwrites
+//! leaves one value), never the first, which the client may have written. It takes:
+//! - the client IP from `X-Forwarded-For` (or `Forwarded: for=`), walking right to left past
+//!   trusted addresses (the first untrusted address is the client);
+//! - the scheme from the last `X-Forwarded-Proto` (or the last element's `proto=`), `http` or
+//!   `https` only;
+//! - the host from the last `X-Forwarded-Host` (or the last element's `host=`), a valid
+//!   authority only; else the request's `Host`;
+//! - the port from the last `X-Forwarded-Port` only when [`TrustPolicy::forwarded_port`] is on
+//!   (`trust_forwarded_port`), else the forwarded host's port, else the scheme's default;
+//! - the public prefix from the last `X-Forwarded-Prefix` only when
+//!   [`TrustPolicy::forwarded_prefix`] is on (`trust_forwarded_prefix`), a valid path prefix
+//!   only; else the gateway's own root path. Few edges set or clear these two by default, so a
+//!   client's value would pass through them: they are opt-in.
 //!
 //! From anyone else all of these are ignored, and on every hop the gateway overwrites them:
 //! `X-Forwarded-For` is the trusted inbound chain plus the peer (or just the peer),
@@ -36,6 +44,8 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub struct TrustPolicy {
     enabled: bool,
     nets: Vec<IpNet>,
+    prefix: bool,
+    port: bool,
 }
 
 impl TrustPolicy {
@@ -63,7 +73,23 @@ impl TrustPolicy {
         Self {
             enabled: true,
             nets,
+            prefix: false,
+            port: false,
         }
+    }
+
+    /// Also believe a trusted peer's `X-Forwarded-Prefix` (`trust_forwarded_prefix`). Default:
+    /// off (the gateway's root path is the public prefix).
+    pub fn forwarded_prefix(mut self, on: bool) -> Self {
+        self.prefix = on;
+        self
+    }
+
+    /// Also believe a trusted peer's `X-Forwarded-Port` (`trust_forwarded_port`). Default: off
+    /// (the port comes from the forwarded host, else the scheme's default).
+    pub fn forwarded_port(mut self, on: bool) -> Self {
+        self.port = on;
+        self
     }
 
     /// Whether forwarded headers are trusted at all.
@@ -98,19 +124,19 @@ pub struct ClientView {
     pub chain: Option<String>,
 }
 
-/// A host value that is a valid URI authority.
+/// A host value that is a valid URI authority (the `Host` rule, [`crate::headers::valid_host`]).
 fn valid_host(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 255 && v.parse::<http::uri::Authority>().is_ok() && !v.contains('@')
+    crate::headers::valid_host(v.as_bytes())
 }
 
-fn first_value<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    h.get(name)?
-        .to_str()
-        .ok()?
-        .split(',')
-        .next()
+/// The last list element of `name` across all its lines: the value the nearest hop wrote.
+fn last_value<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|s| !s.is_empty())
+        .rfind(|s| !s.is_empty())
 }
 
 /// Parses one `X-Forwarded-For` / `Forwarded for=` node: `1.2.3.4`, `1.2.3.4:5`, `::1`,
@@ -231,6 +257,8 @@ impl ClientView {
         if !policy.trusts(peer_ip) {
             return untrusted();
         }
+        // One family per request: X-Forwarded-* when any of its core fields is present.
+        let x_family = [&XFF, &XFP, &XFH].iter().any(|n| headers.contains_key(*n));
         let xff: Vec<&str> = headers
             .get_all(&XFF)
             .iter()
@@ -239,12 +267,16 @@ impl ClientView {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        let forwarded: Vec<_> = headers
-            .get_all(header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(parse_forwarded)
-            .collect();
+        let forwarded: Vec<_> = if x_family {
+            Vec::new()
+        } else {
+            headers
+                .get_all(header::FORWARDED)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(parse_forwarded)
+                .collect()
+        };
         let (client_ip, chain) = if !xff.is_empty() {
             (walk(policy, peer_ip, &xff), Some(xff.join(", ")))
         } else if !forwarded.is_empty() {
@@ -265,22 +297,30 @@ impl ClientView {
         } else {
             (peer_ip, None)
         };
-        let proto = first_value(headers, &XFP)
-            .map(str::to_owned)
-            .or_else(|| forwarded.first().and_then(|(_, p, _)| p.clone()))
-            .and_then(|p| match p.to_ascii_lowercase().as_str() {
-                "https" | "wss" => Some("https"),
-                "http" | "ws" => Some("http"),
-                _ => None,
-            })
-            .unwrap_or("http");
-        let host = first_value(headers, &XFH)
-            .map(str::to_owned)
-            .or_else(|| forwarded.first().and_then(|(_, _, h)| h.clone()))
-            .filter(|h| valid_host(h))
-            .and_then(|h| HeaderValue::from_str(&h).ok())
-            .or(host_header);
-        let port = first_value(headers, &XFPORT)
+        // The nearest hop's values: the last X-Forwarded-* element, or the last Forwarded
+        // element's parameters.
+        let nearest = forwarded.last();
+        let proto = if x_family {
+            last_value(headers, &XFP).map(str::to_owned)
+        } else {
+            nearest.and_then(|(_, p, _)| p.clone())
+        }
+        .and_then(|p| match p.to_ascii_lowercase().as_str() {
+            "https" | "wss" => Some("https"),
+            "http" | "ws" => Some("http"),
+            _ => None,
+        })
+        .unwrap_or("http");
+        let host = if x_family {
+            last_value(headers, &XFH).map(str::to_owned)
+        } else {
+            nearest.and_then(|(_, _, h)| h.clone())
+        }
+        .filter(|h| valid_host(h))
+        .and_then(|h| HeaderValue::from_str(&h).ok())
+        .or(host_header);
+        let port = last_value(headers, &XFPORT)
+            .filter(|_| policy.port)
             .and_then(|p| p.parse::<u16>().ok())
             .or_else(|| {
                 host.as_ref()
@@ -288,7 +328,8 @@ impl ClientView {
                     .and_then(crate::headers::port_of_host)
             })
             .unwrap_or(if proto == "https" { 443 } else { 80 });
-        let prefix = first_value(headers, &XFPREFIX)
+        let prefix = last_value(headers, &XFPREFIX)
+            .filter(|_| policy.prefix)
             .and_then(|p| fluxlit_config::normalize_root_path(p).ok())
             .filter(|p| !p.is_empty());
         ClientView {
@@ -420,7 +461,7 @@ mod tests {
 
     #[test]
     fn xff_is_walked_right_to_left_past_trusted_proxies() {
-        let policy = nets(&["10.0.0.0/8"]);
+        let policy = nets(&["10.0.0.0/8"]).forwarded_prefix(true);
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1"),
             ("x-forwarded-proto", "HTTPS"),
@@ -471,10 +512,11 @@ mod tests {
         let policy = TrustPolicy::trusting(vec![]);
         let h = headers(&[(
             "forwarded",
-            "for=\"[2001:db8::1]:4711\";proto=https;host=\"app.example:9443\", for=127.0.0.1",
+            "for=\"[2001:db8::1]:4711\";proto=http;host=client.example, for=127.0.0.1;proto=https;host=\"app.example:9443\"",
         )]);
         let v = ClientView::resolve(&policy, "127.0.0.1:5000".parse().unwrap(), 8000, &h);
         assert_eq!(v.client_ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+        // The nearest (last) element's proto and host, not the client-written first one.
         assert_eq!((v.proto, v.port), ("https", 9443));
         assert_eq!(v.host.unwrap(), "app.example:9443");
         // X-Forwarded-For wins over Forwarded.
@@ -484,8 +526,53 @@ mod tests {
     }
 
     #[test]
-    fn invalid_forwarded_values_are_ignored() {
+    fn the_nearest_hop_wins_and_one_family_is_read() {
         let policy = TrustPolicy::trusting(vec![]);
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        // An edge that appends: the client's values come first.
+        let h = headers(&[
+            ("host", "h:1"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-host", "app.example"),
+        ]);
+        let v = ClientView::resolve(&policy, peer, 8000, &h);
+        assert_eq!((v.proto, v.port), ("http", 80));
+        assert_eq!(v.host.unwrap(), "app.example");
+        // X-Forwarded-* present: Forwarded fills no gap (no X-Forwarded-Host here).
+        let h = headers(&[
+            ("host", "h:1"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "proto=https;host=evil.example"),
+        ]);
+        let v = ClientView::resolve(&policy, peer, 8000, &h);
+        assert_eq!(v.proto, "http");
+        assert_eq!(v.host.unwrap(), "h:1");
+    }
+
+    #[test]
+    fn prefix_and_port_are_believed_only_when_opted_in() {
+        let peer = "127.0.0.1:5000".parse().unwrap();
+        let h = headers(&[
+            ("host", "app.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/attacker"),
+            ("x-forwarded-port", "1"),
+        ]);
+        let v = ClientView::resolve(&TrustPolicy::trusting(vec![]), peer, 8000, &h);
+        assert_eq!((v.port, v.prefix.clone()), (443, None));
+        let opted = TrustPolicy::trusting(vec![])
+            .forwarded_prefix(true)
+            .forwarded_port(true);
+        let v = ClientView::resolve(&opted, peer, 8000, &h);
+        assert_eq!((v.port, v.prefix.as_deref()), (1, Some("/attacker")));
+    }
+
+    #[test]
+    fn invalid_forwarded_values_are_ignored() {
+        let policy = TrustPolicy::trusting(vec![])
+            .forwarded_prefix(true)
+            .forwarded_port(true);
         let h = headers(&[
             ("host", "h:1"),
             ("x-forwarded-proto", "gopher"),

@@ -34,6 +34,7 @@
 
 mod affinity;
 pub mod cap;
+mod deadline;
 mod fast;
 pub mod forwarded;
 pub mod headers;
@@ -60,7 +61,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
@@ -260,6 +260,8 @@ impl GatewayBuilder {
                     .filter_map(Result::ok)
                     .collect(),
             )
+            .forwarded_prefix(s.trust_forwarded_prefix)
+            .forwarded_port(s.trust_forwarded_port)
         } else {
             TrustPolicy::none()
         };
@@ -855,6 +857,20 @@ impl Gateway {
                             );
                         }
                     }
+                    // The same hop rules as a forward: hop-by-hop fields go (a WebSocket
+                    // upgrade keeps exactly `Connection: upgrade` and `Upgrade: websocket`, so an
+                    // axum WebSocket route still sees it).
+                    let websocket = headers::upgrade_request(&parts.headers).is_some();
+                    strip_hop_by_hop(&mut parts.headers);
+                    if websocket {
+                        parts.headers.insert(
+                            http::header::CONNECTION,
+                            HeaderValue::from_static("upgrade"),
+                        );
+                        parts
+                            .headers
+                            .insert(http::header::UPGRADE, headers::WEBSOCKET);
+                    }
                     view.apply(&mut parts.headers, Some(public_prefix));
                     let cap = inner.limits.max_api_body;
                     let declared: Option<u64> = parts
@@ -1018,12 +1034,14 @@ impl Gateway {
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_concurrent_streams(self.inner.limits.http2_max_streams.max(1))
             .max_header_list_size(
                 u32::try_from(self.inner.limits.max_header_bytes).unwrap_or(u32::MAX),
             );
         let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
-        // Tells fast-path connections to close once idle (hyper's are told by `graceful`).
+        // Every client connection's task, for the drain; tunnels are tracked apart.
+        let conns = tokio_util::task::TaskTracker::new();
+        // Tells every connection to close once idle (hyper's gracefully: GOAWAY on HTTP/2).
         let closing = tokio_util::sync::CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
@@ -1038,7 +1056,8 @@ impl Gateway {
                             continue;
                         }
                     };
-                    let permit = match self.inner.conns.admit(peer.ip().to_canonical()) {
+                    let peer_ip = peer.ip().to_canonical();
+                    let permit = match self.inner.conns.admit(peer_ip, self.inner.trust.trusts(peer_ip)) {
                         Ok(p) => Arc::new(p),
                         Err(why) => {
                             let (reason, setting) = match why {
@@ -1059,47 +1078,106 @@ impl Gateway {
                     let _ = stream.set_nodelay(true);
                     let gw = self.clone();
                     let builder = builder.clone();
-                    let watcher = graceful.watcher();
                     let closing = closing.clone();
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         let _permit = permit.clone();
                         let hop = ClientHop { peer, local };
                         let inner = &*gw.inner;
+                        let write_timeout = inner.limits.write_timeout;
                         // Plain HTTP/1.1 for the UI upstream first; hyper takes over for the
                         // rest of the connection when a request needs it.
-                        let (stream, pre) = match &inner.ui {
+                        let (mut stream, pre) = match &inner.ui {
                             Some(ui) if inner.fast_path => {
                                 match fast::serve(inner, ui, stream, &hop, &closing).await {
                                     fast::Outcome::Closed => return,
                                     fast::Outcome::Handoff(s, pre) => (s, pre),
                                     fast::Outcome::Tunnel(client, upstream, spec) => {
                                         // A tunnel is not a request in flight: like the general
-                                        // path's, it is drained through `drain_tunnels`.
-                                        drop(watcher);
-                                        let tunnel = proxy::tunnel(client, upstream, *spec);
-                                        inner.proxy.tunnels.track_future(tunnel).await;
+                                        // path's, it is drained through `drain_tunnels`, and it
+                                        // holds the connection's permit for its life.
+                                        let client = deadline::WriteDeadline::new(client, write_timeout);
+                                        inner.proxy.tunnels.spawn(async move {
+                                            let _permit = permit;
+                                            proxy::tunnel(client, upstream, *spec).await;
+                                        });
                                         return;
                                     }
                                 }
                             }
                             _ => (stream, Bytes::new()),
                         };
+                        // A new connection's first bytes (enough to tell HTTP/1 from HTTP/2)
+                        // within the header read timeout: one that sends nothing is closed.
+                        let pre = if pre.is_empty() {
+                            let by = tokio::time::Instant::now() + inner.limits.header_read_timeout;
+                            let first = tokio::select! {
+                                b = deadline::first_bytes(&mut stream, by) => b,
+                                () = closing.cancelled() => None,
+                            };
+                            match first {
+                                Some(b) => b.freeze(),
+                                None => return,
+                            }
+                        } else {
+                            pre
+                        };
                         let aff = Arc::new(affinity::Affinity::default());
+                        let activity = Arc::new(deadline::Activity::default());
                         let ctx = Arc::new(ConnCtx { hop, permit: Some(permit), affinity: Some(aff.clone()) });
                         let service = {
                             let gw = gw.clone();
+                            let activity = activity.clone();
                             hyper::service::service_fn(move |req| {
                                 let gw = gw.clone();
                                 let ctx = ctx.clone();
-                                async move { Ok::<_, Infallible>(gw.handle_conn(req, &ctx).await) }
+                                let busy = activity.begin();
+                                async move {
+                                    let r = gw.handle_conn(req, &ctx).await;
+                                    drop(busy);
+                                    Ok::<_, Infallible>(r)
+                                }
                             })
                         };
-                        let io = TokioIo::new(fast::Prefixed::new(stream, pre));
-                        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-                        let mut conn = Box::pin(watcher.watch(conn));
+                        let io = deadline::WriteDeadline::new(fast::Prefixed::new(stream, pre), write_timeout);
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+                        let mut conn = Box::pin(conn);
+                        // Shutdown, or idle (no request in progress) for the header read
+                        // timeout: a graceful close (HTTP/2 GOAWAY; HTTP/1 after the response).
+                        let idle = inner.limits.header_read_timeout;
+                        let mut idle_check = std::pin::pin!(tokio::time::sleep(idle));
+                        // Kept upstream connections idle past their reuse window are let go
+                        // (an idle client holds no upstream socket for long).
+                        let stale = affinity::IDLE_TIMEOUT;
+                        let mut stale_check = std::pin::pin!(tokio::time::sleep(stale));
+                        let mut stop = std::pin::pin!(closing.cancelled());
+                        let mut closed = false;
                         // The client connection and its upstream connections, in this one task:
                         // upstream bytes read here are written to the client in the same poll.
                         let result = std::future::poll_fn(|cx| {
+                            if !closed {
+                                let stopping = stop.as_mut().poll(cx).is_ready();
+                                let mut idle_now = false;
+                                while idle_check.as_mut().poll(cx).is_ready() {
+                                    match activity.idle_deadline(idle) {
+                                        Some(at) if at > tokio::time::Instant::now() => {
+                                            idle_check.as_mut().reset(at);
+                                        }
+                                        Some(_) => {
+                                            idle_now = true;
+                                            break;
+                                        }
+                                        None => idle_check.as_mut().reset(tokio::time::Instant::now() + idle),
+                                    }
+                                }
+                                if stale_check.as_mut().poll(cx).is_ready() {
+                                    aff.release_stale();
+                                    stale_check.as_mut().reset(tokio::time::Instant::now() + stale);
+                                }
+                                if stopping || idle_now {
+                                    conn.as_mut().graceful_shutdown();
+                                    closed = true;
+                                }
+                            }
                             aff.poll_drivers(cx);
                             let r = conn.as_mut().poll(cx);
                             if r.is_pending() {
@@ -1131,8 +1209,9 @@ impl Gateway {
         );
         let tracker = &self.inner.proxy.tunnels;
         tracker.close();
+        conns.close();
         let drained = async {
-            graceful.shutdown().await;
+            conns.wait().await;
             tracker.wait().await;
         };
         if tokio::time::timeout_at(deadline, drained).await.is_err() {

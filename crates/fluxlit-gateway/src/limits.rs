@@ -21,10 +21,18 @@ pub struct Limits {
     pub max_upstream_concurrency: usize,
     /// Most open client connections, tunnels included (503 and close above).
     pub max_connections: usize,
-    /// Most open connections per TCP peer address.
+    /// Most open connections per TCP peer address, tunnels included; trusted proxies are
+    /// exempt (their connections carry many clients).
     pub max_connections_per_ip: usize,
-    /// Time a client has to send its request head.
+    /// Time a client has to send its request head, and the longest a client connection may
+    /// stay idle between requests (HTTP/1.1 keep-alive, HTTP/2 without open streams).
     pub header_read_timeout: Duration,
+    /// Longest a write to a client may stay blocked (the client stopped reading) before the
+    /// connection or tunnel is closed; zero: no limit.
+    pub write_timeout: Duration,
+    /// Most concurrent streams on one HTTP/2 client connection (each may use its own upstream
+    /// connection: this bounds one client's upstream fan-out); at least 1.
+    pub http2_max_streams: u32,
     /// Largest request head, bytes (431 above; at least 8192).
     pub max_header_bytes: usize,
     /// Time an upstream has to answer a WebSocket upgrade.
@@ -48,8 +56,10 @@ impl Default for Limits {
             max_api_body: 0,
             max_upstream_concurrency: 0,
             max_connections: 10_000,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 1024,
             header_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            http2_max_streams: 64,
             max_header_bytes: 64 * 1024,
             ws_open_timeout: Duration::from_secs(30),
             ws_idle_timeout: None,
@@ -84,6 +94,10 @@ impl Limits {
             max_connections_per_ip: usize::try_from(s.gateway_max_connections_per_ip)
                 .unwrap_or(usize::MAX),
             header_read_timeout: s.gateway_header_read_timeout_s,
+            write_timeout: s.gateway_write_timeout_s,
+            http2_max_streams: u32::try_from(s.gateway_http2_max_concurrent_streams)
+                .unwrap_or(u32::MAX)
+                .max(1),
             max_header_bytes: usize::try_from(s.gateway_max_request_header_bytes)
                 .unwrap_or(usize::MAX)
                 .max(8192),
@@ -154,12 +168,14 @@ impl ConnLimiter {
         }
     }
 
-    pub(crate) fn admit(&self, ip: IpAddr) -> Result<ConnPermit, Refused> {
+    /// Admits a connection from `ip`; `exempt` peers (trusted proxies, whose connections carry
+    /// many clients) are not held to the per-address limit.
+    pub(crate) fn admit(&self, ip: IpAddr, exempt: bool) -> Result<ConnPermit, Refused> {
         let total = match &self.total {
             Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| Refused::Total)?),
             None => None,
         };
-        let ip = if self.per_ip_max > 0 {
+        let ip = if self.per_ip_max > 0 && !exempt {
             let mut m = self.per_ip.lock().map_err(|_| Refused::PerIp)?;
             let n = m.entry(ip).or_insert(0);
             if *n >= self.per_ip_max {
@@ -228,16 +244,34 @@ mod tests {
         let c = ConnLimiter::new(&limits);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = c.admit(a).unwrap();
-        assert_eq!(c.admit(a).unwrap_err(), Refused::PerIp);
-        let p2 = c.admit(b).unwrap();
+        let p1 = c.admit(a, false).unwrap();
+        assert_eq!(c.admit(a, false).unwrap_err(), Refused::PerIp);
+        let p2 = c.admit(b, false).unwrap();
         assert_eq!(
-            c.admit("10.0.0.3".parse().unwrap()).unwrap_err(),
+            c.admit("10.0.0.3".parse().unwrap(), false).unwrap_err(),
             Refused::Total
         );
         drop(p1);
-        let _p3 = c.admit(a).unwrap();
+        let _p3 = c.admit(a, false).unwrap();
         drop(p2);
+    }
+
+    #[test]
+    fn trusted_proxies_are_exempt_from_the_per_address_limit_only() {
+        let limits = Limits {
+            max_connections: 3,
+            max_connections_per_ip: 1,
+            ..Limits::default()
+        };
+        let c = ConnLimiter::new(&limits);
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| c.admit(proxy, true).unwrap()).collect();
+        assert_eq!(c.admit(proxy, true).unwrap_err(), Refused::Total);
+        drop(held);
+        assert!(
+            Limits::default().max_connections_per_ip > 0,
+            "a per-address limit by default"
+        );
     }
 
     #[test]

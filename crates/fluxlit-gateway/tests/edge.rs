@@ -145,16 +145,32 @@ fn spoofed(path: &str) -> Request<ReqBody> {
         .unwrap()
 }
 
-/// Trust off; trust on from an allowed peer; trust on from a disallowed peer — on the API and
-/// UI hops (the WebSocket hop is covered below).
+/// Trust off; trust on from an allowed peer (with and without `trust_forwarded_prefix`); trust
+/// on from a disallowed peer — on the API and UI hops (the WebSocket hop is covered below).
 #[tokio::test]
 async fn spoofing_matrix_http_hops() {
     let u = TestUpstream::start().await;
     let allowed = fluxlit_config::parse_ip_net("127.0.0.2").unwrap();
-    for (trust, peer, believed) in [
-        (TrustPolicy::none(), "127.0.0.1", false),
-        (TrustPolicy::trusting(vec![allowed]), "127.0.0.2", true),
-        (TrustPolicy::trusting(vec![allowed]), "127.0.0.3", false),
+    for (trust, peer, believed, prefix) in [
+        (TrustPolicy::none(), "127.0.0.1", false, false),
+        (
+            TrustPolicy::trusting(vec![allowed]),
+            "127.0.0.2",
+            true,
+            false,
+        ),
+        (
+            TrustPolicy::trusting(vec![allowed]).forwarded_prefix(true),
+            "127.0.0.2",
+            true,
+            true,
+        ),
+        (
+            TrustPolicy::trusting(vec![allowed]),
+            "127.0.0.3",
+            false,
+            false,
+        ),
     ] {
         let gw = start(
             Gateway::builder()
@@ -179,7 +195,9 @@ async fn spoofing_matrix_http_hops() {
                 assert_eq!(seen(&body, "x-request-id"), ["edge-id-1"], "{ctx}");
                 assert_eq!(headers["x-request-id"], "edge-id-1", "{ctx}");
                 if api {
-                    assert_eq!(seen(&body, "x-forwarded-prefix"), ["/edge/api"], "{ctx}");
+                    // X-Forwarded-Prefix is believed only when opted in.
+                    let want = if prefix { "/edge/api" } else { "/api" };
+                    assert_eq!(seen(&body, "x-forwarded-prefix"), [want], "{ctx}");
                 }
             } else {
                 assert_eq!(seen(&body, "x-forwarded-for"), [peer.to_owned()], "{ctx}");

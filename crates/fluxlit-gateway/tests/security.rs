@@ -541,3 +541,254 @@ async fn only_completed_websocket_handshakes_become_tunnels() {
         );
     }
 }
+
+/// Every connection has a first-byte/header deadline on both engines, whatever else is on
+/// (metrics turn the fast path off): a client that connects and sends nothing, or only the
+/// start of the HTTP/2 preface, loses its connection within `header_read_timeout`.
+#[tokio::test]
+async fn silent_and_stalled_connections_are_closed() {
+    for fast in ENGINES {
+        for metrics in [false, true] {
+            let rec = RecordingUpstream::start().await;
+            let limits = fluxlit_gateway::Limits {
+                header_read_timeout: Duration::from_millis(300),
+                ..fluxlit_gateway::Limits::default()
+            };
+            let mut b = Gateway::builder()
+                .ui(upstream(rec.addr, "ui"))
+                .limits(limits);
+            if metrics {
+                b = b.metrics_endpoint("/__fluxlit/metrics", std::sync::Arc::new(String::new));
+            }
+            let gw = start(b, fast).await;
+            let ctx = format!("{} metrics={metrics}", engine(fast));
+            for first in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n"] {
+                let mut c = RawClient::connect(gw.addr).await;
+                c.send(first).await;
+                assert!(c.closed().await, "{ctx}: {first:?} kept its connection");
+            }
+            // An idle keep-alive connection after a request is closed too.
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(c.response(false).await.expect("response").status, 200);
+            assert!(c.closed().await, "{ctx}: idle keep-alive connection kept");
+        }
+    }
+}
+
+/// An idle HTTP/2 connection (no open stream) is closed after `header_read_timeout`.
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let rec = RecordingUpstream::start().await;
+    let limits = fluxlit_gateway::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..fluxlit_gateway::Limits::default()
+    };
+    let gw = start(
+        Gateway::builder()
+            .ui(upstream(rec.addr, "ui"))
+            .limits(limits),
+        true,
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/h2", gw.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    // The server ends the idle connection (GOAWAY, then close): the client's driver finishes.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("idle HTTP/2 connection closed by the gateway")
+        .unwrap()
+        .unwrap();
+}
+
+/// A client that stops reading cannot hold its connection (and its slot) forever: the write
+/// timeout ends it, on both engines.
+#[tokio::test]
+async fn clients_that_stop_reading_are_cut_by_the_write_timeout() {
+    let u = fluxlit_testkit::upstream::TestUpstream::start().await;
+    for fast in ENGINES {
+        let limits = fluxlit_gateway::Limits {
+            write_timeout: Duration::from_millis(300),
+            max_connections: 1,
+            ..fluxlit_gateway::Limits::default()
+        };
+        let gw = start(
+            Gateway::builder().ui(upstream(u.addr, "ui")).limits(limits),
+            fast,
+        )
+        .await;
+        // 64 MiB: far more than loopback socket buffers hold.
+        let mut stuck = RawClient::connect(gw.addr).await;
+        stuck
+            .send(b"GET /big?bytes=67108864 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        // The only connection slot comes free once the stuck client is cut.
+        fluxlit_testkit::eventually(
+            Duration::from_secs(10),
+            "a new connection is served",
+            || async {
+                let mut c = RawClient::connect(gw.addr).await;
+                c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await;
+                c.response(false)
+                    .await
+                    .filter(|r| r.status == 200)
+                    .map(|_| ())
+            },
+        )
+        .await;
+        drop(stuck);
+    }
+}
+
+/// From a trusted proxy: the nearest hop's values (the last ones), one header family per
+/// request (a client's `Forwarded` never fills a gap in `X-Forwarded-*`), and
+/// `X-Forwarded-Prefix`/`-Port` only when opted in — on both hops and both engines.
+#[tokio::test]
+async fn trusted_forwarded_fields_take_the_nearest_hop_only() {
+    for fast in ENGINES {
+        for opt_in in [false, true] {
+            let rec = RecordingUpstream::start().await;
+            let trust = fluxlit_gateway::TrustPolicy::trusting(vec![])
+                .forwarded_prefix(opt_in)
+                .forwarded_port(opt_in);
+            let gw = start(
+                Gateway::builder()
+                    .trust(trust)
+                    .ui(upstream(rec.addr, "ui"))
+                    .api(ApiTarget::Upstream(upstream(rec.addr, "api"))),
+                fast,
+            )
+            .await;
+            let mut c = RawClient::connect(gw.addr).await;
+            let heads = [
+                // An edge that appends: the client's values come first.
+                "Host: app.example\r\nX-Forwarded-Proto: https, http\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Host: app.example\r\n",
+                // X-Forwarded-* present: the client's Forwarded fills no gap.
+                "Host: app.example\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: proto=https;host=evil.example\r\n",
+                // Prefix and port: believed only when opted in.
+                "Host: app.example\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Prefix: /attacker\r\nX-Forwarded-Port: 1\r\n",
+            ];
+            let mut n = 0;
+            for (i, extra) in heads.iter().enumerate() {
+                for path in ["/ui", "/api/x"] {
+                    c.send(format!("GET {path} HTTP/1.1\r\n{extra}\r\n").as_bytes())
+                        .await;
+                    assert_eq!(c.response(false).await.expect("response").status, 200);
+                    n += 1;
+                    let seen = rec.wait_for(n).await;
+                    let r = &seen[n - 1];
+                    let ctx = format!("{} opt_in={opt_in} case {i} {path}", engine(fast));
+                    assert_eq!(r.all("x-forwarded-proto"), ["http"], "{ctx}");
+                    assert_eq!(r.all("x-forwarded-host"), ["app.example"], "{ctx}");
+                    assert!(!r.has("forwarded"), "{ctx}");
+                    let (port, prefix) = if i == 2 && opt_in {
+                        ("1", "/attacker")
+                    } else {
+                        ("80", "")
+                    };
+                    assert_eq!(r.all("x-forwarded-port"), [port], "{ctx}");
+                    if path.starts_with("/api") {
+                        assert_eq!(
+                            r.all("x-forwarded-prefix"),
+                            [format!("{prefix}/api")],
+                            "{ctx}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An in-process API (a tower service) gets the same hop rules as an upstream: no hop-by-hop
+/// fields, no identity headers; a WebSocket upgrade keeps exactly `Connection: upgrade` and
+/// `Upgrade: websocket`.
+#[tokio::test]
+async fn the_in_process_api_gets_no_hop_by_hop_fields() {
+    let svc = tower::service_fn(|req: http::Request<fluxlit_gateway::Body>| async move {
+        let mut names: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+            .collect();
+        names.sort();
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(names.join("\n")),
+        )))
+    });
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = start(
+            Gateway::builder()
+                .ui(upstream(rec.addr, "ui"))
+                .api_service(fluxlit_gateway::ApiService::new(svc)),
+            fast,
+        )
+        .await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nX-Remote-User: admin\r\nX-Kept: 1\r\n\r\n").await;
+        let r = c.response(false).await.expect("response");
+        let seen = r.text().to_ascii_lowercase();
+        for gone in [
+            "connection:",
+            "x-hop:",
+            "keep-alive:",
+            "te:",
+            "proxy-authorization:",
+            "upgrade:",
+            "x-remote-user:",
+        ] {
+            assert!(
+                !seen.lines().any(|l| l.starts_with(gone)),
+                "{}: {gone} reached the in-process API:\n{seen}",
+                engine(fast)
+            );
+        }
+        assert!(seen.contains("x-kept: 1"), "{seen}");
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(format!("GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).await;
+        let r = c.response(false).await.expect("response");
+        let seen = r.text();
+        assert!(
+            seen.contains("connection: upgrade") && seen.contains("upgrade: websocket"),
+            "{}: {seen}",
+            engine(fast)
+        );
+    }
+}
+
+/// An idle client connection does not pin an upstream connection beyond its reuse window
+/// (4 s): the upstream socket is closed while the client connection stays open.
+#[tokio::test]
+async fn idle_clients_let_their_upstream_connection_go() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(c.response(false).await.expect("response").status, 200);
+        assert_eq!(rec.open_connections(), 1, "{}", engine(fast));
+        fluxlit_testkit::eventually(
+            Duration::from_secs(10),
+            "the idle client's upstream connection is closed",
+            || async { (rec.open_connections() == 0).then_some(()) },
+        )
+        .await;
+        // The client connection itself is still served.
+        c.send(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(c.response(false).await.expect("response").text(), "GET /b");
+    }
+}

@@ -99,6 +99,7 @@ pub struct RecordingUpstream {
     log: Arc<Mutex<Vec<Recorded>>>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     replied: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -137,7 +138,8 @@ impl RecordingUpstream {
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let replied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let respond: Arc<Responder> = Arc::new(respond);
-        let (l, a, w) = (log.clone(), accepted.clone(), replied.clone());
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (l, a, w, o) = (log.clone(), accepted.clone(), replied.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -146,7 +148,12 @@ impl RecordingUpstream {
                 // Every write goes out at once (no Nagle delay behind an unacknowledged one).
                 let _ = stream.set_nodelay(true);
                 let conn = a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(serve(stream, conn, l.clone(), w.clone(), respond.clone()));
+                o.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (l, w, o, respond) = (l.clone(), w.clone(), o.clone(), respond.clone());
+                tokio::spawn(async move {
+                    serve(stream, conn, l, w, respond).await;
+                    o.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
         Self {
@@ -154,6 +161,7 @@ impl RecordingUpstream {
             log,
             accepted,
             replied,
+            open,
             task,
         }
     }
@@ -161,6 +169,11 @@ impl RecordingUpstream {
     /// Every request read so far, in the order they were read.
     pub fn requests(&self) -> Vec<Recorded> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// How many of its connections are open now (the gateway has not closed them).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many TCP connections it accepted.
@@ -243,7 +256,21 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) ->
         if let Some(n) = head_end(buf) {
             break n;
         }
-        if buf.len() > MAX_HEAD || !fill(stream, buf).await {
+        // Between requests it waits as long as the gateway keeps the connection (a real
+        // upstream's keep-alive is the gateway's to manage); inside one, [`IO_TIMEOUT`].
+        let more = if buf.is_empty() {
+            let mut chunk = [0u8; 16 * 1024];
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            buf.len() <= MAX_HEAD && fill(stream, buf).await
+        };
+        if !more {
             return None;
         }
     };
