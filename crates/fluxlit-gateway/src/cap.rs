@@ -117,3 +117,53 @@ where
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
+
+/// A client's request body that, dropped before its end (an upstream failed, timed out or
+/// answered without reading all of it), is read and discarded in the background within the
+/// drain bounds ([`drain`]): the answer then ends the exchange cleanly instead of being followed
+/// by a reset that a client still writing its body would report instead of the answer.
+pub(crate) struct Lingering {
+    inner: Option<hyper::body::Incoming>,
+}
+
+impl Lingering {
+    pub(crate) fn new(inner: hyper::body::Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take()
+            && !body.is_end_stream()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            drain(body);
+        }
+    }
+}
+
+impl HttpBody for Lingering {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}

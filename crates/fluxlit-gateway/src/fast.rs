@@ -227,6 +227,28 @@ pub(crate) async fn serve(
     }
 }
 
+/// After an answer written while `remaining` body bytes (some of them in `buf`) were unread:
+/// ends the answer (FIN), then reads and drops the rest of the body within the drain bounds
+/// ([`crate::cap::DRAIN_MAX_BYTES`], [`crate::cap::DRAIN_MAX_TIME`]) before the connection is
+/// closed.
+async fn linger(client: &mut TcpStream, buf: &mut BytesMut, remaining: u64) {
+    let _ = client.shutdown().await;
+    let mut left = remaining
+        .min(crate::cap::DRAIN_MAX_BYTES)
+        .saturating_sub(buf.len() as u64);
+    buf.clear();
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(crate::cap::DRAIN_MAX_TIME, async {
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(n) if n > 0 => left = left.saturating_sub(n as u64),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// Sleeps until `at`, or forever when `None`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -618,9 +640,15 @@ async fn exchange(
                     &rid,
                 ),
             };
-            // A request body not read to its end cannot be skipped: close after the answer.
+            // A request body not read to its end cannot be skipped: close after the answer,
+            // once the rest of the body is read and dropped (bounded), so the close is not a
+            // reset that destroys the answer for a client still writing.
             let close = ctx.close || remaining > 0;
-            return if write_response(client, resp, close, wt).await && !close {
+            let written = write_response(client, resp, close, wt).await;
+            if written && remaining > 0 {
+                linger(client, buf, remaining).await;
+            }
+            return if written && !close {
                 Next::KeepAlive
             } else {
                 Next::Close

@@ -590,8 +590,10 @@ impl Gateway {
         .await
     }
 
-    async fn handle_conn(&self, mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+    async fn handle_conn(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         let start = Instant::now();
+        // A body left unread by whatever answers is drained, not reset (`cap::Lingering`).
+        let mut req = req.map(cap::Lingering::new);
         let inner = &*self.inner;
         fluxlit_auth::mark_sensitive(req.headers_mut());
         inner.header_policy.strip_identity(req.headers_mut());
@@ -793,7 +795,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn api(
         &self,
-        req: Request<observe::Counted<Incoming>>,
+        req: Request<observe::Counted<cap::Lingering>>,
         path: &str,
         view: &ClientView,
         rid: &HeaderValue,
@@ -803,7 +805,7 @@ impl Gateway {
     ) -> (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) {
         let inner = &*self.inner;
         let cors = inner.api_headers.cors.clone();
-        let handler = |req: Request<observe::Counted<Incoming>>| async move {
+        let handler = |req: Request<observe::Counted<cap::Lingering>>| async move {
             let r: (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) = match &inner
                 .api_target
             {
@@ -913,7 +915,7 @@ impl Gateway {
                 let slot_cell: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>> =
                     std::sync::Mutex::new(None);
                 let svc = layer.layer(tower::service_fn(
-                    |req: Request<observe::Counted<Incoming>>| {
+                    |req: Request<observe::Counted<cap::Lingering>>| {
                         let slot_cell = &slot_cell;
                         let fut = handler(req);
                         async move {

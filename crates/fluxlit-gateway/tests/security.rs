@@ -792,3 +792,77 @@ async fn idle_clients_let_their_upstream_connection_go() {
         assert_eq!(c.response(false).await.expect("response").text(), "GET /b");
     }
 }
+
+/// A 502 written while the client's body is still unread arrives as an answer, not a reset:
+/// the rest of the body is read and dropped (within the drain bounds) before the close.
+#[tokio::test]
+async fn an_error_answer_before_the_body_is_read_is_not_reset() {
+    // A port with nothing listening: the upstream is refused.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    for fast in ENGINES {
+        let gw = start(Gateway::builder().ui(upstream(dead, "ui")), fast).await;
+        for round in 0..3 {
+            let mut c = RawClient::connect(gw.addr).await;
+            // More than loopback socket buffers hold: the write is still going on when the
+            // gateway has answered.
+            const LEN: usize = 8 * 1024 * 1024;
+            c.send(
+                format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            // The body goes on being written while the answer comes back.
+            let (mut rd, mut wr) = tokio::io::split(std::mem::replace(
+                c.stream(),
+                tokio::net::TcpStream::connect(gw.addr).await.unwrap(),
+            ));
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut all = true;
+                for _ in 0..LEN / chunk.len() {
+                    if wr.write_all(&chunk).await.is_err() {
+                        all = false;
+                        break;
+                    }
+                }
+                (wr, all)
+            });
+            // Like a front proxy that writes the whole body first, read only afterwards.
+            let (wr, all) = tokio::time::timeout(Duration::from_secs(10), writer)
+                .await
+                .expect("body written in time")
+                .unwrap();
+            assert!(
+                all,
+                "{} round {round}: the body's write was reset",
+                engine(fast)
+            );
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                use tokio::io::AsyncReadExt;
+                let mut b = [0u8; 4096];
+                // Until the answer's head is in (the gateway may close or keep the connection).
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match rd.read(&mut b).await {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .expect("the gateway answers in time");
+            let text = String::from_utf8_lossy(&got).into_owned();
+            assert!(
+                text.starts_with("HTTP/1.1 502"),
+                "{} round {round}: {read:?} after {text:?}",
+                engine(fast)
+            );
+            drop(wr);
+        }
+    }
+}
