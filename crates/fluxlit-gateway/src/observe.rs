@@ -155,10 +155,11 @@ pub fn redact_query(query: &str) -> String {
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The request's id: the inbound `X-Request-ID` when the peer is trusted and the value is sane
-/// (1–128 visible ASCII characters), else a new UUIDv7 (time-sortable).
+/// (1–128 visible ASCII characters), else a new UUIDv7 (time-sortable). Of several, the last
+/// one: the nearest hop's, as for the other forwarded fields.
 pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> HeaderValue {
     if trusted_peer
-        && let Some(v) = headers.get(&REQUEST_ID)
+        && let Some(v) = headers.get_all(&REQUEST_ID).iter().next_back()
         && !v.is_empty()
         && v.len() <= 128
         && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))

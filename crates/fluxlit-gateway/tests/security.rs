@@ -866,3 +866,78 @@ async fn an_error_answer_before_the_body_is_read_is_not_reset() {
         }
     }
 }
+
+/// A head with thousands of `Connection` options is answered, with the same rules, on both
+/// engines (the options are parsed once into a bounded set: one lookup per field).
+#[tokio::test]
+async fn heads_with_thousands_of_connection_options_are_served() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        let mut head = String::from("GET /many HTTP/1.1\r\nHost: x\r\nConnection: keep-alive");
+        for i in 0..4000 {
+            head.push_str(&format!(",o{i}"));
+        }
+        head.push_str(",,,,,,,,\r\n");
+        // 90 fields: within the 100 a head may have.
+        for i in 0..45 {
+            head.push_str(&format!("O{}: v\r\nx-keep-{i}: v\r\n", i * 50));
+        }
+        head.push_str("\r\n");
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(head.as_bytes()).await;
+        assert_eq!(c.response(false).await.expect("response").status, 200);
+        let seen = rec.wait_for(1).await;
+        assert!(
+            seen[0].headers.iter().all(|(n, _)| !n.starts_with('O')),
+            "{}: a nominated field went on",
+            engine(fast)
+        );
+    }
+}
+
+/// One HTTP/2 connection cannot fan out to more upstream connections than its stream limit.
+#[tokio::test]
+async fn http2_fan_out_is_bounded_by_the_stream_limit() {
+    let u = fluxlit_testkit::upstream::TestUpstream::start().await;
+    let limits = fluxlit_gateway::Limits {
+        http2_max_streams: 4,
+        ..fluxlit_gateway::Limits::default()
+    };
+    let gw = start(
+        Gateway::builder().ui(upstream(u.addr, "ui")).limits(limits),
+        true,
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut hanging = Vec::new();
+    for _ in 0..10 {
+        let mut s = sender.clone();
+        let req = http::Request::get(format!("http://{}/hang", gw.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        hanging.push(tokio::spawn(async move { s.send_request(req).await }));
+    }
+    fluxlit_testkit::eventually(Duration::from_secs(5), "4 upstream connections", || async {
+        (u.connections() >= 4).then_some(())
+    })
+    .await;
+    // No fifth one within a window in which the other six would have been opened.
+    let more = tokio::time::timeout(Duration::from_millis(500), async {
+        while u.connections() <= 4 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(more.is_err(), "{} upstream connections", u.connections());
+    for h in hanging {
+        h.abort();
+    }
+}
