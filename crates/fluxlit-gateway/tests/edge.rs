@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxlit_gateway::{
-    ApiHeaders, ApiService, ApiTarget, Endpoint, Gateway, GatewayBuilder, Limits, TrustPolicy,
-    Upstream,
-};
+use fluxlit_gateway::{ApiHeaders, ApiService, ApiTarget, Gateway, Limits, TrustPolicy, Upstream};
 use fluxlit_testkit::upstream::TestUpstream;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -22,61 +19,17 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type ReqBody = BoxBody<Bytes, Infallible>;
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
+mod support;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-async fn start(builder: GatewayBuilder) -> Running {
-    let gateway = builder
-        .drain_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        gateway
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        gateway.drain_tunnels(Duration::ZERO).await;
-    });
-    Running {
-        addr,
-        stop: Some(tx),
-    }
-}
+use support::{start, up_at};
 
 fn up(u: &TestUpstream, name: &str) -> Upstream {
     up_at(u.addr, name)
-}
-
-/// An upstream at `addr` with no base path.
-fn up_at(addr: SocketAddr, name: &str) -> Upstream {
-    Upstream::fixed(
-        name,
-        Endpoint {
-            authority: addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    )
 }
 
 fn empty() -> ReqBody {

@@ -6,63 +6,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use fluxlit_gateway::{ApiTarget, Endpoint, Gateway, GatewayBuilder, Upstream};
+use fluxlit_gateway::{ApiTarget, Gateway, GatewayBuilder};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
-use tokio::sync::oneshot;
 
 /// Both engines: the fast path (the default) and hyper's.
 const ENGINES: [bool; 2] = [true, false];
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
+mod support;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+use support::{Running, up_at as upstream};
 
+/// Serves `builder` on the fast path (`fast`) or on hyper's alone.
 async fn start(builder: GatewayBuilder, fast: bool) -> Running {
-    let gateway = builder
-        .http1_fast_path(fast)
-        .drain_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        gateway
-            .serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        gateway.drain_tunnels(Duration::ZERO).await;
-    });
-    Running {
-        addr,
-        stop: Some(tx),
-    }
-}
-
-fn upstream(addr: SocketAddr, name: &str) -> Upstream {
-    Upstream::fixed(
-        name,
-        Endpoint {
-            authority: addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    )
+    support::start(builder.http1_fast_path(fast)).await
 }
 
 /// A gateway with the recording upstream as the UI and as the API upstream.
