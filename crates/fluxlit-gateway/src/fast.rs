@@ -80,20 +80,42 @@ pub(crate) struct UpConn {
     buf: BytesMut,
     /// Spare room to have before the next read (grows with large bodies).
     read_size: usize,
+    /// The last response had no body (HEAD, 204, 304): check for stray bytes with a peek.
+    bodiless: bool,
 }
 
 impl UpConn {
     /// Can carry a request now: idle for less than [`IDLE_TIMEOUT`], not closed by the upstream,
     /// and with nothing unread: bytes an upstream sent after its complete response (a body
     /// after HEAD/204/304, a second response nobody asked for) would otherwise be read as the
-    /// next request's response. One non-blocking read tells (`EAGAIN` when clean): the I/O
-    /// driver's readiness alone is not enough, since a short read clears it and the bytes may
-    /// have arrived since without the driver having looked.
-    fn usable(&self) -> bool {
+    /// next request's response.
+    ///
+    /// The I/O driver marks an idle connection readable when bytes (or a close) arrive; it is
+    /// then read without waiting to tell which. That mark is only as fresh as the driver's last
+    /// look, which is every time the connection's task waited for its client. When it did not
+    /// (`fresh` false: the next request was pipelined behind the last one), or after a
+    /// response without a body (where a broken upstream's stray body would follow), a
+    /// non-blocking peek on the socket itself decides (one system call).
+    fn usable(&self, fresh: bool) -> bool {
         if self.used.elapsed() >= IDLE_TIMEOUT {
             return false;
         }
-        // A peek on the non-blocking socket, past tokio's cached readiness.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let clean = match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut b = [0u8; 1];
+                matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        };
+        if !clean {
+            return false;
+        }
+        if fresh && !self.bodiless {
+            return true;
+        }
+        // A peek on the non-blocking socket, past the driver's cached readiness.
         let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         matches!(
             socket2::SockRef::from(&self.stream).peek(&mut b),
@@ -133,7 +155,7 @@ impl Parked {
     fn adopt(&self, authority: &Authority) -> Option<UpConn> {
         loop {
             let c = self.lot.take(authority)?;
-            if c.usable() {
+            if c.usable(true) {
                 return Some(c);
             }
         }
@@ -164,6 +186,9 @@ pub(crate) async fn serve(
         // Bytes already parsed as an incomplete head: parsed again only once a new line has
         // arrived, so a head trickling in costs one parse per line, not one per read.
         let mut parsed = 0;
+        // Whether this request's head had to be waited for (else it was pipelined behind the
+        // last one, and the I/O driver has not looked at the upstream connection since).
+        let mut waited = false;
         let plan = loop {
             if buf.len() > parsed && buf[parsed..].contains(&b'\n') {
                 match plan(inner, ui, hop, &buf) {
@@ -182,28 +207,46 @@ pub(crate) async fn serve(
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(CLIENT_BUFFER);
             }
-            // An idle client holds its upstream connection only while that could be reused.
+            // An idle client holds its upstream connection only while that could be reused:
+            // one timer wakes for whichever comes first, that or the header deadline.
             let stale = up
                 .as_ref()
-                .map(|c| tokio::time::Instant::from_std(c.used + IDLE_TIMEOUT));
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => r,
-                () = closing.cancelled(), if idle => break 'conn None,
-                () = sleep_until_some(stale), if idle => {
-                    up = None;
-                    continue;
+                .filter(|_| idle)
+                .map(|c| tokio::time::Instant::from_std(c.used + IDLE_TIMEOUT))
+                .filter(|at| *at < deadline);
+            // Counts polls: more than one means the task waited, and the I/O driver looked at
+            // every socket (the upstream connection's too) before waking it.
+            let mut polls = 0u32;
+            let read = {
+                let mut reading = std::pin::pin!(client.read_buf(&mut buf));
+                let counted = std::future::poll_fn(|cx| {
+                    polls += 1;
+                    reading.as_mut().poll(cx)
+                });
+                tokio::select! {
+                    r = tokio::time::timeout_at(stale.unwrap_or(deadline), counted) => r,
+                    () = closing.cancelled(), if idle => break 'conn None,
                 }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
+                Err(_elapsed) if stale.is_some() => {
+                    up = None;
+                    continue;
+                }
                 // End of stream, a read error, or the header read timeout.
                 _ => break 'conn None,
             }
+            waited |= polls > 1;
         };
         let Some(plan) = plan else {
             break Some(buf.freeze());
         };
         buf.advance(plan.head_len);
+        let plan = Plan {
+            fresh: waited,
+            ..plan
+        };
         match exchange(inner, ui, &mut client, &mut buf, &mut up, plan, closing).await {
             Next::KeepAlive => {}
             Next::Close => break None,
@@ -249,14 +292,6 @@ async fn linger(client: &mut TcpStream, buf: &mut BytesMut, remaining: u64) {
     .await;
 }
 
-/// Sleeps until `at`, or forever when `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What follows an exchange on the client connection.
 enum Next {
     KeepAlive,
@@ -284,6 +319,9 @@ struct Plan {
     ws_accept: Option<String>,
     endpoint: Endpoint,
     rid: HeaderValue,
+    /// The connection's task waited for this request's head, so the I/O driver's readiness of
+    /// the upstream connection is fresh (see `UpConn::usable`).
+    fresh: bool,
 }
 
 enum Parsed {
@@ -514,6 +552,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         ws_accept,
         endpoint,
         rid,
+        fresh: false,
     })
 }
 
@@ -572,6 +611,7 @@ async fn exchange(
     closing: &CancellationToken,
 ) -> Next {
     let proxy = &inner.proxy;
+    let fresh = plan.fresh;
     let wt = inner.limits.write_timeout;
     let authority = plan.endpoint.authority.clone();
     let rid = plan.rid;
@@ -591,7 +631,7 @@ async fn exchange(
 
     let kept = up
         .take()
-        .filter(|c| c.authority == authority && c.usable())
+        .filter(|c| c.authority == authority && c.usable(fresh))
         .or_else(|| proxy.fast_parked.adopt(&authority));
     let attempt = tokio::time::timeout(timeout, async {
         let (mut conn, mut reused) = match kept {
@@ -676,10 +716,12 @@ async fn exchange(
         return Next::Tunnel(conn.stream, Box::new(proxy.tunnel_spec(name, &rid)));
     }
     let until_close = matches!(framing, Framing::UntilClose);
+    let bodiless = matches!(framing, Framing::None);
     match relay(client, &mut conn, head, framing, wt).await {
         Ok(()) => {
             if upstream_keep && !until_close && conn.buf.is_empty() {
                 conn.used = Instant::now();
+                conn.bodiless = bodiless;
                 *up = Some(conn);
             }
             if ctx.close || until_close {
@@ -704,6 +746,7 @@ async fn connect(proxy: &crate::proxy::Proxy, authority: &Authority) -> Result<U
         used: Instant::now(),
         buf: BytesMut::with_capacity(UPSTREAM_BUFFER),
         read_size: UPSTREAM_BUFFER,
+        bodiless: false,
     })
 }
 

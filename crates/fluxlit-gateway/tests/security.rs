@@ -264,6 +264,22 @@ async fn stale_upstream_bytes_never_answer_the_next_request() {
             other.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
             let r = other.response(false).await.expect("other response");
             assert_eq!(r.text(), "GET /other", "{} after {path}", engine(fast));
+            // Pipelined: the next request is already there when the answer is relayed.
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\nGET /piped HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            let first = c.response(method == "HEAD").await.expect("first response");
+            assert_ne!(first.text(), "POISON", "{} {path} pipelined", engine(fast));
+            let next = c.response(false).await.expect("pipelined response");
+            assert_eq!(
+                next.text(),
+                "GET /piped",
+                "{} after {path}, pipelined",
+                engine(fast)
+            );
         }
     }
 }
