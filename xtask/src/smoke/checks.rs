@@ -10,6 +10,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Endpoint, Response, Ws, snippet};
+use super::edges::{Edge, RequestId};
+use super::raw::{RawConn, RawResponse};
 
 /// The marker `GET /api/smoke` returns and the Streamlit page shows.
 const MARKER: &str = "fluxlit_smoke_ok";
@@ -23,8 +25,8 @@ pub(crate) const OVERSIZED_BODY: usize = 128 * 1024;
 /// What a check needs to know about the edge it runs through.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    /// The edge's name, used in request ids and uploaded content.
-    pub(crate) edge: &'static str,
+    /// The edge (its name is used in request ids and uploaded content).
+    pub(crate) edge: Edge,
     /// The edge's address (and certificate).
     pub(crate) endpoint: Endpoint,
     /// The public path prefix (`""`, `/myapp`, `/apps/my-app`).
@@ -60,10 +62,17 @@ pub(crate) enum Check {
     BodyLimitUi,
     /// An oversized body to an API route gets 413 from FluxLit.
     BodyLimitApi,
-    /// The request id reaches the API and comes back on the response.
+    /// The edge's request id (or FluxLit's), never the client's, reaches the API and comes
+    /// back on the response.
     RequestId,
-    /// The API sees the public scheme, host and prefix.
+    /// The API sees the public scheme, host, port and prefix.
     Scheme,
+    /// Forwarded fields a client sends do not change what the API sees.
+    ForwardedSpoof,
+    /// A request hidden in a body (`Connection: …, Content-Length`) never reaches the API.
+    Smuggling,
+    /// Paths with dot segments are not served under a route the edge did not choose.
+    DotSegments,
     /// `GET {prefix}` (no trailing slash) redirects to `{prefix}/`.
     Redirect,
 }
@@ -82,6 +91,9 @@ pub(crate) const ALL: &[Check] = &[
     Check::BodyLimitApi,
     Check::RequestId,
     Check::Scheme,
+    Check::ForwardedSpoof,
+    Check::Smuggling,
+    Check::DotSegments,
     Check::Redirect,
 ];
 
@@ -101,6 +113,9 @@ impl Check {
             Self::BodyLimitApi => "413-api",
             Self::RequestId => "request-id",
             Self::Scheme => "scheme",
+            Self::ForwardedSpoof => "forwarded-spoof",
+            Self::Smuggling => "smuggling",
+            Self::DotSegments => "dot-segments",
             Self::Redirect => "prefix-redirect",
         }
     }
@@ -128,6 +143,9 @@ impl Check {
             Self::BodyLimitApi => body_limit(t, "POST", &t.path("/api/smoke")).await,
             Self::RequestId => request_id(t).await,
             Self::Scheme => scheme(t).await,
+            Self::ForwardedSpoof => forwarded_spoof(t).await,
+            Self::Smuggling => smuggling(t).await,
+            Self::DotSegments => dot_segments(t).await,
             Self::Redirect => redirect(t).await,
         }
     }
@@ -422,7 +440,7 @@ async fn upload(t: &Target) -> Result<String, String> {
     let (Some(sid), Some(widget_id)) = (seen.session_id.clone(), seen.uploader_id.clone()) else {
         return Err(describe(&seen));
     };
-    let content = format!("uploaded through {} by cargo xtask smoke\n", t.edge).repeat(20);
+    let content = format!("uploaded through {} by cargo xtask smoke\n", t.edge.name).repeat(20);
     let boundary = "fluxlitsmokeboundary";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"smoke.txt\"; filename=\"smoke.txt\"\r\nContent-Type: text/plain\r\n\r\n{content}\r\n--{boundary}--\r\n"
@@ -431,7 +449,7 @@ async fn upload(t: &Target) -> Result<String, String> {
     let ctype = format!("multipart/form-data; boundary={boundary}");
     let cookie = format!("_streamlit_xsrf={token}");
     let origin = t.endpoint.origin();
-    let file_id = format!("smoke-{}", t.edge);
+    let file_id = format!("smoke-{}", t.edge.name);
     let path = t.path(&format!("/_stcore/upload_file/{sid}/{file_id}"));
 
     // Without the token header: Streamlit's XSRF protection must refuse it.
@@ -532,49 +550,70 @@ fn is_uuid_v7(s: &str) -> bool {
         && b[14] == b'7'
 }
 
+/// The request id the API must see behind `edge`: its description, and whether `id` is one.
+fn expected_id(edge: &Edge, id: &str) -> (String, bool) {
+    match edge.request_id {
+        RequestId::Edge(format) => (
+            format!("the edge's own id ({})", format.describe()),
+            format.matches(id),
+        ),
+        RequestId::Cleared => (
+            "FluxLit's UUIDv7 (the edge clears X-Request-ID)".to_owned(),
+            is_uuid_v7(id),
+        ),
+    }
+}
+
+/// Every shipped edge sets its own `X-Request-ID` or clears the client's: a client's id never
+/// reaches the API, and the id the API sees (the edge's, else FluxLit's UUIDv7) comes back
+/// on the response.
 async fn request_id(t: &Target) -> Result<String, String> {
     let path = t.path("/api/request-id");
-    let sent = format!("smoke-{}-{}", t.edge, std::process::id());
-    let r = t
-        .endpoint
-        .request("GET", &path, &[("x-request-id", &sent)], Vec::new())
-        .await?;
-    let seen = r.json()["request_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let returned = r.header("x-request-id");
+    let sent = format!("smoke-{}-{}", t.edge.name, std::process::id());
+    let (want, _) = expected_id(&t.edge, "");
     let mut problems = Vec::new();
-    if r.status != 200 {
-        problems.push(format!("status {}", r.summary()));
+    let mut seen_ids = Vec::new();
+    for client_id in [Some(sent.as_str()), None] {
+        let headers: Vec<(&str, &str)> = client_id
+            .map(|id| ("x-request-id", id))
+            .into_iter()
+            .collect();
+        let r = t
+            .endpoint
+            .request("GET", &path, &headers, Vec::new())
+            .await?;
+        let seen = r.json()["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let returned = r.header("x-request-id");
+        let case = if client_id.is_some() {
+            format!("with X-Request-ID {sent:?}")
+        } else {
+            "without X-Request-ID".to_owned()
+        };
+        if r.status != 200 {
+            problems.push(format!("{case}: status {}", r.summary()));
+        } else if client_id == Some(seen.as_str()) {
+            problems.push(format!(
+                "{case}: the client's id reached the API; the edge must set or clear X-Request-ID"
+            ));
+        } else if !expected_id(&t.edge, &seen).1 {
+            problems.push(format!("{case}: expected {want}, the API saw {seen:?}"));
+        } else if returned != seen {
+            problems.push(format!(
+                "{case}: the API saw {seen:?} but the response carried {returned:?}"
+            ));
+        }
+        seen_ids.push(seen);
     }
-    if seen != sent {
-        problems.push(format!("sent X-Request-ID {sent:?}, the API saw {seen:?}"));
-    }
-    if returned != sent {
-        problems.push(format!(
-            "the response's X-Request-ID is {returned:?}, expected {sent:?}"
-        ));
-    }
-    // Without one, FluxLit makes a UUIDv7 and uses it on both sides.
-    let r = t.endpoint.get(&path).await?;
-    let generated = r.json()["request_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let returned_new = r.header("x-request-id");
-    if !is_uuid_v7(&generated) {
-        problems.push(format!(
-            "without one, the API saw {generated:?}, expected a new UUIDv7"
-        ));
-    } else if returned_new != generated {
-        problems.push(format!(
-            "without one, the API saw {generated:?} but the response carried {returned_new:?}"
-        ));
+    if problems.is_empty() && seen_ids[0] == seen_ids[1] {
+        problems.push(format!("two requests got the same id {:?}", seen_ids[0]));
     }
     if problems.is_empty() {
         Ok(format!(
-            "{sent:?} reached the API and came back; without one: {generated}"
+            "the client's id is replaced by {want}: the API saw {} and the response carried it; without one: {}",
+            seen_ids[0], seen_ids[1]
         ))
     } else {
         Err(problems.join("; "))
@@ -588,6 +627,7 @@ async fn scheme(t: &Target) -> Result<String, String> {
     let want = [
         ("scheme", t.endpoint.scheme().to_owned()),
         ("host", t.endpoint.authority()),
+        ("port", t.endpoint.addr.port().to_string()),
         ("prefix", want_prefix),
     ];
     let mut problems = Vec::new();
@@ -608,6 +648,420 @@ async fn scheme(t: &Target) -> Result<String, String> {
         Ok(format!("the API saw {saw}"))
     } else {
         Err(format!("{} (body {saw})", problems.join("; ")))
+    }
+}
+
+/// A token no other request of this run carries: the process id, the time and a counter.
+fn token(kind: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{kind}{:x}{nanos:x}n{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One request the API recorded (`GET /seen/{token}` of `examples/smoke/api.py`).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ApiRecord {
+    method: String,
+    path: String,
+    query: String,
+}
+
+/// Every request the API received whose raw path or query string contains `token`.
+async fn api_saw(t: &Target, token: &str) -> Result<Vec<ApiRecord>, String> {
+    let r = t
+        .endpoint
+        .get(&t.path(&format!("/api/seen/{token}")))
+        .await?;
+    if r.status != 200 {
+        return Err(format!(
+            "GET {}/api/seen/{token}: {}",
+            t.prefix,
+            r.summary()
+        ));
+    }
+    serde_json::from_value(r.json()["requests"].clone())
+        .map_err(|e| format!("GET {}/api/seen/{token}: {e}: {}", t.prefix, r.summary()))
+}
+
+/// A client sends every forwarded field FluxLit may read, each with a value that would change
+/// what the API sees (the other scheme, `evil.example`, port 1, prefix `/attacker`, RFC 7239
+/// `Forwarded`, `X-Forwarded-For: 6.6.6.6`). The edge sets or clears each one, and FluxLit
+/// believes the nearest hop, one header family, and prefix/port only when opted in, so the API
+/// must see the edge's truth: the edge's scheme, the `Host` the client sent, that host's port,
+/// `{prefix}/api`, and no `Forwarded`. `6.6.6.6` may stay in `X-Forwarded-For` only as its
+/// leftmost element and only behind an edge that appends to the list ([`Edge::xff_appends`]);
+/// the rightmost element is always the edge's address, which FluxLit adds.
+async fn forwarded_spoof(t: &Target) -> Result<String, String> {
+    let scheme = t.endpoint.scheme();
+    let other = if scheme == "https" { "http" } else { "https" };
+    let headers = [
+        ("x-forwarded-proto", other),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "1"),
+        ("x-forwarded-prefix", "/attacker"),
+        ("forwarded", "proto=https;host=evil.example"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    let r = t
+        .endpoint
+        .request("GET", &t.path("/api/scheme"), &headers, Vec::new())
+        .await?;
+    let v = r.json();
+    let mut problems = Vec::new();
+    if r.status != 200 {
+        problems.push(format!("status {}", r.status));
+    }
+    let want = [
+        ("scheme", scheme.to_owned()),
+        ("host", t.endpoint.authority()),
+        ("port", t.endpoint.addr.port().to_string()),
+        ("prefix", t.path("/api")),
+    ];
+    for (key, expected) in &want {
+        let got = v[*key].as_str().unwrap_or_default();
+        if got != expected {
+            problems.push(format!(
+                "{key}: expected {expected:?}, the API saw {:?}",
+                v[*key]
+            ));
+        }
+    }
+    if !v["forwarded"].is_null() {
+        problems.push(format!(
+            "the API saw Forwarded: {} (FluxLit never sends one)",
+            v["forwarded"]
+        ));
+    }
+    let xff = v["for"].as_str().unwrap_or_default().to_owned();
+    let nodes: Vec<&str> = xff.split(',').map(str::trim).collect();
+    let spoofed_at: Vec<usize> = (0..nodes.len())
+        .filter(|&i| nodes[i] == "6.6.6.6")
+        .collect();
+    let edge_addr = t.endpoint.addr.ip().to_string();
+    let xff_note = match (t.edge.xff_appends, spoofed_at.as_slice()) {
+        (_, _) if nodes.last() != Some(&edge_addr.as_str()) => {
+            problems.push(format!(
+                "X-Forwarded-For {xff:?} does not end with the edge's address {edge_addr}"
+            ));
+            ""
+        }
+        (true, [0]) => "the edge appends to X-Forwarded-For (the client's 6.6.6.6 stays leftmost)",
+        (_, []) => "the edge replaces X-Forwarded-For",
+        (appends, _) => {
+            let how = if appends {
+                "appends (the client's value may only be leftmost)"
+            } else {
+                "replaces the client's X-Forwarded-For"
+            };
+            problems.push(format!(
+                "X-Forwarded-For {xff:?} holds the client's 6.6.6.6, but this edge {how}"
+            ));
+            ""
+        }
+    };
+    let saw = snippet(&r.text(), 220);
+    if problems.is_empty() {
+        Ok(format!("{xff_note}; the API saw {saw}"))
+    } else {
+        Err(format!("{} (body {saw})", problems.join("; ")))
+    }
+}
+
+/// Request smuggling (review finding F1) through the edge, on one connection (TLS through
+/// `openssl s_client` for the TLS edge): `POST {prefix}/api/probe/T/outer` with `Connection:
+/// keep-alive, Content-Length` and a body that is itself a request (`GET
+/// {prefix}/api/probe/T/SMUGGLED` with `X-Remote-User: admin`), then a plain `GET
+/// {prefix}/api/probe/T/second` (on the same connection unless the edge closed it). Each
+/// response must answer its own request (the probe route names itself; the outer one with the
+/// whole body as a body), nothing may follow the last one, and the API's record of the token
+/// (`GET /seen/T`) must not hold the smuggled request. An edge that refuses the outer request
+/// itself (a 4xx) passes as long as nothing was smuggled and the second request is answered.
+async fn smuggling(t: &Target) -> Result<String, String> {
+    let token = token("smuggle");
+    let host = t.endpoint.authority();
+    let probe = |name: &str| t.path(&format!("/api/probe/{token}/{name}"));
+    let hidden = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nX-Remote-User: admin\r\n\r\n",
+        probe("SMUGGLED")
+    );
+    let outer = format!(
+        "POST {} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive, Content-Length\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{hidden}",
+        probe("outer"),
+        hidden.len()
+    );
+    let second = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        probe("second")
+    );
+    let mut notes = Vec::new();
+    let mut problems = Vec::new();
+    let mut conn = RawConn::open(&t.endpoint).await?;
+    conn.send(outer.as_bytes()).await?;
+    let first = conn.response().await.map_err(|e| {
+        format!(
+            "reading the response to the outer request: {e}{}",
+            t.endpoint.tls_diagnostics()
+        )
+    })?;
+    let answers = |r: &RawResponse, name: &str| r.status == 200 && r.json()["name"] == name;
+    match &first {
+        None => notes
+            .push("the edge closed the connection without answering the outer request".to_owned()),
+        Some(r) if answers(r, "outer") => {
+            let got = r.json()["body_bytes"].as_u64().unwrap_or_default();
+            if usize::try_from(got).ok() == Some(hidden.len()) {
+                notes.push(format!("outer: 200 with its {got}-byte body as a body"));
+            } else {
+                problems.push(format!(
+                    "the outer request reached the API with {got} body bytes, not {}",
+                    hidden.len()
+                ));
+            }
+        }
+        Some(r) if (400..500).contains(&r.status) => {
+            notes.push(format!("outer refused: {}", r.summary()));
+        }
+        Some(r) => problems.push(format!(
+            "the response to the outer request is not its own: {}",
+            r.summary()
+        )),
+    }
+    // The second request, on the same connection while it is open.
+    let mut second_response = None;
+    if first.as_ref().is_some_and(|r| !r.closes()) {
+        conn.send(second.as_bytes()).await?;
+        second_response = conn.response().await.map_err(|e| {
+            format!(
+                "reading the response to the second request: {e}{}",
+                t.endpoint.tls_diagnostics()
+            )
+        })?;
+        if second_response.is_none() {
+            notes.push("the edge closed the connection after the outer request".to_owned());
+        }
+    } else {
+        notes.push("the edge closed the connection after the outer request".to_owned());
+    }
+    if second_response.is_none() {
+        conn = RawConn::open(&t.endpoint).await?;
+        conn.send(second.as_bytes()).await?;
+        second_response = conn.response().await?;
+        notes.push("second sent on a new connection".to_owned());
+    }
+    match &second_response {
+        Some(r) if answers(r, "second") => notes.push("second: 200, its own response".to_owned()),
+        Some(r) if r.json()["name"] == "SMUGGLED" => problems.push(format!(
+            "the second request got the smuggled request's response: {}",
+            r.summary()
+        )),
+        Some(r) => problems.push(format!(
+            "the second request got {} instead of its own response",
+            r.summary()
+        )),
+        None => problems.push("the second request got no response".to_owned()),
+    }
+    let extra = conn.rest(Duration::from_millis(300)).await;
+    if !extra.is_empty() {
+        problems.push(format!(
+            "bytes after the last response (a response too many?): {}",
+            snippet(&String::from_utf8_lossy(&extra), 160)
+        ));
+    }
+    // A smuggled request would have been read right after the outer one; give it time to
+    // land before asking the API what it saw.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = api_saw(t, &token).await?;
+    let paths: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    if seen.iter().any(|s| s.path.contains("SMUGGLED")) {
+        problems.push(format!(
+            "the API received the smuggled request (X-Remote-User: admin); it saw {paths:?}"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{}; the API saw {paths:?}, never the smuggled request",
+            notes.join("; ")
+        ))
+    } else {
+        Err(format!("{}; ({})", problems.join("; "), notes.join("; ")))
+    }
+}
+
+/// Where a path goes, as an edge serving `prefix` routes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// `{prefix}/api` and below.
+    Api,
+    /// Anything else under `{prefix}/`.
+    Ui,
+    /// Not under the prefix: the edge serves no FluxLit route for it.
+    Outside,
+}
+
+impl Dest {
+    fn of(path: &str, prefix: &str) -> Self {
+        match path.strip_prefix(prefix) {
+            Some(rest) if rest == "/api" || rest.starts_with("/api/") => Self::Api,
+            Some(rest) if rest.starts_with('/') => Self::Ui,
+            _ => Self::Outside,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Api => "the API",
+            Self::Ui => "the UI",
+            Self::Outside => "outside the app",
+        }
+    }
+}
+
+/// Who answered a dot-segment probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Served {
+    /// The API (it recorded the probe's token), under these raw paths.
+    Api(Vec<String>),
+    /// Something behind the edge other than the API answered 2xx: Streamlit.
+    Ui(u16),
+    /// Refused with this status; true when it is FluxLit's 400 for a dot segment.
+    Refused(u16, bool),
+}
+
+impl Served {
+    /// Whether this answer is one the edge meant: a refusal always is; the API only when the
+    /// edge routed the probe to the API and the API saw no dot segment; the UI only when the
+    /// edge routed the probe to the UI.
+    fn acceptable(&self, intended: Dest) -> bool {
+        match self {
+            Self::Api(paths) => intended == Dest::Api && paths.iter().all(|p| !has_dot_segment(p)),
+            Self::Ui(_) => intended == Dest::Ui,
+            Self::Refused(..) => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Api(paths) => format!("served by the API as {paths:?}"),
+            Self::Ui(status) => format!("{status} served by the UI"),
+            Self::Refused(_, true) => "400 from FluxLit".to_owned(),
+            Self::Refused(status, false) => format!("{status} from the edge"),
+        }
+    }
+}
+
+/// `path` with `%2e` decoded and dot segments removed (RFC 3986 §5.2.4), as a normalising edge
+/// sees it.
+fn remove_dot_segments(path: &str) -> String {
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => {
+                out.push(s);
+                continue;
+            }
+        }
+        if last {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Whether a segment of `path` (no query) is `.` or `..`, plain or with `%2e`.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| {
+        let s = s.replace("%2e", ".").replace("%2E", ".");
+        s == "." || s == ".."
+    })
+}
+
+/// The paths `dot-segments` sends, under the public prefix.
+const DOT_PROBES: [&str; 3] = [
+    "/%2e%2e/api/smoke",
+    "/./api/smoke",
+    "/api/%2e%2e/_stcore/health",
+];
+
+/// Dot segments (review finding F3): `{prefix}/%2e%2e/api/smoke`, `{prefix}/./api/smoke` and
+/// `{prefix}/api/%2e%2e/_stcore/health` through the edge, each with a token in its query
+/// string. The route the edge intended is that of the path it routes on: with `%2e` decoded
+/// and dot segments removed for an edge that normalises ([`Edge::routes_normalised_path`]:
+/// nginx, Caddy, Traefik), the path as sent for one that does not (HAProxy). Each probe passes
+/// when it was refused (FluxLit's 400 for a dot segment, or the edge's own 4xx), or when it was
+/// served where the edge meant it to go: by the API (which recorded the token) only if the edge
+/// intended the API and the API saw no dot segment, by the UI (a 2xx the API did not record)
+/// only if the edge intended the UI. It fails when the API or Streamlit served a probe under a
+/// route the edge did not intend, which is what let a client reach the API past an edge's rules
+/// for `{prefix}/api/`.
+async fn dot_segments(t: &Target) -> Result<String, String> {
+    let token = token("dot");
+    let mut results = Vec::new();
+    for (i, probe) in DOT_PROBES.iter().enumerate() {
+        let path = t.path(probe);
+        let r = t.endpoint.get(&format!("{path}?probe={token}p{i}")).await?;
+        results.push((path, r));
+    }
+    let seen = api_saw(t, &token).await?;
+    let mut lines = Vec::new();
+    let mut failed = false;
+    for (i, (path, r)) in results.iter().enumerate() {
+        let routed_on = if t.edge.routes_normalised_path {
+            remove_dot_segments(path)
+        } else {
+            path.clone()
+        };
+        let intended = Dest::of(&routed_on, t.prefix);
+        let mark = format!("probe={token}p{i}");
+        let api_paths: Vec<String> = seen
+            .iter()
+            .filter(|s| s.query.split('&').any(|q| q == mark))
+            .map(|s| s.path.clone())
+            .collect();
+        let served = if !api_paths.is_empty() {
+            Served::Api(api_paths)
+        } else if (200..300).contains(&r.status) {
+            Served::Ui(r.status)
+        } else {
+            Served::Refused(
+                r.status,
+                r.status == 400 && r.text().starts_with("FluxLit:"),
+            )
+        };
+        let ok = served.acceptable(intended);
+        let what = served.describe();
+        failed |= !ok;
+        lines.push(format!(
+            "{}{path}: {what} (the edge routes it{} to {})",
+            if ok { "" } else { "NOT OK " },
+            if t.edge.routes_normalised_path {
+                format!(" as {routed_on}")
+            } else {
+                String::new()
+            },
+            intended.name()
+        ));
+    }
+    if failed {
+        Err(lines.join("; "))
+    } else {
+        Ok(lines.join("; "))
     }
 }
 
@@ -647,6 +1101,58 @@ mod tests {
         assert!(is_uuid_v7("01890a5d-ac96-774b-bcce-b302099a8057"));
         assert!(!is_uuid_v7("4b3a2b1c-0000-4000-8000-000000000000"));
         assert!(!is_uuid_v7("smoke"));
+    }
+
+    #[test]
+    fn removes_dot_segments_like_a_normalising_edge() {
+        assert_eq!(remove_dot_segments("/myapp/%2e%2e/api/smoke"), "/api/smoke");
+        assert_eq!(
+            remove_dot_segments("/myapp/./api/smoke"),
+            "/myapp/api/smoke"
+        );
+        assert_eq!(
+            remove_dot_segments("/myapp/api/%2E%2e/_stcore/health"),
+            "/myapp/_stcore/health"
+        );
+        assert_eq!(remove_dot_segments("/%2e%2e/api/smoke"), "/api/smoke");
+        assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
+        assert_eq!(remove_dot_segments("/a/."), "/a/");
+        assert!(has_dot_segment("/x/%2E%2e/y") && has_dot_segment("/./y"));
+        assert!(!has_dot_segment("/x/..y/.z") && !has_dot_segment("/smoke"));
+    }
+
+    #[test]
+    fn classifies_routes_under_the_prefix() {
+        assert_eq!(Dest::of("/myapp/api/smoke", "/myapp"), Dest::Api);
+        assert_eq!(Dest::of("/myapp/apix", "/myapp"), Dest::Ui);
+        assert_eq!(Dest::of("/myappx/api/smoke", "/myapp"), Dest::Outside);
+        assert_eq!(Dest::of("/api/smoke", "/myapp"), Dest::Outside);
+        assert_eq!(Dest::of("/api/smoke", ""), Dest::Api);
+        assert_eq!(Dest::of("/_stcore/health", ""), Dest::Ui);
+    }
+
+    #[test]
+    fn judges_dot_segment_answers_by_the_edge_route() {
+        let api = |p: &str| Served::Api(vec![p.to_owned()]);
+        // Refusals always pass.
+        for dest in [Dest::Api, Dest::Ui, Dest::Outside] {
+            assert!(Served::Refused(400, true).acceptable(dest));
+            assert!(Served::Refused(404, false).acceptable(dest));
+        }
+        // The API only where the edge routed the probe, and never with a dot segment.
+        assert!(api("/smoke").acceptable(Dest::Api));
+        assert!(!api("/smoke").acceptable(Dest::Ui));
+        assert!(!api("/smoke").acceptable(Dest::Outside));
+        assert!(!api("/%2e%2e/_stcore/health").acceptable(Dest::Api));
+        // The UI only where the edge routed the probe.
+        assert!(Served::Ui(200).acceptable(Dest::Ui));
+        assert!(!Served::Ui(200).acceptable(Dest::Api));
+        assert!(!Served::Ui(200).acceptable(Dest::Outside));
+    }
+
+    #[test]
+    fn tokens_differ() {
+        assert_ne!(token("x"), token("x"));
     }
 
     #[test]

@@ -149,7 +149,8 @@ impl Endpoint {
         format!("{}://{}", self.scheme(), self.authority())
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    /// A byte stream to the edge: TCP, or TLS through `openssl s_client`.
+    pub(crate) async fn connect(&self) -> Result<Conn, String> {
         let Some(ca) = &self.tls_ca else {
             let tcp = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -200,7 +201,7 @@ impl Endpoint {
     }
 
     /// The last lines `openssl s_client` wrote, for error reports about TLS.
-    fn tls_diagnostics(&self) -> String {
+    pub(crate) fn tls_diagnostics(&self) -> String {
         if self.tls_ca.is_none() {
             return String::new();
         }

