@@ -308,6 +308,7 @@ pub struct Settings {
     #[serde(with = "secs")]
     pub gateway_header_read_timeout_s: Duration,
     pub gateway_http2_max_concurrent_streams: u64,
+    pub gateway_max_websockets_per_client_ip: u64,
     #[serde(with = "secs")]
     pub gateway_write_timeout_s: Duration,
     pub gateway_max_request_header_bytes: u64,

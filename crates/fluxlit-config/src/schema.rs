@@ -192,6 +192,7 @@ pub const KEYS: &[KeySpec] = &[
     key("gateway_ws_idle_timeout_s", Kind::OptSeconds, "none", "Close a WebSocket tunnel after this many seconds without bytes in either direction; unset: never (Streamlit sessions may idle for hours)."),
     key("gateway_ws_max_lifetime_s", Kind::OptSeconds, "none", "Close a WebSocket tunnel after this many seconds in any case; unset: no limit."),
     key("gateway_ws_allowed_origins", Kind::List, "[]", "Origins (scheme://host[:port]) allowed to open WebSockets; others get 403. Empty: no gateway-side check (Streamlit still compares Origin with Host)."),
+    key("gateway_max_websockets_per_client_ip", Kind::Count, "256", "Most WebSocket sessions (Streamlit tabs) one client IP may hold open at once, counting clients behind a trusted proxy apart; more are answered 429. 0 means no limit."),
     key("gateway_ws_open_timeout_s", Kind::Seconds, "30", "Seconds an upstream has to answer a WebSocket upgrade; then 504."),
     key("gateway_ws_ping_interval_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect: the gateway splices WebSocket bytes, so Streamlit's own pings reach the browser."),
     key("gateway_ws_ping_timeout_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect (see gateway_ws_ping_interval_s)."),

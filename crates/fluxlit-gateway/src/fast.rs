@@ -319,6 +319,8 @@ struct Plan {
     ws_accept: Option<String>,
     endpoint: Endpoint,
     rid: HeaderValue,
+    /// The client's IP (as trusted forwarded headers resolve it).
+    client_ip: std::net::IpAddr,
     /// The connection's task waited for this request's head, so the I/O driver's readiness of
     /// the upstream connection is fresh (see `UpConn::usable`).
     fresh: bool,
@@ -552,6 +554,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         ws_accept,
         endpoint,
         rid,
+        client_ip: view.client_ip,
         fresh: false,
     })
 }
@@ -627,6 +630,20 @@ async fn exchange(
         (inner.limits.ws_open_timeout, "gateway_ws_open_timeout_s")
     } else {
         (proxy.read_timeout, "gateway_upstream_read_timeout_s")
+    };
+    // A WebSocket holds a slot of its client IP from here to the tunnel's end.
+    let tunnel_slot = match plan.ws_accept {
+        Some(_) => match proxy.tunnel_slot(plan.client_ip, &rid) {
+            Ok(slot) => Some(slot),
+            Err(refused) => {
+                return if write_response(client, *refused, ctx.close, wt).await && !ctx.close {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+        },
+        None => None,
     };
 
     let kept = up
@@ -713,7 +730,9 @@ async fn exchange(
             return Next::Close;
         }
         buf.clear();
-        return Next::Tunnel(conn.stream, Box::new(proxy.tunnel_spec(name, &rid)));
+        let mut spec = proxy.tunnel_spec(name, &rid);
+        spec.slot = tunnel_slot;
+        return Next::Tunnel(conn.stream, Box::new(spec));
     }
     let until_close = matches!(framing, Framing::UntilClose);
     let bodiless = matches!(framing, Framing::None);

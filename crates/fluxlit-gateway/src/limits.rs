@@ -41,6 +41,9 @@ pub struct Limits {
     pub ws_idle_timeout: Option<Duration>,
     /// Close a tunnel after this long in any case.
     pub ws_max_lifetime: Option<Duration>,
+    /// Most WebSocket tunnels open at once per client IP (the address trusted forwarded
+    /// headers resolve, so clients behind one trusted proxy are counted apart); 0: no limit.
+    pub ws_max_per_client_ip: usize,
     /// Origins allowed to open WebSockets (empty: no check).
     pub ws_allowed_origins: Vec<String>,
     /// API rate limit: (requests per second per client IP, burst).
@@ -64,6 +67,7 @@ impl Default for Limits {
             ws_open_timeout: Duration::from_secs(30),
             ws_idle_timeout: None,
             ws_max_lifetime: None,
+            ws_max_per_client_ip: 256,
             ws_allowed_origins: Vec::new(),
             rate_api: None,
             rate_ui: None,
@@ -104,6 +108,8 @@ impl Limits {
             ws_open_timeout: s.gateway_ws_open_timeout_s,
             ws_idle_timeout: s.gateway_ws_idle_timeout_s,
             ws_max_lifetime: s.gateway_ws_max_lifetime_s,
+            ws_max_per_client_ip: usize::try_from(s.gateway_max_websockets_per_client_ip)
+                .unwrap_or(usize::MAX),
             ws_allowed_origins: s
                 .gateway_ws_allowed_origins
                 .iter()
@@ -188,6 +194,54 @@ impl ConnLimiter {
         };
         metrics::gauge!(crate::observe::names::CONNECTIONS).increment(1.0);
         Ok(ConnPermit { _total: total, ip })
+    }
+}
+
+/// Open WebSocket tunnels per client IP ([`Limits::ws_max_per_client_ip`]).
+#[derive(Debug, Default)]
+pub(crate) struct TunnelsPerClient {
+    max: usize,
+    open: PerIp,
+}
+
+/// One open (or opening) tunnel of a client IP; released when dropped.
+#[derive(Debug)]
+pub(crate) struct TunnelSlot(Option<(IpAddr, PerIp)>);
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        if let Some((ip, map)) = &self.0
+            && let Ok(mut m) = map.lock()
+            && let Some(n) = m.get_mut(ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(ip);
+            }
+        }
+    }
+}
+
+impl TunnelsPerClient {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more tunnel of `ip`; `None` when it holds the most already.
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<TunnelSlot> {
+        if self.max == 0 {
+            return Some(TunnelSlot(None));
+        }
+        let mut m = self.open.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(TunnelSlot(Some((ip, self.open.clone()))))
     }
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Proxy {
     upstream_slots: Option<Arc<Semaphore>>,
     pub(crate) tunnels: TaskTracker,
     pub(crate) cut_tunnels: CancellationToken,
+    /// Open WebSocket tunnels per client IP.
+    ws_per_client: crate::limits::TunnelsPerClient,
 }
 
 /// What one forwarded exchange needs to know about its request.
@@ -274,6 +276,7 @@ impl Proxy {
             builder.pool_max_idle_per_host(pool_max_idle);
         }
         let client = builder.build(connector);
+        let ws_per_client = crate::limits::TunnelsPerClient::new(limits.ws_max_per_client_ip);
         Self {
             client,
             parking: Parking::new(if pool_max_idle > 0 {
@@ -293,6 +296,7 @@ impl Proxy {
             limits,
             tunnels: TaskTracker::new(),
             cut_tunnels: CancellationToken::new(),
+            ws_per_client,
         }
     }
 
@@ -485,6 +489,14 @@ impl Proxy {
             None => None,
         };
 
+        // A WebSocket holds a slot of its client IP from here to the tunnel's end.
+        let mut tunnel_slot = match &upgrade {
+            Some(_) => match self.tunnel_slot(hop.view.client_ip, rid) {
+                Ok(slot) => Some(slot),
+                Err(refused) => return (*refused).into(),
+            },
+            None => None,
+        };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 64);
@@ -660,7 +672,8 @@ impl Proxy {
                 return bad_handshake(name, rid).into();
             }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let spec = self.tunnel_spec(name, rid);
+            let mut spec = self.tunnel_spec(name, rid);
+            spec.slot = tunnel_slot.take();
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
@@ -703,9 +716,32 @@ pub(crate) struct TunnelSpec {
     lifetime: Option<Duration>,
     upstream: String,
     request_id: String,
+    /// The client IP's tunnel slot, held for the tunnel's life.
+    pub(crate) slot: Option<crate::limits::TunnelSlot>,
 }
 
 impl Proxy {
+    /// A slot for one more WebSocket tunnel of `client`, or the 429 that refuses it
+    /// (`gateway_max_websockets_per_client_ip`).
+    pub(crate) fn tunnel_slot(
+        &self,
+        client: std::net::IpAddr,
+        rid: &HeaderValue,
+    ) -> Result<crate::limits::TunnelSlot, Box<Response<Body>>> {
+        self.ws_per_client.acquire(client).ok_or_else(|| {
+            metrics::counter!(names::SHED, "reason" => "websockets_per_client_ip").increment(1);
+            tracing::warn!(request_id = rid.to_str().unwrap_or(""), client_ip = %client, "WebSocket refused: the client IP holds the most tunnels (gateway_max_websockets_per_client_ip)");
+            let mut r = plain_rid(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("FluxLit: {client} holds the most WebSocket sessions allowed (gateway_max_websockets_per_client_ip); close one and retry\n"),
+                rid,
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            Box::new(r)
+        })
+    }
+
     /// The tunnel settings for an upgrade of request `rid` to upstream `name`.
     pub(crate) fn tunnel_spec(&self, name: &str, rid: &HeaderValue) -> TunnelSpec {
         TunnelSpec {
@@ -714,6 +750,7 @@ impl Proxy {
             lifetime: self.limits.ws_max_lifetime,
             upstream: name.to_owned(),
             request_id: rid.to_str().unwrap_or("").to_owned(),
+            slot: None,
         }
     }
 }
@@ -733,6 +770,7 @@ where
         lifetime,
         upstream: upstream_name,
         request_id: rid_text,
+        slot: _slot,
     } = spec;
     let opened = Instant::now();
     metrics::gauge!(names::TUNNELS).increment(1.0);

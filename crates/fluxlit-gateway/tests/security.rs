@@ -917,3 +917,48 @@ async fn http2_fan_out_is_bounded_by_the_stream_limit() {
         h.abort();
     }
 }
+
+/// One client IP cannot hold more WebSocket tunnels than `ws_max_per_client_ip`, counted by
+/// the IP trusted forwarded headers resolve (clients behind one trusted proxy apart); a closed
+/// tunnel frees its slot.
+#[tokio::test]
+async fn websocket_tunnels_are_capped_per_client_ip() {
+    let u = fluxlit_testkit::upstream::TestUpstream::start().await;
+    for fast in ENGINES {
+        let limits = fluxlit_gateway::Limits {
+            ws_max_per_client_ip: 2,
+            ..fluxlit_gateway::Limits::default()
+        };
+        let gw = start(
+            Gateway::builder()
+                .ui(upstream(u.addr, "ui"))
+                .limits(limits)
+                .trust(fluxlit_gateway::TrustPolicy::trusting(vec![])),
+            fast,
+        )
+        .await;
+        let open = |client: &'static str| async move {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).await;
+            let status = c.response(false).await.expect("answer").status;
+            (status, c)
+        };
+        let (s1, t1) = open("203.0.113.1").await;
+        let (s2, _t2) = open("203.0.113.1").await;
+        assert_eq!((s1, s2), (101, 101), "{}", engine(fast));
+        let (s3, _) = open("203.0.113.1").await;
+        assert_eq!(s3, 429, "{}: a third tunnel of one client", engine(fast));
+        let (s4, _t4) = open("203.0.113.2").await;
+        assert_eq!(s4, 101, "{}: another client behind the proxy", engine(fast));
+        drop(t1);
+        fluxlit_testkit::eventually(
+            Duration::from_secs(5),
+            "the closed tunnel's slot is free",
+            || async {
+                let (s, c) = open("203.0.113.1").await;
+                (s == 101).then_some(c)
+            },
+        )
+        .await;
+    }
+}
