@@ -140,19 +140,32 @@ pub(crate) struct ConnLimiter {
     per_ip: PerIp,
 }
 
-type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// How many of something each IP holds (entries removed at zero, so the map holds only IPs
+/// that hold something).
+#[derive(Debug, Default, Clone)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
-/// One admitted connection.
+/// One of the things an IP holds in a [`PerIp`] count; released when dropped (`None`: not
+/// counted).
 #[derive(Debug)]
-pub(crate) struct ConnPermit {
-    _total: Option<OwnedSemaphorePermit>,
-    ip: Option<(IpAddr, PerIp)>,
+pub(crate) struct IpSlot(Option<(IpAddr, PerIp)>);
+
+impl PerIp {
+    /// Counts one more for `ip` unless it holds `max` already.
+    fn take(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((ip, self.clone()))))
+    }
 }
 
-impl Drop for ConnPermit {
+impl Drop for IpSlot {
     fn drop(&mut self) {
-        metrics::gauge!(crate::observe::names::CONNECTIONS).decrement(1.0);
-        if let Some((ip, map)) = &self.ip
+        if let Some((ip, PerIp(map))) = &self.0
             && let Ok(mut m) = map.lock()
             && let Some(n) = m.get_mut(ip)
         {
@@ -164,13 +177,26 @@ impl Drop for ConnPermit {
     }
 }
 
+/// One admitted connection.
+#[derive(Debug)]
+pub(crate) struct ConnPermit {
+    _total: Option<OwnedSemaphorePermit>,
+    _ip: IpSlot,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::observe::names::CONNECTIONS).decrement(1.0);
+    }
+}
+
 impl ConnLimiter {
     pub(crate) fn new(limits: &Limits) -> Self {
         Self {
             total: (limits.max_connections > 0)
                 .then(|| Arc::new(Semaphore::new(limits.max_connections))),
             per_ip_max: limits.max_connections_per_ip,
-            per_ip: Arc::default(),
+            per_ip: PerIp::default(),
         }
     }
 
@@ -182,18 +208,17 @@ impl ConnLimiter {
             None => None,
         };
         let ip = if self.per_ip_max > 0 && !exempt {
-            let mut m = self.per_ip.lock().map_err(|_| Refused::PerIp)?;
-            let n = m.entry(ip).or_insert(0);
-            if *n >= self.per_ip_max {
-                return Err(Refused::PerIp);
-            }
-            *n += 1;
-            Some((ip, self.per_ip.clone()))
+            self.per_ip
+                .take(ip, self.per_ip_max)
+                .ok_or(Refused::PerIp)?
         } else {
-            None
+            IpSlot(None)
         };
         metrics::gauge!(crate::observe::names::CONNECTIONS).increment(1.0);
-        Ok(ConnPermit { _total: total, ip })
+        Ok(ConnPermit {
+            _total: total,
+            _ip: ip,
+        })
     }
 }
 
@@ -205,43 +230,22 @@ pub(crate) struct TunnelsPerClient {
 }
 
 /// One open (or opening) tunnel of a client IP; released when dropped.
-#[derive(Debug)]
-pub(crate) struct TunnelSlot(Option<(IpAddr, PerIp)>);
-
-impl Drop for TunnelSlot {
-    fn drop(&mut self) {
-        if let Some((ip, map)) = &self.0
-            && let Ok(mut m) = map.lock()
-            && let Some(n) = m.get_mut(ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(ip);
-            }
-        }
-    }
-}
+pub(crate) type TunnelSlot = IpSlot;
 
 impl TunnelsPerClient {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
-            open: Arc::default(),
+            open: PerIp::default(),
         }
     }
 
     /// A slot for one more tunnel of `ip`; `None` when it holds the most already.
     pub(crate) fn acquire(&self, ip: IpAddr) -> Option<TunnelSlot> {
         if self.max == 0 {
-            return Some(TunnelSlot(None));
+            return Some(IpSlot(None));
         }
-        let mut m = self.open.lock().ok()?;
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(TunnelSlot(Some((ip, self.open.clone()))))
+        self.open.take(ip, self.max)
     }
 }
 
