@@ -35,6 +35,15 @@ where
     B: HttpBody + Send + 'static,
     B::Data: Send,
 {
+    drain_up_to(body, DRAIN_MAX_BYTES);
+}
+
+/// Reads and discards `body` in the background, up to `max` bytes and [`DRAIN_MAX_TIME`].
+fn drain_up_to<B>(body: B, max: u64)
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+{
     tokio::spawn(async move {
         let mut body = std::pin::pin!(body);
         let mut read = 0u64;
@@ -43,7 +52,7 @@ where
                 if let Some(d) = frame.data_ref() {
                     read += bytes::Buf::remaining(d) as u64;
                 }
-                if read > DRAIN_MAX_BYTES {
+                if read > max {
                     break;
                 }
             }
@@ -122,23 +131,38 @@ where
 /// answered without reading all of it), is read and discarded in the background within the
 /// drain bounds ([`drain`]): the answer then ends the exchange cleanly instead of being followed
 /// by a reset that a client still writing its body would report instead of the answer.
+///
+/// What was read before counts against the bound (a body already drained by [`drain`] is not
+/// drained twice), and a body the client sends only after `100 Continue` is never asked for
+/// when nothing read it yet.
 pub(crate) struct Lingering {
     inner: Option<hyper::body::Incoming>,
+    /// Bytes read so far.
+    read: u64,
+    /// The request says `Expect: 100-continue`.
+    expect: bool,
 }
 
 impl Lingering {
-    pub(crate) fn new(inner: hyper::body::Incoming) -> Self {
-        Self { inner: Some(inner) }
+    pub(crate) fn new(inner: hyper::body::Incoming, expect: bool) -> Self {
+        Self {
+            inner: Some(inner),
+            read: 0,
+            expect,
+        }
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
+        let unasked = self.expect && self.read == 0;
         if let Some(body) = self.inner.take()
             && !body.is_end_stream()
+            && !unasked
+            && self.read < DRAIN_MAX_BYTES
             && tokio::runtime::Handle::try_current().is_ok()
         {
-            drain(body);
+            drain_up_to(body, DRAIN_MAX_BYTES - self.read);
         }
     }
 }
@@ -151,10 +175,16 @@ impl HttpBody for Lingering {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.inner.as_mut() {
+        let r = match self.inner.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx),
             None => Poll::Ready(None),
+        };
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.read += d.len() as u64;
         }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

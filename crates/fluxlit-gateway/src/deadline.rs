@@ -83,6 +83,45 @@ impl Activity {
     }
 }
 
+/// A response body that keeps its connection [`Busy`] until it is done or dropped.
+pub(crate) struct WhileBusy<B> {
+    inner: B,
+    busy: Option<Busy>,
+}
+
+impl<B> WhileBusy<B> {
+    pub(crate) fn new(inner: B, busy: Busy) -> Self {
+        Self {
+            inner,
+            busy: Some(busy),
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for WhileBusy<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.busy = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An I/O object whose writes (and flushes) fail with `TimedOut` once they have been blocked
 /// for `timeout` without progress: a client that stops reading cannot hold a connection, a
 /// task and its buffers forever (the write timeout, `gateway_write_timeout_s`).

@@ -152,10 +152,10 @@ impl Parked {
         self.lot.park([conn]);
     }
 
-    fn adopt(&self, authority: &Authority) -> Option<UpConn> {
+    fn adopt(&self, authority: &Authority, fresh: bool) -> Option<UpConn> {
         loop {
             let c = self.lot.take(authority)?;
-            if c.usable(true) {
+            if c.usable(fresh) {
                 return Some(c);
             }
         }
@@ -636,7 +636,8 @@ async fn exchange(
         Some(_) => match proxy.tunnel_slot(plan.client_ip, &rid) {
             Ok(slot) => Some(slot),
             Err(refused) => {
-                return if write_response(client, *refused, ctx.close, wt).await && !ctx.close {
+                return if write_response(client, *refused, &ctx, ctx.close, wt).await && !ctx.close
+                {
                     Next::KeepAlive
                 } else {
                     Next::Close
@@ -649,7 +650,7 @@ async fn exchange(
     let kept = up
         .take()
         .filter(|c| c.authority == authority && c.usable(fresh))
-        .or_else(|| proxy.fast_parked.adopt(&authority));
+        .or_else(|| proxy.fast_parked.adopt(&authority, fresh));
     let attempt = tokio::time::timeout(timeout, async {
         let (mut conn, mut reused) = match kept {
             Some(c) => (c, true),
@@ -701,7 +702,7 @@ async fn exchange(
             // once the rest of the body is read and dropped (bounded), so the close is not a
             // reset that destroys the answer for a client still writing.
             let close = ctx.close || remaining > 0;
-            let written = write_response(client, resp, close, wt).await;
+            let written = write_response(client, resp, &ctx, close, wt).await;
             if written && remaining > 0 {
                 linger(client, buf, remaining).await;
             }
@@ -724,7 +725,7 @@ async fn exchange(
         let mut out = head;
         out.extend_from_slice(&conn.buf);
         conn.buf.clear();
-        if timed(wt, client.write_all(&out)).await.is_err()
+        if write_two(client, &out, &[], wt).await.is_err()
             || (!buf.is_empty() && conn.stream.write_all(buf).await.is_err())
         {
             return Next::Close;
@@ -782,12 +783,17 @@ async fn send(
     let first = usize::try_from(*remaining)
         .unwrap_or(usize::MAX)
         .min(buf.len());
-    write_two(&mut conn.stream, head, &buf[..first])
-        .await
-        .map_err(|e| UpError::Failed {
-            detail: e.to_string(),
-            closed: true,
-        })?;
+    write_two(
+        &mut conn.stream,
+        head,
+        &buf[..first],
+        std::time::Duration::ZERO,
+    )
+    .await
+    .map_err(|e| UpError::Failed {
+        detail: e.to_string(),
+        closed: true,
+    })?;
     buf.advance(first);
     *remaining -= first as u64;
     while *remaining > 0 {
@@ -966,7 +972,9 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             // for HEAD/204/304, the validated length the upstream declared), where the upstream
             // put it; never removed by a `Connection` option. Transfer-Encoding overrides it
             // (RFC 9112 §6.3): then none goes on.
-            if let (Some(n), None, false) = (length, te_chunked, length_sent) {
+            // Never on a 1xx or 204 (RFC 9110 §8.6).
+            let allowed = code != 204 && !(100..200).contains(&code);
+            if let (Some(n), None, false, true) = (length, te_chunked, length_sent, allowed) {
                 push_length(&mut out, n);
                 length_sent = true;
             }
@@ -1025,12 +1033,12 @@ async fn relay(
         };
         if pending.is_empty() {
             if n > 0 {
-                timed(wt, client.write_all(&conn.buf[..n]))
+                write_two(client, &conn.buf[..n], &[], wt)
                     .await
                     .map_err(|_| ())?;
             }
         } else {
-            timed(wt, write_two(client, &pending, &conn.buf[..n]))
+            write_two(client, &pending, &conn.buf[..n], wt)
                 .await
                 .map_err(|_| ())?;
             pending = Vec::new();
@@ -1055,11 +1063,19 @@ async fn relay(
 
 /// Writes `a` then `b` to `to` with as few system calls as the socket allows (`writev`),
 /// without copying them together.
-async fn write_two(to: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
-    while !a.is_empty() {
-        let n = to
-            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
-            .await?;
+///
+/// Each system call that makes no progress for `wt` (the write timeout; zero: none) fails the
+/// write with `TimedOut`: a client that reads slowly but steadily is never cut, one that stopped
+/// reading is.
+async fn write_two(
+    to: &mut TcpStream,
+    mut a: &[u8],
+    mut b: &[u8],
+    wt: std::time::Duration,
+) -> std::io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let slices = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+        let n = timed(wt, to.write_vectored(&slices)).await?;
         if n == 0 {
             return Err(ErrorKind::WriteZero.into());
         }
@@ -1067,7 +1083,7 @@ async fn write_two(to: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::R
         a = &a[from_a..];
         b = &b[n - from_a..];
     }
-    to.write_all(b).await
+    Ok(())
 }
 
 /// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
@@ -1075,6 +1091,7 @@ async fn write_two(to: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::R
 async fn write_response(
     client: &mut TcpStream,
     resp: Response<Body>,
+    ctx: &HeadCtx<'_>,
     close: bool,
     wt: std::time::Duration,
 ) -> bool {
@@ -1100,8 +1117,11 @@ async fn write_response(
     );
     push_own_fields(&mut out, true, close);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    timed(wt, client.write_all(&out)).await.is_ok()
+    // The answer to a HEAD has no body (RFC 9110 §9.3.2), whatever its length says.
+    if !ctx.head_request {
+        out.extend_from_slice(&body);
+    }
+    write_two(client, &out, &[], wt).await.is_ok()
 }
 
 /// `write` bounded by the write timeout `wt` (`gateway_write_timeout_s`; zero: unbounded): a

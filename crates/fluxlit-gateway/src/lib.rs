@@ -593,7 +593,8 @@ impl Gateway {
     async fn handle_conn(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         let start = Instant::now();
         // A body left unread by whatever answers is drained, not reset (`cap::Lingering`).
-        let mut req = req.map(cap::Lingering::new);
+        let expect = req.headers().contains_key(http::header::EXPECT);
+        let mut req = req.map(|b| cap::Lingering::new(b, expect));
         let inner = &*self.inner;
         fluxlit_auth::mark_sensitive(req.headers_mut());
         inner.header_policy.strip_identity(req.headers_mut());
@@ -874,6 +875,8 @@ impl Gateway {
                             .insert(http::header::UPGRADE, headers::WEBSOCKET);
                     }
                     view.apply(&mut parts.headers, Some(public_prefix));
+                    // The gateway's id, whatever `Connection` named.
+                    parts.headers.insert(observe::REQUEST_ID, rid.clone());
                     let cap = inner.limits.max_api_body;
                     let declared: Option<u64> = parts
                         .headers
@@ -1135,7 +1138,9 @@ impl Gateway {
                                 let busy = activity.begin();
                                 async move {
                                     let r = gw.handle_conn(req, &ctx).await;
-                                    drop(busy);
+                                    // Busy until the response body is done (a long download or
+                                    // a stream is not idleness).
+                                    let r = r.map(|b| deadline::WhileBusy::new(b, busy).boxed_unsync());
                                     Ok::<_, Infallible>(r)
                                 }
                             })
@@ -1156,6 +1161,20 @@ impl Gateway {
                         // The client connection and its upstream connections, in this one task:
                         // upstream bytes read here are written to the client in the same poll.
                         let result = std::future::poll_fn(|cx| {
+                            // A graceful close that does not finish (an HTTP/2 client that never
+                            // acknowledges the GOAWAY's PING) ends one idle period later, as long
+                            // as no request is in progress.
+                            if closed && idle_check.as_mut().poll(cx).is_ready() {
+                                match activity.idle_deadline(idle) {
+                                    Some(at) if at <= tokio::time::Instant::now() => {
+                                        return std::task::Poll::Ready(Ok(()));
+                                    }
+                                    Some(at) => idle_check.as_mut().reset(at),
+                                    None => idle_check.as_mut().reset(tokio::time::Instant::now() + idle),
+                                }
+                                // Registers the timer's waker.
+                                let _ = idle_check.as_mut().poll(cx);
+                            }
                             if !closed {
                                 let stopping = stop.as_mut().poll(cx).is_ready();
                                 let mut idle_now = false;
@@ -1178,6 +1197,8 @@ impl Gateway {
                                 if stopping || idle_now {
                                     conn.as_mut().graceful_shutdown();
                                     closed = true;
+                                    idle_check.as_mut().reset(tokio::time::Instant::now() + idle);
+                                    let _ = idle_check.as_mut().poll(cx);
                                 }
                             }
                             aff.poll_drivers(cx);

@@ -715,7 +715,7 @@ async fn the_in_process_api_gets_no_hop_by_hop_fields() {
         )
         .await;
         let mut c = RawClient::connect(gw.addr).await;
-        c.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nX-Remote-User: admin\r\nX-Kept: 1\r\n\r\n").await;
+        c.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop, X-Request-ID\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nX-Remote-User: admin\r\nX-Kept: 1\r\n\r\n").await;
         let r = c.response(false).await.expect("response");
         let seen = r.text().to_ascii_lowercase();
         for gone in [
@@ -734,6 +734,11 @@ async fn the_in_process_api_gets_no_hop_by_hop_fields() {
             );
         }
         assert!(seen.contains("x-kept: 1"), "{seen}");
+        assert!(
+            seen.lines().any(|l| l.starts_with("x-request-id: ")),
+            "{}: the gateway's request id is always there:\n{seen}",
+            engine(fast)
+        );
         let mut c = RawClient::connect(gw.addr).await;
         c.send(format!("GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).await;
         let r = c.response(false).await.expect("response");
@@ -961,4 +966,86 @@ async fn websocket_tunnels_are_capped_per_client_ip() {
         )
         .await;
     }
+}
+
+/// The gateway's own answers to a HEAD have no body (the next response on the connection stays
+/// in step), and a relayed 204 carries no `Content-Length` (RFC 9110 §8.6).
+#[tokio::test]
+async fn bodiless_answers_stay_bodiless() {
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    let rec = RecordingUpstream::with(|r: &Recorded| {
+        if r.target == "/204" {
+            Reply::raw(&b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"[..])
+        } else {
+            fluxlit_testkit::raw::echo_line(r)
+        }
+    })
+    .await;
+    for fast in ENGINES {
+        // HEAD to an upstream that is not there: a 502 without a body, then a GET on the same
+        // connection gets its own 502 with its body.
+        let gw = start(Gateway::builder().ui(upstream(dead, "ui")), fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let head = c.response(true).await.expect("answer to HEAD");
+        assert_eq!(head.status, 502, "{}", engine(fast));
+        let get = c.response(false).await.expect("answer to GET");
+        assert_eq!(get.status, 502, "{}", engine(fast));
+        assert!(
+            get.text().starts_with("FluxLit:"),
+            "{}: {:?}",
+            engine(fast),
+            get.text()
+        );
+        drop(gw);
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = c.response(false).await.expect("204");
+        assert_eq!(r.status, 204, "{}", engine(fast));
+        assert!(
+            r.get("content-length").is_none(),
+            "{}: {:?}",
+            engine(fast),
+            r.headers
+        );
+    }
+}
+
+/// An HTTP/2 client that opens a connection and then never answers (not even the PING of the
+/// gateway's GOAWAY) loses it: a graceful close that does not finish ends one idle period later.
+#[tokio::test]
+async fn silent_http2_clients_cannot_hold_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rec = RecordingUpstream::start().await;
+    let limits = fluxlit_gateway::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..fluxlit_gateway::Limits::default()
+    };
+    let gw = start(
+        Gateway::builder()
+            .ui(upstream(rec.addr, "ui"))
+            .limits(limits),
+        true,
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5); then nothing, ever.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent HTTP/2 connection is still open");
 }
