@@ -25,6 +25,22 @@ async fn start(builder: GatewayBuilder, fast: bool) -> Running {
     support::start(builder.http1_fast_path(fast)).await
 }
 
+/// Limits with a 300 ms header read (and idle) timeout.
+fn short_header_deadline() -> fluxlit_gateway::Limits {
+    fluxlit_gateway::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..fluxlit_gateway::Limits::default()
+    }
+}
+
+/// A loopback address with nothing listening: an upstream that refuses connections.
+async fn dead_upstream() -> std::net::SocketAddr {
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    dead
+}
+
 /// A gateway with the recording upstream as the UI and as the API upstream.
 async fn gateway_for(rec: &RecordingUpstream, fast: bool) -> Running {
     start(
@@ -526,13 +542,9 @@ async fn silent_and_stalled_connections_are_closed() {
     for fast in ENGINES {
         for metrics in [false, true] {
             let rec = RecordingUpstream::start().await;
-            let limits = fluxlit_gateway::Limits {
-                header_read_timeout: Duration::from_millis(300),
-                ..fluxlit_gateway::Limits::default()
-            };
             let mut b = Gateway::builder()
                 .ui(upstream(rec.addr, "ui"))
-                .limits(limits);
+                .limits(short_header_deadline());
             if metrics {
                 b = b.metrics_endpoint("/__fluxlit/metrics", std::sync::Arc::new(String::new));
             }
@@ -556,14 +568,10 @@ async fn silent_and_stalled_connections_are_closed() {
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
     let rec = RecordingUpstream::start().await;
-    let limits = fluxlit_gateway::Limits {
-        header_read_timeout: Duration::from_millis(300),
-        ..fluxlit_gateway::Limits::default()
-    };
     let gw = start(
         Gateway::builder()
             .ui(upstream(rec.addr, "ui"))
-            .limits(limits),
+            .limits(short_header_deadline()),
         true,
     )
     .await;
@@ -779,9 +787,7 @@ async fn idle_clients_let_their_upstream_connection_go() {
 #[tokio::test]
 async fn an_error_answer_before_the_body_is_read_is_not_reset() {
     // A port with nothing listening: the upstream is refused.
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = gone.local_addr().unwrap();
-    drop(gone);
+    let dead = dead_upstream().await;
     for fast in ENGINES {
         let gw = start(Gateway::builder().ui(upstream(dead, "ui")), fast).await;
         for round in 0..3 {
@@ -972,9 +978,7 @@ async fn websocket_tunnels_are_capped_per_client_ip() {
 /// in step), and a relayed 204 carries no `Content-Length` (RFC 9110 §8.6).
 #[tokio::test]
 async fn bodiless_answers_stay_bodiless() {
-    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = gone.local_addr().unwrap();
-    drop(gone);
+    let dead = dead_upstream().await;
     let rec = RecordingUpstream::with(|r: &Recorded| {
         if r.target == "/204" {
             Reply::raw(&b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"[..])
@@ -1021,14 +1025,10 @@ async fn bodiless_answers_stay_bodiless() {
 async fn silent_http2_clients_cannot_hold_a_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rec = RecordingUpstream::start().await;
-    let limits = fluxlit_gateway::Limits {
-        header_read_timeout: Duration::from_millis(300),
-        ..fluxlit_gateway::Limits::default()
-    };
     let gw = start(
         Gateway::builder()
             .ui(upstream(rec.addr, "ui"))
-            .limits(limits),
+            .limits(short_header_deadline()),
         true,
     )
     .await;

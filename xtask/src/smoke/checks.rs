@@ -540,6 +540,19 @@ async fn body_limit(t: &Target, method: &str, path: &str) -> Result<String, Stri
 }
 
 /// Whether `s` is a UUID of version 7 in its text form.
+/// Adds a problem for every `(key, expected)` whose value in the API's JSON `v` differs.
+fn compare_fields(v: &serde_json::Value, want: &[(&str, String)], problems: &mut Vec<String>) {
+    for (key, expected) in want {
+        let got = v[*key].as_str().unwrap_or_default();
+        if got != expected {
+            problems.push(format!(
+                "{key}: expected {expected:?}, the API saw {:?}",
+                v[*key]
+            ));
+        }
+    }
+}
+
 fn is_uuid_v7(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
@@ -634,15 +647,7 @@ async fn scheme(t: &Target) -> Result<String, String> {
     if r.status != 200 {
         problems.push(format!("status {}", r.status));
     }
-    for (key, expected) in &want {
-        let got = v[*key].as_str().unwrap_or_default();
-        if got != expected {
-            problems.push(format!(
-                "{key}: expected {expected:?}, the API saw {:?}",
-                v[*key]
-            ));
-        }
-    }
+    compare_fields(&v, &want, &mut problems);
     let saw = snippet(&r.text(), 160);
     if problems.is_empty() {
         Ok(format!("the API saw {saw}"))
@@ -724,15 +729,7 @@ async fn forwarded_spoof(t: &Target) -> Result<String, String> {
         ("port", t.endpoint.addr.port().to_string()),
         ("prefix", t.path("/api")),
     ];
-    for (key, expected) in &want {
-        let got = v[*key].as_str().unwrap_or_default();
-        if got != expected {
-            problems.push(format!(
-                "{key}: expected {expected:?}, the API saw {:?}",
-                v[*key]
-            ));
-        }
-    }
+    compare_fields(&v, &want, &mut problems);
     if !v["forwarded"].is_null() {
         problems.push(format!(
             "the API saw Forwarded: {} (FluxLit never sends one)",
