@@ -33,6 +33,20 @@ fn short_header_deadline() -> fluxlit_gateway::Limits {
     }
 }
 
+/// A gateway (default engine) in front of a recording UI upstream, with
+/// [`short_header_deadline`].
+async fn short_deadline_gateway() -> (RecordingUpstream, Running) {
+    let rec = RecordingUpstream::start().await;
+    let gw = start(
+        Gateway::builder()
+            .ui(upstream(rec.addr, "ui"))
+            .limits(short_header_deadline()),
+        true,
+    )
+    .await;
+    (rec, gw)
+}
+
 /// A loopback address with nothing listening: an upstream that refuses connections.
 async fn dead_upstream() -> std::net::SocketAddr {
     let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -567,14 +581,7 @@ async fn silent_and_stalled_connections_are_closed() {
 /// An idle HTTP/2 connection (no open stream) is closed after `header_read_timeout`.
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
-    let rec = RecordingUpstream::start().await;
-    let gw = start(
-        Gateway::builder()
-            .ui(upstream(rec.addr, "ui"))
-            .limits(short_header_deadline()),
-        true,
-    )
-    .await;
+    let (_rec, gw) = short_deadline_gateway().await;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -1024,14 +1031,7 @@ async fn bodiless_answers_stay_bodiless() {
 #[tokio::test]
 async fn silent_http2_clients_cannot_hold_a_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rec = RecordingUpstream::start().await;
-    let gw = start(
-        Gateway::builder()
-            .ui(upstream(rec.addr, "ui"))
-            .limits(short_header_deadline()),
-        true,
-    )
-    .await;
+    let (_rec, gw) = short_deadline_gateway().await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // The preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5); then nothing, ever.
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
