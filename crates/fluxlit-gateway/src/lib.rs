@@ -37,6 +37,7 @@ pub mod cap;
 mod deadline;
 mod fast;
 pub mod forwarded;
+mod framing;
 pub mod headers;
 pub mod limits;
 pub mod observe;
@@ -467,6 +468,7 @@ impl GatewayBuilder {
                 debug,
                 recent: observe::Recent::default(),
                 fast_path,
+                served: ServedCounters::default(),
             }),
         })
     }
@@ -519,6 +521,47 @@ struct Inner {
     recent: observe::Recent,
     /// Plain HTTP/1.1 UI requests take the fast path (see [`GatewayBuilder::http1_fast_path`]).
     fast_path: bool,
+    /// Requests served per engine.
+    served: ServedCounters,
+}
+
+/// Which engine served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// The HTTP/1.1 fast path (`fast.rs`): plain HTTP/1.1 requests for the UI upstream.
+    H1,
+    /// hyper's server: everything else (HTTP/2, the API, the gateway's own endpoints, every
+    /// refusal).
+    Hyper,
+}
+
+/// How many requests each engine has served since the gateway was built (see
+/// [`Gateway::served`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Served {
+    /// Requests forwarded by the HTTP/1.1 fast path ([`Engine::H1`]).
+    pub h1: u64,
+    /// Requests handled by hyper's server ([`Engine::Hyper`]), answered or forwarded.
+    pub hyper: u64,
+}
+
+/// The per-engine request counters (relaxed atomics: one increment per request).
+#[derive(Debug, Default)]
+struct ServedCounters {
+    h1: AtomicU64,
+    hyper: AtomicU64,
+}
+
+impl ServedCounters {
+    fn count(&self, engine: Engine) {
+        let c = match engine {
+            Engine::H1 => &self.h1,
+            Engine::Hyper => &self.hyper,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The gateway. Cheap to clone; clones share state.
@@ -549,6 +592,17 @@ impl Gateway {
     /// A builder with the defaults documented on [`GatewayBuilder`].
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder::default()
+    }
+
+    /// How many requests each engine has served so far: tests assert with it which engine
+    /// carried a request; operators can read the fast path's share.
+    pub fn served(&self) -> Served {
+        let c = &self.inner.served;
+        let load = |a: &AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Served {
+            h1: load(&c.h1),
+            hyper: load(&c.hyper),
+        }
     }
 
     /// The normalised root path (`""` when none).
@@ -592,6 +646,7 @@ impl Gateway {
 
     async fn handle_conn(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         let start = Instant::now();
+        self.inner.served.count(Engine::Hyper);
         // A body left unread by whatever answers is drained, not reset (`cap::Lingering`).
         let expect = req.headers().contains_key(http::header::EXPECT);
         let mut req = req.map(|b| cap::Lingering::new(b, expect));
@@ -612,6 +667,25 @@ impl Gateway {
             r.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return with_rid(r, &rid);
+        }
+        // RFC 9112 §6.3: one unambiguous body length, by the rules the fast path uses too
+        // (`framing.rs`); the gateway then sends the length it read, as one decimal field.
+        match framing::request_framing(
+            req.headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        ) {
+            Ok(framing::BodyFraming::Length(n)) => {
+                req.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let mut r = plain_rid(e.status(), format!("FluxLit: {e}\n"), &rid);
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return with_rid(r, &rid);
+            }
         }
         // A clone of the target shares its bytes (no copy); the path borrows from it.
         let target = req.uri().clone();
@@ -881,8 +955,7 @@ impl Gateway {
                     let declared: Option<u64> = parts
                         .headers
                         .get(http::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
+                        .and_then(|v| framing::content_length(v.as_bytes()));
                     if cap > 0 && declared.is_some_and(|n| n > cap) {
                         cap::drain(body);
                         return (

@@ -455,8 +455,7 @@ impl Proxy {
         let declared: Option<u64> = req
             .headers()
             .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+            .and_then(|v| crate::framing::content_length(v.as_bytes()));
         if cap > 0 && declared.is_some_and(|n| n > cap) {
             tracing::warn!(
                 request_id = rid.to_str().unwrap_or(""),

@@ -1049,3 +1049,101 @@ async fn silent_http2_clients_cannot_hold_a_connection() {
     .await;
     assert!(ended.is_ok(), "the silent HTTP/2 connection is still open");
 }
+
+/// RFC 9112 §6.3: a request whose body length is ambiguous gets the same refusal from both
+/// engines (400, or 501 for a transfer coding the gateway does not implement), the connection
+/// is closed after it, and nothing reaches the upstream; repeated identical lengths are one
+/// length, forwarded as one field (by the fast path when it is on).
+#[tokio::test]
+async fn ambiguous_framing_is_refused_the_same_way_by_both_engines() {
+    let refused: [(&str, &[u8], u16); 6] = [
+        (
+            "a list of lengths",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
+            400,
+        ),
+        (
+            "conflicting Content-Length",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "signed Content-Length",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+            400,
+        ),
+        (
+            "chunked not final",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "chunked twice",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "a coding before chunked",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+    ];
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = gateway_for(&rec, fast).await;
+        for (what, bytes, status) in refused {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(bytes).await;
+            let r = c.response(false).await.expect(what);
+            assert_eq!(r.status, status, "{what}: {}", engine(fast));
+            assert!(c.closed().await, "{what}: {}: closed after", engine(fast));
+        }
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(
+            b"POST /list HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc",
+        )
+        .await;
+        let r = c.response(false).await.expect("identical lengths");
+        assert_eq!(r.text(), "POST /list", "{}", engine(fast));
+        let seen = rec.wait_for(1).await;
+        assert_eq!(
+            seen.len(),
+            1,
+            "{}: only /list reached the upstream",
+            engine(fast)
+        );
+        assert_eq!(seen[0].all("content-length"), ["3"], "{}", engine(fast));
+        assert_eq!(seen[0].body, b"abc", "{}", engine(fast));
+        gw.assert_engine(fast, 1, engine(fast));
+        // Both `Content-Length` and `Transfer-Encoding: chunked` (RFC 9112 §6.3 item 3): the
+        // chunked coding decides, the length is removed before forwarding, and the client
+        // connection closes after the response, so nothing after the body can be read as a
+        // request by anyone.
+        for (i, head) in [
+            "Content-Length: 99\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 2",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut c = RawClient::connect(gw.addr).await;
+            let req = format!(
+                "POST /both{i} HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+            );
+            c.send(req.as_bytes()).await;
+            let r = c.response(false).await.expect("CL and TE");
+            assert_eq!(r.text(), format!("POST /both{i}"), "{}", engine(fast));
+            assert!(c.closed().await, "{}: closed after CL+TE", engine(fast));
+            let seen = rec.wait_for(2 + i).await;
+            let last = &seen[1 + i];
+            assert_eq!(last.target, format!("/both{i}"), "{}", engine(fast));
+            assert!(!last.has("content-length"), "{}: {last:?}", engine(fast));
+            assert_eq!(last.body, b"abc", "{}", engine(fast));
+        }
+        assert!(
+            rec.requests().iter().all(|r| r.target != "/smuggled"),
+            "{}",
+            engine(fast)
+        );
+    }
+}
