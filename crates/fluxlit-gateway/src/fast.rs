@@ -39,7 +39,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{IDLE_TIMEOUT, Lot};
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
-use crate::framing::{BodyFraming, RequestFraming, content_length};
+use crate::framing::{
+    BodyFraming, MAX_RESPONSE_HEAD, RESPONSE_HEAD_BUFFER, RequestFraming, content_length,
+    response_fields_size,
+};
 use crate::headers::{ClientHop, ConnectionOptions};
 use crate::proxy::TunnelSpec;
 use crate::response::plain_rid;
@@ -58,8 +61,6 @@ const UPSTREAM_BUFFER: usize = 16 * 1024;
 /// Largest upstream read, bytes: reads that fill the buffer double the next one up to this
 /// (large bodies then move in fewer, larger system calls, as hyper's adaptive buffer does).
 const MAX_UPSTREAM_READ: usize = 128 * 1024;
-/// Largest upstream response head, bytes (beyond it: 502).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How the fast path left a client connection.
 pub(crate) enum Outcome {
@@ -849,12 +850,14 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                         Some(100..=199) => Step::Interim(n),
                         _ => Step::Head(rewrite_head(&resp, ctx)?, n),
                     },
-                    Ok(httparse::Status::Partial) if conn.buf.len() < MAX_RESPONSE_HEAD => {
+                    Ok(httparse::Status::Partial) if conn.buf.len() < RESPONSE_HEAD_BUFFER => {
                         Step::More
                     }
                     Ok(httparse::Status::Partial) => {
                         return Err(UpError::Failed {
-                            detail: format!("response head larger than {MAX_RESPONSE_HEAD} bytes"),
+                            detail: format!(
+                                "response head larger than {RESPONSE_HEAD_BUFFER} bytes"
+                            ),
                             closed: false,
                         });
                     }
@@ -916,6 +919,13 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         detail: format!("invalid response head: {what}"),
         closed: false,
     };
+    let size = response_fields_size(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+    if size > MAX_RESPONSE_HEAD {
+        return Err(UpError::Failed {
+            detail: format!("response head fields of {size} bytes, over {MAX_RESPONSE_HEAD} bytes"),
+            closed: false,
+        });
+    }
     let code = resp.code.unwrap_or(0);
     let mut connection = ConnectionOptions::default();
     let mut length: Option<u64> = None;

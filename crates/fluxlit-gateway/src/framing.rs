@@ -5,6 +5,40 @@
 //! guessed at, so one request can never be read as two by the gateway and its upstream.
 
 use http::StatusCode;
+use http::header::{HeaderMap, HeaderValue, TRANSFER_ENCODING};
+
+/// Largest upstream response head, bytes, on both engines (beyond it: 502), measured the same
+/// way by both ([`response_fields_size`]).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How many bytes either engine reads while waiting for a response head to complete (hyper's
+/// client buffer limit; the fast path's read limit): room for [`MAX_RESPONSE_HEAD`] of fields
+/// plus the status line and whitespace the measure leaves out.
+pub(crate) const RESPONSE_HEAD_BUFFER: usize = 2 * MAX_RESPONSE_HEAD;
+
+/// The size of a response head's fields as both engines measure it: name, value and 4 bytes
+/// (`: ` and CRLF) per field. Compared with [`MAX_RESPONSE_HEAD`].
+pub(crate) fn response_fields_size<'a>(
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> usize {
+    fields.into_iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+}
+
+/// The `Transfer-Encoding` of a response with a body whose codings are more than `chunked`
+/// (`gzip, chunked`): those codings are part of the body as relayed, so the field goes on with
+/// it (the fast path relays it verbatim; hyper's server keeps it and frames the body chunked).
+/// `None` when the field is absent or only `chunked` (then it is hop-by-hop framing the gateway
+/// redoes).
+pub(crate) fn response_codings(headers: &HeaderMap) -> Option<Vec<HeaderValue>> {
+    let values: Vec<HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().cloned().collect();
+    let coded = values.iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    });
+    coded.then_some(values)
+}
 
 /// A `Content-Length` value (RFC 9110 §8.6): ASCII digits only, at most 19 (fits `u64`).
 /// `None` for anything else: a sign, hex, spaces, and also a list (`5, 5`), which RFC 9110

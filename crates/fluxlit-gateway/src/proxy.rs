@@ -275,6 +275,7 @@ impl Proxy {
         if pool_max_idle > 0 {
             builder.pool_max_idle_per_host(pool_max_idle);
         }
+        builder.http1_max_buf_size(crate::framing::RESPONSE_HEAD_BUFFER);
         let client = builder.build(connector);
         let ws_per_client = crate::limits::TunnelsPerClient::new(limits.ws_max_per_client_ip);
         Self {
@@ -321,6 +322,7 @@ impl Proxy {
             .await
             .map_err(SendError::Connect)?;
         let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(crate::framing::RESPONSE_HEAD_BUFFER)
             .handshake::<_, Body>(TokioIo::new(stream))
             .await
             .map_err(SendError::Hyper)?;
@@ -565,6 +567,7 @@ impl Proxy {
             parts.headers.insert(UPGRADE, crate::headers::WEBSOCKET);
         }
         parts.uri = uri;
+        let head_request = parts.method == Method::HEAD;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         // A request that can be sent again unchanged: idempotent, no body, not an upgrade.
@@ -648,6 +651,24 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        let size = crate::framing::response_fields_size(
+            resp.headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        if size > crate::framing::MAX_RESPONSE_HEAD {
+            return failed(
+                name,
+                &ep.authority,
+                false,
+                &format!(
+                    "response head fields of {size} bytes, over {} bytes",
+                    crate::framing::MAX_RESPONSE_HEAD
+                ),
+                rid,
+            )
+            .into();
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_upgrade), Some(expected)) = (client_upgrade, upgrade.as_deref())
@@ -699,7 +720,17 @@ impl Proxy {
         }
 
         let (mut parts, body) = resp.into_parts();
+        // Transfer codings beyond chunked stay with the body they coded (`framing.rs`).
+        let bodiless = head_request
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let codings = (!bodiless)
+            .then(|| crate::framing::response_codings(&parts.headers))
+            .flatten();
         strip_hop_by_hop(&mut parts.headers);
+        for v in codings.into_iter().flatten() {
+            parts.headers.append(TRANSFER_ENCODING, v);
+        }
         Forwarded {
             response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
             slot,

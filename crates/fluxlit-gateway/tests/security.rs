@@ -1147,3 +1147,51 @@ async fn ambiguous_framing_is_refused_the_same_way_by_both_engines() {
         );
     }
 }
+
+/// Responses read the same on both engines: transfer codings beyond `chunked` stay with the
+/// body they coded (`gzip, chunked` reaches the client as such, never re-framed without its
+/// coding), and an upstream response head is accepted up to 64 KiB and refused (502) above.
+#[tokio::test]
+async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
+    let filler = |n: usize| "a".repeat(n);
+    let small = filler(60 * 1024);
+    let big = filler(70 * 1024);
+    let rec = RecordingUpstream::with(move |r: &Recorded| match r.target.as_str() {
+        "/coded" => Reply::raw(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZIPD\r\n0\r\n\r\n"
+                [..],
+        ),
+        "/head-60k" => Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {small}\r\nContent-Length: 2\r\n\r\nok"
+        )),
+        "/head-70k" => Reply::raw(format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {big}\r\nContent-Length: 2\r\n\r\nok"
+        )),
+        _ => fluxlit_testkit::raw::echo_line(r),
+    })
+    .await;
+    for fast in ENGINES {
+        let gw = gateway_for(&rec, fast).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /coded HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = c.response(false).await.expect("coded response");
+        assert_eq!(r.text(), "GZIPD", "{}", engine(fast));
+        let te = r.all("transfer-encoding").join(", ").to_ascii_lowercase();
+        assert_eq!(te, "gzip, chunked", "{}: the coding stays", engine(fast));
+
+        c.send(b"GET /head-60k HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = c.response(false).await.expect("60 KiB head");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "{}",
+            engine(fast)
+        );
+
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /head-70k HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = c.response(false).await.expect("70 KiB head");
+        assert_eq!(r.status, 502, "{}", engine(fast));
+        gw.assert_engine(fast, 3, engine(fast));
+    }
+}
