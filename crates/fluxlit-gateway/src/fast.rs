@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{IDLE_TIMEOUT, Lot};
+use crate::decide::{self, Decision};
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
 use crate::framing::{
     BodyFraming, MAX_RESPONSE_HEAD, RESPONSE_HEAD_BUFFER, RequestFraming, content_length,
@@ -46,7 +47,6 @@ use crate::framing::{
 use crate::headers::{ClientHop, ConnectionOptions};
 use crate::proxy::TunnelSpec;
 use crate::response::plain_rid;
-use crate::routing::{self, Route};
 use crate::upstream::{Endpoint, Upstream};
 use crate::{Body, Engine, Inner, observe};
 
@@ -402,9 +402,15 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     let Ok(pq) = PathAndQuery::try_from(target) else {
         return Parsed::Handoff;
     };
-    let Ok(Route::Ui { path }) = routing::route(pq.path(), &inner.root, &inner.api) else {
+    // The shared decision (`decide.rs`): only a UI forward with no other duty is ours.
+    let Decision::Ui { path } =
+        decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints())
+    else {
         return Parsed::Handoff;
     };
+    if !inner.ui_duties.none() {
+        return Parsed::Handoff;
+    }
     let policy = &inner.header_policy;
 
     // One pass for the fields that decide the exchange.
@@ -498,11 +504,8 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     let mut out = Vec::with_capacity(head_len + 256);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(endpoint.base_path.as_bytes());
-    out.extend_from_slice(path.as_bytes());
-    if let Some(q) = pq.query() {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
+    for part in decide::target_parts(&endpoint.base_path, &path, pq.query()) {
+        out.extend_from_slice(part.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host_sent = false;
@@ -527,11 +530,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             }
             continue;
         }
-        let forward = !policy.is_identity(name.as_bytes())
-            && !connection.hop_by_hop(name.as_bytes())
-            && policy.ui_allows(name.as_bytes())
-            && !crate::forwarded::is_replaced_on_hop(name.as_bytes());
-        if forward {
+        if decide::forwards_request_field(policy, &connection, true, name.as_bytes()) {
             push_field(&mut out, name.as_bytes(), h.value);
         }
     }
@@ -550,12 +549,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         upstream_head: out,
         body_len,
         head_request: method == "HEAD",
-        retryable: body_len == 0
-            && !upgrade
-            && matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+        retryable: decide::retryable(method, body_len == 0, upgrade),
         client_close,
         ws_accept,
         endpoint,
@@ -998,8 +992,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
             !matches!(framing, Framing::None)
         } else {
-            let replaced = name.eq_ignore_ascii_case(observe::REQUEST_ID.as_str());
-            !(connection.hop_by_hop(name.as_bytes()) || replaced)
+            decide::forwards_response_field(&connection, name.as_bytes())
         };
         if keep {
             push_field(&mut out, name.as_bytes(), h.value);

@@ -35,6 +35,7 @@
 mod affinity;
 pub mod cap;
 mod deadline;
+mod decide;
 mod fast;
 pub mod forwarded;
 mod framing;
@@ -74,6 +75,7 @@ pub use observe::{describe_metrics, names as metric_names};
 pub use routing::Route;
 pub use upstream::{ApiService, ApiTarget, ComponentState, Endpoint, ReadinessCheck, Upstream};
 
+use decide::Decision;
 use response::{json, plain, plain_rid};
 
 /// A boxed error, as carried by bodies.
@@ -431,15 +433,14 @@ impl GatewayBuilder {
             _ => None,
         };
         let rate = limits::RateLimits::new(&self.limits);
-        let fast_path = self.fast_path
-            && self.ui.is_some()
-            && !self.access_log
-            && !self.record_metrics
-            && metrics.is_none()
-            && debug.is_none()
-            && self.limits.rate_api.is_none()
-            && self.limits.rate_ui.is_none()
-            && self.limits.max_upstream_concurrency == 0;
+        // What a UI request needs besides forwarding: the fast path serves it only without.
+        let ui_duties = decide::Duties {
+            observe: self.access_log || self.record_metrics,
+            debug_ring: debug.is_some(),
+            rate_limit: self.limits.rate_ui.is_some(),
+            upstream_slot: self.limits.max_upstream_concurrency > 0,
+        };
+        let fast_path = self.fast_path && self.ui.is_some();
         Ok(Gateway {
             inner: Arc::new(Inner {
                 api_prefix: format!("{root}{api}"),
@@ -468,6 +469,7 @@ impl GatewayBuilder {
                 debug,
                 recent: observe::Recent::default(),
                 fast_path,
+                ui_duties,
                 served: ServedCounters::default(),
             }),
         })
@@ -521,6 +523,8 @@ struct Inner {
     recent: observe::Recent,
     /// Plain HTTP/1.1 UI requests take the fast path (see [`GatewayBuilder::http1_fast_path`]).
     fast_path: bool,
+    /// What UI requests need besides forwarding (the fast path serves only those without).
+    ui_duties: decide::Duties,
     /// Requests served per engine.
     served: ServedCounters,
 }
@@ -586,6 +590,16 @@ struct ConnCtx {
     permit: Option<Arc<limits::ConnPermit>>,
     /// The connection's own upstream connections (see `affinity`).
     affinity: Option<Arc<affinity::Affinity>>,
+}
+
+impl Inner {
+    /// The gateway's own endpoints that are on, for [`decide::decide`].
+    fn own_endpoints(&self) -> decide::OwnEndpoints<'_> {
+        decide::OwnEndpoints {
+            metrics: self.metrics.as_ref().map(|(p, _)| p.as_str()),
+            debug: self.debug.is_some(),
+        }
+    }
 }
 
 impl Gateway {
@@ -696,46 +710,38 @@ impl Gateway {
         let websocket = headers::upgrade_request(req.headers()).is_some();
         let method = req.method().clone();
 
-        let route = match routing::route(raw_path, &inner.root, &inner.api) {
-            Ok(r) => r,
-            Err(e) => {
+        // The one decision both engines carry out (`decide.rs`).
+        let route = match decide::decide(raw_path, &inner.root, &inner.api, inner.own_endpoints()) {
+            Decision::Refuse(e) => {
                 return with_rid(
                     plain_rid(StatusCode::BAD_REQUEST, format!("FluxLit: {e}\n"), &rid),
                     &rid,
                 );
             }
-        };
-        // The gateway's own endpoints: everything under `/__fluxlit` (404 unless enabled), and
-        // a metrics path configured elsewhere outside the API mount.
-        let own = match &route {
-            Route::Gateway { path } => Some(path.as_str()),
-            Route::Ui { .. } if inner.metrics.is_some() => {
-                Some(routing::dispatch_path(raw_path, &inner.root))
-            }
-            _ => None,
-        };
-        if let Some(own) = own {
-            let get = method == Method::GET || method == Method::HEAD;
-            if let Some((path, render)) = &inner.metrics
-                && own == path.as_str()
-                && get
+            // The gateway's own endpoints: answered here, never forwarded.
+            Decision::Metrics | Decision::Debug
+                if method != Method::GET && method != Method::HEAD =>
             {
-                let mut r = Response::new(response::full(render()));
+                return with_rid(method_not_allowed(), &rid);
+            }
+            Decision::Metrics => {
+                let render = inner.metrics.as_ref().map(|(_, r)| r());
+                let mut r = Response::new(response::full(render.unwrap_or_default()));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 return with_rid(r, &rid);
             }
-            if matches!(route, Route::Gateway { .. }) {
-                let r = if own == DEBUG_PATH && get {
-                    self.debug_snapshot()
-                } else {
-                    plain(StatusCode::NOT_FOUND, "Not Found\n")
-                };
-                return with_rid(r, &rid);
+            Decision::Debug => return with_rid(self.debug_snapshot(), &rid),
+            Decision::NotFound => {
+                return with_rid(plain(StatusCode::NOT_FOUND, "Not Found\n"), &rid);
             }
-        }
+            Decision::Healthz => Route::Healthz,
+            Decision::Readyz => Route::Readyz,
+            Decision::Api { path } => Route::Api { path },
+            Decision::Ui { path } => Route::Ui { path },
+        };
 
         let dispatch: &'static str = match &route {
             Route::Healthz | Route::Readyz | Route::Gateway { .. } => "internal",
@@ -825,7 +831,8 @@ impl Gateway {
                                 "gateway_max_proxy_request_body_bytes",
                             ),
                             conn: ctx.permit.clone(),
-                            ui_policy: Some(&inner.header_policy),
+                            policy: &inner.header_policy,
+                            ui: true,
                             affinity: ctx.affinity.as_deref(),
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
@@ -901,7 +908,8 @@ impl Gateway {
                             "gateway_max_api_request_body_bytes",
                         ),
                         conn: ctx.permit.clone(),
-                        ui_policy: None,
+                        policy: &inner.header_policy,
+                        ui: false,
                         affinity: ctx.affinity.as_deref(),
                     };
                     let f = inner.proxy.forward(u, req, path, hop).await;
@@ -938,7 +946,7 @@ impl Gateway {
                     // upgrade keeps exactly `Connection: upgrade` and `Upgrade: websocket`, so an
                     // axum WebSocket route still sees it).
                     let websocket = headers::upgrade_request(&parts.headers).is_some();
-                    strip_hop_by_hop(&mut parts.headers);
+                    decide::retain_request_fields(&mut parts.headers, &inner.header_policy, false);
                     if websocket {
                         parts.headers.insert(
                             http::header::CONNECTION,

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::Body;
 use crate::affinity::{Affinity, Driver, Parking};
 use crate::forwarded::ClientView;
-use crate::headers::{strip_hop_by_hop, upgrade_request};
+use crate::headers::upgrade_request;
 use crate::limits::{ConnPermit, Limits};
 use crate::observe::{REQUEST_ID, names};
 use crate::response::plain_rid;
@@ -75,8 +75,10 @@ pub(crate) struct Hop<'a> {
     pub(crate) body_cap: (u64, &'static str),
     /// Held by a tunnel for its life, so tunnels count against the connection limits.
     pub(crate) conn: Option<Arc<ConnPermit>>,
-    /// The UI hop's client-header allow-list, when this is the UI hop.
-    pub(crate) ui_policy: Option<&'a fluxlit_auth::HeaderPolicy>,
+    /// The header policy (identity names, the UI allow-list).
+    pub(crate) policy: &'a fluxlit_auth::HeaderPolicy,
+    /// The UI hop: only the policy's allowed client fields go on.
+    pub(crate) ui: bool,
     /// The client connection's own upstream connections, when it is served by
     /// [`crate::Gateway::serve`] (not for [`crate::Gateway::handle`]).
     pub(crate) affinity: Option<&'a Affinity>,
@@ -500,13 +502,7 @@ impl Proxy {
         };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut pq = String::with_capacity(ep.base_path.len() + path.len() + 64);
-        pq.push_str(&ep.base_path);
-        pq.push_str(path);
-        if let Some(q) = parts.uri.query() {
-            pq.push('?');
-            pq.push_str(q);
-        }
+        let pq = crate::decide::target_parts(&ep.base_path, path, parts.uri.query()).concat();
         // HTTP/1.x clients' plain requests go on the client connection's own upstream
         // connection (origin-form target); the rest through the pool (absolute form).
         let affinity = hop
@@ -542,10 +538,7 @@ impl Proxy {
             || (declared.is_none()
                 && !parts.headers.contains_key(TRANSFER_ENCODING)
                 && body.is_end_stream());
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(policy) = hop.ui_policy {
-            policy.retain_for_ui(&mut parts.headers);
-        }
+        crate::decide::retain_request_fields(&mut parts.headers, hop.policy, hop.ui);
         hop.view.apply(&mut parts.headers, hop.prefix);
         parts.headers.insert(REQUEST_ID, rid.clone());
         match &host {
@@ -571,17 +564,8 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         // A request that can be sent again unchanged: idempotent, no body, not an upgrade.
-        let retryable = upgrade.is_none()
-            && empty_body
-            && matches!(
-                parts.method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::OPTIONS
-                    | Method::TRACE
-                    | Method::PUT
-                    | Method::DELETE
-            );
+        let retryable =
+            crate::decide::retryable(parts.method.as_str(), empty_body, upgrade.is_some());
         let replay = retryable.then(|| {
             (
                 parts.method.clone(),
@@ -707,7 +691,7 @@ impl Proxy {
                 tunnel(TokioIo::new(client), TokioIo::new(upstream), spec).await;
             });
             let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            crate::decide::retain_response_fields(&mut parts.headers);
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -727,7 +711,7 @@ impl Proxy {
         let codings = (!bodiless)
             .then(|| crate::framing::response_codings(&parts.headers))
             .flatten();
-        strip_hop_by_hop(&mut parts.headers);
+        crate::decide::retain_response_fields(&mut parts.headers);
         for v in codings.into_iter().flatten() {
             parts.headers.append(TRANSFER_ENCODING, v);
         }

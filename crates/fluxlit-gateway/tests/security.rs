@@ -1195,3 +1195,44 @@ async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
         gw.assert_engine(fast, 3, engine(fast));
     }
 }
+
+/// The fast path serves exactly the requests whose decision it can carry out: a UI forward
+/// with no other duty. With a duty on UI requests (the access log, the debug ring, a UI rate
+/// limit, the upstream concurrency cap), every request is hyper's even with the fast path on;
+/// API requests are always hyper's.
+#[tokio::test]
+async fn the_fast_path_serves_only_decisions_without_duties() {
+    let rec = RecordingUpstream::start().await;
+    let no_duty = start(
+        Gateway::builder()
+            .ui(upstream(rec.addr, "ui"))
+            .api(ApiTarget::Upstream(upstream(rec.addr, "api"))),
+        true,
+    )
+    .await;
+    let limits = fluxlit_gateway::Limits {
+        max_upstream_concurrency: 8,
+        ..fluxlit_gateway::Limits::default()
+    };
+    let duties = [
+        Gateway::builder().access_log(true, false),
+        Gateway::builder().limits(limits),
+    ];
+    // One connection each: once hyper has a connection, it serves the rest of it.
+    for target in ["/ui", "/api/x", "/ui"] {
+        let mut c = RawClient::connect(no_duty.addr).await;
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(c.response(false).await.expect(target).status, 200);
+    }
+    let s = no_duty.served();
+    assert_eq!((s.h1, s.hyper), (2, 1), "no duty: UI on the fast path, API on hyper");
+    for (i, b) in duties.into_iter().enumerate() {
+        let gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /ui HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(c.response(false).await.expect("ui").status, 200);
+        let s = gw.served();
+        assert_eq!((s.h1, s.hyper), (0, 1), "duty {i}: hyper serves it");
+    }
+}
