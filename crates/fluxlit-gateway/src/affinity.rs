@@ -201,11 +201,20 @@ impl<T: Parkable> Lot<T> {
         drop(dropped); // closes them, outside the lock
     }
 
-    /// Takes the most recently parked connection to `authority`.
-    pub(crate) fn take(&self, authority: &Authority) -> Option<T> {
+    /// Takes the most recently parked connection to `authority` that `kind` accepts.
+    pub(crate) fn take(&self, authority: &Authority, kind: impl Fn(&T) -> bool) -> Option<T> {
         let mut p = self.parked.lock().ok()?;
-        let i = p.iter().rposition(|c| c.authority() == authority)?;
-        Some(p.swap_remove(i))
+        let i = p
+            .iter()
+            .rposition(|c| c.authority() == authority && kind(c))?;
+        // `remove`, not `swap_remove`: the rest stay oldest first for `park`'s eviction.
+        Some(p.remove(i))
+    }
+
+    /// How many connections are parked.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.parked.lock().map_or(0, |p| p.len())
     }
 
     /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
@@ -229,23 +238,39 @@ fn take_expired<T: Parkable>(parked: &mut Vec<T>) -> Vec<T> {
     expired
 }
 
-impl Parkable for (Kept, Driver) {
+/// A parked idle upstream connection of either engine.
+pub(crate) enum ParkedConn {
+    /// hyper's client connection: its sender and driver (`proxy.rs`).
+    Hyper(Kept, Driver),
+    /// The fast path's raw connection (`fast.rs`).
+    H1(crate::fast::UpConn),
+}
+
+impl Parkable for ParkedConn {
     fn authority(&self) -> &Authority {
-        &self.0.authority
+        match self {
+            Self::Hyper(k, _) => &k.authority,
+            Self::H1(c) => c.authority(),
+        }
     }
 
     fn used(&self) -> Instant {
-        self.0.used
+        match self {
+            Self::Hyper(k, _) => k.used,
+            Self::H1(c) => c.used(),
+        }
     }
 }
 
-/// The idle hyper connections (sender and driver) of ended client connections.
+/// The one parking lot: idle upstream connections of ended client connections, of both
+/// engines, under one bound (all upstreams and both kinds together), for the next client
+/// connections to adopt.
 pub(crate) struct Parking {
-    lot: Lot<(Kept, Driver)>,
+    lot: Lot<ParkedConn>,
 }
 
 impl Parking {
-    /// `max` parked connections at most (all upstreams together).
+    /// `max` parked connections at most (all upstreams and both engines together).
     pub(crate) fn new(max: usize) -> Self {
         Self { lot: Lot::new(max) }
     }
@@ -259,8 +284,14 @@ impl Parking {
             tokio::spawn(driver);
         }
         if !idle.is_empty() {
-            self.lot.park(idle);
+            self.lot
+                .park(idle.into_iter().map(|(k, d)| ParkedConn::Hyper(k, d)));
         }
+    }
+
+    /// Parks an idle connection of the fast path.
+    pub(crate) fn park_h1(&self, conn: crate::fast::UpConn) {
+        self.lot.park([ParkedConn::H1(conn.for_parking())]);
     }
 
     /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
@@ -268,11 +299,16 @@ impl Parking {
         self.lot.expire()
     }
 
-    /// Adopts a parked connection to `authority` into `aff`, after polling its driver once so
-    /// that a connection the upstream closed meanwhile is noticed and skipped.
+    /// Adopts a parked hyper connection to `authority` into `aff`, after polling its driver
+    /// once so that a connection the upstream closed meanwhile is noticed and skipped.
     pub(crate) async fn adopt(&self, aff: &Affinity, authority: &Authority) -> Option<Kept> {
         loop {
-            let (kept, mut driver) = self.lot.take(authority)?;
+            let Some(ParkedConn::Hyper(kept, mut driver)) = self
+                .lot
+                .take(authority, |c| matches!(c, ParkedConn::Hyper(..)))
+            else {
+                return None;
+            };
             let finished =
                 std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await;
             if finished || !kept.usable() {
@@ -283,5 +319,99 @@ impl Parking {
             } = kept;
             return Some(aff.adopt(authority, send, driver));
         }
+    }
+
+    /// Adopts a parked fast-path connection to `authority` that can carry a request now
+    /// (`UpConn::usable`; `fresh` as there).
+    pub(crate) fn adopt_h1(
+        &self,
+        authority: &Authority,
+        fresh: bool,
+    ) -> Option<crate::fast::UpConn> {
+        loop {
+            let Some(ParkedConn::H1(c)) =
+                self.lot.take(authority, |c| matches!(c, ParkedConn::H1(_)))
+            else {
+                return None;
+            };
+            if c.usable(fresh) {
+                return Some(c);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        authority: Authority,
+        used: Instant,
+        tag: u32,
+    }
+
+    impl Parkable for Fake {
+        fn authority(&self) -> &Authority {
+            &self.authority
+        }
+
+        fn used(&self) -> Instant {
+            self.used
+        }
+    }
+
+    fn fake(authority: &str, tag: u32, age: Duration) -> Fake {
+        Fake {
+            authority: authority.parse().unwrap(),
+            used: Instant::now().checked_sub(age).unwrap(),
+            tag,
+        }
+    }
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+
+    #[test]
+    fn the_lot_is_bounded_and_closes_the_oldest_first() {
+        let lot = Lot::new(2);
+        lot.park([fake(A, 1, Duration::ZERO), fake(A, 2, Duration::ZERO)]);
+        lot.park([fake(B, 3, Duration::ZERO)]);
+        assert_eq!(lot.len(), 2);
+        let a: Authority = A.parse().unwrap();
+        assert_eq!(lot.take(&a, |_| true).map(|f| f.tag), Some(2));
+        assert!(
+            lot.take(&a, |_| true).is_none(),
+            "1 was evicted as the oldest"
+        );
+    }
+
+    #[test]
+    fn the_most_recent_connection_of_the_kind_asked_for_is_taken() {
+        let lot = Lot::new(8);
+        lot.park([
+            fake(A, 1, Duration::ZERO),
+            fake(B, 2, Duration::ZERO),
+            fake(A, 3, Duration::ZERO),
+            fake(A, 4, Duration::ZERO),
+        ]);
+        let a: Authority = A.parse().unwrap();
+        assert_eq!(lot.take(&a, |f| f.tag % 2 == 1).map(|f| f.tag), Some(3));
+        assert_eq!(lot.take(&a, |_| true).map(|f| f.tag), Some(4));
+        assert_eq!(lot.take(&a, |_| true).map(|f| f.tag), Some(1));
+        assert!(lot.take(&a, |_| true).is_none());
+        assert_eq!(lot.len(), 1);
+    }
+
+    #[test]
+    fn expired_connections_are_closed_not_handed_out() {
+        let lot = Lot::new(8);
+        lot.park([fake(A, 1, IDLE_TIMEOUT + Duration::from_millis(1))]);
+        lot.park([fake(A, 2, Duration::ZERO)]);
+        assert_eq!(lot.len(), 1, "parking drops the expired");
+        lot.park([fake(A, 3, IDLE_TIMEOUT)]);
+        assert_eq!(lot.expire(), 1);
+        let a: Authority = A.parse().unwrap();
+        assert_eq!(lot.take(&a, |_| true).map(|f| f.tag), Some(2));
     }
 }

@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::affinity::{IDLE_TIMEOUT, Lot};
+use crate::affinity::IDLE_TIMEOUT;
 use crate::decide::{self, Decision};
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
 use crate::framing::{
@@ -98,7 +98,7 @@ impl UpConn {
     /// (`fresh` false: the next request was pipelined behind the last one), or after a
     /// response without a body (where a broken upstream's stray body would follow), a
     /// non-blocking peek on the socket itself decides (one system call).
-    fn usable(&self, fresh: bool) -> bool {
+    pub(crate) fn usable(&self, fresh: bool) -> bool {
         if self.used.elapsed() >= IDLE_TIMEOUT {
             return false;
         }
@@ -126,46 +126,22 @@ impl UpConn {
     }
 }
 
-impl crate::affinity::Parkable for UpConn {
-    fn authority(&self) -> &Authority {
+impl UpConn {
+    /// The upstream it is connected to.
+    pub(crate) fn authority(&self) -> &Authority {
         &self.authority
     }
 
-    fn used(&self) -> Instant {
+    /// When it last finished an exchange.
+    pub(crate) fn used(&self) -> Instant {
         self.used
     }
-}
 
-/// Idle upstream connections of ended client connections, for the next ones to adopt (see
-/// [`Lot`]).
-pub(crate) struct Parked {
-    lot: Lot<UpConn>,
-}
-
-impl Parked {
-    pub(crate) fn new(max: usize) -> Self {
-        Self { lot: Lot::new(max) }
-    }
-
-    fn park(&self, mut conn: UpConn) {
-        // A parked connection holds no read buffer (it may have grown to MAX_UPSTREAM_READ).
-        conn.buf = BytesMut::new();
-        conn.read_size = UPSTREAM_BUFFER;
-        self.lot.park([conn]);
-    }
-
-    fn adopt(&self, authority: &Authority, fresh: bool) -> Option<UpConn> {
-        loop {
-            let c = self.lot.take(authority)?;
-            if c.usable(fresh) {
-                return Some(c);
-            }
-        }
-    }
-
-    /// Closes parked connections idle for [`IDLE_TIMEOUT`] or longer; returns how many.
-    pub(crate) fn expire(&self) -> usize {
-        self.lot.expire()
+    /// Ready to be parked: holds no read buffer (it may have grown to `MAX_UPSTREAM_READ`).
+    pub(crate) fn for_parking(mut self) -> Self {
+        self.buf = BytesMut::new();
+        self.read_size = UPSTREAM_BUFFER;
+        self
     }
 }
 
@@ -255,14 +231,14 @@ pub(crate) async fn serve(
             Next::Close => break None,
             Next::Tunnel(upstream, spec) => {
                 if let Some(c) = up.take() {
-                    inner.proxy.fast_parked.park(c);
+                    inner.proxy.parking.park_h1(c);
                 }
                 return Outcome::Tunnel(client, upstream, spec);
             }
         }
     };
     if let Some(c) = up {
-        inner.proxy.fast_parked.park(c);
+        inner.proxy.parking.park_h1(c);
     }
     match handoff {
         Some(pre) => Outcome::Handoff(client, pre),
@@ -650,7 +626,7 @@ async fn exchange(
     let kept = up
         .take()
         .filter(|c| c.authority == authority && c.usable(fresh))
-        .or_else(|| proxy.fast_parked.adopt(&authority, fresh));
+        .or_else(|| proxy.parking.adopt_h1(&authority, fresh));
     let attempt = tokio::time::timeout(timeout, async {
         let (mut conn, mut reused) = match kept {
             Some(c) => (c, true),

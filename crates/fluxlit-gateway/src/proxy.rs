@@ -51,10 +51,9 @@ const TUNNEL_BUFFER: usize = 4 * 1024;
 
 pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
-    /// Idle upstream connections of ended client connections (see [`crate::affinity`]).
-    parking: Parking,
-    /// Idle upstream connections of the HTTP/1.1 fast path's ended client connections.
-    pub(crate) fast_parked: crate::fast::Parked,
+    /// Idle upstream connections of ended client connections, both engines' (see
+    /// [`crate::affinity::Parking`]).
+    pub(crate) parking: Parking,
     connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     limits: Limits,
@@ -287,11 +286,6 @@ impl Proxy {
             } else {
                 MAX_PARKED
             }),
-            fast_parked: crate::fast::Parked::new(if pool_max_idle > 0 {
-                pool_max_idle
-            } else {
-                MAX_PARKED
-            }),
             connect_timeout,
             read_timeout,
             upstream_slots: (limits.max_upstream_concurrency > 0)
@@ -310,7 +304,7 @@ impl Proxy {
 
     /// Closes parked upstream connections that are too old to be adopted.
     pub(crate) fn expire_parked(&self) -> usize {
-        self.parking.expire() + self.fast_parked.expire()
+        self.parking.expire()
     }
 
     /// Opens a new upstream connection to `authority` (TCP_NODELAY, the connect timeout) and

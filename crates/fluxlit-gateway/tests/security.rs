@@ -1226,7 +1226,11 @@ async fn the_fast_path_serves_only_decisions_without_duties() {
         assert_eq!(c.response(false).await.expect(target).status, 200);
     }
     let s = no_duty.served();
-    assert_eq!((s.h1, s.hyper), (2, 1), "no duty: UI on the fast path, API on hyper");
+    assert_eq!(
+        (s.h1, s.hyper),
+        (2, 1),
+        "no duty: UI on the fast path, API on hyper"
+    );
     for (i, b) in duties.into_iter().enumerate() {
         let gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
         let mut c = RawClient::connect(gw.addr).await;
