@@ -242,8 +242,8 @@ fn take_expired<T: Parkable>(parked: &mut Vec<T>) -> Vec<T> {
 pub(crate) enum ParkedConn {
     /// hyper's client connection: its sender and driver (`proxy.rs`).
     Hyper(Kept, Driver),
-    /// The fast path's raw connection (`fast.rs`).
-    H1(crate::fast::UpConn),
+    /// The fast path's raw connection (`h1.rs`).
+    H1(crate::h1::UpConn),
 }
 
 impl Parkable for ParkedConn {
@@ -290,7 +290,7 @@ impl Parking {
     }
 
     /// Parks an idle connection of the fast path.
-    pub(crate) fn park_h1(&self, conn: crate::fast::UpConn) {
+    pub(crate) fn park_h1(&self, conn: crate::h1::UpConn) {
         self.lot.park([ParkedConn::H1(conn.for_parking())]);
     }
 
@@ -323,11 +323,7 @@ impl Parking {
 
     /// Adopts a parked fast-path connection to `authority` that can carry a request now
     /// (`UpConn::usable`; `fresh` as there).
-    pub(crate) fn adopt_h1(
-        &self,
-        authority: &Authority,
-        fresh: bool,
-    ) -> Option<crate::fast::UpConn> {
+    pub(crate) fn adopt_h1(&self, authority: &Authority, fresh: bool) -> Option<crate::h1::UpConn> {
         loop {
             let Some(ParkedConn::H1(c)) =
                 self.lot.take(authority, |c| matches!(c, ParkedConn::H1(_)))

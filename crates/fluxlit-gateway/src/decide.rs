@@ -6,7 +6,7 @@
 //! whether it may be sent again on a new connection ([`retryable`]), which response fields
 //! reach the client ([`forwards_response_field`]), and what else the gateway must do for it
 //! ([`Duties`]). The two engines are interpreters of this decision: hyper's path (`lib.rs`,
-//! `proxy.rs`) applies it to a `HeaderMap`, the HTTP/1.1 fast path (`fast.rs`) to the raw head
+//! `proxy.rs`) applies it to a `HeaderMap`, the HTTP/1.1 fast path (`h1.rs`) to the raw head
 //! while copying it. The fast path serves exactly the requests whose decision is "forward to
 //! the UI" with no [`Duties`]; everything else is handed to hyper, so a guard added here holds
 //! on both.

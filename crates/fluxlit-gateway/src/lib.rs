@@ -36,9 +36,9 @@ mod affinity;
 pub mod cap;
 mod deadline;
 mod decide;
-mod fast;
 pub mod forwarded;
 mod framing;
+mod h1;
 pub mod headers;
 pub mod limits;
 pub mod observe;
@@ -383,10 +383,11 @@ impl GatewayBuilder {
     }
 
     /// Whether plain HTTP/1.1 requests for the UI upstream may take the forwarding fast path
-    /// (parsed in place and relayed by their framing, without hyper's dispatchers; see
-    /// `docs/ARCHITECTURE.md`). It is used only while access log, metrics, the debug snapshot,
-    /// rate limits and the upstream concurrency cap are all off; everything else is served by
-    /// hyper either way. What the upstream and the client see is the same. Default: on.
+    /// ([`Engine::H1`]: parsed in place and relayed by their framing, without hyper's
+    /// dispatchers; see `docs/ARCHITECTURE.md`). It serves a request when the shared decision
+    /// is a UI forward with nothing else to do (no access log, metrics, debug ring, UI rate
+    /// limit or upstream concurrency cap); everything else is served by hyper either way. What
+    /// the upstream and the client see is the same. Default: on.
     pub fn http1_fast_path(mut self, on: bool) -> Self {
         self.fast_path = on;
         self
@@ -533,7 +534,7 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Engine {
-    /// The HTTP/1.1 fast path (`fast.rs`): plain HTTP/1.1 requests for the UI upstream.
+    /// The HTTP/1.1 fast path (`h1.rs`): plain HTTP/1.1 requests for the UI upstream.
     H1,
     /// hyper's server: everything else (HTTP/2, the API, the gateway's own endpoints, every
     /// refusal).
@@ -1174,10 +1175,10 @@ impl Gateway {
                         // rest of the connection when a request needs it.
                         let (mut stream, pre) = match &inner.ui {
                             Some(ui) if inner.fast_path => {
-                                match fast::serve(inner, ui, stream, &hop, &closing).await {
-                                    fast::Outcome::Closed => return,
-                                    fast::Outcome::Handoff(s, pre) => (s, pre),
-                                    fast::Outcome::Tunnel(client, upstream, spec) => {
+                                match h1::serve(inner, ui, stream, &hop, &closing).await {
+                                    h1::Outcome::Closed => return,
+                                    h1::Outcome::Handoff(s, pre) => (s, pre),
+                                    h1::Outcome::Tunnel(client, upstream, spec) => {
                                         // A tunnel is not a request in flight: like the general
                                         // path's, it is drained through `drain_tunnels`, and it
                                         // holds the connection's permit for its life.
@@ -1226,7 +1227,7 @@ impl Gateway {
                                 }
                             })
                         };
-                        let io = deadline::WriteDeadline::new(fast::Prefixed::new(stream, pre), write_timeout);
+                        let io = deadline::WriteDeadline::new(h1::Prefixed::new(stream, pre), write_timeout);
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
                         let mut conn = Box::pin(conn);
                         // Shutdown, or idle (no request in progress) for the header read
