@@ -45,8 +45,7 @@ use crate::framing::{
     response_fields_size,
 };
 use crate::headers::{ClientHop, ConnectionOptions};
-use crate::proxy::TunnelSpec;
-use crate::response::plain_rid;
+use crate::proxy::{TunnelSpec, UpstreamError};
 use crate::upstream::{Endpoint, Upstream};
 use crate::{Body, Engine, Inner, observe};
 
@@ -537,15 +536,8 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
 
 /// Why an exchange failed before the response head.
 enum UpError {
-    /// The TCP connection could not be opened.
-    Connect(String),
-    /// The exchange failed; `closed` when the upstream closed the connection before sending
-    /// any of a response (so a retry on a new connection is safe for an idempotent request).
-    Failed { detail: String, closed: bool },
-    /// The upstream answered 101 to a request that asked for no upgrade.
-    Switched,
-    /// The upstream's 101 does not complete the WebSocket handshake (`Sec-WebSocket-Accept`).
-    Handshake,
+    /// The upstream failed (the error both engines share).
+    Up(UpstreamError),
     /// The client went away while its body was being forwarded.
     Client,
 }
@@ -640,8 +632,11 @@ async fn exchange(
             };
             match head {
                 Ok(h) => return Ok((conn, h)),
-                Err(UpError::Failed { detail, closed: true }) if reused && plan.retryable => {
-                    tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = ui.name(), error = %detail, "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
+                Err(UpError::Up(UpstreamError::Exchange {
+                    source,
+                    closed: true,
+                })) if reused && plan.retryable => {
+                    tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = ui.name(), error = %source, "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
                     conn = connect(proxy, &authority).await?;
                     reused = false;
                 }
@@ -654,42 +649,17 @@ async fn exchange(
     let (mut conn, head) = match attempt {
         Ok(Ok(x)) => x,
         Ok(Err(UpError::Client)) => return Next::Close,
-        failure => {
-            let resp = match failure {
-                Err(_elapsed) => {
-                    crate::proxy::timed_out(name, &authority, timeout, timeout_setting, &rid)
-                }
-                Ok(Err(UpError::Connect(detail))) => {
-                    crate::proxy::failed(name, &authority, true, &detail, &rid)
-                }
-                Ok(Err(UpError::Failed { detail, .. })) => {
-                    crate::proxy::failed(name, &authority, false, &detail, &rid)
-                }
-                Ok(Err(UpError::Handshake)) => crate::proxy::bad_handshake(name, &rid),
-                _ => plain_rid(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "FluxLit: the {name} upstream switched protocols without being asked\n"
-                    ),
-                    &rid,
-                ),
+        Err(_elapsed) => {
+            let e = UpstreamError::Timeout {
+                after: timeout,
+                setting: timeout_setting,
             };
-            // A request body not read to its end cannot be skipped: close after the answer,
-            // once the rest of the body is read and dropped (bounded), so the close is not a
-            // reset that destroys the answer for a client still writing.
-            let close = ctx.close || remaining > 0;
-            let written = write_response(client, resp, &ctx, close, wt).await;
-            if written && remaining > 0 {
-                linger(client, buf, remaining).await;
-            }
-            return if written && !close {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
+            return answer_failure(client, buf, &e, name, &authority, &ctx, remaining, wt).await;
+        }
+        Ok(Err(UpError::Up(e))) => {
+            return answer_failure(client, buf, &e, name, &authority, &ctx, remaining, wt).await;
         }
     };
-
     let RespHead {
         head,
         framing,
@@ -730,12 +700,40 @@ async fn exchange(
     }
 }
 
+/// Answers an upstream failure with the shared mapping ([`UpstreamError::response`]). A request
+/// body not read to its end cannot be skipped: the connection closes after the answer, once
+/// the rest of the body is read and dropped (bounded), so the close is not a reset that
+/// destroys the answer for a client still writing.
+#[allow(clippy::too_many_arguments)]
+async fn answer_failure(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    e: &UpstreamError,
+    name: &str,
+    authority: &Authority,
+    ctx: &HeadCtx<'_>,
+    remaining: u64,
+    wt: std::time::Duration,
+) -> Next {
+    let resp = e.response(name, authority, ctx.rid);
+    let close = ctx.close || remaining > 0;
+    let written = write_response(client, resp, ctx, close, wt).await;
+    if written && remaining > 0 {
+        linger(client, buf, remaining).await;
+    }
+    if written && !close {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
 /// Opens an upstream connection for the fast path (`TCP_NODELAY`, the connect timeout).
 async fn connect(proxy: &crate::proxy::Proxy, authority: &Authority) -> Result<UpConn, UpError> {
     let stream = proxy
         .tcp_connect(authority)
         .await
-        .map_err(UpError::Connect)?;
+        .map_err(|e| UpError::Up(UpstreamError::Connect(e.into())))?;
     Ok(UpConn {
         stream,
         authority: authority.clone(),
@@ -766,10 +764,7 @@ async fn send(
         std::time::Duration::ZERO,
     )
     .await
-    .map_err(|e| UpError::Failed {
-        detail: e.to_string(),
-        closed: true,
-    })?;
+    .map_err(|e| UpError::Up(UpstreamError::exchange(e.to_string(), true)))?;
     buf.advance(first);
     *remaining -= first as u64;
     while *remaining > 0 {
@@ -790,10 +785,7 @@ async fn send(
         conn.stream
             .write_all(&buf[..n])
             .await
-            .map_err(|e| UpError::Failed {
-                detail: e.to_string(),
-                closed: false,
-            })?;
+            .map_err(|e| UpError::Up(UpstreamError::exchange(e.to_string(), false)))?;
         buf.advance(n);
         *remaining -= n as u64;
     }
@@ -815,7 +807,9 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&conn.buf) {
                     Ok(httparse::Status::Complete(n)) => match resp.code {
-                        Some(101) if ctx.ws_accept.is_none() => return Err(UpError::Switched),
+                        Some(101) if ctx.ws_accept.is_none() => {
+                            return Err(UpError::Up(UpstreamError::Unsolicited101));
+                        }
                         Some(101) => Step::Head(rewrite_head(&resp, ctx)?, n),
                         Some(100..=199) => Step::Interim(n),
                         _ => Step::Head(rewrite_head(&resp, ctx)?, n),
@@ -824,18 +818,16 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                         Step::More
                     }
                     Ok(httparse::Status::Partial) => {
-                        return Err(UpError::Failed {
-                            detail: format!(
-                                "response head larger than {RESPONSE_HEAD_BUFFER} bytes"
-                            ),
-                            closed: false,
-                        });
+                        return Err(UpError::Up(UpstreamError::exchange(
+                            format!("response head larger than {RESPONSE_HEAD_BUFFER} bytes"),
+                            false,
+                        )));
                     }
                     Err(e) => {
-                        return Err(UpError::Failed {
-                            detail: format!("invalid response head: {e}"),
-                            closed: false,
-                        });
+                        return Err(UpError::Up(UpstreamError::exchange(
+                            format!("invalid response head: {e}"),
+                            false,
+                        )));
                     }
                 }
             };
@@ -857,10 +849,10 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
         let nothing_yet = conn.buf.is_empty();
         match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) => {
-                return Err(UpError::Failed {
-                    detail: "connection closed before message completed".into(),
-                    closed: nothing_yet,
-                });
+                return Err(UpError::Up(UpstreamError::exchange(
+                    "connection closed before message completed",
+                    nothing_yet,
+                )));
             }
             Ok(_) => {}
             Err(e) => {
@@ -871,10 +863,7 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
                             | ErrorKind::ConnectionAborted
                             | ErrorKind::BrokenPipe
                     );
-                return Err(UpError::Failed {
-                    detail: e.to_string(),
-                    closed,
-                });
+                return Err(UpError::Up(UpstreamError::exchange(e.to_string(), closed)));
             }
         }
     }
@@ -885,16 +874,18 @@ async fn read_head(conn: &mut UpConn, ctx: &HeadCtx<'_>) -> Result<RespHead, UpE
 /// upstream's `X-Request-ID`, plus the gateway's `X-Request-ID`, `Date` when missing and
 /// `Connection: close` when the client connection ends after it.
 fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<RespHead, UpError> {
-    let bad = |what: &str| UpError::Failed {
-        detail: format!("invalid response head: {what}"),
-        closed: false,
+    let bad = |what: &str| {
+        UpError::Up(UpstreamError::exchange(
+            format!("invalid response head: {what}"),
+            false,
+        ))
     };
     let size = response_fields_size(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
     if size > MAX_RESPONSE_HEAD {
-        return Err(UpError::Failed {
-            detail: format!("response head fields of {size} bytes, over {MAX_RESPONSE_HEAD} bytes"),
-            closed: false,
-        });
+        return Err(UpError::Up(UpstreamError::exchange(
+            format!("response head fields of {size} bytes, over {MAX_RESPONSE_HEAD} bytes"),
+            false,
+        )));
     }
     let code = resp.code.unwrap_or(0);
     let mut connection = ConnectionOptions::default();
@@ -932,7 +923,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             .ws_accept
             .is_some_and(|want| crate::headers::websocket_switched(want, accept, upgrade))
     {
-        return Err(UpError::Handshake);
+        return Err(UpError::Up(UpstreamError::Handshake));
     }
     upstream_keep &= !connection.close;
     let framing = if switched || ctx.head_request || code == 204 || code == 304 {

@@ -135,6 +135,122 @@ impl From<Response<Body>> for Forwarded {
     }
 }
 
+/// Why an upstream exchange failed before its response reached the client: one type for both
+/// engines, with its cause as the error source, answered by one mapping
+/// ([`UpstreamError::response`]): 502 (connect, exchange, invalid head, unsolicited 101,
+/// handshake), 504 (no response head in time), 413 (request body over the cap while streaming).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The TCP connection could not be opened (refused, unreachable, connect timeout).
+    #[error("could not connect")]
+    Connect(#[source] crate::BoxError),
+    /// No response head within `after` (the setting that sets it).
+    #[error("no response head within {} s ({setting})", after.as_secs_f64())]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+        /// The setting that sets it.
+        setting: &'static str,
+    },
+    /// The exchange failed (reset, closed, I/O error) or the response head was invalid or too
+    /// large; `closed` when the upstream closed a kept connection before sending any of a
+    /// response (an idempotent request may then be sent again on a new connection).
+    #[error("the exchange failed")]
+    Exchange {
+        /// What failed.
+        #[source]
+        source: crate::BoxError,
+        /// Closed before any of a response.
+        closed: bool,
+    },
+    /// The upstream answered 101 to a request that asked for no upgrade.
+    #[error("switched protocols without being asked")]
+    Unsolicited101,
+    /// The upstream's 101 does not complete the WebSocket handshake (`Sec-WebSocket-Accept`).
+    #[error("switched protocols without completing the WebSocket handshake")]
+    Handshake,
+    /// The streamed request body went over `cap` bytes (`setting`); the upstream request was
+    /// aborted.
+    #[error("request body over {cap} bytes ({setting})")]
+    BodyTooLarge {
+        /// The cap, bytes.
+        cap: u64,
+        /// The setting that sets it.
+        setting: &'static str,
+    },
+}
+
+impl UpstreamError {
+    /// An [`UpstreamError::Exchange`] from a description.
+    pub(crate) fn exchange(detail: impl Into<String>, closed: bool) -> Self {
+        Self::Exchange {
+            source: detail.into().into(),
+            closed,
+        }
+    }
+
+    /// The answer to the client for this failure of the `name` upstream at `authority`,
+    /// logged and counted (`fluxlit_upstream_errors_total{kind}`).
+    pub(crate) fn response(
+        &self,
+        name: &str,
+        authority: &Authority,
+        rid: &HeaderValue,
+    ) -> Response<Body> {
+        match self {
+            Self::Connect(e) => failed(name, authority, true, &chain(e.as_ref()), rid),
+            Self::Exchange { source, .. } => {
+                failed(name, authority, false, &chain(source.as_ref()), rid)
+            }
+            Self::Timeout { after, setting } => timed_out(name, authority, *after, setting, rid),
+            Self::Unsolicited101 => plain_rid(
+                StatusCode::BAD_GATEWAY,
+                format!("FluxLit: the {name} upstream switched protocols without being asked\n"),
+                rid,
+            ),
+            Self::Handshake => bad_handshake(name, rid),
+            Self::BodyTooLarge { cap, setting } => {
+                tracing::warn!(
+                    request_id = rid.to_str().unwrap_or(""),
+                    upstream = name,
+                    limit = cap,
+                    setting,
+                    "request body over the limit (streamed); upstream request aborted"
+                );
+                metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
+                too_large(*cap, setting, rid)
+            }
+        }
+    }
+}
+
+impl SendError {
+    /// The shared error type for this failure (`cap`: the body cap and its setting).
+    fn into_upstream(self, cap: (u64, &'static str)) -> UpstreamError {
+        if self
+            .error()
+            .is_some_and(caused_by::<crate::cap::BodyTooLarge>)
+        {
+            return UpstreamError::BodyTooLarge {
+                cap: cap.0,
+                setting: cap.1,
+            };
+        }
+        match self {
+            Self::Connect(detail) => UpstreamError::Connect(detail.into()),
+            Self::Pool(e) if e.is_connect() => UpstreamError::Connect(Box::new(e)),
+            Self::Pool(e) => UpstreamError::Exchange {
+                source: Box::new(e),
+                closed: false,
+            },
+            Self::Hyper(e) => UpstreamError::Exchange {
+                source: Box::new(e),
+                closed: false,
+            },
+        }
+    }
+}
+
 /// Renders an error and its sources as `a: b: c`.
 fn chain(e: &(dyn StdError + 'static)) -> String {
     let mut s = e.to_string();
@@ -193,7 +309,7 @@ pub(crate) fn too_large(cap: u64, setting: &str, rid: &HeaderValue) -> Response<
 
 /// The 502 for an upstream whose 101 does not complete the WebSocket handshake the gateway
 /// forwarded (wrong or missing `Sec-WebSocket-Accept`, or another `Upgrade`): never tunnelled.
-pub(crate) fn bad_handshake(name: &str, rid: &HeaderValue) -> Response<Body> {
+fn bad_handshake(name: &str, rid: &HeaderValue) -> Response<Body> {
     metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "handshake")
         .increment(1);
     tracing::warn!(
@@ -212,7 +328,7 @@ pub(crate) fn bad_handshake(name: &str, rid: &HeaderValue) -> Response<Body> {
 
 /// The 504 for an upstream that sent no response headers within `timeout` (set by `setting`);
 /// logged and counted.
-pub(crate) fn timed_out(
+fn timed_out(
     name: &str,
     authority: &Authority,
     timeout: Duration,
@@ -234,7 +350,7 @@ pub(crate) fn timed_out(
 
 /// The 502 for an upstream that could not be reached (`connect`) or failed before its response
 /// headers, with `detail` (the error chain); logged and counted.
-pub(crate) fn failed(
+fn failed(
     name: &str,
     authority: &Authority,
     connect: bool,
@@ -604,61 +720,46 @@ impl Proxy {
             }
         })
         .await;
-        let mut resp = match result {
-            Err(_elapsed) => {
-                let setting = if upgrade.is_some() {
+        let failure = match result {
+            Err(_elapsed) => Err(UpstreamError::Timeout {
+                after: timeout,
+                setting: if upgrade.is_some() {
                     "gateway_ws_open_timeout_s"
                 } else {
                     "gateway_upstream_read_timeout_s"
-                };
-                return timed_out(name, &ep.authority, timeout, setting, rid).into();
-            }
-            Ok(Err(e)) => {
-                if e.error().is_some_and(caused_by::<crate::cap::BodyTooLarge>) {
-                    tracing::warn!(
-                        request_id = rid.to_str().unwrap_or(""),
-                        upstream = name,
-                        limit = cap,
-                        setting,
-                        "request body over the limit (streamed); upstream request aborted"
-                    );
-                    metrics::counter!(names::UPSTREAM_ERRORS, "upstream" => name.to_owned(), "kind" => "body_too_large").increment(1);
-                    return too_large(cap, setting, rid).into();
+                },
+            }),
+            Ok(Err(e)) => Err(e.into_upstream((cap, setting))),
+            Ok(Ok(r)) => {
+                let size = crate::framing::response_fields_size(
+                    r.headers()
+                        .iter()
+                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+                );
+                if size > crate::framing::MAX_RESPONSE_HEAD {
+                    Err(UpstreamError::exchange(
+                        format!(
+                            "response head fields of {size} bytes, over {} bytes",
+                            crate::framing::MAX_RESPONSE_HEAD
+                        ),
+                        false,
+                    ))
+                } else {
+                    Ok(r)
                 }
-                return failed(name, &ep.authority, e.is_connect(), &e.detail(), rid).into();
             }
-            Ok(Ok(r)) => r,
         };
-        let size = crate::framing::response_fields_size(
-            resp.headers()
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        );
-        if size > crate::framing::MAX_RESPONSE_HEAD {
-            return failed(
-                name,
-                &ep.authority,
-                false,
-                &format!(
-                    "response head fields of {size} bytes, over {} bytes",
-                    crate::framing::MAX_RESPONSE_HEAD
-                ),
-                rid,
-            )
-            .into();
-        }
+        let mut resp = match failure {
+            Ok(r) => r,
+            Err(e) => return e.response(name, &ep.authority, rid).into(),
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_upgrade), Some(expected)) = (client_upgrade, upgrade.as_deref())
             else {
-                return plain_rid(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "FluxLit: the {name} upstream switched protocols without being asked\n"
-                    ),
-                    rid,
-                )
-                .into();
+                return UpstreamError::Unsolicited101
+                    .response(name, &ep.authority, rid)
+                    .into();
             };
             let h = resp.headers();
             if !crate::headers::websocket_switched(
@@ -667,7 +768,9 @@ impl Proxy {
                     .map(HeaderValue::as_bytes),
                 h.get(UPGRADE).map(HeaderValue::as_bytes),
             ) {
-                return bad_handshake(name, rid).into();
+                return UpstreamError::Handshake
+                    .response(name, &ep.authority, rid)
+                    .into();
             }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let mut spec = self.tunnel_spec(name, rid);
@@ -878,5 +981,46 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One mapping: every failure gets its status, names the upstream, and keeps its cause as
+    /// the error source.
+    #[test]
+    fn upstream_errors_map_to_one_status_each() {
+        let authority: Authority = "127.0.0.1:9".parse().unwrap();
+        let rid = HeaderValue::from_static("rid-1");
+        let cases = [
+            (UpstreamError::Connect("refused".into()), 502),
+            (UpstreamError::exchange("reset", true), 502),
+            (
+                UpstreamError::Timeout {
+                    after: Duration::from_secs(3),
+                    setting: "gateway_upstream_read_timeout_s",
+                },
+                504,
+            ),
+            (UpstreamError::Unsolicited101, 502),
+            (UpstreamError::Handshake, 502),
+            (
+                UpstreamError::BodyTooLarge {
+                    cap: 10,
+                    setting: "gateway_max_proxy_request_body_bytes",
+                },
+                413,
+            ),
+        ];
+        for (e, status) in cases {
+            let r = e.response("ui", &authority, &rid);
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(r.headers()[crate::observe::REQUEST_ID], "rid-1", "{e}");
+        }
+        let e = UpstreamError::exchange("connection reset by peer", false);
+        let source = StdError::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("connection reset by peer"));
     }
 }
