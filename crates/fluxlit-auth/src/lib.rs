@@ -2,7 +2,9 @@
 //!
 //! For now this crate owns the rules about *which headers carry credentials or identity*, and
 //! which client headers the UI (Streamlit) receives; the gateway applies them on every hop. JWT
-//! validation and the OIDC backend-for-frontend will live here too.
+//! validation and the OIDC backend-for-frontend will live here too. The names themselves, with
+//! the reason for each, are the header catalogue's (`fluxlit_headers::CATALOGUE`): this crate's
+//! lists are compile-time views of it.
 //!
 //! Invariants:
 //! - [`CREDENTIAL_HEADERS`] values are marked sensitive before anything can log them
@@ -35,12 +37,16 @@
 //! assert!(!policy.is_identity(b"X-Request-ID"));
 //! ```
 
+use fluxlit_headers::Class;
 use http::HeaderMap;
-use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::header::HeaderName;
+
+pub use fluxlit_headers::{name_eq_normalized, name_starts_with_normalized, normalize_header_name};
 
 /// Headers whose values are credentials: never logged, never forwarded by an allow-list option.
-pub const CREDENTIAL_HEADERS: [HeaderName; 4] =
-    [AUTHORIZATION, COOKIE, SET_COOKIE, PROXY_AUTHORIZATION];
+/// The [`Class::Credential`] view of the header catalogue (`fluxlit_headers::CATALOGUE`):
+/// `Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`.
+pub const CREDENTIAL_HEADERS: [HeaderName; 4] = fluxlit_headers::header_names(Class::Credential);
 
 /// Whether `name` carries a credential (see [`CREDENTIAL_HEADERS`]).
 pub fn is_credential_header(name: &HeaderName) -> bool {
@@ -58,151 +64,34 @@ pub fn mark_sensitive(headers: &mut HeaderMap) {
     }
 }
 
-/// One byte of a header name in normalized form: ASCII lower case, `_` read as `-`.
-const fn normalize_byte(b: u8) -> u8 {
-    if b == b'_' {
-        b'-'
-    } else {
-        b.to_ascii_lowercase()
-    }
-}
-
-/// Whether the raw header name `raw` (as received: any letter case, `-` or `_`) equals
-/// `canonical` once normalized: ASCII letters compare case-insensitively (RFC 9110 §5.1) and
-/// `_` equals `-`, since the CGI `HTTP_*` mapping (RFC 3875 §4.1.18) used by WSGI servers and
-/// CGI-style frameworks turns both into `_`, so `X_Remote_User` reaches such an app as
-/// `X-Remote-User`.
-///
-/// `canonical` must already be normalized (lower case, `-` never `_`, as in
-/// [`IDENTITY_HEADERS`]); an upper-case letter or `_` in it never matches. Compares byte by
-/// byte without allocating, for per-header use on the hot path (for example to catch
-/// underscore spellings of the forwarded headers the gateway sets itself).
-///
-/// ```
-/// use fluxlit_auth::name_eq_normalized;
-///
-/// assert!(name_eq_normalized(b"X_Forwarded_For", "x-forwarded-for"));
-/// assert!(name_eq_normalized(b"x-forwarded-for", "x-forwarded-for"));
-/// assert!(!name_eq_normalized(b"x-forwarded-fo", "x-forwarded-for"));
-/// ```
-pub fn name_eq_normalized(raw: &[u8], canonical: &str) -> bool {
-    let canonical = canonical.as_bytes();
-    raw.len() == canonical.len()
-        && raw
-            .iter()
-            .zip(canonical)
-            .all(|(r, c)| normalize_byte(*r) == *c)
-}
-
-/// Whether the raw header name `raw` starts with `prefix` once normalized (see
-/// [`name_eq_normalized`]; `prefix` must be normalized). Allocation-free.
-///
-/// ```
-/// assert!(fluxlit_auth::name_starts_with_normalized(b"X_Authentik_Username", "x-authentik-"));
-/// assert!(!fluxlit_auth::name_starts_with_normalized(b"X-Authentik", "x-authentik-"));
-/// ```
-pub fn name_starts_with_normalized(raw: &[u8], prefix: &str) -> bool {
-    raw.get(..prefix.len())
-        .is_some_and(|head| name_eq_normalized(head, prefix))
-}
-
-/// The normalized form of a configured header name: surrounding whitespace trimmed, ASCII
-/// lower case, `_` replaced by `-` (the form [`name_eq_normalized`] compares against). For
-/// configuration, not the per-request path: it allocates.
-///
-/// ```
-/// assert_eq!(fluxlit_auth::normalize_header_name(" X_Streamlit-User "), "x-streamlit-user");
-/// ```
-pub fn normalize_header_name(name: &str) -> String {
-    name.trim()
-        .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect()
-}
+/// [`IDENTITY_HEADERS`] as an array (the catalogue's count, checked at compile time).
+const IDENTITY_NAMES: [&str; 24] = fluxlit_headers::names(Class::Identity);
 
 /// Identity headers set by authenticating proxies and platforms, and read by apps such as
 /// Streamlit's `server.trustedUserHeaders`, in normalized form (lower case, `-`). A client
 /// must never be able to send them: the gateway strips them from every request, on every hop
 /// (HTTP and the WebSocket upgrade), before anything else sees the request.
 ///
-/// These are the exact names; whole families are matched by [`IDENTITY_HEADER_PREFIXES`]
-/// (an exact name here is never also covered by a prefix). Matching is by normalized name
-/// ([`name_eq_normalized`]): case-insensitive (RFC 9110 §5.1) and with `_` equal to `-`,
-/// because the CGI `HTTP_*` mapping (RFC 3875 §4.1.18), which WSGI environs and CGI-style
-/// frameworks use, gives `X-Remote-User` and `X_Remote_User` the same variable.
-///
-/// Who sets them:
-/// - `x-forwarded-*`: oauth2-proxy (`--pass-user-headers`, `--pass-access-token`), also
-///   OpenShift's oauth-proxy.
-/// - `x-remote-*`: Apache/nginx authentication front ends and Kubernetes' request-header
-///   authentication (`X-Remote-User`, `X-Remote-Group`).
-/// - `remote-*`: Authelia (and Caddy/Traefik forward-auth setups copying its headers).
-/// - `x-ms-client-principal*`: Azure App Service / Container Apps authentication ("Easy Auth").
-/// - `x-goog-*`: Google Cloud Identity-Aware Proxy.
-/// - `x-amzn-oidc-*`: AWS Application Load Balancer OIDC authentication.
-/// - `tailscale-app-capabilities`: Tailscale serve (application capability grants).
-pub const IDENTITY_HEADERS: &[&str] = &[
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-    "x-remote-user",
-    "x-remote-email",
-    "x-remote-groups",
-    "x-remote-group",
-    "remote-user",
-    "remote-email",
-    "remote-groups",
-    "remote-name",
-    "x-ms-client-principal",
-    "x-ms-client-principal-id",
-    "x-ms-client-principal-name",
-    "x-ms-client-principal-idp",
-    "x-goog-authenticated-user-email",
-    "x-goog-authenticated-user-id",
-    "x-goog-iap-jwt-assertion",
-    "x-amzn-oidc-data",
-    "x-amzn-oidc-identity",
-    "x-amzn-oidc-accesstoken",
-    "tailscale-app-capabilities",
-];
+/// The [`Class::Identity`] view of the header catalogue (`fluxlit_headers::CATALOGUE`, which
+/// names the product setting each one: oauth2-proxy, Authelia, Azure Easy Auth, Google IAP,
+/// AWS ALB, Tailscale, Kubernetes, …). These are the exact names; whole families are matched
+/// by [`IDENTITY_HEADER_PREFIXES`] (an exact name here is never also covered by a prefix).
+/// Matching is by normalized name ([`name_eq_normalized`]): case-insensitive (RFC 9110 §5.1)
+/// and with `_` equal to `-`, because the CGI `HTTP_*` mapping (RFC 3875 §4.1.18), which WSGI
+/// environs and CGI-style frameworks use, gives `X-Remote-User` and `X_Remote_User` the same
+/// variable.
+pub const IDENTITY_HEADERS: &[&str] = &IDENTITY_NAMES;
+
+/// [`IDENTITY_HEADER_PREFIXES`] as an array (the catalogue's count, checked at compile time).
+const IDENTITY_FAMILIES: [&str; 9] = fluxlit_headers::names(Class::IdentityFamily);
 
 /// Prefixes of identity header families, in normalized form (lower case, `-`, ending in
 /// `-`): a header whose normalized name starts with one of them is an identity header, like
-/// the exact [`IDENTITY_HEADERS`].
-///
-/// - `x-auth-request-`: oauth2-proxy (`X-Auth-Request-User`, `-Email`, `-Groups`,
-///   `-Preferred-Username`, `-Access-Token`, with `--set-xauthrequest`).
-/// - `x-pomerium-`: Pomerium (`X-Pomerium-Jwt-Assertion`, `X-Pomerium-Claim-*`).
-/// - `x-authentik-`: Authentik's proxy outpost (`X-Authentik-Username`, `-Email`, `-Groups`,
-///   `-Uid`, `-Jwt`, `-Meta-*`).
-/// - `cf-access-`: Cloudflare Access (`Cf-Access-Jwt-Assertion`,
-///   `Cf-Access-Authenticated-User-Email`).
-/// - `tailscale-user-`: Tailscale serve (`Tailscale-User-Login`, `-Name`, `-Profile-Pic`).
-/// - `x-webauth-`: Grafana's auth proxy convention (`X-Webauth-User`, `-Email`, `-Name`,
-///   `-Role`, `-Groups`), also used by Tailscale's proxy-to-grafana and caddy-tailscale.
-/// - `x-vouch-`: Vouch Proxy (`X-Vouch-User`, `X-Vouch-Idp-Claims-*`).
-/// - `x-ms-token-`: Azure App Service authentication's provider tokens
-///   (`X-Ms-Token-Aad-Access-Token`, `X-Ms-Token-Aad-Id-Token`).
-/// - `x-remote-extra-`: Kubernetes' request-header authentication (user extras).
-pub const IDENTITY_HEADER_PREFIXES: &[&str] = &[
-    "x-auth-request-",
-    "x-pomerium-",
-    "x-authentik-",
-    "cf-access-",
-    "tailscale-user-",
-    "x-webauth-",
-    "x-vouch-",
-    "x-ms-token-",
-    "x-remote-extra-",
-];
+/// the exact [`IDENTITY_HEADERS`]. The [`Class::IdentityFamily`] view of the header catalogue
+/// (`x-auth-request-` for oauth2-proxy, `x-pomerium-`, `x-authentik-`, `cf-access-` for
+/// Cloudflare Access, `tailscale-user-`, `x-webauth-`, `x-vouch-`, `x-ms-token-`,
+/// `x-remote-extra-`; the catalogue gives each family's source).
+pub const IDENTITY_HEADER_PREFIXES: &[&str] = &IDENTITY_FAMILIES;
 
 /// Whether the raw header name `name` is a built-in identity header: its normalized form is
 /// one of [`IDENTITY_HEADERS`] or starts with one of [`IDENTITY_HEADER_PREFIXES`]. Allocation
@@ -214,57 +103,17 @@ pub fn is_builtin_identity(name: &[u8]) -> bool {
             .any(|p| name_starts_with_normalized(name, p))
 }
 
+/// [`UI_BASELINE_HEADERS`] as an array (the catalogue's count, checked at compile time).
+const UI_BASELINE: [&str; 44] = fluxlit_headers::names(Class::UiBaseline);
+
 /// Client headers the UI upstream (Streamlit) receives by default: what browsers send and
 /// Streamlit uses (cookies for XSRF and `st.login`, `Origin` for the WebSocket check, the
 /// upload's `X-Xsrftoken`, caching and range headers, WebSocket handshake fields) plus
 /// tracing ids. Everything else is dropped on the UI hop unless named in
-/// `gateway_forward_client_headers_to_streamlit`.
-pub const UI_BASELINE_HEADERS: &[&str] = &[
-    "host",
-    "cookie",
-    "origin",
-    "referer",
-    "user-agent",
-    "accept",
-    "accept-charset",
-    "accept-encoding",
-    "accept-language",
-    "cache-control",
-    "pragma",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
-    "if-range",
-    "range",
-    "content-type",
-    "content-length",
-    "content-encoding",
-    "content-language",
-    "content-disposition",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-    "sec-fetch-site",
-    "sec-fetch-mode",
-    "sec-fetch-dest",
-    "sec-fetch-user",
-    "sec-ch-ua",
-    "sec-ch-ua-mobile",
-    "sec-ch-ua-platform",
-    "sec-purpose",
-    "purpose",
-    "priority",
-    "upgrade-insecure-requests",
-    "dnt",
-    "x-xsrftoken",
-    "x-requested-with",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "baggage",
-];
+/// `gateway_forward_client_headers_to_streamlit`. The [`Class::UiBaseline`] view of the header
+/// catalogue, which holds no identity, hop-by-hop or forwarded name and no credential but
+/// `Cookie`.
+pub const UI_BASELINE_HEADERS: &[&str] = &UI_BASELINE;
 
 /// A header name that `gateway_forward_client_headers_to_streamlit` may list: lower-case
 /// letters, digits and `-`, at most 64 characters, starting with a letter or digit.
@@ -406,6 +255,7 @@ impl HeaderPolicy {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use http::header::{COOKIE, SET_COOKIE};
 
     /// Whether `strip_identity` removes a lone header named `name` (and `is_identity` agrees).
     fn stripped(p: &HeaderPolicy, name: &str) -> bool {
@@ -658,57 +508,6 @@ mod tests {
         assert!(!kept_for_ui(&p, "x_tenant"));
         for name in UI_BASELINE_HEADERS {
             assert!(!is_builtin_identity(name.as_bytes()), "{name}");
-        }
-    }
-
-    #[test]
-    fn normalized_name_comparison() {
-        assert!(name_eq_normalized(b"X_Remote_User", "x-remote-user"));
-        assert!(name_eq_normalized(b"x-remote-user", "x-remote-user"));
-        assert!(name_eq_normalized(b"X-REMOTE_USER", "x-remote-user"));
-        assert!(!name_eq_normalized(b"x-remote-use", "x-remote-user"));
-        assert!(!name_eq_normalized(b"x-remote-users", "x-remote-user"));
-        assert!(!name_eq_normalized(b"x-remote.user", "x-remote-user"));
-        assert!(!name_eq_normalized(
-            "x-remote-us\u{e9}".as_bytes(),
-            "x-remote-user"
-        ));
-        // `canonical` is taken as already normalized.
-        assert!(!name_eq_normalized(b"x-remote-user", "X-Remote-User"));
-        assert!(!name_eq_normalized(b"x_remote_user", "x_remote_user"));
-        assert!(name_eq_normalized(b"", ""));
-        assert!(name_starts_with_normalized(b"CF_ACCESS_JWT", "cf-access-"));
-        assert!(name_starts_with_normalized(b"cf-access-", "cf-access-"));
-        assert!(!name_starts_with_normalized(b"cf-access", "cf-access-"));
-        assert!(!name_starts_with_normalized(b"xcf-access-", "cf-access-"));
-        assert_eq!(normalize_header_name("  X_Foo-BAR\t"), "x-foo-bar");
-    }
-
-    #[test]
-    fn built_in_lists_are_normalized_distinct_and_disjoint() {
-        let normal = |n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).is_ok()
-                && n.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        };
-        for (i, name) in IDENTITY_HEADERS.iter().enumerate() {
-            assert!(normal(name), "{name}");
-            assert!(!IDENTITY_HEADERS[..i].contains(name), "duplicate {name}");
-            assert!(
-                !IDENTITY_HEADER_PREFIXES
-                    .iter()
-                    .any(|p| name_starts_with_normalized(name.as_bytes(), p)),
-                "{name} is already covered by a prefix"
-            );
-        }
-        for (i, prefix) in IDENTITY_HEADER_PREFIXES.iter().enumerate() {
-            assert!(normal(prefix) && prefix.ends_with('-'), "{prefix}");
-            for (j, other) in IDENTITY_HEADER_PREFIXES.iter().enumerate() {
-                assert!(
-                    i == j || !prefix.starts_with(other),
-                    "{prefix} is covered by {other}"
-                );
-            }
         }
     }
 

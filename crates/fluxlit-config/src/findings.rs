@@ -31,36 +31,49 @@ pub struct Finding {
 
 const CONFIG_DOC: &str = "docs/configuration.md";
 
-/// Header names `gateway_forward_client_headers_to_streamlit` may never name: credentials,
-/// hop-by-hop and connection-level fields, the gateway's own forwarded headers, and identity
-/// headers that only a verified login may set (FluxLit's list, plus the identity ones).
-pub const BLOCKED_FORWARD_NAMES: &[&str] = &[
-    "authorization",
-    "cookie",
-    "set-cookie",
-    "proxy-authorization",
-    "host",
-    "connection",
-    "content-length",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "forwarded",
-    "x-request-id",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-remote-user",
-    "x-auth-request-user",
-    "x-auth-request-email",
-];
+/// The header-catalogue classes (`fluxlit_headers::CATALOGUE`) whose names
+/// `gateway_forward_client_headers_to_streamlit` may never name: credentials, hop-by-hop and
+/// framing fields, the gateway's own forwarded fields and request id, and identity headers
+/// (exact names and whole families) that only a verified login may set.
+pub const BLOCKED_FORWARD_CLASSES: fluxlit_headers::Classes = {
+    use fluxlit_headers::Class::*;
+    fluxlit_headers::Classes::of(&[
+        Credential,
+        HopByHop,
+        Framing,
+        Forwarded,
+        RequestId,
+        Identity,
+        IdentityFamily,
+    ])
+};
+
+/// Whether `gateway_forward_client_headers_to_streamlit` may never name `name`: it is a
+/// catalogue name (or in a catalogue family) of one of [`BLOCKED_FORWARD_CLASSES`], compared
+/// in any letter case, and for identity and forwarded names also with `_` read as `-`
+/// (`fluxlit_headers::Class::spelling`).
+///
+/// ```
+/// use fluxlit_config::findings::is_blocked_forward_name;
+///
+/// for name in [
+///     "authorization", "Cookie", "proxy-authorization", "host", "content-length",
+///     "Transfer-Encoding", "expect", "trailer", "x-forwarded-for", "x_forwarded_prefix",
+///     "x-real-ip", "forwarded", "x-request-id", "x-forwarded-user", "X_Remote_User",
+///     "remote-email", "x-ms-client-principal-name",
+///     // Identity families, by prefix.
+///     "x-auth-request-groups", "cf-access-jwt-assertion", "x-pomerium-claim-email",
+///     "x-authentik-username", "tailscale-user-login", "x-webauth-user",
+/// ] {
+///     assert!(is_blocked_forward_name(name), "{name}");
+/// }
+/// for name in ["x-tenant", "accept-language", "origin", "x-forwarded", "cf-access"] {
+///     assert!(!is_blocked_forward_name(name), "{name}");
+/// }
+/// ```
+pub fn is_blocked_forward_name(name: &str) -> bool {
+    fluxlit_headers::classes_of(name.trim().as_bytes()).intersects(BLOCKED_FORWARD_CLASSES)
+}
 
 /// `(scheme, host, path)` of an absolute http(s) URL, if it is one.
 fn split_url(url: &str) -> Option<(&str, &str, &str)> {
@@ -265,7 +278,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
     let blocked: Vec<&String> = s
         .gateway_forward_client_headers_to_streamlit
         .iter()
-        .filter(|n| BLOCKED_FORWARD_NAMES.contains(&n.to_ascii_lowercase().as_str()))
+        .filter(|n| is_blocked_forward_name(n))
         .collect();
     if !blocked.is_empty() {
         push(
