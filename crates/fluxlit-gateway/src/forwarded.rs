@@ -30,14 +30,16 @@
 use std::net::{IpAddr, SocketAddr};
 
 use fluxlit_config::IpNet;
+use fluxlit_headers::Class;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const XFPREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+// The forwarded fields the gateway sets, by their header-catalogue names.
+pub(crate) const XFF: HeaderName = HeaderName::from_static(fluxlit_headers::X_FORWARDED_FOR);
+pub(crate) const XFP: HeaderName = HeaderName::from_static(fluxlit_headers::X_FORWARDED_PROTO);
+pub(crate) const XFH: HeaderName = HeaderName::from_static(fluxlit_headers::X_FORWARDED_HOST);
+pub(crate) const XFPORT: HeaderName = HeaderName::from_static(fluxlit_headers::X_FORWARDED_PORT);
+pub(crate) const XFPREFIX: HeaderName =
+    HeaderName::from_static(fluxlit_headers::X_FORWARDED_PREFIX);
 
 /// Which peers' forwarded headers are believed.
 #[derive(Debug, Clone, Default)]
@@ -393,27 +395,22 @@ impl ClientView {
 }
 
 /// Whether a raw field name is one the gateway owns on every hop ([`REPLACED_ON_HOP`] or
-/// `X-Request-ID`) in any spelling: letter case, and `_` for `-` (CGI/WSGI servers read
-/// `X_Forwarded_For` as `X-Forwarded-For`, RFC 3875 §4.1.18). Such fields from a client are never
-/// forwarded; only the canonical spellings are ever read from a trusted proxy.
+/// `X-Request-ID`, the header catalogue's [`Class::Forwarded`] and [`Class::RequestId`]) in
+/// any spelling: letter case, and `_` for `-` (CGI/WSGI servers read `X_Forwarded_For` as
+/// `X-Forwarded-For`, RFC 3875 §4.1.18). Such fields from a client are never forwarded; only
+/// the canonical spellings are ever read from a trusted proxy.
 pub fn is_replaced_on_hop(name: &[u8]) -> bool {
     REPLACED_ON_HOP
         .iter()
-        .chain([&crate::observe::REQUEST_ID])
-        .any(|n| fluxlit_auth::name_eq_normalized(name, n.as_str()))
+        .any(|n| fluxlit_headers::name_eq_normalized(name, n.as_str()))
+        || fluxlit_headers::name_eq_normalized(name, fluxlit_headers::REQUEST_ID)
 }
 
 /// Inbound headers every upstream hop drops: the gateway sets its own forwarded headers
-/// ([`ClientView::forwarded_fields`]) and sends neither `Forwarded` nor `X-Real-IP`.
-pub const REPLACED_ON_HOP: [HeaderName; 7] = [
-    XFF,
-    XFP,
-    XFH,
-    XFPORT,
-    XFPREFIX,
-    header::FORWARDED,
-    X_REAL_IP,
-];
+/// ([`ClientView::forwarded_fields`]) and sends neither `Forwarded` nor `X-Real-IP`. The header
+/// catalogue's [`Class::Forwarded`] view (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`,
+/// `-Prefix`, `Forwarded`, `X-Real-IP`), built at compile time.
+pub const REPLACED_ON_HOP: [HeaderName; 7] = fluxlit_headers::header_names(Class::Forwarded);
 
 #[cfg(test)]
 mod tests {

@@ -2,41 +2,29 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use fluxlit_headers::Class;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop fields that are never forwarded, besides those named in `Connection`
 /// (RFC 9110 §7.6.1 lists Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
-/// Upgrade; Trailer and the Proxy-Authenticate/-Authorization pair are hop-by-hop by RFC 7230's
-/// list and common proxy practice; `Expect` is answered by the gateway on the client hop).
-pub const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::EXPECT,
-];
+/// Upgrade; Trailer and the Proxy-Authenticate/-Authorization pair are hop-by-hop by RFC 2616's
+/// list and common proxy practice; `Expect` is answered by the gateway on the client hop). The
+/// header catalogue's [`Class::HopByHop`] view, built at compile time
+/// (`fluxlit_headers::CATALOGUE` gives the reason for each).
+pub const HOP_BY_HOP: [HeaderName; 10] = fluxlit_headers::header_names(Class::HopByHop);
 
-/// The forwarded headers the gateway owns: inbound copies are dropped and replaced.
-pub const FORWARDED_HEADERS: [HeaderName; 6] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    header::FORWARDED,
-];
+/// The forwarded headers the gateway owns: inbound copies are dropped and replaced
+/// (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `Forwarded`, `X-Real-IP`). The
+/// header catalogue's [`Class::Forwarded`] view, the same names as
+/// [`crate::forwarded::REPLACED_ON_HOP`].
+pub const FORWARDED_HEADERS: [HeaderName; 7] = fluxlit_headers::header_names(Class::Forwarded);
 
 /// Fields that a `Connection` option never makes hop-by-hop: `Content-Length` (the message's
 /// framing, RFC 9112 §6.2: the gateway writes the length it relays, so a client or upstream that
 /// names it in `Connection` cannot make the next hop read a body as a second message) and `Host`
 /// (RFC 9112 §3.2). `Transfer-Encoding` is hop-by-hop on its own ([`HOP_BY_HOP`]); the gateway
-/// frames what it relays itself.
-pub const NEVER_CONNECTION_OPTIONS: [HeaderName; 2] = [header::CONTENT_LENGTH, header::HOST];
+/// frames what it relays itself. The header catalogue's [`Class::Framing`] view.
+pub const NEVER_CONNECTION_OPTIONS: [HeaderName; 2] = fluxlit_headers::header_names(Class::Framing);
 
 /// The options of one `Connection` field value (RFC 9110 §7.6.1, `#connection-option`): list
 /// elements split at `,`, optional whitespace (SP, HTAB) trimmed, empty elements skipped. Raw
@@ -273,9 +261,10 @@ impl ClientHop {
     }
 }
 
-/// Replaces inbound forwarded headers with the gateway's own: `X-Forwarded-For` (the peer),
-/// `-Proto` (`http`), `-Host` (the request's host), `-Port` (from the host, else the local port)
-/// and `-Prefix` when `prefix` is given. Trusting inbound values from a proxy is not done here.
+/// Replaces inbound forwarded headers ([`FORWARDED_HEADERS`], so `Forwarded` and `X-Real-IP`
+/// go too) with the gateway's own: `X-Forwarded-For` (the peer), `-Proto` (`http`), `-Host`
+/// (the request's host), `-Port` (from the host, else the local port) and `-Prefix` when
+/// `prefix` is given. Trusting inbound values from a proxy is not done here.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     host: Option<&HeaderValue>,
@@ -285,23 +274,24 @@ pub fn set_forwarded(
     for name in &FORWARDED_HEADERS {
         headers.remove(name);
     }
+    use crate::forwarded::{XFF, XFH, XFP, XFPORT, XFPREFIX};
     let ip = hop.peer_ip().to_string();
     if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(&FORWARDED_HEADERS[0], v);
+        headers.insert(XFF, v);
     }
-    headers.insert(&FORWARDED_HEADERS[1], HeaderValue::from_static("http"));
+    headers.insert(XFP, HeaderValue::from_static("http"));
     let port = host
         .and_then(|h| h.to_str().ok())
         .and_then(port_of_host)
         .unwrap_or(hop.local.port());
     if let Some(h) = host {
-        headers.insert(&FORWARDED_HEADERS[2], h.clone());
+        headers.insert(XFH, h.clone());
     }
-    headers.insert(&FORWARDED_HEADERS[3], HeaderValue::from(port));
+    headers.insert(XFPORT, HeaderValue::from(port));
     if let Some(p) = prefix.filter(|p| !p.is_empty())
         && let Ok(v) = HeaderValue::from_str(p)
     {
-        headers.insert(&FORWARDED_HEADERS[4], v);
+        headers.insert(XFPREFIX, v);
     }
 }
 
