@@ -11,6 +11,9 @@
 //! SIGTERM, waits again, then SIGKILL; whatever is left of the group after the leader exits is
 //! killed too.
 //!
+//! When a sidecar exits on its own, [`Backoff`] says how long to wait before starting it again
+//! (exponential backoff with jitter) and whether it is crash-looping.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use fluxlit_sidecar::{HealthProbe, Sidecar, SidecarSpec, free_loopback_port};
@@ -27,6 +30,7 @@
 //! ```
 
 mod probe;
+mod restart;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -44,6 +48,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use probe::{Expect, HealthProbe, ProbeError};
+pub use restart::{Backoff, Restart};
 
 /// How many of a sidecar's last output lines are kept for error reports.
 const TAIL_LINES: usize = 30;
