@@ -417,6 +417,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn replaced_on_hop_is_the_catalogue_forwarded_and_request_id_names_in_any_spelling() {
+        for e in fluxlit_headers::CATALOGUE {
+            let owned =
+                e.classes.contains(Class::Forwarded) || e.classes.contains(Class::RequestId);
+            for raw in [
+                e.name.to_owned(),
+                e.name.to_ascii_uppercase(),
+                e.name.replace('-', "_"),
+            ] {
+                assert_eq!(is_replaced_on_hop(raw.as_bytes()), owned, "{raw}");
+            }
+        }
+        assert_eq!(
+            REPLACED_ON_HOP.map(|n| n.as_str().to_owned()),
+            fluxlit_headers::names::<7>(Class::Forwarded).map(str::to_owned)
+        );
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
