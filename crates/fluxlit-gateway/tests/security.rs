@@ -20,9 +20,57 @@ mod support;
 
 use support::{Running, up_at as upstream};
 
+/// A gateway of one engine variant that, when the test is done with it (dropped without a
+/// panic), asserts which engine served: with the fast path on, it forwarded at least one
+/// request; with it off, it served none and hyper served at least one. A variant whose
+/// requests are all hyper's by design (refusals, own endpoints, the API) says so with
+/// [`Engined::hyper_only`]. So no engine variant passes because the other engine ran.
+struct Engined {
+    running: Running,
+    fast: bool,
+    hyper_only: bool,
+}
+
+impl Engined {
+    /// Every request of this variant (if any) is hyper's, whatever the engine setting.
+    fn hyper_only(&mut self) {
+        self.hyper_only = true;
+    }
+}
+
+impl std::ops::Deref for Engined {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
+impl Drop for Engined {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let s = self.running.served();
+        let what = engine(self.fast);
+        if self.hyper_only || !self.fast {
+            assert_eq!(s.h1, 0, "{what}: no request on the fast path ({s:?})");
+        } else {
+            assert!(s.h1 > 0, "{what}: the fast path forwarded none ({s:?})");
+        }
+        if !self.fast && !self.hyper_only {
+            assert!(s.hyper > 0, "{what}: hyper served none ({s:?})");
+        }
+    }
+}
+
 /// Serves `builder` on the fast path (`fast`) or on hyper's alone.
-async fn start(builder: GatewayBuilder, fast: bool) -> Running {
-    support::start(builder.http1_fast_path(fast)).await
+async fn start(builder: GatewayBuilder, fast: bool) -> Engined {
+    Engined {
+        running: support::start(builder.http1_fast_path(fast)).await,
+        fast,
+        hyper_only: false,
+    }
 }
 
 /// Limits with a 300 ms header read (and idle) timeout.
@@ -35,7 +83,7 @@ fn short_header_deadline() -> fluxlit_gateway::Limits {
 
 /// A gateway (default engine) in front of a recording UI upstream, with
 /// [`short_header_deadline`].
-async fn short_deadline_gateway() -> (RecordingUpstream, Running) {
+async fn short_deadline_gateway() -> (RecordingUpstream, Engined) {
     let rec = RecordingUpstream::start().await;
     let gw = start(
         Gateway::builder()
@@ -56,7 +104,7 @@ async fn dead_upstream() -> std::net::SocketAddr {
 }
 
 /// A gateway with the recording upstream as the UI and as the API upstream.
-async fn gateway_for(rec: &RecordingUpstream, fast: bool) -> Running {
+async fn gateway_for(rec: &RecordingUpstream, fast: bool) -> Engined {
     start(
         Gateway::builder()
             .ui(upstream(rec.addr, "ui"))
@@ -321,13 +369,14 @@ async fn reserved_paths_never_reach_the_upstream() {
     for fast in ENGINES {
         for root in ["", "/myapp"] {
             let rec = RecordingUpstream::start().await;
-            let gw = start(
+            let mut gw = start(
                 Gateway::builder()
                     .root_path(root)
                     .ui(upstream(rec.addr, "ui")),
                 fast,
             )
             .await;
+            gw.hyper_only(); // own endpoints are hyper's, and so is the rest of the connection
             let mut c = RawClient::connect(gw.addr).await;
             for path in [
                 "/__fluxlit/debug",
@@ -373,7 +422,7 @@ async fn reserved_paths_never_reach_the_upstream() {
 async fn dot_segments_are_refused() {
     for fast in ENGINES {
         let rec = RecordingUpstream::start().await;
-        let gw = start(
+        let mut gw = start(
             Gateway::builder()
                 .root_path("/myapp")
                 .ui(upstream(rec.addr, "ui"))
@@ -381,6 +430,7 @@ async fn dot_segments_are_refused() {
             fast,
         )
         .await;
+        gw.hyper_only(); // refusals are hyper's
         for path in [
             "/myapp/%2e%2e/api/x",
             "/myapp/%2E%2E/api/x",
@@ -562,7 +612,10 @@ async fn silent_and_stalled_connections_are_closed() {
             if metrics {
                 b = b.metrics_endpoint("/__fluxlit/metrics", std::sync::Arc::new(String::new));
             }
-            let gw = start(b, fast).await;
+            let mut gw = start(b, fast).await;
+            if metrics {
+                gw.hyper_only(); // recording metrics is a duty: every request is hyper's
+            }
             let ctx = format!("{} metrics={metrics}", engine(fast));
             for first in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n"] {
                 let mut c = RawClient::connect(gw.addr).await;
@@ -581,7 +634,8 @@ async fn silent_and_stalled_connections_are_closed() {
 /// An idle HTTP/2 connection (no open stream) is closed after `header_read_timeout`.
 #[tokio::test]
 async fn idle_http2_connections_are_closed() {
-    let (_rec, gw) = short_deadline_gateway().await;
+    let (_rec, mut gw) = short_deadline_gateway().await;
+    gw.hyper_only(); // HTTP/2 is hyper's
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -722,13 +776,14 @@ async fn the_in_process_api_gets_no_hop_by_hop_fields() {
     });
     for fast in ENGINES {
         let rec = RecordingUpstream::start().await;
-        let gw = start(
+        let mut gw = start(
             Gateway::builder()
                 .ui(upstream(rec.addr, "ui"))
                 .api_service(fluxlit_gateway::ApiService::new(svc)),
             fast,
         )
         .await;
+        gw.hyper_only(); // the API is hyper's
         let mut c = RawClient::connect(gw.addr).await;
         c.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop, X-Request-ID\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nX-Remote-User: admin\r\nX-Kept: 1\r\n\r\n").await;
         let r = c.response(false).await.expect("response");
@@ -898,11 +953,12 @@ async fn http2_fan_out_is_bounded_by_the_stream_limit() {
         http2_max_streams: 4,
         ..fluxlit_gateway::Limits::default()
     };
-    let gw = start(
+    let mut gw = start(
         Gateway::builder().ui(upstream(u.addr, "ui")).limits(limits),
         true,
     )
     .await;
+    gw.hyper_only(); // HTTP/2 is hyper's
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -955,8 +1011,9 @@ async fn websocket_tunnels_are_capped_per_client_ip() {
             fast,
         )
         .await;
+        let addr = gw.addr;
         let open = |client: &'static str| async move {
-            let mut c = RawClient::connect(gw.addr).await;
+            let mut c = RawClient::connect(addr).await;
             c.send(format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).await;
             let status = c.response(false).await.expect("answer").status;
             (status, c)
@@ -1031,7 +1088,8 @@ async fn bodiless_answers_stay_bodiless() {
 #[tokio::test]
 async fn silent_http2_clients_cannot_hold_a_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_rec, gw) = short_deadline_gateway().await;
+    let (_rec, mut gw) = short_deadline_gateway().await;
+    gw.hyper_only(); // HTTP/2 is hyper's
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     // The preface and an empty SETTINGS frame (RFC 9113 §3.4, §6.5); then nothing, ever.
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -1056,7 +1114,22 @@ async fn silent_http2_clients_cannot_hold_a_connection() {
 /// length, forwarded as one field (by the fast path when it is on).
 #[tokio::test]
 async fn ambiguous_framing_is_refused_the_same_way_by_both_engines() {
-    let refused: [(&str, &[u8], u16); 6] = [
+    let refused: [(&str, &[u8], u16); 9] = [
+        (
+            "obs-fold",
+            b"GET /x HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+            400,
+        ),
+        (
+            "bare CR in a value",
+            b"GET /x HTTP/1.1\r\nHost: x\r\nX-A: 1\r2\r\n\r\n",
+            400,
+        ),
+        (
+            "NUL in a value",
+            b"GET /x HTTP/1.1\r\nHost: x\r\nX-A: 1\x002\r\n\r\n",
+            400,
+        ),
         (
             "a list of lengths",
             b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
@@ -1232,11 +1305,46 @@ async fn the_fast_path_serves_only_decisions_without_duties() {
         "no duty: UI on the fast path, API on hyper"
     );
     for (i, b) in duties.into_iter().enumerate() {
-        let gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
+        let mut gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
+        gw.hyper_only(); // a duty makes every request hyper's
         let mut c = RawClient::connect(gw.addr).await;
         c.send(b"GET /ui HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(c.response(false).await.expect("ui").status, 200);
         let s = gw.served();
         assert_eq!((s.h1, s.hyper), (0, 1), "duty {i}: hyper serves it");
+    }
+}
+
+/// `Connection` options are read by one tokenizer on both engines: an option holding bytes
+/// outside a token (obs-text) names no field; the others are removed however they are spaced
+/// or spelled.
+#[tokio::test]
+async fn connection_options_with_odd_bytes_are_read_the_same_way() {
+    let allowed: Vec<String> = ["x-a", "x-b", "x-c", "x-d"].map(String::from).to_vec();
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let gw = start(
+            Gateway::builder()
+                .ui(upstream(rec.addr, "ui"))
+                .header_policy(fluxlit_auth::HeaderPolicy::new(&[], &allowed)),
+            fast,
+        )
+        .await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(
+            b"GET /odd HTTP/1.1\r\nHost: x\r\nConnection: x-a\x80, X-B,\tx-c \r\nConnection: ,\r\nX-A: 1\r\nX-B: 2\r\nx-c: 3\r\nX-D: 4\r\n\r\n",
+        )
+        .await;
+        let r = c.response(false).await.expect("odd Connection");
+        assert_eq!(r.text(), "GET /odd", "{}", engine(fast));
+        let seen = rec.wait_for(1).await;
+        let has = |n: &str| seen[0].has(n);
+        assert_eq!(
+            [has("x-a"), has("x-b"), has("x-c"), has("x-d")],
+            [true, false, false, true],
+            "{}: {:?}",
+            engine(fast),
+            seen[0]
+        );
     }
 }
