@@ -1,0 +1,316 @@
+//! How the sidecars are started: Streamlit's command line and environment, the API command,
+//! and the retry when a picked port is taken before the sidecar binds it.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fluxlit_config::Settings;
+use fluxlit_sidecar::{HealthProbe, Sidecar, SidecarSpec, StartError};
+
+use crate::AppError;
+
+/// How many times a sidecar is started with a new port when its port was taken between
+/// FluxLit picking it and the sidecar binding it.
+pub(crate) const PORT_RETRIES: usize = 3;
+
+/// What every start of a sidecar needs besides the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    /// The sidecars' working directory.
+    pub(crate) cwd: PathBuf,
+    /// The Streamlit script, as passed to `streamlit run` (relative to `cwd` or absolute).
+    pub(crate) target: PathBuf,
+    /// The Python interpreter that runs Streamlit.
+    pub(crate) python: PathBuf,
+    /// Variables for both sidecars: FLUXLIT_INTERNAL_API_BASE, FLUXLIT_API_PREFIX,
+    /// FLUXLIT_ROOT_PATH, PATH.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// `api_command`'s origin, for its parse error.
+    pub(crate) api_command_origin: String,
+}
+
+/// The environment both sidecars get: how to reach the gateway's API from inside
+/// (`internal_api_base`, e.g. `http://127.0.0.1:8000/api`), the API prefix, the public mount and
+/// `PATH` with the interpreter's directory first.
+pub(crate) fn common_env(
+    internal_api_base: &str,
+    api_prefix: &str,
+    mount: &str,
+    path: String,
+) -> Vec<(OsString, OsString)> {
+    vec![
+        ("FLUXLIT_INTERNAL_API_BASE".into(), internal_api_base.into()),
+        ("FLUXLIT_API_PREFIX".into(), api_prefix.into()),
+        ("FLUXLIT_ROOT_PATH".into(), mount.into()),
+        ("PATH".into(), path.into()),
+    ]
+}
+
+/// `PATH` for the children: the Streamlit interpreter's directory first (so `python` and
+/// `uvicorn` in `api_command` are the venv's), then the gateway's own `PATH`.
+pub(crate) fn child_path(path: Option<&str>, first: Option<&Path>) -> String {
+    let inherited = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    match first {
+        Some(dir) => format!("{}:{inherited}", dir.display()),
+        None => inherited.to_owned(),
+    }
+}
+
+/// Starts a sidecar on a fresh loopback port and waits until it is ready. When it exits during
+/// start-up saying its port was taken (another process grabbed the port between FluxLit picking
+/// it and the sidecar binding it), it is started again on another port, up to
+/// [`PORT_RETRIES`] times.
+async fn start_on_free_port(
+    name: &'static str,
+    start_timeout: Duration,
+    spec_for: impl Fn(u16) -> Result<SidecarSpec, AppError>,
+) -> Result<(Sidecar, u16), AppError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = fluxlit_sidecar::free_loopback_port()
+            .map_err(|source| AppError::Port { name, source })?;
+        let mut sidecar = Sidecar::spawn(spec_for(port)?)?;
+        match sidecar.wait_ready(start_timeout).await {
+            Ok(()) => return Ok((sidecar, port)),
+            Err(StartError::Exited { last_lines, .. })
+                if attempt < PORT_RETRIES
+                    && fluxlit_sidecar::output_says_port_in_use(&last_lines) =>
+            {
+                tracing::warn!(
+                    sidecar = name,
+                    port,
+                    attempt,
+                    "the port was taken before the sidecar could bind it; retrying with another"
+                );
+            }
+            Err(e) => {
+                sidecar.stop().await;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// `python -m streamlit run TARGET --server.headless true --server.port PORT --server.address
+/// 127.0.0.1 --browser.gatherUsageStats false [--server.baseUrlPath MOUNT] [user args…]`.
+pub(crate) fn streamlit_args(
+    target: &Path,
+    port: u16,
+    mount: &str,
+    extra: &[String],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "-m".into(),
+        "streamlit".into(),
+        "run".into(),
+        target.as_os_str().to_owned(),
+    ];
+    for a in [
+        "--server.headless",
+        "true",
+        "--server.port",
+        &port.to_string(),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ] {
+        args.push(a.into());
+    }
+    if !mount.is_empty() {
+        args.push("--server.baseUrlPath".into());
+        args.push(mount.into());
+    }
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
+/// Starts Streamlit and waits until `{mount}/_stcore/health` answers 200.
+pub(crate) async fn start_streamlit(
+    s: &Settings,
+    launch: &Launch,
+) -> Result<(Sidecar, u16), AppError> {
+    let mount = s.public_mount();
+    start_on_free_port("streamlit", s.sidecar_start_timeout_s, |port| {
+        let mut spec = SidecarSpec::new("streamlit", &launch.python);
+        spec.args = streamlit_args(&launch.target, port, mount, &s.streamlit_run_cli_args);
+        spec.env.clone_from(&launch.env);
+        if !s.streamlit_page_config.is_empty() {
+            spec.env.push((
+                "FLUXLIT_STREAMLIT_PAGE_CONFIG".into(),
+                serde_json::Value::Object(s.streamlit_page_config.clone())
+                    .to_string()
+                    .into(),
+            ));
+        }
+        spec.cwd = Some(launch.cwd.clone());
+        spec.stop_grace = s.sidecar_stop_timeout_s;
+        let mut probe = HealthProbe::status_200(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &format!("{mount}/_stcore/health"),
+        );
+        // Quick probes while starting; once ready, every second, and a hung Streamlit (accepts
+        // TCP, never answers) turns readiness 503 at the next probe.
+        probe.interval = Duration::from_millis(200);
+        probe.ready_interval = Duration::from_secs(1);
+        probe.timeout = Duration::from_millis(800);
+        spec.health = Some(probe);
+        Ok(spec)
+    })
+    .await
+}
+
+/// Starts `api_command` (`{port}` replaced, `PORT` set) and waits until its port accepts TCP.
+pub(crate) async fn start_api(
+    s: &Settings,
+    launch: &Launch,
+    command: &str,
+) -> Result<(Sidecar, u16), AppError> {
+    start_on_free_port("api", s.sidecar_start_timeout_s, |port| {
+        let line = command.replace("{port}", &port.to_string());
+        let (program, args) = split_command(&line).ok_or_else(|| AppError::ApiCommand {
+            command: command.to_owned(),
+            origin: launch.api_command_origin.clone(),
+        })?;
+        let mut spec = SidecarSpec::new("api", program);
+        spec.args = args;
+        spec.env.clone_from(&launch.env);
+        spec.env.push(("PORT".into(), port.to_string().into()));
+        spec.cwd = Some(launch.cwd.clone());
+        spec.stop_grace = s.sidecar_stop_timeout_s;
+        // A TCP probe: uvicorn (and most servers) listen only once the app has started, and an
+        // HTTP probe would add a line to the API's access log every interval.
+        let mut probe = HealthProbe::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        probe.interval = Duration::from_millis(100);
+        probe.ready_interval = Duration::from_secs(1);
+        spec.health = Some(probe);
+        Ok(spec)
+    })
+    .await
+}
+
+/// Splits a command line. A plain command (words and quotes only) is executed directly, so
+/// the process FluxLit supervises *is* the API server (signals and the parent-death signal reach
+/// it). Anything using shell syntax (`;`, `&&`, `|`, `$VAR`, redirections, globs) runs under
+/// `sh -c`; then a SIGKILLed gateway can only take `sh` with it, not what `sh` started, so a
+/// warning says so.
+pub(crate) fn split_command(line: &str) -> Option<(OsString, Vec<OsString>)> {
+    if uses_shell_syntax(line) {
+        tracing::warn!(
+            "api_command uses shell syntax, so it runs under `sh -c`; if the gateway is killed with SIGKILL, \
+             processes started by that shell may outlive it. Use a plain command (or `exec …`) to avoid this"
+        );
+        return Some(("sh".into(), vec!["-c".into(), line.into()]));
+    }
+    let words = shlex::split(line)?;
+    let mut it = words.into_iter().map(OsString::from);
+    let program = it.next()?;
+    Some((program, it.collect()))
+}
+
+/// Whether `line` needs a shell: an operator, expansion, redirection, glob or comment outside
+/// quotes (inside double quotes, `$` and backquotes still expand).
+pub(crate) fn uses_shell_syntax(line: &str) -> bool {
+    const OUTSIDE_QUOTES: &[char] = &[
+        ';', '&', '|', '<', '>', '(', ')', '$', '`', '*', '?', '[', '\n', '~', '#',
+    ];
+    let mut chars = line.chars();
+    let (mut single, mut double) = (false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if !single => {
+                chars.next();
+            }
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '$' | '`' if double => return true,
+            c if !single && !double && OUTSIDE_QUOTES.contains(&c) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shell_syntax_is_found_outside_quotes_only() {
+        assert!(!uses_shell_syntax("python -c 'print(1); x'"));
+        assert!(!uses_shell_syntax("python -m uvicorn api:app --port 9000"));
+        assert!(uses_shell_syntax("a && b"));
+        assert!(uses_shell_syntax("echo \"$HOME\""));
+        assert!(uses_shell_syntax("uvicorn app:app > log"));
+        assert!(!uses_shell_syntax("echo \\$HOME"));
+    }
+
+    #[test]
+    fn plain_commands_are_executed_directly() {
+        let (p, a) = split_command("python -m uvicorn api:app --port 9000").unwrap();
+        assert_eq!(p, "python");
+        assert_eq!(a.len(), 5);
+        let (p, a) = split_command("python -c 'print(1)'").unwrap();
+        assert_eq!(
+            (p.as_os_str(), a[1].as_os_str()),
+            ("python".as_ref(), "print(1)".as_ref())
+        );
+    }
+
+    #[test]
+    fn shell_syntax_goes_through_sh() {
+        let (p, a) = split_command("cd api && uvicorn app:app").unwrap();
+        assert_eq!(p, "sh");
+        assert_eq!(
+            a,
+            vec![
+                OsString::from("-c"),
+                OsString::from("cd api && uvicorn app:app")
+            ]
+        );
+        assert!(split_command("").is_none());
+        assert!(split_command("unterminated 'quote").is_none());
+    }
+
+    #[test]
+    fn child_path_puts_the_venv_first() {
+        assert_eq!(
+            child_path(Some("/usr/bin"), Some(Path::new("/v/bin"))),
+            "/v/bin:/usr/bin"
+        );
+        assert_eq!(child_path(Some("/usr/bin"), None), "/usr/bin");
+        assert_eq!(child_path(None, None), "/usr/local/bin:/usr/bin:/bin");
+    }
+
+    #[test]
+    fn streamlit_gets_its_port_address_and_mount() {
+        let args = streamlit_args(Path::new("app.py"), 8501, "/myapp", &["--x".into()]);
+        let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+        assert_eq!(
+            args,
+            [
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                "8501",
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.baseUrlPath",
+                "/myapp",
+                "--x"
+            ]
+        );
+        let args = streamlit_args(Path::new("app.py"), 1, "", &[]);
+        assert!(!args.iter().any(|a| a == "--server.baseUrlPath"));
+    }
+}

@@ -1,0 +1,653 @@
+//! FluxLit as a library: a Streamlit UI and an HTTP API behind one port, with everything
+//! `fluxlit run` does between binding the port and exiting.
+//!
+//! An [`App`] is configured from loaded settings ([`AppBuilder::config`], what the CLI does),
+//! from a [`Settings`] value, or from the project directory like `fluxlit run` would
+//! ([`AppBuilder::cwd`] + [`AppBuilder::environment`]); programmatic overrides (script,
+//! interpreter, root path, API mount, an in-process API service) apply on top. [`App::run`]
+//! then serves on a listener the caller bound until a shutdown future resolves or a sidecar
+//! exits, in this order:
+//!
+//! 1. The gateway serves at once; readiness (`{api}/readyz`) is 503 and UI requests get 503
+//!    until Streamlit's `/_stcore/health` answers 200. Housekeeping runs every minute.
+//! 2. The API sidecar (`api_command`) and then Streamlit start in their own process groups on
+//!    free loopback ports (a port taken before the sidecar binds it is retried, up to 3
+//!    times); external upstreams (`ui_upstream`, `api_upstream`) are probed every second.
+//! 3. Once both are ready the pidfile (if configured) is written and "FluxLit is ready" logged.
+//! 4. A sidecar that exits on its own turns readiness 503 at once; with
+//!    `sidecar_restart = exit` the app stops and [`App::run`] returns [`Exit::SidecarExited`];
+//!    with `restart` it is started again after a [`fluxlit_sidecar::Backoff`] delay (0.5 s
+//!    doubling to 30 s, ±20 % jitter; 5 restarts within 60 s are reported as a crash loop).
+//! 5. Stopping, in order: stop accepting and drain in-flight HTTP (`graceful_shutdown_timeout_s`),
+//!    stop the sidecars (SIGINT → grace → SIGTERM → grace → SIGKILL; Streamlit closes its
+//!    WebSockets with 1012), give the remaining tunnels 2 s and cut them, remove the pidfile.
+//!
+//! Dropping the future [`App::run`] returns stops at once instead: the sidecars' process
+//! groups are killed (SIGKILL), the gateway's tasks are aborted and the pidfile is removed.
+//! The CLI does this on a second SIGTERM/SIGINT.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = fluxlit::App::builder()
+//!     .target("app.py")
+//!     .python(".venv/bin/python")
+//!     .api_service(fluxlit::ApiService::new(tower::service_fn(|_req| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+//!     })))
+//!     .pidfile(None)
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let exit = app.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! std::process::exit(exit.code().into());
+//! # }
+//! ```
+
+mod admin;
+mod bridge;
+mod launch;
+mod lifecycle;
+mod pidfile;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fluxlit_config::{Environment, Loaded, Origin, Settings};
+use fluxlit_gateway::{ApiTarget, ComponentState, Endpoint, Gateway, ReadinessCheck, Upstream};
+use tokio::sync::watch;
+
+pub use fluxlit_gateway::{ApiService, MetricsRender};
+pub use fluxlit_sidecar::ExitInfo;
+
+use bridge::{External, SidecarInfo};
+
+/// Why [`App::run`] returned after stopping everything in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// The shutdown future resolved (during start-up or while serving).
+    Shutdown,
+    /// A sidecar exited on its own with `sidecar_restart = exit`.
+    SidecarExited {
+        /// `streamlit` or `api`.
+        sidecar: &'static str,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+}
+
+impl Exit {
+    /// The process exit status this stands for: 0 for [`Exit::Shutdown`], 1 when a sidecar
+    /// exited (so that the platform restarts the pod).
+    pub fn code(&self) -> u8 {
+        match self {
+            Exit::Shutdown => 0,
+            Exit::SidecarExited { .. } => 1,
+        }
+    }
+}
+
+/// Building or running an [`App`] failed. Each variant names what to fix; where a setting is
+/// involved, where its value came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The working directory could not be read (no [`AppBuilder::cwd`] was given).
+    #[error("cannot read the working directory: {0}")]
+    Cwd(#[source] std::io::Error),
+    /// Loading the settings from the project directory failed.
+    #[error(transparent)]
+    Config(#[from] fluxlit_config::ConfigError),
+    /// The Streamlit script does not exist (and no `ui_upstream` is set).
+    #[error(
+        "target {path} does not exist (target = {target:?} from {origin}); pass the Streamlit script as `fluxlit run app.py` or set target in fluxlit.toml"
+    )]
+    MissingTarget {
+        /// The script, resolved against the working directory.
+        path: PathBuf,
+        /// The value as configured.
+        target: String,
+        /// Where it came from.
+        origin: String,
+    },
+    /// A root path or API mount given to the builder is not a valid path.
+    #[error("invalid {key} {value:?} (from {origin}): {reason}")]
+    Setting {
+        /// `root_path` or `api_mount_path`.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// Where it came from.
+        origin: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// An in-process API service was given while the settings also name an API process or
+    /// upstream.
+    #[error(
+        "an in-process API service was given, but {key} is set too (from {origin}); use one of them"
+    )]
+    ApiTwice {
+        /// `api_command` or `api_upstream`.
+        key: &'static str,
+        /// Where it came from.
+        origin: String,
+    },
+    /// The listener given to [`App::run`] has no local address.
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The admin listener (`metrics_addr`) could not be bound.
+    #[error("cannot listen on {addr} (metrics_addr from {origin}): {source}")]
+    Bind {
+        /// The address, as configured.
+        addr: String,
+        /// Where it came from.
+        origin: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No free loopback port could be picked for a sidecar.
+    #[error("cannot pick a free loopback port for the {name} sidecar: {source}")]
+    Port {
+        /// `streamlit` or `api`.
+        name: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sidecar's program could not be executed.
+    #[error(transparent)]
+    Spawn(#[from] fluxlit_sidecar::SpawnError),
+    /// A sidecar exited during start-up or was not ready in `sidecar_start_timeout_s`.
+    #[error(transparent)]
+    Start(#[from] fluxlit_sidecar::StartError),
+    /// `api_command` is not a valid command line.
+    #[error("api_command {command:?} (from {origin}) could not be parsed as a shell command line")]
+    ApiCommand {
+        /// The command as configured.
+        command: String,
+        /// Where it came from.
+        origin: String,
+    },
+    /// The pidfile could not be written.
+    #[error("cannot write the pidfile {path}: {source}")]
+    Pidfile {
+        /// The pidfile.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gateway rejected its settings (root path, API mount, metrics path).
+    #[error("invalid gateway settings: {0}")]
+    Gateway(#[from] fluxlit_gateway::BuildError),
+}
+
+/// Where the settings come from.
+#[derive(Debug, Default)]
+enum Source {
+    /// Loaded by [`fluxlit_config::load`] in the working directory at [`AppBuilder::build`].
+    #[default]
+    Load,
+    /// Loaded by the caller, with provenance.
+    Loaded(Box<Loaded>),
+    /// Given as a value, without provenance.
+    Settings(Box<Settings>),
+}
+
+/// Configures an [`App`]; see [`App::builder`]. Every override is optional; what is not
+/// overridden comes from the settings.
+#[derive(Default)]
+#[must_use]
+pub struct AppBuilder {
+    source: Source,
+    cwd: Option<PathBuf>,
+    env: Option<Environment>,
+    target: Option<PathBuf>,
+    python: Option<PathBuf>,
+    root_path: Option<String>,
+    api_mount: Option<String>,
+    api_service: Option<ApiService>,
+    pidfile: Option<Option<PathBuf>>,
+    metrics: Option<MetricsRender>,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("source", &self.source)
+            .field("cwd", &self.cwd)
+            .field("target", &self.target)
+            .field("python", &self.python)
+            .field("root_path", &self.root_path)
+            .field("api_mount", &self.api_mount)
+            .field("api_service", &self.api_service.is_some())
+            .field("pidfile", &self.pidfile)
+            .field("metrics", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a value the builder overrode came from, in error messages.
+const PROGRAM: &str = "the embedding program";
+
+impl AppBuilder {
+    /// Settings loaded with [`fluxlit_config::load`]; their origins are named in errors.
+    /// Default: loaded in [`AppBuilder::cwd`] with [`AppBuilder::environment`] at build time,
+    /// like `fluxlit run` (project file, `FLUXLIT_*` variables, defaults).
+    pub fn config(mut self, loaded: Loaded) -> Self {
+        self.source = Source::Loaded(Box::new(loaded));
+        self
+    }
+
+    /// Settings given as a value (for example adjusted after loading); errors name "the
+    /// embedding program" as their origin.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.source = Source::Settings(Box::new(settings));
+        self
+    }
+
+    /// The directory the settings are loaded in (without [`AppBuilder::config`] or
+    /// [`AppBuilder::settings`]) and that relative paths (target, pidfile) resolve against; the
+    /// sidecars' working directory. Default: the process's working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// The environment snapshot: `FLUXLIT_*` settings when loading, and the `PATH` the
+    /// sidecars inherit (after the interpreter's directory). Default:
+    /// [`Environment::from_process`].
+    pub fn environment(mut self, env: Environment) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    /// The Streamlit script, relative to the working directory or absolute (overrides
+    /// `target`).
+    pub fn target(mut self, script: impl Into<PathBuf>) -> Self {
+        self.target = Some(script.into());
+        self
+    }
+
+    /// The Python interpreter that runs `python -m streamlit run` (overrides
+    /// `streamlit_python`); its directory is put first on the sidecars' `PATH`.
+    pub fn python(mut self, interpreter: impl Into<PathBuf>) -> Self {
+        self.python = Some(interpreter.into());
+        self
+    }
+
+    /// The public mount, e.g. `/myapp` (overrides `root_path`; `""` for none). Normalised like
+    /// `root_path`; an invalid value fails [`AppBuilder::build`] with [`AppError::Setting`].
+    pub fn root_path(mut self, path: impl Into<String>) -> Self {
+        self.root_path = Some(path.into());
+        self
+    }
+
+    /// Where the API is mounted, e.g. `/api` (overrides `api_mount_path`). Normalised like
+    /// `api_mount_path`; an invalid value fails [`AppBuilder::build`] with
+    /// [`AppError::Setting`].
+    pub fn api_mount(mut self, path: impl Into<String>) -> Self {
+        self.api_mount = Some(path.into());
+        self
+    }
+
+    /// Serves the API mount with an in-process tower service, for example an axum `Router`
+    /// (`ApiService::new(router)`), instead of `api_command`/`api_upstream`; the build fails
+    /// with [`AppError::ApiTwice`] if either is set as well. Its readiness is not checked.
+    pub fn api_service(mut self, service: ApiService) -> Self {
+        self.api_service = Some(service);
+        self
+    }
+
+    /// The pidfile to write once the sidecars are ready, relative to the working directory or
+    /// absolute; `None` writes none. Default: from the settings (`pidfile`, `no_pidfile`).
+    pub fn pidfile(mut self, path: Option<PathBuf>) -> Self {
+        self.pidfile = Some(path);
+        self
+    }
+
+    /// Serves `render()` (Prometheus text) at `gateway_prometheus_metrics_path` on the public
+    /// port, or on the admin listener when `metrics_addr` is set. Installing the recorder is
+    /// the caller's business (the CLI installs the Prometheus exporter when
+    /// `enable_gateway_prometheus_metrics` is on). Default: no metrics endpoint.
+    pub fn metrics(mut self, render: MetricsRender) -> Self {
+        self.metrics = Some(render);
+        self
+    }
+
+    /// Resolves the settings and builds the gateway. Nothing is bound or started yet.
+    ///
+    /// # Errors
+    /// [`AppError::Cwd`] and [`AppError::Config`] when loading; [`AppError::MissingTarget`]
+    /// when the script does not exist and no `ui_upstream` is set; [`AppError::Setting`] for
+    /// an invalid overridden root path or API mount; [`AppError::ApiTwice`];
+    /// [`AppError::Gateway`] when the gateway rejects the paths.
+    pub fn build(self) -> Result<App, AppError> {
+        let cwd = match self.cwd {
+            Some(d) => d,
+            None => std::env::current_dir().map_err(AppError::Cwd)?,
+        };
+        let env = self.env.unwrap_or_else(Environment::from_process);
+        let (mut settings, origins) = match self.source {
+            Source::Load => {
+                let opts = fluxlit_config::LoadOptions::new(&cwd, env.clone(), Default::default());
+                let loaded = fluxlit_config::load(&opts)?;
+                (loaded.settings, Origins::Loaded(loaded.origins))
+            }
+            Source::Loaded(l) => (l.settings, Origins::Loaded(l.origins)),
+            Source::Settings(s) => (*s, Origins::Program),
+        };
+        let mut origins = Overridden {
+            origins,
+            keys: Vec::new(),
+        };
+        if let Some(raw) = self.root_path {
+            settings.root_path =
+                fluxlit_config::normalize_root_path(&raw).map_err(|reason| AppError::Setting {
+                    key: "root_path",
+                    value: raw.clone(),
+                    origin: PROGRAM.into(),
+                    reason,
+                })?;
+            settings.streamlit_public_path.clear();
+            origins.keys.push("root_path");
+        }
+        if let Some(raw) = self.api_mount {
+            settings.api_mount_path =
+                fluxlit_config::normalize_api_mount(&raw).map_err(|reason| AppError::Setting {
+                    key: "api_mount_path",
+                    value: raw.clone(),
+                    origin: PROGRAM.into(),
+                    reason,
+                })?;
+            origins.keys.push("api_mount_path");
+        }
+        let target = match self.target {
+            Some(t) => {
+                origins.keys.push("target");
+                t
+            }
+            None => PathBuf::from(&settings.target),
+        };
+        let python = self
+            .python
+            .unwrap_or_else(|| PathBuf::from(&settings.streamlit_python));
+        let script = cwd.join(&target);
+        if settings.ui_upstream.is_none() && !script.is_file() {
+            return Err(AppError::MissingTarget {
+                path: script,
+                target: target.display().to_string(),
+                origin: origins.of("target"),
+            });
+        }
+        if self.api_service.is_some() {
+            for (key, set) in [
+                ("api_command", settings.api_command.is_some()),
+                ("api_upstream", settings.api_upstream.is_some()),
+            ] {
+                if set {
+                    return Err(AppError::ApiTwice {
+                        key,
+                        origin: origins.of(key),
+                    });
+                }
+            }
+        }
+        let pidfile = match self.pidfile {
+            Some(p) => p.map(|p| cwd.join(p)),
+            None => settings.pidfile_path(&cwd),
+        };
+        App::assemble(Assembly {
+            settings,
+            origins,
+            cwd,
+            env,
+            target,
+            python,
+            pidfile,
+            api_service: self.api_service,
+            metrics: self.metrics,
+        })
+    }
+}
+
+/// Origins of the settings' values.
+#[derive(Debug)]
+enum Origins {
+    Loaded(BTreeMap<&'static str, Origin>),
+    Program,
+}
+
+/// Origins, with the keys the builder overrode.
+#[derive(Debug)]
+struct Overridden {
+    origins: Origins,
+    keys: Vec<&'static str>,
+}
+
+impl Overridden {
+    /// Where `key`'s value came from, as error messages say it.
+    fn of(&self, key: &str) -> String {
+        if self.keys.contains(&key) {
+            return PROGRAM.into();
+        }
+        match &self.origins {
+            Origins::Loaded(map) => map.get(key).unwrap_or(&Origin::Default).to_string(),
+            Origins::Program => PROGRAM.into(),
+        }
+    }
+}
+
+/// What [`App::assemble`] puts together.
+struct Assembly {
+    settings: Settings,
+    origins: Overridden,
+    cwd: PathBuf,
+    env: Environment,
+    target: PathBuf,
+    python: PathBuf,
+    pidfile: Option<PathBuf>,
+    api_service: Option<ApiService>,
+    metrics: Option<MetricsRender>,
+}
+
+/// How the API mount is served.
+#[derive(Debug)]
+enum ApiMode {
+    /// `api_command`, supervised.
+    Command(String),
+    /// An external upstream, an in-process service, or nothing: no sidecar.
+    NoSidecar,
+}
+
+/// The sending halves that connect a sidecar to the gateway.
+#[derive(Debug)]
+struct Channels {
+    endpoint: watch::Sender<Option<Endpoint>>,
+    state: watch::Sender<ComponentState>,
+}
+
+/// FluxLit, configured: the gateway plus what it takes to start, supervise and stop the
+/// sidecars. Made by [`App::builder`]; consumed by [`App::run`].
+pub struct App {
+    settings: Settings,
+    origins: Overridden,
+    cwd: PathBuf,
+    /// The `PATH` the sidecars get.
+    child_path: String,
+    target: PathBuf,
+    python: PathBuf,
+    pidfile: Option<PathBuf>,
+    gateway: Gateway,
+    /// `true` when Streamlit is started (no `ui_upstream`).
+    start_streamlit: bool,
+    api: ApiMode,
+    ui_link: Channels,
+    api_link: Channels,
+    externals: Vec<External>,
+    /// Metrics on the admin listener: (address, renderer).
+    admin: Option<(String, MetricsRender)>,
+    sidecar_info: SidecarInfo,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("cwd", &self.cwd)
+            .field("target", &self.target)
+            .field("python", &self.python)
+            .field("pidfile", &self.pidfile)
+            .field("api", &self.api)
+            .field("start_streamlit", &self.start_streamlit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// A builder with nothing set: settings loaded from the working directory at build time.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The gateway (for example to read its readiness or open tunnels); it serves only once
+    /// [`App::run`] is called.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The effective settings, overrides applied.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn assemble(a: Assembly) -> Result<App, AppError> {
+        let s = &a.settings;
+        let (ui_tx, ui_rx) = watch::channel::<Option<Endpoint>>(None);
+        let (ui_state_tx, ui_state_rx) = watch::channel(ComponentState::Starting(
+            "Streamlit has not been started yet".into(),
+        ));
+        let mut externals = Vec::new();
+        let mut builder = Gateway::builder().settings(s);
+        let mut start_streamlit = true;
+        // Validated by the config loader; a value that does not parse starts Streamlit instead.
+        match s
+            .ui_upstream
+            .as_deref()
+            .map(fluxlit_config::parse_upstream_url)
+        {
+            Some(Ok(u)) => {
+                start_streamlit = false;
+                if let Ok(authority) = u.authority().parse() {
+                    builder = builder.ui(Upstream::fixed(
+                        "ui",
+                        Endpoint {
+                            authority,
+                            base_path: u.base_path.clone(),
+                        },
+                    ));
+                }
+                builder = builder.readiness(ReadinessCheck::new("ui", ui_state_rx));
+                externals.push(External {
+                    path: format!("{}/", u.base_path),
+                    host: u.host,
+                    port: u.port,
+                    state: ui_state_tx.clone(),
+                });
+            }
+            _ => {
+                builder = builder
+                    .ui(Upstream::dynamic("streamlit", ui_rx))
+                    .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+            }
+        }
+
+        let (api_tx, api_rx) = watch::channel::<Option<Endpoint>>(None);
+        let (api_state_tx, api_state_rx) = watch::channel(ComponentState::Starting(
+            "the API has not been started yet".into(),
+        ));
+        let mut api = ApiMode::NoSidecar;
+        if let Some(service) = a.api_service {
+            builder = builder.api(ApiTarget::Service(service));
+        } else if let Some(cmd) = &s.api_command {
+            api = ApiMode::Command(cmd.clone());
+            builder = builder
+                .api(ApiTarget::Upstream(Upstream::dynamic("api", api_rx)))
+                .readiness(ReadinessCheck::new("api", api_state_rx));
+        } else if let Some(url) = &s.api_upstream {
+            // Validated by the config loader.
+            if let Ok(u) = fluxlit_config::parse_upstream_url(url) {
+                if let Ok(authority) = u.authority().parse() {
+                    builder = builder.api(ApiTarget::Upstream(Upstream::fixed(
+                        "api",
+                        Endpoint {
+                            authority,
+                            base_path: u.base_path.clone(),
+                        },
+                    )));
+                }
+                builder = builder.readiness(ReadinessCheck::new("api", api_state_rx));
+                externals.push(External {
+                    path: format!("{}/", u.base_path),
+                    host: u.host,
+                    port: u.port,
+                    state: api_state_tx.clone(),
+                });
+            }
+        }
+
+        let mut admin = None;
+        if let Some(render) = a.metrics {
+            match &s.metrics_addr {
+                Some(addr) => admin = Some((addr.clone(), render)),
+                None => {
+                    builder = builder.metrics_endpoint(&s.gateway_prometheus_metrics_path, render);
+                }
+            }
+        }
+        let sidecar_info: SidecarInfo = Arc::default();
+        if s.debug {
+            let settings = serde_json::to_value(s).unwrap_or_default();
+            let info = sidecar_info.clone();
+            builder = builder.debug(Arc::new(move || {
+                let sidecars = info
+                    .lock()
+                    .map(|m| serde_json::to_value(&*m).unwrap_or_default())
+                    .unwrap_or_default();
+                serde_json::json!({"settings": settings, "sidecars": sidecars})
+            }));
+        }
+        let gateway = builder.build()?;
+
+        let python_bin_dir = a
+            .python
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf);
+        let child_path = launch::child_path(a.env.get("PATH"), python_bin_dir.as_deref());
+        Ok(App {
+            child_path,
+            gateway,
+            start_streamlit,
+            api,
+            ui_link: Channels {
+                endpoint: ui_tx,
+                state: ui_state_tx,
+            },
+            api_link: Channels {
+                endpoint: api_tx,
+                state: api_state_tx,
+            },
+            externals,
+            admin,
+            sidecar_info,
+            settings: a.settings,
+            origins: a.origins,
+            cwd: a.cwd,
+            target: a.target,
+            python: a.python,
+            pidfile: a.pidfile,
+        })
+    }
+}

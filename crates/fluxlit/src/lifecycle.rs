@@ -1,0 +1,347 @@
+//! [`App::run`]: serve, start the sidecars, supervise them, stop in order.
+
+use std::future::Future;
+use std::time::Duration;
+
+use fluxlit_config::RestartPolicy;
+use fluxlit_gateway::{ComponentState, Gateway};
+use fluxlit_sidecar::{Backoff, ExitInfo, Sidecar};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::bridge::{Link, probe_external};
+use crate::launch::{self, Launch};
+use crate::pidfile::Pidfile;
+use crate::{ApiMode, App, AppError, Exit};
+
+/// Time tunnels get to close after the sidecars stopped (Streamlit sends its close frames
+/// as it stops, so this is only for stragglers).
+const TUNNEL_GRACE: Duration = Duration::from_secs(2);
+
+/// How often [`Gateway::housekeeping`] runs.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// A running sidecar and its loopback port.
+type Running = Option<(Sidecar, u16)>;
+
+/// Why the app is stopping.
+enum Stop {
+    Shutdown,
+    SidecarExited(&'static str, ExitInfo),
+}
+
+/// The gateway's serving task and how to end it.
+struct Serving {
+    stop: CancellationToken,
+    task: AbortOnDropHandle<std::io::Result<()>>,
+}
+
+impl App {
+    /// Serves on `listener` until `shutdown` resolves or a sidecar exits with
+    /// `sidecar_restart = exit`, then stops everything in order (see the crate documentation).
+    /// `listener` is the public port, bound by the caller; the sidecars reach the gateway at
+    /// its address (an unspecified host such as `0.0.0.0` becomes `127.0.0.1`).
+    ///
+    /// Dropping the returned future stops at once: sidecar process groups are killed, the
+    /// gateway's tasks aborted, the pidfile removed.
+    ///
+    /// # Errors
+    /// Start-up failures, after whatever was started has been stopped: [`AppError::Listener`],
+    /// [`AppError::Bind`]
+    /// (admin listener), [`AppError::Port`], [`AppError::Spawn`], [`AppError::Start`],
+    /// [`AppError::ApiCommand`], [`AppError::Pidfile`]. Once FluxLit is ready, `run` returns
+    /// only `Ok`.
+    pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<Exit, AppError>
+    where
+        F: Future<Output = ()>,
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let s = &self.settings;
+        let bound = listener.local_addr().map_err(AppError::Listener)?;
+        let base = fluxlit_gateway::loopback_base(bound);
+        let internal_api_base = format!("{base}{}", s.api_mount_path);
+        let mount = s.public_mount().to_owned();
+
+        let mut background: Vec<AbortOnDropHandle<()>> = Vec::new();
+        let mut probers: Vec<AbortOnDropHandle<()>> = self
+            .externals
+            .iter()
+            .cloned()
+            .map(|e| AbortOnDropHandle::new(tokio::spawn(probe_external(e))))
+            .collect();
+        if let Some((addr, render)) = &self.admin {
+            let admin = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind {
+                    addr: addr.clone(),
+                    origin: self.origins.of("metrics_addr"),
+                    source,
+                })?;
+            tracing::info!(address = %addr, path = %s.gateway_prometheus_metrics_path, "metrics on the admin listener");
+            background.push(AbortOnDropHandle::new(tokio::spawn(crate::admin::serve(
+                admin,
+                s.gateway_prometheus_metrics_path.clone(),
+                render.clone(),
+            ))));
+        }
+        if s.debug {
+            eprintln!(
+                "[fluxlit-debug] internal_api_base={internal_api_base} api_prefix={} public_mount={} trust_proxy={} forwarded_allow_ips={:?} debug_snapshot={}{}",
+                s.api_mount_path,
+                mount,
+                s.trust_proxy,
+                s.forwarded_allow_ips,
+                mount,
+                fluxlit_gateway::DEBUG_PATH
+            );
+        }
+        {
+            let gw = self.gateway.clone();
+            background.push(AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+                loop {
+                    tick.tick().await;
+                    gw.housekeeping();
+                }
+            })));
+        }
+
+        let serving = {
+            let gw = self.gateway.clone();
+            let stop = CancellationToken::new();
+            let token = stop.clone();
+            let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                gw.serve(listener, token.cancelled_owned()).await
+            }));
+            Serving { stop, task }
+        };
+        tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, "gateway listening");
+        if s.trust_proxy {
+            if s.forwarded_allow_ips.is_empty() {
+                tracing::info!(
+                    "trust_proxy is on with no forwarded_allow_ips: trusting forwarded headers from loopback peers only (127.0.0.0/8, ::1)"
+                );
+            } else {
+                tracing::info!(forwarded_allow_ips = ?s.forwarded_allow_ips, "trusting forwarded headers from these peers");
+            }
+        }
+
+        let launch = Launch {
+            cwd: self.cwd.clone(),
+            target: self.target.clone(),
+            python: self.python.clone(),
+            env: launch::common_env(
+                &internal_api_base,
+                &s.api_mount_path,
+                &mount,
+                self.child_path.clone(),
+            ),
+            api_command_origin: self.origins.of("api_command"),
+        };
+
+        // Start the sidecars (the API first); a failure or a shutdown stops what was started.
+        let startup = async {
+            let api = match &self.api {
+                ApiMode::Command(cmd) => Some(launch::start_api(s, &launch, cmd).await?),
+                ApiMode::NoSidecar => None,
+            };
+            let ui = if self.start_streamlit {
+                launch::start_streamlit(s, &launch).await.map(Some)
+            } else {
+                Ok(None)
+            };
+            let ui = match ui {
+                Ok(ui) => ui,
+                Err(e) => {
+                    if let Some((api, _)) = api {
+                        api.stop().await;
+                    }
+                    return Err(e);
+                }
+            };
+            Ok::<_, AppError>((ui, api))
+        };
+        let started = tokio::select! {
+            r = startup => Some(r),
+            () = &mut shutdown => None,
+        };
+        let (ui, api) = match started {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                shutdown_gateway(&self.gateway, serving).await;
+                return Err(e);
+            }
+            None => {
+                tracing::info!("shutdown requested during start-up; stopping");
+                // Dropping the start-up future dropped any half-started sidecar handle, which
+                // killed its group.
+                shutdown_gateway(&self.gateway, serving).await;
+                return Ok(Exit::Shutdown);
+            }
+        };
+        let links = [
+            Link {
+                name: "streamlit",
+                endpoint: self.ui_link.endpoint.clone(),
+                state: self.ui_link.state.clone(),
+                info: self.sidecar_info.clone(),
+            },
+            Link {
+                name: "api",
+                endpoint: self.api_link.endpoint.clone(),
+                state: self.api_link.state.clone(),
+                info: self.sidecar_info.clone(),
+            },
+        ];
+        let mut running: [Running; 2] = [ui, api];
+        for (link, r) in links.iter().zip(&running) {
+            if let Some((sidecar, port)) = r {
+                link.publish(sidecar, *port);
+            }
+        }
+
+        let pidfile = match &self.pidfile {
+            Some(path) => match Pidfile::write(path) {
+                Ok(p) => Some(p),
+                Err(source) => {
+                    let e = AppError::Pidfile {
+                        path: path.clone(),
+                        source,
+                    };
+                    let [ui, api] = running;
+                    stop_all(&self.gateway, serving, ui, api).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        tracing::info!(url = %format!("{base}{mount}/"), api = %format!("{base}{mount}{}", s.api_mount_path), "FluxLit is ready");
+
+        let mut backoffs = [Backoff::default(), Backoff::default()];
+        let stop = loop {
+            let (which, exit) = tokio::select! {
+                () = &mut shutdown => break Stop::Shutdown,
+                exit = wait_exit(&running[0]) => (0usize, exit),
+                exit = wait_exit(&running[1]) => (1usize, exit),
+            };
+            let link = &links[which];
+            link.exited(&exit);
+            if s.sidecar_restart == RestartPolicy::Exit {
+                break Stop::SidecarExited(link.name, exit);
+            }
+            // Restart with exponential backoff and jitter; readiness is 503 meanwhile.
+            let restarted = loop {
+                let restart = backoffs[which].record_now();
+                let delay = restart.delay;
+                let detail = if restart.crash_loop {
+                    let window = backoffs[which].window.as_secs();
+                    tracing::error!(
+                        sidecar = link.name,
+                        restarts_in_window = restart.recent,
+                        window_s = window,
+                        "sidecar is crash-looping"
+                    );
+                    format!(
+                        "crash loop: {} restarts in {window} s; last exit: {exit}; restarting in {:.1} s",
+                        restart.recent,
+                        delay.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "exited ({exit}); restarting in {:.1} s",
+                        delay.as_secs_f64()
+                    )
+                };
+                tracing::warn!(
+                    sidecar = link.name,
+                    delay_s = delay.as_secs_f64(),
+                    "restarting sidecar"
+                );
+                link.state.send_replace(ComponentState::NotReady(detail));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut shutdown => break None,
+                }
+                let start = async {
+                    match (which, &self.api) {
+                        (0, _) => launch::start_streamlit(s, &launch).await,
+                        (_, ApiMode::Command(cmd)) => launch::start_api(s, &launch, cmd).await,
+                        (_, ApiMode::NoSidecar) => std::future::pending().await,
+                    }
+                };
+                let started = tokio::select! {
+                    r = start => r,
+                    () = &mut shutdown => break None,
+                };
+                match started {
+                    Ok(v) => break Some(v),
+                    Err(e) => tracing::error!(sidecar = link.name, error = %e, "restart failed"),
+                }
+            };
+            match restarted {
+                Some((sidecar, port)) => {
+                    metrics::counter!(fluxlit_gateway::metric_names::SIDECAR_RESTARTS, "sidecar" => link.name).increment(1);
+                    link.publish(&sidecar, port);
+                    running[which] = Some((sidecar, port));
+                }
+                None => break Stop::Shutdown,
+            }
+        };
+        let exit = match stop {
+            Stop::Shutdown => {
+                tracing::info!("stopping");
+                Exit::Shutdown
+            }
+            Stop::SidecarExited(sidecar, exit) => {
+                tracing::error!("the {sidecar} sidecar exited ({exit}); stopping the gateway");
+                Exit::SidecarExited { sidecar, exit }
+            }
+        };
+        probers.clear();
+        let [ui, api] = running;
+        stop_all(&self.gateway, serving, ui, api).await;
+        drop(pidfile);
+        drop(background);
+        tracing::info!("stopped");
+        Ok(exit)
+    }
+}
+
+async fn wait_exit(sidecar: &Running) -> ExitInfo {
+    match sidecar {
+        Some((s, _)) => s.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops a gateway whose sidecars never started: stop accepting, drain, cut the tunnels.
+async fn shutdown_gateway(gateway: &Gateway, serving: Serving) {
+    serving.stop.cancel();
+    let _ = serving.task.await;
+    gateway.drain_tunnels(Duration::ZERO).await;
+}
+
+/// The ordered stop: HTTP drain, then the sidecars, then the remaining tunnels.
+async fn stop_all(gateway: &Gateway, serving: Serving, ui: Running, api: Running) {
+    // 1. Stop accepting; let in-flight HTTP finish.
+    serving.stop.cancel();
+    let _ = serving.task.await;
+    // 2. Stop the sidecars (Streamlit closes its WebSockets as it goes).
+    let ui_stop = async {
+        if let Some((u, _)) = ui {
+            u.stop().await;
+        }
+    };
+    let api_stop = async {
+        if let Some((a, _)) = api {
+            a.stop().await;
+        }
+    };
+    let _ = tokio::join!(ui_stop, api_stop);
+    // 3. Cut whatever tunnels are left.
+    let cut = gateway.drain_tunnels(TUNNEL_GRACE).await;
+    if cut > 0 {
+        tracing::info!(tunnels = cut, "closed remaining WebSocket tunnels");
+    }
+}
