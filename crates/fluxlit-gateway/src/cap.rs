@@ -136,15 +136,53 @@ where
 /// drained twice), and a body the client sends only after `100 Continue` is never asked for
 /// when nothing read it yet.
 pub(crate) struct Lingering {
-    inner: Option<hyper::body::Incoming>,
+    inner: Option<Inbound>,
     /// Bytes read so far.
     read: u64,
     /// The request says `Expect: 100-continue`.
     expect: bool,
 }
 
+/// A request body as the gateway receives it: hyper's own (from [`crate::Gateway::serve`]) or
+/// any body an embedding program hands to [`crate::Gateway::handle`], boxed.
+pub(crate) enum Inbound {
+    /// From the gateway's own server connections (not boxed).
+    Incoming(hyper::body::Incoming),
+    /// From an embedding program (tower/axum, tests with `oneshot`).
+    Boxed(crate::Body),
+}
+
+impl HttpBody for Inbound {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        match self.get_mut() {
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Incoming(b) => b.is_end_stream(),
+            Self::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Incoming(b) => b.size_hint(),
+            Self::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
 impl Lingering {
-    pub(crate) fn new(inner: hyper::body::Incoming, expect: bool) -> Self {
+    pub(crate) fn new(inner: Inbound, expect: bool) -> Self {
         Self {
             inner: Some(inner),
             read: 0,
@@ -169,12 +207,12 @@ impl Drop for Lingering {
 
 impl HttpBody for Lingering {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
         let r = match self.inner.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx),
             None => Poll::Ready(None),

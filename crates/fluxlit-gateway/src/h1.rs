@@ -512,7 +512,11 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     for (name, value) in view.forwarded_fields(prefix) {
         push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
-    push_field(&mut out, b"x-request-id", rid.as_bytes());
+    push_field(
+        &mut out,
+        fluxlit_headers::REQUEST_ID.as_bytes(),
+        rid.as_bytes(),
+    );
     if upgrade {
         push_field(&mut out, b"connection", b"upgrade");
         push_field(&mut out, b"upgrade", crate::headers::WEBSOCKET.as_bytes());
@@ -907,6 +911,11 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
                 _ => return Err(bad("Content-Length")),
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (hyper's
+            // client refuses it too).
+            if resp.version == Some(0) {
+                return Err(bad("Transfer-Encoding in an HTTP/1.0 response"));
+            }
             // The final coding decides (RFC 9112 §6.3): chunked, or read until close.
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(&[]);
             te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -965,7 +974,11 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             push_field(&mut out, name.as_bytes(), h.value);
         }
     }
-    push_field(&mut out, b"x-request-id", ctx.rid.as_bytes());
+    push_field(
+        &mut out,
+        fluxlit_headers::REQUEST_ID.as_bytes(),
+        ctx.rid.as_bytes(),
+    );
     push_own_fields(&mut out, !date, close);
     if switched {
         push_field(&mut out, b"connection", b"upgrade");

@@ -197,6 +197,7 @@ pub fn valid_host(value: &[u8]) -> bool {
 
 /// Why a request's `Host` is refused (400), RFC 9112 §3.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BadHost {
     /// More than one `Host` field.
     #[error("more than one Host field")]

@@ -95,6 +95,7 @@ pub const DEBUG_PATH: &str = "/__fluxlit/debug";
 
 /// Building the gateway failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The root path is not a valid path prefix.
     #[error("invalid root path {value:?}: {reason}")]
@@ -646,8 +647,16 @@ impl Gateway {
         self.inner.recent.snapshot()
     }
 
-    /// Handles one request from `hop`. Never fails: every problem is a response.
-    pub async fn handle(&self, req: Request<Incoming>, hop: &ClientHop) -> Response<Body> {
+    /// Handles one request from `hop`, with any body (hyper's `Incoming`, an axum or tower
+    /// body, `Full` in a test): so the gateway can be mounted in a tower/axum server or driven
+    /// with `oneshot`. Never fails: every problem is a response. Upstream connections come from
+    /// the pool (no client connection of the gateway's own to keep them on).
+    pub async fn handle<B>(&self, req: Request<B>, hop: &ClientHop) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let req = req.map(|b| cap::Inbound::Boxed(b.map_err(Into::into).boxed_unsync()));
         self.handle_conn(
             req,
             &ConnCtx {
@@ -659,7 +668,7 @@ impl Gateway {
         .await
     }
 
-    async fn handle_conn(&self, req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+    async fn handle_conn(&self, req: Request<cap::Inbound>, ctx: &ConnCtx) -> Response<Body> {
         let start = Instant::now();
         self.inner.served.count(Engine::Hyper);
         // A body left unread by whatever answers is drained, not reset (`cap::Lingering`).
@@ -1214,11 +1223,12 @@ impl Gateway {
                         let service = {
                             let gw = gw.clone();
                             let activity = activity.clone();
-                            hyper::service::service_fn(move |req| {
+                            hyper::service::service_fn(move |req: Request<Incoming>| {
                                 let gw = gw.clone();
                                 let ctx = ctx.clone();
                                 let busy = activity.begin();
                                 async move {
+                                    let req = req.map(cap::Inbound::Incoming);
                                     let r = gw.handle_conn(req, &ctx).await;
                                     // Busy until the response body is done (a long download or
                                     // a stream is not idleness).

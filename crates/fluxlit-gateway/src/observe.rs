@@ -151,8 +151,8 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// The request id header.
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// The request id header (`X-Request-ID`, from the header catalogue).
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(fluxlit_headers::REQUEST_ID);
 
 /// The request's id: the inbound `X-Request-ID` when the peer is trusted and the value is sane
 /// (1–128 visible ASCII characters), else a new UUIDv7 (time-sortable). Of several, the last

@@ -349,7 +349,7 @@ fn timed_out(
 }
 
 /// The 502 for an upstream that could not be reached (`connect`) or failed before its response
-/// headers, with `detail` (the error chain); logged and counted.
+/// headers; `detail` (the error chain) is logged with the request id, not sent; counted.
 fn failed(
     name: &str,
     authority: &Authority,
@@ -366,9 +366,11 @@ fn failed(
     } else {
         "failed before sending a response"
     };
+    // The cause stays in the log (with the request id): the client gets no parser or socket
+    // detail, which would also differ between the engines.
     plain_rid(
         StatusCode::BAD_GATEWAY,
-        format!("FluxLit: the {name} upstream at {authority} {what} ({detail})\n"),
+        format!("FluxLit: the {name} upstream at {authority} {what}\n"),
         rid,
     )
 }

@@ -11,6 +11,7 @@
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Route {
     /// `{api}/healthz`: the gateway's liveness answer.
     Healthz,
@@ -42,6 +43,7 @@ pub const OWN_PREFIX: &str = "/__fluxlit";
 
 /// A request path the gateway cannot route (answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BadPath {
     /// Not an absolute path (`*`, empty, or an absolute-form target's path missing).
     #[error("request target must be an absolute path starting with `/`")]

@@ -69,6 +69,7 @@ impl Upstream {
 
 /// A component's readiness, as shown by `{api}/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ComponentState {
     /// Not ready yet (starting up); the text says what is awaited.
     Starting(String),
@@ -155,6 +156,7 @@ impl ApiService {
 
 /// What the API mount is served by.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub enum ApiTarget {
     /// No API: everything under the mount except the gateway's own routes answers 404 JSON.
     #[default]

@@ -1223,7 +1223,8 @@ async fn ambiguous_framing_is_refused_the_same_way_by_both_engines() {
 
 /// Responses read the same on both engines: transfer codings beyond `chunked` stay with the
 /// body they coded (`gzip, chunked` reaches the client as such, never re-framed without its
-/// coding), and an upstream response head is accepted up to 64 KiB and refused (502) above.
+/// coding), an upstream response head is accepted up to 64 KiB and refused (502) above, and an
+/// HTTP/1.0 response with `Transfer-Encoding` is refused (502) by both.
 #[tokio::test]
 async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
     let filler = |n: usize| "a".repeat(n);
@@ -1233,6 +1234,9 @@ async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
         "/coded" => Reply::raw(
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nGZIPD\r\n0\r\n\r\n"
                 [..],
+        ),
+        "/te-http10" => Reply::raw(
+            &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
         ),
         "/head-60k" => Reply::raw(format!(
             "HTTP/1.1 200 OK\r\nX-Big: {small}\r\nContent-Length: 2\r\n\r\nok"
@@ -1265,7 +1269,26 @@ async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
         c.send(b"GET /head-70k HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let r = c.response(false).await.expect("70 KiB head");
         assert_eq!(r.status, 502, "{}", engine(fast));
-        gw.assert_engine(fast, 3, engine(fast));
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 response is faulty framing.
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(b"GET /te-http10 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let r = c
+            .response(false)
+            .await
+            .expect("HTTP/1.0 with Transfer-Encoding");
+        assert_eq!(r.status, 502, "{}", engine(fast));
+        // The cause is logged, not sent: the 502 is the same whichever engine read it.
+        let expected = format!(
+            "FluxLit: the ui upstream at {} failed before sending a response (request id ",
+            rec.addr
+        );
+        assert!(
+            r.text().starts_with(&expected),
+            "{}: {}",
+            engine(fast),
+            r.text()
+        );
+        gw.assert_engine(fast, 4, engine(fast));
     }
 }
 
