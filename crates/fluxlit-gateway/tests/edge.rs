@@ -11,64 +11,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxlit_gateway::{ApiHeaders, ApiService, ApiTarget, Gateway, Limits, TrustPolicy, Upstream};
+use fluxlit_testkit::raw::{RecordingUpstream, Reply};
 use fluxlit_testkit::upstream::TestUpstream;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type ReqBody = BoxBody<Bytes, Infallible>;
-
 mod support;
 
-use support::{start, up_at};
+use support::{
+    ENGINES, IdleClosingUpstream, KeepAlive, ReqBody, closing_upstream, empty, engine, full, send,
+    send_from, start_on, up_at, within,
+};
 
 fn up(u: &TestUpstream, name: &str) -> Upstream {
     up_at(u.addr, name)
-}
-
-fn empty() -> ReqBody {
-    Full::new(Bytes::new()).boxed()
-}
-
-async fn send_from(
-    local: Option<&str>,
-    addr: SocketAddr,
-    req: Request<ReqBody>,
-) -> (StatusCode, HeaderMap, Bytes) {
-    let stream = match local {
-        Some(ip) => {
-            let sock = tokio::net::TcpSocket::new_v4().unwrap();
-            sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-            sock.connect(addr).await.unwrap()
-        }
-        None => tokio::net::TcpStream::connect(addr).await.unwrap(),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp: Response<Incoming> =
-        tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
-        .await
-        .unwrap()
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    (parts.status, parts.headers, body)
-}
-
-async fn send(addr: SocketAddr, req: Request<ReqBody>) -> (StatusCode, HeaderMap, Bytes) {
-    send_from(None, addr, req).await
 }
 
 fn get(path: &str) -> http::request::Builder {
@@ -99,78 +61,83 @@ fn spoofed(path: &str) -> Request<ReqBody> {
 }
 
 /// Trust off; trust on from an allowed peer (with and without `trust_forwarded_prefix`); trust
-/// on from a disallowed peer — on the API and UI hops (the WebSocket hop is covered below).
+/// on from a disallowed peer — on the API and UI hops (the WebSocket hop is covered below), on
+/// both engines (the UI hop is the fast path's when it is on, the API hop always hyper's).
 #[tokio::test]
 async fn spoofing_matrix_http_hops() {
     let u = TestUpstream::start().await;
     let allowed = fluxlit_config::parse_ip_net("127.0.0.2").unwrap();
-    for (trust, peer, believed, prefix) in [
-        (TrustPolicy::none(), "127.0.0.1", false, false),
-        (
-            TrustPolicy::trusting(vec![allowed]),
-            "127.0.0.2",
-            true,
-            false,
-        ),
-        (
-            TrustPolicy::trusting(vec![allowed]).forwarded_prefix(true),
-            "127.0.0.2",
-            true,
-            true,
-        ),
-        (
-            TrustPolicy::trusting(vec![allowed]),
-            "127.0.0.3",
-            false,
-            false,
-        ),
-    ] {
-        let gw = start(
-            Gateway::builder()
-                .ui(up(&u, "ui"))
-                .api(ApiTarget::Upstream(up(&u, "api")))
-                .trust(trust),
-        )
-        .await;
-        for (path, api) in [("/echo", false), ("/api/echo", true)] {
-            let (status, headers, body) = send_from(Some(peer), gw.addr, spoofed(path)).await;
-            assert_eq!(status, StatusCode::OK);
-            let ctx = format!("peer {peer} path {path}");
-            if believed {
-                assert_eq!(
-                    seen(&body, "x-forwarded-for"),
-                    [format!("203.0.113.50, 198.51.100.7, {peer}")],
-                    "{ctx}"
-                );
-                assert_eq!(seen(&body, "x-forwarded-proto"), ["https"], "{ctx}");
-                assert_eq!(seen(&body, "x-forwarded-host"), ["public.example"], "{ctx}");
-                assert_eq!(seen(&body, "x-forwarded-port"), ["443"], "{ctx}");
-                assert_eq!(seen(&body, "x-request-id"), ["edge-id-1"], "{ctx}");
-                assert_eq!(headers["x-request-id"], "edge-id-1", "{ctx}");
-                if api {
-                    // X-Forwarded-Prefix is believed only when opted in.
-                    let want = if prefix { "/edge/api" } else { "/api" };
-                    assert_eq!(seen(&body, "x-forwarded-prefix"), [want], "{ctx}");
-                }
-            } else {
-                assert_eq!(seen(&body, "x-forwarded-for"), [peer.to_owned()], "{ctx}");
-                assert_eq!(seen(&body, "x-forwarded-proto"), ["http"], "{ctx}");
-                assert_eq!(seen(&body, "x-forwarded-host"), ["app.example"], "{ctx}");
-                let rid = seen(&body, "x-request-id");
-                assert_eq!(rid.len(), 1);
-                assert_ne!(
-                    rid[0], "edge-id-1",
-                    "{ctx}: untrusted peers cannot choose the request id"
-                );
-                assert_eq!(
-                    headers["x-request-id"],
-                    rid[0].as_str(),
-                    "{ctx}: the same id goes back to the client"
-                );
-                if api {
-                    assert_eq!(seen(&body, "x-forwarded-prefix"), ["/api"], "{ctx}");
+    for fast in ENGINES {
+        for (trust, peer, believed, prefix) in [
+            (TrustPolicy::none(), "127.0.0.1", false, false),
+            (
+                TrustPolicy::trusting(vec![allowed]),
+                "127.0.0.2",
+                true,
+                false,
+            ),
+            (
+                TrustPolicy::trusting(vec![allowed]).forwarded_prefix(true),
+                "127.0.0.2",
+                true,
+                true,
+            ),
+            (
+                TrustPolicy::trusting(vec![allowed]),
+                "127.0.0.3",
+                false,
+                false,
+            ),
+        ] {
+            let gw = start_on(
+                Gateway::builder()
+                    .ui(up(&u, "ui"))
+                    .api(ApiTarget::Upstream(up(&u, "api")))
+                    .trust(trust),
+                fast,
+            )
+            .await;
+            for (path, api) in [("/echo", false), ("/api/echo", true)] {
+                let (status, headers, body) = send_from(Some(peer), gw.addr, spoofed(path)).await;
+                assert_eq!(status, StatusCode::OK);
+                let ctx = format!("{} peer {peer} path {path}", engine(fast));
+                if believed {
+                    assert_eq!(
+                        seen(&body, "x-forwarded-for"),
+                        [format!("203.0.113.50, 198.51.100.7, {peer}")],
+                        "{ctx}"
+                    );
+                    assert_eq!(seen(&body, "x-forwarded-proto"), ["https"], "{ctx}");
+                    assert_eq!(seen(&body, "x-forwarded-host"), ["public.example"], "{ctx}");
+                    assert_eq!(seen(&body, "x-forwarded-port"), ["443"], "{ctx}");
+                    assert_eq!(seen(&body, "x-request-id"), ["edge-id-1"], "{ctx}");
+                    assert_eq!(headers["x-request-id"], "edge-id-1", "{ctx}");
+                    if api {
+                        // X-Forwarded-Prefix is believed only when opted in.
+                        let want = if prefix { "/edge/api" } else { "/api" };
+                        assert_eq!(seen(&body, "x-forwarded-prefix"), [want], "{ctx}");
+                    }
+                } else {
+                    assert_eq!(seen(&body, "x-forwarded-for"), [peer.to_owned()], "{ctx}");
+                    assert_eq!(seen(&body, "x-forwarded-proto"), ["http"], "{ctx}");
+                    assert_eq!(seen(&body, "x-forwarded-host"), ["app.example"], "{ctx}");
+                    let rid = seen(&body, "x-request-id");
+                    assert_eq!(rid.len(), 1);
+                    assert_ne!(
+                        rid[0], "edge-id-1",
+                        "{ctx}: untrusted peers cannot choose the request id"
+                    );
+                    assert_eq!(
+                        headers["x-request-id"],
+                        rid[0].as_str(),
+                        "{ctx}: the same id goes back to the client"
+                    );
+                    if api {
+                        assert_eq!(seen(&body, "x-forwarded-prefix"), ["/api"], "{ctx}");
+                    }
                 }
             }
+            gw.assert_split(fast, 1, 1, &format!("peer {peer}: one UI, one API request"));
         }
     }
 }
@@ -178,34 +145,43 @@ async fn spoofing_matrix_http_hops() {
 #[tokio::test]
 async fn websocket_hop_gets_the_same_treatment() {
     let u = TestUpstream::start().await;
-    // The test upstream's /ws echoes; to see the upgrade's headers, send the upgrade to /echo:
-    // the upstream answers 200 with what it saw, which the gateway returns as a normal response.
-    let gw = start(Gateway::builder().ui(up(&u, "ui"))).await;
-    let req = Request::get("/echo")
-        .header("host", "app.example")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-protocol", "streamlit")
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-user", "admin")
-        .header("authorization", "Bearer t")
-        .body(empty())
-        .unwrap();
-    let (status, _, body) = send(gw.addr, req).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a refused upgrade is a normal response"
-    );
-    assert_eq!(seen(&body, "x-forwarded-for"), ["127.0.0.1"]);
-    assert!(seen(&body, "x-forwarded-user").is_empty());
-    assert!(seen(&body, "authorization").is_empty());
-    assert_eq!(seen(&body, "upgrade"), ["websocket"]);
-    assert_eq!(seen(&body, "connection"), ["upgrade"]);
-    assert_eq!(seen(&body, "sec-websocket-protocol"), ["streamlit"]);
-    assert_eq!(seen(&body, "x-request-id").len(), 1);
+    for fast in ENGINES {
+        // The test upstream's /ws echoes; to see the upgrade's headers, send the upgrade to
+        // /echo: the upstream answers 200 with what it saw, which the gateway returns as a
+        // normal response.
+        let gw = start_on(Gateway::builder().ui(up(&u, "ui")), fast).await;
+        let req = Request::get("/echo")
+            .header("host", "app.example")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-protocol", "streamlit")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-user", "admin")
+            .header("authorization", "Bearer t")
+            .body(empty())
+            .unwrap();
+        let (status, _, body) = send(gw.addr, req).await;
+        let what = engine(fast);
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{what}: a refused upgrade is a normal response"
+        );
+        assert_eq!(seen(&body, "x-forwarded-for"), ["127.0.0.1"], "{what}");
+        assert!(seen(&body, "x-forwarded-user").is_empty(), "{what}");
+        assert!(seen(&body, "authorization").is_empty(), "{what}");
+        assert_eq!(seen(&body, "upgrade"), ["websocket"], "{what}");
+        assert_eq!(seen(&body, "connection"), ["upgrade"], "{what}");
+        assert_eq!(
+            seen(&body, "sec-websocket-protocol"),
+            ["streamlit"],
+            "{what}"
+        );
+        assert_eq!(seen(&body, "x-request-id").len(), 1, "{what}");
+        gw.assert_split(fast, 1, 0, "one upgrade request");
+    }
 }
 
 #[tokio::test]
@@ -216,69 +192,78 @@ async fn body_caps_refuse_before_and_while_streaming() {
         max_api_body: 10,
         ..Limits::default()
     };
-    let gw = start(
-        Gateway::builder()
-            .ui(up(&u, "ui"))
-            .api(ApiTarget::Upstream(up(&u, "api")))
-            .limits(limits),
-    )
-    .await;
-    // Content-Length over the cap: 413 without asking the upstream.
-    let (s, _, b) = send(
-        gw.addr,
-        Request::post("/echo")
+    for fast in ENGINES {
+        let what = engine(fast);
+        let gw = start_on(
+            Gateway::builder()
+                .ui(up(&u, "ui"))
+                .api(ApiTarget::Upstream(up(&u, "api")))
+                .limits(limits.clone()),
+            fast,
+        )
+        .await;
+        // Content-Length over the cap: 413 without asking the upstream (hyper's on either
+        // engine: the fast path hands such a request over).
+        let (s, _, b) = send(
+            gw.addr,
+            Request::post("/echo")
+                .header("host", "h")
+                .body(full(vec![1u8; 1001]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+        assert!(String::from_utf8_lossy(&b).contains("gateway_max_proxy_request_body_bytes"));
+        let (s, _, b) = send(
+            gw.addr,
+            Request::post("/api/echo")
+                .header("host", "h")
+                .body(full(vec![1u8; 11]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+        assert!(
+            String::from_utf8_lossy(&b).contains("gateway_max_api_request_body_bytes"),
+            "{what}: distinct body per route"
+        );
+        // At the cap: fine (the fast path's when it is on).
+        let (s, _, _) = send(
+            gw.addr,
+            Request::post("/echo")
+                .header("host", "h")
+                .body(full(vec![1u8; 1000]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{what}");
+        // Chunked (no Content-Length): cut mid-stream (hyper's: the fast path hands requests
+        // with Transfer-Encoding over).
+        let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..10)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![2u8; 400]))))
+            .collect();
+        let req = Request::post("/echo")
             .header("host", "h")
-            .body(Full::new(Bytes::from(vec![1u8; 1001])).boxed())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(String::from_utf8_lossy(&b).contains("gateway_max_proxy_request_body_bytes"));
-    let (s, _, b) = send(
-        gw.addr,
-        Request::post("/api/echo")
-            .header("host", "h")
-            .body(Full::new(Bytes::from(vec![1u8; 11])).boxed())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(
-        String::from_utf8_lossy(&b).contains("gateway_max_api_request_body_bytes"),
-        "distinct body per route"
-    );
-    // At the cap: fine.
-    let (s, _, _) = send(
-        gw.addr,
-        Request::post("/echo")
-            .header("host", "h")
-            .body(Full::new(Bytes::from(vec![1u8; 1000])).boxed())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    // Chunked (no Content-Length): cut mid-stream.
-    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..10)
-        .map(|_| Ok(Frame::data(Bytes::from(vec![2u8; 400]))))
-        .collect();
-    let req = Request::post("/echo")
-        .header("host", "h")
-        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-            chunks,
-        ))))
-        .unwrap();
-    let (s, _, b) = send(gw.addr, req).await;
-    assert_eq!(
-        s,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{}",
-        String::from_utf8_lossy(&b)
-    );
-    // GET without a body is never refused.
-    let (s, _, _) = send(gw.addr, get("/api/echo").body(empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::OK);
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                chunks,
+            ))))
+            .unwrap();
+        let (s, _, b) = send(gw.addr, req).await;
+        assert_eq!(
+            s,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{what}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        // GET without a body is never refused.
+        let (s, _, _) = send(gw.addr, get("/api/echo").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{what}");
+        gw.assert_split(fast, 1, 4, "one UI request within the cap, four others");
+    }
 }
 
+/// The upstream concurrency cap is a duty the fast path does not take: UI requests are
+/// hyper's on both engines.
 #[tokio::test]
 async fn upstream_concurrency_cap_sheds_fast() {
     let u = TestUpstream::start().await;
@@ -286,39 +271,51 @@ async fn upstream_concurrency_cap_sheds_fast() {
         max_upstream_concurrency: 1,
         ..Limits::default()
     };
-    let gw = start(
-        Gateway::builder()
-            .ui(up(&u, "ui"))
-            .limits(limits)
-            .read_timeout(Duration::from_secs(5)),
-    )
-    .await;
-    let addr = gw.addr;
-    // Occupy the only slot with a request the upstream never answers; if a probe raced it for
-    // the slot (and so it was shed itself), send it again.
-    let hang = std::sync::Mutex::new(tokio::spawn(async move {
-        send(addr, get("/hang").body(empty()).unwrap()).await
-    }));
-    let shed = fluxlit_testkit::eventually(Duration::from_secs(10), "a request to be shed", || {
-        let hang = &hang;
-        async move {
-            if let Ok(mut h) = hang.lock()
-                && h.is_finished()
-            {
-                *h = tokio::spawn(
-                    async move { send(addr, get("/hang").body(empty()).unwrap()).await },
-                );
-                return None; // give it the slot before probing again
-            }
-            let (s, h, _) = send(addr, get("/echo").body(empty()).unwrap()).await;
-            (s == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
-        }
-    })
-    .await;
-    assert_eq!(shed["retry-after"], "1");
-    hang.lock().unwrap().abort();
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder()
+                .ui(up(&u, "ui"))
+                .limits(limits.clone())
+                .read_timeout(Duration::from_secs(5)),
+            fast,
+        )
+        .await;
+        let addr = gw.addr;
+        // Occupy the only slot with a request the upstream never answers; if a probe raced it
+        // for the slot (and so it was shed itself), send it again.
+        let hang = std::sync::Mutex::new(tokio::spawn(async move {
+            send(addr, get("/hang").body(empty()).unwrap()).await
+        }));
+        let shed =
+            fluxlit_testkit::eventually(Duration::from_secs(10), "a request to be shed", || {
+                let hang = &hang;
+                async move {
+                    if let Ok(mut h) = hang.lock()
+                        && h.is_finished()
+                    {
+                        *h = tokio::spawn(async move {
+                            send(addr, get("/hang").body(empty()).unwrap()).await
+                        });
+                        return None; // give it the slot before probing again
+                    }
+                    let (s, h, _) = send(addr, get("/echo").body(empty()).unwrap()).await;
+                    (s == StatusCode::SERVICE_UNAVAILABLE).then_some(h)
+                }
+            })
+            .await;
+        assert_eq!(shed["retry-after"], "1", "{}", engine(fast));
+        hang.lock().unwrap().abort();
+        let s = gw.served();
+        assert_eq!(s.h1, 0, "{}: the cap is hyper's duty ({s:?})", engine(fast));
+        assert!(
+            s.hyper >= 2,
+            "{}: hyper served the hanging and the shed request ({s:?})",
+            engine(fast)
+        );
+    }
 }
 
+/// Refused at accept, before either engine: no request is served.
 #[tokio::test]
 async fn connection_limits_answer_503_and_close() {
     let u = TestUpstream::start().await;
@@ -326,54 +323,80 @@ async fn connection_limits_answer_503_and_close() {
         max_connections_per_ip: 1,
         ..Limits::default()
     };
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(limits)).await;
-    let _held = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let text = fluxlit_testkit::eventually(
-        Duration::from_secs(5),
-        "a refused second connection",
-        || async move {
-            let mut s = tokio::net::TcpStream::connect(gw.addr).await.ok()?;
-            s.write_all(b"GET /echo HTTP/1.1\r\nhost: h\r\n\r\n")
-                .await
-                .ok()?;
-            let mut buf = Vec::new();
-            tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            let t = String::from_utf8_lossy(&buf).into_owned();
-            t.starts_with("HTTP/1.1 503").then_some(t)
-        },
-    )
-    .await;
-    assert!(text.contains("gateway_max_connections_per_ip"), "{text}");
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(limits.clone()),
+            fast,
+        )
+        .await;
+        let _held = within("a held connection", tokio::net::TcpStream::connect(gw.addr))
+            .await
+            .unwrap();
+        let addr = gw.addr;
+        let text = fluxlit_testkit::eventually(
+            Duration::from_secs(5),
+            "a refused second connection",
+            || async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(b"GET /echo HTTP/1.1\r\nhost: h\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut buf = Vec::new();
+                tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
+                let t = String::from_utf8_lossy(&buf).into_owned();
+                t.starts_with("HTTP/1.1 503").then_some(t)
+            },
+        )
+        .await;
+        assert!(
+            text.contains("gateway_max_connections_per_ip"),
+            "{}: {text}",
+            engine(fast)
+        );
+        gw.assert_served(0, 0, &format!("{}: refused at accept", engine(fast)));
+    }
 }
 
+/// A head over the limit: the fast path hands it over and hyper's server answers 431 itself.
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let u = TestUpstream::start().await;
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(Limits {
-        max_header_bytes: 8192,
-        ..Limits::default()
-    }))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let big = "x".repeat(20_000);
-    s.write_all(format!("GET /echo HTTP/1.1\r\nhost: h\r\nx-big: {big}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(Limits {
+                max_header_bytes: 8192,
+                ..Limits::default()
+            }),
+            fast,
+        )
+        .await;
+        let mut s = within("connect", tokio::net::TcpStream::connect(gw.addr))
+            .await
+            .unwrap();
+        let big = "x".repeat(20_000);
+        s.write_all(format!("GET /echo HTTP/1.1\r\nhost: h\r\nx-big: {big}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64];
+        let n = within("the 431", s.read(&mut buf)).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
+            "{}: {}",
+            engine(fast),
+            String::from_utf8_lossy(&buf[..n])
+        );
+        gw.assert_served(
+            0,
+            0,
+            &format!("{}: answered by hyper's parser", engine(fast)),
+        );
+    }
 }
 
+/// The API's rate limit is not a UI duty: the UI request is the fast path's when it is on.
 #[tokio::test]
 async fn rate_limits_give_429_with_retry_after_and_spare_health_probes() {
     let u = TestUpstream::start().await;
@@ -381,31 +404,58 @@ async fn rate_limits_give_429_with_retry_after_and_spare_health_probes() {
         rate_api: Some((1, 2)),
         ..Limits::default()
     };
-    let gw = start(
-        Gateway::builder()
-            .ui(up(&u, "ui"))
-            .api(ApiTarget::Upstream(up(&u, "api")))
-            .limits(limits),
-    )
-    .await;
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        let (s, h, _) = send(gw.addr, get("/api/echo").body(empty()).unwrap()).await;
-        if s == StatusCode::TOO_MANY_REQUESTS {
-            assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    for fast in ENGINES {
+        let what = engine(fast);
+        let gw = start_on(
+            Gateway::builder()
+                .ui(up(&u, "ui"))
+                .api(ApiTarget::Upstream(up(&u, "api")))
+                .limits(limits.clone()),
+            fast,
+        )
+        .await;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let (s, h, _) = send(gw.addr, get("/api/echo").body(empty()).unwrap()).await;
+            if s == StatusCode::TOO_MANY_REQUESTS {
+                assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+            }
+            statuses.push(s.as_u16());
         }
-        statuses.push(s.as_u16());
+        assert_eq!(&statuses[..2], &[200, 200], "{what}");
+        assert!(statuses[2..].contains(&429), "{what}: {statuses:?}");
+        for _ in 0..5 {
+            let (s, _, _) = send(gw.addr, get("/api/healthz").body(empty()).unwrap()).await;
+            assert_eq!(s, StatusCode::OK, "{what}: health probes are exempt");
+        }
+        let (s, _, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{what}: the UI has its own budget");
+        gw.assert_split(fast, 1, 9, "one UI request, nine API requests");
     }
-    assert_eq!(&statuses[..2], &[200, 200]);
-    assert!(statuses[2..].contains(&429), "{statuses:?}");
-    for _ in 0..5 {
-        let (s, _, _) = send(gw.addr, get("/api/healthz").body(empty()).unwrap()).await;
-        assert_eq!(s, StatusCode::OK, "health probes are exempt");
-    }
-    let (s, _, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::OK, "the UI has its own budget");
 }
 
+/// A UI rate limit is a duty: UI requests are hyper's on both engines.
+#[tokio::test]
+async fn a_ui_rate_limit_makes_ui_requests_hypers() {
+    let u = TestUpstream::start().await;
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(Limits {
+                rate_ui: Some((100, 100)),
+                ..Limits::default()
+            }),
+            fast,
+        )
+        .await;
+        for i in 0..3 {
+            let (s, _, _) = send(gw.addr, get(&format!("/echo/{i}")).body(empty()).unwrap()).await;
+            assert_eq!(s, StatusCode::OK, "{}", engine(fast));
+        }
+        gw.assert_served(0, 3, &format!("{}: UI rate limit", engine(fast)));
+    }
+}
+
+/// An Origin allow-list makes upgrades hyper's on both engines.
 #[tokio::test]
 async fn websocket_origin_allow_list_and_idle_timeout() {
     let u = TestUpstream::start().await;
@@ -414,34 +464,51 @@ async fn websocket_origin_allow_list_and_idle_timeout() {
         ws_idle_timeout: Some(Duration::from_millis(300)),
         ..Limits::default()
     };
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(limits)).await;
-    let mut bad = format!("ws://{}/ws", gw.addr)
-        .into_client_request()
-        .unwrap();
-    bad.headers_mut()
-        .insert("origin", "https://evil.example".parse().unwrap());
-    match tokio_tungstenite::connect_async(bad).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-            assert_eq!(r.status(), StatusCode::FORBIDDEN)
-        }
-        other => panic!("expected 403, got {other:?}"),
-    }
-    let mut good = format!("ws://{}/ws", gw.addr)
-        .into_client_request()
-        .unwrap();
-    good.headers_mut()
-        .insert("origin", "https://app.example".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(good).await.unwrap();
-    ws.send(Message::Text("hi".into())).await.unwrap();
-    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
-    // Idle past the timeout: the tunnel is closed by the gateway.
-    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+    for fast in ENGINES {
+        let what = engine(fast);
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(limits.clone()),
+            fast,
+        )
+        .await;
+        let mut bad = format!("ws://{}/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        bad.headers_mut()
+            .insert("origin", "https://evil.example".parse().unwrap());
+        match within(
+            "the refused handshake",
+            tokio_tungstenite::connect_async(bad),
+        )
         .await
-        .expect("the idle tunnel is closed");
-    assert!(
-        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
-        "{end:?}"
-    );
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}")
+            }
+            other => panic!("{what}: expected 403, got {other:?}"),
+        }
+        let mut good = format!("ws://{}/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        good.headers_mut()
+            .insert("origin", "https://app.example".parse().unwrap());
+        let (mut ws, _) = within("the handshake", tokio_tungstenite::connect_async(good))
+            .await
+            .unwrap();
+        ws.send(Message::Text("hi".into())).await.unwrap();
+        let echo = within("the echo", ws.next()).await;
+        assert!(
+            matches!(echo, Some(Ok(Message::Text(_)))),
+            "{what}: {echo:?}"
+        );
+        // Idle past the timeout: the tunnel is closed by the gateway.
+        let end = within("the idle tunnel to be closed", ws.next()).await;
+        assert!(
+            matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+            "{what}: {end:?}"
+        );
+        gw.assert_served(0, 2, &format!("{what}: upgrades under an allow-list"));
+    }
 }
 
 #[tokio::test]
@@ -457,61 +524,61 @@ async fn api_redirects_and_cookies_stay_under_the_public_prefix() {
         Ok::<_, Infallible>(r)
     });
     let u = TestUpstream::start().await;
-    // An in-process API sees the mount-stripped path too, and gets the same rewriting.
-    let gw = start(
-        Gateway::builder()
-            .root_path("/myapp")
-            .ui(up(&u, "ui"))
-            .api_service(ApiService::new(svc)),
-    )
-    .await;
-    let (s, h, _) = send(gw.addr, get("/myapp/api/items").body(empty()).unwrap()).await;
-    assert_eq!(s.as_u16(), 307);
-    assert_eq!(h["location"], "/myapp/api/items/");
-    assert_eq!(h["set-cookie"], "sid=1; Path=/myapp/api/; HttpOnly");
-    drop(gw);
-
-    // Through an upstream API: a uvicorn-style redirect to its own absolute URL.
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_addr = api.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = api.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(307)
-                            .header("location", format!("http://{api_addr}/items/"))
-                            .header("set-cookie", "sid=1; Path=/; HttpOnly")
-                            .body(Full::new(Bytes::new()))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    let api_up = up_at(api_addr, "api");
-    let gw = start(
-        Gateway::builder()
-            .root_path("/myapp")
-            .ui(up(&u, "ui"))
-            .api(ApiTarget::Upstream(api_up)),
-    )
-    .await;
-    for path in ["/myapp/api/items", "/api/items"] {
-        let (s, h, _) = send(gw.addr, get(path).body(empty()).unwrap()).await;
-        assert_eq!(s.as_u16(), 307);
+    // An upstream API answering with a uvicorn-style redirect to its own absolute URL.
+    let own = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+    let api = {
+        let own = own.clone();
+        RecordingUpstream::with(move |_| {
+            Reply::raw(format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{}/items/\r\nset-cookie: sid=1; Path=/; HttpOnly\r\ncontent-length: 0\r\n\r\n",
+                own.get().expect("address set")
+            ))
+        })
+        .await
+    };
+    own.set(api.addr).unwrap();
+    for fast in ENGINES {
+        let what = engine(fast);
+        // An in-process API sees the mount-stripped path too, and gets the same rewriting.
+        let gw = start_on(
+            Gateway::builder()
+                .root_path("/myapp")
+                .ui(up(&u, "ui"))
+                .api_service(ApiService::new(svc)),
+            fast,
+        )
+        .await;
+        let (s, h, _) = send(gw.addr, get("/myapp/api/items").body(empty()).unwrap()).await;
+        assert_eq!(s.as_u16(), 307, "{what}");
+        assert_eq!(h["location"], "/myapp/api/items/", "{what}");
         assert_eq!(
-            h["location"], "http://app.example/myapp/api/items/",
-            "{path}"
+            h["set-cookie"], "sid=1; Path=/myapp/api/; HttpOnly",
+            "{what}"
         );
-        assert_eq!(h["set-cookie"], "sid=1; Path=/myapp/api/; HttpOnly");
+        gw.assert_served(0, 1, &format!("{what}: the in-process API"));
+        drop(gw);
+
+        let gw = start_on(
+            Gateway::builder()
+                .root_path("/myapp")
+                .ui(up(&u, "ui"))
+                .api(ApiTarget::Upstream(up_at(api.addr, "api"))),
+            fast,
+        )
+        .await;
+        for path in ["/myapp/api/items", "/api/items"] {
+            let (s, h, _) = send(gw.addr, get(path).body(empty()).unwrap()).await;
+            assert_eq!(s.as_u16(), 307, "{what}");
+            assert_eq!(
+                h["location"], "http://app.example/myapp/api/items/",
+                "{what} {path}"
+            );
+            assert_eq!(
+                h["set-cookie"], "sid=1; Path=/myapp/api/; HttpOnly",
+                "{what}"
+            );
+        }
+        gw.assert_served(0, 2, &format!("{what}: the upstream API"));
     }
 }
 
@@ -532,94 +599,108 @@ async fn security_headers_and_cors_apply_to_the_api_only() {
         .unwrap()
         .settings
     };
-    let gw = start(
-        Gateway::builder()
-            .ui(up(&u, "ui"))
-            .api(ApiTarget::Upstream(up(&u, "api")))
-            .api_headers(ApiHeaders::from_settings(&settings)),
-    )
-    .await;
-    let (_, h, _) = send(
-        gw.addr,
-        get("/api/echo")
+    for fast in ENGINES {
+        let what = engine(fast);
+        let gw = start_on(
+            Gateway::builder()
+                .ui(up(&u, "ui"))
+                .api(ApiTarget::Upstream(up(&u, "api")))
+                .api_headers(ApiHeaders::from_settings(&settings)),
+            fast,
+        )
+        .await;
+        let (_, h, _) = send(
+            gw.addr,
+            get("/api/echo")
+                .header("origin", "https://a.example")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["x-frame-options"], "SAMEORIGIN", "{what}");
+        assert!(
+            h.get("strict-transport-security").is_none(),
+            "{what}: no HSTS over plain http"
+        );
+        assert_eq!(h["access-control-allow-origin"], "https://a.example");
+        let pre = Request::options("/api/echo")
+            .header("host", "h")
             .header("origin", "https://a.example")
+            .header("access-control-request-method", "PUT")
             .body(empty())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["x-frame-options"], "SAMEORIGIN");
-    assert!(
-        h.get("strict-transport-security").is_none(),
-        "no HSTS over plain http"
-    );
-    assert_eq!(h["access-control-allow-origin"], "https://a.example");
-    let pre = Request::options("/api/echo")
-        .header("host", "h")
-        .header("origin", "https://a.example")
-        .header("access-control-request-method", "PUT")
-        .body(empty())
-        .unwrap();
-    let (s, h, _) = send(gw.addr, pre).await;
-    assert!(s.is_success(), "{s}");
-    assert_eq!(h["access-control-max-age"], "600");
-    let (_, h, _) = send(
-        gw.addr,
-        get("/api/echo")
-            .header("origin", "https://evil.example")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
-    assert!(h.get("access-control-allow-origin").is_none());
-    let (_, h, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
-    assert!(
-        h.get("x-frame-options").is_none(),
-        "Streamlit's responses are left alone"
-    );
+            .unwrap();
+        let (s, h, _) = send(gw.addr, pre).await;
+        assert!(s.is_success(), "{what}: {s}");
+        assert_eq!(h["access-control-max-age"], "600", "{what}");
+        let (_, h, _) = send(
+            gw.addr,
+            get("/api/echo")
+                .header("origin", "https://evil.example")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(h.get("access-control-allow-origin").is_none(), "{what}");
+        let (_, h, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
+        assert!(
+            h.get("x-frame-options").is_none(),
+            "{what}: Streamlit's responses are left alone"
+        );
+        gw.assert_split(fast, 1, 3, "three API requests, one UI request");
+    }
 }
 
+/// Metrics and the debug ring are duties: UI requests are hyper's on both engines.
 #[tokio::test]
 async fn metrics_and_debug_endpoints() {
     let u = TestUpstream::start().await;
     let render: fluxlit_gateway::MetricsRender = Arc::new(|| "fluxlit_test_metric 1\n".to_owned());
-    let gw = start(
-        Gateway::builder()
-            .root_path("/myapp")
-            .ui(up(&u, "ui"))
-            .metrics_endpoint("/__fluxlit/metrics", render)
-            .debug(Arc::new(|| serde_json::json!({"settings": {"x": 1}}))),
-    )
-    .await;
-    for path in ["/__fluxlit/metrics", "/myapp/__fluxlit/metrics"] {
-        let (s, h, b) = send(gw.addr, get(path).body(empty()).unwrap()).await;
-        assert_eq!(s, StatusCode::OK);
+    for fast in ENGINES {
+        let what = engine(fast);
+        let gw = start_on(
+            Gateway::builder()
+                .root_path("/myapp")
+                .ui(up(&u, "ui"))
+                .metrics_endpoint("/__fluxlit/metrics", render.clone())
+                .debug(Arc::new(|| serde_json::json!({"settings": {"x": 1}}))),
+            fast,
+        )
+        .await;
+        for path in ["/__fluxlit/metrics", "/myapp/__fluxlit/metrics"] {
+            let (s, h, b) = send(gw.addr, get(path).body(empty()).unwrap()).await;
+            assert_eq!(s, StatusCode::OK, "{what}");
+            assert!(
+                h["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/plain")
+            );
+            assert_eq!(b, Bytes::from_static(b"fluxlit_test_metric 1\n"), "{what}");
+        }
+        // Forwarded under the root path (the upstream answers 404 for /myapp/echo): recorded.
+        let _ = send(gw.addr, get("/echo?token=secret").body(empty()).unwrap()).await;
+        let (s, _, b) = send(gw.addr, get("/__fluxlit/debug").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{what}");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["fluxlit_debug"], true);
+        assert_eq!(v["settings"]["x"], 1);
         assert!(
-            h["content-type"]
-                .to_str()
+            v["recent_dispatches"]
+                .as_array()
                 .unwrap()
-                .starts_with("text/plain")
+                .iter()
+                .any(|d| d["path"] == "/echo" && d["dispatch"] == "streamlit"),
+            "{what}: {v}"
         );
-        assert_eq!(b, Bytes::from_static(b"fluxlit_test_metric 1\n"));
+        gw.assert_served(0, 4, &format!("{what}: metrics and debug on"));
+        drop(gw);
+        // Debug off: 404, not proxied.
+        let gw = start_on(Gateway::builder().ui(up(&u, "ui")), fast).await;
+        let (s, _, _) = send(gw.addr, get("/__fluxlit/debug").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{what}");
+        gw.assert_served(0, 1, &format!("{what}: the gateway's reserved path"));
     }
-    let _ = send(gw.addr, get("/echo?token=secret").body(empty()).unwrap()).await;
-    let (s, _, b) = send(gw.addr, get("/__fluxlit/debug").body(empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::OK);
-    let v: Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!(v["fluxlit_debug"], true);
-    assert_eq!(v["settings"]["x"], 1);
-    assert!(
-        v["recent_dispatches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["path"] == "/echo" && d["dispatch"] == "streamlit")
-    );
-    drop(gw);
-    // Debug off: 404, not proxied.
-    let gw = start(Gateway::builder().ui(up(&u, "ui"))).await;
-    let (s, _, _) = send(gw.addr, get("/__fluxlit/debug").body(empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 /// A request head that arrives a byte at a time (each in its own segment) is still answered,
@@ -627,310 +708,352 @@ async fn metrics_and_debug_endpoints() {
 #[tokio::test]
 async fn a_head_trickling_in_byte_by_byte_is_answered() {
     let u = TestUpstream::start().await;
-    for fast in [true, false] {
-        let gw = start(Gateway::builder().http1_fast_path(fast).ui(up(&u, "ui"))).await;
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for fast in ENGINES {
+        let gw = start_on(Gateway::builder().ui(up(&u, "ui")), fast).await;
+        let mut s = within("connect", tokio::net::TcpStream::connect(gw.addr))
+            .await
+            .unwrap();
         s.set_nodelay(true).unwrap();
         for b in b"GET /echo/trickle HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n" {
             s.write_all(&[*b]).await.unwrap();
             s.flush().await.unwrap();
         }
         let mut buf = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-            .await
-            .expect("answered in time")
-            .unwrap();
+        within("the answer", s.read_to_end(&mut buf)).await.unwrap();
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with("HTTP/1.1 200"), "fast path {fast}: {text}");
-        assert!(text.contains("/echo/trickle"), "fast path {fast}: {text}");
+        let what = engine(fast);
+        assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text}");
+        assert!(text.contains("/echo/trickle"), "{what}: {text}");
+        gw.assert_split(fast, 1, 0, "one trickled request");
     }
 }
 
 #[tokio::test]
 async fn slow_clients_are_cut_by_the_header_read_timeout() {
     let u = TestUpstream::start().await;
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(Limits {
-        header_read_timeout: Duration::from_millis(300),
-        ..Limits::default()
-    }))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /echo HTTP/1.1\r\nhost: h\r\nx-slow: ")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(
-        r.is_ok(),
-        "the gateway closes a connection whose headers never finish"
-    );
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(Limits {
+                header_read_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            }),
+            fast,
+        )
+        .await;
+        let mut s = within("connect", tokio::net::TcpStream::connect(gw.addr))
+            .await
+            .unwrap();
+        s.write_all(b"GET /echo HTTP/1.1\r\nhost: h\r\nx-slow: ")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            r.is_ok(),
+            "{}: the gateway closes a connection whose headers never finish",
+            engine(fast)
+        );
+        gw.assert_served(0, 0, &format!("{}: no complete request", engine(fast)));
+    }
 }
 
 #[tokio::test]
 async fn websocket_max_lifetime_closes_busy_tunnels_too() {
     let u = TestUpstream::start().await;
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(Limits {
-        ws_max_lifetime: Some(Duration::from_millis(400)),
-        ..Limits::default()
-    }))
-    .await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(Limits {
+                ws_max_lifetime: Some(Duration::from_millis(400)),
+                ..Limits::default()
+            }),
+            fast,
+        )
+        .await;
+        let (mut ws, _) = within(
+            "the handshake",
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)),
+        )
         .await
         .unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if ws.send(Message::Text("busy".into())).await.is_err() {
-                return;
-            }
-            if let Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) =
-                tokio::time::timeout(Duration::from_millis(100), ws.next()).await
-            {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "a tunnel past its maximum lifetime is closed even while busy"
-    );
-}
-
-/// An upstream that answers the first request on each connection and then, on the second,
-/// reads it and closes the connection without answering: a pooled connection dying under a
-/// request.
-async fn closing_upstream() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                let mut answered = false;
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
-                        let body_len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if seen.len() < end + 4 + body_len {
-                            continue;
-                        }
-                        seen.drain(..end + 4 + body_len);
-                        if answered {
-                            return; // second request: close without answering
-                        }
-                        answered = true;
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    }
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if ws.send(Message::Text("busy".into())).await.is_err() {
+                    return;
                 }
-            });
+                if let Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) =
+                    tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{}: a tunnel past its maximum lifetime is closed even while busy",
+            engine(fast)
+        );
+        gw.assert_split(fast, 1, 0, "one upgrade");
+    }
+}
+
+/// Which upstream the reuse cases forward to: the UI (the fast path's when it is on) or the API
+/// upstream (always hyper's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Ui,
+    Api,
+}
+
+impl Route {
+    /// A gateway with `addr` as this route's upstream (and the UI, for the API route).
+    fn gateway(self, addr: SocketAddr) -> fluxlit_gateway::GatewayBuilder {
+        let b = Gateway::builder().ui(up_at(addr, "ui"));
+        match self {
+            Route::Ui => b,
+            Route::Api => b.api(ApiTarget::Upstream(up_at(addr, "api"))),
         }
-    });
-    addr
-}
-
-/// One keep-alive client connection: requests are sent one after the other on it.
-struct KeepAlive(hyper::client::conn::http1::SendRequest<ReqBody>);
-
-impl KeepAlive {
-    async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Self(send)
     }
 
-    async fn send(&mut self, req: Request<ReqBody>) -> (StatusCode, Bytes) {
-        self.0.ready().await.unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.0.send_request(req))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        let status = resp.status();
-        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    /// The public path for the upstream path `p`.
+    fn path(self, p: &str) -> String {
+        match self {
+            Route::Ui => p.to_owned(),
+            Route::Api => format!("/api{p}"),
+        }
+    }
+
+    /// Asserts that `n` requests of this route were served by the expected engine.
+    fn assert_served(self, gw: &support::Running, fast: bool, n: u64, what: &str) {
+        let what = format!("{what}, {self:?} route");
+        match self {
+            Route::Ui => gw.assert_split(fast, n, 0, &what),
+            Route::Api => gw.assert_split(fast, 0, n, &what),
+        }
     }
 }
 
-#[tokio::test]
-async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection() {
-    let addr = closing_upstream().await;
-    let ui = up_at(addr, "ui");
-    let gw = start(Gateway::builder().ui(ui)).await;
+async fn retried_once_on_a_dead_kept_alive_connection(fast: bool, route: Route) {
+    let what = format!("{}, {route:?} route", engine(fast));
+    let up = closing_upstream().await;
+    let gw = start_on(route.gateway(up.addr), fast).await;
     // One client connection: its requests share one upstream connection, which the upstream
     // closes under the second request without answering.
     let mut c = KeepAlive::open(gw.addr).await;
-    let (s, b) = c.send(get("/a").body(empty()).unwrap()).await;
-    assert_eq!((s, b.as_ref()), (StatusCode::OK, b"ok".as_ref()));
-    let (s, b) = c.send(get("/b").body(empty()).unwrap()).await;
+    let (s, b) = c.send(get(&route.path("/a")).body(empty()).unwrap()).await;
+    assert_eq!((s, b.as_ref()), (StatusCode::OK, b"ok".as_ref()), "{what}");
+    let (s, b) = c.send(get(&route.path("/b")).body(empty()).unwrap()).await;
     assert_eq!(
         s,
         StatusCode::OK,
-        "GET retried on a new connection: {}",
+        "{what}: GET retried on a new connection: {}",
         String::from_utf8_lossy(&b)
+    );
+    // The GET reached the upstream twice: on the dead connection and on a new one.
+    let targets: Vec<(usize, String)> = up
+        .requests()
+        .iter()
+        .map(|r| (r.conn, r.target.clone()))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            (0, "/a".to_owned()),
+            (0, "/b".to_owned()),
+            (1, "/b".to_owned())
+        ],
+        "{what}"
     );
     // Now the kept connection is the retried one (answered once); a POST with a body on it
     // dies and is not retried.
     let (s, _) = c
         .send(
-            Request::post("/c")
+            Request::post(route.path("/c"))
                 .header("host", "h")
-                .body(Full::new(Bytes::from_static(b"x")).boxed())
+                .body(full(Bytes::from_static(b"x")))
                 .unwrap(),
         )
         .await;
     assert_eq!(
         s,
         StatusCode::BAD_GATEWAY,
-        "non-idempotent requests are never retried"
+        "{what}: non-idempotent requests are never retried"
     );
+    assert_eq!(
+        up.wait_for(4).await.len(),
+        4,
+        "{what}: the POST was sent once"
+    );
+    assert_eq!(up.connections(), 2, "{what}");
+    route.assert_served(&gw, fast, 3, "three requests on one connection");
 }
 
-#[tokio::test]
-async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection() {
+    retried_once_on_a_dead_kept_alive_connection(true, Route::Ui).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection_hyper_ui() {
+    retried_once_on_a_dead_kept_alive_connection(false, Route::Ui).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection_fast_api() {
+    retried_once_on_a_dead_kept_alive_connection(true, Route::Api).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_once_on_a_dead_kept_alive_connection_hyper_api() {
+    retried_once_on_a_dead_kept_alive_connection(false, Route::Api).await;
+}
+
+async fn keeps_its_own_upstream_connection_and_hands_it_on(fast: bool, route: Route) {
+    let what = format!("{}, {route:?} route", engine(fast));
     let u = TestUpstream::start().await;
-    let gw = start(Gateway::builder().ui(up(&u, "ui"))).await;
+    let gw = start_on(route.gateway(u.addr), fast).await;
     let mut a = KeepAlive::open(gw.addr).await;
     let mut b = KeepAlive::open(gw.addr).await;
     for i in 0..5 {
         let (s, _) = a
-            .send(get(&format!("/echo/a{i}")).body(empty()).unwrap())
+            .send(
+                get(&route.path(&format!("/echo/a{i}")))
+                    .body(empty())
+                    .unwrap(),
+            )
             .await;
-        assert_eq!(s, StatusCode::OK);
+        assert_eq!(s, StatusCode::OK, "{what}");
         let (s, _) = b
-            .send(get(&format!("/echo/b{i}")).body(empty()).unwrap())
+            .send(
+                get(&route.path(&format!("/echo/b{i}")))
+                    .body(empty())
+                    .unwrap(),
+            )
             .await;
-        assert_eq!(s, StatusCode::OK);
+        assert_eq!(s, StatusCode::OK, "{what}");
     }
     assert_eq!(
         u.connections(),
         2,
-        "two client connections, ten requests: one upstream connection each"
+        "{what}: two client connections, ten requests: one upstream connection each"
     );
     // A POST with a body and a streamed response on the same connections.
     let (s, body) = a
         .send(
-            Request::post("/echo/post")
+            Request::post(route.path("/echo/post"))
                 .header("host", "h")
-                .body(Full::new(Bytes::from(vec![7u8; 100_000])).boxed())
+                .body(full(vec![7u8; 100_000]))
                 .unwrap(),
         )
         .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::OK, "{what}");
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["body_len"],
-        100_000
+        100_000,
+        "{what}"
     );
     let (s, body) = b
-        .send(get("/big?bytes=300000").body(empty()).unwrap())
+        .send(get(&route.path("/big?bytes=300000")).body(empty()).unwrap())
         .await;
-    assert_eq!((s, body.len()), (StatusCode::OK, 300_000));
-    assert_eq!(u.connections(), 2);
+    assert_eq!((s, body.len()), (StatusCode::OK, 300_000), "{what}");
+    assert_eq!(u.connections(), 2, "{what}");
+    route.assert_served(&gw, fast, 12, "twelve requests on two connections");
     // When a client connection ends, its idle upstream connection is parked and adopted by a
-    // later client connection instead of opening a new one.
+    // later client connection instead of opening a new one (bounded: 5 s of attempts).
     drop(a);
     drop(b);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let before = u.connections();
-        let mut c = KeepAlive::open(gw.addr).await;
-        let (s, _) = c.send(get("/echo/c").body(empty()).unwrap()).await;
-        assert_eq!(s, StatusCode::OK);
-        if u.connections() == before {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no parked upstream connection was adopted within 5 s ({} upstream connections)",
-            u.connections()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut sent = 12;
+    let upstream = &u;
+    fluxlit_testkit::eventually(
+        Duration::from_secs(5),
+        "a parked upstream connection adopted by a new client connection",
+        || {
+            let before = upstream.connections();
+            sent += 1;
+            let path = route.path("/echo/c");
+            let addr = gw.addr;
+            async move {
+                let mut c = KeepAlive::open(addr).await;
+                let (s, _) = c.send(get(&path).body(empty()).unwrap()).await;
+                assert_eq!(s, StatusCode::OK);
+                (upstream.connections() == before).then_some(())
+            }
+        },
+    )
+    .await;
+    route.assert_served(&gw, fast, sent, "and one per new client connection");
 }
 
-/// An upstream that answers keep-alive, then closes every connection 50 ms after its answer.
-async fn idle_closing_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = closed.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                drop(s);
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, closed)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on() {
+    keeps_its_own_upstream_connection_and_hands_it_on(true, Route::Ui).await;
 }
 
-#[tokio::test]
-async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported() {
-    let (addr, closed) = idle_closing_upstream().await;
-    let ui = up_at(addr, "ui");
-    let gw = start(Gateway::builder().ui(ui)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on_hyper_ui() {
+    keeps_its_own_upstream_connection_and_hands_it_on(false, Route::Ui).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on_fast_api() {
+    keeps_its_own_upstream_connection_and_hands_it_on(true, Route::Api).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_hands_it_on_hyper_api() {
+    keeps_its_own_upstream_connection_and_hands_it_on(false, Route::Api).await;
+}
+
+async fn closed_while_idle_is_replaced_not_reported(fast: bool, route: Route) {
+    let what = format!("{}, {route:?} route", engine(fast));
+    let up = IdleClosingUpstream::start().await;
+    let gw = start_on(route.gateway(up.addr), fast).await;
     let mut c = KeepAlive::open(gw.addr).await;
     for i in 1..=3 {
         let (s, b) = c
             .send(
-                Request::post("/p")
+                Request::post(route.path("/p"))
                     .header("host", "h")
-                    .body(Full::new(Bytes::from_static(b"body")).boxed())
+                    .body(full(Bytes::from_static(b"body")))
                     .unwrap(),
             )
             .await;
         assert_eq!(
             (s, b.as_ref()),
             (StatusCode::OK, b"ok".as_ref()),
-            "request {i}: a POST is not retried, so it must not be sent on the closed connection"
+            "{what}: request {i}: a POST is not retried, so it must not be sent on the closed \
+             connection"
         );
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while closed.load(std::sync::atomic::Ordering::SeqCst) < i {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "upstream never closed"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The upstream closes the connection while the gateway holds it idle.
+        up.close_idle(i).await;
     }
+    assert_eq!(up.connections(), 3, "{what}: one upstream connection each");
+    route.assert_served(&gw, fast, 3, "three requests on one connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported() {
+    closed_while_idle_is_replaced_not_reported(true, Route::Ui).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported_hyper_ui() {
+    closed_while_idle_is_replaced_not_reported(false, Route::Ui).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported_fast_api() {
+    closed_while_idle_is_replaced_not_reported(true, Route::Api).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_reported_hyper_api() {
+    closed_while_idle_is_replaced_not_reported(false, Route::Api).await;
 }
 
 /// A client (or a front proxy such as nginx) that writes its whole body before reading the
-/// answer must get the 413, not a connection reset.
+/// answer must get the 413, not a connection reset (hyper's on both engines: the fast path
+/// hands bodies over the cap and chunked requests over).
 #[tokio::test]
 async fn refused_bodies_are_drained_so_the_413_arrives() {
     let u = TestUpstream::start().await;
@@ -938,46 +1061,54 @@ async fn refused_bodies_are_drained_so_the_413_arrives() {
         max_ui_body: 64 * 1024,
         ..Limits::default()
     };
-    let gw = start(Gateway::builder().ui(up(&u, "ui")).limits(limits)).await;
-    for chunked in [false, true] {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        // More than the socket buffers hold, less than the drain bound.
-        let body = vec![b'x'; 12 * 1024 * 1024];
-        let head = if chunked {
-            "POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
-        } else {
-            format!(
-                "POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            )
-        };
-        s.write_all(head.as_bytes()).await.unwrap();
-        let write = async {
-            if chunked {
-                for c in body.chunks(64 * 1024) {
-                    s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
-                    s.write_all(c).await?;
-                    s.write_all(b"\r\n").await?;
-                }
-                s.write_all(b"0\r\n\r\n").await
+    for fast in ENGINES {
+        let gw = start_on(
+            Gateway::builder().ui(up(&u, "ui")).limits(limits.clone()),
+            fast,
+        )
+        .await;
+        for chunked in [false, true] {
+            let what = format!("{} chunked={chunked}", engine(fast));
+            let mut s = within("connect", tokio::net::TcpStream::connect(gw.addr))
+                .await
+                .unwrap();
+            // More than the socket buffers hold, less than the drain bound.
+            let body = vec![b'x'; 12 * 1024 * 1024];
+            let head = if chunked {
+                "POST /echo HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
             } else {
-                s.write_all(&body).await
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), write)
-            .await
-            .unwrap()
-            .expect("the whole body is accepted (drained), not reset");
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-        let text = String::from_utf8_lossy(&buf);
-        assert!(
-            text.starts_with("HTTP/1.1 413"),
-            "chunked={chunked}: {text}"
-        );
-        assert!(
-            text.to_ascii_lowercase().contains("connection: close"),
-            "{text}"
-        );
+                format!(
+                    "POST /echo HTTP/1.1\r\nhost: h\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+            };
+            s.write_all(head.as_bytes()).await.unwrap();
+            let write = async {
+                if chunked {
+                    for c in body.chunks(64 * 1024) {
+                        s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+                        s.write_all(c).await?;
+                        s.write_all(b"\r\n").await?;
+                    }
+                    s.write_all(b"0\r\n\r\n").await
+                } else {
+                    s.write_all(&body).await
+                }
+            };
+            within("the whole body to be written", write)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{what}: the whole body is accepted (drained), not reset: {e}")
+                });
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+            let text = String::from_utf8_lossy(&buf);
+            assert!(text.starts_with("HTTP/1.1 413"), "{what}: {text}");
+            assert!(
+                text.to_ascii_lowercase().contains("connection: close"),
+                "{what}: {text}"
+            );
+        }
+        gw.assert_served(0, 2, &format!("{}: two refused bodies", engine(fast)));
     }
 }
