@@ -1,10 +1,9 @@
-//! The `fluxlit` command: wiring only. It parses arguments, loads the configuration, starts the
-//! sidecars, serves the gateway and stops everything in order.
+//! The `fluxlit` command: wiring only. It parses arguments, loads the configuration and hands
+//! `fluxlit run` to the `fluxlit` library ([`fluxlit::App`]), which starts the sidecars, serves
+//! the gateway and stops everything in order.
 
-mod admin;
 mod config_cmd;
 mod doctor_cmd;
-mod pidfile;
 mod run;
 
 use std::process::ExitCode;
