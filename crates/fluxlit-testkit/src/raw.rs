@@ -493,3 +493,287 @@ impl RawClient {
         &mut self.stream
     }
 }
+
+/// One request as a [`ScriptedUpstream`] read it off the wire: the exact bytes, head and body
+/// (a chunked body as sent, chunk lines and trailers included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReceived {
+    /// Which accepted connection it came on (0 for the first).
+    pub conn: usize,
+    /// The bytes read for this request so far.
+    pub bytes: Vec<u8>,
+    /// Whether the request was read to its end (by its `Content-Length` or chunked framing);
+    /// `false` when the connection ended or stalled for [`IO_TIMEOUT`] inside it, or its head
+    /// did not parse.
+    pub complete: bool,
+}
+
+/// A raw HTTP/1.1 upstream that records the exact bytes of every request it reads and answers
+/// each one with the current scripted [`Reply`] (settable between requests with
+/// [`ScriptedUpstream::set_reply`]); stops when dropped.
+///
+/// A request ends where its framing says (`Transfer-Encoding` whose final coding is `chunked`,
+/// else `Content-Length`, else no body); an entry is logged as soon as its head is read and
+/// grows with its body, so a request whose body never completes is still seen.
+pub struct ScriptedUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    reply: Arc<Mutex<Reply>>,
+    log: Arc<Mutex<Vec<RawReceived>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ScriptedUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptedUpstream")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedUpstream {
+    /// Starts on `127.0.0.1:0`, answering every request with `reply` until told otherwise.
+    pub async fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind scripted upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let reply = Arc::new(Mutex::new(reply));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, l, a) = (reply.clone(), log.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(serve_scripted(stream, conn, l.clone(), r.clone()));
+            }
+        });
+        Self {
+            addr,
+            reply,
+            log,
+            accepted,
+            task,
+        }
+    }
+
+    /// Answers the requests read from now on with `reply`.
+    pub fn set_reply(&self, reply: Reply) {
+        if let Ok(mut r) = self.reply.lock() {
+            *r = reply;
+        }
+    }
+
+    /// Every request read so far (complete or not), in the order their heads were read.
+    pub fn received(&self) -> Vec<RawReceived> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every request read so far, and forgets them.
+    pub fn take(&self) -> Vec<RawReceived> {
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    /// How many TCP connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Where a chunked body at the start of `buf` ends (RFC 9112 §7.1): `Ok(Some(len))` when it is
+/// complete in `buf`, `Ok(None)` when more bytes are needed, `Err(())` when it is malformed.
+/// Chunk sizes over 15 hex digits, extensions and trailer fields are read loosely (as a
+/// lenient server would), line ends must be CRLF.
+pub fn chunked_body_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let line = |from: usize| -> Option<usize> {
+        buf.get(from..)?
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i)
+    };
+    let mut at = 0;
+    // Bounded: every chunk advances `at` by at least three bytes.
+    loop {
+        let Some(end) = line(at) else {
+            return Ok(None);
+        };
+        let size_text = buf[at..end]
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or(&[])
+            .trim_ascii();
+        if size_text.is_empty()
+            || size_text.len() > 15
+            || !size_text.iter().all(u8::is_ascii_hexdigit)
+        {
+            return Err(());
+        }
+        let size = usize::from_str_radix(std::str::from_utf8(size_text).map_err(|_| ())?, 16)
+            .map_err(|_| ())?;
+        at = end + 2;
+        if size == 0 {
+            // Trailer lines up to the empty line.
+            loop {
+                let Some(end) = line(at) else {
+                    return Ok(None);
+                };
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return Ok(None);
+        }
+        if &buf[at + size..at + size + 2] != b"\r\n" {
+            return Err(());
+        }
+        at += size + 2;
+    }
+}
+
+/// How the body of the request whose head is `head` is framed: `Some(None)` chunked,
+/// `Some(Some(n))` `n` bytes, `None` when the head does not parse.
+fn scripted_framing(head: &[u8]) -> Option<Option<usize>> {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        return None;
+    };
+    let chunked = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .next_back()
+        .is_some_and(|h| {
+            h.value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        });
+    if chunked {
+        return Some(None);
+    }
+    let length = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    Some(Some(length))
+}
+
+async fn serve_scripted(
+    mut stream: TcpStream,
+    conn: usize,
+    log: Arc<Mutex<Vec<RawReceived>>>,
+    reply: Arc<Mutex<Reply>>,
+) {
+    let mut buf = Vec::with_capacity(8192);
+    // Bounded: each pass reads one request (or ends the connection).
+    loop {
+        let head_len = loop {
+            if let Some(n) = head_end(&buf) {
+                break n;
+            }
+            // Between requests it waits as long as the gateway keeps the connection.
+            let more = if buf.is_empty() {
+                let mut chunk = [0u8; 16 * 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        true
+                    }
+                    _ => false,
+                }
+            } else {
+                buf.len() <= MAX_HEAD && fill(&mut stream, &mut buf).await
+            };
+            if !more {
+                if !buf.is_empty()
+                    && let Ok(mut l) = log.lock()
+                {
+                    l.push(RawReceived {
+                        conn,
+                        bytes: std::mem::take(&mut buf),
+                        complete: false,
+                    });
+                }
+                return;
+            }
+        };
+        let index = match log.lock() {
+            Ok(mut l) => {
+                l.push(RawReceived {
+                    conn,
+                    bytes: buf[..head_len].to_vec(),
+                    complete: false,
+                });
+                l.len() - 1
+            }
+            Err(_) => return,
+        };
+        let record = |bytes: &[u8], complete: bool| {
+            if let Ok(mut l) = log.lock()
+                && let Some(e) = l.get_mut(index)
+            {
+                e.bytes.extend_from_slice(bytes);
+                e.complete = complete;
+            }
+        };
+        let Some(framing) = scripted_framing(&buf[..head_len]) else {
+            return;
+        };
+        buf.drain(..head_len);
+        let body_len = loop {
+            let wanted = match framing {
+                Some(n) => (buf.len() >= n).then_some(n),
+                None => match chunked_body_len(&buf) {
+                    Ok(n) => n,
+                    Err(()) => {
+                        record(&buf, false);
+                        return;
+                    }
+                },
+            };
+            if let Some(n) = wanted {
+                break n;
+            }
+            if !fill(&mut stream, &mut buf).await {
+                record(&buf, false);
+                return;
+            }
+        };
+        record(&buf[..body_len], true);
+        buf.drain(..body_len);
+        let reply = match reply.lock() {
+            Ok(r) => r.clone(),
+            Err(_) => return,
+        };
+        for w in &reply.writes {
+            if stream.write_all(w).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+        }
+        if reply.close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
