@@ -87,6 +87,18 @@ impl Exit {
     }
 }
 
+impl std::fmt::Display for Exit {
+    /// `shut down`, or `the {sidecar} sidecar exited ({exit})`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Shutdown => f.write_str("shut down"),
+            Exit::SidecarExited { sidecar, exit } => {
+                write!(f, "the {sidecar} sidecar exited ({exit})")
+            }
+        }
+    }
+}
+
 /// Building or running an [`App`] failed. Each variant names what to fix; where a setting is
 /// involved, where its value came from.
 #[derive(Debug, thiserror::Error)]

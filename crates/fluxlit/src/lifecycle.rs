@@ -294,8 +294,9 @@ impl App {
                 Exit::Shutdown
             }
             Stop::SidecarExited(sidecar, exit) => {
-                tracing::error!("the {sidecar} sidecar exited ({exit}); stopping the gateway");
-                Exit::SidecarExited { sidecar, exit }
+                let exit = Exit::SidecarExited { sidecar, exit };
+                tracing::error!("{exit}; stopping the gateway");
+                exit
             }
         };
         probers.clear();

@@ -141,6 +141,10 @@ async fn a_sidecar_that_exits_stops_the_app_with_status_1() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(exit.code(), 1);
+    assert!(
+        exit.to_string().starts_with("the api sidecar exited ("),
+        "{exit}"
+    );
 }
 
 #[tokio::test]
