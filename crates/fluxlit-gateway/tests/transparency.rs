@@ -10,98 +10,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fluxlit_gateway::{
-    ApiService, ApiTarget, ComponentState, Endpoint, Gateway, GatewayBuilder, ReadinessCheck,
-    Upstream,
+    ApiService, ApiTarget, ComponentState, Endpoint, Gateway, ReadinessCheck, Upstream,
 };
+use fluxlit_testkit::raw::{RawClient, RawResponse, Recorded, RecordingUpstream, Reply};
 use fluxlit_testkit::upstream::TestUpstream;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type ReqBody = BoxBody<Bytes, Infallible>;
+mod support;
 
-struct Running {
-    addr: SocketAddr,
-    gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(builder: GatewayBuilder) -> Self {
-        let gateway = builder.build().expect("valid gateway");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let gw = gateway.clone();
-        let task = tokio::spawn(async move {
-            gw.serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self {
-            addr,
-            gateway,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.task).await.unwrap();
-    }
-}
+use support::{
+    ENGINES, WireResponse, body_of as collect, empty, engine, full as bytes_body, launch,
+    parse_wire, raw_roundtrip, request as send, start_on, up_at, within,
+};
 
 fn ui(up: &TestUpstream) -> Upstream {
-    Upstream::fixed(
-        "test-ui",
-        Endpoint {
-            authority: up.addr.to_string().parse().unwrap(),
-            base_path: String::new(),
-        },
-    )
-}
-
-fn empty() -> ReqBody {
-    Full::new(Bytes::new()).boxed()
-}
-
-fn bytes_body(b: impl Into<Bytes>) -> ReqBody {
-    Full::new(b.into()).boxed()
-}
-
-/// Sends one request on a fresh HTTP/1.1 connection.
-async fn send(addr: SocketAddr, req: Request<ReqBody>) -> Response<Incoming> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .expect("response in time")
-        .expect("response")
-}
-
-async fn collect(resp: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
-    let (parts, body) = resp.into_parts();
-    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
-        .await
-        .expect("body in time")
-        .expect("body")
-        .to_bytes();
-    (parts.status, parts.headers, bytes)
+    up_at(up.addr, "test-ui")
 }
 
 fn req(method: &str, uri: &str) -> http::request::Builder {
@@ -144,13 +75,7 @@ async fn http_scenarios_match_direct_general_path() {
 async fn http_scenarios_match_direct_on(fast: bool) {
     let up = TestUpstream::start().await;
     let policy = fluxlit_auth::HeaderPolicy::new(&[], &["x-custom".to_owned()]);
-    let gw = Running::start(
-        Gateway::builder()
-            .http1_fast_path(fast)
-            .ui(ui(&up))
-            .header_policy(policy),
-    )
-    .await;
+    let gw = start_on(Gateway::builder().ui(ui(&up)).header_policy(policy), fast).await;
 
     let big = Bytes::from(vec![7u8; 5 * 1024 * 1024 + 3]);
     type Case = (&'static str, &'static str, Option<Bytes>);
@@ -177,6 +102,7 @@ async fn http_scenarios_match_direct_on(fast: bool) {
         ("GET", "/chunked?bytes=100000", None),
         ("GET", "/headers", None),
     ];
+    let n = cases.len() as u64;
     for (method, uri, body) in cases {
         let mk = || {
             req(method, uri)
@@ -222,13 +148,21 @@ async fn http_scenarios_match_direct_on(fast: bool) {
                 || header_list(&gh, "transfer-encoding") == ["chunked"]
         );
     }
+    gw.assert_split(fast, n, 0, "one UI request per scenario");
     gw.stop().await;
 }
 
+/// Requests with `Transfer-Encoding` are hyper's on both engines (the fast path hands them over).
 #[tokio::test]
 async fn chunked_request_bodies_stream_through() {
+    for fast in ENGINES {
+        chunked_request_bodies_stream_through_on(fast).await;
+    }
+}
+
+async fn chunked_request_bodies_stream_through_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let gw = start_on(Gateway::builder().ui(ui(&up)), fast).await;
     let mk = || {
         let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..64u8)
             .map(|i| Ok(Frame::data(Bytes::from(vec![i; 4096]))))
@@ -246,8 +180,9 @@ async fn chunked_request_bodies_stream_through() {
         echo_without_forwarded(&via),
     );
     assert_eq!(d["body_len"], 64 * 4096);
-    assert_eq!(d["body_fnv"], v["body_fnv"]);
-    assert_eq!(d["body_len"], v["body_len"]);
+    assert_eq!(d["body_fnv"], v["body_fnv"], "{}", engine(fast));
+    assert_eq!(d["body_len"], v["body_len"], "{}", engine(fast));
+    gw.assert_split(fast, 0, 1, "a chunked request");
     gw.stop().await;
 }
 
@@ -264,7 +199,7 @@ async fn responses_are_streamed_not_buffered_general_path() {
 
 async fn responses_are_streamed_not_buffered_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().http1_fast_path(fast).ui(ui(&up))).await;
+    let gw = start_on(Gateway::builder().ui(ui(&up)), fast).await;
     let resp = send(gw.addr, req("GET", "/stream").body(empty()).unwrap()).await;
     let mut body = resp.into_body();
     // The upstream holds back the second part until released: a buffering gateway would
@@ -282,6 +217,7 @@ async fn responses_are_streamed_not_buffered_on(fast: bool) {
         .unwrap()
         .to_bytes();
     assert_eq!(rest, Bytes::from_static(b"second\n"));
+    gw.assert_split(fast, 1, 0, "one streamed response");
     gw.stop().await;
 }
 
@@ -320,9 +256,8 @@ async fn hop_by_hop_identity_and_forwarded_headers_general_path() {
 
 async fn hop_by_hop_identity_and_forwarded_headers_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(
+    let gw = start_on(
         Gateway::builder()
-            .http1_fast_path(fast)
             .ui(ui(&up))
             .api(ApiTarget::Upstream(ui(&up)))
             // Allowed for the UI, so that only the hop-by-hop rules can drop them there.
@@ -335,6 +270,7 @@ async fn hop_by_hop_identity_and_forwarded_headers_on(fast: bool) {
                     "te".into(),
                 ],
             )),
+        fast,
     )
     .await;
     let mk = |path: &str| {
@@ -400,6 +336,7 @@ async fn hop_by_hop_identity_and_forwarded_headers_on(fast: bool) {
             assert_eq!(get_header(&seen, "x-forwarded-prefix"), ["/api"]);
         }
     }
+    gw.assert_split(fast, 1, 1, "one UI and one API request");
     gw.stop().await;
 }
 
@@ -409,7 +346,7 @@ async fn ws_session(addr: SocketAddr, path: &str) -> Vec<String> {
         "sec-websocket-protocol",
         "streamlit, token123".parse().unwrap(),
     );
-    let (mut ws, resp) = tokio_tungstenite::connect_async(request)
+    let (mut ws, resp) = within("the handshake", tokio_tungstenite::connect_async(request))
         .await
         .expect("handshake");
     let mut log = vec![
@@ -456,7 +393,7 @@ async fn websocket_sessions_match_direct_general_path() {
 
 async fn websocket_sessions_match_direct_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().http1_fast_path(fast).ui(ui(&up))).await;
+    let gw = start_on(Gateway::builder().ui(ui(&up)), fast).await;
     let direct = ws_session(up.addr, "/ws").await;
     let via = ws_session(gw.addr, "/ws").await;
     assert_eq!(direct, via);
@@ -470,9 +407,12 @@ async fn websocket_sessions_match_direct_on(fast: bool) {
 
     // A refused handshake reaches the client as the upstream's HTTP status.
     for addr in [up.addr, gw.addr] {
-        let err = tokio_tungstenite::connect_async(format!("ws://{addr}/ws-refuse"))
-            .await
-            .unwrap_err();
+        let err = within(
+            "the refused handshake",
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws-refuse")),
+        )
+        .await
+        .unwrap_err();
         match err {
             tokio_tungstenite::tungstenite::Error::Http(r) => {
                 assert_eq!(r.status(), StatusCode::FORBIDDEN)
@@ -480,6 +420,7 @@ async fn websocket_sessions_match_direct_on(fast: bool) {
             e => panic!("expected an HTTP error, got {e}"),
         }
     }
+    gw.assert_split(fast, 2, 0, "two upgrade requests");
     gw.stop().await;
 }
 
@@ -496,19 +437,25 @@ async fn open_tunnels_are_cut_by_drain_general_path() {
 
 async fn open_tunnels_are_cut_by_drain_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(
+    // Its own drain timeout (not the harness's).
+    let gw = launch(
         Gateway::builder()
             .http1_fast_path(fast)
             .ui(ui(&up))
             .drain_timeout(Duration::from_millis(300)),
     )
     .await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
-        .await
-        .unwrap();
+    let (mut ws, _) = within(
+        "the handshake",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr)),
+    )
+    .await
+    .unwrap();
     ws.send(Message::Text("ping".into())).await.unwrap();
-    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    let echo = within("the echo", ws.next()).await;
+    assert!(matches!(echo, Some(Ok(Message::Text(_)))), "{echo:?}");
     assert_eq!(gw.gateway.active_tunnels(), 1);
+    gw.assert_split(fast, 1, 0, "one upgrade request");
     let gateway = gw.gateway.clone();
     gw.stop().await; // the drain waits for the tunnel only until its deadline
     assert_eq!(gateway.drain_tunnels(Duration::from_millis(100)).await, 1);
@@ -546,12 +493,12 @@ async fn upstream_failures_are_responses_on(fast: bool) {
         },
     );
     let up = TestUpstream::start().await;
-    let gw = Running::start(
+    let gw = start_on(
         Gateway::builder()
-            .http1_fast_path(fast)
             .ui(dead_ui)
             .api(ApiTarget::Upstream(ui(&up)))
             .read_timeout(Duration::from_millis(300)),
+        fast,
     )
     .await;
     let (s, h, b) = collect(send(gw.addr, req("GET", "/").body(empty()).unwrap()).await).await;
@@ -571,12 +518,18 @@ async fn upstream_failures_are_responses_on(fast: bool) {
         "{}",
         String::from_utf8_lossy(&b)
     );
+    gw.assert_split(
+        fast,
+        1,
+        1,
+        "a UI request to a dead upstream, an API request",
+    );
     // The same on the UI hop, and the connection stays usable for the next request.
-    let gw3 = Running::start(
+    let gw3 = start_on(
         Gateway::builder()
-            .http1_fast_path(fast)
             .ui(ui(&up))
             .read_timeout(Duration::from_millis(300)),
+        fast,
     )
     .await;
     let (s, h, b) = collect(send(gw3.addr, req("GET", "/hang").body(empty()).unwrap()).await).await;
@@ -586,30 +539,38 @@ async fn upstream_failures_are_responses_on(fast: bool) {
         text.contains("gateway_upstream_read_timeout_s") && h.contains_key("x-request-id"),
         "{text}"
     );
+    gw3.assert_split(fast, 1, 0, "a UI request to a hung upstream");
     gw3.stop().await;
     // An upstream that is not running (no endpoint) gives 503.
     let (_tx, rx) = watch::channel(None);
-    let gw2 = Running::start(
-        Gateway::builder()
-            .http1_fast_path(fast)
-            .ui(Upstream::dynamic("streamlit", rx)),
+    let gw2 = start_on(
+        Gateway::builder().ui(Upstream::dynamic("streamlit", rx)),
+        fast,
     )
     .await;
     let (s, h, _) = collect(send(gw2.addr, req("GET", "/").body(empty()).unwrap()).await).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h["retry-after"], "1");
+    gw2.assert_split(fast, 0, 1, "a UI request while the upstream is not running");
     gw.stop().await;
     gw2.stop().await;
 }
 
+/// The gateway's own endpoints and the API are hyper's on both engines.
 #[tokio::test]
 async fn health_readiness_and_api_routing() {
+    for fast in ENGINES {
+        health_readiness_and_api_routing_on(fast).await;
+    }
+}
+
+async fn health_readiness_and_api_routing_on(fast: bool) {
     let up = TestUpstream::start().await;
     let (ui_tx, ui_rx) = watch::channel(ComponentState::Starting(
         "waiting for /_stcore/health".into(),
     ));
     let (_api_tx, api_rx) = watch::channel(ComponentState::Ready);
-    let gw = Running::start(
+    let gw = start_on(
         Gateway::builder()
             .root_path("/myapp")
             .ui(ui(&up))
@@ -622,6 +583,7 @@ async fn health_readiness_and_api_routing() {
             )))
             .readiness(ReadinessCheck::new("streamlit", ui_rx))
             .readiness(ReadinessCheck::new("api", api_rx)),
+        fast,
     )
     .await;
     for path in ["/api/healthz", "/myapp/api/healthz"] {
@@ -673,6 +635,7 @@ async fn health_readiness_and_api_routing() {
             .collect();
         assert_eq!(prefix, vec![Value::from("/myapp/api")]);
     }
+    gw.assert_split(fast, 0, 7, "health, readiness and API requests");
     gw.stop().await;
 }
 
@@ -690,13 +653,7 @@ async fn ui_paths_keep_the_root_path_general_path() {
 async fn ui_paths_keep_the_root_path_on(fast: bool) {
     let up = TestUpstream::start().await;
     // base_path "" and root /echo: every UI request reaches the upstream under /echo.
-    let gw = Running::start(
-        Gateway::builder()
-            .http1_fast_path(fast)
-            .root_path("/echo")
-            .ui(ui(&up)),
-    )
-    .await;
+    let gw = start_on(Gateway::builder().root_path("/echo").ui(ui(&up)), fast).await;
     for (path, want) in [
         ("/", "/echo/"),
         ("/echo/x?a=1", "/echo/x?a=1"),
@@ -708,13 +665,20 @@ async fn ui_paths_keep_the_root_path_on(fast: bool) {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["uri"], want, "{path}");
     }
+    gw.assert_split(fast, 4, 0, "four UI requests");
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn no_api_configured_is_404_json_and_services_can_be_mounted() {
+    for fast in ENGINES {
+        no_api_configured_is_404_json_and_services_can_be_mounted_on(fast).await;
+    }
+}
+
+async fn no_api_configured_is_404_json_and_services_can_be_mounted_on(fast: bool) {
     let up = TestUpstream::start().await;
-    let gw = Running::start(Gateway::builder().ui(ui(&up))).await;
+    let gw = start_on(Gateway::builder().ui(ui(&up)), fast).await;
     let (s, h, b) =
         collect(send(gw.addr, req("GET", "/api/anything").body(empty()).unwrap()).await).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -723,6 +687,7 @@ async fn no_api_configured_is_404_json_and_services_can_be_mounted() {
         serde_json::from_slice::<Value>(&b).unwrap()["detail"],
         "Not Found"
     );
+    gw.assert_split(fast, 0, 1, "the API mount without an API");
     gw.stop().await;
 
     let svc = tower::service_fn(|req: Request<fluxlit_gateway::Body>| async move {
@@ -733,11 +698,12 @@ async fn no_api_configured_is_404_json_and_services_can_be_mounted() {
         let text = format!("{} {} {:?}", req.method(), req.uri(), prefix);
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
     });
-    let gw = Running::start(
+    let gw = start_on(
         Gateway::builder()
             .root_path("/apps/my-app")
             .ui(ui(&up))
             .api_service(ApiService::new(svc)),
+        fast,
     )
     .await;
     for path in ["/api/items?x=1", "/apps/my-app/api/items?x=1"] {
@@ -750,5 +716,426 @@ async fn no_api_configured_is_404_json_and_services_can_be_mounted() {
             "{path}"
         );
     }
+    gw.assert_split(fast, 0, 2, "two in-process API requests");
     gw.stop().await;
+}
+
+/// One request of a sequence on one connection: method, the public path, the path the
+/// upstream gets (the API's mount stripped), body.
+type Step = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static [u8]>,
+);
+
+fn raw_request(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nhost: example.test\r\n").into_bytes();
+    if let Some(b) = body {
+        r.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(body.unwrap_or_default());
+    r
+}
+
+/// Sends `steps` on one kept-alive connection to `addr` (to the upstream itself when `direct`),
+/// one after the other or all in one write (`pipelined`), and reads the responses in order.
+async fn on_one_connection(
+    addr: SocketAddr,
+    steps: &[Step],
+    direct: bool,
+    pipelined: bool,
+) -> Vec<RawResponse> {
+    let mut c = within("a client connection", RawClient::connect(addr)).await;
+    let request = |&(method, public, upstream, body): &Step| {
+        raw_request(method, if direct { upstream } else { public }, body)
+    };
+    if pipelined {
+        let all: Vec<u8> = steps.iter().flat_map(request).collect();
+        c.send(&all).await;
+    }
+    let mut out = Vec::new();
+    for step in steps {
+        if !pipelined {
+            c.send(&request(step)).await;
+        }
+        let (method, public, _, _) = step;
+        let r = c.response(*method == "HEAD").await.unwrap_or_else(|| {
+            panic!("{method} {public}: a complete response on the kept-alive connection")
+        });
+        out.push(r);
+    }
+    out
+}
+
+/// Asserts that the gateway's response `g` to `step` reads like the upstream's own `d`.
+fn assert_reads_like_direct(step: &Step, d: &RawResponse, g: &RawResponse, what: &str) {
+    let (method, public, upstream, _) = step;
+    let ctx = format!("{what}: {method} {public}");
+    assert_eq!(d.status, g.status, "{ctx}: status ({})", g.text());
+    let echo = upstream.starts_with("/echo");
+    if echo {
+        assert_eq!(
+            echo_without_forwarded(&Bytes::from(d.body.clone())),
+            echo_without_forwarded(&Bytes::from(g.body.clone())),
+            "{ctx}: what the upstream saw"
+        );
+    } else {
+        assert_eq!(d.body, g.body, "{ctx}: body");
+    }
+    for name in [
+        "content-length",
+        "content-type",
+        "x-multi",
+        "set-cookie",
+        "location",
+    ] {
+        if name == "content-length" && echo {
+            continue; // the echo includes the forwarded headers, so its length differs
+        }
+        assert_eq!(d.all(name), g.all(name), "{ctx}: header {name}");
+    }
+    assert_eq!(g.all("x-request-id").len(), 1, "{ctx}: one X-Request-ID");
+}
+
+/// A gateway with `up` as the UI and the API upstream.
+async fn ui_and_api(up: &TestUpstream, fast: bool) -> support::Running {
+    ui_and_api_at(up.addr, fast).await
+}
+
+/// A gateway with the upstream at `addr` as the UI and the API upstream.
+async fn ui_and_api_at(addr: SocketAddr, fast: bool) -> support::Running {
+    start_on(
+        Gateway::builder()
+            .ui(up_at(addr, "ui"))
+            .api(ApiTarget::Upstream(up_at(addr, "api"))),
+        fast,
+    )
+    .await
+}
+
+/// The transparency checks over ONE kept-alive connection mixing UI and API requests: every
+/// response reads like the upstream's own on one kept-alive connection. With the fast path on,
+/// it serves the UI requests up to the first API request and hyper serves the rest of the
+/// connection (UI requests included); with it off, hyper serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_kept_alive_connection_mixing_ui_and_api_reads_like_direct() {
+    let steps: [Step; 11] = [
+        ("GET", "/echo/1?x=1", "/echo/1?x=1", None),
+        ("POST", "/echo/2", "/echo/2", Some(b"{\"a\":1}")),
+        ("GET", "/big?bytes=100000", "/big?bytes=100000", None),
+        ("HEAD", "/big?bytes=1000", "/big?bytes=1000", None),
+        ("GET", "/chunked?bytes=5000", "/chunked?bytes=5000", None),
+        // The first API request: the fast path hands the connection to hyper here.
+        ("GET", "/api/echo/3?y=2", "/echo/3?y=2", None),
+        ("GET", "/status/404", "/status/404", None),
+        ("POST", "/api/echo/4", "/echo/4", Some(b"api body")),
+        ("GET", "/headers", "/headers", None),
+        ("GET", "/status/204", "/status/204", None),
+        ("PUT", "/echo/5", "/echo/5", Some(b"x")),
+    ];
+    let up = TestUpstream::start().await;
+    let direct = on_one_connection(up.addr, &steps, true, false).await;
+    for fast in ENGINES {
+        let gw = ui_and_api(&up, fast).await;
+        let via = on_one_connection(gw.addr, &steps, false, false).await;
+        for ((step, d), g) in steps.iter().zip(&direct).zip(&via) {
+            assert_reads_like_direct(step, d, g, engine(fast));
+        }
+        gw.assert_split(
+            fast,
+            5,
+            6,
+            "five UI requests, then the API request and the rest of the connection",
+        );
+    }
+}
+
+/// Several requests written in one write are answered in order, each like the upstream's own
+/// answer to the same pipelined requests: UI requests only (the fast path keeps the connection
+/// when on), and UI and API requests mixed (handed over at the API request when on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_like_direct() {
+    let ui_only: [Step; 5] = [
+        ("GET", "/echo/q1", "/echo/q1", None),
+        ("GET", "/status/201", "/status/201", None),
+        ("HEAD", "/big?bytes=10", "/big?bytes=10", None),
+        ("POST", "/echo/q2", "/echo/q2", Some(b"pipelined body")),
+        ("GET", "/chunked?bytes=3000", "/chunked?bytes=3000", None),
+    ];
+    let mixed: [Step; 7] = [
+        ("GET", "/echo/p1", "/echo/p1", None),
+        ("POST", "/echo/p2", "/echo/p2", Some(b"first body")),
+        ("GET", "/big?bytes=70000", "/big?bytes=70000", None),
+        ("GET", "/api/echo/p3", "/echo/p3", None),
+        ("GET", "/echo/p4", "/echo/p4", None),
+        ("HEAD", "/big?bytes=10", "/big?bytes=10", None),
+        ("GET", "/headers", "/headers", None),
+    ];
+    let up = TestUpstream::start().await;
+    let direct_ui = on_one_connection(up.addr, &ui_only, true, true).await;
+    let direct_mixed = on_one_connection(up.addr, &mixed, true, true).await;
+    for fast in ENGINES {
+        let gw = ui_and_api(&up, fast).await;
+        let via = on_one_connection(gw.addr, &ui_only, false, true).await;
+        for ((step, d), g) in ui_only.iter().zip(&direct_ui).zip(&via) {
+            assert_reads_like_direct(step, d, g, &format!("{} UI only", engine(fast)));
+        }
+        gw.assert_split(fast, 5, 0, "five pipelined UI requests");
+        let via = on_one_connection(gw.addr, &mixed, false, true).await;
+        for ((step, d), g) in mixed.iter().zip(&direct_mixed).zip(&via) {
+            assert_reads_like_direct(step, d, g, &format!("{} mixed", engine(fast)));
+        }
+        gw.assert_split(
+            fast,
+            5 + 3,
+            4,
+            "then three UI requests, the API request and the rest of that connection",
+        );
+    }
+}
+
+/// What a scripted upstream answers, by the path it is asked for.
+fn scripted(r: &Recorded) -> Reply {
+    let raw = |s: &str| Reply::raw(s.as_bytes().to_vec());
+    let closing = |s: &str| Reply {
+        writes: vec![s.as_bytes().to_vec()],
+        close: true,
+    };
+    match r.target.as_str() {
+        "/interim-100" => raw(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nfinal",
+        ),
+        "/interim-103" => raw(
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nfinal",
+        ),
+        "/close-delimited" => {
+            closing("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the upstream closes")
+        }
+        "/bad-length" => raw("HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok"),
+        "/two-lengths" => {
+            raw("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok")
+        }
+        "/oversized-head" => raw(&format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+            "b".repeat(70 * 1024)
+        )),
+        "/http10" => {
+            closing("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+        }
+        "/http10-until-close" => {
+            closing("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
+        }
+        "/order-and-case" => raw(
+            "HTTP/1.1 200 OK\r\nX-Zeta: 1\r\nx-alpha: 2\r\nX-Zeta: 3\r\nSet-Cookie: a=1\r\nContent-Type: text/plain\r\nset-cookie: b=2\r\nX-MiXeD-CaSe: v\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        other => raw(&format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n{other}",
+            other.len()
+        )),
+    }
+}
+
+/// What a client sees of `path` through each engine and route: `(fast, api, responses)`.
+async fn through_every_engine_and_route(
+    up: &RecordingUpstream,
+    path: &str,
+) -> Vec<(bool, bool, Vec<WireResponse>)> {
+    let mut out = Vec::new();
+    for fast in ENGINES {
+        let gw = ui_and_api_at(up.addr, fast).await;
+        for api in [false, true] {
+            let public = if api {
+                format!("/api{path}")
+            } else {
+                path.to_owned()
+            };
+            let bytes = raw_roundtrip(
+                gw.addr,
+                format!("GET {public} HTTP/1.1\r\nhost: example.test\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            out.push((fast, api, parse_wire(&bytes, false)));
+        }
+        gw.assert_split(fast, 1, 1, &format!("{path}: one UI, one API request"));
+    }
+    out
+}
+
+/// Scripted upstream answers (interim 1xx before the final response, a close-delimited body,
+/// invalid or conflicting Content-Length, a head over the limit, HTTP/1.0 responses) read the
+/// same through both engines, on the UI and the API route.
+#[tokio::test]
+async fn scripted_upstream_answers_read_the_same_on_both_engines_and_routes() {
+    let up = RecordingUpstream::with(scripted).await;
+    // (path, final status, body; None for a gateway error)
+    let cases: [(&str, u16, Option<&[u8]>); 8] = [
+        ("/interim-100", 200, Some(b"final")),
+        ("/interim-103", 200, Some(b"final")),
+        ("/close-delimited", 200, Some(b"until the upstream closes")),
+        ("/bad-length", 502, None),
+        ("/two-lengths", 502, None),
+        ("/oversized-head", 502, None),
+        ("/http10", 200, Some(b"ok")),
+        ("/http10-until-close", 200, Some(b"until close")),
+    ];
+    for (path, status, body) in cases {
+        let seen = through_every_engine_and_route(&up, path).await;
+        for (fast, api, responses) in &seen {
+            let what = format!(
+                "{path}, {}, {} route",
+                engine(*fast),
+                if *api { "API" } else { "UI" }
+            );
+            let statuses: Vec<u16> = responses.iter().map(WireResponse::status).collect();
+            assert_eq!(
+                statuses,
+                [status],
+                "{what}: the client sees the final response only ({responses:?})"
+            );
+            let r = &responses[0];
+            if let Some(b) = body {
+                assert_eq!(r.body, b, "{what}: body");
+            }
+            assert_eq!(r.all("x-request-id").len(), 1, "{what}: {r:?}");
+        }
+        // Identical client-visible fields and body on every engine and route (framing aside;
+        // the gateway's own error text names the route's upstream and the request id).
+        let norm = |r: &WireResponse| {
+            let fields: Vec<(String, String)> = r
+                .semantic_fields()
+                .into_iter()
+                .filter(|(n, _)| n != "content-length" && n != "transfer-encoding")
+                .collect();
+            let body = if body.is_some() {
+                r.body.clone()
+            } else {
+                let text = String::from_utf8_lossy(&r.body).into_owned();
+                assert!(
+                    text.starts_with("FluxLit: the ") && text.contains("request id"),
+                    "{path}: the gateway's error text: {text}"
+                );
+                Vec::new()
+            };
+            (r.status(), fields, body)
+        };
+        let first = norm(&seen[0].2[0]);
+        for (fast, api, responses) in &seen[1..] {
+            assert_eq!(
+                norm(&responses[0]),
+                first,
+                "{path}: {} {} route reads like the fast path's UI route",
+                engine(*fast),
+                if *api { "API" } else { "UI" }
+            );
+        }
+    }
+}
+
+/// Header order and letter case of an upstream response: field values of one name keep their
+/// order, and every field arrives, on both engines and routes.
+#[tokio::test]
+async fn response_fields_keep_their_values_and_order_per_name() {
+    let up = RecordingUpstream::with(scripted).await;
+    let seen = through_every_engine_and_route(&up, "/order-and-case").await;
+    for (fast, api, responses) in &seen {
+        let what = format!(
+            "{}, {} route",
+            engine(*fast),
+            if *api { "API" } else { "UI" }
+        );
+        let r = &responses[0];
+        assert_eq!(r.status(), 200, "{what}");
+        assert_eq!(r.all("x-zeta"), ["1", "3"], "{what}: {r:?}");
+        assert_eq!(r.all("set-cookie"), ["a=1", "b=2"], "{what}: {r:?}");
+        assert_eq!(r.all("x-alpha"), ["2"], "{what}: {r:?}");
+        assert_eq!(r.all("x-mixed-case"), ["v"], "{what}: {r:?}");
+        assert_eq!(r.all("content-type"), ["text/plain"], "{what}: {r:?}");
+        assert_eq!(r.body, b"ok", "{what}");
+    }
+}
+
+/// The exact field lines (names in their letter case, in the upstream's order) are the same
+/// on both engines and routes.
+#[tokio::test]
+#[ignore = "bug (engine divergence): the fast path keeps the upstream's field lines in order and \
+            letter case (its own lower-case content-length aside); hyper (UI route with the fast \
+            path off, the API route on both) lower-cases names and groups fields by name, and the \
+            API route also moves content-length and set-cookie (rewritten) to other places"]
+async fn response_field_lines_keep_their_order_and_letter_case() {
+    let up = RecordingUpstream::with(scripted).await;
+    let seen = through_every_engine_and_route(&up, "/order-and-case").await;
+    let lines = |r: &WireResponse| -> Vec<(String, String)> {
+        r.fields
+            .iter()
+            .filter(|(n, _)| {
+                !matches!(
+                    n.to_ascii_lowercase().as_str(),
+                    "date" | "x-request-id" | "connection"
+                )
+            })
+            .cloned()
+            .collect()
+    };
+    let want: Vec<(String, String)> = [
+        ("X-Zeta", "1"),
+        ("x-alpha", "2"),
+        ("X-Zeta", "3"),
+        ("Set-Cookie", "a=1"),
+        ("Content-Type", "text/plain"),
+        ("set-cookie", "b=2"),
+        ("X-MiXeD-CaSe", "v"),
+        ("Content-Length", "2"),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+    .collect();
+    let mut report = Vec::new();
+    for (fast, api, responses) in &seen {
+        let got = lines(&responses[0]);
+        if got != want {
+            report.push(format!(
+                "{} {} route: {got:?}",
+                engine(*fast),
+                if *api { "API" } else { "UI" }
+            ));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "want {want:?}; got:\n{}",
+        report.join("\n")
+    );
+}
+
+/// An HTTP/1.0 upstream's answer reaches the HTTP/1.1 client as an HTTP/1.1 response (RFC 9110
+/// §6.2: an intermediary sends its own version), and a kept-alive client connection stays
+/// usable after it.
+#[tokio::test]
+#[ignore = "bug (engine divergence): hyper (UI route with the fast path off, the API route on \
+            both) writes the upstream's `HTTP/1.0 200 OK` status line to the HTTP/1.1 client; the \
+            fast path writes `HTTP/1.1 200 OK`"]
+async fn an_http10_upstream_answer_reaches_the_client_as_http11() {
+    let up = RecordingUpstream::with(scripted).await;
+    let mut report = Vec::new();
+    for fast in ENGINES {
+        let gw = ui_and_api_at(up.addr, fast).await;
+        for api in [false, true] {
+            let what = format!("{} {} route", engine(fast), if api { "API" } else { "UI" });
+            let prefix = if api { "/api" } else { "" };
+            let mut c = within("a client connection", RawClient::connect(gw.addr)).await;
+            c.send(&raw_request("GET", &format!("{prefix}/http10"), None))
+                .await;
+            let mut raw = [0u8; 12];
+            within("the status line", c.stream().read_exact(&mut raw))
+                .await
+                .expect("a status line");
+            if &raw[..] != b"HTTP/1.1 200" {
+                report.push(format!("{what}: {:?}", String::from_utf8_lossy(&raw)));
+            }
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
 }

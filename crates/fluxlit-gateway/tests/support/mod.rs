@@ -214,7 +214,22 @@ pub async fn send_from(
     addr: SocketAddr,
     req: Request<ReqBody>,
 ) -> (StatusCode, HeaderMap, Bytes) {
-    let resp = within("the response head", async {
+    let resp = request_from(local, addr, req).await;
+    body_of(resp).await
+}
+
+/// Sends `req` on a new HTTP/1.1 connection to `addr` and returns the response once its head
+/// has arrived (bounded).
+pub async fn request(addr: SocketAddr, req: Request<ReqBody>) -> Response<Incoming> {
+    request_from(None, addr, req).await
+}
+
+async fn request_from(
+    local: Option<&str>,
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+) -> Response<Incoming> {
+    within("the response head", async {
         let stream = match local {
             Some(ip) => {
                 let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -229,8 +244,7 @@ pub async fn send_from(
         tokio::spawn(conn);
         sender.send_request(req).await.expect("a response")
     })
-    .await;
-    body_of(resp).await
+    .await
 }
 
 /// Sends `req` on a new HTTP/1.1 connection to `addr` and reads the whole response.
