@@ -1139,3 +1139,47 @@ async fn an_http10_upstream_answer_reaches_the_client_as_http11() {
     }
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
+
+/// Scripted upstream answers in a row on ONE kept-alive client connection, UI and API requests
+/// mixed (the fast path hands over at the first API request): each is answered like on a
+/// connection of its own, and the connection stays usable after each of them, on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_answers_in_a_row_on_one_kept_alive_connection() {
+    let up = RecordingUpstream::with(scripted).await;
+    // (path, status, body; None for the gateway's own error answer)
+    let steps: [(&str, u16, Option<&[u8]>); 10] = [
+        ("/interim-100", 200, Some(b"final")),
+        ("/interim-103", 200, Some(b"final")),
+        ("/bad-length", 502, None),
+        ("/http10", 200, Some(b"ok")),
+        // The first API request: the fast path hands the connection to hyper here.
+        ("/api/interim-103", 200, Some(b"final")),
+        ("/interim-100", 200, Some(b"final")),
+        ("/api/http10", 200, Some(b"ok")),
+        ("/two-lengths", 502, None),
+        ("/http10", 200, Some(b"ok")),
+        ("/api/interim-100", 200, Some(b"final")),
+    ];
+    for fast in ENGINES {
+        let gw = ui_and_api_at(up.addr, fast).await;
+        let mut c = within("a client connection", RawClient::connect(gw.addr)).await;
+        for (path, status, body) in steps {
+            let what = format!("{}: GET {path}", engine(fast));
+            c.send(&raw_request("GET", path, None)).await;
+            let r = c
+                .response(false)
+                .await
+                .unwrap_or_else(|| panic!("{what}: answered on the kept-alive connection"));
+            assert_eq!(r.status, status, "{what}: {}", r.text());
+            if let Some(body) = body {
+                assert_eq!(r.body, body, "{what}");
+            }
+        }
+        gw.assert_split(
+            fast,
+            4,
+            6,
+            "four UI requests, then the API request and the rest",
+        );
+    }
+}
