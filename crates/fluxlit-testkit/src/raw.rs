@@ -594,11 +594,17 @@ impl ScriptedUpstream {
     }
 }
 
+/// A chunked body that breaks RFC 9112 §7.1 (see [`chunked_body_len`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedChunked;
+
 /// Where a chunked body at the start of `buf` ends (RFC 9112 §7.1): `Ok(Some(len))` when it is
-/// complete in `buf`, `Ok(None)` when more bytes are needed, `Err(())` when it is malformed.
-/// Chunk sizes over 15 hex digits, extensions and trailer fields are read loosely (as a
-/// lenient server would), line ends must be CRLF.
-pub fn chunked_body_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+/// complete in `buf`, `Ok(None)` when more bytes are needed.
+///
+/// # Errors
+/// [`MalformedChunked`] for a chunk-size line that is not 1 to 15 hex digits (extensions after
+/// `;` are skipped) or chunk data not followed by CRLF. Trailer fields are skipped unread.
+pub fn chunked_body_len(buf: &[u8]) -> Result<Option<usize>, MalformedChunked> {
     let line = |from: usize| -> Option<usize> {
         buf.get(from..)?
             .windows(2)
@@ -620,10 +626,13 @@ pub fn chunked_body_len(buf: &[u8]) -> Result<Option<usize>, ()> {
             || size_text.len() > 15
             || !size_text.iter().all(u8::is_ascii_hexdigit)
         {
-            return Err(());
+            return Err(MalformedChunked);
         }
-        let size = usize::from_str_radix(std::str::from_utf8(size_text).map_err(|_| ())?, 16)
-            .map_err(|_| ())?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(size_text).map_err(|_| MalformedChunked)?,
+            16,
+        )
+        .map_err(|_| MalformedChunked)?;
         at = end + 2;
         if size == 0 {
             // Trailer lines up to the empty line.
@@ -642,7 +651,7 @@ pub fn chunked_body_len(buf: &[u8]) -> Result<Option<usize>, ()> {
             return Ok(None);
         }
         if &buf[at + size..at + size + 2] != b"\r\n" {
-            return Err(());
+            return Err(MalformedChunked);
         }
         at += size + 2;
     }
@@ -659,8 +668,7 @@ fn scripted_framing(head: &[u8]) -> Option<Option<usize>> {
     let chunked = req
         .headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .next_back()
+        .rfind(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
         .is_some_and(|h| {
             h.value
                 .rsplit(|b| *b == b',')
@@ -746,7 +754,7 @@ async fn serve_scripted(
                 Some(n) => (buf.len() >= n).then_some(n),
                 None => match chunked_body_len(&buf) {
                     Ok(n) => n,
-                    Err(()) => {
+                    Err(MalformedChunked) => {
                         record(&buf, false);
                         return;
                     }
