@@ -14,7 +14,7 @@
 //!   are private): random request bytes, random `Content-Length` values, random chunked bodies
 //!   and random upstream response bytes; each gateway answers or closes within a bound, and a
 //!   well-formed request on a new connection succeeds afterwards. `FLUXLIT_FUZZ_CASES` sets the
-//!   number of cases (default 600).
+//!   number of cases (default 2,000).
 //! - One named regression test per divergence found (`divergence_*`); those still failing are
 //!   `#[ignore = "divergence: ..."]` and listed in [`KNOWN`], and the property test skips the
 //!   generator dimensions that hit them while [`KNOWN_DIVERGENCES`] is `true`.
@@ -82,12 +82,12 @@ fn diff_cases() -> u32 {
         .unwrap_or(10_000)
 }
 
-/// Cases of the fuzz test, `FLUXLIT_FUZZ_CASES` (default 600).
+/// Cases of the fuzz test, `FLUXLIT_FUZZ_CASES` (default 2,000).
 fn fuzz_cases() -> u32 {
     std::env::var("FLUXLIT_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(600)
+        .unwrap_or(2000)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1321,9 +1321,33 @@ impl Pair {
     }
 }
 
+/// Panics on the runtimes' worker threads (where the gateways' connection tasks run) since the
+/// process started; counted by a panic hook installed by [`runtime`]. A panicking connection
+/// task only closes its connection, which a client cannot tell from a refusal.
+static WORKER_PANICS: AtomicU64 = AtomicU64::new(0);
+
+fn count_worker_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("differential-worker"))
+            {
+                WORKER_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// A two-thread runtime whose workers count their panics ([`WORKER_PANICS`]).
 fn runtime() -> tokio::runtime::Runtime {
+    count_worker_panics();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("differential-worker")
         .enable_all()
         .build()
         .unwrap()
@@ -1410,6 +1434,11 @@ fn engines_agree_on_generated_exchanges() {
     if let Err(e) = result {
         panic!("{e}");
     }
+    assert_eq!(
+        WORKER_PANICS.load(Ordering::SeqCst),
+        0,
+        "a gateway or upstream task panicked (see the output above)"
+    );
     // Neither engine passed unused: the fast gateway's fast path and hyper both served cases.
     let compared = ran - skipped;
     assert!(
@@ -1620,9 +1649,9 @@ async fn fuzz_one(side: &Side, case: &Fuzz) -> Result<(), String> {
 }
 
 /// Property: whatever bytes a client or the upstream sends, each engine answers or closes
-/// within a bound, does not panic (a panicking connection task would not answer), and keeps
-/// serving: a well-formed request on a new connection succeeds after every case. Resident
-/// memory stays bounded.
+/// within a bound, no task of the gateways panics ([`WORKER_PANICS`]), and each keeps serving:
+/// a well-formed request on a new connection succeeds after every case. Resident memory stays
+/// bounded.
 #[test]
 fn parsers_survive_random_bytes() {
     let rt = runtime();
@@ -1664,6 +1693,19 @@ fn parsers_survive_random_bytes() {
     if let Err(e) = result {
         panic!("{e}");
     }
+    assert_eq!(
+        WORKER_PANICS.load(Ordering::SeqCst),
+        0,
+        "a gateway or upstream task panicked (see the output above)"
+    );
+    // Both engines took part: the fast gateway's fast path forwarded requests, the other
+    // gateway's never did.
+    let (fast, hyper) = (sides[0].gw.served(), sides[1].gw.served());
+    assert!(fast.h1 > 0, "the fast path forwarded none ({fast:?})");
+    assert_eq!(
+        hyper.h1, 0,
+        "the hyper gateway used the fast path ({hyper:?})"
+    );
     assert!(
         rss_kib().saturating_sub(rss_before) < 256 * 1024,
         "resident memory grew by more than 256 MiB"
