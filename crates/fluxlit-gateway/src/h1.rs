@@ -911,9 +911,10 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
                 _ => return Err(bad("Content-Length")),
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (hyper's
-            // client refuses it too).
-            if resp.version == Some(0) {
+            // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing; like
+            // hyper's client, refused where it would frame a body (not after HEAD, 204, 304).
+            let bodiless = ctx.head_request || code == 204 || code == 304;
+            if resp.version == Some(0) && !bodiless {
                 return Err(bad("Transfer-Encoding in an HTTP/1.0 response"));
             }
             // The final coding decides (RFC 9112 §6.3): chunked, or read until close.
@@ -958,7 +959,8 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             // put it; never removed by a `Connection` option. Transfer-Encoding overrides it
             // (RFC 9112 §6.3): then none goes on.
             // Never on a 1xx or 204 (RFC 9110 §8.6).
-            let allowed = code != 204 && !(100..200).contains(&code);
+            // Nor on a 304, as hyper's server writes it.
+            let allowed = code != 204 && code != 304 && !(100..200).contains(&code);
             if let (Some(n), None, false, true) = (length, te_chunked, length_sent, allowed) {
                 push_length(&mut out, n);
                 length_sent = true;
@@ -1194,10 +1196,23 @@ impl tokio::io::AsyncWrite for Prefixed {
     }
 }
 
+/// Chunk extension bytes allowed in one body, and trailer bytes: hyper's client limits (16 KiB
+/// each), so both engines cut the same abusive bodies.
+const CHUNK_EXTENSIONS_LIMIT: u64 = 16 * 1024;
+const CHUNK_TRAILERS_LIMIT: u64 = 16 * 1024;
+
 /// Where a chunked body (RFC 9112 §7.1) is, as its bytes go by: tells where the body ends
-/// without decoding it.
+/// without decoding it, and counts extension and trailer bytes against their limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Chunked {
+struct Chunked {
+    state: ChunkState,
+    extensions: u64,
+    trailers: u64,
+}
+
+/// The scanner's position in a chunked body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
     /// In a chunk-size line's hex digits (`digits` read so far).
     #[default]
     Size0,
@@ -1233,7 +1248,7 @@ struct BadChunk;
 
 impl Chunked {
     fn is_done(&self) -> bool {
-        *self == Self::Done
+        self.state == ChunkState::Done
     }
 
     /// Advances over `bytes`; returns how many belong to the body (all of them, or fewer when
@@ -1241,55 +1256,71 @@ impl Chunked {
     fn scan(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < bytes.len() {
-            if let Self::Data(left) = *self {
+            match self.state {
+                ChunkState::Ext { .. } => {
+                    self.extensions += 1;
+                    if self.extensions > CHUNK_EXTENSIONS_LIMIT {
+                        return Err(BadChunk);
+                    }
+                }
+                ChunkState::LineStart | ChunkState::Line | ChunkState::LineLf => {
+                    self.trailers += 1;
+                    if self.trailers > CHUNK_TRAILERS_LIMIT {
+                        return Err(BadChunk);
+                    }
+                }
+                _ => {}
+            }
+            let state = &mut self.state;
+            if let ChunkState::Data(left) = *state {
                 let n = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len() - i);
                 i += n;
-                *self = if left == n as u64 {
-                    Self::DataCr
+                *state = if left == n as u64 {
+                    ChunkState::DataCr
                 } else {
-                    Self::Data(left - n as u64)
+                    ChunkState::Data(left - n as u64)
                 };
                 continue;
             }
             let b = bytes[i];
             i += 1;
-            *self = match (*self, b) {
-                (Self::Done, _) => return Ok(i - 1),
-                (Self::Size0, _) => match hex(b) {
-                    Some(d) => Self::Size {
+            *state = match (*state, b) {
+                (ChunkState::Done, _) => return Ok(i - 1),
+                (ChunkState::Size0, _) => match hex(b) {
+                    Some(d) => ChunkState::Size {
                         value: u64::from(d),
                         digits: 1,
                     },
                     None => return Err(BadChunk),
                 },
-                (Self::Size { value, digits }, _) => match hex(b) {
+                (ChunkState::Size { value, digits }, _) => match hex(b) {
                     Some(_) if digits >= 15 => return Err(BadChunk),
-                    Some(d) => Self::Size {
+                    Some(d) => ChunkState::Size {
                         value: value << 4 | u64::from(d),
                         digits: digits + 1,
                     },
-                    None if b == b'\r' => Self::SizeLf { value },
-                    None if b == b';' || b == b' ' || b == b'\t' => Self::Ext { value },
+                    None if b == b'\r' => ChunkState::SizeLf { value },
+                    None if b == b';' || b == b' ' || b == b'\t' => ChunkState::Ext { value },
                     None => return Err(BadChunk),
                 },
-                (Self::Ext { value }, b'\r') => Self::SizeLf { value },
-                (Self::Ext { .. }, b'\n') => return Err(BadChunk),
-                (Self::Ext { value }, _) => Self::Ext { value },
-                (Self::SizeLf { value: 0 }, b'\n') => Self::LineStart,
-                (Self::SizeLf { value }, b'\n') => Self::Data(value),
-                (Self::DataCr, b'\r') => Self::DataLf,
-                (Self::DataLf, b'\n') => Self::Size0,
-                (Self::LineStart, b'\r') => Self::EndLf,
-                (Self::LineStart | Self::Line, b'\n') => return Err(BadChunk),
-                (Self::Line, b'\r') => Self::LineLf,
-                (Self::LineStart | Self::Line, _) => Self::Line,
-                (Self::LineLf, b'\n') => Self::LineStart,
-                (Self::EndLf, b'\n') => Self::Done,
+                (ChunkState::Ext { value }, b'\r') => ChunkState::SizeLf { value },
+                (ChunkState::Ext { .. }, b'\n') => return Err(BadChunk),
+                (ChunkState::Ext { value }, _) => ChunkState::Ext { value },
+                (ChunkState::SizeLf { value: 0 }, b'\n') => ChunkState::LineStart,
+                (ChunkState::SizeLf { value }, b'\n') => ChunkState::Data(value),
+                (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
+                (ChunkState::DataLf, b'\n') => ChunkState::Size0,
+                (ChunkState::LineStart, b'\r') => ChunkState::EndLf,
+                (ChunkState::LineStart | ChunkState::Line, b'\n') => return Err(BadChunk),
+                (ChunkState::Line, b'\r') => ChunkState::LineLf,
+                (ChunkState::LineStart | ChunkState::Line, _) => ChunkState::Line,
+                (ChunkState::LineLf, b'\n') => ChunkState::LineStart,
+                (ChunkState::EndLf, b'\n') => ChunkState::Done,
                 _ => return Err(BadChunk),
             };
-            if *self == Self::Done {
+            if *state == ChunkState::Done {
                 return Ok(i);
             }
         }
@@ -1322,6 +1353,24 @@ mod tests {
             assert_eq!(n, part.len());
         }
         Ok((used, c.is_done()))
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_are_bounded_like_hyper() {
+        let mut body = Vec::new();
+        for _ in 0..2000 {
+            body.extend_from_slice(b"1;ext=1\r\nz\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        // 2,000 × 6 extension bytes: under 16 KiB.
+        assert_eq!(scan_all(&body, 4096), Ok((body.len(), true)));
+        let mut over = Vec::new();
+        for _ in 0..3000 {
+            over.extend_from_slice(b"1;ext=1\r\nz\r\n");
+        }
+        assert_eq!(scan_all(&over, 4096), Err(BadChunk));
+        let trailers = format!("0\r\nx-t: {}\r\n\r\n", "t".repeat(17 * 1024));
+        assert_eq!(scan_all(trailers.as_bytes(), 4096), Err(BadChunk));
     }
 
     #[test]

@@ -78,8 +78,17 @@ pub struct ConnectionOptions<'a> {
 }
 
 impl<'a> ConnectionOptions<'a> {
-    /// Adds the options of one `Connection` field value.
+    /// Adds the options of one `Connection` field value. A value with bytes other than visible
+    /// ASCII, SP and HTAB (obs-text, controls) names no option at all: hyper's server reads such
+    /// a field as no `close`, so both engines ignore it whole (its options may be forwarded, as
+    /// by an HTTP/1.0 hop; framing fields are never removed by options anyway).
     pub fn add(&mut self, value: &'a [u8]) {
+        if !value
+            .iter()
+            .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
+        {
+            return;
+        }
         for t in connection_options(value) {
             self.close |= t.eq_ignore_ascii_case(b"close");
             self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");

@@ -814,6 +814,9 @@ impl Proxy {
         for v in codings.into_iter().flatten() {
             parts.headers.append(TRANSFER_ENCODING, v);
         }
+        // The gateway speaks its own version to the client (RFC 9110 §6.2), whatever the
+        // upstream's (an HTTP/1.0 status line is not relayed).
+        parts.version = Version::HTTP_11;
         Forwarded {
             response: Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
             slot,

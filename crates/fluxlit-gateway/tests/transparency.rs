@@ -1057,14 +1057,13 @@ async fn response_fields_keep_their_values_and_order_per_name() {
     }
 }
 
-/// The exact field lines (names in their letter case, in the upstream's order) are the same
-/// on both engines and routes.
+/// Response fields mean the same on both engines and routes: the same names (compared without
+/// letter case, RFC 9110 §5.1) and, per name, the same values in the upstream's order. The
+/// order of fields with different names is not significant (RFC 9110 §5.3) and is not compared:
+/// the fast path keeps the upstream's lines as they are, hyper's `HeaderMap` lower-cases names
+/// and groups them by name (an accepted difference, docs/ARCHITECTURE.md).
 #[tokio::test]
-#[ignore = "bug (engine divergence): the fast path keeps the upstream's field lines in order and \
-            letter case (its own lower-case content-length aside); hyper (UI route with the fast \
-            path off, the API route on both) lower-cases names and groups fields by name, and the \
-            API route also moves content-length and set-cookie (rewritten) to other places"]
-async fn response_field_lines_keep_their_order_and_letter_case() {
+async fn response_fields_keep_their_values_in_order_per_name() {
     let up = RecordingUpstream::with(scripted).await;
     let seen = through_every_engine_and_route(&up, "/order-and-case").await;
     let lines = |r: &WireResponse| -> Vec<(String, String)> {
@@ -1076,7 +1075,24 @@ async fn response_field_lines_keep_their_order_and_letter_case() {
                     "date" | "x-request-id" | "connection"
                 )
             })
-            .cloned()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    // Per name, in order; names sorted (different names' order is not significant).
+    let by_name = |lines: Vec<(String, String)>| -> Vec<(String, Vec<String>)> {
+        let mut names: Vec<String> = lines.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| {
+                let values = lines
+                    .iter()
+                    .filter(|(m, _)| *m == n)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (n, values)
+            })
             .collect()
     };
     let want: Vec<(String, String)> = [
@@ -1090,11 +1106,12 @@ async fn response_field_lines_keep_their_order_and_letter_case() {
         ("Content-Length", "2"),
     ]
     .iter()
-    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+    .map(|(n, v)| (n.to_ascii_lowercase(), (*v).to_owned()))
     .collect();
+    let want = by_name(want);
     let mut report = Vec::new();
     for (fast, api, responses) in &seen {
-        let got = lines(&responses[0]);
+        let got = by_name(lines(&responses[0]));
         if got != want {
             report.push(format!(
                 "{} {} route: {got:?}",
@@ -1114,9 +1131,6 @@ async fn response_field_lines_keep_their_order_and_letter_case() {
 /// §6.2: an intermediary sends its own version), and a kept-alive client connection stays
 /// usable after it.
 #[tokio::test]
-#[ignore = "bug (engine divergence): hyper (UI route with the fast path off, the API route on \
-            both) writes the upstream's `HTTP/1.0 200 OK` status line to the HTTP/1.1 client; the \
-            fast path writes `HTTP/1.1 200 OK`"]
 async fn an_http10_upstream_answer_reaches_the_client_as_http11() {
     let up = RecordingUpstream::with(scripted).await;
     let mut report = Vec::new();
