@@ -832,7 +832,7 @@ impl Gateway {
                             parts,
                             observe::Counted::new(body, bytes_in.clone()),
                         );
-                        let hop = proxy::Hop {
+                        let hop = proxy::UpstreamHop {
                             view: &view,
                             request_id: &rid,
                             prefix: prefix.as_deref(),
@@ -909,7 +909,7 @@ impl Gateway {
                     None,
                 ),
                 ApiTarget::Upstream(u) => {
-                    let hop = proxy::Hop {
+                    let hop = proxy::UpstreamHop {
                         view,
                         request_id: rid,
                         prefix: Some(public_prefix),

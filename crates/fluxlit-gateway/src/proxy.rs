@@ -64,8 +64,9 @@ pub(crate) struct Proxy {
     ws_per_client: crate::limits::TunnelsPerClient,
 }
 
-/// What one forwarded exchange needs to know about its request.
-pub(crate) struct Hop<'a> {
+/// The upstream hop of one forwarded exchange: what it needs to know about its request (a
+/// hop is one connection segment of a request's way: the client hop, `ClientHop`, then this).
+pub(crate) struct UpstreamHop<'a> {
     pub(crate) view: &'a ClientView,
     pub(crate) request_id: &'a HeaderValue,
     /// `X-Forwarded-Prefix` for this hop.
@@ -528,7 +529,7 @@ impl Proxy {
         upstream: &Upstream,
         mut req: Request<B>,
         path: &str,
-        hop: Hop<'_>,
+        hop: UpstreamHop<'_>,
     ) -> Forwarded
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
