@@ -65,6 +65,55 @@ fn json_says_where_every_value_came_from() {
         v["origins"].as_object().unwrap().len() >= 50,
         "every key has an origin"
     );
+    // The secret is accepted but nothing uses it yet: a warning says so, naming the key and
+    // its source (never its value).
+    let unused: Vec<&Value> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["code"] == "auth_keys_unused")
+        .collect();
+    assert_eq!(unused.len(), 1, "{out}");
+    assert_eq!(unused[0]["level"], "warn");
+    let message = unused[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "jwt_hs256_secret (from environment variable FLUXLIT_JWT_HS256_SECRET) is set, but it has no effect until authentication is configured"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn unused_jwt_and_oidc_keys_are_a_warning_and_fail_strict() {
+    let dir = fluxlit_testkit::TempDir::new("config-auth");
+    std::fs::write(
+        dir.path().join("fluxlit.toml"),
+        "oidc_client_id = \"fluxlit\"\n",
+    )
+    .unwrap();
+    let env = [("FLUXLIT_JWT_ISSUER", "https://idp.example")];
+    let (code, out, err) = config(dir.path(), &[], &env);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("[WARN] auth_keys_unused"))
+        .unwrap_or_else(|| panic!("no auth_keys_unused warning in:\n{out}"));
+    for part in [
+        "jwt_issuer (from environment variable FLUXLIT_JWT_ISSUER)",
+        "oidc_client_id (from ",
+        "fluxlit.toml:1)",
+        "no effect until authentication is configured",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    let (code, out, err) = config(dir.path(), &["--strict"], &env);
+    assert_eq!(code, 1, "--strict refuses the unused keys: {out}{err}");
+    // Without them the same project is clean, even with --strict.
+    std::fs::remove_file(dir.path().join("fluxlit.toml")).unwrap();
+    let (code, out, err) = config(dir.path(), &["--strict"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Warnings:\n  (none)"), "{out}");
 }
 
 #[test]

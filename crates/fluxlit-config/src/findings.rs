@@ -320,6 +320,45 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             ),
         );
     }
+    // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them) but
+    // nothing reads them yet; a deployment that sets them may believe its API is protected.
+    let auth_keys: Vec<String> = [
+        ("jwt_issuer", !s.jwt_issuer.is_empty()),
+        ("jwt_audience", !s.jwt_audience.is_empty()),
+        ("jwt_hs256_secret", !s.jwt_hs256_secret.is_empty()),
+        ("jwt_jwks_url", !s.jwt_jwks_url.is_empty()),
+        ("jwt_leeway_seconds", s.jwt_leeway_seconds != 0),
+        ("oidc_issuer", !s.oidc_issuer.is_empty()),
+        ("oidc_client_id", !s.oidc_client_id.is_empty()),
+        ("oidc_client_secret", !s.oidc_client_secret.is_empty()),
+        ("oidc_bff_secret", !s.oidc_bff_secret.is_empty()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| format!("{k} (from {})", loaded.origin(k)))
+    .collect();
+    if !auth_keys.is_empty() {
+        push(
+            Level::Warn,
+            "auth_keys_unused",
+            format!(
+                "{} {}, but {} no effect until authentication is configured: this version of FluxLit does not check JWT bearer tokens or run an OIDC login, so neither the API nor the UI is protected by {}; unset {}, or put authentication in front of FluxLit",
+                auth_keys.join(", "),
+                if auth_keys.len() == 1 {
+                    "is set"
+                } else {
+                    "are set"
+                },
+                if auth_keys.len() == 1 {
+                    "it has"
+                } else {
+                    "they have"
+                },
+                if auth_keys.len() == 1 { "it" } else { "them" },
+                if auth_keys.len() == 1 { "it" } else { "them" },
+            ),
+        );
+    }
     if matches!(
         loaded.origin("gateway_httpx_max_keepalive_connections"),
         Origin::File { .. } | Origin::Env { .. } | Origin::Cli { .. }

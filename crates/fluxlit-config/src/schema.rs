@@ -214,16 +214,17 @@ pub const KEYS: &[KeySpec] = &[
     key("enable_gateway_prometheus_metrics", Kind::Bool, "false", "Serve Prometheus metrics at gateway_prometheus_metrics_path."),
     key("gateway_prometheus_metrics_path", Kind::Text, "/__fluxlit/metrics", "Path of the metrics endpoint; must not be under the API mount."),
     key("strict_startup", Kind::Bool, "false", "Refuse to start when `fluxlit config` reports any warning."),
-    // Authentication.
-    key("jwt_issuer", Kind::Text, "", "Expected `iss` of bearer tokens."),
-    key("jwt_audience", Kind::Text, "", "Expected `aud` of bearer tokens."),
-    key("jwt_hs256_secret", Kind::Text, "", "Shared secret for HS256 bearer tokens (exclusive with jwt_jwks_url).").secret(),
-    key("jwt_jwks_url", Kind::Text, "", "JWKS URL for RS256/ES256 bearer tokens."),
-    key("jwt_leeway_seconds", Kind::Count, "0", "Clock skew allowed when checking exp/nbf/iat, in seconds."),
-    key("oidc_issuer", Kind::Text, "", "OpenID Connect issuer URL for the login (backend-for-frontend)."),
-    key("oidc_client_id", Kind::Text, "", "OpenID Connect client id."),
-    key("oidc_client_secret", Kind::Text, "", "OpenID Connect client secret.").secret(),
-    key("oidc_bff_secret", Kind::Text, "", "Key for FluxLit's session cookies and first-party tokens.").secret(),
+    // Authentication (not implemented yet: the keys are accepted, and setting any of them is an
+    // `auth_keys_unused` warning).
+    key("jwt_issuer", Kind::Text, "", "Expected `iss` of bearer tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("jwt_audience", Kind::Text, "", "Expected `aud` of bearer tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("jwt_hs256_secret", Kind::Text, "", "Shared secret for HS256 bearer tokens (exclusive with jwt_jwks_url). Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning.").secret(),
+    key("jwt_jwks_url", Kind::Text, "", "JWKS URL for RS256/ES256 bearer tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("jwt_leeway_seconds", Kind::Count, "0", "Clock skew allowed when checking exp/nbf/iat, in seconds. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("oidc_issuer", Kind::Text, "", "OpenID Connect issuer URL for the login (backend-for-frontend). Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("oidc_client_id", Kind::Text, "", "OpenID Connect client id. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
+    key("oidc_client_secret", Kind::Text, "", "OpenID Connect client secret. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning.").secret(),
+    key("oidc_bff_secret", Kind::Text, "", "Key for FluxLit's session cookies and first-party tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning.").secret(),
 ];
 
 /// Names under `FLUXLIT_` that are not settings but are known to FluxLit (set for or by the

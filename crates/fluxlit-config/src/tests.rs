@@ -302,6 +302,84 @@ fn secrets_are_redacted_in_errors_debug_and_serialization() {
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("[REDACTED]"));
     }
+    // The warning about the unused keys names them, never their values.
+    let found = serde_json::to_string(&auth_keys_unused(&l, &env)).unwrap();
+    assert!(
+        found.contains("jwt_hs256_secret") && found.contains("oidc_bff_secret"),
+        "{found}"
+    );
+    assert!(!found.contains("s3cr3t"), "{found}");
+}
+
+/// The `auth_keys_unused` finding of `l`, if any.
+fn auth_keys_unused(l: &Loaded, env: &[(&str, &str)]) -> Option<findings::Finding> {
+    let found = findings::findings(l, &Environment::from_pairs(env.iter().copied()));
+    let mut it = found.into_iter().filter(|f| f.code == "auth_keys_unused");
+    let first = it.next();
+    assert!(it.next().is_none(), "one auth_keys_unused finding at most");
+    first
+}
+
+/// Nothing reads the JWT and OIDC keys yet: setting any of them is a warning (so `--strict`
+/// and `strict_startup` refuse it) naming each key and where it came from, never its value.
+#[test]
+fn jwt_and_oidc_keys_have_no_effect_and_say_so() {
+    let d = Dir::new("auth-unused");
+    d.write("fluxlit.toml", "oidc_client_secret = \"file-s3cr3t\"\n");
+    let env = [
+        ("FLUXLIT_JWT_ISSUER", "https://idp.example"),
+        ("FLUXLIT_JWT_LEEWAY_SECONDS", "30"),
+    ];
+    let mut cli = CliOverrides::default();
+    cli.set("oidc_issuer", "https://login.example", "--oidc-issuer");
+    let l = load_in(&d, &env, cli).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("an auth_keys_unused finding");
+    assert_eq!(f.level, findings::Level::Warn);
+    for part in [
+        "jwt_issuer (from environment variable FLUXLIT_JWT_ISSUER)",
+        "jwt_leeway_seconds (from environment variable FLUXLIT_JWT_LEEWAY_SECONDS)",
+        "oidc_issuer (from command-line flag --oidc-issuer)",
+        "oidc_client_secret (from ",
+        "fluxlit.toml:1)",
+        "are set, but they have no effect until authentication is configured",
+    ] {
+        assert!(
+            f.message.contains(part),
+            "{part:?} missing from {}",
+            f.message
+        );
+    }
+    for absent in [
+        "jwt_audience",
+        "jwt_hs256_secret",
+        "oidc_bff_secret",
+        "s3cr3t",
+        "idp.example",
+    ] {
+        assert!(!f.message.contains(absent), "{absent:?} in {}", f.message);
+    }
+
+    // One key: singular wording.
+    let env = [("FLUXLIT_OIDC_BFF_SECRET", "x")];
+    let l = load_in(&Dir::new("auth-one"), &env, CliOverrides::default()).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("an auth_keys_unused finding");
+    assert!(
+        f.message.starts_with(
+            "oidc_bff_secret (from environment variable FLUXLIT_OIDC_BFF_SECRET) is set, but it has no effect"
+        ),
+        "{}",
+        f.message
+    );
+
+    // Unset, or set to the default (an empty template value), is no finding.
+    let env = [
+        ("FLUXLIT_JWT_ISSUER", ""),
+        ("FLUXLIT_JWT_LEEWAY_SECONDS", "0"),
+    ];
+    let l = load_in(&Dir::new("auth-empty"), &env, CliOverrides::default()).unwrap();
+    assert_eq!(auth_keys_unused(&l, &env), None);
+    let l = load_in(&Dir::new("auth-none"), &[], CliOverrides::default()).unwrap();
+    assert_eq!(auth_keys_unused(&l, &[]), None);
 }
 
 /// A FluxLit-for-Python deployment's environment, in the forms Python accepts (JSON lists and
@@ -377,6 +455,17 @@ fn a_python_deployment_environment_loads_unchanged() {
         vec!["x-tenant"]
     );
     assert!(s.trust_proxy && s.enable_gateway_prometheus_metrics && s.enable_security_headers);
+    // Loads unchanged, but the JWT/OIDC keys do nothing yet: a warning says so.
+    let f = auth_keys_unused(&l, &env).expect("the unused JWT/OIDC keys are a finding");
+    for key in [
+        "jwt_issuer",
+        "jwt_audience",
+        "jwt_jwks_url",
+        "jwt_leeway_seconds",
+        "oidc_bff_secret (from environment variable FLUXLIT_OIDC_BFF_SECRET)",
+    ] {
+        assert!(f.message.contains(key), "{key} missing from {}", f.message);
+    }
 }
 
 #[test]
