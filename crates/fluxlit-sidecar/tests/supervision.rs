@@ -1,9 +1,13 @@
 //! Supervision with real processes: readiness, start-up failures, stop escalation, groups.
+//!
+//! On a multi-thread runtime: the supervising task, the probe and the test run on different
+//! workers, as they do in the gateway. Every wait is bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fluxlit_sidecar::{
     HealthProbe, Sidecar, SidecarSpec, SidecarState, StartError, free_loopback_port,
@@ -16,6 +20,18 @@ fn sh(name: &str, script: &str) -> SidecarSpec {
     spec
 }
 
+/// Runs `fut`, failing the test if it takes longer than `limit`.
+async fn bounded<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Timers may be late (a loaded machine), never early; this much early is still accepted
+/// (clock granularity), and `LATE` is the most a bounded wait may overrun.
+const EARLY: Duration = Duration::from_millis(20);
+const LATE: Duration = Duration::from_secs(5);
+
 fn dead_port_probe() -> HealthProbe {
     let port = free_loopback_port().unwrap();
     let mut p = HealthProbe::status_200(SocketAddr::from(([127, 0, 0, 1], port)), "/health");
@@ -23,7 +39,7 @@ fn dead_port_probe() -> HealthProbe {
     p
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn becomes_ready_when_the_probe_passes_and_stops_on_sigint() {
     let port = free_loopback_port().unwrap();
     let mut spec = SidecarSpec::new("web", "python3");
@@ -40,20 +56,34 @@ async fn becomes_ready_when_the_probe_passes_and_stops_on_sigint() {
     let mut probe = HealthProbe::status_200(SocketAddr::from(([127, 0, 0, 1], port)), "/");
     probe.interval = Duration::from_millis(50);
     spec.health = Some(probe);
+    // A long grace: a stop that ends well before it was SIGINT's doing, not an escalation.
+    let grace = Duration::from_secs(20);
+    spec.stop_grace = grace;
     let mut sidecar = Sidecar::spawn(spec).unwrap();
     assert!(matches!(
         *sidecar.state().borrow(),
         SidecarState::Starting { .. }
     ));
-    sidecar.wait_ready(Duration::from_secs(30)).await.unwrap();
+    bounded(
+        Duration::from_secs(40),
+        "wait_ready",
+        sidecar.wait_ready(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
     assert_eq!(*sidecar.state().borrow(), SidecarState::Ready);
     let pid = sidecar.pid();
-    let exit = sidecar.stop().await;
+    let started = Instant::now();
+    let exit = bounded(grace * 2 + LATE, "stop", sidecar.stop()).await;
+    let took = started.elapsed();
     assert!(exit.requested);
+    // http.server handles SIGINT (KeyboardInterrupt) and exits by itself, with code 0.
+    assert_eq!((exit.code, exit.signal), (Some(0), None), "{exit}");
+    assert!(took < grace, "SIGINT alone stops it, took {took:?}");
     assert!(!process::pid_alive(pid));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_during_start_up_reports_the_last_lines() {
     let mut spec = sh(
         "broken",
@@ -61,10 +91,13 @@ async fn exit_during_start_up_reports_the_last_lines() {
     );
     spec.health = Some(dead_port_probe());
     let mut sidecar = Sidecar::spawn(spec).unwrap();
-    let err = sidecar
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .unwrap_err();
+    let err = bounded(
+        Duration::from_secs(40),
+        "wait_ready",
+        sidecar.wait_ready(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap_err();
     match &err {
         StartError::Exited {
             name,
@@ -92,29 +125,37 @@ async fn exit_during_start_up_reports_the_last_lines() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_timeout_names_the_last_probe() {
     let mut spec = sh("slow", "exec sleep 30");
     spec.health = Some(dead_port_probe());
     spec.stop_grace = Duration::from_millis(200);
     let mut sidecar = Sidecar::spawn(spec).unwrap();
-    let err = sidecar
-        .wait_ready(Duration::from_millis(500))
+    let timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = bounded(timeout + LATE, "wait_ready", sidecar.wait_ready(timeout))
         .await
         .unwrap_err();
+    let took = started.elapsed();
     let text = err.to_string();
     assert!(matches!(err, StartError::Timeout { .. }), "{text}");
     assert!(text.contains("connect failed"), "{text}");
-    sidecar.stop().await;
+    // The timeout is the configured one: not cut short, not much longer.
+    assert!(
+        took + EARLY >= timeout && took < timeout + LATE,
+        "gave up after {took:?}, configured {timeout:?}"
+    );
+    bounded(Duration::from_secs(10), "stop", sidecar.stop()).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_escalates_to_sigkill_and_reaps_the_whole_group() {
     // Ignores SIGINT and SIGTERM (and so does its grandchild, which inherits the ignored
     // dispositions), so only SIGKILL to the group ends them.
     let spec_script = "trap '' INT TERM; sleep 300 & echo grandchild=$!; wait";
     let mut spec = sh("stubborn", spec_script);
-    spec.stop_grace = Duration::from_millis(200);
+    let grace = Duration::from_millis(200);
+    spec.stop_grace = grace;
     let sidecar = Sidecar::spawn(spec).unwrap();
     let grandchild: u32 = eventually(Duration::from_secs(10), "the grandchild's pid", || {
         let lines = sidecar.last_lines();
@@ -127,9 +168,16 @@ async fn stop_escalates_to_sigkill_and_reaps_the_whole_group() {
     .await;
     let pgid = sidecar.pid();
     assert!(process::group_members(pgid).contains(&grandchild));
-    let exit = sidecar.stop().await;
+    let started = Instant::now();
+    let exit = bounded(grace * 2 + LATE, "stop", sidecar.stop()).await;
+    let took = started.elapsed();
     assert_eq!(exit.signal, Some(9), "{exit}");
     assert!(exit.requested);
+    // SIGINT, the grace, SIGTERM, the grace, and only then SIGKILL.
+    assert!(
+        took + EARLY >= grace * 2 && took < grace * 2 + LATE,
+        "SIGKILL after {took:?}, expected two graces of {grace:?} first"
+    );
     eventually(
         Duration::from_secs(5),
         "the group to be empty",
@@ -139,7 +187,7 @@ async fn stop_escalates_to_sigkill_and_reaps_the_whole_group() {
     assert!(!process::pid_alive(grandchild));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unexpected_exit_is_published() {
     let sidecar = Sidecar::spawn(sh("crashy", "exec sleep 30")).unwrap();
     assert_eq!(
@@ -160,7 +208,7 @@ async fn an_unexpected_exit_is_published() {
     assert!(exit.to_string().contains("SIGKILL"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_handle_kills_the_group() {
     let sidecar = Sidecar::spawn(sh("dropped", "sleep 300 & wait")).unwrap();
     let pgid = sidecar.pid();
