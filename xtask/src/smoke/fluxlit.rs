@@ -1,5 +1,6 @@
 //! The FluxLit under test: `fluxlit run` on a copy of `examples/smoke`, with real Streamlit
-//! and the real FastAPI app, trusting forwarded headers from loopback (the edges).
+//! and the real FastAPI app, trusting forwarded headers from loopback (the edges), in one of
+//! two [`Mode`]s: the default configuration, or with the access log on.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,49 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long FluxLit has to become ready (Streamlit's first start is slow on 2 cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The gateway configuration a smoke run uses. Plain HTTP/1.1 UI requests take the gateway's
+/// HTTP/1.1 fast path only while the access log, metrics, debug, rate limits and the upstream
+/// concurrency cap are all off (`GatewayBuilder::http1_fast_path`); anything else is served by
+/// the hyper engine. The smoke runs both, so that the edges meet both engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The default configuration (only the body caps the 413 checks need): the fast path.
+    Default,
+    /// The access log on: every request is served by the hyper engine.
+    AccessLog,
+}
+
+impl Mode {
+    /// Both, in run order.
+    pub(crate) const ALL: [Mode; 2] = [Mode::Default, Mode::AccessLog];
+
+    /// The name in the report and on the command line (`--mode NAME`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::AccessLog => "access-log",
+        }
+    }
+
+    /// What the mode means, for the report.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Default => "default configuration: UI requests on the HTTP/1.1 fast path",
+            Self::AccessLog => "access log on: every request on the hyper engine",
+        }
+    }
+
+    /// Looks a mode up by its name.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the gateway writes access-log lines in this mode.
+    pub(crate) fn access_log(self) -> bool {
+        self == Self::AccessLog
+    }
+}
+
 /// A running `fluxlit run`.
 #[derive(Debug)]
 pub(crate) struct Fluxlit {
@@ -25,6 +69,8 @@ pub(crate) struct Fluxlit {
     pub(crate) proc: Proc,
     /// Where the gateway listens.
     pub(crate) addr: SocketAddr,
+    /// Its log file (stdout and stderr).
+    pub(crate) log: PathBuf,
 }
 
 /// Where to run FluxLit from.
@@ -40,6 +86,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) dir: PathBuf,
     /// `--root-path`, empty for none.
     pub(crate) root_path: &'a str,
+    /// The gateway configuration.
+    pub(crate) mode: Mode,
 }
 
 /// The gateway's listening address in its log, once it is there.
@@ -78,37 +126,36 @@ impl Setup<'_> {
         if !self.root_path.is_empty() {
             args.extend(["--root-path".to_owned(), self.root_path.to_owned()]);
         }
-        let label = if self.root_path.is_empty() {
-            "fluxlit (root path /)".to_owned()
+        let root = if self.root_path.is_empty() {
+            "/"
         } else {
-            format!("fluxlit (root path {})", self.root_path)
+            self.root_path
         };
+        let label = format!("fluxlit (root path {root}, {})", self.mode.name());
         let cap = BODY_CAP.to_string();
         let python = self.python;
-        let mut proc = Proc::spawn(
-            &label,
-            self.binary,
-            &args,
-            &dir.join("fluxlit.log"),
-            |cmd| {
-                // The user's own FLUXLIT_* settings must not change what is tested.
-                for (key, _) in std::env::vars_os() {
-                    if key.to_string_lossy().to_uppercase().starts_with("FLUXLIT_") {
-                        cmd.env_remove(key);
-                    }
+        let mode = self.mode;
+        let log = dir.join("fluxlit.log");
+        let mut proc = Proc::spawn(&label, self.binary, &args, &log, |cmd| {
+            // The user's own FLUXLIT_* settings must not change what is tested.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().to_uppercase().starts_with("FLUXLIT_") {
+                    cmd.env_remove(key);
                 }
-                cmd.current_dir(dir)
-                    .env("FLUXLIT_STREAMLIT_PYTHON", python)
-                    .env("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", &cap)
-                    .env("FLUXLIT_GATEWAY_MAX_API_REQUEST_BODY_BYTES", &cap)
-                    .env("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "1")
-                    .env("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S", "5")
-                    .env("FLUXLIT_SIDECAR_STOP_TIMEOUT_S", "3")
-                    .env("HOME", dir.join("home"))
-                    .env("NO_COLOR", "1")
-                    .env("PYTHONDONTWRITEBYTECODE", "1");
-            },
-        )?;
+            }
+            cmd.current_dir(dir)
+                .env("FLUXLIT_STREAMLIT_PYTHON", python)
+                .env("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", &cap)
+                .env("FLUXLIT_GATEWAY_MAX_API_REQUEST_BODY_BYTES", &cap)
+                .env("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S", "5")
+                .env("FLUXLIT_SIDECAR_STOP_TIMEOUT_S", "3")
+                .env("HOME", dir.join("home"))
+                .env("NO_COLOR", "1")
+                .env("PYTHONDONTWRITEBYTECODE", "1");
+            if mode.access_log() {
+                cmd.env("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "1");
+            }
+        })?;
 
         // The listening line, then readiness; both bounded, both watching for an early exit.
         let deadline = Instant::now() + LISTEN_TIMEOUT;
@@ -160,13 +207,22 @@ impl Setup<'_> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         eprintln!("smoke: {label} is ready on {addr}");
-        Ok(Fluxlit { proc, addr })
+        Ok(Fluxlit { proc, addr, log })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_parse_by_name() {
+        for mode in Mode::ALL {
+            assert_eq!(Mode::parse(mode.name()), Some(mode));
+        }
+        assert_eq!(Mode::parse("fast"), None);
+        assert!(Mode::AccessLog.access_log() && !Mode::Default.access_log());
+    }
 
     #[test]
     fn reads_the_listening_line() {
