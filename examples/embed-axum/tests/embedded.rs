@@ -6,21 +6,37 @@ use std::time::Duration;
 
 use fluxlit_testkit::{eventually, repo_root, venv_python};
 
+/// `GET path`: `None` when nothing answers (yet), a panic when a response starts but its
+/// body cannot be read, and every step bounded.
 async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut tx, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .ok()?;
+    const STEP: Duration = Duration::from_secs(20);
+    let stream = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut tx, conn) = tokio::time::timeout(
+        STEP,
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)),
+    )
+    .await
+    .ok()?
+    .ok()?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header("host", addr.to_string())
         .body(Empty::<bytes::Bytes>::new())
         .ok()?;
-    let resp = tx.send_request(req).await.ok()?;
+    let resp = tokio::time::timeout(STEP, tx.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let body = tokio::time::timeout(STEP, resp.into_body().collect())
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: {status} but no body within {STEP:?}"))
+        .unwrap_or_else(|e| panic!("GET {path}: {status} but the body failed: {e}"))
+        .to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
