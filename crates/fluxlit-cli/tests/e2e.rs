@@ -256,7 +256,12 @@ async fn a_killed_gateway_takes_its_sidecars_with_it() {
     let children: Vec<u32> = gw.children().into_iter().map(|(p, _)| p).collect();
     assert_eq!(children.len(), 2, "{:?}", gw.children());
     gw.signal(Signal::SIGKILL);
-    gw.wait_exit(Duration::from_secs(10)).await;
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the gateway died of the SIGKILL: {status:?}"
+    );
     for pid in children {
         eventually(
             Duration::from_secs(10),
