@@ -527,8 +527,8 @@ pub async fn slow_upstream(opts: &SlowOptions) -> Report {
 }
 
 /// What `chaos-graceful-shutdown` appends to the app's `api.py`: `GET /fluxlit-ops/slow`
-/// (answers after `seconds`) and `GET /fluxlit-ops/stream` (streams `chunks` lines over
-/// `seconds`).
+/// (answers after `seconds`), `GET /fluxlit-ops/started` (how many slow requests have begun)
+/// and `GET /fluxlit-ops/stream` (streams `chunks` lines over `seconds`).
 pub const SLOW_ROUTES_PY: &str = r#"
 
 # --- added by fluxlit-ops chaos-graceful-shutdown: requests that take a while ---
@@ -537,11 +537,22 @@ import asyncio as _fluxlit_ops_asyncio
 from fastapi.responses import StreamingResponse as _FluxlitOpsStreamingResponse
 
 
+_fluxlit_ops_started = 0
+
+
 @app.get("/fluxlit-ops/slow", response_model=None)
 async def _fluxlit_ops_slow(seconds: float = 1.0):
     """Answers after `seconds` (at most 30)."""
+    global _fluxlit_ops_started
+    _fluxlit_ops_started += 1
     await _fluxlit_ops_asyncio.sleep(max(0.0, min(seconds, 30.0)))
     return {"slept_s": seconds}
+
+
+@app.get("/fluxlit-ops/started", response_model=None)
+async def _fluxlit_ops_started_count():
+    """How many slow requests have started (the harness waits on it instead of sleeping)."""
+    return {"started": _fluxlit_ops_started}
 
 
 @app.get("/fluxlit-ops/stream", response_model=None)
@@ -740,13 +751,33 @@ pub async fn graceful_shutdown(opts: &GracefulOptions) -> Report {
             (r, Instant::now())
         })
     };
-    // The stream's headers prove it is being served; the slow request was sent before it.
+    // The stream's headers prove it is being served; the API's count proves the slow request
+    // is in its handler (both waited on, bounded; no fixed sleep).
     let live = tokio::time::timeout(Duration::from_secs(10), headers_rx).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     report.check(
         "the stream is live before the signal",
         matches!(live, Ok(Ok(()))),
         "its headers arrived",
+    );
+    let started_url = net::join(&base, "/api/fluxlit-ops/started");
+    let probe = Http::fresh(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let slow_started = loop {
+        let started = probe.get(&started_url).await.ok().is_some_and(|a| {
+            serde_json::from_slice::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|v| v["started"].as_u64())
+                .is_some_and(|n| n >= 1)
+        });
+        if started || Instant::now() >= deadline {
+            break started;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    report.check(
+        "the slow request is in flight before the signal",
+        slow_started,
+        "the API counted it as started (waited up to 10 s)",
     );
     gw.remember_tree();
     let signalled = Instant::now();
@@ -760,8 +791,13 @@ pub async fn graceful_shutdown(opts: &GracefulOptions) -> Report {
         drop(socket);
         end
     });
-    // New connections after the signal (informational: the listener is closed at once).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections after the signal (informational: the listener is closed at once):
+    // asked once the gateway's readiness is no longer 200 (bounded), not after a fixed pause.
+    let ready_url = net::join(&base, "/api/readyz");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && probe.get(&ready_url).await.is_ok_and(|a| a.status == 200) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let late = Http::fresh(Duration::from_secs(2))
         .get(&net::join(&base, "/api/healthz"))
         .await;
