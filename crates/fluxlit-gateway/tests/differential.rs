@@ -5,16 +5,20 @@
 //! refused by both with the same status, neither reaching its upstream).
 //!
 //! - [`engines_agree_on_generated_exchanges`]: a proptest over generated request heads and
-//!   bodies (valid and malformed) and generated upstream responses. Each case is sent over a
-//!   fresh TCP connection to two gateways (fast path on, off), each in front of its own
+//!   bodies (valid and malformed, sometimes with a second request or other bytes pipelined
+//!   behind them) and generated upstream responses. Each case is sent over a fresh TCP
+//!   connection to two gateways (fast path on, off), each in front of its own
 //!   [`ScriptedUpstream`] that records the exact bytes it read and answers with the generated
 //!   response. The gateways and upstreams are reused across cases (one client connection per
-//!   case). `FLUXLIT_DIFF_CASES` sets the number of cases (default 10,000).
+//!   case); a client reads until the responses it waits for are complete by their framing, the
+//!   connection closes, or [`CASE_DEADLINE`]. `FLUXLIT_DIFF_CASES` sets the number of cases
+//!   (default 10,000: about a minute in a debug build on 2 cores); `FLUXLIT_DIFF_EXPLORE=1`
+//!   reports every kind of divergence once instead of stopping at the first.
 //! - [`parsers_survive_random_bytes`]: fuzz-style, through raw sockets (the fast path's parsers
 //!   are private): random request bytes, random `Content-Length` values, random chunked bodies
-//!   and random upstream response bytes; each gateway answers or closes within a bound, and a
-//!   well-formed request on a new connection succeeds afterwards. `FLUXLIT_FUZZ_CASES` sets the
-//!   number of cases (default 2,000).
+//!   and random upstream response bytes; each gateway answers or closes within a bound, no task
+//!   panics, and a well-formed request on a new connection succeeds afterwards.
+//!   `FLUXLIT_FUZZ_CASES` sets the number of cases (default 2,000).
 //! - One named regression test per divergence found (`divergence_*`); those still failing are
 //!   `#[ignore = "divergence: ..."]` and listed in [`KNOWN`], and the property test skips the
 //!   generator dimensions that hit them while [`KNOWN_DIVERGENCES`] is `true`.
@@ -23,22 +27,30 @@
 //!
 //! - At the upstream: each request's method, target, version, its fields as a multimap (names
 //!   compared ASCII case-insensitively; the values of one name in their order; names in any
-//!   order) and its body bytes de-chunked (with `Content-Length` and `Transfer-Encoding` kept
-//!   as fields, so a change of framing shows), and whether it was read to its end. Name case
-//!   and the order across different names are not compared: RFC 9110 §5.1 makes names
+//!   order), its body bytes de-chunked (with `Content-Length` and `Transfer-Encoding` kept as
+//!   fields, so a change of framing shows), and whether it was read to its end (the body of one
+//!   that was not is not compared: how much of it got through is timing). Name case and the
+//!   order across different names are not compared: RFC 9110 §5.1 makes names
 //!   case-insensitive and §5.3 makes only the order of same-named fields significant, and
 //!   hyper's `HeaderMap` keeps neither (its client writes names lower-cased, grouped by name),
-//!   so requiring them would flag every case. Masked: a generated `X-Request-ID` (a UUID; a
+//!   so requiring them would flag every case. Masked: a minted `X-Request-ID` (a UUID; a
 //!   well-formed one the client sends from this trusted loopback peer goes on unchanged and is
-//!   compared), and each gateway's own port (`X-Forwarded-Port`).
-//! - At the client: the interim (1xx) statuses, the final status, the fields as the same
-//!   multimap minus `Date` and the framing fields (`Content-Length` for a response with a body,
-//!   the `chunked` coding of `Transfer-Encoding`: each engine chooses how to delimit a body it
-//!   relays; the body must be the same), the body de-framed, and UUIDs masked in bodies too
-//!   (error texts name the request id). `Connection: close` is compared as a field.
+//!   compared), and the gateways' and upstreams' ports (`X-Forwarded-Port`, a `CONNECT`
+//!   target).
+//! - At the client, per response: the interim (1xx) statuses, the status line's version and
+//!   status, the fields as the same multimap minus `Date` and the framing (`Content-Length` of
+//!   a response with a body, the `chunked` coding of `Transfer-Encoding`: each engine chooses
+//!   how to delimit a body it relays; other codings stay), the body de-framed, and whether the
+//!   connection ends after it (`Connection: close`). A gateway-made error text is compared
+//!   without its parenthesised causes other than the request id ([`error_text`]). A response
+//!   that is not complete is compared as just that ([`incomplete`]). After a body delimited by
+//!   the close (which the fast path relays as it comes and hyper re-frames as chunked), whether
+//!   the connection goes on is the engine's choice: exchanges are compared up to that one.
 //! - Which engine served: the fast gateway's counters tell whether its fast path (`h1`) or
-//!   hyper forwarded each case; the hyper gateway must never use the fast path; over the run,
-//!   both engines of the fast gateway must have served cases (so no engine passes unused).
+//!   hyper forwarded each case; the hyper gateway must never use the fast path, what reached an
+//!   upstream must have been counted by an engine, and over the run both engines of the fast
+//!   gateway must have served at least a tenth of the cases. A panic on the gateways' runtime
+//!   workers fails either property ([`WORKER_PANICS`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -685,41 +697,22 @@ type Known = (&'static str, fn(&Case) -> bool);
 /// The divergences still open; see the `divergence_*` tests.
 const KNOWN: &[Known] = &[
     (
-        "an HTTP/1.0 upstream response: the fast path answers with an HTTP/1.1 status line, hyper with the upstream's HTTP/1.0",
-        |c| c.resp.version == "HTTP/1.0",
+        "a request pipelined behind one answered 304 or 204: seen once in about 40,000 cases, hyper answered it 502 without reaching the upstream (not reproduced alone; see the report of issue 16)",
+        |c| !c.req.then.is_empty() && matches!(c.resp.status, 204 | 304),
     ),
     (
-        "an HTTP/1.0 upstream response with Transfer-Encoding and no body (HEAD, 204, 304): 502 from the fast path, relayed by hyper",
-        |c| {
-            c.resp.version == "HTTP/1.0"
-                && matches!(
-                    c.resp.framing,
-                    RespFraming::Chunked | RespFraming::GzipChunked
-                )
-                && (c.req.method == "HEAD" || c.resp.status == 204 || c.resp.status == 304)
-        },
-    ),
-    (
-        "a 304 with Content-Length: the fast path relays the field, hyper drops it",
-        |c| c.resp.status == 304 && c.resp.framing == RespFraming::Length,
-    ),
-    (
-        "a Connection field with obs-text bytes (0x80-0xFF) naming close: the fast path reads close, hyper does not",
-        |c| {
-            c.req
-                .values("connection")
-                .any(|v| v.iter().any(|b| *b >= 0x80))
-        },
-    ),
-    (
-        "an upstream chunked body with more than 16 KiB of chunk extensions: relayed whole by the fast path, cut by hyper",
+        "upstream chunk extensions counted differently: the fast path counts the CR (6 bytes for ';ext=1') and refuses above 16,384, hyper counts 5 and refuses at 16,384",
         |c| {
             matches!(
                 c.resp.framing,
                 RespFraming::Chunked | RespFraming::GzipChunked
             ) && c.resp.chunk_extras
-                && c.resp.body.len() / (c.resp.chunk + 1) * 6 >= 15 * 1024
+                && c.resp.body.len().div_ceil(c.resp.chunk + 1) * 5 >= 10 * 1024
         },
+    ),
+    (
+        "a 304 with Content-Length to HEAD: hyper keeps the field, the fast path drops it",
+        |c| c.req.method == "HEAD" && c.resp.status == 304 && c.resp.framing == RespFraming::Length,
     ),
 ];
 
@@ -1885,8 +1878,8 @@ fn divergence_http10_response_with_transfer_encoding() {
 /// The same without a body to frame (a HEAD request, a 204, a 304). Fast path: 502 (it refuses
 /// the framing, as for a response with a body); hyper: relays the response (it checks the
 /// framing only of a body it reads), with the upstream's `HTTP/1.0` status line.
+/// Found diverging as above; fixed in d151538 (hyper's way: relayed).
 #[test]
-#[ignore = "divergence: bodiless HTTP/1.0 upstream response with Transfer-Encoding (fast path 502, hyper relays it)"]
 fn divergence_http10_bodiless_response_with_transfer_encoding() {
     for (req, reply) in [
         (
@@ -1912,8 +1905,8 @@ fn divergence_http10_bodiless_response_with_transfer_encoding() {
 /// path: `HTTP/1.1 200 OK` (the status line's version is the gateway's own, RFC 9110 §6.2);
 /// hyper: `HTTP/1.0 200 OK` (hyper's server writes the version of the response it is given,
 /// the upstream's).
+/// Found diverging as above; fixed in d151538 (HTTP/1.1 on both).
 #[test]
-#[ignore = "divergence: HTTP/1.0 upstream response (fast path answers HTTP/1.1, hyper HTTP/1.0)"]
 fn divergence_http10_response_version() {
     assert_engines_agree(
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1926,8 +1919,8 @@ fn divergence_http10_response_version() {
 
 /// A `304 Not Modified` with `Content-Length` (RFC 9110 §8.6 allows it: the length of the
 /// selected representation). Fast path: relays `content-length: 1234`; hyper: drops the field.
+/// Found diverging as above; fixed in d151538 (no Content-Length on a relayed 304).
 #[test]
-#[ignore = "divergence: 304 with Content-Length (fast path keeps the field, hyper drops it)"]
 fn divergence_304_content_length() {
     assert_engines_agree(
         b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\n\r\n",
@@ -1940,8 +1933,8 @@ fn divergence_304_content_length() {
 /// A `Connection` field with obs-text (`x\xc2\xa0`, a UTF-8 no-break space) next to `close`.
 /// Fast path: reads `close` (answers `connection: close` and closes); hyper: the value is not
 /// visible ASCII, so it reads no option at all (no `connection: close`, the connection stays).
+/// Found diverging as above; fixed in d151538 (obs-text names nothing, not even close, on both).
 #[test]
-#[ignore = "divergence: Connection with obs-text bytes (fast path reads close, hyper ignores the field)"]
 fn divergence_connection_with_obs_text() {
     assert_engines_agree(
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x\xc2\xa0\r\n\r\n",
@@ -1953,8 +1946,8 @@ fn divergence_connection_with_obs_text() {
 /// chunks with `;ext=1`). Fast path: relays the whole body; hyper's client stops at its
 /// 16 KiB extension limit (`chunk extensions over limit`), so the client gets a 200 whose body
 /// is cut.
+/// Found diverging as above; fixed in d151538 (both stop at 16 KiB).
 #[test]
-#[ignore = "divergence: upstream chunk extensions over 16 KiB (fast path relays all, hyper cuts the body)"]
 fn divergence_upstream_chunk_extensions_over_16k() {
     let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     reply.extend_from_slice(&chunk(&[b'z'; 5000], 1, true));
@@ -2056,4 +2049,33 @@ fn former_divergences_stay_fixed() {
             }
         }
     });
+}
+
+/// A `304 Not Modified` with `Content-Length` (1234, or 0) to a HEAD request. Fast path: no
+/// `Content-Length` (as for any relayed 304 since d151538); hyper: the upstream's
+/// `content-length` (its server keeps the length of an answer to HEAD). To a GET both send
+/// none.
+#[test]
+#[ignore = "divergence: 304 with Content-Length to HEAD (hyper keeps the field, the fast path drops it)"]
+fn divergence_304_content_length_to_head() {
+    for length in ["1234", "0"] {
+        assert_engines_agree(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+            Reply::raw(format!(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: {length}\r\n\r\n"
+            )),
+        );
+    }
+}
+
+/// An upstream chunked body with 3,000 one-byte chunks each with `;ext=1`: 15,000 extension
+/// bytes as hyper's client counts them (after `;`, before CR; an error at 16,384), 18,000 as the
+/// fast path counts them (the CR too; an error above 16,384). hyper relays the whole body; the
+/// fast path cuts it (a 200 head, part of the body, then a close).
+#[test]
+#[ignore = "divergence: chunk extensions counted differently (the fast path counts the CR, hyper does not)"]
+fn divergence_upstream_chunk_extensions_counted_differently() {
+    let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    reply.extend_from_slice(&chunk(&[b'z'; 3000], 1, true));
+    assert_engines_agree(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Reply::raw(reply));
 }
