@@ -501,11 +501,17 @@ async fn websocket_origin_allow_list_and_idle_timeout() {
             matches!(echo, Some(Ok(Message::Text(_)))),
             "{what}: {echo:?}"
         );
-        // Idle past the timeout: the tunnel is closed by the gateway.
+        // Idle past the timeout: the tunnel is closed by the gateway, after the timeout.
+        let idle_from = std::time::Instant::now();
         let end = within("the idle tunnel to be closed", ws.next()).await;
         assert!(
             matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
             "{what}: {end:?}"
+        );
+        let idle = idle_from.elapsed();
+        assert!(
+            idle >= Duration::from_millis(250),
+            "{what}: closed after {idle:?} idle, before the 300 ms idle timeout"
         );
         gw.assert_served(0, 2, &format!("{what}: upgrades under an allow-list"));
     }
@@ -743,6 +749,7 @@ async fn slow_clients_are_cut_by_the_header_read_timeout() {
         let mut s = within("connect", tokio::net::TcpStream::connect(gw.addr))
             .await
             .unwrap();
+        let sent = std::time::Instant::now();
         s.write_all(b"GET /echo HTTP/1.1\r\nhost: h\r\nx-slow: ")
             .await
             .unwrap();
@@ -751,6 +758,13 @@ async fn slow_clients_are_cut_by_the_header_read_timeout() {
         assert!(
             r.is_ok(),
             "{}: the gateway closes a connection whose headers never finish",
+            engine(fast)
+        );
+        // Cut by the timeout, not at once (the connection was opened just before `sent`).
+        let after = sent.elapsed();
+        assert!(
+            after >= Duration::from_millis(250),
+            "{}: cut after {after:?}, before the 300 ms header timeout",
             engine(fast)
         );
         gw.assert_served(0, 0, &format!("{}: no complete request", engine(fast)));
@@ -775,6 +789,7 @@ async fn websocket_max_lifetime_closes_busy_tunnels_too() {
         )
         .await
         .unwrap();
+        let opened = std::time::Instant::now();
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 if ws.send(Message::Text("busy".into())).await.is_err() {
@@ -791,6 +806,12 @@ async fn websocket_max_lifetime_closes_busy_tunnels_too() {
         assert!(
             closed.is_ok(),
             "{}: a tunnel past its maximum lifetime is closed even while busy",
+            engine(fast)
+        );
+        let lived = opened.elapsed();
+        assert!(
+            lived >= Duration::from_millis(350),
+            "{}: closed after {lived:?}, before its 400 ms lifetime",
             engine(fast)
         );
         gw.assert_split(fast, 1, 0, "one upgrade");

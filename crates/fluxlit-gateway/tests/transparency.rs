@@ -152,15 +152,102 @@ async fn http_scenarios_match_direct_on(fast: bool) {
     gw.stop().await;
 }
 
-/// Requests with `Transfer-Encoding` are hyper's on both engines (the fast path hands them over).
+/// Requests with `Transfer-Encoding` are hyper's on both engines (the fast path hands them over)
+/// and arrive whole (what streaming means is proved by
+/// [`request_bodies_are_streamed_not_buffered`]).
 #[tokio::test]
-async fn chunked_request_bodies_stream_through() {
+async fn chunked_request_bodies_arrive_whole() {
     for fast in ENGINES {
-        chunked_request_bodies_stream_through_on(fast).await;
+        chunked_request_bodies_arrive_whole_on(fast).await;
     }
 }
 
-async fn chunked_request_bodies_stream_through_on(fast: bool) {
+/// A request body is forwarded as it arrives: the upstream receives its first part while the
+/// client still holds back the rest (a buffering gateway would deliver nothing until the body
+/// ended), with `Content-Length` (the fast path when on) and chunked (hyper on both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_streamed_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    for fast in ENGINES {
+        for chunked in [false, true] {
+            let what = format!("{} chunked={chunked}", engine(fast));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let up_addr = listener.local_addr().unwrap();
+            let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+            // The upstream: reads until the first part (`AAAA`) is there, says so, then reads
+            // the rest (`BBBB`) and answers.
+            let upstream = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut first_tx = Some(first_tx);
+                loop {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "upstream: closed before the whole body");
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    if text.contains("AAAA")
+                        && let Some(tx) = first_tx.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    if text.contains("BBBB") && (!chunked || text.ends_with("0\r\n\r\n")) {
+                        break;
+                    }
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                got
+            });
+            let gw = start_on(Gateway::builder().ui(up_at(up_addr, "ui")), fast).await;
+            let mut c = within("connect", tokio::net::TcpStream::connect(gw.addr))
+                .await
+                .unwrap();
+            let (head, rest): (&[u8], &[u8]) = if chunked {
+                (
+                    b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nAAAA\r\n",
+                    b"4\r\nBBBB\r\n0\r\n\r\n",
+                )
+            } else {
+                (
+                    b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nAAAA",
+                    b"BBBB",
+                )
+            };
+            c.write_all(head).await.unwrap();
+            within(
+                &format!("{what}: the first part reaches the upstream"),
+                first_rx,
+            )
+            .await
+            .expect("upstream alive");
+            c.write_all(rest).await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !answer.ends_with(b"ok") {
+                let n = within("the answer", c.read(&mut buf)).await.unwrap();
+                assert!(n > 0, "{what}: closed before the answer");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            assert!(answer.starts_with(b"HTTP/1.1 200"), "{what}");
+            let got = within("upstream", upstream).await.unwrap();
+            let got = String::from_utf8_lossy(&got).into_owned();
+            assert!(
+                got.contains("AAAA") && got.contains("BBBB"),
+                "{what}: {got}"
+            );
+            if chunked {
+                gw.assert_split(fast, 0, 1, &what);
+            } else {
+                gw.assert_split(fast, 1, 0, &what);
+            }
+            gw.stop().await;
+        }
+    }
+}
+
+async fn chunked_request_bodies_arrive_whole_on(fast: bool) {
     let up = TestUpstream::start().await;
     let gw = start_on(Gateway::builder().ui(ui(&up)), fast).await;
     let mk = || {
