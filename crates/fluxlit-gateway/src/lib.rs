@@ -692,6 +692,18 @@ impl Gateway {
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return with_rid(r, &rid);
         }
+        // CONNECT asks for a tunnel to another host (RFC 9110 §9.3.6): a gateway in front of
+        // its own upstreams does not offer that (the fast path hands it here).
+        if req.method() == Method::CONNECT {
+            let mut r = plain_rid(
+                StatusCode::NOT_IMPLEMENTED,
+                "FluxLit: CONNECT is not supported by this gateway\n",
+                &rid,
+            );
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return with_rid(r, &rid);
+        }
         // RFC 9112 §6.3: one unambiguous body length, by the rules the fast path uses too
         // (`framing.rs`); the gateway then sends the length it read, as one decimal field.
         match framing::request_framing(

@@ -1376,3 +1376,24 @@ async fn connection_options_with_odd_bytes_are_read_the_same_way() {
         );
     }
 }
+
+/// CONNECT (a tunnel to another host, RFC 9110 §9.3.6) is not offered: 501 from both engines,
+/// the connection closed, nothing forwarded, in origin and authority form.
+#[tokio::test]
+async fn connect_is_refused() {
+    for fast in ENGINES {
+        let rec = RecordingUpstream::start().await;
+        let mut gw = gateway_for(&rec, fast).await;
+        gw.hyper_only(); // refusals are hyper's
+        for target in ["/36", "127.0.0.1:22"] {
+            let mut c = RawClient::connect(gw.addr).await;
+            c.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await;
+            let r = c.response(false).await.expect("CONNECT answer");
+            let want = if target.starts_with('/') { 501 } else { 400 };
+            assert_eq!(r.status, want, "{} {target}", engine(fast));
+            assert!(c.closed().await, "{} {target}: closed", engine(fast));
+        }
+        assert!(rec.requests().is_empty(), "{}", engine(fast));
+    }
+}
