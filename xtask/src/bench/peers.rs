@@ -184,6 +184,10 @@ pub(crate) fn start_fluxlit(bin: &Path, work: &Path, upstream: u16) -> Result<Ro
         "--log-level",
         "warn",
     ])
+    // Every load comes from 127.0.0.1, like an edge proxy's: the per-client limits (which
+    // nginx and HAProxy here do not have) would cap the idle-tunnel row at 256.
+    .env("FLUXLIT_GATEWAY_MAX_WEBSOCKETS_PER_CLIENT_IP", "0")
+    .env("FLUXLIT_GATEWAY_MAX_CONNECTIONS_PER_IP", "0")
     .current_dir(&dir);
     let mut p = Proc::spawn("fluxlit", cmd, Some(&dir.join("fluxlit.log")))?;
     wait_ready(&mut p, port, "/api/readyz", Duration::from_secs(20))?;
