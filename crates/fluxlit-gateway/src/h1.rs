@@ -961,7 +961,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
             // Never on a 1xx or 204 (RFC 9110 §8.6).
             // Nor on a 304 to anything but HEAD, as hyper's server writes it.
             let allowed =
-                code != 204 && !(code == 304 && !ctx.head_request) && !(100..200).contains(&code);
+                code != 204 && (code != 304 || ctx.head_request) && !(100..200).contains(&code);
             if let (Some(n), None, false, true) = (length, te_chunked, length_sent, allowed) {
                 push_length(&mut out, n);
                 length_sent = true;
