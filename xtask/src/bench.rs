@@ -48,7 +48,7 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
   --tunnels N          idle WebSocket tunnels to hold (full: 10000, capped by RLIMIT_NOFILE)
   --upstream-threads N tokio workers of the upstream (default 1)
   --no-python          skip FluxLit for Python
-  --no-build           use the release binaries already in target/release";
+  --no-build           use the release binaries already in the target directory's release/";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -166,7 +166,7 @@ pub(crate) fn run(args: &[String]) -> Result {
             "fluxlit-bench",
         ]))?;
     }
-    let bin = root.join("target/release");
+    let bin = crate::target_dir(&root).join("release");
     for b in ["fluxlit", "fluxlit-bench-upstream", "fluxlit-bench-ws"] {
         if !bin.join(b).exists() {
             return Err(Failed(format!(

@@ -167,11 +167,25 @@ fn ci() -> Result {
     Ok(())
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (relative to the project root when
+/// relative: `cargo()` builds from there), else `target/` under the project root. Smoke, bench
+/// and example find the release binaries there.
+fn target_dir(root: &std::path::Path) -> PathBuf {
+    target_dir_from(root, std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_from(root: &std::path::Path, var: Option<std::ffi::OsString>) -> PathBuf {
+    match var.filter(|v| !v.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 fn example() -> Result {
     let python = setup_venv()?;
     run(cargo().args(["build", "--release", "--locked", "-p", "fluxlit-cli"]))?;
     let root = project_root();
-    let mut cmd = Command::new(root.join("target/release/fluxlit"));
+    let mut cmd = Command::new(target_dir(&root).join("release/fluxlit"));
     cmd.arg("run")
         .current_dir(root.join("examples/hello"))
         .env("FLUXLIT_STREAMLIT_PYTHON", &python);

@@ -151,7 +151,7 @@ fn smoke(opts: Options) -> Result {
     let started = Instant::now();
     let root = crate::project_root();
     let python = crate::setup_venv()?;
-    let target = target_dir(&root);
+    let target = crate::target_dir(&root);
     let tools = edges::ensure(&target, &opts.edges);
     crate::run(crate::cargo().args(["build", "--release", "--locked", "-p", "fluxlit-cli"]))?;
     let checks_started = Instant::now();
@@ -243,19 +243,6 @@ fn smoke(opts: Options) -> Result {
         )))
     } else {
         Ok(())
-    }
-}
-
-/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (relative to the project root when
-/// relative: `crate::cargo()` builds from there), else `target/` under the project root.
-fn target_dir(root: &std::path::Path) -> PathBuf {
-    target_dir_from(root, std::env::var_os("CARGO_TARGET_DIR"))
-}
-
-fn target_dir_from(root: &std::path::Path, var: Option<std::ffi::OsString>) -> PathBuf {
-    match var.filter(|v| !v.is_empty()) {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
     }
 }
 
@@ -615,17 +602,20 @@ mod tests {
     #[test]
     fn target_dir_honours_cargo_target_dir() {
         let root = std::path::Path::new("/repo");
-        assert_eq!(target_dir_from(root, None), PathBuf::from("/repo/target"));
         assert_eq!(
-            target_dir_from(root, Some("".into())),
+            crate::target_dir_from(root, None),
             PathBuf::from("/repo/target")
         );
         assert_eq!(
-            target_dir_from(root, Some("/tmp/t".into())),
+            crate::target_dir_from(root, Some("".into())),
+            PathBuf::from("/repo/target")
+        );
+        assert_eq!(
+            crate::target_dir_from(root, Some("/tmp/t".into())),
             PathBuf::from("/tmp/t")
         );
         assert_eq!(
-            target_dir_from(root, Some("build/t".into())),
+            crate::target_dir_from(root, Some("build/t".into())),
             PathBuf::from("/repo/build/t")
         );
     }
