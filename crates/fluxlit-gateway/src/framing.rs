@@ -16,6 +16,18 @@ pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// plus the status line and whitespace the measure leaves out.
 pub(crate) const RESPONSE_HEAD_BUFFER: usize = 2 * MAX_RESPONSE_HEAD;
 
+/// The size of a request head as both engines measure it (compared with
+/// `gateway_max_request_header_bytes`, 431 above): the request line (`METHOD target
+/// HTTP/1.1` and CRLF) plus name, value and 4 bytes per field plus the final CRLF. Each engine's
+/// read buffer is twice that limit, so the exact measure decides, not where a read ended.
+pub(crate) fn request_head_size<'a>(
+    method: &str,
+    target: &str,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> usize {
+    method.len() + 1 + target.len() + 11 + response_fields_size(fields) + 2
+}
+
 /// The size of a response head's fields as both engines measure it: name, value and 4 bytes
 /// (`: ` and CRLF) per field. Compared with [`MAX_RESPONSE_HEAD`].
 pub(crate) fn response_fields_size<'a>(

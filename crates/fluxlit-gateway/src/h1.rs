@@ -156,7 +156,8 @@ pub(crate) async fn serve(
 ) -> Outcome {
     let mut buf = BytesMut::with_capacity(CLIENT_BUFFER);
     let mut up: Option<UpConn> = None;
-    let max_head = inner.limits.max_header_bytes.max(8192);
+    // Read up to twice the limit; the exact measure (`framing::request_head_size`) decides.
+    let max_head = inner.limits.max_header_bytes.max(8192) * 2;
     let handoff: Option<Bytes> = 'conn: loop {
         // A complete request head, within the header read timeout (idle time included).
         let deadline = tokio::time::Instant::now() + inner.limits.header_read_timeout;
@@ -377,6 +378,15 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     let Ok(pq) = PathAndQuery::try_from(target) else {
         return Parsed::Handoff;
     };
+    // Over the head limit: hyper answers 431 by the same measure.
+    let head_size = crate::framing::request_head_size(
+        method,
+        target,
+        req.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+    );
+    if head_size > inner.limits.max_header_bytes.max(8192) {
+        return Parsed::Handoff;
+    }
     // The shared decision (`decide.rs`): only a UI forward with no other duty is ours.
     let Decision::Ui { path } =
         decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints())

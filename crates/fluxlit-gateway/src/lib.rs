@@ -692,6 +692,27 @@ impl Gateway {
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return with_rid(r, &rid);
         }
+        // One measure of the head on both engines (`framing::request_head_size`).
+        let head_size = framing::request_head_size(
+            req.method().as_str(),
+            req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            req.headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        );
+        if head_size > inner.limits.max_header_bytes.max(8192) {
+            let mut r = plain_rid(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "FluxLit: the request head is larger than {} bytes (gateway_max_request_header_bytes)\n",
+                    inner.limits.max_header_bytes.max(8192)
+                ),
+                &rid,
+            );
+            r.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return with_rid(r, &rid);
+        }
         // CONNECT asks for a tunnel to another host (RFC 9110 §9.3.6): a gateway in front of
         // its own upstreams does not offer that (the fast path hands it here).
         if req.method() == Method::CONNECT {
@@ -1138,7 +1159,7 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.limits.header_read_timeout)
-            .max_buf_size(self.inner.limits.max_header_bytes.max(8192));
+            .max_buf_size(self.inner.limits.max_header_bytes.max(8192) * 2);
         builder
             .http2()
             .timer(TokioTimer::new())
