@@ -82,7 +82,7 @@ struct ConfigArgs {
     /// Log format: text or json [env: FLUXLIT_LOG_FORMAT; default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// Log filter: error, warn, info, debug, trace [env: FLUXLIT_LOG_LEVEL; default: info].
+    /// Log level: critical, error, warning, info, debug, trace, or a tracing directive list [env: FLUXLIT_LOG_LEVEL; default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
     /// Extra arguments for `streamlit run` (after `--`) [env: FLUXLIT_STREAMLIT_RUN_CLI_ARGS].

@@ -237,3 +237,79 @@ fn strict_startup_refuses_to_run_on_warnings() {
         "{err}"
     );
 }
+
+/// Issue 12 §6: a `.env` in the project directory is read (below the environment, above the
+/// project file) and `--show-origin` names it; pydantic's boolean words and Uvicorn's level
+/// names are accepted there.
+#[test]
+fn dotenv_is_read_and_named_by_show_origin() {
+    let dir = fluxlit_testkit::TempDir::new("config-dotenv");
+    std::fs::write(
+        dir.path().join("fluxlit.toml"),
+        "gateway_port = 9000\nroot_path = \"/file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "FLUXLIT_GATEWAY_PORT=9100\nFLUXLIT_ROOT_PATH=/dotenv\nFLUXLIT_ENABLE_SECURITY_HEADERS=y\nFLUXLIT_LOG_LEVEL=WARNING\n",
+    )
+    .unwrap();
+    let env = [("FLUXLIT_ROOT_PATH", "/env")];
+    let (code, out, err) = config(dir.path(), &["--show-origin"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let dotenv = dir.path().join(".env").display().to_string();
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .to_owned()
+    };
+    assert!(
+        line("gateway_port").contains(&format!("= 9100    # {dotenv} (FLUXLIT_GATEWAY_PORT)")),
+        "{out}"
+    );
+    assert!(
+        line("root_path").contains("\"/env\"    # environment variable FLUXLIT_ROOT_PATH"),
+        "the environment beats .env:\n{out}"
+    );
+    assert!(line("enable_security_headers").contains("= true"), "{out}");
+    assert!(line("log_level").contains("= \"warn\""), "{out}");
+    let (code, out, err) = config(dir.path(), &["--json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["origins"]["gateway_port"]["source"], "dotenv");
+    assert_eq!(v["origins"]["gateway_port"]["var"], "FLUXLIT_GATEWAY_PORT");
+    assert_eq!(v["origins"]["gateway_port"]["path"], dotenv.as_str());
+}
+
+/// Issue 12 §6: `trust_proxy` with no allow-list trusts loopback only; `fluxlit config` says so
+/// with the fix, as a warning (so `--strict` refuses it).
+#[test]
+fn trust_proxy_without_allow_list_is_a_warning_with_the_fix() {
+    let dir = fluxlit_testkit::TempDir::new("config-loopback");
+    // A body cap, so that this is the only warning.
+    let env = [("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "64MiB")];
+    let (code, out, err) = config(dir.path(), &["--proxy-headers"], &env);
+    assert_eq!(code, 0, "a warning, not an error: {out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("[WARN] forwarded_allow_ips_loopback_only"))
+        .unwrap_or_else(|| panic!("no warning in:\n{out}"));
+    assert!(
+        line.contains("loopback peers only") && line.contains("FLUXLIT_FORWARDED_ALLOW_IPS"),
+        "{line}"
+    );
+    let (code, _, _) = config(dir.path(), &["--proxy-headers", "--strict"], &env);
+    assert_eq!(code, 1);
+    let (code, out, _) = config(
+        dir.path(),
+        &[
+            "--proxy-headers",
+            "--forwarded-allow-ips",
+            "127.0.0.1",
+            "--strict",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}");
+}

@@ -151,6 +151,18 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
     }
 
     if s.trust_proxy {
+        // New: FluxLit for Python trusted every peer here (Uvicorn's "*"); FluxLit trusts loopback
+        // only, which is safe but surprises a proxy on another host.
+        if s.forwarded_allow_ips.is_empty() {
+            push(
+                Level::Warn,
+                "forwarded_allow_ips_loopback_only",
+                format!(
+                    "trust_proxy is on (from {}) and forwarded_allow_ips is empty, so forwarded headers (X-Forwarded-*, Forwarded) are trusted from loopback peers only (127.0.0.0/8, ::1), not from every peer as in FluxLit for Python; if your reverse proxy runs on another host, set forwarded_allow_ips (FLUXLIT_FORWARDED_ALLOW_IPS, --forwarded-allow-ips) to its addresses, e.g. 10.0.0.5 or 10.0.0.0/8; if it runs on this host, set forwarded_allow_ips = 127.0.0.1 to say so",
+                    loaded.origin("trust_proxy")
+                ),
+            );
+        }
         let broad: Vec<&String> = s
             .forwarded_allow_ips
             .iter()

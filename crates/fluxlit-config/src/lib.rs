@@ -1,9 +1,11 @@
 //! FluxLit settings: schema, sources, precedence, provenance and validation.
 //!
 //! This crate owns every setting FluxLit reads and the one rule that combines them:
-//! **CLI flags → environment (`FLUXLIT_*`) → project file → defaults** (the first that sets a key
-//! wins). The project file is `./fluxlit.toml` (top-level keys), else `[tool.fluxlit]` in
-//! `./pyproject.toml`; `--config PATH` or `FLUXLIT_CONFIG` picks another file.
+//! **CLI flags → environment (`FLUXLIT_*`) → `./.env` → project file → defaults** (the first
+//! that sets a key wins). The `.env` file is read as pydantic-settings read it for FluxLit for
+//! Python (only its `FLUXLIT_*` names; it never changes the process environment). The project
+//! file is `./fluxlit.toml` (top-level keys), else `[tool.fluxlit]` in `./pyproject.toml`;
+//! `--config PATH` or `FLUXLIT_CONFIG` picks another file.
 //!
 //! Invariants:
 //! - Only this crate interprets the environment and config files, and it takes the environment as
@@ -138,6 +140,14 @@ pub enum Origin {
         /// Its name, as set.
         var: String,
     },
+    /// A line of the project directory's `.env` file.
+    #[serde(rename = "dotenv")]
+    DotEnv {
+        /// The file.
+        path: PathBuf,
+        /// The variable's name, as written in the file.
+        var: String,
+    },
     /// A command-line flag.
     Cli {
         /// The flag.
@@ -156,6 +166,7 @@ impl fmt::Display for Origin {
             } => write!(f, "{}:{l}", path.display()),
             Origin::File { path, line: None } => write!(f, "{}", path.display()),
             Origin::Env { var } => write!(f, "environment variable {var}"),
+            Origin::DotEnv { path, var } => write!(f, "{} ({var})", path.display()),
             Origin::Cli { flag } => write!(f, "command-line flag {flag}"),
         }
     }
@@ -478,12 +489,24 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     // Layer values: key -> (typed value, origin); later layers override earlier ones.
-    let mut layers: Vec<BTreeMap<&'static str, (serde_json::Value, Origin)>> = Vec::new();
+    let mut layers: Vec<Layer> = Vec::new();
+
+    // The project directory's `.env`, read first because it may name the project file.
+    let dotenv = read_dotenv(&opts.cwd, &mut problems);
+    let dotenv_get = |name: &str| {
+        dotenv.as_ref().and_then(|(_, vars)| {
+            vars.iter()
+                .rev()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    };
 
     // 1. The project file.
     let explicit = opts.config_file.clone().or_else(|| {
         opts.env
             .get("FLUXLIT_CONFIG")
+            .or_else(|| dotenv_get("FLUXLIT_CONFIG"))
             .filter(|s| !s.trim().is_empty())
             .map(PathBuf::from)
     });
@@ -533,44 +556,32 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         layers.push(layer);
     }
 
-    // 2. The environment.
-    let mut layer = BTreeMap::new();
-    for (var, val) in opts.env.iter() {
-        let upper = var.to_ascii_uppercase();
-        let Some(name) = upper.strip_prefix("FLUXLIT_") else {
-            continue;
-        };
-        if KNOWN_NON_SETTING_ENV.contains(&upper.as_str()) {
-            continue;
-        }
-        let origin = Origin::Env {
-            var: var.to_owned(),
-        };
-        match find_key(name) {
-            Some(spec) => {
-                if let Some(v) = check(spec, &Raw::Text(val.to_owned()), &origin, &mut problems) {
-                    layer.insert(spec.name, (v, origin));
-                }
-            }
-            None if schema::NOT_APPLICABLE.contains(&name.to_ascii_lowercase().as_str()) => warnings.push(Warning {
-                code: "not_applicable",
-                message: format!(
-                    "environment variable {var} is a FluxLit for Python setting with no meaning in FluxLit for Rust and is ignored (see docs/configuration.md, \"Not applicable\")"
-                ),
-            }),
-            None => warnings.push(Warning {
-                code: "unknown_env",
-                message: format!(
-                    "environment variable {var} is not a FluxLit setting and is ignored{}",
-                    schema::suggest(name)
-                        .map(|s| format!(" (did you mean {}?)", schema::env_name(s)))
-                        .unwrap_or_default()
-                ),
-            }),
-        }
+    // 2. The `.env` file (below the real environment, as in pydantic-settings).
+    if let Some((path, vars)) = &dotenv {
+        layers.push(variables_layer(
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            |var| Origin::DotEnv {
+                path: path.clone(),
+                var: var.to_owned(),
+            },
+            &mut problems,
+            &mut warnings,
+        ));
     }
-    // PUBLIC_BASE_URL (a platform convention) stands in for FLUXLIT_PUBLIC_BASE_URL when that is unset.
+
+    // 3. The environment.
+    let mut layer = variables_layer(
+        opts.env.iter(),
+        |var| Origin::Env {
+            var: var.to_owned(),
+        },
+        &mut problems,
+        &mut warnings,
+    );
+    // PUBLIC_BASE_URL (a platform convention) stands in for FLUXLIT_PUBLIC_BASE_URL when that is
+    // unset (in the environment and in `.env`).
     if !layer.contains_key("public_base_url")
+        && dotenv_get("FLUXLIT_PUBLIC_BASE_URL").is_none_or(|v| v.trim().is_empty())
         && let Some(v) = opts
             .env
             .get("PUBLIC_BASE_URL")
@@ -588,7 +599,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     }
     layers.push(layer);
 
-    // 3. The command line.
+    // 4. The command line.
     let mut layer = BTreeMap::new();
     for (name, (raw, flag)) in &opts.cli.values {
         let origin = Origin::Cli { flag: flag.clone() };
@@ -654,6 +665,122 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         }),
         _ => Err(ConfigError { problems }),
     }
+}
+
+/// One source's values: key -> (typed value, origin).
+type Layer = BTreeMap<&'static str, (serde_json::Value, Origin)>;
+
+/// Turns variables (the environment, or a `.env` file's lines) into a layer: `FLUXLIT_<KEY>`
+/// names (any case) are checked against their key; other names, and the `FLUXLIT_*` names that
+/// are not settings ([`KNOWN_NON_SETTING_ENV`]), are skipped; unknown `FLUXLIT_*` names are
+/// warnings. For repeated names the last one wins.
+fn variables_layer<'a>(
+    vars: impl Iterator<Item = (&'a str, &'a str)>,
+    origin_of: impl Fn(&str) -> Origin,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Warning>,
+) -> Layer {
+    let mut layer = BTreeMap::new();
+    for (var, val) in vars {
+        let upper = var.to_ascii_uppercase();
+        let Some(name) = upper.strip_prefix("FLUXLIT_") else {
+            continue;
+        };
+        if KNOWN_NON_SETTING_ENV.contains(&upper.as_str()) {
+            continue;
+        }
+        let origin = origin_of(var);
+        match find_key(name) {
+            Some(spec) => {
+                if let Some(v) = check(spec, &Raw::Text(val.to_owned()), &origin, problems) {
+                    layer.insert(spec.name, (v, origin));
+                }
+            }
+            None if schema::NOT_APPLICABLE.contains(&name.to_ascii_lowercase().as_str()) => warnings.push(Warning {
+                code: "not_applicable",
+                message: format!(
+                    "{origin} is a FluxLit for Python setting with no meaning in FluxLit for Rust and is ignored (see docs/configuration.md, \"Not applicable\")"
+                ),
+            }),
+            None => warnings.push(Warning {
+                code: "unknown_env",
+                message: format!(
+                    "{origin} is not a FluxLit setting and is ignored{}",
+                    schema::suggest(name)
+                        .map(|s| format!(" (did you mean {}?)", schema::env_name(s)))
+                        .unwrap_or_default()
+                ),
+            }),
+        }
+    }
+    layer
+}
+
+/// Reads `cwd/.env` with `dotenvy` (the syntax python-dotenv reads: `KEY=value`, `export KEY=value`,
+/// quotes, `#` comments, `${VAR}` references), without touching the process environment.
+/// `None` when there is no such file; an unreadable or malformed file is a [`Problem`].
+fn read_dotenv(
+    cwd: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<(PathBuf, Vec<(String, String)>)> {
+    let path = cwd.join(".env");
+    if !path.is_file() {
+        return None;
+    }
+    let mut problem = |line: Option<usize>, expected: String, fix: &str| {
+        problems.push(Problem {
+            key: "<file>".into(),
+            value: None,
+            origin: Origin::File {
+                path: path.clone(),
+                line,
+            },
+            expected,
+            fix: fix.into(),
+        });
+    };
+    let src = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            problem(
+                None,
+                format!("a readable UTF-8 .env file ({e})"),
+                "fix the file's permissions or encoding, or remove it",
+            );
+            return None;
+        }
+    };
+    let text = src.strip_prefix('\u{feff}').unwrap_or(&src);
+    let mut vars = Vec::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok(kv) => vars.push(kv),
+            Err(dotenvy::Error::LineParse(line, at)) => {
+                let number = text
+                    .lines()
+                    .position(|l| l.trim_end() == line.trim_end())
+                    .map(|i| i + 1);
+                problem(
+                    number,
+                    format!(
+                        "NAME=value lines (the line {:?} cannot be parsed at character {at})",
+                        line.trim_end()
+                    ),
+                    "quote values that contain spaces or quotes, close every quote, and start comments with #",
+                );
+                return None;
+            }
+            Err(e) => {
+                problem(
+                    None,
+                    format!("a readable .env file ({e})"),
+                    "fix or remove the file",
+                );
+                return None;
+            }
+        }
+    }
+    Some((path, vars))
 }
 
 /// Checks a raw value against its key; records a problem and returns `None` when it does not fit.
@@ -883,6 +1010,16 @@ fn resolve(
             "use the default 64KiB unless you need more",
             origin_of(origins, "gateway_max_request_header_bytes"),
         );
+    }
+    match value::parse_log_level(&raw.log_level) {
+        Some(level) => raw.log_level = level,
+        None => bad(
+            "log_level",
+            &raw.log_level,
+            "a level: critical, error, warning, info, debug, trace (Uvicorn's names) or warn, off; or comma-separated TARGET=LEVEL directives such as info,fluxlit_gateway=debug",
+            "use one of the level names; to log one module more, write info,MODULE=debug",
+            origin_of(origins, "log_level"),
+        ),
     }
     if let Some(addr) = &raw.metrics_addr
         && addr.parse::<std::net::SocketAddr>().is_err()

@@ -11,7 +11,8 @@ pub enum Kind {
     Text,
     /// Free text that may be absent (empty text in the environment means "unset").
     OptText,
-    /// `1/0/true/false/yes/no/on/off`, any case; TOML booleans in files.
+    /// `1/0`, `true/false`, `t/f`, `yes/no`, `y/n`, `on/off` (pydantic's words), any case;
+    /// TOML booleans (or those words as strings) in files.
     Bool,
     /// A TCP port, `0..=65535` (`0` asks the OS for a free port).
     Port,
@@ -38,7 +39,7 @@ impl Kind {
     pub fn expected(self) -> String {
         match self {
             Kind::Text | Kind::OptText => "a string".into(),
-            Kind::Bool => "a boolean: one of 1/0, true/false, yes/no, on/off (any case)".into(),
+            Kind::Bool => "a boolean: one of 1/0, true/false, t/f, yes/no, y/n, on/off (any case)".into(),
             Kind::Port => "a TCP port number from 0 to 65535".into(),
             Kind::Count => "a whole number, 0 or more".into(),
             Kind::Bytes | Kind::OptBytes => {
@@ -166,7 +167,7 @@ pub const KEYS: &[KeySpec] = &[
     key("strict_public_base_url", Kind::Bool, "false", "Make a conflict between FLUXLIT_PUBLIC_BASE_URL and PUBLIC_BASE_URL an error."),
     // Proxy trust.
     key("trust_proxy", Kind::Bool, "false", "Trust X-Forwarded-* and Forwarded headers from peers in forwarded_allow_ips.").flag("--proxy-headers"),
-    key("forwarded_allow_ips", Kind::List, "[]", "IPs and CIDRs (IPv4 and IPv6) whose forwarded headers are trusted when trust_proxy is on; empty means loopback only.").flag("--forwarded-allow-ips"),
+    key("forwarded_allow_ips", Kind::List, "[]", "IPs and CIDRs (IPv4 and IPv6) whose forwarded headers are trusted when trust_proxy is on; empty means loopback only (127.0.0.0/8, ::1; FluxLit for Python trusted every peer), which `fluxlit config` and the start-up log report as the `forwarded_allow_ips_loopback_only` warning.").flag("--forwarded-allow-ips"),
     key("trust_forwarded_prefix", Kind::Bool, "false", "Also believe X-Forwarded-Prefix from trusted proxies (the last value, written by the nearest one). Off: the public prefix is root_path. Turn on only when your edge sets or clears X-Forwarded-Prefix on every request."),
     key("trust_forwarded_port", Kind::Bool, "false", "Also believe X-Forwarded-Port from trusted proxies (the last value). Off: the port comes from the forwarded host, else the scheme's default. Turn on only when your edge sets or clears X-Forwarded-Port on every request."),
     key("gateway_forward_client_headers_to_streamlit", Kind::List, "[]", "Extra client header names passed to Streamlit on every hop even where the gateway would drop them; credential and identity headers are never forwarded because of it."),
@@ -205,7 +206,7 @@ pub const KEYS: &[KeySpec] = &[
     key("cors_allow_credentials", Kind::Bool, "false", "Allow credentials on cross-origin API requests."),
     key("cors_middleware_kwargs", Kind::Object, "{}", "Extra CORS options (max_age, expose_headers, allow_methods, allow_headers)."),
     // Logging, metrics, debug.
-    key("log_level", Kind::Text, "info", "Log filter: error, warn, info, debug, trace, or a tracing directive list.").flag("--log-level"),
+    key("log_level", Kind::Text, "info", "Log level: Uvicorn's names critical, error, warning, info, debug, trace (critical logs errors, as error does), also warn and off; or a tracing directive list such as info,fluxlit_gateway=debug.").flag("--log-level"),
     key("log_format", Kind::Choice(&["text", "json"]), "text", "Log line format.").flag("--log-format"),
     key("debug", Kind::Bool, "false", "Debug mode: debug log level, access log on, GET /__fluxlit/debug snapshot.").flag("--debug"),
     key("enable_gateway_access_log", Kind::Bool, "false", "One access-log line per request (always on in debug mode)."),
@@ -313,9 +314,10 @@ pub fn render_markdown() -> String {
          Every setting can be given in every source. Precedence, highest first:\n\n\
          1. command-line flags of `fluxlit run`;\n\
          2. environment variables `FLUXLIT_<KEY>` (names are case-insensitive; unknown `FLUXLIT_*` names are warnings, other variables are ignored);\n\
-         3. the project file: `--config PATH` / `FLUXLIT_CONFIG`, else `./fluxlit.toml` (top-level keys), else `[tool.fluxlit]` in `./pyproject.toml` (unknown keys are errors);\n\
-         4. defaults.\n\n\
-         Types: booleans accept `1/0/true/false/yes/no/on/off` (any case); durations accept seconds (`2.5`) or humantime strings (`30s`, `5m`, `250ms`); lists accept a JSON array, comma-separated text, or a TOML array.\n\n\
+         3. a `.env` file in the project directory (the working directory), as FluxLit for Python (pydantic-settings) read it: `FLUXLIT_<KEY>=value` lines, names case-insensitive, `#` comments, `export ` prefixes, single or double quotes and `${VAR}` references allowed; other names are ignored, unknown `FLUXLIT_*` names are warnings; the file only supplies settings and never changes the environment the sidecars get; `fluxlit config --show-origin` names it as `PATH/.env (FLUXLIT_KEY)`;\n\
+         4. the project file: `--config PATH` / `FLUXLIT_CONFIG`, else `./fluxlit.toml` (top-level keys), else `[tool.fluxlit]` in `./pyproject.toml` (unknown keys are errors);\n\
+         5. defaults.\n\n\
+         Types: booleans accept `1/0`, `true/false`, `t/f`, `yes/no`, `y/n`, `on/off` (any case, as pydantic does; TOML booleans too); `log_level` accepts Uvicorn's names (`critical`, `error`, `warning`, `info`, `debug`, `trace`: `critical` logs what `error` does, `warning` is `warn`) or a tracing directive list (`info,fluxlit_gateway=debug`); durations accept seconds (`2.5`) or humantime strings (`30s`, `5m`, `250ms`); lists accept a JSON array, comma-separated text, or a TOML array.\n\n\
          | key | environment | flag | type | default | meaning |\n\
          | --- | --- | --- | --- | --- | --- |\n",
     );

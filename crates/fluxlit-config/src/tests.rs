@@ -575,3 +575,205 @@ fn python_only_settings_are_warnings_not_errors() {
         l.warnings
     );
 }
+
+/// Issue 12 §6: Uvicorn's level names work (`warning` used to reach the log filter as a target
+/// name and silence every line); anything that is not a level is an error naming the source.
+#[test]
+fn log_level_accepts_uvicorn_names() {
+    let d = Dir::new("log-level");
+    for (given, want) in [
+        ("critical", "error"),
+        ("error", "error"),
+        ("warning", "warn"),
+        ("WARNING", "warn"),
+        ("info", "info"),
+        ("debug", "debug"),
+        ("trace", "trace"),
+        (
+            "warning,fluxlit_gateway=debug",
+            "warn,fluxlit_gateway=debug",
+        ),
+    ] {
+        let l = load_in(&d, &[("FLUXLIT_LOG_LEVEL", given)], CliOverrides::default()).unwrap();
+        assert_eq!(l.settings.log_level, want, "{given}");
+    }
+    let e = load_in(
+        &d,
+        &[("FLUXLIT_LOG_LEVEL", "verbose")],
+        CliOverrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].key, "log_level");
+    assert_eq!(e.problems[0].value.as_deref(), Some("verbose"));
+    assert_eq!(
+        e.problems[0].origin.to_string(),
+        "environment variable FLUXLIT_LOG_LEVEL"
+    );
+    assert!(e.problems[0].expected.contains("warning"), "{e}");
+}
+
+/// Issue 12 §6: booleans take what pydantic takes, from every source that gives text.
+#[test]
+fn booleans_accept_pydantic_words_from_every_source() {
+    let d = Dir::new("bools");
+    for (word, want) in [
+        ("t", true),
+        ("Y", true),
+        ("on", true),
+        ("YES", true),
+        ("f", false),
+        ("n", false),
+        ("OFF", false),
+        ("No", false),
+    ] {
+        let env = [("FLUXLIT_DEBUG", word)];
+        let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+        assert_eq!(l.settings.debug, want, "env {word}");
+        d.write(".env", &format!("FLUXLIT_NO_PIDFILE={word}\n"));
+        d.write("fluxlit.toml", &format!("trust_proxy = \"{word}\"\n"));
+        let mut cli = CliOverrides::default();
+        cli.set("enable_security_headers", word, "--flag");
+        let l = load_in(&d, &[], cli).unwrap();
+        assert_eq!(l.settings.no_pidfile, want, ".env {word}");
+        assert_eq!(l.settings.trust_proxy, want, "file {word}");
+        assert_eq!(l.settings.enable_security_headers, want, "cli {word}");
+    }
+    let e = load_in(&d, &[("FLUXLIT_DEBUG", "maybe")], CliOverrides::default()).unwrap_err();
+    assert!(
+        e.problems[0].expected.contains("t/f") && e.problems[0].expected.contains("y/n"),
+        "{e}"
+    );
+}
+
+/// Issue 12 §6: `.env` in the project directory sits below the environment and above the
+/// project file, names its origin, never leaks into the environment snapshot, and is parsed
+/// like python-dotenv (quotes, `export`, comments, any-case names).
+#[test]
+fn dotenv_file_is_a_layer_between_environment_and_project_file() {
+    let d = Dir::new("dotenv");
+    d.write(
+        "fluxlit.toml",
+        "gateway_port = 9000\nroot_path = \"/file\"\nlog_level = \"debug\"\n",
+    );
+    d.write(
+        ".env",
+        "# deployment settings\nFLUXLIT_GATEWAY_PORT=9100\nexport FLUXLIT_ROOT_PATH=\"/dotenv\"\nfluxlit_log_level='warning' # Uvicorn's name\nOTHER_TOOL=1\nFLUXLIT_GATEWAY_PROT=1\nFLUXLIT_TITLE=Mine\nFLUXLIT_APP=app:app\n",
+    );
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.gateway_port, 9100, ".env beats the project file");
+    assert_eq!(l.settings.root_path, "/dotenv");
+    assert_eq!(l.settings.log_level, "warn");
+    let dotenv = d.0.join(".env");
+    assert_eq!(
+        l.origin("gateway_port"),
+        &Origin::DotEnv {
+            path: dotenv.clone(),
+            var: "FLUXLIT_GATEWAY_PORT".into()
+        }
+    );
+    assert_eq!(
+        l.origin("log_level").to_string(),
+        format!("{} (fluxlit_log_level)", dotenv.display())
+    );
+    let codes: Vec<&str> = l.warnings.iter().map(|w| w.code).collect();
+    assert_eq!(codes, ["unknown_env", "not_applicable"], "{:?}", l.warnings);
+    assert!(
+        l.warnings[0]
+            .message
+            .contains(".env (FLUXLIT_GATEWAY_PROT)")
+            && l.warnings[0].message.contains("FLUXLIT_GATEWAY_PORT"),
+        "{:?}",
+        l.warnings
+    );
+    // The real environment beats .env.
+    let l = load_in(
+        &d,
+        &[("FLUXLIT_GATEWAY_PORT", "9200")],
+        CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.settings.gateway_port, 9200);
+    assert_eq!(l.settings.root_path, "/dotenv");
+    // A malformed .env is an error naming the file and line.
+    d.write(
+        ".env",
+        "FLUXLIT_DEBUG=1\nFLUXLIT_ROOT_PATH=\"/unterminated\n",
+    );
+    let e = load_in(&d, &[], CliOverrides::default()).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(
+        e.problems[0].origin,
+        Origin::File {
+            path: dotenv.clone(),
+            line: Some(2)
+        }
+    );
+    // A bad value in .env names the .env variable.
+    d.write(".env", "FLUXLIT_GATEWAY_PORT=http\n");
+    let e = load_in(&d, &[], CliOverrides::default()).unwrap_err();
+    assert_eq!(
+        e.problems[0].origin.to_string(),
+        format!("{} (FLUXLIT_GATEWAY_PORT)", dotenv.display())
+    );
+    // Without .env, the project file applies again.
+    std::fs::remove_file(&dotenv).unwrap();
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.gateway_port, 9000);
+}
+
+#[test]
+fn dotenv_may_name_the_project_file_and_public_base_url() {
+    let d = Dir::new("dotenv-config");
+    d.write("other.toml", "gateway_port = 9300\n");
+    d.write(
+        ".env",
+        "FLUXLIT_CONFIG=other.toml\nFLUXLIT_PUBLIC_BASE_URL=https://dotenv.example\n",
+    );
+    let l = load_in(
+        &d,
+        &[("PUBLIC_BASE_URL", "https://platform.example")],
+        CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.settings.gateway_port, 9300);
+    assert_eq!(l.project_file, Some(d.0.join("other.toml")));
+    assert_eq!(
+        l.settings.public_base_url, "https://dotenv.example",
+        "FLUXLIT_PUBLIC_BASE_URL in .env beats the platform's PUBLIC_BASE_URL fallback"
+    );
+}
+
+fn finding<'a>(f: &'a [findings::Finding], code: &str) -> Option<&'a findings::Finding> {
+    f.iter().find(|x| x.code == code)
+}
+
+/// Issue 12 §6: trust_proxy with an empty allow-list trusts loopback only; a warning says so
+/// with the fix, and goes away once the list is set.
+#[test]
+fn trust_proxy_with_empty_allow_list_is_a_warning_with_the_fix() {
+    let d = Dir::new("loopback-only");
+    let env = [("FLUXLIT_TRUST_PROXY", "true")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let env_snapshot = Environment::from_pairs(env);
+    let found = findings::findings(&l, &env_snapshot);
+    let f = finding(&found, "forwarded_allow_ips_loopback_only").expect("a warning");
+    assert_eq!(f.level, findings::Level::Warn);
+    for part in [
+        "loopback peers only",
+        "environment variable FLUXLIT_TRUST_PROXY",
+        "FLUXLIT_FORWARDED_ALLOW_IPS",
+    ] {
+        assert!(f.message.contains(part), "{part:?} missing: {}", f.message);
+    }
+    let env = [
+        ("FLUXLIT_TRUST_PROXY", "true"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "10.0.0.5"),
+    ];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let found = findings::findings(&l, &Environment::from_pairs(env));
+    assert!(finding(&found, "forwarded_allow_ips_loopback_only").is_none());
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    let found = findings::findings(&l, &Environment::default());
+    assert!(finding(&found, "forwarded_allow_ips_loopback_only").is_none());
+}

@@ -23,13 +23,65 @@ impl Raw {
     }
 }
 
-/// Parses a boolean the way FluxLit does: `1/0/true/false/yes/no/on/off`, any case.
+/// Parses a boolean the way FluxLit for Python's settings (pydantic) do: `1/0`, `true/false`,
+/// `t/f`, `yes/no`, `y/n`, `on/off`, any case, surrounding whitespace ignored.
 pub fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
+        "1" | "true" | "t" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// The tracing level for a level name: tracing's own (`error`, `warn`, `info`, `debug`, `trace`,
+/// `off`) and Uvicorn's (`critical` logs what `error` does, `warning` is `warn`), any case.
+fn level_word(word: &str) -> Option<&'static str> {
+    Some(match word.trim().to_ascii_lowercase().as_str() {
+        "critical" | "error" => "error",
+        "warning" | "warn" => "warn",
+        "info" => "info",
+        "debug" => "debug",
+        "trace" => "trace",
+        "off" => "off",
+        _ => return None,
+    })
+}
+
+/// Parses `log_level` into a tracing filter (`tracing_subscriber::EnvFilter` syntax): a level
+/// name, or comma-separated directives `LEVEL` or `TARGET=LEVEL`, where each level may be
+/// tracing's or Uvicorn's name (see `level_word`: `warning` → `warn`, `critical` → `error`).
+/// Directives with span filters (`target[span{field}]=level`) are passed through as written.
+///
+/// `None` for anything else, in particular a bare word that is not a level: `EnvFilter` would
+/// read it as a *target* and log nothing but that target (why `warning` once silenced every line).
+///
+/// ```
+/// use fluxlit_config::value::parse_log_level;
+/// assert_eq!(parse_log_level("WARNING").as_deref(), Some("warn"));
+/// assert_eq!(parse_log_level("critical").as_deref(), Some("error"));
+/// assert_eq!(parse_log_level("info, fluxlit_gateway=Trace").as_deref(), Some("info,fluxlit_gateway=trace"));
+/// assert_eq!(parse_log_level("verbose"), None);
+/// ```
+pub fn parse_log_level(text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.contains('[') {
+            out.push(directive.to_owned());
+        } else if let Some((target, level)) = directive.rsplit_once('=') {
+            let target = target.trim();
+            if target.is_empty()
+                || !target
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+            {
+                return None;
+            }
+            out.push(format!("{target}={}", level_word(level)?));
+        } else {
+            out.push(level_word(directive)?.to_owned());
+        }
+    }
+    (!out.is_empty()).then(|| out.join(","))
 }
 
 /// Parses a duration in seconds: a non-negative finite number (`2.5`) or a humantime string
@@ -206,14 +258,48 @@ mod tests {
 
     #[test]
     fn booleans() {
-        for t in ["1", "TRUE", "Yes", "on", " true "] {
+        // pydantic's words, any case.
+        for t in ["1", "TRUE", "Yes", "on", " true ", "t", "T", "y", "Y", "ON"] {
             assert_eq!(parse_bool(t), Some(true), "{t}");
         }
-        for t in ["0", "false", "NO", "Off"] {
+        for t in ["0", "false", "NO", "Off", "f", "F", "n", "N"] {
             assert_eq!(parse_bool(t), Some(false), "{t}");
         }
-        for t in ["", "2", "enabled", "t"] {
+        for t in ["", "2", "enabled", "tr", "nope", "yess"] {
             assert_eq!(parse_bool(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn log_levels_take_uvicorn_and_tracing_names() {
+        for (given, want) in [
+            ("critical", "error"),
+            ("ERROR", "error"),
+            ("warning", "warn"),
+            ("Warn", "warn"),
+            ("info", "info"),
+            ("debug", "debug"),
+            ("trace", "trace"),
+            ("off", "off"),
+            (" warning , hyper=critical", "warn,hyper=error"),
+            (
+                "fluxlit_gateway::proxy=debug",
+                "fluxlit_gateway::proxy=debug",
+            ),
+            ("info,fluxlit[req{id}]=debug", "info,fluxlit[req{id}]=debug"),
+        ] {
+            assert_eq!(parse_log_level(given).as_deref(), Some(want), "{given}");
+        }
+        for bad in [
+            "",
+            " , ",
+            "verbose",
+            "fluxlit_gateway",
+            "x=loud",
+            "=info",
+            "a b=info",
+        ] {
+            assert_eq!(parse_log_level(bad), None, "{bad:?}");
         }
     }
 
