@@ -327,7 +327,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Time in-flight requests and tunnels get once shutdown starts. Default: 30 s.
+    /// Time in-flight HTTP requests get once shutdown starts (WebSocket tunnels are not
+    /// waited for; see [`Gateway::serve`]). Default: 30 s.
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
@@ -461,6 +462,7 @@ impl GatewayBuilder {
                 rate,
                 limits: self.limits,
                 drain_timeout: self.drain_timeout,
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 trust: self.trust,
                 header_policy: self.header_policy,
                 api_headers: self.api_headers,
@@ -514,6 +516,8 @@ struct Inner {
     rate: limits::RateLimits,
     limits: Limits,
     drain_timeout: Duration,
+    /// Set when [`Gateway::serve`]'s shutdown resolves: readiness is 503 from then on.
+    stopping: std::sync::atomic::AtomicBool,
     trust: TrustPolicy,
     header_policy: fluxlit_auth::HeaderPolicy,
     api_headers: ApiHeaders,
@@ -632,13 +636,25 @@ impl Gateway {
     }
 
     /// Whether every readiness input is ready, and each input's state.
+    /// Once [`Gateway::serve`] has been told to shut down, a `gateway` input reads
+    /// `NotReady("shutting down")`.
     pub fn readiness(&self) -> (bool, Vec<(String, ComponentState)>) {
-        let states: Vec<(String, ComponentState)> = self
+        let mut states: Vec<(String, ComponentState)> = self
             .inner
             .readiness
             .iter()
             .map(|c| (c.name.to_string(), c.state.borrow().clone()))
             .collect();
+        if self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            states.push((
+                "gateway".to_owned(),
+                ComponentState::NotReady("shutting down".into()),
+            ));
+        }
         (states.iter().all(|(_, s)| s.is_ready()), states)
     }
 
@@ -1140,12 +1156,13 @@ impl Gateway {
         json(StatusCode::OK, &v)
     }
 
-    /// Serves connections from `listener` until `shutdown` resolves; then stops accepting and
-    /// waits, up to the drain timeout, for in-flight HTTP requests to finish (idle keep-alive
-    /// connections are closed at once) and for WebSocket tunnels to end by themselves. Tunnels
-    /// still open at the deadline keep running: the caller stops the upstreams (Streamlit then
-    /// closes its WebSockets with code 1012, through the tunnels) and calls
-    /// [`Gateway::drain_tunnels`] to cut what remains.
+    /// Serves connections from `listener` until `shutdown` resolves; then readiness turns 503
+    /// (`gateway: not ready: shutting down`), accepting stops, and it waits, up to the drain
+    /// timeout, for in-flight HTTP requests to finish (idle keep-alive connections are closed at
+    /// once). WebSocket tunnels do not hold this wait (a Streamlit session never ends by
+    /// itself): they keep running, on both engines, until the caller stops the upstreams
+    /// (Streamlit then closes its WebSockets with code 1012, through the tunnels) and calls
+    /// [`Gateway::drain_tunnels`] to close what remains.
     ///
     /// # Errors
     /// Only if the listener's local address cannot be read; accept errors are logged and retried.
@@ -1346,26 +1363,27 @@ impl Gateway {
                 () = &mut shutdown => break,
             }
         }
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listener);
         closing.cancel();
         let deadline = tokio::time::Instant::now() + self.inner.drain_timeout;
-        let tunnels = self.active_tunnels();
         tracing::info!(
             drain_timeout_s = self.inner.drain_timeout.as_secs_f64(),
-            websocket_tunnels = tunnels,
-            "stopped accepting; waiting for in-flight requests and WebSocket sessions to finish (a second signal stops now)"
+            websocket_tunnels = self.active_tunnels(),
+            "stopped accepting; waiting for in-flight requests to finish (WebSocket sessions do not hold the stop; a second signal stops now)"
         );
-        let tracker = &self.inner.proxy.tunnels;
-        tracker.close();
+        // Only client connections are waited for: a connection whose request became a tunnel
+        // (either engine) has left this tracker for the tunnels' one.
         conns.close();
-        let drained = async {
-            conns.wait().await;
-            tracker.wait().await;
-        };
-        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+        if tokio::time::timeout_at(deadline, conns.wait())
+            .await
+            .is_err()
+        {
             tracing::info!(
-                websocket_tunnels = self.active_tunnels(),
-                "drain deadline reached"
+                connections = conns.len(),
+                "drain deadline reached with requests still in flight"
             );
         }
         Ok(())
@@ -1377,10 +1395,13 @@ impl Gateway {
     }
 
     /// Waits up to `grace` for upgraded tunnels to end by themselves, then cuts the rest.
-    /// Returns how many were cut.
+    /// From the call on, a tunnel whose upstream has closed and whose bytes have all reached
+    /// the client ends at once, without waiting for the client to close its end (after
+    /// Streamlit stopped, its 1012 close frames have gone through). Returns how many were cut.
     pub async fn drain_tunnels(&self, grace: Duration) -> usize {
         let tracker = &self.inner.proxy.tunnels;
         tracker.close();
+        self.inner.proxy.closing_tunnels.cancel();
         let mut cut = 0;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             cut = tracker.len();

@@ -59,6 +59,9 @@ pub(crate) struct Proxy {
     limits: Limits,
     upstream_slots: Option<Arc<Semaphore>>,
     pub(crate) tunnels: TaskTracker,
+    /// Cancelled when [`crate::Gateway::drain_tunnels`] starts: from then on a tunnel whose
+    /// upstream has closed (and whose every byte has reached the client) ends at once.
+    pub(crate) closing_tunnels: CancellationToken,
     pub(crate) cut_tunnels: CancellationToken,
     /// Open WebSocket tunnels per client IP.
     ws_per_client: crate::limits::TunnelsPerClient,
@@ -411,6 +414,7 @@ impl Proxy {
                 .then(|| Arc::new(Semaphore::new(limits.max_upstream_concurrency))),
             limits,
             tunnels: TaskTracker::new(),
+            closing_tunnels: CancellationToken::new(),
             cut_tunnels: CancellationToken::new(),
             ws_per_client,
         }
@@ -827,6 +831,8 @@ impl Proxy {
 
 /// What a tunnel needs besides its two ends.
 pub(crate) struct TunnelSpec {
+    /// Cancelled when [`crate::Gateway::drain_tunnels`] starts.
+    closing: CancellationToken,
     /// Cancelled by [`crate::Gateway::drain_tunnels`] to cut open tunnels.
     cut: CancellationToken,
     idle: Option<Duration>,
@@ -862,6 +868,7 @@ impl Proxy {
     /// The tunnel settings for an upgrade of request `rid` to upstream `name`.
     pub(crate) fn tunnel_spec(&self, name: &str, rid: &HeaderValue) -> TunnelSpec {
         TunnelSpec {
+            closing: self.closing_tunnels.clone(),
             cut: self.cut_tunnels.clone(),
             idle: self.limits.ws_idle_timeout,
             lifetime: self.limits.ws_max_lifetime,
@@ -876,12 +883,18 @@ impl Proxy {
 /// (`TUNNEL_BUFFER` per direction) until either side closes, the tunnel is idle for
 /// `gateway_ws_idle_timeout_s`, reaches `gateway_ws_max_lifetime_s`, or is cut at shutdown; logs
 /// the tunnel's open and end (`fluxlit::access`) and records the tunnel metrics.
+///
+/// At shutdown (once [`crate::Gateway::drain_tunnels`] started), a tunnel whose upstream has
+/// closed and whose bytes have all reached the client (the client's write side shut down, so
+/// its close frame went through) ends at once instead of waiting for the client to close its
+/// end: there is nothing left to carry, in either direction. Both engines' tunnels run here.
 pub(crate) async fn tunnel<A, B>(client: A, upstream: B, spec: TunnelSpec)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let TunnelSpec {
+        closing,
         cut,
         idle,
         lifetime,
@@ -893,8 +906,14 @@ where
     metrics::gauge!(names::TUNNELS).increment(1.0);
     tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, "websocket tunnel open");
     let activity = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(tokio::sync::Notify::new());
     let mut client = Tracked::new(client, activity.clone(), opened);
+    client.on_shutdown = Some(delivered.clone());
     let mut upstream = Tracked::new(upstream, activity.clone(), opened);
+    let upstream_gone = async {
+        closing.cancelled().await;
+        delivered.notified().await;
+    };
     let idle_watch = async {
         let Some(idle) = idle else {
             return std::future::pending::<()>().await;
@@ -919,6 +938,7 @@ where
             Ok((up, down)) => (up, down, "closed"),
             Err(_) => (client.read, upstream.read, "ended with an error"),
         },
+        () = upstream_gone => (client.read, upstream.read, "closed (upstream gone at shutdown)"),
         () = cut.cancelled() => (client.read, upstream.read, "cut at shutdown"),
         () = idle_watch => (client.read, upstream.read, "closed after gateway_ws_idle_timeout_s"),
         () = life => (client.read, upstream.read, "closed after gateway_ws_max_lifetime_s"),
@@ -937,6 +957,8 @@ struct Tracked<T> {
     activity: Arc<AtomicU64>,
     opened: Instant,
     read: u64,
+    /// Notified once a shutdown of the write side completed (stores a permit if nobody waits).
+    on_shutdown: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<T> Tracked<T> {
@@ -946,6 +968,7 @@ impl<T> Tracked<T> {
             activity,
             opened,
             read: 0,
+            on_shutdown: None,
         }
     }
 
@@ -986,7 +1009,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        if r.is_ready()
+            && let Some(n) = self.on_shutdown.take()
+        {
+            n.notify_one();
+        }
+        r
     }
 }
 

@@ -544,7 +544,7 @@ async fn open_tunnels_are_cut_by_drain_on(fast: bool) {
     assert_eq!(gw.gateway.active_tunnels(), 1);
     gw.assert_split(fast, 1, 0, "one upgrade request");
     let gateway = gw.gateway.clone();
-    gw.stop().await; // the drain waits for the tunnel only until its deadline
+    gw.stop().await; // the drain does not wait for tunnels
     assert_eq!(gateway.drain_tunnels(Duration::from_millis(100)).await, 1);
     let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await

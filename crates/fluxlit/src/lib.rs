@@ -18,9 +18,11 @@
 //!    `sidecar_restart = exit` the app stops and [`App::run`] returns [`Exit::SidecarExited`];
 //!    with `restart` it is started again after a [`fluxlit_sidecar::Backoff`] delay (0.5 s
 //!    doubling to 30 s, ±20 % jitter; 5 restarts within 60 s are reported as a crash loop).
-//! 5. Stopping, in order: stop accepting and drain in-flight HTTP (`graceful_shutdown_timeout_s`),
+//! 5. Stopping, in order: readiness 503, stop accepting and drain in-flight HTTP (up to
+//!    `graceful_shutdown_timeout_s`; open WebSocket tunnels do not hold this), then at once
 //!    stop the sidecars (SIGINT → grace → SIGTERM → grace → SIGKILL; Streamlit closes its
-//!    WebSockets with 1012), give the remaining tunnels 2 s and cut them, remove the pidfile.
+//!    WebSockets with 1012), end the tunnels whose upstream has closed, give the others 1 s
+//!    and cut them, remove the pidfile.
 //!
 //! Dropping the future [`App::run`] returns stops at once instead: the sidecars' process
 //! groups are killed (SIGKILL), the gateway's tasks are aborted and the pidfile is removed.

@@ -15,9 +15,10 @@ use crate::launch::{self, Launch};
 use crate::pidfile::Pidfile;
 use crate::{ApiMode, App, AppError, Exit};
 
-/// Time tunnels get to close after the sidecars stopped (Streamlit sends its close frames
-/// as it stops, so this is only for stragglers).
-const TUNNEL_GRACE: Duration = Duration::from_secs(2);
+/// Time tunnels get to end after the sidecars stopped. Streamlit sends its close frames (1012)
+/// as it stops and its end of every tunnel is closed once it has exited, so this only waits for
+/// clients that have not closed their end yet.
+const TUNNEL_GRACE: Duration = Duration::from_secs(1);
 
 /// How often [`Gateway::housekeeping`] runs.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -325,10 +326,20 @@ async fn shutdown_gateway(gateway: &Gateway, serving: Serving) {
 
 /// The ordered stop: HTTP drain, then the sidecars, then the remaining tunnels.
 async fn stop_all(gateway: &Gateway, serving: Serving, ui: Running, api: Running) {
-    // 1. Stop accepting; let in-flight HTTP finish.
+    // 1. Readiness 503, stop accepting; let in-flight HTTP finish (up to
+    //    `graceful_shutdown_timeout_s`). Open WebSocket tunnels do not hold this: a Streamlit
+    //    session never ends by itself.
     serving.stop.cancel();
     let _ = serving.task.await;
-    // 2. Stop the sidecars (Streamlit closes its WebSockets as it goes).
+    // 2. Stop the sidecars at once, together (Streamlit closes its WebSockets with 1012
+    //    "service restart" as it goes, so browsers reconnect to another replica).
+    let tunnels = gateway.active_tunnels();
+    if tunnels > 0 {
+        tracing::info!(
+            websocket_tunnels = tunnels,
+            "in-flight requests done; stopping the sidecars (Streamlit closes its sessions with 1012)"
+        );
+    }
     let ui_stop = async {
         if let Some((u, _)) = ui {
             u.stop().await;
