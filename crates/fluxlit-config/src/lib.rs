@@ -263,6 +263,18 @@ pub enum RestartPolicy {
     Restart,
 }
 
+/// Whose `X-Request-ID` the gateway keeps (`request_id_trust`). A kept id must be well formed
+/// either way (1–128 visible ASCII characters); any other request gets a new UUIDv7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestIdTrust {
+    /// Keep a well-formed id from any client (FluxLit for Python's behaviour, the default).
+    Any,
+    /// Keep it only from trusted proxies (`trust_proxy` on and the peer in
+    /// `forwarded_allow_ips`); replace every other client's.
+    TrustedProxies,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,6 +317,7 @@ pub struct Settings {
     pub forwarded_allow_ips: Vec<String>,
     pub trust_forwarded_prefix: bool,
     pub trust_forwarded_port: bool,
+    pub request_id_trust: RequestIdTrust,
     pub gateway_forward_client_headers_to_streamlit: Vec<String>,
     #[serde(with = "secs")]
     pub gateway_upstream_connect_timeout_s: Duration,

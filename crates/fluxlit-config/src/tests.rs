@@ -777,3 +777,17 @@ fn trust_proxy_with_empty_allow_list_is_a_warning_with_the_fix() {
     let found = findings::findings(&l, &Environment::default());
     assert!(finding(&found, "forwarded_allow_ips_loopback_only").is_none());
 }
+
+/// Issue 12 §2: client request ids are kept from any peer unless restricted.
+#[test]
+fn request_id_trust_defaults_to_any() {
+    let d = Dir::new("rid-trust");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.request_id_trust, RequestIdTrust::Any);
+    let env = [("FLUXLIT_REQUEST_ID_TRUST", "Trusted_Proxies")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.request_id_trust, RequestIdTrust::TrustedProxies);
+    let env = [("FLUXLIT_REQUEST_ID_TRUST", "never")];
+    let e = load_in(&d, &env, CliOverrides::default()).unwrap_err();
+    assert_eq!(e.problems[0].key, "request_id_trust");
+}

@@ -19,7 +19,7 @@
 //! run through this path): identity headers and hop-by-hop headers (RFC 9110 §7.6.1, including
 //! every field named in `Connection`) dropped, the UI hop's allow-list applied, forwarded headers
 //! and `X-Request-ID` set by the same code ([`ClientView::forwarded_fields`],
-//! [`crate::observe::request_id`]), `Host` and everything else byte for byte, in the client's
+//! [`crate::observe::request_id_from`]), `Host` and everything else byte for byte, in the client's
 //! order and letter case. Responses keep their framing (a chunked body is relayed verbatim),
 //! lose their hop-by-hop headers, and get `X-Request-ID` (and `Date` when missing, as hyper adds
 //! it). Upstream failures are the same 502/504 responses as on the general path.
@@ -469,7 +469,6 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         for h in req.headers.iter() {
             let forwarded = REPLACED_ON_HOP
                 .into_iter()
-                .chain([observe::REQUEST_ID])
                 .find(|n| n.as_str().eq_ignore_ascii_case(h.name));
             if let Some(n) = forwarded
                 && !policy.is_identity(h.name.as_bytes())
@@ -480,7 +479,17 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         }
     }
     let view = ClientView::resolve(&inner.trust, hop.peer, hop.local.port(), &seen);
-    let rid = observe::request_id(&seen, view.peer_trusted);
+    // The client's id, as written (the last one), judged by the same rule as on hyper's path.
+    let client_rid = req
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name.eq_ignore_ascii_case(fluxlit_headers::REQUEST_ID))
+        .map(|h| h.value);
+    let rid = observe::request_id_from(
+        client_rid,
+        observe::keeps_client_request_id(inner.request_id_trust, view.peer_trusted),
+    );
     let prefix = view
         .prefix
         .as_deref()

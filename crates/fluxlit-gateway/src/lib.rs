@@ -68,6 +68,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, ServiceExt};
 use tower_http::cors::CorsLayer;
 
+pub use fluxlit_config::RequestIdTrust;
 pub use forwarded::{ClientView, TrustPolicy};
 pub use headers::{ClientHop, HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::Limits;
@@ -192,6 +193,7 @@ pub struct GatewayBuilder {
     pool_max_idle: usize,
     limits: Limits,
     trust: TrustPolicy,
+    request_id_trust: RequestIdTrust,
     header_policy: fluxlit_auth::HeaderPolicy,
     api_headers: ApiHeaders,
     access_log: bool,
@@ -226,6 +228,7 @@ impl Default for GatewayBuilder {
             pool_max_idle: 0,
             limits: Limits::default(),
             trust: TrustPolicy::none(),
+            request_id_trust: RequestIdTrust::Any,
             header_policy: fluxlit_auth::HeaderPolicy::default(),
             api_headers: ApiHeaders::default(),
             access_log: false,
@@ -269,6 +272,7 @@ impl GatewayBuilder {
         } else {
             TrustPolicy::none()
         };
+        self.request_id_trust = s.request_id_trust;
         self.header_policy = fluxlit_auth::HeaderPolicy::new(
             &trusted_user_headers(&s.streamlit_run_cli_args),
             &s.gateway_forward_client_headers_to_streamlit,
@@ -343,6 +347,14 @@ impl GatewayBuilder {
     /// Whose forwarded headers to believe. Default: nobody's.
     pub fn trust(mut self, trust: TrustPolicy) -> Self {
         self.trust = trust;
+        self
+    }
+
+    /// Whose `X-Request-ID` to keep (`request_id_trust`): any client's (the default, as FluxLit
+    /// for Python) or only trusted proxies' ([`GatewayBuilder::trust`]). Malformed ids are
+    /// always replaced ([`observe::request_id_from`]).
+    pub fn request_id_trust(mut self, trust: RequestIdTrust) -> Self {
+        self.request_id_trust = trust;
         self
     }
 
@@ -464,6 +476,7 @@ impl GatewayBuilder {
                 drain_timeout: self.drain_timeout,
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 trust: self.trust,
+                request_id_trust: self.request_id_trust,
                 header_policy: self.header_policy,
                 api_headers: self.api_headers,
                 access_log: self.access_log,
@@ -519,6 +532,7 @@ struct Inner {
     /// Set when [`Gateway::serve`]'s shutdown resolves: readiness is 503 from then on.
     stopping: std::sync::atomic::AtomicBool,
     trust: TrustPolicy,
+    request_id_trust: RequestIdTrust,
     header_policy: fluxlit_auth::HeaderPolicy,
     api_headers: ApiHeaders,
     access_log: bool,
@@ -699,7 +713,10 @@ impl Gateway {
             ctx.hop.local.port(),
             req.headers(),
         );
-        let rid = observe::request_id(req.headers(), view.peer_trusted);
+        let rid = observe::request_id(
+            req.headers(),
+            observe::keeps_client_request_id(inner.request_id_trust, view.peer_trusted),
+        );
         req.headers_mut().insert(observe::REQUEST_ID, rid.clone());
         // RFC 9112 §3.2: one valid Host, agreeing with an absolute-form target.
         if let Err(e) = headers::check_host(req.version(), req.headers(), req.uri().authority()) {

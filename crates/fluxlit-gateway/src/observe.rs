@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use fluxlit_config::RequestIdTrust;
 use http::{HeaderMap, HeaderValue, Method};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
@@ -154,22 +155,49 @@ pub fn redact_query(query: &str) -> String {
 /// The request id header (`X-Request-ID`, from the header catalogue).
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(fluxlit_headers::REQUEST_ID);
 
-/// The request's id: the inbound `X-Request-ID` when the peer is trusted and the value is sane
-/// (1–128 visible ASCII characters), else a new UUIDv7 (time-sortable). Of several, the last
-/// one: the nearest hop's, as for the other forwarded fields.
-pub fn request_id(headers: &HeaderMap, trusted_peer: bool) -> HeaderValue {
-    if trusted_peer
-        && let Some(v) = headers.get_all(&REQUEST_ID).iter().next_back()
-        && !v.is_empty()
-        && v.len() <= 128
-        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+/// Whether `value` may be kept as a request id: 1–128 visible ASCII characters (`!`..`~`, RFC
+/// 5234 VCHAR), so no spaces, controls (no CR/LF to forge log lines) or non-ASCII bytes.
+pub fn is_well_formed_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Whether a client's `X-Request-ID` may be kept under `trust` (`request_id_trust`) from a peer
+/// that is (`peer_trusted`) or is not a trusted proxy.
+pub fn keeps_client_request_id(trust: RequestIdTrust, peer_trusted: bool) -> bool {
+    match trust {
+        RequestIdTrust::Any => true,
+        RequestIdTrust::TrustedProxies => peer_trusted,
+    }
+}
+
+/// The request's id, by the one rule both engines apply: the inbound `X-Request-ID` (`last`:
+/// of several, the last one, the nearest hop's, as for the other forwarded fields) when `keep`
+/// ([`keeps_client_request_id`]) and it is well formed ([`is_well_formed_request_id`]), else a
+/// new UUIDv7 (time-sortable).
+pub fn request_id_from(last: Option<&[u8]>, keep: bool) -> HeaderValue {
+    if keep
+        && let Some(v) = last
+        && is_well_formed_request_id(v)
+        && let Ok(v) = HeaderValue::from_bytes(v)
     {
-        return v.clone();
+        return v;
     }
     let id = uuid::Uuid::now_v7();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
         .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// [`request_id_from`] for a parsed header map (the hyper engine).
+pub fn request_id(headers: &HeaderMap, keep: bool) -> HeaderValue {
+    request_id_from(
+        headers
+            .get_all(&REQUEST_ID)
+            .iter()
+            .next_back()
+            .map(HeaderValue::as_bytes),
+        keep,
+    )
 }
 
 /// One recent dispatch, for the debug snapshot.
@@ -395,12 +423,30 @@ mod tests {
         h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h, true), "abc-123");
         let minted = request_id(&h, false);
-        assert_ne!(minted, "abc-123", "untrusted peers cannot choose the id");
+        assert_ne!(minted, "abc-123", "not kept: minted");
         assert_eq!(minted.len(), 36);
         h.insert(REQUEST_ID, HeaderValue::from_str(&"x".repeat(129)).unwrap());
         assert_eq!(request_id(&h, true).len(), 36, "too long: minted");
         h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert_eq!(request_id(&h, true).len(), 36, "not visible ASCII: minted");
+        h.insert(REQUEST_ID, HeaderValue::from_str(&"x".repeat(128)).unwrap());
+        assert_eq!(request_id(&h, true).len(), 128, "128 characters: kept");
+        for bad in [&b"a\x01b"[..], b"a\rb", b"caf\xc3\xa9", b"", b"a\tb"] {
+            assert!(!is_well_formed_request_id(bad), "{bad:?}");
+            assert_eq!(request_id_from(Some(bad), true).len(), 36, "{bad:?}");
+        }
+        h.append(REQUEST_ID, HeaderValue::from_static("nearest"));
+        assert_eq!(request_id(&h, true), "nearest", "of several, the last");
+        assert!(keeps_client_request_id(RequestIdTrust::Any, false));
+        assert!(keeps_client_request_id(RequestIdTrust::Any, true));
+        assert!(!keeps_client_request_id(
+            RequestIdTrust::TrustedProxies,
+            false
+        ));
+        assert!(keeps_client_request_id(
+            RequestIdTrust::TrustedProxies,
+            true
+        ));
         let a = request_id(&HeaderMap::new(), false);
         let b = request_id(&HeaderMap::new(), false);
         assert!(

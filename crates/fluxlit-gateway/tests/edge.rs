@@ -121,15 +121,12 @@ async fn spoofing_matrix_http_hops() {
                     assert_eq!(seen(&body, "x-forwarded-for"), [peer.to_owned()], "{ctx}");
                     assert_eq!(seen(&body, "x-forwarded-proto"), ["http"], "{ctx}");
                     assert_eq!(seen(&body, "x-forwarded-host"), ["app.example"], "{ctx}");
-                    let rid = seen(&body, "x-request-id");
-                    assert_eq!(rid.len(), 1);
-                    assert_ne!(
-                        rid[0], "edge-id-1",
-                        "{ctx}: untrusted peers cannot choose the request id"
-                    );
+                    // The request id is not a forwarded field: by default (`request_id_trust
+                    // = any`, as FluxLit for Python) a well-formed one is kept from any peer.
+                    // `request_id_ids_from_clients_on_both_engines` covers the restriction.
+                    assert_eq!(seen(&body, "x-request-id"), ["edge-id-1"], "{ctx}");
                     assert_eq!(
-                        headers["x-request-id"],
-                        rid[0].as_str(),
+                        headers["x-request-id"], "edge-id-1",
                         "{ctx}: the same id goes back to the client"
                     );
                     if api {
@@ -138,6 +135,165 @@ async fn spoofing_matrix_http_hops() {
                 }
             }
             gw.assert_split(fast, 1, 1, &format!("peer {peer}: one UI, one API request"));
+        }
+    }
+}
+
+/// A new id minted by the gateway: a hyphenated UUIDv7.
+fn is_minted(id: &str) -> bool {
+    id.len() == 36 && id.as_bytes()[14] == b'7' && uuid_shape(id)
+}
+
+fn uuid_shape(id: &str) -> bool {
+    id.bytes().enumerate().all(|(i, b)| {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            b == b'-'
+        } else {
+            b.is_ascii_hexdigit() && !b.is_ascii_uppercase()
+        }
+    })
+}
+
+/// Issue 12 §2: a client's well-formed `X-Request-ID` (1–128 visible ASCII, the last of
+/// several) reaches the UI hop (HTTP and upgrade) and the API hop and comes back, from any peer
+/// by default; `request_id_trust = trusted_proxies` keeps it only from a trusted proxy;
+/// malformed ids (spaces, tabs, non-ASCII, empty, too long) are replaced by a UUIDv7 in every
+/// mode. Raw bytes on the wire, a recording upstream, both engines, and for each request the
+/// engine that served it.
+#[tokio::test]
+async fn request_ids_from_clients_on_both_engines() {
+    use fluxlit_gateway::RequestIdTrust;
+    use fluxlit_testkit::raw::RawClient;
+
+    let long_ok = "r".repeat(128);
+    let too_long = "r".repeat(129);
+    /// What a case is, the request's X-Request-ID fields as written, the id kept when ids are kept.
+    type Case<'a> = (&'a str, Vec<&'a [u8]>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("plain", vec![b"client-id-1"], Some("client-id-1")),
+        (
+            "visible punctuation",
+            vec![b"a.b_c~d:e/f+g=h;i\"j'k"],
+            Some("a.b_c~d:e/f+g=h;i\"j'k"),
+        ),
+        ("128 characters", vec![long_ok.as_bytes()], Some(&long_ok)),
+        ("129 characters", vec![too_long.as_bytes()], None),
+        ("a space", vec![b"has space"], None),
+        ("a tab", vec![b"has\ttab"], None),
+        ("non-ASCII", vec!["caf\u{e9}".as_bytes()], None),
+        ("empty", vec![b""], None),
+        (
+            "two fields",
+            vec![b"far-hop", b"near-hop"],
+            Some("near-hop"),
+        ),
+        ("a bad last field", vec![b"good", b"bad id"], None),
+    ];
+    let loopback = fluxlit_config::parse_ip_net("127.0.0.1").unwrap();
+    let elsewhere = fluxlit_config::parse_ip_net("127.0.0.2").unwrap();
+    // (mode, trust, request_id_trust, whether the client's ids are kept); the client is 127.0.0.1.
+    let modes = [
+        ("default, no proxy trust", TrustPolicy::none(), None, true),
+        (
+            "trusted_proxies, client not a trusted proxy",
+            TrustPolicy::trusting(vec![elsewhere]),
+            Some(RequestIdTrust::TrustedProxies),
+            false,
+        ),
+        (
+            "trusted_proxies, client is a trusted proxy",
+            TrustPolicy::trusting(vec![loopback]),
+            Some(RequestIdTrust::TrustedProxies),
+            true,
+        ),
+        (
+            "any, client not a trusted proxy",
+            TrustPolicy::trusting(vec![elsewhere]),
+            Some(RequestIdTrust::Any),
+            true,
+        ),
+    ];
+    for fast in ENGINES {
+        for (mode, trust, rid_trust, kept) in &modes {
+            let rec = RecordingUpstream::start().await;
+            let mut builder = Gateway::builder()
+                .ui(up_at(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(up_at(rec.addr, "api")))
+                .trust(trust.clone());
+            if let Some(t) = rid_trust {
+                builder = builder.request_id_trust(*t);
+            }
+            let gw = start_on(builder, fast).await;
+            let mut n = 0;
+            for (what, fields, id) in &cases {
+                for (path, extra, api) in [
+                    ("/page", "", false),
+                    (
+                        "/_stcore/stream",
+                        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+                        false,
+                    ),
+                    ("/api/items", "", true),
+                ] {
+                    let ctx = format!("{} / {mode} / {what} / {path}", engine(fast));
+                    let mut req =
+                        format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n{extra}").into_bytes();
+                    for f in fields {
+                        req.extend_from_slice(b"X-Request-ID: ");
+                        req.extend_from_slice(f);
+                        req.extend_from_slice(b"\r\n");
+                    }
+                    req.extend_from_slice(b"Connection: close\r\n\r\n");
+                    if !extra.is_empty() {
+                        // An upgrade names `Upgrade` in its own Connection field.
+                        req = String::from_utf8_lossy(&req)
+                            .replace("Connection: close\r\n", "")
+                            .into_bytes();
+                    }
+                    let before = gw.served();
+                    let mut c = RawClient::connect(gw.addr).await;
+                    c.send(&req).await;
+                    let resp = within(&ctx, c.response(false))
+                        .await
+                        .unwrap_or_else(|| panic!("{ctx}: no response"));
+                    assert_eq!(resp.status, 200, "{ctx}: {}", resp.text());
+                    n += 1;
+                    let seen = rec.wait_for(n).await.pop().unwrap();
+                    let forwarded = seen.all("x-request-id");
+                    assert_eq!(
+                        forwarded.len(),
+                        1,
+                        "{ctx}: one X-Request-ID upstream: {forwarded:?}"
+                    );
+                    match id.filter(|_| *kept) {
+                        Some(id) => assert_eq!(forwarded[0], id, "{ctx}: the client's id is kept"),
+                        None => assert!(
+                            is_minted(&forwarded[0]),
+                            "{ctx}: a new UUIDv7, not {:?}",
+                            forwarded[0]
+                        ),
+                    }
+                    assert_eq!(
+                        resp.all("x-request-id"),
+                        [forwarded[0].as_str()],
+                        "{ctx}: the same id comes back"
+                    );
+                    // Which engine served it: the fast path forwards plain UI requests and
+                    // upgrades; the API is always hyper's.
+                    let after = gw.served();
+                    let by_fast_path = after.h1 - before.h1;
+                    let by_hyper = after.hyper - before.hyper;
+                    if fast && !api {
+                        assert_eq!(
+                            (by_fast_path, by_hyper),
+                            (1, 0),
+                            "{ctx}: the fast path served it"
+                        );
+                    } else {
+                        assert_eq!((by_fast_path, by_hyper), (0, 1), "{ctx}: hyper served it");
+                    }
+                }
+            }
         }
     }
 }

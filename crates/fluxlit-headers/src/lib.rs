@@ -291,7 +291,7 @@ pub const CATALOGUE: &[Entry] = &[
     entry(FORWARDED, &[Forwarded], "RFC 7239: read only from trusted proxies; the gateway never sends it on"),
     entry(X_REAL_IP, &[Forwarded], "nginx `real_ip` convention: client address; the gateway never sends it on"),
     // The request id.
-    entry(REQUEST_ID, &[RequestId, UiBaseline], "Correlation id (Heroku, nginx `$request_id`): the gateway's own, a trusted peer's kept"),
+    entry(REQUEST_ID, &[RequestId, UiBaseline], "Correlation id (Heroku, nginx `$request_id`): a client's well-formed one kept (any client's, or only a trusted proxy's with `request_id_trust = trusted_proxies`), else the gateway's own"),
     // The UI hop's allow-list (what browsers send and Streamlit uses).
     entry("origin", &[UiBaseline], "RFC 6454 §7: Streamlit's WebSocket origin and XSRF checks"),
     entry("referer", &[UiBaseline], "RFC 9110 §10.1.3: sent by browsers"),
