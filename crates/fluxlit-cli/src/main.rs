@@ -52,7 +52,7 @@ struct ConfigArgs {
     /// URL of an API running elsewhere, e.g. http://127.0.0.1:9000 [env: FLUXLIT_API_UPSTREAM].
     #[arg(long, value_name = "URL", conflicts_with = "api_command")]
     api_upstream: Option<String>,
-    /// Command that starts the API; {port} is replaced by a free port [env: FLUXLIT_API_COMMAND].
+    /// Command that starts the API; {port}, {root_path} and {api_prefix} (root path + API mount) are replaced [env: FLUXLIT_API_COMMAND].
     #[arg(long, value_name = "CMD")]
     api_command: Option<String>,
     /// URL of a UI server running elsewhere; no Streamlit is started [env: FLUXLIT_UI_UPSTREAM].

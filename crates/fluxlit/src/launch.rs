@@ -163,14 +163,24 @@ pub(crate) async fn start_streamlit(
     .await
 }
 
-/// Starts `api_command` (`{port}` replaced, `PORT` set) and waits until its port accepts TCP.
+/// Starts `api_command` (placeholders expanded by [`expand_api_command`], `PORT` and
+/// `FLUXLIT_API_ROOT_PATH` set) and waits until its port accepts TCP.
 pub(crate) async fn start_api(
     s: &Settings,
     launch: &Launch,
     command: &str,
 ) -> Result<(Sidecar, u16), AppError> {
+    let root_path = s.public_mount();
+    let api_prefix = format!("{root_path}{}", s.api_mount_path);
     start_on_free_port("api", s.sidecar_start_timeout_s, |port| {
-        let line = command.replace("{port}", &port.to_string());
+        let line = expand_api_command(
+            command,
+            &ApiPlaceholders {
+                port,
+                root_path,
+                api_prefix: &api_prefix,
+            },
+        );
         let (program, args) = split_command(&line).ok_or_else(|| AppError::ApiCommand {
             command: command.to_owned(),
             origin: launch.api_command_origin.clone(),
@@ -179,6 +189,8 @@ pub(crate) async fn start_api(
         spec.args = args;
         spec.env.clone_from(&launch.env);
         spec.env.push(("PORT".into(), port.to_string().into()));
+        spec.env
+            .push(("FLUXLIT_API_ROOT_PATH".into(), api_prefix.clone().into()));
         spec.cwd = Some(launch.cwd.clone());
         spec.stop_grace = s.sidecar_stop_timeout_s;
         // A TCP probe: uvicorn (and most servers) listen only once the app has started, and an
@@ -190,6 +202,103 @@ pub(crate) async fn start_api(
         Ok(spec)
     })
     .await
+}
+
+/// The values of `api_command`'s placeholders for one start of the API.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiPlaceholders<'a> {
+    /// `{port}`: the loopback port the API must listen on.
+    pub(crate) port: u16,
+    /// `{root_path}`: the public mount (`FLUXLIT_ROOT_PATH`): `""` or `/seg…`.
+    pub(crate) root_path: &'a str,
+    /// `{api_prefix}`: the API's public prefix, root path plus API mount (`/api`,
+    /// `/myapp/api`); the same value as `FLUXLIT_API_ROOT_PATH`. Never empty.
+    pub(crate) api_prefix: &'a str,
+}
+
+/// Replaces `{port}`, `{root_path}` and `{api_prefix}` in `command` with their values, quoted
+/// for where they stand, so that the result means the same to `sh -c` and to FluxLit's own
+/// splitting ([`split_command`]) and a value is always exactly one piece of one word:
+///
+/// - outside quotes, a value made only of `A–Z a–z 0–9 _ @ % + = : , . / -` goes in as it is;
+///   anything else, and the empty value, goes in single-quoted (`''` for empty, so that
+///   `--root-path {root_path}` keeps its argument when there is no root path);
+/// - inside single quotes, a `'` in the value becomes `'\''`;
+/// - inside double quotes, `"`, `\`, `$` and `` ` `` are backslash-escaped.
+///
+/// Other text, including other `{…}`, is left as it is. The configuration already limits root
+/// paths and mounts to RFC 3986 unreserved characters and `/`; the quoting holds for any value
+/// (an embedding application can set them too), so no value can add shell syntax.
+pub(crate) fn expand_api_command(command: &str, values: &ApiPlaceholders<'_>) -> String {
+    let port = values.port.to_string();
+    let table: [(&str, &str); 3] = [
+        ("{port}", &port),
+        ("{root_path}", values.root_path),
+        ("{api_prefix}", values.api_prefix),
+    ];
+    let mut out = String::with_capacity(command.len() + 32);
+    let mut quote = Quote::None;
+    let mut rest = command;
+    while let Some(c) = rest.chars().next() {
+        if c == '{'
+            && let Some((name, value)) = table.iter().find(|(n, _)| rest.starts_with(n))
+        {
+            push_quoted(&mut out, value, quote);
+            rest = &rest[name.len()..];
+            continue;
+        }
+        let mut len = c.len_utf8();
+        match (c, quote) {
+            // An escaped character is copied with its backslash (outside single quotes).
+            ('\\', Quote::None | Quote::Double) => {
+                len += rest[len..].chars().next().map_or(0, char::len_utf8);
+            }
+            ('\'', Quote::None) => quote = Quote::Single,
+            ('\'', Quote::Single) => quote = Quote::None,
+            ('"', Quote::None) => quote = Quote::Double,
+            ('"', Quote::Double) => quote = Quote::None,
+            _ => {}
+        }
+        out.push_str(&rest[..len]);
+        rest = &rest[len..];
+    }
+    out
+}
+
+/// Where a placeholder stands in a command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    None,
+    Single,
+    Double,
+}
+
+/// Appends `value` quoted for `quote` (see [`expand_api_command`]).
+fn push_quoted(out: &mut String, value: &str, quote: Quote) {
+    match quote {
+        Quote::None => {
+            let plain = !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain {
+                out.push_str(value);
+            } else {
+                out.push('\'');
+                out.push_str(&value.replace('\'', "'\\''"));
+                out.push('\'');
+            }
+        }
+        Quote::Single => out.push_str(&value.replace('\'', "'\\''")),
+        Quote::Double => {
+            for c in value.chars() {
+                if matches!(c, '"' | '\\' | '$' | '`') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+    }
 }
 
 /// Splits a command line. A plain command (words and quotes only) is executed directly, so
@@ -274,6 +383,105 @@ mod tests {
         );
         assert!(split_command("").is_none());
         assert!(split_command("unterminated 'quote").is_none());
+    }
+
+    fn values<'a>(root_path: &'a str, api_prefix: &'a str) -> ApiPlaceholders<'a> {
+        ApiPlaceholders {
+            port: 8123,
+            root_path,
+            api_prefix,
+        }
+    }
+
+    #[test]
+    fn placeholders_expand_to_plain_words() {
+        let v = values("/myapp", "/myapp/api");
+        let line = expand_api_command(
+            "python -m uvicorn api:app --port {port} --root-path {api_prefix} --x={root_path}",
+            &v,
+        );
+        assert_eq!(
+            line,
+            "python -m uvicorn api:app --port 8123 --root-path /myapp/api --x=/myapp"
+        );
+        let (_, args) = split_command(&line).unwrap();
+        assert_eq!(args[6], "/myapp/api");
+        // Unknown braces and an escaped brace stay as they are.
+        assert_eq!(
+            expand_api_command("x {porty} {} \\{port} {port}", &v),
+            "x {porty} {} \\{port} 8123"
+        );
+    }
+
+    #[test]
+    fn an_empty_root_path_stays_one_argument() {
+        let line = expand_api_command(
+            "serve --root-path {root_path} --port {port}",
+            &values("", "/api"),
+        );
+        assert_eq!(line, "serve --root-path '' --port 8123");
+        let (_, args) = split_command(&line).unwrap();
+        assert_eq!(args, ["--root-path", "", "--port", "8123"]);
+        // Glued to other text the empty value adds nothing.
+        let (_, args) = split_command(&expand_api_command(
+            "serve --root={root_path}",
+            &values("", "/api"),
+        ))
+        .unwrap();
+        assert_eq!(args, ["--root="]);
+    }
+
+    #[test]
+    fn values_inside_quotes_are_escaped_for_those_quotes() {
+        let v = values("/it's \"$HOME\" `id`", "/a b/api");
+        let line = expand_api_command("echo '{root_path}' \"{root_path}\" {api_prefix}", &v);
+        let (_, args) = split_command(&line).unwrap();
+        assert_eq!(args, [v.root_path, v.root_path, v.api_prefix]);
+        // The quoting keeps a plain command plain: it is still executed without a shell.
+        assert!(!uses_shell_syntax(&line), "{line}");
+    }
+
+    /// The expanded line run by a real `sh -c` (as a command with shell syntax is) prints each
+    /// value back unchanged: no value can add a command, a variable or a glob.
+    #[test]
+    fn hostile_values_cannot_inject_into_sh() {
+        let dir = std::env::temp_dir().join(format!("fluxlit-expand-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("pwned");
+        let hostile = [
+            format!("/x'; touch {}; '", marker.display()),
+            format!("/x\"; touch {}; \"", marker.display()),
+            format!("/$(touch {})", marker.display()),
+            format!("/`touch {}`", marker.display()),
+            "/$HOME/*/~/?".to_owned(),
+            "/a\\b\nc".to_owned(),
+            String::new(),
+        ];
+        for value in &hostile {
+            let v = values(value, value);
+            for template in [
+                "printf '%s|' {root_path} '{root_path}' \"{api_prefix}\" x{api_prefix}x; true",
+                "printf '%s|' '{root_path}'\"{api_prefix}\"{root_path} && true",
+            ] {
+                let line = expand_api_command(template, &v);
+                let (program, args) = split_command(&line).unwrap();
+                assert_eq!(program, "sh", "{line}");
+                let out = std::process::Command::new(program)
+                    .args(args)
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap();
+                let got = String::from_utf8(out.stdout).unwrap();
+                let want = if template.contains("x{api_prefix}x") {
+                    format!("{value}|{value}|{value}|x{value}x|")
+                } else {
+                    format!("{value}{value}{value}|")
+                };
+                assert_eq!(got, want, "template {template:?} with {value:?}: {line}");
+                assert!(!marker.exists(), "{line} ran an injected command");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
