@@ -1,7 +1,8 @@
 //! FluxLit's developer tasks (`cargo xtask <task>`):
 //!
 //! - `setup`: install what the tests need on this machine: Debian's `chromium` (when missing
-//!   and running as root), and `.venv` with the pinned Python packages of `examples/hello`.
+//!   and running as root), `.venv` with the pinned Python packages of `examples/hello`, and
+//!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
 //!   `cargo deny check` (installed if missing), and the whole test suite, end-to-end included.
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
@@ -136,9 +137,50 @@ fn setup_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// `.venv-fluxlit-python`: FluxLit for Python 0.13 (PyPI `fluxlit`) with what it runs on, pinned
+/// in `crates/fluxlit-cli/tests/python_apps/requirements.txt`, for the test that runs its
+/// scaffolds unchanged. A venv of its own: `fluxlit` 0.13.2 requires an older FastAPI than
+/// `examples/hello` pins, and it installs its own `fluxlit` script. pip's wheel cache makes the
+/// packages it shares with `.venv` (Streamlit, pandas, pyarrow) a local copy.
+fn setup_python_apps_venv() -> Result<PathBuf> {
+    let root = project_root();
+    pinned_venv(
+        &root.join(".venv-fluxlit-python"),
+        &root.join("crates/fluxlit-cli/tests/python_apps/requirements.txt"),
+    )
+}
+
+/// Creates `venv` (when missing) and installs `requirements` into it unless the stamp file
+/// says they are installed already. Returns the venv's interpreter.
+fn pinned_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    }
+    let wanted = std::fs::read_to_string(requirements)
+        .map_err(|e| Failed(format!("cannot read {}: {e}", requirements.display())))?;
+    let stamp = venv.join(".fluxlit-requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(requirements))?;
+        std::fs::write(&stamp, wanted)
+            .map_err(|e| Failed(format!("cannot write {}: {e}", stamp.display())))?;
+    }
+    Ok(python)
+}
+
 fn setup() -> Result {
     setup_apt()?;
     setup_venv()?;
+    setup_python_apps_venv()?;
     Ok(())
 }
 

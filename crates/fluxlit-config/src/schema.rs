@@ -145,7 +145,7 @@ impl KeySpec {
 /// is "absent" and `default` only describes what happens then.
 pub const KEYS: &[KeySpec] = &[
     // What to run.
-    key("target", Kind::Text, "app.py", "The Streamlit script to run, relative to the working directory.").flag("TARGET (positional)"),
+    key("target", Kind::Text, "app.py", "The Streamlit script to run, relative to the working directory; or a FluxLit-for-Python app as `module:attr` or `./app.py:attr` (docs/migrating-from-python.md).").flag("TARGET (positional)"),
     key("streamlit_python", Kind::OptText, "$VIRTUAL_ENV/bin/python, else ./.venv/bin/python, else python3", "Python interpreter used as `python -m streamlit run`.").flag("--streamlit-python"),
     key("streamlit_run_cli_args", Kind::List, "[]", "Extra arguments for `streamlit run`, after FluxLit's own; they may not set server.port, server.address or server.baseUrlPath.").flag("-- STREAMLIT_ARGS..."),
     key("streamlit_page_config", Kind::Object, "{}", "Page configuration for the app (page_title, page_icon, layout, initial_sidebar_state, menu_items), handed to the Streamlit process as JSON in FLUXLIT_STREAMLIT_PAGE_CONFIG for the script to pass to st.set_page_config."),
@@ -343,24 +343,6 @@ pub fn render_markdown() -> String {
             k.doc.replace('|', "\\|")
         ));
     }
-    s.push_str(
-        "\n## Compatibility notes\n\n\
-         - `trust_proxy` with an empty `forwarded_allow_ips` trusts forwarded headers from loopback peers only \
-         (127.0.0.0/8, ::1); FluxLit for Python trusted every peer. The safer default stays; `fluxlit config` \
-         and the start-up log report it as the `forwarded_allow_ips_loopback_only` warning with the fix: list \
-         your proxy's addresses in `forwarded_allow_ips`, or `127.0.0.1` when it runs on the same host.\n\
-         - `log_level = \"warning\"` (and the other Uvicorn names) used to reach the log filter as a module \
-         name, which silenced every line; level names are now translated, and a word that is no level is a \
-         configuration error.\n\
-         - Workbench/Connect mode, `fluxlit workbench [TARGET]` or `fluxlit run --workbench` (flag only, no \
-         setting), means what it means in FluxLit for Python: `trust_proxy` is turned on (its origin is \
-         `--workbench`) and a banner on stderr names the mode, the app, whose forwarded headers are honoured, \
-         the loopback URLs of the app and of `{api}/healthz` (and `{api}/docs` when an API is configured), a \
-         hint about `FLUXLIT_ROOT_PATH` when there is none, and `public_base_url` when set. One difference: \
-         FluxLit for Python trusted every peer's forwarded headers in this mode (`forwarded_allow_ips=*`); \
-         FluxLit keeps loopback only unless `forwarded_allow_ips` says otherwise, which fits a platform proxy \
-         on the same host and lets no other client spoof its address, scheme or host. There is no dev-server \
-         behaviour in it (FluxLit for Python has none either: `workbench` is `run`).\n");
     s.push_str(
         "\n## Not applicable\n\n\
          FluxLit for Python settings that only make sense for its Python runtime are not carried over: \

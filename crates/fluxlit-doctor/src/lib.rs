@@ -2,7 +2,8 @@
 //! prerequisites and reports one PASS/WARN/FAIL row per check.
 //!
 //! Rows, in order: `config` (loads without problems), one `config_warning` per loader warning,
-//! `target` (the Streamlit script exists), `python` (the interpreter runs), `streamlit`
+//! `target` (the Streamlit script exists; for a FluxLit-for-Python app, `module:attr`, that the
+//! interpreter has the package `fluxlit` and finds the module), `python` (the interpreter runs), `streamlit`
 //! (`python -m streamlit version` works), `api` (how the API is provided), `gateway_bind` (the
 //! public address can be bound now). The report is FAIL when any row is.
 //!
@@ -16,6 +17,7 @@
 //! ```
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::time::Duration;
 
 use fluxlit_config::LoadOptions;
@@ -124,7 +126,41 @@ pub async fn diagnose(opts: &LoadOptions) -> Report {
     }
 
     let target = opts.cwd.join(&s.target);
-    if target.is_file() {
+    let python_app = fluxlit::pyapp::PythonTarget::parse(&s.target, &opts.cwd);
+    if let Ok(Some(t)) = &python_app {
+        let path = opts
+            .env
+            .get("PATH")
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        match fluxlit::pyapp::probe(Path::new(&s.streamlit_python), &opts.cwd, path, t) {
+            Ok(package) => r.push(
+                "target",
+                Status::Pass,
+                format!(
+                    "FluxLit-for-Python app {} (fluxlit {} for {}; its API is served with uvicorn, its pages by {})",
+                    t.as_str(),
+                    package.version,
+                    s.streamlit_python,
+                    package.entry.display()
+                ),
+            ),
+            Err(problem) => r.push(
+                "target",
+                Status::Fail,
+                format!("{:?} (target from {}) {problem}", t.as_str(), loaded.origin("target")),
+            ),
+        }
+    } else if let Err(problem) = &python_app {
+        r.push(
+            "target",
+            Status::Fail,
+            format!(
+                "{:?} (target from {}) {problem}",
+                s.target,
+                loaded.origin("target")
+            ),
+        );
+    } else if target.is_file() {
         r.push("target", Status::Pass, target.display().to_string());
     } else {
         r.push(
@@ -177,6 +213,7 @@ pub async fn diagnose(opts: &LoadOptions) -> Report {
     match (&s.api_command, &s.api_upstream) {
         (Some(cmd), _) => r.push("api", Status::Pass, format!("FluxLit starts and supervises `{cmd}` (from {})", loaded.origin("api_command"))),
         (None, Some(url)) => r.push("api", Status::Pass, format!("proxied to {url} (from {})", loaded.origin("api_upstream"))),
+        (None, None) if matches!(python_app, Ok(Some(_))) => r.push("api", Status::Pass, format!("FluxLit serves the FluxLit-for-Python app's FastAPI object (app.api) with uvicorn under {}", s.api_mount_path)),
         (None, None) => r.push("api", Status::Warn, format!("no API configured: {}/… answers 404 except healthz and readyz; set api_command or api_upstream", s.api_mount_path)),
     }
 
@@ -216,6 +253,44 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&r.to_json()).unwrap()["status"],
             "fail"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn checks_a_fluxlit_for_python_target() {
+        let dir = std::env::temp_dir().join(format!("fluxlit-doctor-py-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = |target: &'static str, python: &'static str| {
+            let env = Environment::from_pairs([
+                ("FLUXLIT_TARGET", target),
+                ("FLUXLIT_STREAMLIT_PYTHON", python),
+                ("FLUXLIT_GATEWAY_PORT", "0"),
+            ]);
+            let opts = LoadOptions::new(&dir, env, CliOverrides::default());
+            async move {
+                let r = diagnose(&opts).await;
+                let by = |n: &str| r.checks.iter().find(|c| c.name == n).cloned().unwrap();
+                (by("target"), by("api"))
+            }
+        };
+        let (target, api) = row("app:app", "/nonexistent/python").await;
+        assert_eq!(target.status, Status::Fail);
+        assert!(
+            target
+                .detail
+                .contains("cannot run the Python interpreter /nonexistent/python"),
+            "{}",
+            target.detail
+        );
+        assert_eq!(api.status, Status::Pass, "{}", api.detail);
+        assert!(api.detail.contains("app.api"), "{}", api.detail);
+        let (target, _) = row("app:", "python3").await;
+        assert_eq!(target.status, Status::Fail);
+        assert!(
+            target.detail.contains("must look like 'module:attr'"),
+            "{}",
+            target.detail
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -4,12 +4,14 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fluxlit_config::Settings;
 use fluxlit_sidecar::{HealthProbe, Sidecar, SidecarSpec, StartError};
 
 use crate::AppError;
+use crate::pyapp::PyApp;
 
 /// How many times a sidecar is started with a new port when its port was taken between
 /// FluxLit picking it and the sidecar binding it.
@@ -20,8 +22,8 @@ pub(crate) const PORT_RETRIES: usize = 3;
 pub(crate) struct Launch {
     /// The sidecars' working directory.
     pub(crate) cwd: PathBuf,
-    /// The Streamlit script, as passed to `streamlit run` (relative to `cwd` or absolute).
-    pub(crate) target: PathBuf,
+    /// What Streamlit runs.
+    pub(crate) target: Script,
     /// The Python interpreter that runs Streamlit.
     pub(crate) python: PathBuf,
     /// Variables for both sidecars: FLUXLIT_INTERNAL_API_BASE, FLUXLIT_API_PREFIX,
@@ -29,6 +31,24 @@ pub(crate) struct Launch {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// `api_command`'s origin, for its parse error.
     pub(crate) api_command_origin: String,
+}
+
+/// What the Streamlit sidecar runs.
+#[derive(Debug, Clone)]
+pub(crate) enum Script {
+    /// A Streamlit script, as passed to `streamlit run` (relative to `cwd` or absolute).
+    File(PathBuf),
+    /// A FluxLit-for-Python app: the package's page entry script, with `FLUXLIT_APP`.
+    PyApp(Arc<PyApp>),
+}
+
+/// What the API sidecar runs.
+#[derive(Debug, Clone)]
+pub(crate) enum ApiProcess {
+    /// `api_command`.
+    Command(String),
+    /// A FluxLit-for-Python app's FastAPI object, served by uvicorn.
+    PyApp(Arc<PyApp>),
 }
 
 /// The environment both sidecars get: how to reach the gateway's API from inside
@@ -136,8 +156,15 @@ pub(crate) async fn start_streamlit(
     let mount = s.public_mount();
     start_on_free_port("streamlit", s.sidecar_start_timeout_s, |port| {
         let mut spec = SidecarSpec::new("streamlit", &launch.python);
-        spec.args = streamlit_args(&launch.target, port, mount, &s.streamlit_run_cli_args);
         spec.env.clone_from(&launch.env);
+        let script = match &launch.target {
+            Script::File(path) => path,
+            Script::PyApp(app) => {
+                spec.env.extend(app.env(&s.api_mount_path));
+                &app.package.entry
+            }
+        };
+        spec.args = streamlit_args(script, port, mount, &s.streamlit_run_cli_args);
         if !s.streamlit_page_config.is_empty() {
             spec.env.push((
                 "FLUXLIT_STREAMLIT_PAGE_CONFIG".into(),
@@ -299,6 +326,53 @@ fn push_quoted(out: &mut String, value: &str, quote: Quote) {
             }
         }
     }
+}
+
+/// Starts the API sidecar `api` describes (see [`start_api`] and [`start_py_api`]).
+pub(crate) async fn start_api_process(
+    s: &Settings,
+    launch: &Launch,
+    api: &ApiProcess,
+) -> Result<(Sidecar, u16), AppError> {
+    match api {
+        ApiProcess::Command(command) => start_api(s, launch, command).await,
+        ApiProcess::PyApp(app) => start_py_api(s, launch, app).await,
+    }
+}
+
+/// Starts a FluxLit-for-Python app's FastAPI object under uvicorn with the interpreter
+/// (`python -c` [`crate::pyapp::API_BOOTSTRAP`]; `PORT`, `FLUXLIT_API_ROOT_PATH`,
+/// `FLUXLIT_APP` and `FLUXLIT_API_MOUNT_PATH` set) and waits until its port accepts TCP.
+pub(crate) async fn start_py_api(
+    s: &Settings,
+    launch: &Launch,
+    app: &PyApp,
+) -> Result<(Sidecar, u16), AppError> {
+    let root_path = crate::pyapp::api_root_path(s.public_mount(), &s.api_mount_path);
+    start_on_free_port("api", s.sidecar_start_timeout_s, |port| {
+        let mut spec = SidecarSpec::new("api", &launch.python);
+        spec.args = crate::pyapp::api_args(
+            &app.target,
+            port,
+            s.public_mount(),
+            &s.api_mount_path,
+            &s.log_level,
+        );
+        spec.env.clone_from(&launch.env);
+        spec.env.push(("PORT".into(), port.to_string().into()));
+        spec.env
+            .push(("FLUXLIT_API_ROOT_PATH".into(), root_path.clone().into()));
+        spec.env.extend(app.env(&s.api_mount_path));
+        spec.cwd = Some(launch.cwd.clone());
+        spec.stop_grace = s.sidecar_stop_timeout_s;
+        // uvicorn listens once the app has been imported and its lifespan started.
+        let mut probe = HealthProbe::connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        probe.interval = Duration::from_millis(100);
+        probe.ready_interval = Duration::from_secs(1);
+        spec.health = Some(probe);
+        Ok(spec)
+    })
+    .await
 }
 
 /// Splits a command line. A plain command (words and quotes only) is executed directly, so

@@ -49,6 +49,7 @@ mod bridge;
 mod launch;
 mod lifecycle;
 mod pidfile;
+pub mod pyapp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ pub enum AppError {
     Config(#[from] fluxlit_config::ConfigError),
     /// The Streamlit script does not exist (and no `ui_upstream` is set).
     #[error(
-        "target {path} does not exist (target = {target:?} from {origin}); pass the Streamlit script as `fluxlit run app.py` or set target in fluxlit.toml"
+        "target {path} does not exist (target = {target:?} from {origin}); pass the Streamlit script as `fluxlit run app.py`, a FluxLit-for-Python app as `fluxlit run app:app`, or set target in fluxlit.toml"
     )]
     MissingTarget {
         /// The script, resolved against the working directory.
@@ -123,6 +124,19 @@ pub enum AppError {
         target: String,
         /// Where it came from.
         origin: String,
+    },
+    /// The target names a FluxLit-for-Python app (`module:attr`, `./file.py:attr`) that cannot
+    /// be run: the target is malformed, the interpreter cannot be run, the Python package
+    /// `fluxlit` is not installed for it (the message has the `pip install` command), or the
+    /// module cannot be found.
+    #[error("target {target:?} (from {origin}) {problem}")]
+    PythonApp {
+        /// The target as configured.
+        target: String,
+        /// Where it came from.
+        origin: String,
+        /// What is wrong and how to fix it.
+        problem: String,
     },
     /// A root path or API mount given to the builder is not a valid path.
     #[error("invalid {key} {value:?} (from {origin}): {reason}")]
@@ -278,7 +292,8 @@ impl AppBuilder {
         self
     }
 
-    /// The Streamlit script, relative to the working directory or absolute (overrides
+    /// The Streamlit script, relative to the working directory or absolute, or a
+    /// FluxLit-for-Python app as `module:attr` or `./file.py:attr` (see [`pyapp`]) (overrides
     /// `target`).
     pub fn target(mut self, script: impl Into<PathBuf>) -> Self {
         self.target = Some(script.into());
@@ -335,7 +350,9 @@ impl AppBuilder {
     ///
     /// # Errors
     /// [`AppError::Cwd`] and [`AppError::Config`] when loading; [`AppError::MissingTarget`]
-    /// when the script does not exist and no `ui_upstream` is set; [`AppError::Setting`] for
+    /// when the script does not exist and no `ui_upstream` is set; [`AppError::PythonApp`]
+    /// when a FluxLit-for-Python target cannot be run (this asks the interpreter where the
+    /// package `fluxlit` is: about 0.1 s, blocking); [`AppError::Setting`] for
     /// an invalid overridden root path or API mount; [`AppError::ApiTwice`];
     /// [`AppError::Gateway`] when the gateway rejects the paths.
     pub fn build(self) -> Result<App, AppError> {
@@ -389,13 +406,55 @@ impl AppBuilder {
             .python
             .unwrap_or_else(|| PathBuf::from(&settings.streamlit_python));
         let script = cwd.join(&target);
-        if settings.ui_upstream.is_none() && !script.is_file() {
-            return Err(AppError::MissingTarget {
-                path: script,
-                target: target.display().to_string(),
-                origin: origins.of("target"),
-            });
-        }
+        let python_app = match target.to_str() {
+            Some(t) => {
+                pyapp::PythonTarget::parse(t, &cwd).map_err(|problem| AppError::PythonApp {
+                    target: t.to_owned(),
+                    origin: origins.of("target"),
+                    problem,
+                })?
+            }
+            None => None,
+        };
+        // A FluxLit-for-Python app needs the package when FluxLit starts Streamlit or serves
+        // the app's API (no api_command, api_upstream or in-process service).
+        let py_app = match python_app {
+            Some(t)
+                if settings.ui_upstream.is_none()
+                    || (self.api_service.is_none()
+                        && settings.api_command.is_none()
+                        && settings.api_upstream.is_none()) =>
+            {
+                let path = launch::child_path(
+                    env.get("PATH"),
+                    python.parent().filter(|p| !p.as_os_str().is_empty()),
+                );
+                let package = pyapp::probe(&python, &cwd, &path, &t).map_err(|problem| {
+                    AppError::PythonApp {
+                        target: t.as_str().to_owned(),
+                        origin: origins.of("target"),
+                        problem,
+                    }
+                })?;
+                tracing::info!(target = t.as_str(), fluxlit = %package.version, entry = %package.entry.display(), "running a FluxLit-for-Python app");
+                Some(Arc::new(pyapp::PyApp { target: t, package }))
+            }
+            Some(_) => None,
+            None => {
+                if settings.ui_upstream.is_none() && !script.is_file() {
+                    return Err(AppError::MissingTarget {
+                        path: script,
+                        target: target.display().to_string(),
+                        origin: origins.of("target"),
+                    });
+                }
+                None
+            }
+        };
+        let target = match &py_app {
+            Some(app) => launch::Script::PyApp(app.clone()),
+            None => launch::Script::File(target),
+        };
         if self.api_service.is_some() {
             for (key, set) in [
                 ("api_command", settings.api_command.is_some()),
@@ -419,6 +478,7 @@ impl AppBuilder {
             cwd,
             env,
             target,
+            py_app,
             python,
             pidfile,
             api_service: self.api_service,
@@ -460,7 +520,9 @@ struct Assembly {
     origins: Overridden,
     cwd: PathBuf,
     env: Environment,
-    target: PathBuf,
+    target: launch::Script,
+    /// A FluxLit-for-Python app whose API FluxLit serves (when nothing else serves the API).
+    py_app: Option<Arc<pyapp::PyApp>>,
     python: PathBuf,
     pidfile: Option<PathBuf>,
     api_service: Option<ApiService>,
@@ -470,8 +532,8 @@ struct Assembly {
 /// How the API mount is served.
 #[derive(Debug)]
 enum ApiMode {
-    /// `api_command`, supervised.
-    Command(String),
+    /// `api_command` or a FluxLit-for-Python app's API, supervised.
+    Command(launch::ApiProcess),
     /// An external upstream, an in-process service, or nothing: no sidecar.
     NoSidecar,
 }
@@ -491,7 +553,7 @@ pub struct App {
     cwd: PathBuf,
     /// The `PATH` the sidecars get.
     child_path: String,
-    target: PathBuf,
+    target: launch::Script,
     python: PathBuf,
     pidfile: Option<PathBuf>,
     gateway: Gateway,
@@ -584,8 +646,18 @@ impl App {
         let mut api = ApiMode::NoSidecar;
         if let Some(service) = a.api_service {
             builder = builder.api(ApiTarget::Service(service));
-        } else if let Some(cmd) = &s.api_command {
-            api = ApiMode::Command(cmd.clone());
+        } else if let Some(api_process) = s
+            .api_command
+            .clone()
+            .map(launch::ApiProcess::Command)
+            .or_else(|| {
+                a.py_app
+                    .clone()
+                    .filter(|_| s.api_upstream.is_none())
+                    .map(launch::ApiProcess::PyApp)
+            })
+        {
+            api = ApiMode::Command(api_process);
             builder = builder
                 .api(ApiTarget::Upstream(Upstream::dynamic("api", api_rx)))
                 .readiness(ReadinessCheck::new("api", api_state_rx));

@@ -144,7 +144,7 @@ impl App {
         // Start the sidecars (the API first); a failure or a shutdown stops what was started.
         let startup = async {
             let api = match &self.api {
-                ApiMode::Command(cmd) => Some(launch::start_api(s, &launch, cmd).await?),
+                ApiMode::Command(cmd) => Some(launch::start_api_process(s, &launch, cmd).await?),
                 ApiMode::NoSidecar => None,
             };
             let ui = if self.start_streamlit {
@@ -267,7 +267,9 @@ impl App {
                 let start = async {
                     match (which, &self.api) {
                         (0, _) => launch::start_streamlit(s, &launch).await,
-                        (_, ApiMode::Command(cmd)) => launch::start_api(s, &launch, cmd).await,
+                        (_, ApiMode::Command(cmd)) => {
+                            launch::start_api_process(s, &launch, cmd).await
+                        }
                         (_, ApiMode::NoSidecar) => std::future::pending().await,
                     }
                 };
