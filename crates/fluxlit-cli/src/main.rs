@@ -5,6 +5,7 @@
 mod config_cmd;
 mod doctor_cmd;
 mod run;
+mod workbench;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the Streamlit app and the API on one port.
     Run(RunArgs),
+    /// Serve behind a platform's reverse proxy (Posit Workbench/Connect): `run --workbench`.
+    Workbench(RunArgs),
     /// Check the project's configuration and prerequisites (Python, Streamlit, target).
     Doctor(DoctorArgs),
     /// Print the effective settings, where each came from, and configuration warnings.
@@ -79,6 +82,10 @@ struct ConfigArgs {
     /// Debug mode [env: FLUXLIT_DEBUG].
     #[arg(long)]
     debug: bool,
+    /// Workbench/Connect mode: trust proxy headers (as --proxy-headers) and print a banner with
+    /// the loopback URLs at start-up; `fluxlit workbench` is `fluxlit run --workbench`.
+    #[arg(long)]
+    workbench: bool,
     /// Log format: text or json [env: FLUXLIT_LOG_FORMAT; default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -122,6 +129,9 @@ impl ConfigArgs {
         set("metrics_addr", &self.metrics_addr, "--metrics-addr");
         if self.proxy_headers {
             cli.set("trust_proxy", "true", "--proxy-headers");
+        }
+        if self.workbench {
+            cli.set("trust_proxy", "true", "--workbench");
         }
         if self.debug {
             cli.set("debug", "true", "--debug");
@@ -184,6 +194,10 @@ fn main() -> ExitCode {
     let env = Environment::from_process();
     match cli.command {
         Command::Run(args) => run::main(args.config, env),
+        Command::Workbench(mut args) => {
+            args.config.workbench = true;
+            run::main(args.config, env)
+        }
         Command::Doctor(args) => doctor_cmd::main(args, env),
         Command::Config(args) => config_cmd::main(args, env),
     }

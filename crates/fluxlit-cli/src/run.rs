@@ -109,7 +109,7 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(loaded, opts.cwd, env)) {
+    match runtime.block_on(serve(loaded, opts.cwd, env, args.workbench)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
@@ -140,8 +140,15 @@ enum RunError {
     App(#[from] fluxlit::AppError),
 }
 
-async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCode, RunError> {
+async fn serve(
+    loaded: Loaded,
+    cwd: PathBuf,
+    env: Environment,
+    workbench: bool,
+) -> Result<ExitCode, RunError> {
     let s = &loaded.settings;
+    // Workbench/Connect mode prints its banner once the port is bound (crate::workbench).
+    let banner_settings = workbench.then(|| s.clone());
     let bind_addr = format!("{}:{}", s.gateway_host, s.gateway_port);
     let host_origin = loaded.origin("gateway_host").to_string();
     let port_origin = loaded.origin("gateway_port").to_string();
@@ -158,6 +165,11 @@ async fn serve(loaded: Loaded, cwd: PathBuf, env: Environment) -> Result<ExitCod
             port_origin,
             source,
         })?;
+    if let Some(settings) = &banner_settings
+        && let Ok(bound) = listener.local_addr()
+    {
+        eprint!("{}", crate::workbench::banner(settings, bound));
+    }
 
     // Signals are watched from here on, so Ctrl-C during start-up stops cleanly too. The first
     // one stops in order; a second one while stopping cuts the graces short: dropping the run

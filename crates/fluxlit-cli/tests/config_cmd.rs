@@ -313,3 +313,14 @@ fn trust_proxy_without_allow_list_is_a_warning_with_the_fix() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+/// Issue 12 §6: `--workbench` turns trust_proxy on, and says so as its origin.
+#[test]
+fn workbench_flag_turns_proxy_trust_on() {
+    let dir = fluxlit_testkit::TempDir::new("config-workbench");
+    let (code, out, err) = config(dir.path(), &["--json", "--workbench"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["settings"]["trust_proxy"], true);
+    assert_eq!(v["origins"]["trust_proxy"]["flag"], "--workbench");
+}

@@ -234,3 +234,116 @@ async fn a_crash_loop_is_reported_in_readiness_and_the_log() {
         "the gateway keeps running and retrying"
     );
 }
+
+/// Issue 12 §6: `fluxlit workbench` (= `run --workbench`) trusts a loopback proxy's forwarded
+/// headers and prints the Workbench banner with the bound port; `log_level = warning` (Uvicorn's
+/// name) shows warnings and nothing below them; the loopback-only trust is said once at
+/// start-up, as a warning with the fix.
+#[tokio::test]
+async fn workbench_banner_loopback_trust_and_warning_log_level() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+
+    let ui = fluxlit_testkit::upstream::TestUpstream::start().await;
+    let dir = fluxlit_testkit::TempDir::new("workbench");
+    let ui_url = format!("http://{}", ui.addr);
+    let mut child = support::command(
+        dir.path(),
+        &[
+            "workbench",
+            "--port",
+            "0",
+            "--no-pidfile",
+            "--ui-upstream",
+            &ui_url,
+        ],
+    )
+    .env("FLUXLIT_LOG_LEVEL", "warning")
+    // A body cap, so that the loopback-only trust is the one start-up warning.
+    .env("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "64MiB")
+    .spawn()
+    .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[fluxlit] {line}");
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        })
+    };
+    let prefix = "[fluxlit] Open in browser (loopback): ";
+    let base = eventually(Duration::from_secs(30), "the Workbench banner", || {
+        let text = log.lock().unwrap().clone();
+        async move {
+            let line = text.lines().find(|l| l.starts_with(prefix))?;
+            Some(line[prefix.len()..].trim_end_matches('/').to_owned())
+        }
+    })
+    .await;
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let (s, _, body) = get(&format!("{base}/api/healthz")).await.unwrap();
+    assert_eq!(s, 200, "{body}");
+    // The test client is on loopback, so its forwarded headers are believed, as a Workbench
+    // proxy's on the same host are.
+    let (s, _, body) = request(
+        "GET",
+        &format!("{base}/echo"),
+        &[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "workbench.example"),
+        ],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    let seen = |name: &str| -> Vec<String> {
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p[0] == name)
+            .map(|p| p[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(seen("x-forwarded-proto"), ["https"], "{body}");
+    assert_eq!(seen("x-forwarded-host"), ["workbench.example"], "{body}");
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = eventually(Duration::from_secs(30), "fluxlit to exit", || {
+        let r = child.try_wait().unwrap();
+        async move { r }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    for line in [
+        "[fluxlit] Workbench/Connect mode: proxy headers are trusted",
+        "[fluxlit] X-Forwarded-* headers will be honored for scheme/host/client IP from loopback peers only",
+        "[fluxlit] API liveness: http://127.0.0.1:",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from:\n{log}");
+    }
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("forwarded_allow_ips_loopback_only"))
+        .collect();
+    assert_eq!(warned.len(), 1, "said once:\n{log}");
+    assert!(
+        warned[0].contains("WARN")
+            && warned[0].contains("command-line flag --workbench")
+            && warned[0].contains("FLUXLIT_FORWARDED_ALLOW_IPS"),
+        "{}",
+        warned[0]
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" INFO ") || l.contains(" DEBUG ")),
+        "log_level = warning shows nothing below warnings:\n{log}"
+    );
+}

@@ -344,6 +344,24 @@ pub fn render_markdown() -> String {
         ));
     }
     s.push_str(
+        "\n## Compatibility notes\n\n\
+         - `trust_proxy` with an empty `forwarded_allow_ips` trusts forwarded headers from loopback peers only \
+         (127.0.0.0/8, ::1); FluxLit for Python trusted every peer. The safer default stays; `fluxlit config` \
+         and the start-up log report it as the `forwarded_allow_ips_loopback_only` warning with the fix: list \
+         your proxy's addresses in `forwarded_allow_ips`, or `127.0.0.1` when it runs on the same host.\n\
+         - `log_level = \"warning\"` (and the other Uvicorn names) used to reach the log filter as a module \
+         name, which silenced every line; level names are now translated, and a word that is no level is a \
+         configuration error.\n\
+         - Workbench/Connect mode, `fluxlit workbench [TARGET]` or `fluxlit run --workbench` (flag only, no \
+         setting), means what it means in FluxLit for Python: `trust_proxy` is turned on (its origin is \
+         `--workbench`) and a banner on stderr names the mode, the app, whose forwarded headers are honoured, \
+         the loopback URLs of the app and of `{api}/healthz` (and `{api}/docs` when an API is configured), a \
+         hint about `FLUXLIT_ROOT_PATH` when there is none, and `public_base_url` when set. One difference: \
+         FluxLit for Python trusted every peer's forwarded headers in this mode (`forwarded_allow_ips=*`); \
+         FluxLit keeps loopback only unless `forwarded_allow_ips` says otherwise, which fits a platform proxy \
+         on the same host and lets no other client spoof its address, scheme or host. There is no dev-server \
+         behaviour in it (FluxLit for Python has none either: `workbench` is `run`).\n");
+    s.push_str(
         "\n## Not applicable\n\n\
          FluxLit for Python settings that only make sense for its Python runtime are not carried over: \
          `title` (FastAPI title), `streamlit_host` and `streamlit_port` (unused there too), `enable_request_logging` \
