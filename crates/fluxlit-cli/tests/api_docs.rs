@@ -100,8 +100,56 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// Stops nginx as its init script does (SIGTERM: the master stops its workers, then exits)
+    /// and waits for the master, bounded; SIGKILL would leave the workers running, still
+    /// listening. Then no process of this nginx may remain.
+    async fn stop(mut self) {
+        let master = self.child.id();
+        let workers = fluxlit_testkit::process::children_of(master);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(master as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal nginx");
+        let child = &mut self.child;
+        eventually(
+            Duration::from_secs(10),
+            "nginx to exit after SIGTERM",
+            || {
+                let exited = child.try_wait().expect("try_wait nginx").is_some();
+                async move { exited.then_some(()) }
+            },
+        )
+        .await;
+        eventually(Duration::from_secs(10), "nginx's workers to exit", || {
+            let left: Vec<u32> = workers
+                .iter()
+                .copied()
+                .filter(|w| fluxlit_testkit::process::pid_alive(*w))
+                .collect();
+            async move { left.is_empty().then_some(()) }
+        })
+        .await;
+    }
+}
+
 impl Drop for Nginx {
+    /// On a failed test: SIGTERM (as [`Nginx::stop`]) so the workers go too, SIGKILL only if
+    /// the master is still there after 5 s.
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -267,6 +315,7 @@ async fn fastapi_docs_work_under_a_root_path_behind_nginx_in_both_shapes() {
         let nginx = Nginx::start(site, gw.addr).await;
         eprintln!("checking the docs behind nginx with {site}");
         check_docs(&mut browser, &nginx.url(""), "/myapp/api").await;
+        nginx.stop().await;
     }
     assert_eq!(api_env_root_path(&gw).as_deref(), Some("/myapp/api"));
 }
