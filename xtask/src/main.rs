@@ -257,7 +257,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian) and .venv with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
             );
             return ExitCode::from(2);
         }
