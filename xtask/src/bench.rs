@@ -6,11 +6,13 @@
 //! `target/bench/py-venv`; start the one upstream (`fluxlit-bench-upstream`) and every proxy in
 //! front of it; run each scenario for every row, interleaved, for several rounds; sample the
 //! proxies' RSS; hold idle WebSocket tunnels through each proxy; stop everything (process
-//! groups; also on failure, and a parent-death signal covers a killed xtask); write
+//! groups; also on failure, and a parent-death signal covers a killed xtask); time `fluxlit
+//! run`'s stop on SIGTERM with real Streamlit (examples/hello), idle and with Streamlit
+//! sessions open (3 runs each, 5 in a full run; `bench/shutdown.rs`); write
 //! `target/bench/{quick,full}.md` and `.json` and print the markdown.
 //!
 //! Exit status: 0 when every row that must run (direct, FluxLit, nginx, HAProxy) produced
-//! numbers for every scenario; 1 when the harness failed (a proxy did not start or died, a
+//! numbers for every scenario and the shutdown was timed in both cases; 1 when the harness failed (a proxy did not start or died, a
 //! tool failed, a scenario has no number). FluxLit for Python is optional: its row says why it
 //! was skipped. Whether the numbers meet the targets does not change the exit status.
 
@@ -18,6 +20,7 @@ mod load;
 mod peers;
 mod procs;
 mod report;
+mod shutdown;
 mod tunnels;
 
 use std::path::Path;
@@ -40,7 +43,7 @@ pub(crate) const FOREIGN_CPU_WARN_PCT: f64 = 10.0;
 /// Descriptors kept aside in every proxy for listeners, logs, epoll and friends.
 const FD_RESERVE: u64 = 160;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build] [--shutdown-only]
   --quick              CI's short run: 1 round of 1 s per cell, 1,000 idle tunnels, FluxLit for
                        Python only if already installed in target/bench/py-venv
   --rounds N           rounds per cell (full: 3)
@@ -48,7 +51,9 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
   --tunnels N          idle WebSocket tunnels to hold (full: 10000, capped by RLIMIT_NOFILE)
   --upstream-threads N tokio workers of the upstream (default 1)
   --no-python          skip FluxLit for Python
-  --no-build           use the release binaries already in the target directory's release/";
+  --no-build           use the release binaries already in the target directory's release/
+  --shutdown-only      only time `fluxlit run`'s stop on SIGTERM (idle and with Streamlit
+                       sessions open); prints its table, writes no report";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -60,6 +65,7 @@ struct Opts {
     upstream_threads: usize,
     python: bool,
     build: bool,
+    shutdown_only: bool,
 }
 
 fn parse(args: &[String]) -> std::result::Result<Opts, String> {
@@ -74,6 +80,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             upstream_threads: 1,
             python: true,
             build: true,
+            shutdown_only: false,
         }
     } else {
         Opts {
@@ -85,6 +92,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             upstream_threads: 1,
             python: true,
             build: true,
+            shutdown_only: false,
         }
     };
     let mut it = args.iter();
@@ -98,6 +106,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             "--quick" => {}
             "--no-python" => o.python = false,
             "--no-build" => o.build = false,
+            "--shutdown-only" => o.shutdown_only = true,
             "--rounds" => {
                 o.rounds = value(a)?.parse().map_err(|e| format!("--rounds: {e}"))?;
             }
@@ -154,7 +163,9 @@ pub(crate) fn run(args: &[String]) -> Result {
         .map_err(|e| Failed(format!("cannot create {}: {e}", work.display())))?;
 
     let nofile = raise_nofile();
-    ensure_apt()?;
+    if !opts.shutdown_only {
+        ensure_apt()?;
+    }
     if opts.build {
         run_cmd(cargo().args([
             "build",
@@ -174,6 +185,17 @@ pub(crate) fn run(args: &[String]) -> Result {
                 bin.join(b).display()
             )));
         }
+    }
+
+    if opts.shutdown_only {
+        let sd = shutdown::run(&bin, &root, &work, shutdown_runs(&opts));
+        let mut md = String::new();
+        report::shutdown_markdown(&mut md, &sd);
+        println!("{md}");
+        return match sd.error {
+            Some(e) => Err(Failed(format!("the shutdown measurement failed: {e}"))),
+            None => Ok(()),
+        };
     }
 
     let venv = peers::python_venv(&root);
@@ -201,6 +223,13 @@ pub(crate) fn run(args: &[String]) -> Result {
     let mut results = Results::default();
     let outcome = measure(&opts, &bin, &work, &venv, python, nofile, &mut results);
     // Every process is stopped here (the rows and the upstream are dropped inside `measure`).
+    if outcome.is_ok() {
+        let runs = shutdown_runs(&opts);
+        eprintln!(
+            "xtask bench: shutdown on SIGTERM, idle and with Streamlit sessions open, {runs} runs each"
+        );
+        results.shutdown = Some(shutdown::run(&bin, &root, &work, runs));
+    }
     machine.background_cpu_after_pct = foreign_cpu_pct(Duration::from_secs(1));
 
     let method = Method {
@@ -225,6 +254,11 @@ pub(crate) fn run(args: &[String]) -> Result {
     println!("{md}");
     outcome?;
     check_complete(&results)
+}
+
+/// Stops timed per case: 3 in a quick run, 5 in a full one.
+fn shutdown_runs(opts: &Opts) -> usize {
+    if opts.quick { 3 } else { 5 }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns it.
@@ -527,6 +561,14 @@ fn check_complete(r: &Results) -> Result {
             missing.push(format!("idle tunnels / {}", row.label));
         }
     }
+    match &r.shutdown {
+        Some(sd) if sd.error.is_none() && !sd.idle_s.is_empty() && !sd.sessions_s.is_empty() => {}
+        Some(sd) => missing.push(format!(
+            "shutdown ({})",
+            sd.error.as_deref().unwrap_or("no runs")
+        )),
+        None => missing.push("shutdown (not measured)".to_owned()),
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -680,6 +722,9 @@ mod tests {
         assert!(parse(&args(&["--rounds", "0"])).is_err());
         assert!(parse(&args(&["--duration-s", "0"])).is_err());
         assert!(parse(&args(&["--bogus"])).is_err());
+        let s = parse(&args(&["--quick", "--shutdown-only", "--no-build"])).unwrap();
+        assert!(s.shutdown_only && !s.build);
+        assert_eq!((shutdown_runs(&s), shutdown_runs(&f)), (3, 5));
     }
 
     #[test]

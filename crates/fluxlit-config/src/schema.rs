@@ -200,7 +200,7 @@ pub const KEYS: &[KeySpec] = &[
     key("gateway_ws_ping_timeout_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect (see gateway_ws_ping_interval_s)."),
     key("gateway_ws_close_timeout_s", Kind::OptSeconds, "none", "Accepted for FluxLit compatibility; no effect: close frames pass through untouched."),
     key("gateway_ws_max_message_bytes", Kind::OptBytes, "no limit", "Accepted for FluxLit compatibility; no effect: the gateway does not reassemble WebSocket messages (Streamlit's server.maxMessageSize applies)."),
-    key("graceful_shutdown_timeout_s", Kind::Seconds, "10", "Seconds in-flight requests and WebSocket sessions get after SIGTERM/SIGINT; then the sidecars are stopped (Streamlit closes its WebSockets) and remaining connections are closed. Keep it below the platform's termination grace minus 2 × sidecar_stop_timeout_s.").aliases(&["uvicorn_graceful_shutdown_timeout_s"]),
+    key("graceful_shutdown_timeout_s", Kind::Seconds, "10", "Seconds in-flight HTTP requests get after SIGTERM/SIGINT (open WebSocket sessions do not hold the stop); then the sidecars are stopped at once (Streamlit closes its WebSockets with 1012) and remaining connections are closed. Keep it below the platform's termination grace minus 2 × sidecar_stop_timeout_s.").aliases(&["uvicorn_graceful_shutdown_timeout_s"]),
     // Security headers and CORS.
     key("enable_security_headers", Kind::Bool, "false", "Add X-Content-Type-Options, X-Frame-Options, Referrer-Policy (and HSTS over https) to API responses."),
     key("cors_allow_origins", Kind::List, "[]", "Origins allowed to call the API cross-origin; non-empty turns CORS on for API routes."),

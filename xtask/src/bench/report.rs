@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use super::load::{Sample, Scenario};
 use super::peers::Kind;
 use super::procs::{Snapshot, kib_to_mib};
+use super::shutdown::{SESSIONS, ShutdownResult, TARGET_IDLE_S, TARGET_SESSIONS_S};
 use super::tunnels::TunnelResult;
 
 /// The samples of one scenario against one row, over the rounds.
@@ -99,6 +100,8 @@ pub(crate) struct Results {
     pub(crate) memory: HashMap<Kind, Memory>,
     pub(crate) tunnels: HashMap<Kind, TunnelResult>,
     pub(crate) tunnel_note: Option<String>,
+    /// `fluxlit run`'s stop on SIGTERM, idle and with Streamlit sessions open.
+    pub(crate) shutdown: Option<ShutdownResult>,
 }
 
 impl Results {
@@ -552,7 +555,55 @@ pub(crate) fn markdown(r: &Results, m: &Machine, method: &Method) -> String {
         s,
         "\nTask count: tokio does not expose it from outside the process; each tunnel is one task owning two sockets in the gateway (`proxy::tunnel`: the client connection's own task on the fast path, a spawned one on the general path), so the socket count above is the task count × 2, and its return to the \"before\" value shows the tasks ended."
     );
+    if let Some(sd) = &r.shutdown {
+        shutdown_markdown(&mut s, sd);
+    }
     s
+}
+
+/// The shutdown section: median and max per case against the targets.
+pub(crate) fn shutdown_markdown(s: &mut String, sd: &ShutdownResult) {
+    let _ = writeln!(
+        s,
+        "\n### Shutdown: SIGTERM → gateway exited and both sidecars' process groups gone\n\n`fluxlit run` (release) with real Streamlit and the example API (examples/hello, `.venv`), no request in flight; exit status 0 and pidfile removed in every counted run. Sessions: {SESSIONS} Streamlit WebSockets through the gateway, each answering the close handshake as a browser does.\n\n| case | runs | median | max | target | met |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for (case, v, target) in [
+        ("idle", &sd.idle_s, TARGET_IDLE_S),
+        ("open sessions", &sd.sessions_s, TARGET_SESSIONS_S),
+    ] {
+        if v.is_empty() {
+            let _ = writeln!(
+                s,
+                "| {case} | 0 / {} | – | – | ≤ {target:.0} s | – |",
+                sd.runs_requested
+            );
+            continue;
+        }
+        let max = v.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            s,
+            "| {case} | {} / {} | {:.2} s | {max:.2} s | ≤ {target:.0} s | {} |",
+            v.len(),
+            sd.runs_requested,
+            median(v),
+            if max <= target { "yes" } else { "**no**" }
+        );
+    }
+    if !sd.session_ends.is_empty() {
+        let ends: Vec<String> = sd
+            .session_ends
+            .iter()
+            .map(|(how, n)| format!("{how} × {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nHow the sessions ended, as the client saw them: {}.",
+            ends.join(", ")
+        );
+    }
+    if let Some(e) = &sd.error {
+        let _ = writeln!(s, "\n**The shutdown measurement failed:** {e}");
+    }
 }
 
 /// The JSON report.
@@ -614,5 +665,13 @@ pub(crate) fn json(r: &Results, m: &Machine, method: &Method) -> serde_json::Val
         "scenarios": scenarios,
         "memory": memory,
         "tunnels": {"note": r.tunnel_note, "rows": tunnels},
+        "shutdown": r.shutdown.as_ref().map(|sd| serde_json::json!({
+            "runs": sd,
+            "idle_median_s": (!sd.idle_s.is_empty()).then(|| median(&sd.idle_s)),
+            "sessions_median_s": (!sd.sessions_s.is_empty()).then(|| median(&sd.sessions_s)),
+            "target_idle_s": TARGET_IDLE_S,
+            "target_sessions_s": TARGET_SESSIONS_S,
+            "sessions": SESSIONS,
+        })),
     })
 }
