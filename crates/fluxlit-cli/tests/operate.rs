@@ -346,4 +346,22 @@ async fn workbench_banner_loopback_trust_and_warning_log_level() {
             .any(|l| l.contains(" INFO ") || l.contains(" DEBUG ")),
         "log_level = warning shows nothing below warnings:\n{log}"
     );
+
+    // At the default level too, the loopback-only trust is said once, not again at info.
+    let mut gw =
+        support::Fluxlit::start_in(dir, &["--proxy-headers", "--ui-upstream", &ui_url]).await;
+    let (s, _, _) = get(&gw.url("/api/healthz")).await.unwrap();
+    assert_eq!(s, 200);
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+    let log = gw.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("loopback peers only"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once:\n{log}");
+    assert!(
+        said[0].contains("forwarded_allow_ips_loopback_only"),
+        "{log}"
+    );
 }

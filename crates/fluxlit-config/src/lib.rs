@@ -729,9 +729,15 @@ fn variables_layer<'a>(
     layer
 }
 
-/// Reads `cwd/.env` with `dotenvy` (the syntax python-dotenv reads: `KEY=value`, `export KEY=value`,
-/// quotes, `#` comments, `${VAR}` references), without touching the process environment.
-/// `None` when there is no such file; an unreadable or malformed file is a [`Problem`].
+/// Reads `cwd/.env` with `dotenvy` (`KEY=value`, `export KEY=value`, quotes, multi-line quoted
+/// values, `#` comments, `${VAR}` references), without touching the process environment.
+/// `None` when there is no such file.
+///
+/// python-dotenv, which FluxLit for Python read `.env` with, is more lenient than `dotenvy` in
+/// two ways this keeps: a line it cannot read is skipped, not fatal (only the `FLUXLIT_*` lines
+/// matter here; a `FLUXLIT_*` line that stays unreadable is a [`Problem`] naming its line), and
+/// an unquoted value may contain spaces (`FLUXLIT_API_COMMAND=uvicorn api:app --port {port}`):
+/// the rest of the line, less a ` # comment`, trimmed ([`unquoted_assignment`]).
 fn read_dotenv(
     cwd: &Path,
     problems: &mut Vec<Problem>,
@@ -764,24 +770,43 @@ fn read_dotenv(
         }
     };
     let text = src.strip_prefix('\u{feff}').unwrap_or(&src);
+    // The physical lines that assign a FLUXLIT_* name, with their 1-based numbers.
+    let fluxlit_lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("export ").map_or(l, str::trim_start);
+            l.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("FLUXLIT_"))
+        })
+        .map(|(i, l)| (i + 1, l))
+        .collect();
     let mut vars = Vec::new();
     for item in dotenvy::from_read_iter(text.as_bytes()) {
         match item {
             Ok(kv) => vars.push(kv),
-            Err(dotenvy::Error::LineParse(line, at)) => {
-                let number = text
-                    .lines()
-                    .position(|l| l.trim_end() == line.trim_end())
-                    .map(|i| i + 1);
-                problem(
-                    number,
-                    format!(
-                        "NAME=value lines (the line {:?} cannot be parsed at character {at})",
-                        line.trim_end()
+            // dotenvy names the logical line it could not read, or the rest of it from where
+            // it failed; a FLUXLIT_* line ends with that text.
+            Err(dotenvy::Error::LineParse(rest, at)) => {
+                let rest = rest.trim_end();
+                let Some((number, line)) = fluxlit_lines
+                    .iter()
+                    .find(|(_, l)| !rest.is_empty() && l.trim_end().ends_with(rest))
+                else {
+                    continue; // not a FluxLit line: skipped, as python-dotenv skips it
+                };
+                match unquoted_assignment(line) {
+                    Some(kv) => vars.push(kv),
+                    None => problem(
+                        Some(*number),
+                        format!(
+                            "NAME=value lines (the line {:?} cannot be read at character {at})",
+                            line.trim_end()
+                        ),
+                        "close every quote; quote values that contain quotes; start comments with #",
                     ),
-                    "quote values that contain spaces or quotes, close every quote, and start comments with #",
-                );
-                return None;
+                }
             }
             Err(e) => {
                 problem(
@@ -794,6 +819,28 @@ fn read_dotenv(
         }
     }
     Some((path, vars))
+}
+
+/// `[export ]NAME=value` with an unquoted value, read as python-dotenv reads it: the rest of the
+/// line less an inline comment (whitespace then `#`), trimmed. `None` for a quoted value or a
+/// line that is no assignment.
+fn unquoted_assignment(line: &str) -> Option<(String, String)> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (name, value) = line.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return None;
+    }
+    let value = value.trim_start();
+    if value.starts_with(['"', '\'']) {
+        return None;
+    }
+    let end = value
+        .char_indices()
+        .find(|&(i, c)| c == '#' && value[..i].ends_with(char::is_whitespace))
+        .map_or(value.len(), |(i, _)| i);
+    Some((name.to_owned(), value[..end].trim_end().to_owned()))
 }
 
 /// Checks a raw value against its key; records a problem and returns `None` when it does not fit.

@@ -695,7 +695,7 @@ fn dotenv_file_is_a_layer_between_environment_and_project_file() {
     .unwrap();
     assert_eq!(l.settings.gateway_port, 9200);
     assert_eq!(l.settings.root_path, "/dotenv");
-    // A malformed .env is an error naming the file and line.
+    // A FLUXLIT_* line that cannot be read is an error naming the file and line.
     d.write(
         ".env",
         "FLUXLIT_DEBUG=1\nFLUXLIT_ROOT_PATH=\"/unterminated\n",
@@ -709,6 +709,20 @@ fn dotenv_file_is_a_layer_between_environment_and_project_file() {
             line: Some(2)
         }
     );
+    // As python-dotenv reads it: unquoted values with spaces (less an inline comment), other
+    // tools' lines that dotenvy cannot read skipped, multi-line quoted values.
+    d.write(
+        ".env",
+        "APP_TITLE=My App\nJUST_A_NAME\nFLUXLIT_API_COMMAND=python -m uvicorn api:app --port {port}  # the API\nFLUXLIT_STREAMLIT_PAGE_CONFIG='{\n  \"layout\": \"wide\"\n}'\nexport FLUXLIT_ROOT_PATH = /spaced\n",
+    );
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.api_command.as_deref(),
+        Some("python -m uvicorn api:app --port {port}")
+    );
+    assert_eq!(l.settings.streamlit_page_config["layout"], "wide");
+    assert_eq!(l.settings.root_path, "/spaced");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     // A bad value in .env names the .env variable.
     d.write(".env", "FLUXLIT_GATEWAY_PORT=http\n");
     let e = load_in(&d, &[], CliOverrides::default()).unwrap_err();

@@ -118,14 +118,10 @@ impl App {
             Serving { stop, task }
         };
         tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, "gateway listening");
-        if s.trust_proxy {
-            if s.forwarded_allow_ips.is_empty() {
-                tracing::info!(
-                    "trust_proxy is on with no forwarded_allow_ips: trusting forwarded headers from loopback peers only (127.0.0.0/8, ::1)"
-                );
-            } else {
-                tracing::info!(forwarded_allow_ips = ?s.forwarded_allow_ips, "trusting forwarded headers from these peers");
-            }
+        // An empty list (loopback only) is said once, as the `forwarded_allow_ips_loopback_only`
+        // warning `fluxlit run` logs at start-up (`fluxlit_config::findings`).
+        if s.trust_proxy && !s.forwarded_allow_ips.is_empty() {
+            tracing::info!(forwarded_allow_ips = ?s.forwarded_allow_ips, "trusting forwarded headers from these peers");
         }
 
         let launch = Launch {
