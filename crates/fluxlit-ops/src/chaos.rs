@@ -611,7 +611,8 @@ pub async fn graceful_shutdown(opts: &GracefulOptions) -> Report {
     };
     let api_py = app.dir.join("api.py");
     match std::fs::read_to_string(&api_py) {
-        Ok(text) if text.contains("FastAPI(") => {
+        // `app = FastAPI(...)` or a subclass such as `FastAPIOffline(...)` (examples/hello).
+        Ok(text) if text.lines().any(|l| l.starts_with("app = FastAPI")) => {
             if let Err(e) = std::fs::write(&api_py, format!("{text}{SLOW_ROUTES_PY}")) {
                 report.fail("add the slow routes to api.py", e.to_string());
                 return report;
