@@ -27,6 +27,11 @@ pub(crate) const TARGET_SESSIONS_S: f64 = 2.0;
 /// Streamlit's "rerun the script" message (`BackMsg{rerun_script: {}}`): starts a session.
 const RERUN_SCRIPT: [u8; 2] = [0x5a, 0x00];
 
+/// The label of the last element examples/hello's page renders (after the data it fetched
+/// from the API): once a session has received it, its script run is done and the tab is a
+/// person looking at the page, with no request in flight.
+const PAGE_DONE_TEXT: &[u8] = b"Upload a file";
+
 /// The measured stops, in seconds, per case.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct ShutdownResult {
@@ -218,7 +223,7 @@ fn wait_log<T>(
 type Ws = tungstenite::WebSocket<TcpStream>;
 
 /// Opens `ws://ADDR/_stcore/stream` (subprotocol `streamlit`), starts a script run and waits
-/// for Streamlit's first message.
+/// until the page has been rendered ([`PAGE_DONE_TEXT`]; each read bounded by 30 s).
 fn open_session(addr: &str) -> Result<Ws> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Failed(format!("session {what}: {e}"));
     let stream = TcpStream::connect(addr).map_err(|e| fail("connect", &e))?;
@@ -238,12 +243,28 @@ fn open_session(addr: &str) -> Result<Ws> {
         &RERUN_SCRIPT,
     )))
     .map_err(|e| fail("send", &e))?;
-    match ws.read() {
-        Ok(tungstenite::Message::Binary(_)) => Ok(ws),
-        Ok(other) => Err(Failed(format!(
-            "session: unexpected first message {other:?}"
-        ))),
-        Err(e) => Err(fail("first message", &e)),
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Binary(b))
+                if b.windows(PAGE_DONE_TEXT.len()).any(|w| w == PAGE_DONE_TEXT) =>
+            {
+                return Ok(ws);
+            }
+            Ok(tungstenite::Message::Close(f)) => {
+                return Err(Failed(format!(
+                    "session closed before the page rendered: {f:?}"
+                )));
+            }
+            Ok(_) if Instant::now() < deadline => {}
+            Ok(_) => {
+                return Err(Failed(format!(
+                    "the page never rendered {:?} within 60 s",
+                    String::from_utf8_lossy(PAGE_DONE_TEXT)
+                )));
+            }
+            Err(e) => return Err(fail("reading the page", &e)),
+        }
     }
 }
 
