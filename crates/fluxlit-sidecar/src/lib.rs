@@ -2,8 +2,12 @@
 //!
 //! A [`Sidecar`] is a handle plus one task that owns the child. The child runs in its own
 //! process group (so a terminal's Ctrl-C reaches only the gateway, which then stops it in
-//! order), with `PR_SET_PDEATHSIG` = SIGKILL so that a gateway killed with SIGKILL does not
-//! leave it running. Its stdout and stderr go to the log line by line, tagged with its name.
+//! order). On Linux it also gets `PR_SET_PDEATHSIG` = SIGKILL, so that a gateway killed with
+//! SIGKILL (or by any other signal it does not handle) does not leave it running. Other Unixes
+//! (macOS, the BSDs) have no such signal: there the child is stopped on every exit path the
+//! gateway controls — [`Sidecar::stop`], dropping the handle (which SIGKILLs the group, also
+//! while a panic unwinds) — and a gateway killed outright leaves it running. Its stdout and
+//! stderr go to the log line by line, tagged with its name.
 //! An optional HTTP [`HealthProbe`] decides readiness; the state is published on a
 //! `watch` channel ([`SidecarState`]).
 //!
@@ -224,6 +228,8 @@ impl Sidecar {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
+        stop_signals_by_default(&mut cmd);
+        #[cfg(target_os = "linux")]
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
             name: spec.name.clone(),
@@ -407,11 +413,34 @@ fn signal_group(pgid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(raw), sig);
 }
 
-/// Makes the child receive SIGKILL when the gateway dies (Linux `PR_SET_PDEATHSIG`).
+/// Gives the child the default action for the signals [`Sidecar::stop`] sends (SIGINT,
+/// SIGTERM) and SIGQUIT. A disposition of "ignore" survives `exec` (execve(2)), so a gateway
+/// started with those signals ignored (a background job of a non-interactive shell ignores
+/// SIGINT, and so does everything it starts) would otherwise start Streamlit deaf to SIGINT,
+/// and every stop would wait the whole stop grace before SIGTERM. Handlers installed by the
+/// gateway itself are reset by `exec` anyway.
+#[allow(unsafe_code)]
+fn stop_signals_by_default(cmd: &mut Command) {
+    use nix::sys::signal::{SigHandler, signal};
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe `sigaction` (through `signal`), without allocating or locking.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT] {
+                signal(sig, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child receive SIGKILL when the gateway dies (Linux `PR_SET_PDEATHSIG`, see
+/// prctl(2); Linux only, other Unixes have no equivalent for an unrelated program).
 ///
 /// The signal fires when the *thread* that forked exits, not the process: tokio spawns from
 /// its worker threads, which live as long as the runtime, and the runtime lives until the
 /// gateway exits. If the parent died between `fork` and `prctl`, the child exits at once.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     let parent = nix::unistd::getpid();

@@ -226,3 +226,36 @@ async fn dropping_the_handle_kills_the_group() {
     )
     .await;
 }
+
+/// A gateway started with SIGINT/SIGTERM ignored (a background job of a non-interactive shell
+/// ignores SIGINT) must not pass "ignore" on to its sidecars: `exec` keeps it, and Streamlit
+/// would then ignore the SIGINT of every stop and wait the whole stop grace for SIGTERM.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_do_not_inherit_ignored_stop_signals() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    let stop_signals = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT];
+    // SAFETY: only dispositions change (no handler runs); restored right after the spawn.
+    #[allow(unsafe_code)]
+    let set = |h: SigHandler| {
+        for sig in stop_signals {
+            unsafe { signal(sig, h) }.unwrap();
+        }
+    };
+    set(SigHandler::SigIgn);
+    let spawned = Sidecar::spawn(sh("sigign", "exec grep '^SigIgn:' /proc/self/status"));
+    set(SigHandler::SigDfl);
+    let sidecar = spawned.unwrap();
+    let exit = bounded(Duration::from_secs(10), "exit", sidecar.exited()).await;
+    assert_eq!(exit.code, Some(0), "{exit}");
+    let line = sidecar
+        .last_lines()
+        .into_iter()
+        .find(|l| l.contains("SigIgn:"))
+        .expect("the child printed its SigIgn line");
+    let mask = u64::from_str_radix(line.rsplit(['\t', ' ']).next().unwrap().trim(), 16).unwrap();
+    for sig in stop_signals {
+        let bit = 1u64 << (sig as i32 - 1);
+        assert_eq!(mask & bit, 0, "{sig} is ignored in the sidecar: {line}");
+    }
+}
