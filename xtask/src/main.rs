@@ -184,6 +184,9 @@ fn setup() -> Result {
     Ok(())
 }
 
+/// The macOS target `cargo xtask ci` checks the product crates for.
+const MACOS_TARGET: &str = "x86_64-apple-darwin";
+
 fn ci() -> Result {
     setup()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -195,6 +198,17 @@ fn ci() -> Result {
         "--",
         "-D",
         "warnings",
+    ]))?;
+    // The product also builds for macOS (README, "Platforms"): `cargo check` needs only the
+    // target's standard library, no linker or C cross compiler.
+    run(Command::new("rustup").args(["target", "add", MACOS_TARGET]))?;
+    run(cargo().args([
+        "check",
+        "--locked",
+        "--target",
+        MACOS_TARGET,
+        "-p",
+        "fluxlit-cli",
     ]))?;
     if !have("cargo-deny") {
         run(cargo().args(["install", "--locked", "cargo-deny"]))?;
