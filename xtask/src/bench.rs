@@ -17,10 +17,10 @@
 //! was skipped. Whether the numbers meet the targets does not change the exit status.
 
 mod load;
-mod peers;
-mod procs;
+pub(crate) mod peers;
+pub(crate) mod procs;
 mod report;
-mod shutdown;
+pub(crate) mod shutdown;
 mod tunnels;
 
 use std::path::Path;

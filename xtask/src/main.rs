@@ -4,7 +4,8 @@
 //!   and running as root), `.venv` with the pinned Python packages of `examples/hello`, and
 //!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
-//!   `cargo deny check` (installed if missing), and the whole test suite, end-to-end included.
+//!   `cargo deny check` (installed if missing), the whole test suite, end-to-end included, the
+//!   smoke suites, `bench --quick` and `wheel`.
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
@@ -14,6 +15,9 @@
 //! - `bench [--quick]`: the gateway against direct, nginx, HAProxy and FluxLit for Python on
 //!   loopback (see `bench.rs` and docs/performance.md); reports under `target/bench/`.
 //!
+//! - `wheel`: build the Python wheel (`pip install fluxlit-rs`) with maturin, install it into a
+//!   fresh venv with the example's requirements and run the example from there (`wheel.rs`).
+//!
 //! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
 //!   is stale).
 //!
@@ -21,6 +25,7 @@
 
 mod bench;
 mod smoke;
+mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -109,32 +114,13 @@ fn setup_apt() -> Result {
     install_apt(APT_PACKAGES)
 }
 
+/// `.venv`: the pinned packages of `examples/hello` (Streamlit, FastAPI, uvicorn).
 fn setup_venv() -> Result<PathBuf> {
     let root = project_root();
-    let venv = root.join(".venv");
-    let python = venv.join("bin/python");
-    let requirements = root.join("examples/hello/requirements.txt");
-    if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    let wanted = std::fs::read_to_string(&requirements)
-        .map_err(|e| Failed(format!("cannot read {}: {e}", requirements.display())))?;
-    let stamp = venv.join(".fluxlit-requirements");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements))?;
-        std::fs::write(&stamp, wanted)
-            .map_err(|e| Failed(format!("cannot write {}: {e}", stamp.display())))?;
-    }
-    Ok(python)
+    pinned_venv(
+        &root.join(".venv"),
+        &root.join("examples/hello/requirements.txt"),
+    )
 }
 
 /// `.venv-fluxlit-python`: FluxLit for Python 0.13 (PyPI `fluxlit`) with what it runs on, pinned
@@ -220,6 +206,8 @@ fn ci() -> Result {
     smoke::ci()?;
     // Keeps the benchmark harness working: that it runs and produces numbers, not the numbers.
     bench::run(&["--quick".to_owned()])?;
+    // After the bench: maturin's release build reuses its compiled dependencies.
+    wheel::run_all()?;
     Ok(())
 }
 
@@ -269,9 +257,10 @@ fn main() -> ExitCode {
         "docs" => docs(),
         "smoke" => smoke::run(),
         "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "wheel" => wheel::run_all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke|bench>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench|wheel>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]\n  wheel    build the pip wheel (fluxlit-rs) with maturin, install it into a fresh venv and run the example from it"
             );
             return ExitCode::from(2);
         }

@@ -11,7 +11,7 @@ use fluxlit_config::schema::KEYS;
 use fluxlit_config::{Environment, Origin};
 use serde_json::{Value, json};
 
-use crate::ConfigCmdArgs;
+use super::ConfigCmdArgs;
 
 fn origin_json(o: &Origin) -> Value {
     let mut v = serde_json::to_value(o).unwrap_or(Value::Null);

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use fluxlit_config::Environment;
 
-use crate::DoctorArgs;
+use super::DoctorArgs;
 
 pub(crate) fn main(args: DoctorArgs, env: Environment) -> ExitCode {
     let opts = match args.config.load_options(env) {

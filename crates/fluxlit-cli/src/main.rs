@@ -154,6 +154,7 @@ impl ConfigArgs {
             .map_err(|e| format!("cannot read the working directory: {e}"))?;
         let mut opts = LoadOptions::new(&cwd, env, self.overrides());
         opts.config_file = self.config.clone();
+        opts.executable = std::env::current_exe().ok();
         Ok(opts)
     }
 }
@@ -188,7 +189,8 @@ struct DoctorArgs {
     json: bool,
 }
 
-fn main() -> ExitCode {
+/// The program of both `fluxlit` and (in the wheel) `fluxlit-rs` (`src/bin/fluxlit-rs.rs`).
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one place the process environment is read; everything else gets this snapshot.
     let env = Environment::from_process();

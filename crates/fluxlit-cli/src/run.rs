@@ -16,7 +16,7 @@ use fluxlit_config::{Environment, Loaded};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::ConfigArgs;
+use super::ConfigArgs;
 
 pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
     let opts = match args.load_options(env.clone()) {
@@ -168,7 +168,7 @@ async fn serve(
     if let Some(settings) = &banner_settings
         && let Ok(bound) = listener.local_addr()
     {
-        eprint!("{}", crate::workbench::banner(settings, bound));
+        eprint!("{}", super::workbench::banner(settings, bound));
     }
 
     // Signals are watched from here on, so Ctrl-C during start-up stops cleanly too. The first

@@ -448,16 +448,25 @@ pub struct LoadOptions {
     pub env: Environment,
     /// Command-line values.
     pub cli: CliOverrides,
+    /// The running `fluxlit` executable (`std::env::current_exe()`), when the caller knows it.
+    /// When it lives in a Python virtual environment that has Streamlit (`pip install
+    /// fluxlit-rs`: `VENV/bin/fluxlit` beside `VENV/bin/python`, `VENV/pyvenv.cfg`, and
+    /// `VENV/lib/python3.*/site-packages/streamlit/`), that environment's interpreter is the
+    /// default `streamlit_python` after `$VIRTUAL_ENV` and `./.venv`, so `VENV/bin/fluxlit run`
+    /// works without activating the environment, as `VENV/bin/streamlit run` does. `None` in
+    /// [`LoadOptions::new`].
+    pub executable: Option<PathBuf>,
 }
 
 impl LoadOptions {
-    /// Options with no explicit config file.
+    /// Options with no explicit config file and no known executable.
     pub fn new(cwd: &Path, env: Environment, cli: CliOverrides) -> Self {
         Self {
             cwd: cwd.to_path_buf(),
             config_file: None,
             env,
             cli,
+            executable: None,
         }
     }
 }
@@ -1099,7 +1108,9 @@ fn resolve(
     Some(raw)
 }
 
-/// `$VIRTUAL_ENV/bin/python`, else `./.venv/bin/python` if it exists, else `python3`.
+/// `$VIRTUAL_ENV/bin/python`, else `./.venv/bin/python` if it exists, else the interpreter of
+/// the virtual environment `fluxlit` is installed in when that has Streamlit
+/// ([`LoadOptions::executable`]), else `python3`.
 fn default_python(opts: &LoadOptions) -> (String, String) {
     if let Some(venv) = opts.env.get("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
         let p = Path::new(venv).join("bin").join("python");
@@ -1109,7 +1120,37 @@ fn default_python(opts: &LoadOptions) -> (String, String) {
     if local.exists() {
         return (local.display().to_string(), "./.venv exists".into());
     }
-    ("python3".into(), "no VIRTUAL_ENV and no ./.venv".into())
+    if let Some(python) = opts
+        .executable
+        .as_deref()
+        .and_then(venv_python_with_streamlit)
+    {
+        return (
+            python.display().to_string(),
+            "the virtual environment fluxlit is installed in".into(),
+        );
+    }
+    (
+        "python3".into(),
+        "no VIRTUAL_ENV, no ./.venv, fluxlit not installed in a venv with Streamlit".into(),
+    )
+}
+
+/// `VENV/bin/python` when `executable` is `VENV/bin/NAME` of a virtual environment
+/// (`VENV/pyvenv.cfg`, PEP 405) that has Streamlit installed.
+fn venv_python_with_streamlit(executable: &Path) -> Option<PathBuf> {
+    let bin = executable.parent()?;
+    let venv = bin.parent()?;
+    let python = bin.join("python");
+    if !venv.join("pyvenv.cfg").is_file() || !python.exists() {
+        return None;
+    }
+    let has_streamlit = std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
+        .any(|e| e.path().join("site-packages/streamlit").is_dir());
+    has_streamlit.then_some(python)
 }
 
 pub use paths::UpstreamUrl;

@@ -231,6 +231,38 @@ fn python_defaults_follow_virtual_env_then_dot_venv() {
 }
 
 #[test]
+fn python_default_is_the_venv_fluxlit_is_installed_in_when_it_has_streamlit() {
+    let d = Dir::new("installed");
+    let venv = d.0.join("venv");
+    fs::create_dir_all(venv.join("bin")).unwrap();
+    fs::write(venv.join("bin/python"), "").unwrap();
+    fs::write(venv.join("bin/fluxlit"), "").unwrap();
+    fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    let project = d.0.join("project");
+    fs::create_dir_all(&project).unwrap();
+    let load_with_exe = |env: &[(&str, &str)]| {
+        let mut opts = LoadOptions::new(
+            &project,
+            Environment::from_pairs(env.iter().copied()),
+            CliOverrides::default(),
+        );
+        opts.executable = Some(venv.join("bin/fluxlit"));
+        load(&opts).unwrap()
+    };
+    // A venv without Streamlit (pipx, say) is not the default.
+    assert_eq!(load_with_exe(&[]).settings.streamlit_python, "python3");
+    fs::create_dir_all(venv.join("lib/python3.11/site-packages/streamlit")).unwrap();
+    let l = load_with_exe(&[]);
+    assert_eq!(
+        l.settings.streamlit_python,
+        venv.join("bin/python").display().to_string()
+    );
+    // VIRTUAL_ENV still wins.
+    let l = load_with_exe(&[("VIRTUAL_ENV", "/opt/v")]);
+    assert_eq!(l.settings.streamlit_python, "/opt/v/bin/python");
+}
+
+#[test]
 fn explicit_config_file_must_exist() {
     let d = Dir::new("explicit");
     let err = load_in(

@@ -91,18 +91,7 @@ pub(crate) fn run(bin: &Path, root: &Path, work: &Path, runs: usize) -> Shutdown
 /// Starts the example, opens `sessions` Streamlit sessions, sends SIGTERM and times the stop.
 /// Returns the seconds and how each session ended.
 fn one(bin: &Path, root: &Path, dir: &Path, sessions: usize) -> Result<(f64, Vec<String>)> {
-    let example = root.join("examples/hello");
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Failed(format!("cannot create {}: {e}", dir.display())))?;
-    let entries = std::fs::read_dir(&example)
-        .map_err(|e| Failed(format!("cannot read {}: {e}", example.display())))?;
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            let to = dir.join(entry.file_name());
-            std::fs::copy(entry.path(), &to)
-                .map_err(|e| Failed(format!("cannot copy {}: {e}", entry.path().display())))?;
-        }
-    }
+    copy_example(root, dir)?;
     let venv_bin = root.join(".venv/bin");
     if !venv_bin.join("python").exists() {
         return Err(Failed(format!(
@@ -193,9 +182,27 @@ fn one(bin: &Path, root: &Path, dir: &Path, sessions: usize) -> Result<(f64, Vec
     Ok((secs, ended_rx.iter().take(sessions).collect()))
 }
 
+/// Copies the files of `examples/hello` (not its subdirectories) into `dir`, so a run's
+/// state (pidfile, logs) stays out of the repository.
+pub(crate) fn copy_example(root: &Path, dir: &Path) -> Result {
+    let example = root.join("examples/hello");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failed(format!("cannot create {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(&example)
+        .map_err(|e| Failed(format!("cannot read {}: {e}", example.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let to = dir.join(entry.file_name());
+            std::fs::copy(entry.path(), &to)
+                .map_err(|e| Failed(format!("cannot copy {}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// Polls the log every 20 ms until `find` returns something; fails if the process exits or
 /// `timeout` passes.
-fn wait_log<T>(
+pub(crate) fn wait_log<T>(
     proc: &mut Proc,
     log: &Path,
     timeout: Duration,
