@@ -5,6 +5,7 @@
 mod config_cmd;
 mod doctor_cmd;
 mod run;
+mod shutdown_cmd;
 mod workbench;
 
 use std::process::ExitCode;
@@ -30,6 +31,27 @@ enum Command {
     Doctor(DoctorArgs),
     /// Print the effective settings, where each came from, and configuration warnings.
     Config(ConfigCmdArgs),
+    /// Stop a running `fluxlit run` through its pidfile (SIGTERM) and wait until it and its
+    /// sidecars are gone. Exit 0 when stopped or nothing runs, 1 when still running, 2 when
+    /// there is no pidfile.
+    Shutdown(ShutdownArgs),
+}
+
+/// `fluxlit shutdown` options (FluxLit for Python reference §1.5).
+#[derive(Debug, Args)]
+struct ShutdownArgs {
+    /// Pidfile to read [env: FLUXLIT_PIDFILE; file: pidfile; default: .fluxlit.pid].
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<std::path::PathBuf>,
+    /// Seconds to wait after SIGTERM for the gateway and its sidecars to be gone.
+    #[arg(long, value_name = "SECONDS", default_value = "5")]
+    wait: String,
+    /// After --wait, SIGKILL the gateway and its sidecars' process groups.
+    #[arg(short, long)]
+    force: bool,
+    /// Config file to read the pidfile setting from instead of ./fluxlit.toml or ./pyproject.toml [env: FLUXLIT_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// Options shared by every command that reads the configuration.
@@ -202,5 +224,6 @@ pub(crate) fn main() -> ExitCode {
         }
         Command::Doctor(args) => doctor_cmd::main(args, env),
         Command::Config(args) => config_cmd::main(args, env),
+        Command::Shutdown(args) => shutdown_cmd::main(args, env),
     }
 }

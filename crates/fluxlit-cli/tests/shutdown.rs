@@ -270,3 +270,103 @@ async fn in_flight_requests_finish_and_then_sessions_do_not_hold_the_stop() {
     assert!(!log.contains("cut at shutdown"), "{log}");
     eprintln!("stopped {took:?} after the in-flight request completed");
 }
+
+/// Runs `fluxlit shutdown ARGS` in `dir` and returns (exit code, stdout).
+async fn fluxlit_shutdown(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = support::command(dir, &["shutdown"]);
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run fluxlit shutdown"))
+        .await
+        .expect("join");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `fluxlit shutdown` (reference §1.5) stops a running gateway through its pidfile and returns
+/// only once the gateway and both sidecars' process groups are gone.
+#[tokio::test]
+async fn fluxlit_shutdown_stops_the_gateway_and_waits_for_its_sidecars() {
+    let mut gw = Fluxlit::start(&[]).await;
+    gw.wait_ready("/api/readyz").await;
+    let pidfile = gw.pidfile.clone();
+    eventually(Duration::from_secs(10), "the pidfile", || {
+        let written = pidfile.exists().then_some(());
+        async move { written }
+    })
+    .await;
+    let sidecars: Vec<u32> = gw.children().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(sidecars.len(), 2, "{:?}", gw.children());
+    let pid_arg = gw.pidfile.display().to_string();
+    let (code, out) =
+        fluxlit_shutdown(gw.dir.path(), &["--pidfile", &pid_arg, "--wait", "20"]).await;
+    assert_eq!(out, format!("Stopped process {}\n", gw.child.id()));
+    assert_eq!(code, Some(0));
+    // Gone when the command returned, not merely signalled.
+    for s in &sidecars {
+        assert!(
+            process::group_members(*s).is_empty(),
+            "sidecar group {s} still has {:?}",
+            process::group_members(*s)
+        );
+    }
+    assert!(!gw.pidfile.exists());
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)).await.code(), Some(0));
+
+    // Nothing runs any more: no pidfile.
+    let (code, out) = fluxlit_shutdown(gw.dir.path(), &["--pidfile", &pid_arg]).await;
+    assert_eq!(out, format!("No pid file at {pid_arg}\n"));
+    assert_eq!(code, Some(2));
+}
+
+/// A process that ignores SIGTERM: `--wait` ends with exit 1 and the hint; `--force` kills it.
+/// The default pidfile comes from the configuration (`FLUXLIT_PIDFILE` here).
+#[tokio::test]
+async fn fluxlit_shutdown_reports_a_process_that_ignores_sigterm_and_force_kills_it() {
+    let dir = TempDir::new("shutdown-force");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import signal,sys,time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(120)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "ready");
+    std::fs::write(dir.path().join("custom.pid"), format!("{}\n", child.id())).unwrap();
+    let with_env = |args: &'static [&'static str]| {
+        let mut cmd = support::command(dir.path(), &["shutdown"]);
+        cmd.args(args).env("FLUXLIT_PIDFILE", "custom.pid");
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+                .await
+                .expect("join");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (code, out) = with_env(&["--wait", "0.3"]).await;
+    assert_eq!(
+        out,
+        format!(
+            "Process {} still running after 0.3s (try --force)\n",
+            child.id()
+        )
+    );
+    assert_eq!(code, Some(1));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let (code, out) = with_env(&["--wait", "0.3", "--force"]).await;
+    assert_eq!(out, format!("Killed process {}\n", child.id()));
+    assert_eq!(code, Some(0));
+    assert!(!dir.path().join("custom.pid").exists());
+    assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
+}
