@@ -4,6 +4,7 @@
 
 mod config_cmd;
 mod doctor_cmd;
+mod new_cmd;
 mod run;
 mod shutdown_cmd;
 mod workbench;
@@ -35,6 +36,20 @@ enum Command {
     /// sidecars are gone. Exit 0 when stopped or nothing runs, 1 when still running, 2 when
     /// there is no pidfile.
     Shutdown(ShutdownArgs),
+    /// Create a project that runs with `fluxlit run` at once: fluxlit.toml, a Streamlit page,
+    /// a FastAPI API, pinned requirements.txt.
+    New(NewArgs),
+}
+
+/// `fluxlit new` options (FluxLit for Python reference §1.9).
+#[derive(Debug, Args)]
+struct NewArgs {
+    /// Directory to create (with parents); it must not exist.
+    name: std::path::PathBuf,
+    /// What to include beyond the page and the API: auth-ready adds the authentication
+    /// settings (commented out), deploy the production settings.
+    #[arg(long, value_name = "PROFILE", default_value = "minimal", value_parser = ["minimal", "auth-ready", "deploy"])]
+    profile: String,
 }
 
 /// `fluxlit shutdown` options (FluxLit for Python reference §1.5).
@@ -225,5 +240,6 @@ pub(crate) fn main() -> ExitCode {
         Command::Doctor(args) => doctor_cmd::main(args, env),
         Command::Config(args) => config_cmd::main(args, env),
         Command::Shutdown(args) => shutdown_cmd::main(args, env),
+        Command::New(args) => new_cmd::main(&args),
     }
 }

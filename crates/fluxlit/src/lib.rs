@@ -49,6 +49,7 @@ mod bridge;
 mod launch;
 mod lifecycle;
 mod pidfile;
+pub mod project;
 pub mod pyapp;
 pub mod stop;
 
