@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Serve the Streamlit app and the API on one port.
     Run(RunArgs),
+    /// `run` for development: Streamlit reruns pages on save; with --reload the API restarts
+    /// when a Python source changes and the app restarts when fluxlit.toml/.env changes.
+    Dev(DevArgs),
     /// Serve behind a platform's reverse proxy (Posit Workbench/Connect): `run --workbench`.
     Workbench(RunArgs),
     /// Check the project's configuration and prerequisites (Python, Streamlit, target).
@@ -196,6 +199,21 @@ impl ConfigArgs {
     }
 }
 
+/// `fluxlit dev` options: `run`'s, and the reload switches (FluxLit for Python reference §1.2).
+#[derive(Debug, Args)]
+struct DevArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Watch the project: restart the API when a *.py file changes, restart the app (same
+    /// port) when fluxlit.toml, pyproject.toml or .env changes.
+    #[arg(long)]
+    reload: bool,
+    /// Accepted for FluxLit for Python scripts: `gateway` or `full` (both watch everything
+    /// described under --reload here). Checked only with --reload.
+    #[arg(long, value_name = "SCOPE")]
+    reload_scope: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
@@ -233,6 +251,17 @@ pub(crate) fn main() -> ExitCode {
     let env = Environment::from_process();
     match cli.command {
         Command::Run(args) => run::main(args.config, env),
+        Command::Dev(args) => {
+            if args.reload
+                && let Some(scope) = &args.reload_scope
+                && scope != "gateway"
+                && scope != "full"
+            {
+                eprintln!("--reload-scope must be 'gateway' or 'full'.");
+                return ExitCode::from(2);
+            }
+            run::main_dev(args.config, env, args.reload)
+        }
         Command::Workbench(mut args) => {
             args.config.workbench = true;
             run::main(args.config, env)

@@ -7,18 +7,34 @@
 //! when a sidecar exited on its own (`sidecar_restart = exit`, so the platform restarts the
 //! pod), or when a second signal cut the stop short.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluxlit_config::{Environment, Loaded};
+use fluxlit_config::{Environment, LoadOptions, Loaded};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use super::ConfigArgs;
 
 pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
+    main_with(args, env, None)
+}
+
+/// `fluxlit dev [--reload]`: `run`, with Streamlit's `server.runOnSave` on and, with `reload`,
+/// the project watched ([`fluxlit::dev`]): a Python source change restarts the API sidecar, a
+/// configuration change reloads the configuration and restarts the app on the same socket.
+pub(crate) fn main_dev(args: ConfigArgs, env: Environment, reload: bool) -> ExitCode {
+    main_with(args, env, Some(Dev { reload }))
+}
+
+/// What `fluxlit dev` adds to `run`.
+#[derive(Debug, Clone, Copy)]
+struct Dev {
+    reload: bool,
+}
+
+fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
     let opts = match args.load_options(env.clone()) {
         Ok(o) => o,
         Err(e) => {
@@ -27,6 +43,7 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
         }
     };
     let loaded = match fluxlit_config::load(&opts) {
+        Ok(l) if dev.is_some() => dev_settings(l),
         Ok(l) => l,
         Err(e) => {
             eprintln!("fluxlit: {e}");
@@ -109,7 +126,7 @@ pub(crate) fn main(args: ConfigArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(loaded, opts.cwd, env, args.workbench)) {
+    match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
@@ -138,13 +155,18 @@ enum RunError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     App(#[from] fluxlit::AppError),
+    #[error("cannot watch the project for changes (--reload): {0}")]
+    Watch(#[source] notify::Error),
+    #[error("cannot duplicate the listening socket for a restart: {0}")]
+    Dup(#[source] std::io::Error),
 }
 
 async fn serve(
     loaded: Loaded,
-    cwd: PathBuf,
+    opts: LoadOptions,
     env: Environment,
     workbench: bool,
+    dev: Option<Dev>,
 ) -> Result<ExitCode, RunError> {
     let s = &loaded.settings;
     // Workbench/Connect mode prints its banner once the port is bound (crate::workbench).
@@ -152,11 +174,13 @@ async fn serve(
     let bind_addr = format!("{}:{}", s.gateway_host, s.gateway_port);
     let host_origin = loaded.origin("gateway_host").to_string();
     let port_origin = loaded.origin("gateway_port").to_string();
-    let mut app = fluxlit::App::builder().cwd(cwd).environment(env);
-    if s.enable_gateway_prometheus_metrics {
-        app = app.metrics(install_metrics()?);
-    }
-    let app = app.config(loaded).build()?;
+    let metrics = if s.enable_gateway_prometheus_metrics {
+        Some(install_metrics()?)
+    } else {
+        None
+    };
+    let reload_api = Arc::new(tokio::sync::Notify::new());
+    let app = build_app(loaded, &opts, &env, metrics.as_ref(), dev, &reload_api)?;
     let listener = tokio::net::TcpListener::bind(&bind_addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -175,14 +199,149 @@ async fn serve(
     // one stops in order; a second one while stopping cuts the graces short: dropping the run
     // future drops the sidecar handles, which SIGKILL their process groups.
     let mut signals = Signals::new()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut run = Box::pin(app.run(listener, stop.clone().cancelled_owned()));
-    let first = tokio::select! {
-        r = &mut run => return Ok(exit_code(r?)),
-        sig = signals.next() => sig,
+    let Some(Dev { reload: true }) = dev else {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = Box::pin(app.run(listener, stop.clone().cancelled_owned()));
+        return finish(run, stop, &mut signals, None).await;
     };
-    tracing::info!(signal = first, "signal received");
-    stop.cancel();
+
+    // `fluxlit dev --reload`: the public socket stays bound across app restarts (each run gets
+    // a duplicate of it), so connections made during a restart wait in its backlog.
+    let mut watch =
+        fluxlit::dev::watch(&opts.cwd, opts.config_file.as_deref()).map_err(RunError::Watch)?;
+    tracing::info!(dir = %opts.cwd.display(), "watching for changes: *.py restarts the API, fluxlit.toml/pyproject.toml/.env the app");
+    let mut app = app;
+    let mut current = current_settings(&opts);
+    loop {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut run = Box::pin(app.run(dup(&listener)?, stop.clone().cancelled_owned()));
+        let next = loop {
+            tokio::select! {
+                r = &mut run => return Ok(exit_code(r?)),
+                sig = signals.next() => {
+                    tracing::info!(signal = sig, "signal received");
+                    stop.cancel();
+                    return finish(run, stop, &mut signals, Some(sig)).await;
+                }
+                batch = watch.next() => {
+                    let Some(batch) = batch else { continue };
+                    if !batch.config.is_empty() {
+                        match fluxlit_config::load(&opts) {
+                            Ok(new) if current.as_ref() == Some(&new.settings) => {
+                                tracing::info!(files = ?batch.config, "configuration unchanged");
+                            }
+                            Ok(new) => break dev_settings(new),
+                            Err(e) => tracing::error!("the configuration has errors; the running app is kept:\n{e}"),
+                        }
+                    } else if !batch.python.is_empty() {
+                        tracing::info!(files = ?batch.python, "Python sources changed");
+                        reload_api.notify_one();
+                    }
+                }
+            }
+        };
+        if next.settings.gateway_host != next_host(&current)
+            || next.settings.gateway_port != next_port(&current)
+        {
+            tracing::warn!(
+                "gateway_host/gateway_port changed: the listening socket stays {}; restart fluxlit dev to move it",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "as it is".into(), |a| a.to_string())
+            );
+        }
+        tracing::info!("configuration changed; restarting the app");
+        stop.cancel();
+        if let Err(e) = run.await {
+            tracing::error!("stopping for the restart: {e}");
+        }
+        current = Some(next.settings.clone());
+        app = match build_app(next, &opts, &env, metrics.as_ref(), dev, &reload_api) {
+            Ok(a) => a,
+            Err(e) => return Err(e.into()),
+        };
+    }
+}
+
+fn next_host(s: &Option<fluxlit_config::Settings>) -> String {
+    s.as_ref()
+        .map(|s| s.gateway_host.clone())
+        .unwrap_or_default()
+}
+
+fn next_port(s: &Option<fluxlit_config::Settings>) -> u16 {
+    s.as_ref().map_or(0, |s| s.gateway_port)
+}
+
+/// The settings as `dev` uses them, to tell a configuration change from a touch.
+fn current_settings(opts: &LoadOptions) -> Option<fluxlit_config::Settings> {
+    fluxlit_config::load(opts)
+        .ok()
+        .map(|l| dev_settings(l).settings)
+}
+
+/// `dev`'s changes to the settings: Streamlit reruns a page when its source is saved
+/// (`--server.runOnSave true`, before the user's own arguments, which win).
+fn dev_settings(mut loaded: Loaded) -> Loaded {
+    let args = &mut loaded.settings.streamlit_run_cli_args;
+    if !args.iter().any(|a| a.contains("runOnSave")) {
+        args.splice(0..0, ["--server.runOnSave".to_owned(), "true".to_owned()]);
+    }
+    loaded
+}
+
+/// Builds the app of one run.
+fn build_app(
+    loaded: Loaded,
+    opts: &LoadOptions,
+    env: &Environment,
+    metrics: Option<&fluxlit::MetricsRender>,
+    dev: Option<Dev>,
+    reload_api: &Arc<tokio::sync::Notify>,
+) -> Result<fluxlit::App, fluxlit::AppError> {
+    let mut app = fluxlit::App::builder()
+        .cwd(opts.cwd.clone())
+        .environment(env.clone());
+    if loaded.settings.enable_gateway_prometheus_metrics {
+        match metrics {
+            Some(render) => app = app.metrics(render.clone()),
+            None => tracing::warn!(
+                "enable_gateway_prometheus_metrics was turned on while running: restart to install the recorder"
+            ),
+        }
+    }
+    if let Some(Dev { reload: true }) = dev {
+        app = app.reload_api(reload_api.clone());
+    }
+    app.config(loaded).build()
+}
+
+/// A duplicate of the listening socket for one run of the app (the original stays bound).
+fn dup(listener: &tokio::net::TcpListener) -> Result<tokio::net::TcpListener, RunError> {
+    let fd = std::os::fd::AsFd::as_fd(listener)
+        .try_clone_to_owned()
+        .map_err(RunError::Dup)?;
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(RunError::Dup)
+}
+
+/// Waits for `run` after the first signal (`first`, or the next one), and cuts the stop short
+/// on a second one.
+async fn finish(
+    mut run: std::pin::Pin<
+        Box<impl std::future::Future<Output = Result<fluxlit::Exit, fluxlit::AppError>>>,
+    >,
+    stop: tokio_util::sync::CancellationToken,
+    signals: &mut Signals,
+    first: Option<&'static str>,
+) -> Result<ExitCode, RunError> {
+    if first.is_none() {
+        let first = tokio::select! {
+            r = &mut run => return Ok(exit_code(r?)),
+            sig = signals.next() => sig,
+        };
+        tracing::info!(signal = first, "signal received");
+        stop.cancel();
+    }
     tokio::select! {
         r = &mut run => Ok(exit_code(r?)),
         sig = signals.next() => {

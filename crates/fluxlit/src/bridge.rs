@@ -36,6 +36,17 @@ impl Link {
         }
     }
 
+    /// The sidecar is being restarted on purpose (`fluxlit dev --reload`): no route, readiness
+    /// 503 with `detail`.
+    pub(crate) fn reloading(&self, detail: &str) {
+        self.endpoint.send_replace(None);
+        self.state
+            .send_replace(ComponentState::NotReady(detail.to_owned()));
+        if let Ok(mut m) = self.info.lock() {
+            m.insert(self.name, serde_json::json!({"state": detail}));
+        }
+    }
+
     /// The sidecar exited on its own: no route, readiness 503, logged and counted down.
     pub(crate) fn exited(&self, exit: &ExitInfo) {
         self.endpoint.send_replace(None);

@@ -46,6 +46,7 @@
 
 mod admin;
 mod bridge;
+pub mod dev;
 mod launch;
 mod lifecycle;
 mod pidfile;
@@ -241,6 +242,7 @@ pub struct AppBuilder {
     api_service: Option<ApiService>,
     pidfile: Option<Option<PathBuf>>,
     metrics: Option<MetricsRender>,
+    reload_api: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for AppBuilder {
@@ -255,6 +257,7 @@ impl std::fmt::Debug for AppBuilder {
             .field("api_service", &self.api_service.is_some())
             .field("pidfile", &self.pidfile)
             .field("metrics", &self.metrics.is_some())
+            .field("reload_api", &self.reload_api.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -345,6 +348,18 @@ impl AppBuilder {
     /// `enable_gateway_prometheus_metrics` is on). Default: no metrics endpoint.
     pub fn metrics(mut self, render: MetricsRender) -> Self {
         self.metrics = Some(render);
+        self
+    }
+
+    /// Restarts the API sidecar (`api_command`, or a FluxLit-for-Python app's API) each time
+    /// `notify` is notified, while the gateway keeps serving (`fluxlit dev --reload`, with
+    /// [`crate::dev::watch`]): readiness names the API `reloading` meanwhile, the old process
+    /// group is stopped as at shutdown (SIGINT, SIGTERM, SIGKILL after
+    /// `sidecar_stop_timeout_s` each) and a new one is started on a fresh port. When the new
+    /// one fails to start, the error is logged, readiness says why, and the next notification
+    /// tries again. Without an API sidecar, notifications are ignored. Default: none.
+    pub fn reload_api(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.reload_api = Some(notify);
         self
     }
 
@@ -485,6 +500,7 @@ impl AppBuilder {
             pidfile,
             api_service: self.api_service,
             metrics: self.metrics,
+            reload_api: self.reload_api,
         })
     }
 }
@@ -529,6 +545,7 @@ struct Assembly {
     pidfile: Option<PathBuf>,
     api_service: Option<ApiService>,
     metrics: Option<MetricsRender>,
+    reload_api: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// How the API mount is served.
@@ -568,6 +585,8 @@ pub struct App {
     /// Metrics on the admin listener: (address, renderer).
     admin: Option<(String, MetricsRender)>,
     sidecar_info: SidecarInfo,
+    /// See [`AppBuilder::reload_api`].
+    reload_api: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for App {
@@ -715,6 +734,7 @@ impl App {
             .map(Path::to_path_buf);
         let child_path = launch::child_path(a.env.get("PATH"), python_bin_dir.as_deref());
         Ok(App {
+            reload_api: a.reload_api,
             child_path,
             gateway,
             start_streamlit,

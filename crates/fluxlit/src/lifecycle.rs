@@ -221,6 +221,31 @@ impl App {
                 () = &mut shutdown => break Stop::Shutdown,
                 exit = wait_exit(&running[0]) => (0usize, exit),
                 exit = wait_exit(&running[1]) => (1usize, exit),
+                () = reload_wanted(self.reload_api.as_deref()) => {
+                    let ApiMode::Command(cmd) = &self.api else { continue };
+                    let link = &links[1];
+                    tracing::info!(sidecar = link.name, "sources changed; restarting the API");
+                    link.reloading("reloading: the sources changed");
+                    if let Some((old, _)) = running[1].take() {
+                        old.stop().await;
+                    }
+                    let started = tokio::select! {
+                        r = launch::start_api_process(s, &launch, cmd) => r,
+                        () = &mut shutdown => break Stop::Shutdown,
+                    };
+                    match started {
+                        Ok((sidecar, port)) => {
+                            link.publish(&sidecar, port);
+                            running[1] = Some((sidecar, port));
+                            tracing::info!(sidecar = link.name, port, "API reloaded");
+                        }
+                        Err(e) => {
+                            tracing::error!(sidecar = link.name, error = %e, "reload failed; the next change of the sources tries again");
+                            link.reloading(&format!("reload failed: {e}"));
+                        }
+                    }
+                    continue;
+                }
             };
             let link = &links[which];
             link.exited(&exit);
@@ -305,6 +330,15 @@ impl App {
         drop(background);
         tracing::info!("stopped");
         Ok(exit)
+    }
+}
+
+/// Resolves when a reload of the API is asked for ([`crate::AppBuilder::reload_api`]); never
+/// without a notifier.
+async fn reload_wanted(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -66,9 +66,19 @@ impl Fluxlit {
     }
 
     pub async fn start_with_env(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_subcommand(dir, "run", args, env).await
+    }
+
+    /// `fluxlit SUBCOMMAND --port 0 --pidfile … ARGS` (`run` or `dev`).
+    pub async fn start_subcommand(
+        dir: TempDir,
+        subcommand: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let pidfile = dir.path().join("run/fluxlit.pid");
         let pid_arg = pidfile.display().to_string();
-        let mut all = vec!["run", "--port", "0", "--pidfile", &pid_arg];
+        let mut all = vec![subcommand, "--port", "0", "--pidfile", &pid_arg];
         all.extend_from_slice(args);
         let mut cmd = command(dir.path(), &all);
         cmd.envs(env.iter().copied());
