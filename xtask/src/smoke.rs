@@ -435,7 +435,7 @@ impl Context {
         };
         let endpoint = Endpoint {
             addr: ([127, 0, 0, 1], port).into(),
-            tls_ca: edge.tls.then(|| certs.join("cert.pem")),
+            tls_ca: edge.tls.then(|| certs.join("ca.pem")),
             tls_log: dir.join("openssl-s_client.log"),
         };
         let target = Target {
@@ -445,6 +445,7 @@ impl Context {
             mode,
             gateway_log: behind.log.to_path_buf(),
             gateway_log_from: std::fs::metadata(behind.log).map_or(0, |m| m.len()),
+            fluxlit: self.binary.clone(),
         };
         match wait_edge_ready(&mut proc, &target).await {
             Ok(()) => {}
@@ -462,6 +463,20 @@ impl Context {
             };
             record(outcomes, mode, edge, *check, status, detail);
         }
+        if edge.name == "nginx-strip" && mode == Mode::Default {
+            let (status, detail) = match self.no_upgrade(edge, &launch, &target).await {
+                Ok(detail) => (Status::Pass, detail),
+                Err(detail) => (Status::Fail, detail),
+            };
+            record(
+                outcomes,
+                mode,
+                edge,
+                Check::DoctorLiveNoUpgrade,
+                status,
+                detail,
+            );
+        }
         if let Some(status) = proc.exited() {
             eprintln!(
                 "smoke: {} exited ({status}) during its checks\n{}",
@@ -470,6 +485,64 @@ impl Context {
             );
         }
         proc.stop(Duration::from_secs(5)).await;
+    }
+}
+
+impl Context {
+    /// nginx with `edge`'s shipped configuration minus the two lines that pass the WebSocket
+    /// upgrade on (the classic misconfiguration behind "the app loads but never connects"), in
+    /// front of the same FluxLit: `fluxlit doctor --live` must fail exactly its
+    /// `live.websocket` row.
+    async fn no_upgrade(
+        &self,
+        edge: &Edge,
+        launch: &edges::Launch<'_>,
+        target: &Target,
+    ) -> std::result::Result<String, String> {
+        let dir = launch.dir.join("no-upgrade");
+        let shipped = dir.join("shipped");
+        let config = shipped.join(edge.config);
+        let original = std::fs::read_to_string(launch.shipped.join(edge.config))
+            .map_err(|e| format!("cannot read {}: {e}", edge.config))?;
+        let broken: String = original
+            .lines()
+            .filter(|l| {
+                !l.contains("proxy_set_header Upgrade")
+                    && !l.contains("proxy_set_header Connection")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if original.lines().count() != broken.lines().count() + 2 {
+            return Err(format!(
+                "{} no longer has exactly one Upgrade and one Connection proxy_set_header line",
+                edge.config
+            ));
+        }
+        if let Some(parent) = config.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&config, broken)
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let copy = edges::Launch {
+            edge,
+            program: launch.program.clone(),
+            shipped,
+            dir: dir.clone(),
+            port,
+            upstream_port: launch.upstream_port,
+            certs: launch.certs.clone(),
+        };
+        let mut proc = copy.start()?;
+        let mut t = target.clone();
+        t.endpoint.addr = ([127, 0, 0, 1], port).into();
+        let result = match wait_edge_ready(&mut proc, &t).await {
+            Ok(()) => checks::doctor_live(&t, &["live.websocket"]).await,
+            Err(why) => Err(why),
+        };
+        proc.stop(Duration::from_secs(5)).await;
+        result
     }
 }
 

@@ -242,6 +242,12 @@ struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Check a running deployment from the outside, as a browser would: health, readiness,
+    /// Streamlit's page and assets, a WebSocket held 2 s, a 2 MiB upload, the API mount. URL
+    /// is the public address (e.g. https://app.example.com/myapp/); without it, this
+    /// project's gateway on loopback.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    live: Option<String>,
 }
 
 /// The program of both `fluxlit` and (in the wheel) `fluxlit-rs` (`src/bin/fluxlit-rs.rs`).

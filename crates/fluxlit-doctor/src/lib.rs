@@ -16,6 +16,8 @@
 //! # }
 //! ```
 
+pub mod live;
+
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;

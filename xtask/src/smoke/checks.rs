@@ -38,6 +38,8 @@ pub(crate) struct Target {
     /// shared by the edges of one root path, one edge after the other).
     pub(crate) gateway_log: std::path::PathBuf,
     pub(crate) gateway_log_from: u64,
+    /// The `fluxlit` binary (for `fluxlit doctor --live`).
+    pub(crate) fluxlit: std::path::PathBuf,
 }
 
 impl Target {
@@ -82,6 +84,12 @@ pub(crate) enum Check {
     DotSegments,
     /// `GET {prefix}` (no trailing slash) redirects to `{prefix}/`.
     Redirect,
+    /// `fluxlit doctor --live URL` through the edge: every row PASS.
+    DoctorLive,
+    /// `fluxlit doctor --live` through a copy of this edge's nginx configuration without the
+    /// WebSocket upgrade headers: exactly `live.websocket` FAILs (run for `nginx-strip` in the
+    /// default mode only, by the smoke itself, not through [`Check::run`]).
+    DoctorLiveNoUpgrade,
     /// FluxLit's log shows the configuration the run claims: no request in the access log in the
     /// default mode (so UI requests were eligible for the HTTP/1.1 fast path), access-log
     /// lines for this edge's requests with the access log on.
@@ -107,6 +115,8 @@ pub(crate) const ALL: &[Check] = &[
     Check::Smuggling,
     Check::DotSegments,
     Check::Redirect,
+    Check::DoctorLive,
+    Check::DoctorLiveNoUpgrade,
     Check::GatewayLog,
 ];
 
@@ -130,13 +140,19 @@ impl Check {
             Self::Smuggling => "smuggling",
             Self::DotSegments => "dot-segments",
             Self::Redirect => "prefix-redirect",
+            Self::DoctorLive => "doctor-live",
+            Self::DoctorLiveNoUpgrade => "doctor-live-no-upgrade",
             Self::GatewayLog => "gateway-log",
         }
     }
 
     /// Whether the check applies to an edge with this public prefix.
     pub(crate) fn applies(self, prefix: &str) -> bool {
-        self != Self::Redirect || !prefix.is_empty()
+        match self {
+            Self::Redirect => !prefix.is_empty(),
+            Self::DoctorLiveNoUpgrade => false,
+            _ => true,
+        }
     }
 
     /// Runs the check.
@@ -161,8 +177,87 @@ impl Check {
             Self::Smuggling => smuggling(t).await,
             Self::DotSegments => dot_segments(t).await,
             Self::Redirect => redirect(t).await,
+            Self::DoctorLive => doctor_live(t, &[]).await,
+            Self::DoctorLiveNoUpgrade => doctor_live(t, &["live.websocket"]).await,
             Self::GatewayLog => gateway_log(t).await,
         }
+    }
+}
+
+/// Runs `fluxlit doctor --live {scheme}://127.0.0.1:{port}{prefix}/ --json` (trusting the
+/// smoke's CA on TLS edges) and passes when exactly the rows in `expect_fail` FAIL and every
+/// other row PASSes (`live.upload_body` may WARN: FluxLit's own cap, see below).
+pub(crate) async fn doctor_live(t: &Target, expect_fail: &[&str]) -> Result<String, String> {
+    let scheme = if t.endpoint.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}{}/", t.endpoint.addr, t.prefix);
+    let mut cmd = tokio::process::Command::new(&t.fluxlit);
+    cmd.args(["doctor", "--live", &url, "--json"])
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    if let Some(dir) = t.gateway_log.parent() {
+        cmd.current_dir(dir);
+    }
+    if let Some(ca) = &t.endpoint.tls_ca {
+        cmd.env("SSL_CERT_FILE", ca);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .map_err(|_| format!("fluxlit doctor --live {url} did not finish within 120 s"))?
+        .map_err(|e| format!("cannot run {}: {e}", t.fluxlit.display()))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "fluxlit doctor --live {url} printed no JSON ({e}): {}{}",
+            snippet(&String::from_utf8_lossy(&out.stdout), 300),
+            snippet(&String::from_utf8_lossy(&out.stderr), 300)
+        )
+    })?;
+    let rows = report["checks"].as_array().cloned().unwrap_or_default();
+    let mut wrong = Vec::new();
+    for row in &rows {
+        let name = row["name"].as_str().unwrap_or_default();
+        let want = if expect_fail.contains(&name) {
+            "FAIL"
+        } else {
+            "PASS"
+        };
+        // The smoke caps FluxLit's API bodies at 64 KiB (the 413 checks), so the 2 MiB upload
+        // probe gets FluxLit's own 413, which the doctor reports as a WARN naming the setting.
+        let capped_here = name == "live.upload_body" && row["status"] == "WARN";
+        if row["status"] != want && !capped_here {
+            wrong.push(format!(
+                "{name} {} (expected {want}): {}",
+                row["status"], row["detail"]
+            ));
+        }
+    }
+    for name in expect_fail {
+        if !rows.iter().any(|r| r["name"] == *name) {
+            wrong.push(format!("no {name} row"));
+        }
+    }
+    let code_ok = out.status.code() == Some(if expect_fail.is_empty() { 0 } else { 1 });
+    if wrong.is_empty() && rows.len() >= 7 && code_ok {
+        Ok(format!(
+            "{} rows as expected{} ({})",
+            rows.len(),
+            if expect_fail.is_empty() {
+                String::new()
+            } else {
+                format!(", {} FAIL", expect_fail.join(", "))
+            },
+            out.status
+        ))
+    } else {
+        Err(format!(
+            "{url}: {} rows, {}; {}",
+            rows.len(),
+            out.status,
+            wrong.join("; ")
+        ))
     }
 }
 
