@@ -136,6 +136,19 @@ fn setup_python_apps_venv() -> Result<PathBuf> {
     )
 }
 
+/// `PYTHON -m pip install --quiet --disable-pip-version-check`, for the caller to add what.
+fn pip_install(python: &Path) -> Command {
+    let mut c = Command::new(python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    c
+}
+
 /// Creates `venv` (when missing) and installs `requirements` into it unless the stamp file
 /// says they are installed already. Returns the venv's interpreter.
 fn pinned_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
@@ -147,16 +160,7 @@ fn pinned_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
         .map_err(|e| Failed(format!("cannot read {}: {e}", requirements.display())))?;
     let stamp = venv.join(".fluxlit-requirements");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(requirements))?;
+        run(pip_install(&python).arg("-r").arg(requirements))?;
         std::fs::write(&stamp, wanted)
             .map_err(|e| Failed(format!("cannot write {}: {e}", stamp.display())))?;
     }

