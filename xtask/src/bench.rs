@@ -21,6 +21,7 @@ pub(crate) mod peers;
 pub(crate) mod procs;
 mod report;
 pub(crate) mod shutdown;
+mod soak;
 mod tunnels;
 
 use std::path::Path;
@@ -53,7 +54,11 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
   --no-python          skip FluxLit for Python
   --no-build           use the release binaries already in the target directory's release/
   --shutdown-only      only time `fluxlit run`'s stop on SIGTERM (idle and with Streamlit
-                       sessions open); prints its table, writes no report";
+                       sessions open); prints its table, writes no report
+  --soak [MINUTES]     only the soak (default 10 minutes): FluxLit production (JSON access
+                       log to a file, metrics) under 64 HTTP connections and 16 WebSocket
+                       sessions, RSS and descriptors sampled every second; fails on any
+                       error, RSS growth over 2 MiB after warm-up, or descriptors not back";
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -66,6 +71,8 @@ struct Opts {
     python: bool,
     build: bool,
     shutdown_only: bool,
+    /// `--soak [MINUTES]`.
+    soak: Option<f64>,
 }
 
 fn parse(args: &[String]) -> std::result::Result<Opts, String> {
@@ -81,6 +88,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             python: true,
             build: true,
             shutdown_only: false,
+            soak: None,
         }
     } else {
         Opts {
@@ -93,6 +101,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             python: true,
             build: true,
             shutdown_only: false,
+            soak: None,
         }
     };
     let mut it = args.iter();
@@ -107,6 +116,19 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             "--no-python" => o.python = false,
             "--no-build" => o.build = false,
             "--shutdown-only" => o.shutdown_only = true,
+            "--soak" => {
+                let minutes = match it.clone().next().map(|m| m.parse::<f64>()) {
+                    Some(Ok(m)) => {
+                        it.next();
+                        m
+                    }
+                    Some(Err(_)) | None => 10.0,
+                };
+                if !(0.1..=120.0).contains(&minutes) {
+                    return Err("--soak takes minutes between 0.1 and 120".into());
+                }
+                o.soak = Some(minutes);
+            }
             "--rounds" => {
                 o.rounds = value(a)?.parse().map_err(|e| format!("--rounds: {e}"))?;
             }
@@ -185,6 +207,23 @@ pub(crate) fn run(args: &[String]) -> Result {
                 bin.join(b).display()
             )));
         }
+    }
+
+    if let Some(minutes) = opts.soak {
+        eprintln!("xtask bench: soak, {minutes} min");
+        let r = soak::run(&bin, &work, minutes)?;
+        let md = soak::markdown(&r);
+        let js = serde_json::to_value(&r).unwrap_or_default();
+        write_reports(&out_dir, "soak", &md, &js)?;
+        println!("{md}");
+        return if r.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Failed(format!(
+                "the soak failed: {}",
+                r.failures.join("; ")
+            )))
+        };
     }
 
     if opts.shutdown_only {

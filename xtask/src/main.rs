@@ -5,7 +5,7 @@
 //!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
 //!   `cargo deny check` (installed if missing), the whole test suite, end-to-end included, the
-//!   smoke suites, `bench --quick` and `wheel`.
+//!   smoke suites, `bench --quick`, a 1-minute `bench --soak` and `wheel`.
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
@@ -210,6 +210,9 @@ fn ci() -> Result {
     smoke::ci()?;
     // Keeps the benchmark harness working: that it runs and produces numbers, not the numbers.
     bench::run(&["--quick".to_owned()])?;
+    // One minute of the soak (FluxLit production under mixed load): no errors, flat RSS,
+    // descriptors back.
+    bench::run(&["--soak".to_owned(), "1".to_owned(), "--no-build".to_owned()])?;
     // After the bench: maturin's release build reuses its compiled dependencies.
     wheel::run_all()?;
     Ok(())

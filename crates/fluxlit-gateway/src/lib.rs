@@ -1430,7 +1430,7 @@ impl Gateway {
 
     /// Forgets rate-limit state of idle clients (bounds memory) and closes parked idle upstream
     /// connections too old to be reused (more than 4 s idle); the embedding program calls it
-    /// periodically (the CLI: every minute).
+    /// periodically (the `fluxlit` library: every 5 s).
     pub fn housekeeping(&self) {
         self.inner.rate.retain_recent();
         self.inner.proxy.expire_parked();

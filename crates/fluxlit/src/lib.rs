@@ -9,7 +9,7 @@
 //! exits, in this order:
 //!
 //! 1. The gateway serves at once; readiness (`{api}/readyz`) is 503 and UI requests get 503
-//!    until Streamlit's `/_stcore/health` answers 200. Housekeeping runs every minute.
+//!    until Streamlit's `/_stcore/health` answers 200. Housekeeping runs every 5 s.
 //! 2. The API sidecar (`api_command`) and then Streamlit start in their own process groups on
 //!    free loopback ports (a port taken before the sidecar binds it is retried, up to 3
 //!    times); external upstreams (`ui_upstream`, `api_upstream`) are probed every second.

@@ -180,7 +180,7 @@ pub(crate) fn run(
     work: &Path,
 ) -> Result<Sample> {
     match scenario.http() {
-        Some((path, conns, min_bytes)) => wrk(
+        Some((path, conns, min_bytes)) => http(
             port,
             path,
             conns,
@@ -193,8 +193,10 @@ pub(crate) fn run(
     }
 }
 
+/// `wrk` with `conns` connections on `path` for `duration` (`POST` of 64 KiB when `post`);
+/// responses shorter than `min_bytes` count as errors.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn wrk(
+pub(crate) fn http(
     port: u16,
     path: &str,
     conns: usize,

@@ -168,7 +168,19 @@ pub(crate) fn start_upstream(bin: &Path, work: &Path, threads: usize) -> Result<
 
 /// FluxLit: `fluxlit run --ui-upstream http://127.0.0.1:UP` in an empty directory.
 pub(crate) fn start_fluxlit(bin: &Path, work: &Path, upstream: u16) -> Result<Row> {
-    let dir = work.join("fluxlit");
+    start_fluxlit_with(bin, work, upstream, "fluxlit", &[])
+}
+
+/// [`start_fluxlit`] in `work/NAME` with `env` added (e.g. the access log on); its stderr (the
+/// log and the access log) goes to `work/NAME/fluxlit.log`.
+pub(crate) fn start_fluxlit_with(
+    bin: &Path,
+    work: &Path,
+    upstream: u16,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<Row> {
+    let dir = work.join(name);
     fresh_dir(&dir)?;
     let port = free_port()?;
     let mut cmd = command(bin.join("fluxlit"));
@@ -188,8 +200,9 @@ pub(crate) fn start_fluxlit(bin: &Path, work: &Path, upstream: u16) -> Result<Ro
     // nginx and HAProxy here do not have) would cap the idle-tunnel row at 256.
     .env("FLUXLIT_GATEWAY_MAX_WEBSOCKETS_PER_CLIENT_IP", "0")
     .env("FLUXLIT_GATEWAY_MAX_CONNECTIONS_PER_IP", "0")
+    .envs(env.iter().copied())
     .current_dir(&dir);
-    let mut p = Proc::spawn("fluxlit", cmd, Some(&dir.join("fluxlit.log")))?;
+    let mut p = Proc::spawn(name, cmd, Some(&dir.join("fluxlit.log")))?;
     wait_ready(&mut p, port, "/api/readyz", Duration::from_secs(20))?;
     Ok(Row {
         kind: Kind::Fluxlit,
