@@ -764,6 +764,12 @@ mod tests {
         let s = parse(&args(&["--quick", "--shutdown-only", "--no-build"])).unwrap();
         assert!(s.shutdown_only && !s.build);
         assert_eq!((shutdown_runs(&s), shutdown_runs(&f)), (3, 5));
+        assert_eq!(parse(&args(&["--soak"])).unwrap().soak, Some(10.0));
+        assert_eq!(parse(&args(&["--soak", "1"])).unwrap().soak, Some(1.0));
+        let s = parse(&args(&["--soak", "--no-build"])).unwrap();
+        assert_eq!((s.soak, s.build), (Some(10.0), false));
+        assert!(parse(&args(&["--soak", "0"])).is_err());
+        assert_eq!(f.soak, None);
     }
 
     #[test]
