@@ -24,6 +24,7 @@
 //! Only `GET`, the upgrade and one `POST` to a path under the API mount that no FluxLit or
 //! example route uses are sent.
 
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,6 +132,19 @@ async fn connect(t: &Target, timeout: Duration) -> Result<Box<dyn Io>, String> {
     if !t.tls {
         return Ok(Box::new(tcp));
     }
+    tls_connect(t, tcp, timeout).await
+}
+
+#[cfg(not(feature = "tls"))]
+async fn tls_connect(_: &Target, _: TcpStream, _: Duration) -> Result<Box<dyn Io>, String> {
+    Err(
+        "this fluxlit was built without TLS (the `tls` feature): https:// URLs cannot be checked"
+            .into(),
+    )
+}
+
+#[cfg(feature = "tls")]
+async fn tls_connect(t: &Target, tcp: TcpStream, timeout: Duration) -> Result<Box<dyn Io>, String> {
     let name = rustls::pki_types::ServerName::try_from(t.host.clone())
         .map_err(|e| format!("{:?} is not a TLS server name: {e}", t.host))?;
     let connector = tokio_rustls::TlsConnector::from(tls_config()?);
@@ -142,6 +156,7 @@ async fn connect(t: &Target, timeout: Duration) -> Result<Box<dyn Io>, String> {
 }
 
 /// The system's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), ring as the provider.
+#[cfg(feature = "tls")]
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
