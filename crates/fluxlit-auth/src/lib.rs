@@ -193,6 +193,27 @@ impl HeaderPolicy {
         policy
     }
 
+    /// The same rules with `names` added to the extra identity headers (normalized as in
+    /// [`HeaderPolicy::new`]); the UI allow-list loses any of them it had. Used for the
+    /// headers a trusted front proxy sets (`auth_mode = forward`), so nobody else can send them.
+    pub fn with_identity<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        for name in names {
+            let normalized = normalize_header_name(name);
+            if HeaderName::from_bytes(normalized.as_bytes()).is_err()
+                || is_builtin_identity(normalized.as_bytes())
+                || self.extra_identity.iter().any(|e| **e == *normalized)
+            {
+                continue;
+            }
+            self.extra_identity.push(normalized.into());
+        }
+        let extra = self.extra_identity.clone();
+        let is_extra = |n: &str| extra.iter().any(|e| **e == *normalize_header_name(n));
+        self.ui_allowed.retain(|n| !is_extra(n.as_str()));
+        self.ui_allowed_names.retain(|n| !is_extra(n));
+        self
+    }
+
     /// Removes every field whose name is an identity header ([`HeaderPolicy::is_identity`]):
     /// the built-in names and prefixes and the extra names, in any letter case and with `_`
     /// or `-` (`http`'s `HeaderName` keeps `_`, so `x_remote_user` is its own key). Every hop,

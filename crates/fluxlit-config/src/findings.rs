@@ -354,7 +354,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             Level::Warn,
             "auth_keys_unused",
             format!(
-                "{} {}, but {} no effect until authentication is configured: this version of FluxLit does not check JWT bearer tokens or run an OIDC login, so neither the API nor the UI is protected by {}; unset {}, or put authentication in front of FluxLit",
+                "{} {}, but {} no effect until authentication is configured: this version of FluxLit does not check JWT bearer tokens or run an OIDC login, so neither the API nor the UI is protected by {}; unset {}, or put authentication in front of FluxLit (auth_mode = \"forward\" behind oauth2-proxy or Pomerium, docs/auth.md)",
                 auth_keys.join(", "),
                 if auth_keys.len() == 1 {
                     "is set"

@@ -275,6 +275,20 @@ pub enum RequestIdTrust {
     TrustedProxies,
 }
 
+/// How the gateway authenticates (`auth_mode`; docs/auth.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Nobody: identity headers from clients are stripped on every hop.
+    Off,
+    /// A trusted front proxy authenticates (`auth_forward_*`).
+    Forward,
+    /// Bearer JWTs for the API (refused at load time in this version).
+    Jwt,
+    /// OpenID Connect login at the gateway (refused at load time in this version).
+    Oidc,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -371,6 +385,11 @@ pub struct Settings {
     pub enable_gateway_prometheus_metrics: bool,
     pub gateway_prometheus_metrics_path: String,
     pub strict_startup: bool,
+    pub auth_mode: AuthMode,
+    pub auth_forward_trusted_cidrs: Vec<String>,
+    pub auth_forward_user_header: String,
+    pub auth_forward_headers: Vec<String>,
+    pub auth_forward_require_https: bool,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub jwt_hs256_secret: Secret,
@@ -1058,6 +1077,56 @@ fn resolve(
             );
         }
     }
+    if matches!(raw.auth_mode, AuthMode::Jwt | AuthMode::Oidc) {
+        bad(
+            "auth_mode",
+            if raw.auth_mode == AuthMode::Jwt {
+                "jwt"
+            } else {
+                "oidc"
+            },
+            "off or forward: the jwt and oidc modes are not available in this version",
+            "use auth_mode = \"forward\" behind oauth2-proxy or Pomerium for now (docs/auth.md)",
+            origin_of(origins, "auth_mode"),
+        );
+    }
+    if raw.auth_mode == AuthMode::Forward && raw.auth_forward_trusted_cidrs.is_empty() {
+        bad(
+            "auth_forward_trusted_cidrs",
+            "[]",
+            "at least one IP or CIDR when auth_mode = forward",
+            "list the address of the front proxy as FluxLit sees it, e.g. 10.0.0.5 or 10.0.0.0/24",
+            origin_of(origins, "auth_forward_trusted_cidrs"),
+        );
+    }
+    for entry in &raw.auth_forward_trusted_cidrs {
+        if paths::parse_ip_net(entry).is_err() {
+            bad(
+                "auth_forward_trusted_cidrs",
+                entry,
+                "IP addresses or CIDR ranges (IPv4 or IPv6), e.g. 10.0.0.0/8, 192.168.1.10, fd00::/8",
+                "list the addresses of the front proxy",
+                origin_of(origins, "auth_forward_trusted_cidrs"),
+            );
+        }
+    }
+    for (key, name) in std::iter::once(("auth_forward_user_header", &raw.auth_forward_user_header))
+        .chain(
+            raw.auth_forward_headers
+                .iter()
+                .map(|h| ("auth_forward_headers", h)),
+        )
+    {
+        if !is_field_name(name) {
+            bad(
+                key,
+                name,
+                "an HTTP header name (letters, digits and - only), e.g. X-Forwarded-User",
+                "use the header name the front proxy sets",
+                origin_of(origins, key),
+            );
+        }
+    }
     if !raw.jwt_hs256_secret.is_empty() && !raw.jwt_jwks_url.is_empty() {
         bad(
             "jwt_hs256_secret",
@@ -1106,6 +1175,14 @@ fn resolve(
     raw.api_mount_path = api_mount_path;
     raw.gateway_prometheus_metrics_path = metrics_path;
     Some(raw)
+}
+
+/// An HTTP field name: a non-empty token (RFC 9110 §5.1, §5.6.2).
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `$VIRTUAL_ENV/bin/python`, else `./.venv/bin/python` if it exists, else the interpreter of

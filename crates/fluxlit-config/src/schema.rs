@@ -216,8 +216,12 @@ pub const KEYS: &[KeySpec] = &[
     key("enable_gateway_prometheus_metrics", Kind::Bool, "false", "Serve Prometheus metrics at gateway_prometheus_metrics_path."),
     key("gateway_prometheus_metrics_path", Kind::Text, "/__fluxlit/metrics", "Path of the metrics endpoint; must not be under the API mount."),
     key("strict_startup", Kind::Bool, "false", "Refuse to start when `fluxlit config` reports any warning."),
-    // Authentication (not implemented yet: the keys are accepted, and setting any of them is an
-    // `auth_keys_unused` warning).
+    // Authentication (docs/auth.md).
+    key("auth_mode", Kind::Choice(&["off", "forward", "jwt", "oidc"]), "off", "How the gateway authenticates requests. `off`: nobody; identity headers a client sends are stripped on every hop (WebSocket upgrade included). `forward`: a front proxy (oauth2-proxy, Pomerium, a cloud load balancer) authenticates; only peers in auth_forward_trusted_cidrs may reach the app (others get 403), a request without the auth_forward_user_header gets 401, and the auth_forward_headers it sets reach the API and Streamlit. `jwt` and `oidc` are refused at start-up in this version (docs/auth.md)."),
+    key("auth_forward_trusted_cidrs", Kind::List, "[]", "auth_mode = forward: IPs and CIDRs (IPv4 and IPv6) of the front proxy as FluxLit's TCP peer; required, non-empty."),
+    key("auth_forward_user_header", Kind::Text, "X-Forwarded-User", "auth_mode = forward: the header that must carry the authenticated user (non-blank) on every request that is not a health check (oauth2-proxy: X-Forwarded-User; Pomerium with pass_identity_headers: X-Pomerium-Claim-Email; reference §8.4 used X-Remote-User)."),
+    key("auth_forward_headers", Kind::List, "[\"X-Forwarded-User\", \"X-Forwarded-Email\", \"X-Forwarded-Preferred-Username\", \"X-Forwarded-Groups\", \"X-Forwarded-Name\"]", "auth_mode = forward: the identity headers taken from the trusted proxy and passed to the API and Streamlit (the user header is always one of them); from any other peer, and every other identity header, they are stripped."),
+    key("auth_forward_require_https", Kind::Bool, "false", "auth_mode = forward: also require that the request reached the front proxy over https (its X-Forwarded-Proto, trusted from auth_forward_trusted_cidrs), else 403."),
     key("jwt_issuer", Kind::Text, "", "Expected `iss` of bearer tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
     key("jwt_audience", Kind::Text, "", "Expected `aud` of bearer tokens. Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning."),
     key("jwt_hs256_secret", Kind::Text, "", "Shared secret for HS256 bearer tokens (exclusive with jwt_jwks_url). Not used yet: authentication is not implemented, and setting it is an `auth_keys_unused` warning.").secret(),

@@ -263,6 +263,68 @@ fn python_default_is_the_venv_fluxlit_is_installed_in_when_it_has_streamlit() {
 }
 
 #[test]
+fn auth_modes_and_forward_settings() {
+    let d = Dir::new("auth");
+    let l = load_in(
+        &d,
+        &[
+            ("FLUXLIT_AUTH_MODE", "forward"),
+            ("FLUXLIT_AUTH_FORWARD_TRUSTED_CIDRS", "10.0.0.5, fd00::/8"),
+            ("FLUXLIT_AUTH_FORWARD_USER_HEADER", "X-Pomerium-Claim-Email"),
+        ],
+        CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(l.settings.auth_mode, AuthMode::Forward);
+    assert_eq!(
+        l.settings.auth_forward_trusted_cidrs,
+        ["10.0.0.5", "fd00::/8"]
+    );
+    assert_eq!(
+        l.settings.auth_forward_user_header,
+        "X-Pomerium-Claim-Email"
+    );
+    assert_eq!(l.settings.auth_forward_headers.len(), 5, "the defaults");
+    assert_eq!(
+        l.origin("auth_mode").to_string(),
+        "environment variable FLUXLIT_AUTH_MODE"
+    );
+
+    for (env, key, value) in [
+        (vec![("FLUXLIT_AUTH_MODE", "jwt")], "auth_mode", "jwt"),
+        (vec![("FLUXLIT_AUTH_MODE", "oidc")], "auth_mode", "oidc"),
+        (
+            vec![("FLUXLIT_AUTH_MODE", "forward")],
+            "auth_forward_trusted_cidrs",
+            "[]",
+        ),
+        (
+            vec![
+                ("FLUXLIT_AUTH_MODE", "forward"),
+                ("FLUXLIT_AUTH_FORWARD_TRUSTED_CIDRS", "10.0.0.0/33"),
+            ],
+            "auth_forward_trusted_cidrs",
+            "10.0.0.0/33",
+        ),
+        (
+            vec![("FLUXLIT_AUTH_FORWARD_USER_HEADER", "X User")],
+            "auth_forward_user_header",
+            "X User",
+        ),
+    ] {
+        let err = load_in(&d, &env, CliOverrides::default()).unwrap_err();
+        let p = err
+            .problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("{env:?}: no problem for {key}: {err}"));
+        assert_eq!(p.value.as_deref(), Some(value), "{env:?}");
+        let from_env = p.origin.to_string().contains("FLUXLIT_");
+        assert_eq!(from_env, value != "[]", "{env:?}: {}", p.origin);
+    }
+}
+
+#[test]
 fn explicit_config_file_must_exist() {
     let d = Dir::new("explicit");
     let err = load_in(

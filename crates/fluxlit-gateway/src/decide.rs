@@ -102,6 +102,8 @@ pub(crate) struct Duties {
     pub(crate) rate_limit: bool,
     /// Hold a slot of the upstream concurrency cap.
     pub(crate) upstream_slot: bool,
+    /// Authenticate the request (`auth_mode = forward`, `auth.rs`).
+    pub(crate) authenticate: bool,
 }
 
 impl Duties {

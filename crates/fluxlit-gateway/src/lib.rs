@@ -33,6 +33,7 @@
 //! ```
 
 mod affinity;
+mod auth;
 pub mod cap;
 mod deadline;
 mod decide;
@@ -55,8 +56,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+pub use auth::ForwardAuth;
 use bytes::Bytes;
-use http::header::{HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -203,6 +205,7 @@ pub struct GatewayBuilder {
     record_metrics: bool,
     debug: Option<DebugInfo>,
     fast_path: bool,
+    forward_auth: Option<ForwardAuth>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -238,6 +241,7 @@ impl Default for GatewayBuilder {
             record_metrics: false,
             debug: None,
             fast_path: true,
+            forward_auth: None,
         }
     }
 }
@@ -277,6 +281,21 @@ impl GatewayBuilder {
             &trusted_user_headers(&s.streamlit_run_cli_args),
             &s.gateway_forward_client_headers_to_streamlit,
         );
+        self.forward_auth = (s.auth_mode == fluxlit_config::AuthMode::Forward).then(|| {
+            ForwardAuth::new(
+                s.auth_forward_trusted_cidrs
+                    .iter()
+                    .filter_map(|c| fluxlit_config::parse_ip_net(c).ok())
+                    .collect(),
+                HeaderName::from_bytes(s.auth_forward_user_header.trim().as_bytes())
+                    .unwrap_or(HeaderName::from_static("x-forwarded-user")),
+                s.auth_forward_headers
+                    .iter()
+                    .filter_map(|h| HeaderName::from_bytes(h.trim().as_bytes()).ok())
+                    .collect(),
+                s.auth_forward_require_https,
+            )
+        });
         self.api_headers = ApiHeaders::from_settings(s);
         self.access_log = s.enable_gateway_access_log || s.debug;
         self.record_metrics = s.enable_gateway_prometheus_metrics;
@@ -355,6 +374,14 @@ impl GatewayBuilder {
     /// always replaced ([`observe::request_id_from`]).
     pub fn request_id_trust(mut self, trust: RequestIdTrust) -> Self {
         self.request_id_trust = trust;
+        self
+    }
+
+    /// Forward authentication (`auth_mode = forward`, [`ForwardAuth`]): only the front proxy
+    /// may reach the app, and the identity headers it sets reach the API and the UI. Default:
+    /// off (identity headers stripped from everybody).
+    pub fn forward_auth(mut self, auth: ForwardAuth) -> Self {
+        self.forward_auth = Some(auth);
         self
     }
 
@@ -454,6 +481,13 @@ impl GatewayBuilder {
             debug_ring: debug.is_some(),
             rate_limit: self.limits.rate_ui.is_some(),
             upstream_slot: self.limits.max_upstream_concurrency > 0,
+            authenticate: self.forward_auth.is_some(),
+        };
+        let header_policy = match &self.forward_auth {
+            Some(fa) => self
+                .header_policy
+                .with_identity(fa.header_names().map(HeaderName::as_str)),
+            None => self.header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
         Ok(Gateway {
@@ -477,7 +511,8 @@ impl GatewayBuilder {
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 trust: self.trust,
                 request_id_trust: self.request_id_trust,
-                header_policy: self.header_policy,
+                header_policy,
+                forward_auth: self.forward_auth,
                 api_headers: self.api_headers,
                 access_log: self.access_log,
                 health_access_log: self.health_access_log,
@@ -545,6 +580,8 @@ struct Inner {
     fast_path: bool,
     /// What UI requests need besides forwarding (the fast path serves only those without).
     ui_duties: decide::Duties,
+    /// `auth_mode = forward` ([`ForwardAuth`]).
+    forward_auth: Option<ForwardAuth>,
     /// Requests served per engine.
     served: ServedCounters,
 }
@@ -706,6 +743,11 @@ impl Gateway {
         let mut req = req.map(|b| cap::Lingering::new(b, expect));
         let inner = &*self.inner;
         fluxlit_auth::mark_sensitive(req.headers_mut());
+        // Forward auth takes the front proxy's identity fields before they are stripped.
+        let mut captured = inner
+            .forward_auth
+            .as_ref()
+            .map(|fa| fa.capture(ctx.hop.peer.ip(), req.headers()));
         inner.header_policy.strip_identity(req.headers_mut());
         let view = ClientView::resolve(
             &inner.trust,
@@ -852,6 +894,28 @@ impl Gateway {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
                 break 'resp (r, None);
             }
+            // `auth_mode = forward` (`auth.rs`): everything but the health checks.
+            let identity = match (&inner.forward_auth, &route) {
+                (Some(fa), Route::Api { .. } | Route::Ui { .. }) if !matches!(&route, Route::Ui { path } if auth::is_public_ui_path(path, &inner.root)) =>
+                {
+                    let https = view.proto.eq_ignore_ascii_case("https");
+                    match fa.verdict(
+                        ctx.hop.peer.ip(),
+                        https,
+                        captured.take().unwrap_or_default(),
+                    ) {
+                        auth::Verdict::Deny(status, detail) => {
+                            tracing::info!(request_id = rid.to_str().unwrap_or(""), peer = %ctx.hop.peer.ip(), status = status.as_u16(), reason = detail, "forward-auth refused the request");
+                            break 'resp (
+                                json(status, &serde_json::json!({"detail": detail})),
+                                None,
+                            );
+                        }
+                        auth::Verdict::Identity(fields) => fields,
+                    }
+                }
+                _ => Vec::new(),
+            };
             match route {
                 Route::Healthz => match method {
                     Method::GET | Method::HEAD => (
@@ -881,6 +945,7 @@ impl Gateway {
                             &rid,
                             &public_prefix,
                             ctx,
+                            &identity,
                             &mut upstream_name,
                         )
                         .await;
@@ -910,6 +975,7 @@ impl Gateway {
                             policy: &inner.header_policy,
                             ui: true,
                             affinity: ctx.affinity.as_deref(),
+                            identity: &identity,
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
                         (f.response, f.slot)
@@ -959,6 +1025,7 @@ impl Gateway {
         rid: &HeaderValue,
         public_prefix: &str,
         ctx: &ConnCtx,
+        identity: &[(HeaderName, HeaderValue)],
         upstream_name: &mut Option<Arc<str>>,
     ) -> (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) {
         let inner = &*self.inner;
@@ -987,6 +1054,7 @@ impl Gateway {
                         policy: &inner.header_policy,
                         ui: false,
                         affinity: ctx.affinity.as_deref(),
+                        identity,
                     };
                     let f = inner.proxy.forward(u, req, path, hop).await;
                     let mut resp = f.response;
@@ -1023,6 +1091,9 @@ impl Gateway {
                     // axum WebSocket route still sees it).
                     let websocket = headers::upgrade_request(&parts.headers).is_some();
                     decide::retain_request_fields(&mut parts.headers, &inner.header_policy, false);
+                    for (name, value) in identity {
+                        parts.headers.insert(name.clone(), value.clone());
+                    }
                     if websocket {
                         parts.headers.insert(
                             http::header::CONNECTION,

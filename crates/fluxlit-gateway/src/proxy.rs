@@ -85,6 +85,9 @@ pub(crate) struct UpstreamHop<'a> {
     /// The client connection's own upstream connections, when it is served by
     /// [`crate::Gateway::serve`] (not for [`crate::Gateway::handle`]).
     pub(crate) affinity: Option<&'a Affinity>,
+    /// Identity fields the gateway vouches for (`auth_mode = forward`: the front proxy's),
+    /// set after the client's fields were filtered.
+    pub(crate) identity: &'a [(http::HeaderName, HeaderValue)],
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -656,6 +659,9 @@ impl Proxy {
                 && !parts.headers.contains_key(TRANSFER_ENCODING)
                 && body.is_end_stream());
         crate::decide::retain_request_fields(&mut parts.headers, hop.policy, hop.ui);
+        for (name, value) in hop.identity {
+            parts.headers.insert(name.clone(), value.clone());
+        }
         hop.view.apply(&mut parts.headers, hop.prefix);
         parts.headers.insert(REQUEST_ID, rid.clone());
         match &host {

@@ -262,6 +262,46 @@ impl std::fmt::Debug for AppBuilder {
     }
 }
 
+/// With `auth_mode = forward`, Streamlit's `--server.trustedUserHeaders=JSON` for the forward
+/// headers (Streamlit ≥ 1.49 puts them in `st.user` when the WebSocket connects), unless the
+/// Streamlit arguments set it already. Known names get OpenID claim names
+/// (`X-Forwarded-User` → `sub`, `-Email` → `email`, `-Name` → `name`,
+/// `-Preferred-Username` → `preferred_username`, `-Groups` → `groups`); any other header its
+/// lower-case name with `x-forwarded-` dropped and `-` as `_`.
+fn forward_auth_streamlit_arg(s: &Settings) -> Option<String> {
+    if s.auth_mode != fluxlit_config::AuthMode::Forward
+        || s.streamlit_run_cli_args
+            .iter()
+            .any(|a| a.contains("trustedUserHeaders"))
+    {
+        return None;
+    }
+    let mut map = serde_json::Map::new();
+    let names = std::iter::once(&s.auth_forward_user_header).chain(&s.auth_forward_headers);
+    for name in names {
+        let lower = name.trim().to_ascii_lowercase();
+        let key = match lower.as_str() {
+            "x-forwarded-user" => "sub".to_owned(),
+            "x-forwarded-email" => "email".to_owned(),
+            "x-forwarded-name" => "name".to_owned(),
+            "x-forwarded-preferred-username" => "preferred_username".to_owned(),
+            "x-forwarded-groups" => "groups".to_owned(),
+            other => other
+                .strip_prefix("x-forwarded-")
+                .unwrap_or(other)
+                .replace('-', "_"),
+        };
+        // Streamlit refuses two headers for one key: the first wins.
+        if !map.contains_key(&lower) && !map.values().any(|v| v == &key) {
+            map.insert(lower, serde_json::Value::String(key));
+        }
+    }
+    Some(format!(
+        "--server.trustedUserHeaders={}",
+        serde_json::Value::Object(map)
+    ))
+}
+
 /// Where a value the builder overrode came from, in error messages.
 const PROGRAM: &str = "the embedding program";
 
@@ -391,6 +431,9 @@ impl AppBuilder {
             origins,
             keys: Vec::new(),
         };
+        if let Some(arg) = forward_auth_streamlit_arg(&settings) {
+            settings.streamlit_run_cli_args.push(arg);
+        }
         if let Some(raw) = self.root_path {
             settings.root_path =
                 fluxlit_config::normalize_root_path(&raw).map_err(|reason| AppError::Setting {
