@@ -141,24 +141,19 @@ fn fluxlit_toml(profile: Profile) -> String {
         Profile::Minimal => {}
         Profile::AuthReady => s.push_str(
             "\n\
-             # Authentication at the gateway (docs/auth.md). Uncomment one mode.\n\
+             # Authentication at the gateway (docs/auth.md).\n\
              #\n\
              # Behind oauth2-proxy, Pomerium or a cloud load balancer that authenticates users:\n\
-             # trust their identity headers from those peers only.\n\
+             # only the proxy may reach the app, and its identity headers reach the API and\n\
+             # st.user (see api.py's /me).\n\
              # auth_mode = \"forward\"\n\
+             # auth_forward_trusted_cidrs = [\"127.0.0.1\"]   # the proxy's address as FluxLit sees it\n\
+             # auth_forward_user_header = \"X-Forwarded-User\"\n\
              #\n\
-             # Bearer tokens for /api, validated at the gateway:\n\
-             # auth_mode = \"jwt\"\n\
-             # jwt_issuer = \"https://login.example.com/realms/demo\"\n\
-             # jwt_audience = \"my-api\"\n\
-             # jwt_jwks_url = \"https://login.example.com/realms/demo/protocol/openid-connect/certs\"\n\
-             #\n\
-             # Browser login (OIDC, backend-for-frontend): the client secret belongs in the\n\
-             # environment (FLUXLIT_OIDC_CLIENT_SECRET), never in this file.\n\
-             # auth_mode = \"oidc\"\n\
-             # public_base_url = \"https://app.example.com\"\n\
-             # oidc_issuer = \"https://login.example.com/realms/demo\"\n\
-             # oidc_client_id = \"my-app\"\n",
+             # Not in this version yet (refused at start-up): bearer tokens for /api\n\
+             # (auth_mode = \"jwt\", jwt_issuer, jwt_audience, jwt_jwks_url) and the browser login\n\
+             # (auth_mode = \"oidc\", public_base_url, oidc_issuer, oidc_client_id; the client\n\
+             # secret in FLUXLIT_OIDC_CLIENT_SECRET, never in this file).\n",
         ),
         Profile::Deploy => s.push_str(
             "\n\
@@ -184,7 +179,7 @@ fn app_py(profile: Profile) -> String {
             "st.caption(\"Edit app.py and api.py; FluxLit serves both on one port.\")\n"
         }
         Profile::AuthReady => {
-            "st.caption(\"Set auth_mode in fluxlit.toml (see the comments there); /api/me shows the identity the gateway forwards.\")\n"
+            "st.caption(\"Set auth_mode in fluxlit.toml (see the comments there); /api/me shows the identity the gateway forwards.\")\nst.write(\"Signed in as:\", st.user.get(\"email\") or \"nobody (auth_mode is off)\")\n"
         }
         Profile::Deploy => {
             "st.caption(\"Before deploying, run `fluxlit doctor` and `fluxlit config --strict`.\")\n"
@@ -317,7 +312,7 @@ mod tests {
             assert!(get("requirements.txt").contains("fastapi=="));
         }
         let auth = files(Profile::AuthReady);
-        assert!(auth[0].1.contains("# auth_mode = \"jwt\""));
+        assert!(auth[0].1.contains("# auth_mode = \"forward\""));
         assert!(!auth[0].1.contains("\nauth_mode"), "commented out");
     }
 
