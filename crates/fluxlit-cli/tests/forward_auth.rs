@@ -92,3 +92,44 @@ async fn the_front_proxys_user_reaches_st_user_and_the_api() {
         }
     }
 }
+
+/// `fluxlit new --profile auth-ready` in forward mode, in headless Chromium that sends the
+/// identity headers a front proxy would: the page shows the user from `st.user` and the data
+/// its own call to the API got by passing the identity on (docs/auth.md, "Calls from
+/// Streamlit to the API").
+#[tokio::test]
+async fn the_auth_ready_scaffold_works_behind_a_front_proxy_in_a_browser() {
+    let dir = fluxlit_testkit::TempDir::new("auth-ready");
+    std::fs::remove_dir(dir.path()).unwrap();
+    let dest = dir.path().display().to_string();
+    let parent = dir.path().parent().unwrap().to_path_buf();
+    let out = support::command(&parent, &["new", &dest, "--profile", "auth-ready"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let env = [
+        ("FLUXLIT_AUTH_MODE", "forward"),
+        ("FLUXLIT_AUTH_FORWARD_TRUSTED_CIDRS", "127.0.0.1"),
+    ];
+    let gw = Fluxlit::start_with_env(dir, &[], &env).await;
+    gw.wait_ready("/api/readyz").await;
+    let mut browser = fluxlit_testkit::cdp::Browser::launch().await;
+    let page = browser
+        .open_with_headers(
+            &gw.url("/"),
+            serde_json::json!({"X-Forwarded-User": "ada-sub", "X-Forwarded-Email": "ada@example.com"}),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = browser.text(&page).await;
+        if text.contains("ada@example.com") && text.contains("Grace") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never showed the user and the API's data; it shows: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -154,6 +154,24 @@ impl Browser {
         }
     }
 
+    /// Opens `url` in a new tab that sends `headers` (name → value) with every request it
+    /// makes, WebSocket handshakes included (`Network.setExtraHTTPHeaders`), as a front proxy
+    /// adds them.
+    pub async fn open_with_headers(&mut self, url: &str, headers: Value) -> Page {
+        let page = self.open("about:blank").await;
+        self.call(Some(&page.session), "Network.enable", json!({}))
+            .await;
+        self.call(
+            Some(&page.session),
+            "Network.setExtraHTTPHeaders",
+            json!({ "headers": headers }),
+        )
+        .await;
+        self.call(Some(&page.session), "Page.navigate", json!({ "url": url }))
+            .await;
+        page
+    }
+
     /// Evaluates `expression` in the page and returns its value (promises awaited).
     pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {
         let r = self

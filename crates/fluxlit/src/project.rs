@@ -185,6 +185,21 @@ fn app_py(profile: Profile) -> String {
             "st.caption(\"Before deploying, run `fluxlit doctor` and `fluxlit config --strict`.\")\n"
         }
     };
+    // With auth_mode = forward the page's own calls to the API go through the gateway from
+    // 127.0.0.1 and need the user's identity headers, which Streamlit saw on the WebSocket
+    // handshake (docs/auth.md, "Calls from Streamlit to the API").
+    let identity = match profile {
+        Profile::AuthReady => {
+            "{k: v for k, v in st.context.headers.items() if k.lower() in IDENTITY_HEADERS}"
+        }
+        _ => "{}",
+    };
+    let identity_names = match profile {
+        Profile::AuthReady => {
+            "\n# The user's identity, as the gateway set it on the WebSocket handshake\n# (auth_mode = forward), passed on to the API.\nIDENTITY_HEADERS = {\"x-forwarded-user\", \"x-forwarded-email\", \"x-forwarded-name\", \"x-forwarded-preferred-username\", \"x-forwarded-groups\"}\n"
+        }
+        _ => "",
+    };
     format!(
         r#""""{title}: a Streamlit page that calls its API through the FluxLit gateway."""
 
@@ -195,7 +210,7 @@ import os
 import urllib.request
 
 import streamlit as st
-
+{identity_names}
 {config}st.title("{title}")
 
 # FluxLit gives Streamlit the API's loopback URL (e.g. http://127.0.0.1:8000/api).
@@ -204,7 +219,8 @@ if not api_base:
     st.error("FLUXLIT_INTERNAL_API_BASE is not set: start this app with `fluxlit run`.")
 else:
     try:
-        with urllib.request.urlopen(f"{{api_base}}/{route}", timeout=5) as response:
+        request = urllib.request.Request(f"{{api_base}}/{route}", headers={identity})
+        with urllib.request.urlopen(request, timeout=5) as response:
             data = json.load(response)
     except Exception as exc:  # noqa: BLE001 - shown on the page
         st.error(f"Could not call {{api_base}}/{route}: {{exc}}")
