@@ -15,6 +15,39 @@ use std::str::FromStr;
 /// The versions every new project pins: the example's, tested end to end in CI.
 const REQUIREMENTS: &str = include_str!("../../../examples/hello/requirements.txt");
 
+/// The Kubernetes manifests the `deploy` profile writes under `kubernetes/`: those of
+/// `examples/kubernetes/`, which `cargo xtask k8s` validates in CI.
+const KUBERNETES: [(&str, &str); 7] = [
+    (
+        "kubernetes/README.md",
+        include_str!("../../../examples/kubernetes/README.md"),
+    ),
+    (
+        "kubernetes/kustomization.yaml",
+        include_str!("../../../examples/kubernetes/kustomization.yaml"),
+    ),
+    (
+        "kubernetes/deployment.yaml",
+        include_str!("../../../examples/kubernetes/deployment.yaml"),
+    ),
+    (
+        "kubernetes/service.yaml",
+        include_str!("../../../examples/kubernetes/service.yaml"),
+    ),
+    (
+        "kubernetes/pdb.yaml",
+        include_str!("../../../examples/kubernetes/pdb.yaml"),
+    ),
+    (
+        "kubernetes/ingress.yaml",
+        include_str!("../../../examples/kubernetes/ingress.yaml"),
+    ),
+    (
+        "kubernetes/hpa.yaml",
+        include_str!("../../../examples/kubernetes/hpa.yaml"),
+    ),
+];
+
 /// What a new project contains beyond the common files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
@@ -24,8 +57,9 @@ pub enum Profile {
     /// Minimal plus the authentication settings, commented out, in `fluxlit.toml` (`GET
     /// /public`, and a `GET /me` that shows the identity headers the gateway forwards).
     AuthReady,
-    /// Minimal plus what deployment needs: a wide page (`GET /items`) and the production
-    /// settings in `fluxlit.toml` (JSON access log, metrics, host 0.0.0.0 via the environment).
+    /// Minimal plus what deployment needs: a wide page (`GET /items`), the production settings
+    /// in `fluxlit.toml` (JSON access log, metrics, host 0.0.0.0 via the environment) and the
+    /// Kubernetes manifests under `kubernetes/` (those of `examples/kubernetes/`).
     Deploy,
 }
 
@@ -95,14 +129,18 @@ pub enum NewError {
 
 /// The files of a new project with `profile`, as (relative path, contents).
 pub fn files(profile: Profile) -> Vec<(&'static str, String)> {
-    vec![
+    let mut files = vec![
         ("fluxlit.toml", fluxlit_toml(profile)),
         ("app.py", app_py(profile)),
         ("api.py", api_py(profile)),
         ("requirements.txt", REQUIREMENTS.to_owned()),
         (".gitignore", GITIGNORE.to_owned()),
         ("README.md", readme(profile)),
-    ]
+    ];
+    if profile == Profile::Deploy {
+        files.extend(KUBERNETES.iter().map(|(p, t)| (*p, (*t).to_owned())));
+    }
+    files
 }
 
 /// Creates `dest` (with parents) and writes [`files`] into it. Refuses when `dest` exists,
@@ -118,6 +156,9 @@ pub fn create(dest: &Path, profile: Profile) -> Result<(), NewError> {
     std::fs::create_dir_all(dest).map_err(write_err(dest))?;
     for (name, text) in files(profile) {
         let path = dest.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+        }
         std::fs::write(&path, text).map_err(write_err(&path))?;
     }
     Ok(())
@@ -327,6 +368,17 @@ mod tests {
             assert!(get("requirements.txt").contains("streamlit=="));
             assert!(get("requirements.txt").contains("fastapi=="));
         }
+        let deploy = files(Profile::Deploy);
+        assert!(
+            deploy
+                .iter()
+                .any(|(n, t)| *n == "kubernetes/deployment.yaml" && t.contains("kind: Deployment"))
+        );
+        assert!(
+            !files(Profile::Minimal)
+                .iter()
+                .any(|(n, _)| n.starts_with("kubernetes/"))
+        );
         let auth = files(Profile::AuthReady);
         assert!(auth[0].1.contains("# auth_mode = \"forward\""));
         assert!(!auth[0].1.contains("\nauth_mode"), "commented out");
