@@ -1,8 +1,14 @@
-//! `fluxlit doctor`.
+//! `fluxlit doctor [TARGET] [--json] [--strict] [--warnings-only] [--verbose]`: one
+//! PASS/WARN/FAIL row per check (`fluxlit_doctor`).
+//!
+//! Exit codes (reference §1.6): 1 when a row is FAIL and `--warnings-only` is not given (and
+//! when the working directory or the async runtime is unavailable), else 0; 2 for usage errors
+//! (clap).
 
 use std::process::ExitCode;
 
 use fluxlit_config::Environment;
+use fluxlit_doctor::Options;
 
 use crate::DoctorArgs;
 
@@ -24,7 +30,12 @@ pub(crate) fn main(args: DoctorArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let report = runtime.block_on(fluxlit_doctor::diagnose(&opts));
+    let options = Options {
+        strict: args.strict,
+        warnings_only: args.warnings_only,
+        verbose: args.verbose,
+    };
+    let report = runtime.block_on(fluxlit_doctor::diagnose_with(&opts, &options));
     if args.json {
         println!("{}", report.to_json());
     } else {

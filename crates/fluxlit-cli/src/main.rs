@@ -183,9 +183,22 @@ struct ConfigCmdArgs {
 struct DoctorArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Print the report as JSON.
+    /// Print the report as one line of JSON: status, target, warnings_only, checks[{name,
+    /// status, detail}] (and verbose).
     #[arg(long)]
     json: bool,
+    /// Turn the WARN rows FluxLit for Python upgrades into FAIL: oauth_public_base_url,
+    /// proxy_headers, forwarded_allow_ips, gateway_max_proxy_body, public_base_url (path
+    /// mismatch), gateway_upstream_timeouts, gateway_forward_rejected_names, security_headers,
+    /// public_base_url_precedence.
+    #[arg(long)]
+    strict: bool,
+    /// Exit 0 even when a row is FAIL (the rows are still printed; JSON status is "warn").
+    #[arg(long)]
+    warnings_only: bool,
+    /// Add the effective configuration, secrets redacted, with where each value came from.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 fn main() -> ExitCode {

@@ -19,6 +19,8 @@
 //!
 //! With [`Options::strict`] the rows FluxLit for Python upgrades turn from WARN to FAIL
 //! ([`STRICT_ROWS`]). The report is FAIL when any row is, unless [`Options::warnings_only`].
+//! [`Options::verbose`] adds the effective configuration with each value's source, secrets
+//! redacted ([`verbose`]).
 //!
 //! ```no_run
 //! # async fn run() {
@@ -31,6 +33,7 @@
 
 pub mod config_rows;
 mod runtime_rows;
+pub mod verbose;
 
 use fluxlit_config::LoadOptions;
 use fluxlit_config::findings::{Finding, Level};
@@ -91,6 +94,9 @@ pub struct Options {
     pub strict: bool,
     /// `--warnings-only`: FAIL rows do not make the report fail (exit 0, status `warn`).
     pub warnings_only: bool,
+    /// `--verbose`: add the effective configuration, secrets redacted, with each value's
+    /// source ([`Report::verbose`]).
+    pub verbose: bool,
 }
 
 /// All checks.
@@ -102,6 +108,9 @@ pub struct Report {
     pub warnings_only: bool,
     /// The rows, in order.
     pub checks: Vec<Check>,
+    /// With [`Options::verbose`]: the effective configuration ([`verbose::snapshot`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbose: Option<serde_json::Value>,
     #[serde(skip)]
     strict: bool,
 }
@@ -187,16 +196,19 @@ impl Report {
         }
     }
 
-    /// `{"status", "target", "warnings_only", "checks": [{"name", "status", "detail"}]}` on
-    /// one line (reference §1.6.2).
+    /// `{"status", "target", "warnings_only", "checks": [{"name", "status", "detail"}]}`, and
+    /// `verbose` with [`Options::verbose`], on one line (reference §1.6.2).
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "status": self.status(),
             "target": self.target,
             "warnings_only": self.warnings_only,
             "checks": self.checks,
-        })
-        .to_string()
+        });
+        if let (Some(verbose), Some(obj)) = (&self.verbose, v.as_object_mut()) {
+            obj.insert("verbose".into(), verbose.clone());
+        }
+        v.to_string()
     }
 
     /// `FluxLit doctor`, a blank line, then one `STATUS  name: detail` line per row.
@@ -209,6 +221,10 @@ impl Report {
                 c.name,
                 c.detail
             ));
+        }
+        if let Some(v) = &self.verbose {
+            s.push('\n');
+            s.push_str(&verbose::to_text(v));
         }
         s
     }
@@ -228,10 +244,17 @@ pub async fn diagnose_with(opts: &LoadOptions, options: &Options) -> Report {
         Ok(l) => l,
         Err(e) => {
             r.fail("config", e.to_string());
+            if options.verbose {
+                r.verbose =
+                    Some(serde_json::json!({"resolved_target": null, "config_failed": true}));
+            }
             return r;
         }
     };
     r.target = loaded.settings.target.clone();
+    if options.verbose {
+        r.verbose = Some(verbose::snapshot(opts, &loaded));
+    }
     r.pass(
         "config",
         match &loaded.project_file {
