@@ -49,7 +49,7 @@ pub(crate) fn main(args: ConfigCmdArgs, env: Environment) -> ExitCode {
         }
     };
     let found = findings(&loaded, &env);
-    let settings = serde_json::to_value(&loaded.settings).unwrap_or(Value::Null);
+    let settings = fluxlit_config::redact::settings_json(&loaded.settings);
     let failed = found.iter().any(|f| f.level == Level::Error || args.strict);
     let s = &loaded.settings;
     let derived_api_base = format!("http://127.0.0.1:{}{}", s.gateway_port, s.api_mount_path);

@@ -1,8 +1,14 @@
-//! `fluxlit doctor`.
+//! `fluxlit doctor [TARGET] [--json] [--strict] [--warnings-only] [--verbose]`: one
+//! PASS/WARN/FAIL row per check (`fluxlit_doctor`).
+//!
+//! Exit codes (reference §1.6): 1 when a row is FAIL and `--warnings-only` is not given (and
+//! when the working directory or the async runtime is unavailable), else 0; 2 for usage errors
+//! (clap).
 
 use std::process::ExitCode;
 
 use fluxlit_config::{Environment, LoadOptions};
+use fluxlit_doctor::Options;
 use fluxlit_doctor::live::LiveOptions;
 
 use super::DoctorArgs;
@@ -25,6 +31,11 @@ pub(crate) fn main(args: DoctorArgs, env: Environment) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let options = Options {
+        strict: args.strict,
+        warnings_only: args.warnings_only,
+        verbose: args.verbose,
+    };
     let report = match &args.live {
         Some(url) => {
             let live = match live_options(url, &opts) {
@@ -36,7 +47,7 @@ pub(crate) fn main(args: DoctorArgs, env: Environment) -> ExitCode {
             };
             runtime.block_on(fluxlit_doctor::live::check_live(&live))
         }
-        None => runtime.block_on(fluxlit_doctor::diagnose(&opts)),
+        None => runtime.block_on(fluxlit_doctor::diagnose_with(&opts, &options)),
     };
     if args.json {
         println!("{}", report.to_json());

@@ -239,7 +239,8 @@ struct ConfigCmdArgs {
 struct DoctorArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Print the report as JSON.
+    /// Print the report as one line of JSON: status, target, warnings_only, checks[{name,
+    /// status, detail}] (and verbose).
     #[arg(long)]
     json: bool,
     /// Check a running deployment from the outside, as a browser would: health, readiness,
@@ -248,6 +249,18 @@ struct DoctorArgs {
     /// project's gateway on loopback.
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
     live: Option<String>,
+    /// Turn the WARN rows FluxLit for Python upgrades into FAIL: oauth_public_base_url,
+    /// proxy_headers, forwarded_allow_ips, gateway_max_proxy_body, public_base_url (path
+    /// mismatch), gateway_upstream_timeouts, gateway_forward_rejected_names, security_headers,
+    /// public_base_url_precedence.
+    #[arg(long)]
+    strict: bool,
+    /// Exit 0 even when a row is FAIL (the rows are still printed; JSON status is "warn").
+    #[arg(long)]
+    warnings_only: bool,
+    /// Add the effective configuration, secrets redacted, with where each value came from.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 /// The program of both `fluxlit` and (in the wheel) `fluxlit-rs` (`src/bin/fluxlit-rs.rs`).

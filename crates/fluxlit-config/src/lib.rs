@@ -31,6 +31,7 @@
 mod file;
 pub mod findings;
 mod paths;
+pub mod redact;
 pub mod schema;
 pub mod value;
 

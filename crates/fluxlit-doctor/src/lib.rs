@@ -1,11 +1,26 @@
 //! FluxLit's diagnostics: `fluxlit doctor` checks a project's configuration and runtime
 //! prerequisites and reports one PASS/WARN/FAIL row per check.
 //!
-//! Rows, in order: `config` (loads without problems), one `config_warning` per loader warning,
-//! `target` (the Streamlit script exists; for a FluxLit-for-Python app, `module:attr`, that the
-//! interpreter has the package `fluxlit` and finds the module), `python` (the interpreter runs), `streamlit`
-//! (`python -m streamlit version` works), `api` (how the API is provided), `gateway_bind` (the
-//! public address can be bound now). The report is FAIL when any row is.
+//! Row names are FluxLit for Python's (reference §9.1), so CI pipelines that grep them keep
+//! working; rows about Python imports have no counterpart, and the Python-environment rows
+//! check what FluxLit runs instead (the interpreter, Streamlit, the API command's program, the
+//! target script). In order:
+//!
+//! - `config` (the settings load), one `config_warning` per `fluxlit config` finding that no
+//!   row below reports;
+//! - what runs: `python_version`, `streamlit_version`, `target` (a script) or `import_target`
+//!   (a FluxLit-for-Python app, `module:attr`), `api`, `gateway_bind` (FAIL when the address
+//!   cannot be bound now);
+//! - configuration, proxy and URL rows ([`config_rows`]): `FLUXLIT_INTERNAL_API_BASE`,
+//!   `config.*`, `public_base_url*`, `oauth_public_base_url`, `proxy_headers`,
+//!   `forwarded_allow_ips`, `gateway_max_proxy_body`, `readiness_route`, `l7_websocket`,
+//!   `gateway_upstream_timeouts`, `gateway_forward_*`, `streamlit_upstream*`,
+//!   `security_headers`.
+//!
+//! With [`Options::strict`] the rows FluxLit for Python upgrades turn from WARN to FAIL
+//! ([`STRICT_ROWS`]). The report is FAIL when any row is, unless [`Options::warnings_only`].
+//! [`Options::verbose`] adds the effective configuration with each value's source, secrets
+//! redacted ([`verbose`]).
 //!
 //! ```no_run
 //! # async fn run() {
@@ -16,17 +31,17 @@
 //! # }
 //! ```
 
+pub mod config_rows;
 pub mod live;
-
-use std::ffi::OsStr;
-use std::path::Path;
-use std::time::Duration;
+mod runtime_rows;
+pub mod verbose;
 
 use fluxlit_config::LoadOptions;
+use fluxlit_config::findings::{Finding, Level};
 use serde::Serialize;
 
 /// A row's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     /// Fine.
@@ -37,10 +52,21 @@ pub enum Status {
     Fail,
 }
 
+impl Status {
+    /// `PASS`, `WARN` or `FAIL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
 /// One check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// Stable name.
+    /// Stable name (reference §9.1 where FluxLit for Python has the row).
     pub name: &'static str,
     /// Verdict.
     pub status: Status,
@@ -48,265 +74,210 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The rows `--strict` upgrades from WARN to FAIL (reference §9.1). `public_base_url` is
+/// upgraded only for a path that differs from the root path.
+pub const STRICT_ROWS: &[&str] = &[
+    "oauth_public_base_url",
+    "proxy_headers",
+    "forwarded_allow_ips",
+    "gateway_max_proxy_body",
+    "public_base_url",
+    "gateway_upstream_timeouts",
+    "gateway_forward_rejected_names",
+    "security_headers",
+    "public_base_url_precedence",
+];
+
+/// How to run the checks (`fluxlit doctor` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--strict`: the WARN rows of [`STRICT_ROWS`] are FAIL.
+    pub strict: bool,
+    /// `--warnings-only`: FAIL rows do not make the report fail (exit 0, status `warn`).
+    pub warnings_only: bool,
+    /// `--verbose`: add the effective configuration, secrets redacted, with each value's
+    /// source ([`Report::verbose`]).
+    pub verbose: bool,
+}
+
 /// All checks.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// The target as resolved (`target` setting), empty when the configuration did not load.
+    pub target: String,
+    /// Whether FAIL rows are reported without failing ([`Options::warnings_only`]).
+    pub warnings_only: bool,
     /// The rows, in order.
     pub checks: Vec<Check>,
+    /// With [`Options::verbose`]: the effective configuration ([`verbose::snapshot`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbose: Option<serde_json::Value>,
+    #[serde(skip)]
+    strict: bool,
 }
 
 impl Report {
-    fn push(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
+    fn new(options: &Options) -> Self {
+        Report {
+            warnings_only: options.warnings_only,
+            strict: options.strict,
+            ..Report::default()
+        }
+    }
+
+    /// Adds a row. Secrets in URLs (`user:password@`) never reach a detail.
+    pub(crate) fn push(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
         self.checks.push(Check {
             name,
             status,
-            detail: detail.into(),
+            detail: fluxlit_config::redact::redact_url_passwords(&detail.into()),
         });
     }
 
-    /// Whether any row failed.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Status::Pass, detail);
+    }
+
+    pub(crate) fn warn(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Status::Warn, detail);
+    }
+
+    pub(crate) fn fail(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Status::Fail, detail);
+    }
+
+    /// A WARN row that `--strict` makes FAIL (one of [`STRICT_ROWS`]).
+    pub(crate) fn warn_strict(&mut self, name: &'static str, detail: impl Into<String>) {
+        debug_assert!(STRICT_ROWS.contains(&name), "{name} is not a strict row");
+        if self.strict {
+            let detail = detail.into() + " (FAIL because of --strict)";
+            self.push(name, Status::Fail, detail);
+        } else {
+            self.push(name, Status::Warn, detail);
+        }
+    }
+
+    /// A row from `fluxlit config` findings: FAIL for an error, WARN (or FAIL with `--strict`
+    /// when `strict`) for a warning; the messages joined.
+    pub(crate) fn findings_row(&mut self, name: &'static str, found: &[&Finding], strict: bool) {
+        let detail = found
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if found.iter().any(|f| f.level == Level::Error) {
+            self.fail(name, detail);
+        } else if strict {
+            self.warn_strict(name, detail);
+        } else {
+            self.warn(name, detail);
+        }
+    }
+
+    /// Whether any row failed (regardless of [`Options::warnings_only`]).
+    pub fn any_failed(&self) -> bool {
         self.checks.iter().any(|c| c.status == Status::Fail)
     }
 
-    /// `pass`, `warn` or `fail` for the whole report.
+    /// Whether the report fails (`fluxlit doctor` exits 1): a row failed and
+    /// [`Options::warnings_only`] is off.
+    pub fn failed(&self) -> bool {
+        self.any_failed() && !self.warnings_only
+    }
+
+    /// `fail` when the report fails; `warn` when a row is WARN, or FAIL under
+    /// `--warnings-only`; else `pass` (reference §1.6.2).
     pub fn status(&self) -> &'static str {
         if self.failed() {
             "fail"
-        } else if self.checks.iter().any(|c| c.status == Status::Warn) {
+        } else if self.checks.iter().any(|c| c.status != Status::Pass) {
             "warn"
         } else {
             "pass"
         }
     }
 
-    /// `{"status": "...", "checks": [{"name", "status", "detail"}]}`.
+    /// `{"status", "target", "warnings_only", "checks": [{"name", "status", "detail"}]}`, and
+    /// `verbose` with [`Options::verbose`], on one line (reference §1.6.2).
     pub fn to_json(&self) -> String {
-        serde_json::json!({"status": self.status(), "checks": self.checks}).to_string()
+        let mut v = serde_json::json!({
+            "status": self.status(),
+            "target": self.target,
+            "warnings_only": self.warnings_only,
+            "checks": self.checks,
+        });
+        if let (Some(verbose), Some(obj)) = (&self.verbose, v.as_object_mut()) {
+            obj.insert("verbose".into(), verbose.clone());
+        }
+        v.to_string()
     }
 
-    /// `FluxLit doctor`, then one `STATUS  name: detail` line per row.
+    /// `FluxLit doctor`, a blank line, then one `STATUS  name: detail` line per row.
     pub fn to_text(&self) -> String {
         let mut s = String::from("FluxLit doctor\n\n");
         for c in &self.checks {
-            let st = match c.status {
-                Status::Pass => "PASS",
-                Status::Warn => "WARN",
-                Status::Fail => "FAIL",
-            };
-            s.push_str(&format!("{st:4}  {}: {}\n", c.name, c.detail));
+            s.push_str(&format!(
+                "{:4}  {}: {}\n",
+                c.status.as_str(),
+                c.name,
+                c.detail
+            ));
+        }
+        if let Some(v) = &self.verbose {
+            s.push('\n');
+            s.push_str(&verbose::to_text(v));
         }
         s
     }
 }
 
-/// Runs every check. Never fails: problems are rows.
+/// Runs every check with default [`Options`]. Never fails: problems are rows.
 pub async fn diagnose(opts: &LoadOptions) -> Report {
-    let mut r = Report::default();
+    diagnose_with(opts, &Options::default()).await
+}
+
+/// Runs every check. Never fails: problems are rows. Takes up to a few seconds: it runs the
+/// Python interpreter twice (`--version`, `-m streamlit version`, 30 s timeout each) and opens
+/// TCP connections to configured upstreams (250 ms timeout each).
+pub async fn diagnose_with(opts: &LoadOptions, options: &Options) -> Report {
+    let mut r = Report::new(options);
     let loaded = match fluxlit_config::load(opts) {
         Ok(l) => l,
         Err(e) => {
-            r.push("config", Status::Fail, e.to_string());
+            r.fail("config", e.to_string());
+            if options.verbose {
+                r.verbose =
+                    Some(serde_json::json!({"resolved_target": null, "config_failed": true}));
+            }
             return r;
         }
     };
-    let s = &loaded.settings;
-    r.push(
+    r.target = loaded.settings.target.clone();
+    if options.verbose {
+        r.verbose = Some(verbose::snapshot(opts, &loaded));
+    }
+    r.pass(
         "config",
-        Status::Pass,
         match &loaded.project_file {
             Some(p) => format!("loaded; project file {}", p.display()),
             None => "loaded; no project file (defaults, environment and flags only)".to_owned(),
         },
     );
-    for w in &loaded.warnings {
-        r.push(
-            "config_warning",
-            Status::Warn,
-            format!("{}: {}", w.code, w.message),
-        );
-    }
-
-    let target = opts.cwd.join(&s.target);
-    let python_app = fluxlit::pyapp::PythonTarget::parse(&s.target, &opts.cwd);
-    if let Ok(Some(t)) = &python_app {
-        let path = opts
-            .env
-            .get("PATH")
-            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-        match fluxlit::pyapp::probe(Path::new(&s.streamlit_python), &opts.cwd, path, t) {
-            Ok(package) => r.push(
-                "target",
-                Status::Pass,
-                format!(
-                    "FluxLit-for-Python app {} (fluxlit {} for {}; its API is served with uvicorn, its pages by {})",
-                    t.as_str(),
-                    package.version,
-                    s.streamlit_python,
-                    package.entry.display()
-                ),
-            ),
-            Err(problem) => r.push(
-                "target",
-                Status::Fail,
-                format!("{:?} (target from {}) {problem}", t.as_str(), loaded.origin("target")),
-            ),
+    let found = fluxlit_config::findings::findings(&loaded, &opts.env);
+    for f in found
+        .iter()
+        .filter(|f| config_rows::row_of(f.code).is_none())
+    {
+        let detail = format!("{}: {}", f.code, f.message);
+        match f.level {
+            Level::Error => r.fail("config_warning", detail),
+            Level::Warn => r.warn("config_warning", detail),
         }
-    } else if let Err(problem) = &python_app {
-        r.push(
-            "target",
-            Status::Fail,
-            format!(
-                "{:?} (target from {}) {problem}",
-                s.target,
-                loaded.origin("target")
-            ),
-        );
-    } else if target.is_file() {
-        r.push("target", Status::Pass, target.display().to_string());
-    } else {
-        r.push(
-            "target",
-            Status::Fail,
-            format!(
-                "{} does not exist (target from {}); pass the script as `fluxlit run app.py`",
-                target.display(),
-                loaded.origin("target")
-            ),
-        );
     }
-
-    let python = OsStr::new(&s.streamlit_python);
-    let timeout = Duration::from_secs(30);
-    match fluxlit_sidecar::capture(python, &["--version"], timeout).await {
-        Ok(c) if c.exit.code == Some(0) => {
-            r.push(
-                "python",
-                Status::Pass,
-                format!(
-                    "{} ({}; from {})",
-                    s.streamlit_python,
-                    (c.stdout.trim().to_owned() + c.stderr.trim()),
-                    loaded.origin("streamlit_python")
-                ),
-            );
-            match fluxlit_sidecar::capture(python, &["-m", "streamlit", "version"], timeout).await {
-                Ok(c) if c.exit.code == Some(0) => r.push("streamlit", Status::Pass, c.stdout.trim().to_owned()),
-                Ok(c) => r.push("streamlit", Status::Fail, format!("`{} -m streamlit version` failed ({}): {}; install it with `{} -m pip install streamlit`", s.streamlit_python, c.exit, c.stderr.trim(), s.streamlit_python)),
-                Err(e) => r.push("streamlit", Status::Fail, format!("`{} -m streamlit version`: {e}", s.streamlit_python)),
-            }
-        }
-        Ok(c) => r.push(
-            "python",
-            Status::Fail,
-            format!("{} --version failed ({})", s.streamlit_python, c.exit),
-        ),
-        Err(e) => r.push(
-            "python",
-            Status::Fail,
-            format!(
-                "cannot run {} (from {}): {e}; create the venv or set FLUXLIT_STREAMLIT_PYTHON",
-                s.streamlit_python,
-                loaded.origin("streamlit_python")
-            ),
-        ),
-    }
-
-    match (&s.api_command, &s.api_upstream) {
-        (Some(cmd), _) => r.push("api", Status::Pass, format!("FluxLit starts and supervises `{cmd}` (from {})", loaded.origin("api_command"))),
-        (None, Some(url)) => r.push("api", Status::Pass, format!("proxied to {url} (from {})", loaded.origin("api_upstream"))),
-        (None, None) if matches!(python_app, Ok(Some(_))) => r.push("api", Status::Pass, format!("FluxLit serves the FluxLit-for-Python app's FastAPI object (app.api) with uvicorn under {}", s.api_mount_path)),
-        (None, None) => r.push("api", Status::Warn, format!("no API configured: {}/… answers 404 except healthz and readyz; set api_command or api_upstream", s.api_mount_path)),
-    }
-
-    let bind = format!("{}:{}", s.gateway_host, s.gateway_port);
-    match std::net::TcpListener::bind(&bind) {
-        Ok(_) => r.push("gateway_bind", Status::Pass, format!("{bind} is free")),
-        Err(e) => r.push(
-            "gateway_bind",
-            Status::Warn,
-            format!("{bind} cannot be bound now ({e}); is FluxLit already running?"),
-        ),
-    }
+    runtime_rows::check(&mut r, opts, &loaded).await;
+    config_rows::check(&mut r, opts, &loaded, &found).await;
     r
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use fluxlit_config::{CliOverrides, Environment};
-
-    #[tokio::test]
-    async fn reports_missing_target_and_python() {
-        let dir = std::env::temp_dir().join(format!("fluxlit-doctor-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let env = Environment::from_pairs([
-            ("FLUXLIT_STREAMLIT_PYTHON", "/nonexistent/python"),
-            ("FLUXLIT_GATEWAY_PORT", "0"),
-        ]);
-        let r = diagnose(&LoadOptions::new(&dir, env, CliOverrides::default())).await;
-        let by = |n: &str| r.checks.iter().find(|c| c.name == n).unwrap().status;
-        assert_eq!(by("config"), Status::Pass);
-        assert_eq!(by("target"), Status::Fail);
-        assert_eq!(by("python"), Status::Fail);
-        assert_eq!(by("api"), Status::Warn);
-        assert_eq!(by("gateway_bind"), Status::Pass);
-        assert!(r.failed());
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&r.to_json()).unwrap()["status"],
-            "fail"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn checks_a_fluxlit_for_python_target() {
-        let dir = std::env::temp_dir().join(format!("fluxlit-doctor-py-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let row = |target: &'static str, python: &'static str| {
-            let env = Environment::from_pairs([
-                ("FLUXLIT_TARGET", target),
-                ("FLUXLIT_STREAMLIT_PYTHON", python),
-                ("FLUXLIT_GATEWAY_PORT", "0"),
-            ]);
-            let opts = LoadOptions::new(&dir, env, CliOverrides::default());
-            async move {
-                let r = diagnose(&opts).await;
-                let by = |n: &str| r.checks.iter().find(|c| c.name == n).cloned().unwrap();
-                (by("target"), by("api"))
-            }
-        };
-        let (target, api) = row("app:app", "/nonexistent/python").await;
-        assert_eq!(target.status, Status::Fail);
-        assert!(
-            target
-                .detail
-                .contains("cannot run the Python interpreter /nonexistent/python"),
-            "{}",
-            target.detail
-        );
-        assert_eq!(api.status, Status::Pass, "{}", api.detail);
-        assert!(api.detail.contains("app.api"), "{}", api.detail);
-        let (target, _) = row("app:", "python3").await;
-        assert_eq!(target.status, Status::Fail);
-        assert!(
-            target.detail.contains("must look like 'module:attr'"),
-            "{}",
-            target.detail
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn config_errors_are_a_failed_row() {
-        let env = Environment::from_pairs([("FLUXLIT_GATEWAY_PORT", "eighty")]);
-        let r = diagnose(&LoadOptions::new(
-            &std::env::temp_dir(),
-            env,
-            CliOverrides::default(),
-        ))
-        .await;
-        assert_eq!(r.checks.len(), 1);
-        assert!(r.checks[0].detail.contains("FLUXLIT_GATEWAY_PORT"));
-    }
-}
+mod tests;

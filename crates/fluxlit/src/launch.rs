@@ -417,6 +417,106 @@ pub(crate) fn uses_shell_syntax(line: &str) -> bool {
     false
 }
 
+/// The program `fluxlit run` executes for `api_command`, as [`find_api_program`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiProgram {
+    /// The program's first word as written (`sh` when the line uses shell syntax).
+    pub program: String,
+    /// Whether the line runs under `sh -c` because it uses shell syntax (`;`, `&&`, `|`,
+    /// `$VAR`, redirections, globs); a SIGKILLed gateway then takes only `sh` with it.
+    pub shell: bool,
+    /// The executable file the program resolves to.
+    pub path: PathBuf,
+}
+
+/// Finds the program `api_command` starts, the way `fluxlit run` starts it, without running
+/// it: the placeholders are expanded (`{port}` with a stand-in port), the line is split as
+/// [`split_command`] does (shell syntax means `sh -c`), and a program without `/` is looked up
+/// on the sidecars' `PATH`: the Python interpreter's directory first, then `path` (the
+/// gateway's `PATH`, `/usr/local/bin:/usr/bin:/bin` when unset). Relative names and `PATH`
+/// entries resolve against `cwd`, the sidecars' working directory.
+///
+/// # Errors
+/// A sentence naming the command and what is wrong: it cannot be split (an unclosed quote),
+/// it is empty, its program is on no `PATH` directory (they are listed), or the file is not
+/// executable.
+pub fn find_api_program(
+    settings: &Settings,
+    command: &str,
+    python: &Path,
+    path: Option<&str>,
+    cwd: &Path,
+) -> Result<ApiProgram, String> {
+    let mount = settings.public_mount();
+    let api_prefix = format!("{mount}{}", settings.api_mount_path);
+    let line = expand_api_command(
+        command,
+        &ApiPlaceholders {
+            port: 8001,
+            root_path: mount,
+            api_prefix: &api_prefix,
+        },
+    );
+    let shell = uses_shell_syntax(&line);
+    let program = if shell {
+        "sh".to_owned()
+    } else {
+        let words = shlex::split(&line).ok_or_else(|| {
+            format!("`{command}` cannot be split into words (an unclosed quote?)")
+        })?;
+        words
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the command is empty".to_owned())?
+    };
+    let search = child_path(path, python.parent().filter(|p| !p.as_os_str().is_empty()));
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![cwd.join(&program)]
+    } else {
+        search
+            .split(':')
+            .map(|dir| {
+                cwd.join(if dir.is_empty() { "." } else { dir })
+                    .join(&program)
+            })
+            .collect()
+    };
+    let mut not_executable = None;
+    for candidate in candidates {
+        if candidate.is_file() {
+            if is_executable(&candidate) {
+                return Ok(ApiProgram {
+                    program,
+                    shell,
+                    path: candidate,
+                });
+            }
+            not_executable.get_or_insert(candidate);
+        }
+    }
+    Err(match not_executable {
+        Some(file) => format!(
+            "`{program}` is {}, which is not executable (chmod +x it)",
+            file.display()
+        ),
+        None if program.contains('/') => format!("`{program}` does not exist in {}", cwd.display()),
+        None => format!(
+            "`{program}` is not on the sidecars' PATH ({search}); install it in the interpreter's environment or name it with its path"
+        ),
+    })
+}
+
+#[cfg(unix)]
+fn is_executable(file: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(file: &Path) -> bool {
+    file.is_file()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -442,6 +542,62 @@ mod tests {
             (p.as_os_str(), a[1].as_os_str()),
             ("python".as_ref(), "print(1)".as_ref())
         );
+    }
+
+    #[test]
+    fn api_programs_are_found_as_run_finds_them() {
+        let dir = std::env::temp_dir().join(format!("fluxlit-api-program-{}", std::process::id()));
+        let bin = dir.join("venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = bin.join("my-api");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        let plain = dir.join("plain.txt");
+        std::fs::write(&plain, "").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let s = fluxlit_config::load(&fluxlit_config::LoadOptions::new(
+            &dir,
+            fluxlit_config::Environment::default(),
+            fluxlit_config::CliOverrides::default(),
+        ))
+        .unwrap()
+        .settings;
+        let python = Path::new("venv/bin/python");
+        let found = find_api_program(
+            &s,
+            "my-api --port {port}",
+            python,
+            Some("/nonexistent"),
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(found.path, dir.join("venv/bin/my-api"));
+        assert!(!found.shell);
+        let found =
+            find_api_program(&s, "cd x && my-api", python, Some("/usr/bin:/bin"), &dir).unwrap();
+        assert!(found.shell);
+        assert_eq!(found.program, "sh");
+        let e = find_api_program(
+            &s,
+            "no-such-api --port {port}",
+            python,
+            Some("/nonexistent"),
+            &dir,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`no-such-api` is not on the sidecars' PATH (venv/bin:/nonexistent)"),
+            "{e}"
+        );
+        let e = find_api_program(&s, "./plain.txt", python, None, &dir).unwrap_err();
+        assert!(e.contains("not executable"), "{e}");
+        let e = find_api_program(&s, "'open", python, None, &dir).unwrap_err();
+        assert!(e.contains("cannot be split"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -64,6 +64,7 @@ use tokio::sync::watch;
 
 pub use fluxlit_gateway::{ApiService, MetricsRender};
 pub use fluxlit_sidecar::ExitInfo;
+pub use launch::{ApiProgram, find_api_program};
 
 use bridge::{External, SidecarInfo};
 
@@ -758,7 +759,7 @@ impl App {
         }
         let sidecar_info: SidecarInfo = Arc::default();
         if s.debug {
-            let settings = serde_json::to_value(s).unwrap_or_default();
+            let settings = fluxlit_config::redact::settings_json(s);
             let info = sidecar_info.clone();
             builder = builder.debug(Arc::new(move || {
                 let sidecars = info

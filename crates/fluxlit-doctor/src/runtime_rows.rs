@@ -1,0 +1,340 @@
+//! The rows about what FluxLit runs: `python_version`, `streamlit_version`, `target` /
+//! `import_target`, `api`, `gateway_bind`.
+
+use std::ffi::OsStr;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use fluxlit_config::{LoadOptions, Loaded};
+
+use crate::Report;
+
+/// The oldest Streamlit FluxLit supports: FluxLit for Python's floor (reference §9.1), and
+/// new enough for what the gateway relies on (`/_stcore/health`, the `/_stcore/stream`
+/// WebSocket, `server.baseUrlPath`).
+pub(crate) const MIN_STREAMLIT: (u64, u64) = (1, 33);
+
+/// How long `python --version` and `python -m streamlit version` may take.
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a TCP connect to an upstream may take before it counts as unreachable.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
+pub(crate) async fn check(r: &mut Report, opts: &LoadOptions, loaded: &Loaded) {
+    let s = &loaded.settings;
+    let python_app = fluxlit::pyapp::PythonTarget::parse(&s.target, &opts.cwd);
+    let serves_py_api =
+        matches!(python_app, Ok(Some(_))) && s.api_command.is_none() && s.api_upstream.is_none();
+    // FluxLit runs Python for Streamlit (no ui_upstream) and for a FluxLit-for-Python app's API.
+    let needs_python = s.ui_upstream.is_none() || serves_py_api;
+    let python = &s.streamlit_python;
+    let path_env = opts.env.get("PATH");
+
+    if needs_python {
+        match fluxlit_sidecar::capture(OsStr::new(python), &["--version"], PYTHON_TIMEOUT).await {
+            Ok(c) if c.exit.code == Some(0) => r.pass(
+                "python_version",
+                format!(
+                    "{} ({}; from {})",
+                    python,
+                    (c.stdout.trim().to_owned() + c.stderr.trim()),
+                    loaded.origin("streamlit_python")
+                ),
+            ),
+            Ok(c) => r.fail(
+                "python_version",
+                format!(
+                    "`{python} --version` failed ({}): {}; point streamlit_python (FLUXLIT_STREAMLIT_PYTHON, --streamlit-python; from {}) at a working interpreter",
+                    c.exit,
+                    c.stderr.trim(),
+                    loaded.origin("streamlit_python")
+                ),
+            ),
+            Err(e) => r.fail(
+                "python_version",
+                format!(
+                    "cannot run {python} (from {}): {e}; create the venv or set FLUXLIT_STREAMLIT_PYTHON",
+                    loaded.origin("streamlit_python")
+                ),
+            ),
+        }
+    } else {
+        r.pass(
+            "python_version",
+            "not used: ui_upstream is set, so FluxLit starts no Streamlit, and the API is not a FluxLit-for-Python app's",
+        );
+    }
+
+    if s.ui_upstream.is_some() {
+        r.pass(
+            "streamlit_version",
+            "not checked: ui_upstream is set, so FluxLit starts no Streamlit (the streamlit_upstream row checks the upstream)",
+        );
+    } else {
+        streamlit_version(r, python).await;
+    }
+
+    let script = opts.cwd.join(&s.target);
+    match &python_app {
+        Ok(Some(t)) if needs_python => {
+            let path = format!(
+                "{}{}",
+                Path::new(python)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| format!("{}:", p.display()))
+                    .unwrap_or_default(),
+                path_env.unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            );
+            match fluxlit::pyapp::probe(Path::new(python), &opts.cwd, &path, t) {
+                Ok(package) => r.pass(
+                    "import_target",
+                    format!(
+                        "FluxLit-for-Python app {} (fluxlit {} for {}; its API is served with uvicorn, its pages by {})",
+                        t.as_str(),
+                        package.version,
+                        python,
+                        package.entry.display()
+                    ),
+                ),
+                Err(problem) => r.fail(
+                    "import_target",
+                    format!(
+                        "{:?} (target from {}) {problem}",
+                        t.as_str(),
+                        loaded.origin("target")
+                    ),
+                ),
+            }
+        }
+        Ok(Some(t)) => r.pass(
+            "import_target",
+            format!(
+                "{}: not imported, ui_upstream serves the UI and the API is {}",
+                t.as_str(),
+                if s.api_command.is_some() {
+                    "api_command"
+                } else {
+                    "api_upstream"
+                }
+            ),
+        ),
+        Err(problem) => r.fail(
+            "import_target",
+            format!(
+                "{:?} (target from {}) {problem}",
+                s.target,
+                loaded.origin("target")
+            ),
+        ),
+        Ok(None) if s.ui_upstream.is_some() => r.pass(
+            "target",
+            format!("{}: not used, ui_upstream serves the UI", script.display()),
+        ),
+        Ok(None) if script.is_file() => r.pass("target", script.display().to_string()),
+        Ok(None) => r.fail(
+            "target",
+            format!(
+                "{} does not exist (target from {}); pass the script as `fluxlit run app.py`",
+                script.display(),
+                loaded.origin("target")
+            ),
+        ),
+    }
+
+    match (&s.api_command, &s.api_upstream) {
+        (Some(cmd), _) => {
+            let origin = loaded.origin("api_command");
+            match fluxlit::find_api_program(s, cmd, Path::new(python), path_env, &opts.cwd) {
+                Ok(p) if p.shell => r.warn(
+                    "api",
+                    format!(
+                        "FluxLit starts and supervises `{cmd}` (from {origin}) under `sh -c` ({}) because it uses shell syntax; if the gateway is killed with SIGKILL, what the shell started may outlive it: use a plain command, or start it with `exec`",
+                        p.path.display()
+                    ),
+                ),
+                Ok(p) => r.pass(
+                    "api",
+                    format!(
+                        "FluxLit starts and supervises `{cmd}` (from {origin}); `{}` is {}",
+                        p.program,
+                        p.path.display()
+                    ),
+                ),
+                Err(problem) => r.fail(
+                    "api",
+                    format!("api_command `{cmd}` (from {origin}) cannot start: {problem}"),
+                ),
+            }
+        }
+        (None, Some(url)) => {
+            let origin = loaded.origin("api_upstream");
+            match reachable(url).await {
+                Ok(()) => r.pass(
+                    "api",
+                    format!("proxied to {url} (from {origin}), which accepts connections"),
+                ),
+                Err(e) => r.warn(
+                    "api",
+                    format!(
+                        "proxied to {url} (from {origin}), which is not reachable now ({e}); {}/readyz answers 503 and API requests 502 until it is: start it, or fix api_upstream",
+                        s.api_mount_path
+                    ),
+                ),
+            }
+        }
+        (None, None) if serves_py_api => r.pass(
+            "api",
+            format!(
+                "FluxLit serves the FluxLit-for-Python app's FastAPI object (app.api) with uvicorn under {}",
+                s.api_mount_path
+            ),
+        ),
+        (None, None) => r.warn(
+            "api",
+            format!(
+                "no API configured: {}/… answers 404 except healthz and readyz; set api_command or api_upstream",
+                s.api_mount_path
+            ),
+        ),
+    }
+
+    gateway_bind(r, loaded);
+}
+
+/// `python -m streamlit version`: FAIL when it does not run, WARN below [`MIN_STREAMLIT`].
+async fn streamlit_version(r: &mut Report, python: &str) {
+    let c = match fluxlit_sidecar::capture(
+        OsStr::new(python),
+        &["-m", "streamlit", "version"],
+        PYTHON_TIMEOUT,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return r.fail(
+                "streamlit_version",
+                format!("`{python} -m streamlit version`: {e}"),
+            );
+        }
+    };
+    if c.exit.code != Some(0) {
+        return r.fail(
+            "streamlit_version",
+            format!(
+                "`{python} -m streamlit version` failed ({}): {}; install it with `{python} -m pip install streamlit`",
+                c.exit,
+                c.stderr.trim()
+            ),
+        );
+    }
+    let out = c.stdout.trim();
+    match parse_streamlit_version(out) {
+        Some(v) if (v.0, v.1) >= MIN_STREAMLIT => r.pass(
+            "streamlit_version",
+            format!(
+                "{}.{}.{} ({python}); FluxLit uses its /_stcore/health probe, the /_stcore/stream WebSocket and server.baseUrlPath",
+                v.0, v.1, v.2
+            ),
+        ),
+        Some(v) => r.warn(
+            "streamlit_version",
+            format!(
+                "{}.{}.{} ({python}) is older than {}.{}, the oldest FluxLit supports; upgrade it with `{python} -m pip install -U streamlit`",
+                v.0, v.1, v.2, MIN_STREAMLIT.0, MIN_STREAMLIT.1
+            ),
+        ),
+        None => r.warn(
+            "streamlit_version",
+            format!(
+                "cannot read a version from `{python} -m streamlit version` ({out:?}); FluxLit needs Streamlit {}.{} or later",
+                MIN_STREAMLIT.0, MIN_STREAMLIT.1
+            ),
+        ),
+    }
+}
+
+/// `(major, minor, patch)` from `Streamlit, version 1.67.0` (a missing patch is 0; a suffix
+/// such as `rc1` is ignored).
+pub(crate) fn parse_streamlit_version(out: &str) -> Option<(u64, u64, u64)> {
+    let v = out.rsplit("version").next()?.trim();
+    let mut parts = v.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u64>()
+    });
+    let major = parts.next()?.ok()?;
+    let minor = parts.next()?.ok()?;
+    let patch = parts.next().and_then(Result::ok).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Whether `url` (an upstream URL) accepts a TCP connection within [`CONNECT_TIMEOUT`].
+pub(crate) async fn reachable(url: &str) -> Result<(), String> {
+    let u = fluxlit_config::parse_upstream_url(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((u.host.as_str(), u.port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{} {e}", u.authority())),
+        Err(_) => Err(format!(
+            "{} did not answer within {} ms",
+            u.authority(),
+            CONNECT_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+/// FAIL when the public address cannot be bound now (another process holds it).
+fn gateway_bind(r: &mut Report, loaded: &Loaded) {
+    let s = &loaded.settings;
+    let shown = if s.gateway_host.contains(':') {
+        format!("[{}]:{}", s.gateway_host, s.gateway_port)
+    } else {
+        format!("{}:{}", s.gateway_host, s.gateway_port)
+    };
+    if s.gateway_port == 0 {
+        return r.pass(
+            "gateway_bind",
+            format!("{shown}: port 0, FluxLit picks a free port at start-up"),
+        );
+    }
+    let addrs: Vec<SocketAddr> = match (s.gateway_host.as_str(), s.gateway_port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return r.fail(
+                "gateway_bind",
+                format!(
+                    "gateway_host {:?} (from {}) does not resolve: {e}; use an IP address such as 127.0.0.1 or 0.0.0.0",
+                    s.gateway_host,
+                    loaded.origin("gateway_host")
+                ),
+            );
+        }
+    };
+    // std's listener sets SO_REUSEADDR on Unix, as the gateway does, so a port whose old
+    // connections are in TIME_WAIT counts as free.
+    let taken: Vec<String> = addrs
+        .iter()
+        .filter_map(|a| TcpListener::bind(a).err().map(|e| format!("{a}: {e}")))
+        .collect();
+    if taken.is_empty() {
+        r.pass("gateway_bind", format!("{shown} is available"));
+    } else {
+        r.fail(
+            "gateway_bind",
+            format!(
+                "{shown} cannot be bound now ({}); another process holds it (is FluxLit already running? `ss -ltnp 'sport = :{}'` names it): stop it, or pick another port with --port / FLUXLIT_GATEWAY_PORT (gateway_port from {})",
+                taken.join("; "),
+                s.gateway_port,
+                loaded.origin("gateway_port")
+            ),
+        );
+    }
+}

@@ -1,0 +1,352 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use fluxlit_config::{CliOverrides, Environment};
+
+/// A fresh directory for one test.
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fluxlit-doctor-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn run(dir: &std::path::Path, env: &[(&str, &str)], options: Options) -> Report {
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("FLUXLIT_STREAMLIT_PYTHON", "/nonexistent/python"),
+        ("FLUXLIT_GATEWAY_PORT", "0"),
+    ];
+    pairs.extend_from_slice(env);
+    diagnose_with(
+        &LoadOptions::new(dir, Environment::from_pairs(pairs), CliOverrides::default()),
+        &options,
+    )
+    .await
+}
+
+fn row<'a>(r: &'a Report, name: &str) -> &'a Check {
+    r.checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} row in {}", r.to_text()))
+}
+
+#[tokio::test]
+async fn reports_missing_target_and_python() {
+    let dir = temp_dir("missing");
+    let r = run(&dir, &[], Options::default()).await;
+    assert_eq!(row(&r, "config").status, Status::Pass);
+    assert_eq!(row(&r, "target").status, Status::Fail);
+    assert_eq!(row(&r, "python_version").status, Status::Fail);
+    assert_eq!(row(&r, "streamlit_version").status, Status::Fail);
+    assert_eq!(row(&r, "api").status, Status::Warn);
+    assert_eq!(row(&r, "gateway_bind").status, Status::Pass);
+    assert!(r.failed());
+    let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(v["status"], "fail");
+    assert_eq!(v["target"], "app.py");
+    assert_eq!(v["warnings_only"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn checks_a_fluxlit_for_python_target() {
+    let dir = temp_dir("py");
+    let (target, api) = {
+        let r = run(&dir, &[("FLUXLIT_TARGET", "app:app")], Options::default()).await;
+        (row(&r, "import_target").clone(), row(&r, "api").clone())
+    };
+    assert_eq!(target.status, Status::Fail);
+    assert!(
+        target
+            .detail
+            .contains("cannot run the Python interpreter /nonexistent/python"),
+        "{}",
+        target.detail
+    );
+    assert_eq!(api.status, Status::Pass, "{}", api.detail);
+    assert!(api.detail.contains("app.api"), "{}", api.detail);
+    let r = run(
+        &dir,
+        &[
+            ("FLUXLIT_TARGET", "app:"),
+            ("FLUXLIT_STREAMLIT_PYTHON", "python3"),
+        ],
+        Options::default(),
+    )
+    .await;
+    let target = row(&r, "import_target");
+    assert_eq!(target.status, Status::Fail);
+    assert!(
+        target.detail.contains("must look like 'module:attr'"),
+        "{}",
+        target.detail
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn config_errors_are_a_failed_row() {
+    let env = Environment::from_pairs([("FLUXLIT_GATEWAY_PORT", "eighty")]);
+    let r = diagnose(&LoadOptions::new(
+        &std::env::temp_dir(),
+        env,
+        CliOverrides::default(),
+    ))
+    .await;
+    assert_eq!(r.checks.len(), 1);
+    assert_eq!(r.checks[0].name, "config");
+    assert!(r.checks[0].detail.contains("FLUXLIT_GATEWAY_PORT"));
+}
+
+#[tokio::test]
+async fn gateway_bind_fails_while_another_process_holds_the_port() {
+    let dir = temp_dir("bind");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let env = [
+        ("FLUXLIT_GATEWAY_HOST", "127.0.0.1"),
+        ("FLUXLIT_GATEWAY_PORT", port.as_str()),
+    ];
+    let r = run(&dir, &env, Options::default()).await;
+    let bind = row(&r, "gateway_bind");
+    assert_eq!(bind.status, Status::Fail, "{}", bind.detail);
+    assert!(
+        bind.detail
+            .contains(&format!("127.0.0.1:{port} cannot be bound now")),
+        "{}",
+        bind.detail
+    );
+    assert!(
+        bind.detail.contains("FLUXLIT_GATEWAY_PORT"),
+        "{}",
+        bind.detail
+    );
+    drop(held);
+    let r = run(&dir, &env, Options::default()).await;
+    assert_eq!(row(&r, "gateway_bind").status, Status::Pass);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A configuration that trips every row `--strict` upgrades.
+const TRIPS_EVERY_STRICT_ROW: &[(&str, &str)] = &[
+    ("FLUXLIT_ROOT_PATH", "/app"),
+    ("FLUXLIT_CORS_ALLOW_ORIGINS", "https://a.example"),
+    ("FLUXLIT_ENABLE_SECURITY_HEADERS", "false"),
+    ("FLUXLIT_GATEWAY_UPSTREAM_READ_TIMEOUT_S", "2"),
+    (
+        "FLUXLIT_GATEWAY_FORWARD_CLIENT_HEADERS_TO_STREAMLIT",
+        "authorization,x-tenant",
+    ),
+    ("PUBLIC_BASE_URL", "https://a.example/app"),
+    ("FLUXLIT_PUBLIC_BASE_URL", "https://b.example/other"),
+];
+
+#[tokio::test]
+async fn strict_upgrades_the_reference_rows_only() {
+    let dir = temp_dir("strict");
+    // Two configurations: the subpath without trust_proxy (oauth_public_base_url needs an
+    // empty public_base_url), and trust_proxy with an unlimited body and broad allow list.
+    let subpath = [
+        ("FLUXLIT_ROOT_PATH", "/app"),
+        ("FLUXLIT_PUBLIC_BASE_URL", ""),
+    ];
+    let trusting = [
+        ("FLUXLIT_TRUST_PROXY", "true"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "*"),
+        ("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "0"),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for env in [TRIPS_EVERY_STRICT_ROW, &subpath[..], &trusting[..]] {
+        let lax = run(&dir, env, Options::default()).await;
+        let strict = run(
+            &dir,
+            env,
+            Options {
+                strict: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        assert_eq!(lax.checks.len(), strict.checks.len());
+        for (a, b) in lax.checks.iter().zip(&strict.checks) {
+            assert_eq!(a.name, b.name);
+            if STRICT_ROWS.contains(&a.name) && a.status == Status::Warn {
+                assert_eq!(b.status, Status::Fail, "{}: {}", b.name, b.detail);
+                assert!(b.detail.ends_with("(FAIL because of --strict)"));
+                seen.insert(a.name);
+            } else {
+                assert_eq!(a.status, b.status, "{}: {}", b.name, b.detail);
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<&str> = STRICT_ROWS.iter().copied().collect();
+    assert_eq!(seen, all, "every strict row was exercised");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn findings_become_their_rows_and_no_finding_is_reported_twice() {
+    let dir = temp_dir("findings");
+    let env = [
+        ("FLUXLIT_TRUST_PROXY", "1"),
+        ("FLUXLIT_INTERNAL_API_BASE", "http://127.0.0.1:1/wrong"),
+        ("FLUXLIT_GATEWAY_WS_PING_INTERVAL_S", "20"),
+    ];
+    let r = run(&dir, &env, Options::default()).await;
+    let allow = row(&r, "forwarded_allow_ips");
+    assert_eq!(allow.status, Status::Warn);
+    assert!(
+        allow.detail.contains("loopback peers only"),
+        "{}",
+        allow.detail
+    );
+    let internal = row(&r, "FLUXLIT_INTERNAL_API_BASE");
+    assert_eq!(internal.status, Status::Warn);
+    assert!(
+        internal.detail.contains("\"/wrong\""),
+        "{}",
+        internal.detail
+    );
+    // A finding no row reports is a config_warning row, with its code.
+    let warnings: Vec<&Check> = r
+        .checks
+        .iter()
+        .filter(|c| c.name == "config_warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", r.to_text());
+    assert!(
+        warnings[0]
+            .detail
+            .starts_with("gateway_ws_setting_ignored: ")
+    );
+    // Defaults elsewhere: the informational rows pass.
+    for name in [
+        "config.api_mount_path",
+        "config.root_path",
+        "config.trust_proxy",
+        "config.public_base_url",
+        "readiness_route",
+        "l7_websocket",
+        "gateway_upstream_timeouts",
+        "gateway_forward_client_headers",
+    ] {
+        assert_eq!(row(&r, name).status, Status::Pass, "{name}");
+    }
+    assert_eq!(
+        row(&r, "config.trust_proxy").detail,
+        "true (from environment variable FLUXLIT_TRUST_PROXY)"
+    );
+    // An invalid internal base is FAIL.
+    let r = run(
+        &dir,
+        &[("FLUXLIT_INTERNAL_API_BASE", "not a url")],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(row(&r, "FLUXLIT_INTERNAL_API_BASE").status, Status::Fail);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn upstreams_are_probed() {
+    let dir = temp_dir("upstreams");
+    std::fs::write(dir.join("app.py"), "").unwrap();
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", up.local_addr().unwrap());
+    let env = [
+        ("FLUXLIT_UI_UPSTREAM", url.as_str()),
+        ("FLUXLIT_API_UPSTREAM", url.as_str()),
+    ];
+    let r = run(&dir, &env, Options::default()).await;
+    assert_eq!(row(&r, "streamlit_upstream").status, Status::Pass);
+    assert_eq!(row(&r, "api").status, Status::Pass);
+    // No Python is needed: ui_upstream serves the UI.
+    assert_eq!(row(&r, "python_version").status, Status::Pass);
+    assert_eq!(row(&r, "streamlit_version").status, Status::Pass);
+    assert!(!r.failed(), "{}", r.to_text());
+    drop(up);
+    let r = run(&dir, &env, Options::default()).await;
+    let ui = row(&r, "streamlit_upstream");
+    assert_eq!(ui.status, Status::Warn);
+    assert!(ui.detail.contains("is unreachable"), "{}", ui.detail);
+    assert_eq!(row(&r, "api").status, Status::Warn);
+    // FluxLit for Python's variables are named as ignored.
+    let r = run(
+        &dir,
+        &[
+            ("FLUXLIT_STREAMLIT_UPSTREAM", "http://127.0.0.1:1"),
+            ("FLUXLIT_STREAMLIT_UPSTREAM_FILE", "/tmp/state"),
+        ],
+        Options::default(),
+    )
+    .await;
+    assert!(row(&r, "streamlit_upstream").detail.contains("is ignored"));
+    assert_eq!(row(&r, "streamlit_upstream_state").status, Status::Warn);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_api_commands_program_must_exist() {
+    let dir = temp_dir("apicmd");
+    let r = run(
+        &dir,
+        &[
+            ("FLUXLIT_API_COMMAND", "no-such-server --port {port}"),
+            ("PATH", "/nonexistent"),
+        ],
+        Options::default(),
+    )
+    .await;
+    let api = row(&r, "api");
+    assert_eq!(api.status, Status::Fail);
+    assert!(
+        api.detail
+            .contains("`no-such-server` is not on the sidecars' PATH"),
+        "{}",
+        api.detail
+    );
+    let r = run(
+        &dir,
+        &[("FLUXLIT_API_COMMAND", "sh -c 'exec sleep 1'")],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(
+        row(&r, "api").status,
+        Status::Pass,
+        "{}",
+        row(&r, "api").detail
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn streamlit_versions_are_read() {
+    use crate::runtime_rows::parse_streamlit_version;
+    assert_eq!(
+        parse_streamlit_version("Streamlit, version 1.67.0"),
+        Some((1, 67, 0))
+    );
+    assert_eq!(
+        parse_streamlit_version("Streamlit, version 1.33"),
+        Some((1, 33, 0))
+    );
+    assert_eq!(
+        parse_streamlit_version("Streamlit, version 1.40.0rc1"),
+        Some((1, 40, 0))
+    );
+    assert_eq!(parse_streamlit_version("garbage"), None);
+}
+
+#[test]
+fn warnings_only_reports_fail_rows_as_warn() {
+    let mut r = Report::new(&Options {
+        warnings_only: true,
+        ..Options::default()
+    });
+    r.fail("gateway_bind", "taken");
+    assert!(r.any_failed());
+    assert!(!r.failed());
+    assert_eq!(r.status(), "warn");
+}
