@@ -75,6 +75,7 @@ fn json_says_where_every_value_came_from() {
         .collect();
     assert_eq!(unused.len(), 1, "{out}");
     assert_eq!(unused[0]["level"], "warn");
+    assert_eq!(unused[0]["doc"], "docs/doctor.md#warning-auth_keys_unused");
     let message = unused[0]["message"].as_str().unwrap();
     assert!(
         message.starts_with(

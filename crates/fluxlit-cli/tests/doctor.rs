@@ -95,7 +95,9 @@ fn json_has_the_reference_shape() {
     for c in v["checks"].as_array().unwrap() {
         let mut keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["detail", "name", "status"], "{c}");
+        assert_eq!(keys, ["detail", "doc", "name", "status"], "{c}");
+        let doc = c["doc"].as_str().unwrap();
+        assert!(doc.starts_with("docs/doctor.md#doctor-"), "{c}");
         let expected = if c["name"] == "api" { "WARN" } else { "PASS" };
         assert_eq!(c["status"], expected, "{c}");
     }
@@ -179,12 +181,20 @@ fn strict_upgrades_warnings_and_warnings_only_keeps_exit_zero() {
     // The human form says why.
     let (code, out, _) = doctor(dir.path(), &["--strict", "--port", "0"], &env);
     assert_eq!(code, 1);
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("FAIL  proxy_headers: ")
-                && l.ends_with("(FAIL because of --strict)")),
-        "{out}"
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL  proxy_headers: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(lines[at].ends_with("(FAIL because of --strict)"), "{out}");
+    // Each row that is not PASS points at its section of the docs.
+    assert_eq!(
+        lines[at + 1],
+        "      docs: docs/doctor.md#doctor-proxy_headers"
     );
+    let docs =
+        std::fs::read_to_string(fluxlit_testkit::repo_root().join("docs/doctor.md")).unwrap();
+    assert!(docs.contains("<a id=\"doctor-proxy_headers\"></a>"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The warnings catalogue of `fluxlit config` (and `strict_startup`), computed from the
 //! effective settings. Codes are FluxLit's (reference §9.2) so CI scripts keep working; a few
-//! conditions are corrected and a few codes are new (marked below).
+//! conditions are corrected and a few codes are new (marked below). Every code is documented,
+//! with its fix, under its anchor in docs/doctor.md ([`doc_link`]).
 
 use serde::Serialize;
 
@@ -25,11 +26,18 @@ pub struct Finding {
     pub code: &'static str,
     /// What is wrong and what to do.
     pub message: String,
-    /// Where the docs explain it.
-    pub doc: &'static str,
+    /// Where the docs explain it and give the fix: [`doc_link`] of the code.
+    pub doc: String,
 }
 
-const CONFIG_DOC: &str = "docs/configuration.md";
+/// The file that documents every finding code and every `fluxlit doctor` row.
+pub const DOC_FILE: &str = "docs/doctor.md";
+
+/// Where `code` is documented: `docs/doctor.md#warning-<code>` (each code's section has that
+/// anchor; a unit test checks it for every code the loader and [`findings`] emit).
+pub fn doc_link(code: &str) -> String {
+    format!("{DOC_FILE}#warning-{code}")
+}
 
 /// The header-catalogue classes (`fluxlit_headers::CATALOGUE`) whose names
 /// `gateway_forward_client_headers_to_streamlit` may never name: credentials, hop-by-hop and
@@ -103,7 +111,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             level: Level::Warn,
             code: w.code,
             message: w.message.clone(),
-            doc: CONFIG_DOC,
+            doc: doc_link(w.code),
         })
         .collect();
     let mut push = |level, code, message: String| {
@@ -111,7 +119,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             level,
             code,
             message,
-            doc: CONFIG_DOC,
+            doc: doc_link(code),
         })
     };
     let mount = s.public_mount();
@@ -378,4 +386,58 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         push(Level::Warn, "gateway_httpx_max_keepalive_ignored", "gateway_httpx_max_keepalive_connections has no effect; the pool's idle connections are bounded by gateway_httpx_max_connections".into());
     }
     out
+}
+
+#[cfg(test)]
+mod doc_tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Every string literal that follows one of `markers` (after whitespace) in `source`, up
+    /// to its tests.
+    pub(crate) fn literals_after(source: &str, markers: &[&str]) -> Vec<String> {
+        let source = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut out = Vec::new();
+        for marker in markers {
+            for (i, _) in source.match_indices(marker) {
+                let rest = source[i + marker.len()..].trim_start();
+                if let Some(lit) = rest.strip_prefix('"')
+                    && let Some(end) = lit.find('"')
+                {
+                    out.push(lit[..end].to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every code the loader (`code: "..."`) and `findings` (`push(level, "...", ...)`) emit
+    /// has its section in docs/doctor.md, and every documented code is emitted: a new code
+    /// without docs fails here.
+    #[test]
+    fn every_code_has_its_anchor_in_the_docs() {
+        let docs = include_str!("../../../docs/doctor.md");
+        let mut codes = literals_after(include_str!("lib.rs"), &["code: "]);
+        codes.extend(literals_after(
+            include_str!("findings.rs"),
+            &["Level::Warn,", "Level::Error,", "level,"],
+        ));
+        codes.sort();
+        codes.dedup();
+        assert!(codes.len() >= 20, "{codes:?}");
+        for code in &codes {
+            let anchor = format!("<a id=\"warning-{code}\"></a>");
+            assert!(docs.contains(&anchor), "docs/doctor.md has no {anchor}");
+            assert!(super::doc_link(code).ends_with(&format!("#warning-{code}")));
+        }
+        let documented = literals_after(docs, &["<a id="])
+            .into_iter()
+            .filter_map(|id| id.strip_prefix("warning-").map(str::to_owned))
+            .collect::<Vec<_>>();
+        for code in &documented {
+            assert!(
+                codes.contains(code),
+                "docs/doctor.md documents {code}, which nothing emits"
+            );
+        }
+    }
 }

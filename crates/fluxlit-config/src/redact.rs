@@ -1,7 +1,7 @@
 //! Redaction for everything that prints settings (`fluxlit config`, `fluxlit doctor --verbose`,
 //! the debug endpoint): secrets never leave the process in clear text.
 //!
-//! What is replaced with [`REDACTED`](crate::REDACTED):
+//! What is replaced with [`REDACTED`]:
 //! - the `*_secret` keys (they are [`Secret`](crate::Secret)s, redacted when serialized);
 //! - in `cors_middleware_kwargs`, the value of any key whose lowercase form contains `secret`,
 //!   `token`, `password` or `authorization` (as FluxLit for Python did);

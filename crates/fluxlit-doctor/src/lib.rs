@@ -72,6 +72,19 @@ pub struct Check {
     pub status: Status,
     /// What was found, and how to fix it when it is not PASS.
     pub detail: String,
+    /// Where the row (or, for `config_warning`, its code) is documented with its fix:
+    /// [`doc_link`], or [`fluxlit_config::findings::doc_link`] of the code.
+    pub doc: String,
+}
+
+/// Where row `name` is documented: `docs/doctor.md#doctor-<name in lowercase>` (a unit test
+/// checks that every row has that anchor).
+pub fn doc_link(name: &str) -> String {
+    format!(
+        "{}#doctor-{}",
+        fluxlit_config::findings::DOC_FILE,
+        name.to_ascii_lowercase()
+    )
 }
 
 /// The rows `--strict` upgrades from WARN to FAIL (reference §9.1). `public_base_url` is
@@ -131,6 +144,7 @@ impl Report {
             name,
             status,
             detail: fluxlit_config::redact::redact_url_passwords(&detail.into()),
+            doc: doc_link(name),
         });
     }
 
@@ -197,7 +211,7 @@ impl Report {
         }
     }
 
-    /// `{"status", "target", "warnings_only", "checks": [{"name", "status", "detail"}]}`, and
+    /// `{"status", "target", "warnings_only", "checks": [{"name", "status", "detail", "doc"}]}`, and
     /// `verbose` with [`Options::verbose`], on one line (reference §1.6.2).
     pub fn to_json(&self) -> String {
         let mut v = serde_json::json!({
@@ -212,7 +226,8 @@ impl Report {
         v.to_string()
     }
 
-    /// `FluxLit doctor`, a blank line, then one `STATUS  name: detail` line per row.
+    /// `FluxLit doctor`, a blank line, then one `STATUS  name: detail` line per row, each
+    /// WARN or FAIL row followed by `      docs: <link>`; then the verbose block, if any.
     pub fn to_text(&self) -> String {
         let mut s = String::from("FluxLit doctor\n\n");
         for c in &self.checks {
@@ -222,6 +237,9 @@ impl Report {
                 c.name,
                 c.detail
             ));
+            if c.status != Status::Pass {
+                s.push_str(&format!("      docs: {}\n", c.doc));
+            }
         }
         if let Some(v) = &self.verbose {
             s.push('\n');
@@ -272,6 +290,9 @@ pub async fn diagnose_with(opts: &LoadOptions, options: &Options) -> Report {
         match f.level {
             Level::Error => r.fail("config_warning", detail),
             Level::Warn => r.warn("config_warning", detail),
+        }
+        if let Some(row) = r.checks.last_mut() {
+            row.doc.clone_from(&f.doc);
         }
     }
     runtime_rows::check(&mut r, opts, &loaded).await;

@@ -223,11 +223,24 @@ async fn request(
     out
 }
 
+/// The rows `--live` reports, in order (each documented in docs/doctor.md, "Live checks").
+pub const ROWS: [&str; 7] = [
+    "live.healthz",
+    "live.readyz",
+    "live.ui_shell",
+    "live.static_asset",
+    "live.websocket",
+    "live.upload_body",
+    "live.api_mount",
+];
+
 fn push(r: &mut Report, name: &'static str, status: Status, detail: impl Into<String>) {
+    debug_assert!(ROWS.contains(&name), "{name} is not in live::ROWS");
     r.checks.push(Check {
         name,
         status,
         detail: detail.into(),
+        doc: crate::doc_link(name),
     });
 }
 

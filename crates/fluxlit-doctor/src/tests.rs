@@ -350,3 +350,107 @@ fn warnings_only_reports_fail_rows_as_warn() {
     assert!(!r.failed());
     assert_eq!(r.status(), "warn");
 }
+
+/// Every string literal passed as a row name (`.pass(`, `.warn(`, `.fail(`, `.warn_strict(`,
+/// `.findings_row(`, `.push(`) in the crate's sources.
+fn row_names_in_sources() -> Vec<String> {
+    let mut names = Vec::new();
+    for source in [
+        include_str!("lib.rs"),
+        include_str!("runtime_rows.rs"),
+        include_str!("config_rows.rs"),
+    ] {
+        for marker in [
+            ".pass(",
+            ".warn(",
+            ".fail(",
+            ".warn_strict(",
+            ".findings_row(",
+            ".push(",
+        ] {
+            for (i, _) in source.match_indices(marker) {
+                let rest = source[i + marker.len()..].trim_start();
+                if let Some(lit) = rest.strip_prefix('"')
+                    && let Some(end) = lit.find('"')
+                {
+                    names.push(lit[..end].to_owned());
+                }
+            }
+        }
+    }
+    names.extend(crate::live::ROWS.iter().map(|r| (*r).to_owned()));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A new row without its section in docs/doctor.md fails here, and so does a documented row
+/// that no longer exists.
+#[test]
+fn every_row_has_its_anchor_in_the_docs() {
+    let docs = include_str!("../../../docs/doctor.md");
+    let names = row_names_in_sources();
+    assert!(names.len() >= 25, "{names:?}");
+    for name in names
+        .iter()
+        .map(String::as_str)
+        .chain(STRICT_ROWS.iter().copied())
+        .chain(config_rows::ROW_OF_CODE.iter().map(|(_, row)| *row))
+    {
+        let link = doc_link(name);
+        let anchor = link.split_once('#').unwrap().1;
+        assert!(
+            docs.contains(&format!("<a id=\"{anchor}\"></a>")),
+            "docs/doctor.md has no anchor {anchor} for the row {name}"
+        );
+    }
+    for (code, _) in config_rows::ROW_OF_CODE {
+        assert!(
+            docs.contains(&format!("<a id=\"warning-{code}\"></a>")),
+            "{code} is not a documented finding code"
+        );
+    }
+    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    for (i, _) in docs.match_indices("<a id=\"doctor-") {
+        let rest = &docs[i + "<a id=\"doctor-".len()..];
+        let id = &rest[..rest.find('"').unwrap()];
+        assert!(
+            lower.iter().any(|n| n == id),
+            "docs/doctor.md documents a row {id} that no code emits"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_link_their_docs() {
+    let dir = temp_dir("links");
+    let r = run(
+        &dir,
+        &[("FLUXLIT_GATEWAY_WS_PING_INTERVAL_S", "20")],
+        Options::default(),
+    )
+    .await;
+    assert_eq!(
+        row(&r, "gateway_bind").doc,
+        "docs/doctor.md#doctor-gateway_bind"
+    );
+    assert_eq!(
+        row(&r, "FLUXLIT_INTERNAL_API_BASE").doc,
+        "docs/doctor.md#doctor-fluxlit_internal_api_base"
+    );
+    assert_eq!(
+        row(&r, "config_warning").doc,
+        "docs/doctor.md#warning-gateway_ws_setting_ignored"
+    );
+    let text = r.to_text();
+    assert!(
+        text.contains("FAIL  target: ")
+            && text.contains("\n      docs: docs/doctor.md#doctor-target\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("#doctor-config.api_mount_path"),
+        "PASS rows print no docs line"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

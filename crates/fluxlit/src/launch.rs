@@ -431,7 +431,7 @@ pub struct ApiProgram {
 
 /// Finds the program `api_command` starts, the way `fluxlit run` starts it, without running
 /// it: the placeholders are expanded (`{port}` with a stand-in port), the line is split as
-/// [`split_command`] does (shell syntax means `sh -c`), and a program without `/` is looked up
+/// `fluxlit run` splits it (shell syntax means `sh -c`), and a program without `/` is looked up
 /// on the sidecars' `PATH`: the Python interpreter's directory first, then `path` (the
 /// gateway's `PATH`, `/usr/local/bin:/usr/bin:/bin` when unset). Relative names and `PATH`
 /// entries resolve against `cwd`, the sidecars' working directory.
