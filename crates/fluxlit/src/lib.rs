@@ -50,6 +50,7 @@ mod launch;
 mod lifecycle;
 mod pidfile;
 pub mod pyapp;
+pub mod scaffold;
 pub mod stop;
 
 use std::collections::BTreeMap;
