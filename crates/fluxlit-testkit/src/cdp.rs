@@ -2,6 +2,7 @@
 //! evaluate JavaScript, set a file input. Enough to load a Streamlit app through the gateway
 //! as a person would and read what it rendered.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -67,6 +68,8 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: the renderers and zygotes go with it (see `Drop`).
+            .process_group(0)
             .spawn()
             .expect("start chromium");
         let port_file = profile.path().join("DevToolsActivePort");
@@ -216,7 +219,15 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Kills Chromium's whole process group (the browser, its zygotes and renderers), so that
+    /// nothing writes to the profile while the `TempDir` removes it after this.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
