@@ -18,6 +18,11 @@
 //!   in front of the gateway (Streamlit's uploads go through the same proxy).
 //! - `live.api_mount`: `GET {URL}{api_mount}/openapi.json` is not answered by Streamlit's
 //!   HTML shell (the API mount reaches the API, not the UI).
+//! - `live.forwarded`: `GET {URL}__fluxlit/client` (the gateway's client view,
+//!   `fluxlit_gateway::CLIENT_PATH`) shows the scheme, host, port and prefix the app sees, and
+//!   they are the URL's: otherwise the app builds wrong absolute URLs and redirects (http links
+//!   on an https site, the internal host name, a missing prefix) because the proxy does not
+//!   send the forwarded headers or FluxLit does not trust it.
 //!
 //! `https://` URLs are checked over TLS with the system's trust store (`rustls-native-certs`;
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured). Every step is bounded by `timeout`.
@@ -223,8 +228,131 @@ async fn request(
     out
 }
 
+/// How long the upload check waits for `100 Continue` (or an early final answer) before it
+/// sends the body anyway, as curl does (RFC 9110 §10.1.1: a client need not wait indefinitely).
+const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+/// Largest response head read by [`upload`], bytes.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// A `POST` of `len` bytes to `path` with `Expect: 100-continue` (RFC 9110 §10.1.1) on a fresh
+/// connection: whatever refuses the size (a proxy's body limit, FluxLit's own cap) answers
+/// before the body is sent, so the answer is not lost to a connection reset while the body is
+/// still in flight. The body follows `100 Continue`, or [`CONTINUE_WAIT`] without an answer,
+/// and the response is read while it is sent (RFC 9112 §9.5: a final answer ends the sending).
+/// Returns the final response (1xx skipped; body: at most 64 KiB, raw) or why there was none.
+async fn upload(t: &Target, path: &str, len: usize, timeout: Duration) -> Result<Response, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let io = connect(t, timeout).await?;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fluxlit-doctor-live\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        t.authority()
+    );
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = async move {
+        wr.write_all(head.as_bytes()).await?;
+        wr.flush().await?;
+        // Either `100 Continue` arrives (or the reader is done), or the wait runs out.
+        let _ = tokio::time::timeout(CONTINUE_WAIT, go_rx).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    };
+    let reader = async move {
+        let mut go = Some(go_tx);
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let code = parsed.code.unwrap_or(0);
+                    if (100..200).contains(&code) {
+                        if code == 100
+                            && let Some(tx) = go.take()
+                        {
+                            let _ = tx.send(());
+                        }
+                        buf.drain(..n);
+                        continue;
+                    }
+                    let status = StatusCode::from_u16(code)
+                        .map_err(|_| format!("{path}: an invalid status code {code}"))?;
+                    let mut map = HeaderMap::new();
+                    for h in parsed.headers.iter() {
+                        if let (Ok(k), Ok(v)) = (
+                            http::HeaderName::from_bytes(h.name.as_bytes()),
+                            http::HeaderValue::from_bytes(h.value),
+                        ) {
+                            map.append(k, v);
+                        }
+                    }
+                    let want = map
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
+                        .unwrap_or(MAX_HEAD)
+                        .min(MAX_HEAD);
+                    let mut body = buf.split_off(n);
+                    while body.len() < want {
+                        let mut more = [0u8; 8192];
+                        match rd.read(&mut more).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => body.extend_from_slice(&more[..k]),
+                        }
+                    }
+                    body.truncate(want);
+                    return Ok((status, map, Bytes::from(body)));
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(format!("{path}: a response head over {MAX_HEAD} bytes"));
+                }
+                Err(e) => return Err(format!("{path}: not an HTTP/1.1 response ({e})")),
+            }
+            let mut more = [0u8; 8192];
+            match rd.read(&mut more).await {
+                Ok(0) => return Err(format!("{path}: the connection closed without an answer")),
+                Ok(k) => buf.extend_from_slice(&more[..k]),
+                Err(e) => return Err(format!("{path}: reading the answer: {e}")),
+            }
+        }
+    };
+    let exchange = async {
+        tokio::pin!(writer, reader);
+        let mut write_error = None;
+        let mut written = false;
+        loop {
+            tokio::select! {
+                answer = &mut reader => {
+                    return match (answer, write_error) {
+                        (Err(e), Some(w)) => Err(format!("{e}; sending the body failed: {w}")),
+                        (answer, _) => answer,
+                    };
+                }
+                sent = &mut writer, if !written => {
+                    written = true;
+                    if let Err(e) = sent {
+                        write_error = Some(e);
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{path}: no complete answer within {} s", timeout.as_secs()))?
+}
+
 /// The rows `--live` reports, in order (each documented in docs/doctor.md, "Live checks").
-pub const ROWS: [&str; 7] = [
+pub const ROWS: [&str; 8] = [
     "live.healthz",
     "live.readyz",
     "live.ui_shell",
@@ -232,6 +360,7 @@ pub const ROWS: [&str; 7] = [
     "live.websocket",
     "live.upload_body",
     "live.api_mount",
+    "live.forwarded",
 ];
 
 fn push(r: &mut Report, name: &'static str, status: Status, detail: impl Into<String>) {
@@ -365,8 +494,7 @@ pub async fn check_live(opts: &LiveOptions) -> Report {
     push(&mut r, "live.websocket", status, detail);
 
     let probe = format!("{api}/__fluxlit_doctor_upload_probe");
-    let body = Bytes::from(vec![b'x'; opts.upload_bytes]);
-    match request(&t, Method::POST, &probe, body, to).await {
+    match upload(&t, &probe, opts.upload_bytes, to).await {
         Ok((StatusCode::PAYLOAD_TOO_LARGE, h, _)) if h.contains_key("x-request-id") => push(
             &mut r,
             "live.upload_body",
@@ -425,7 +553,103 @@ pub async fn check_live(opts: &LiveOptions) -> Report {
         ),
         Err(e) => push(&mut r, "live.api_mount", Status::Fail, e),
     }
+    let (status, detail) = forwarded(&t, to).await;
+    push(&mut r, "live.forwarded", status, detail);
     r
+}
+
+/// `live.forwarded`: the gateway's client view against the URL.
+async fn forwarded(t: &Target, to: Duration) -> (Status, String) {
+    let path = format!("{}/__fluxlit/client", t.base);
+    let body = match request(t, Method::GET, &path, Bytes::new(), to).await {
+        Ok((StatusCode::OK, _, b)) => b,
+        Ok((s, _, b)) => {
+            return (
+                Status::Warn,
+                format!(
+                    "{path} answers {s} ({}): cannot see the scheme and host the app sees (an older FluxLit without the client view, or the proxy does not forward {}/__fluxlit/)",
+                    snippet(&b),
+                    t.base
+                ),
+            );
+        }
+        Err(e) => return (Status::Fail, e),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Status::Warn,
+                format!(
+                    "{path} did not answer FluxLit's JSON ({e}): {}",
+                    snippet(&body)
+                ),
+            );
+        }
+    };
+    let scheme = v["scheme"].as_str().unwrap_or("?");
+    let seen_host = v["host"].as_str().unwrap_or("");
+    let port = v["port"].as_u64();
+    let prefix = v["prefix"].as_str().unwrap_or("");
+    let trusted = v["forwarded_trusted"].as_bool().unwrap_or(false);
+    // The host without its port (`[v6]:port`, `name:port`).
+    let host_only = match seen_host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => seen_host.rsplit_once(':').map_or(seen_host, |(h, _)| h),
+    };
+    let want_scheme = if t.tls { "https" } else { "http" };
+    let sees = format!(
+        "{scheme}://{seen_host} port {} prefix {prefix:?}",
+        port.map_or("?".into(), |p| p.to_string())
+    );
+    let trust_fix = if trusted {
+        "the proxy is trusted; make it send the right value"
+    } else {
+        "FluxLit does not trust its peer's forwarded headers: set trust_proxy = true (--proxy-headers) and forwarded_allow_ips to the proxy's address"
+    };
+    let mut wrong = Vec::new();
+    if scheme != want_scheme {
+        wrong.push(format!(
+            "the scheme is {scheme}, not {want_scheme} (the app builds {scheme}:// links and redirects; {trust_fix}: X-Forwarded-Proto)"
+        ));
+    }
+    if !host_only.eq_ignore_ascii_case(&t.host) {
+        wrong.push(format!(
+            "the host is {seen_host:?}, not {:?} ({trust_fix}: X-Forwarded-Host, or keep Host: nginx proxy_set_header Host $host)",
+            t.host
+        ));
+    }
+    if port != Some(u64::from(t.port)) {
+        wrong.push(format!(
+            "the port is {}, not {} ({trust_fix}: X-Forwarded-Port, or a Host with the public port)",
+            port.map_or("unknown".into(), |p| p.to_string()),
+            t.port
+        ));
+    }
+    if prefix != t.base {
+        wrong.push(format!(
+            "the prefix is {prefix:?}, not {:?} (set FLUXLIT_ROOT_PATH to the public path, or have the trusted proxy send X-Forwarded-Prefix with trust_forwarded_prefix = true)",
+            t.base
+        ));
+    }
+    if wrong.is_empty() {
+        (
+            Status::Pass,
+            format!(
+                "the app sees {sees}, as the URL says ({})",
+                if trusted {
+                    "forwarded headers from a trusted proxy"
+                } else {
+                    "from the connection: no trusted proxy"
+                }
+            ),
+        )
+    } else {
+        (
+            Status::Fail,
+            format!("the app sees {sees}: {}", wrong.join("; ")),
+        )
+    }
 }
 
 /// The upgrade to `{base}/_stcore/stream`, held open for `hold`.
@@ -547,6 +771,167 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    /// A one-connection server: reads the request head, then runs `answer` on the stream.
+    async fn one_shot<F, Fut>(answer: F) -> (Target, tokio::task::JoinHandle<(String, usize)>)
+    where
+        F: FnOnce(TcpStream, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (String, usize)> + Send,
+    {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                assert_eq!(s.read(&mut b).await.unwrap(), 1, "EOF inside the head");
+                head.push(b[0]);
+            }
+            answer(s, String::from_utf8(head).unwrap()).await
+        });
+        (
+            Target::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
+            task,
+        )
+    }
+
+    #[tokio::test]
+    async fn upload_refused_before_the_body_is_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A proxy that refuses the size from the head and closes: the answer must be read and
+        // no body byte sent (it would race a reset that loses the answer).
+        let (t, server) = one_shot(|mut s, head| async move {
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            (head, rest.len())
+        })
+        .await;
+        let (status, _, body) = upload(&t, "/api/probe", 2 << 20, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &b"too large"[..])
+        );
+        let (head, body_bytes) = server.await.unwrap();
+        assert!(
+            head.to_ascii_lowercase().contains("expect: 100-continue"),
+            "{head}"
+        );
+        assert!(head.contains("Content-Length: 2097152"), "{head}");
+        assert_eq!(body_bytes, 0, "body bytes sent before 100 Continue");
+    }
+
+    #[tokio::test]
+    async fn upload_sent_after_100_continue() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (t, server) = one_shot(|mut s, head| async move {
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+            let mut body = vec![0u8; 300_000];
+            s.read_exact(&mut body).await.unwrap();
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")
+                .await
+                .unwrap();
+            (head, body.iter().filter(|b| **b == b'x').count())
+        })
+        .await;
+        let (status, _, body) = upload(&t, "/api/probe", 300_000, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::NOT_FOUND, &b"no"[..]));
+        assert_eq!(server.await.unwrap().1, 300_000);
+    }
+
+    #[tokio::test]
+    async fn upload_without_an_answer_is_an_error() {
+        let (t, server) = one_shot(|s, head| async move {
+            drop(s);
+            (head, 0)
+        })
+        .await;
+        let e = upload(&t, "/api/probe", 1000, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(e.contains("closed without an answer"), "{e}");
+        server.await.unwrap();
+    }
+
+    /// Serves one client view built from the request's own Host, with `edit` applied.
+    async fn view_server(
+        edit: fn(&mut serde_json::Value),
+    ) -> (Target, tokio::task::JoinHandle<(String, usize)>) {
+        use tokio::io::AsyncWriteExt;
+        one_shot(move |mut s, head| async move {
+            let host = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap();
+            let port: u16 = host.rsplit_once(':').unwrap().1.parse().unwrap();
+            let mut v = serde_json::json!({"scheme": "http", "host": host, "port": port, "prefix": "", "client_ip": "127.0.0.1", "forwarded_trusted": false});
+            edit(&mut v);
+            let body = v.to_string();
+            s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            (head, 0)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn forwarded_row_compares_the_view_with_the_url() {
+        let (t, _s) = view_server(|_| {}).await;
+        let (status, detail) = forwarded(&t, Duration::from_secs(10)).await;
+        assert_eq!(status, Status::Pass, "{detail}");
+        assert!(detail.contains("no trusted proxy"), "{detail}");
+
+        let (t, s) = view_server(|v| {
+            v["scheme"] = "https".into();
+            v["forwarded_trusted"] = true.into();
+        })
+        .await;
+        let (status, detail) = forwarded(&t, Duration::from_secs(10)).await;
+        assert_eq!(status, Status::Fail, "{detail}");
+        assert!(detail.contains("the scheme is https, not http"), "{detail}");
+        assert!(
+            s.await
+                .unwrap()
+                .0
+                .starts_with("GET /__fluxlit/client HTTP/1.1")
+        );
+
+        let (t, _s) = view_server(|v| {
+            v["host"] = "internal:8000".into();
+            v["port"] = 8000.into();
+            v["prefix"] = "/x".into();
+        })
+        .await;
+        let (status, detail) = forwarded(&t, Duration::from_secs(10)).await;
+        assert_eq!(status, Status::Fail, "{detail}");
+        for want in [
+            "the host is \"internal:8000\"",
+            "the port is 8000",
+            "the prefix is \"/x\"",
+            "trust_proxy = true",
+        ] {
+            assert!(detail.contains(want), "{want}: {detail}");
+        }
+    }
 
     #[test]
     fn targets_from_urls() {

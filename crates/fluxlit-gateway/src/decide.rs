@@ -33,6 +33,8 @@ pub(crate) enum Decision {
     Metrics,
     /// The debug snapshot (`/__fluxlit/debug`), when enabled.
     Debug,
+    /// The client view (`/__fluxlit/client`, [`crate::CLIENT_PATH`]): always on.
+    Client,
     /// Under `/__fluxlit` but not an enabled endpoint: 404, never forwarded.
     NotFound,
     /// To the API, at `path` (mount stripped).
@@ -76,6 +78,8 @@ pub(crate) fn decide(raw_path: &str, root: &str, api: &str, own: OwnEndpoints<'_
         if matches!(route, Route::Gateway { .. }) {
             return if own.debug && p == crate::DEBUG_PATH {
                 Decision::Debug
+            } else if p == crate::CLIENT_PATH {
+                Decision::Client
             } else {
                 Decision::NotFound
             };
@@ -228,6 +232,8 @@ mod tests {
         assert_eq!(d("/api/readyz"), Decision::Readyz);
         assert_eq!(d("/app/metrics"), Decision::Metrics);
         assert_eq!(d("/__fluxlit/debug"), Decision::Debug);
+        assert_eq!(d("/app/__fluxlit/client"), Decision::Client);
+        assert_eq!(d("/app/__fluxlit/client/x"), Decision::NotFound);
         assert_eq!(d("/app/__fluxlit/nope"), Decision::NotFound);
         assert_eq!(d("/app/x/../api"), Decision::Refuse(BadPath::DotSegment));
         assert_eq!(d("/api/x"), Decision::Api { path: "/x".into() });

@@ -96,6 +96,17 @@ pub type DebugInfo = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// The path of the debug snapshot (after the root path).
 pub const DEBUG_PATH: &str = "/__fluxlit/debug";
 
+/// The path of the client view (after the root path): `GET` answers 200 with what the gateway
+/// resolved for this request from the connection and, from trusted proxies only, the forwarded
+/// headers (RFC 7239, `X-Forwarded-*`): the scheme, host and port the app builds its absolute
+/// URLs from, the public prefix, the client IP and whether the peer is a trusted proxy. JSON:
+/// `{"scheme": "https", "host": "app.example.com", "port": 443, "prefix": "/myapp",
+/// "client_ip": "203.0.113.7", "forwarded_trusted": true}` (`host`: `null` when the request
+/// had none; `prefix`: `""` at the site root). Always on (it tells a client only what the app
+/// would tell it anyway); `fluxlit doctor --live` compares it with the URL it was given.
+/// Other methods get 405. `Cache-Control: no-store`.
+pub const CLIENT_PATH: &str = "/__fluxlit/client";
+
 /// Building the gateway failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -837,7 +848,7 @@ impl Gateway {
                 );
             }
             // The gateway's own endpoints: answered here, never forwarded.
-            Decision::Metrics | Decision::Debug
+            Decision::Metrics | Decision::Debug | Decision::Client
                 if method != Method::GET && method != Method::HEAD =>
             {
                 return with_rid(method_not_allowed(), &rid);
@@ -852,6 +863,7 @@ impl Gateway {
                 return with_rid(r, &rid);
             }
             Decision::Debug => return with_rid(self.debug_snapshot(), &rid),
+            Decision::Client => return with_rid(self.client_view(&view), &rid),
             Decision::NotFound => {
                 return with_rid(plain(StatusCode::NOT_FOUND, "Not Found\n"), &rid);
             }
@@ -1214,6 +1226,28 @@ impl Gateway {
                 &serde_json::json!({"status": "not_ready", "detail": problems.join("; "), "components": components}),
             )
         }
+    }
+
+    /// The answer at [`CLIENT_PATH`].
+    fn client_view(&self, view: &ClientView) -> Response<Body> {
+        let host = view.host.as_ref().and_then(|h| h.to_str().ok());
+        let prefix = view.prefix.as_deref().unwrap_or(&self.inner.root);
+        let mut r = json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "scheme": view.proto,
+                "host": host,
+                "port": view.port,
+                "prefix": prefix,
+                "client_ip": view.client_ip.to_string(),
+                "forwarded_trusted": view.peer_trusted,
+            }),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        r
     }
 
     fn debug_snapshot(&self) -> Response<Body> {

@@ -23,7 +23,7 @@ pub enum Route {
         path: String,
     },
     /// `/__fluxlit` and everything under it (after the root path): the gateway's own endpoints
-    /// (metrics, the debug snapshot), answered by the gateway (404 when not enabled), never
+    /// (metrics, the debug snapshot, the client view), answered by the gateway (404 when not enabled), never
     /// forwarded to an upstream.
     Gateway {
         /// The path after the root path, starting with [`OWN_PREFIX`].

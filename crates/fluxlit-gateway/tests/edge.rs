@@ -60,6 +60,56 @@ fn spoofed(path: &str) -> Request<ReqBody> {
         .unwrap()
 }
 
+/// `/__fluxlit/client` answers what the gateway resolved for the request: the forwarded
+/// scheme, host, port and prefix from a trusted peer only, the connection's otherwise; under
+/// the root path; never forwarded; 405 for other methods; on both engines.
+#[tokio::test]
+async fn client_view_reports_the_resolved_request() {
+    let u = TestUpstream::start().await;
+    let allowed = fluxlit_config::parse_ip_net("127.0.0.2").unwrap();
+    for fast in ENGINES {
+        for (peer, root, want) in [
+            (
+                "127.0.0.2",
+                "",
+                serde_json::json!({"scheme": "https", "host": "public.example", "port": 443, "prefix": "/edge", "client_ip": "198.51.100.7", "forwarded_trusted": true}),
+            ),
+            (
+                "127.0.0.3",
+                "/myapp",
+                serde_json::json!({"scheme": "http", "host": "app.example", "port": null, "prefix": "/myapp", "client_ip": "127.0.0.3", "forwarded_trusted": false}),
+            ),
+        ] {
+            let gw = start_on(
+                Gateway::builder()
+                    .root_path(root)
+                    .ui(up(&u, "ui"))
+                    .trust(TrustPolicy::trusting(vec![allowed]).forwarded_prefix(true)),
+                fast,
+            )
+            .await;
+            let ctx = format!("{} peer {peer} root {root:?}", engine(fast));
+            let path = format!("{root}/__fluxlit/client");
+            let (status, headers, body) = send_from(Some(peer), gw.addr, spoofed(&path)).await;
+            assert_eq!(status, StatusCode::OK, "{ctx}");
+            assert_eq!(headers["cache-control"], "no-store", "{ctx}");
+            let mut got: Value = serde_json::from_slice(&body).unwrap();
+            if want["port"].is_null() {
+                // The connection's own port: the gateway's.
+                assert_eq!(got["port"], gw.addr.port(), "{ctx}");
+                got["port"] = Value::Null;
+            }
+            assert_eq!(got, want, "{ctx}");
+            let post = Request::post(path.as_str())
+                .header("host", "app.example")
+                .body(empty())
+                .unwrap();
+            let (status, _, _) = send_from(Some(peer), gw.addr, post).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{ctx}");
+        }
+    }
+}
+
 /// Trust off; trust on from an allowed peer (with and without `trust_forwarded_prefix`); trust
 /// on from a disallowed peer — on the API and UI hops (the WebSocket hop is covered below), on
 /// both engines (the UI hop is the fast path's when it is on, the API hop always hyper's).
