@@ -12,19 +12,7 @@ use fluxlit_testkit::TempDir;
 
 /// Runs `fluxlit build ARGS` in `dir`; (exit code, stdout, stderr).
 fn build(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut all = vec!["build"];
-    all.extend_from_slice(args);
-    let out = support::command(dir, &all)
-        .env_remove("FLUXLIT_SIDECAR_STOP_TIMEOUT_S")
-        .env_remove("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run_subcommand(dir, "build", args, env)
 }
 
 fn read(p: &Path) -> String {

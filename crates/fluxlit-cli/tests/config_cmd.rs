@@ -7,19 +7,7 @@ mod support;
 use serde_json::Value;
 
 fn config(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut all = vec!["config"];
-    all.extend_from_slice(args);
-    let out = support::command(dir, &all)
-        .env_remove("FLUXLIT_SIDECAR_STOP_TIMEOUT_S")
-        .env_remove("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run_subcommand(dir, "config", args, env)
 }
 
 #[test]

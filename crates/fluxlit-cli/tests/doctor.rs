@@ -9,17 +9,7 @@ use serde_json::Value;
 
 /// Runs `fluxlit doctor ARGS` in `dir` with `env` on top of the test environment.
 fn doctor(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut all = vec!["doctor"];
-    all.extend_from_slice(args);
-    let out = support::command(dir, &all)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run_subcommand(dir, "doctor", args, env)
 }
 
 /// A project directory with a Streamlit script, so only the rows a test is about can fail.

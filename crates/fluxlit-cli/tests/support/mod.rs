@@ -33,6 +33,29 @@ pub fn example_copy() -> TempDir {
     dir
 }
 
+/// Runs `fluxlit SUBCOMMAND ARGS` in `dir` to the end ([`command`]'s environment without its
+/// stop timeouts, `env` on top); (exit code, -1 when killed by a signal; stdout; stderr).
+pub fn run_subcommand(
+    dir: &Path,
+    subcommand: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut all = vec![subcommand];
+    all.extend_from_slice(args);
+    let out = command(dir, &all)
+        .env_remove("FLUXLIT_SIDECAR_STOP_TIMEOUT_S")
+        .env_remove("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run fluxlit");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluxlit"));
     cmd.current_dir(dir)
