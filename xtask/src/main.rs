@@ -177,10 +177,33 @@ fn pinned_venv(venv: &Path, requirements: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// `crates/fluxlit-testkit/idp/node_modules`: npm `oidc-provider`, pinned in its
+/// `package-lock.json`, for the authentication tests' OpenID provider (`fluxlit_testkit::idp`),
+/// with the machine's Node.js (20 or later). `npm ci` only when the lockfile changed.
+fn setup_idp() -> Result {
+    let dir = project_root().join("crates/fluxlit-testkit/idp");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).map_err(|e| {
+        Failed(format!(
+            "cannot read {}/package-lock.json: {e}",
+            dir.display()
+        ))
+    })?;
+    let stamp = dir.join("node_modules/.fluxlit-lock");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir))?;
+        std::fs::write(&stamp, lock)
+            .map_err(|e| Failed(format!("cannot write {}: {e}", stamp.display())))?;
+    }
+    Ok(())
+}
+
 fn setup() -> Result {
     setup_apt()?;
     setup_venv()?;
     setup_python_apps_venv()?;
+    setup_idp()?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - [`repo_root`] / [`venv_python`]: where the workspace and its Python venv are.
 
 pub mod cdp;
+pub mod idp;
 pub mod process;
 pub mod raw;
 pub mod streamlit;
