@@ -1,5 +1,7 @@
 //! `cargo xtask bench [--quick]`: FluxLit's gateway against the physical limit (`direct`) and
-//! its peers (nginx, HAProxy, FluxLit for Python), on loopback, in one interleaved run.
+//! its peers (nginx, HAProxy, FluxLit for Python), on loopback, in one interleaved run; and like
+//! for like with logging on (FluxLit production: JSON access log and metrics, against nginx and
+//! HAProxy with access logs) and on the API hop (`/api` prefix stripped by each).
 //!
 //! Steps: install nginx, HAProxy and wrk from Debian when missing (as root); build
 //! `fluxlit-cli` and `fluxlit-bench` in release; (full run) `pip install fluxlit` into
@@ -348,8 +350,26 @@ fn measure(
         ),
     }];
     rows.push(peers::start_fluxlit(bin, work, up_port)?);
-    rows.push(peers::start_nginx(work, up_port, nofile)?);
-    rows.push(peers::start_haproxy(work, up_port, proxy_conn_limit)?);
+    rows.push(peers::start_nginx(work, up_port, nofile, false)?);
+    rows.push(peers::start_haproxy(
+        work,
+        up_port,
+        proxy_conn_limit,
+        false,
+    )?);
+    // Like for like with logging on (issue 15): FluxLit as deployed, the peers with their
+    // access logs, each written to a file.
+    let mut production = peers::start_fluxlit_with(
+        bin,
+        work,
+        up_port,
+        "fluxlit-production",
+        soak::PRODUCTION_ENV,
+    )?;
+    production.kind = Kind::FluxlitProduction;
+    rows.push(production);
+    rows.push(peers::start_nginx(work, up_port, nofile, true)?);
+    rows.push(peers::start_haproxy(work, up_port, proxy_conn_limit, true)?);
     let python_skip = match python {
         Ok(_) => match peers::start_python(venv, work, up_port) {
             Ok(row) => {
@@ -399,14 +419,18 @@ fn measure(
     // Every scenario, rows interleaved within each round.
     for sc in Scenario::ALL {
         if !opts.warmup.is_zero() {
-            for row in &rows {
-                let _ = load::run(sc, row.port, opts.warmup, bin, work);
+            for row in rows.iter().filter(|r| r.kind.runs(sc)) {
+                let direct = row.kind == Kind::Direct;
+                let _ = load::run(sc, row.port, direct, opts.warmup, bin, work);
             }
         }
         for round in 0..opts.rounds {
             let n = rows.len();
             for i in 0..n {
                 let row = &mut rows[(i + round) % n];
+                if !row.kind.runs(sc) {
+                    continue;
+                }
                 let server_pg = row.pgid().unwrap_or(upstream.pgid());
                 // A run disturbed by other processes is repeated (full runs: up to twice, after
                 // waiting up to 20 s for quiet); the least disturbed attempt is kept.
@@ -423,7 +447,8 @@ fn measure(
                         foreign.ticks(),
                         procs::group_cpu_us(server_pg),
                     );
-                    let outcome = load::run(sc, row.port, opts.duration, bin, work);
+                    let direct = row.kind == Kind::Direct;
+                    let outcome = load::run(sc, row.port, direct, opts.duration, bin, work);
                     let foreign_pct =
                         procs::ForeignCpu::percent(t0.1, foreign.ticks(), t0.0.elapsed());
                     if let Some(peak) = sampler.map(procs::RssSampler::finish)
@@ -498,7 +523,8 @@ fn measure(
         (Duration::from_secs(120), Duration::from_secs(3))
     };
     for row in &mut rows {
-        if row.kind == Kind::Direct {
+        // The logging rows are about HTTP: a tunnel logs one line when it ends.
+        if row.kind == Kind::Direct || row.kind.logs_requests() {
             continue;
         }
         eprintln!(
@@ -591,12 +617,15 @@ fn wait_quiet_for(foreign: &procs::ForeignCpu, max: Duration) {
 fn check_complete(r: &Results) -> Result {
     let mut missing = Vec::new();
     for row in r.rows.iter().filter(|x| x.kind != Kind::Python) {
-        for sc in Scenario::ALL {
+        for sc in Scenario::ALL.into_iter().filter(|sc| row.kind.runs(*sc)) {
             if r.summary(sc, row.kind).is_none() {
                 missing.push(format!("{} / {}", sc.id(), row.label));
             }
         }
-        if row.kind != Kind::Direct && r.tunnels.get(&row.kind).is_none_or(|t| t.opened == 0) {
+        if row.kind != Kind::Direct
+            && !row.kind.logs_requests()
+            && r.tunnels.get(&row.kind).is_none_or(|t| t.opened == 0)
+        {
             missing.push(format!("idle tunnels / {}", row.label));
         }
     }
@@ -788,13 +817,28 @@ mod tests {
 
     #[test]
     fn peer_configs_point_at_the_upstream() {
-        let n = peers::nginx_conf(Path::new("/tmp/x"), 8001, 9001, 20_000);
+        let n = peers::nginx_conf(Path::new("/tmp/x"), 8001, 9001, 20_000, false);
         assert!(n.contains("listen 127.0.0.1:8001"));
         assert!(n.contains("server 127.0.0.1:9001"));
         assert!(n.contains("worker_connections 22000;"), "{n}");
-        let h = peers::haproxy_conf(8002, 9001, 9_968);
+        assert!(n.contains("access_log off;"), "{n}");
+        // The API scenario's prefix strip: `/api/x` reaches the upstream as `/x`.
+        assert!(
+            n.contains("location /api/ {\n            proxy_pass http://bench_upstream/;"),
+            "{n}"
+        );
+        let logged = peers::nginx_conf(Path::new("/tmp/x"), 8001, 9001, 20_000, true);
+        assert!(
+            logged.contains("access_log /tmp/x/access.log bench_json;"),
+            "{logged}"
+        );
+        let h = peers::haproxy_conf(8002, 9001, 9_968, false);
         assert!(h.contains("bind 127.0.0.1:8002"));
         assert!(h.contains("server up 127.0.0.1:9001"));
         assert!(h.contains("nbthread 1"));
+        assert!(h.contains("http-request set-path %[path,regsub(^/api/,/)] if api"));
+        assert!(!h.contains("httplog"));
+        let hl = peers::haproxy_conf(8002, 9001, 9_968, true);
+        assert!(hl.contains("log stdout format raw local0") && hl.contains("option httplog"));
     }
 }

@@ -31,18 +31,21 @@ pub(crate) enum Scenario {
     Get100k16,
     Get100k64,
     Post64k16,
+    /// GET 1 KiB under `/api`, 16 connections: the API hop, prefix stripped.
+    ApiGet1k16,
     WsRtt,
     WsEcho16,
     WsConnect,
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::Get1k16,
         Scenario::Get1k64,
         Scenario::Get100k16,
         Scenario::Get100k64,
         Scenario::Post64k16,
+        Scenario::ApiGet1k16,
         Scenario::WsRtt,
         Scenario::WsEcho16,
         Scenario::WsConnect,
@@ -55,6 +58,7 @@ impl Scenario {
             Scenario::Get100k16 => "get-100k-16c",
             Scenario::Get100k64 => "get-100k-64c",
             Scenario::Post64k16 => "post-64k-16c",
+            Scenario::ApiGet1k16 => "api-get-1k-16c",
             Scenario::WsRtt => "ws-rtt-1c",
             Scenario::WsEcho16 => "ws-echo-16c",
             Scenario::WsConnect => "ws-connect",
@@ -68,6 +72,9 @@ impl Scenario {
             Scenario::Get100k16 => "GET 100 KiB, 16 connections".into(),
             Scenario::Get100k64 => "GET 100 KiB, 64 connections".into(),
             Scenario::Post64k16 => "POST 64 KiB, 16 connections".into(),
+            Scenario::ApiGet1k16 => {
+                "API GET 1 KiB under /api (prefix stripped), 16 connections".into()
+            }
             Scenario::WsRtt => {
                 format!("WebSocket echo round trip, 1 connection, {WS_MESSAGE_BYTES} B messages")
             }
@@ -97,8 +104,14 @@ impl Scenario {
             Scenario::Get100k16 => Some(("/100k", 16, 100 * 1024)),
             Scenario::Get100k64 => Some(("/100k", 64, 100 * 1024)),
             Scenario::Post64k16 => Some(("/upload", 16, 0)),
+            Scenario::ApiGet1k16 => Some(("/api/1k", 16, 1024)),
             _ => None,
         }
+    }
+
+    /// An HTTP scenario (wrk), not a WebSocket one.
+    pub(crate) fn is_http(self) -> bool {
+        self.http().is_some()
     }
 }
 
@@ -171,10 +184,12 @@ fn count(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs one scenario against `port` for `duration`.
+/// Runs one scenario against `port` for `duration`; `direct`: `port` is the upstream itself,
+/// so the API scenario asks for its path without the `/api` prefix a proxy strips.
 pub(crate) fn run(
     scenario: Scenario,
     port: u16,
+    direct: bool,
     duration: Duration,
     bin: &Path,
     work: &Path,
@@ -182,7 +197,11 @@ pub(crate) fn run(
     match scenario.http() {
         Some((path, conns, min_bytes)) => http(
             port,
-            path,
+            if direct {
+                path.strip_prefix("/api").unwrap_or(path)
+            } else {
+                path
+            },
             conns,
             min_bytes,
             scenario == Scenario::Post64k16,

@@ -24,6 +24,13 @@ pub(crate) enum Kind {
     Haproxy,
     /// FluxLit for Python's gateway (`pip install fluxlit`).
     Python,
+    /// FluxLit as deployed: JSON access log (to a file) and Prometheus metrics on
+    /// ([`super::soak::PRODUCTION_ENV`]).
+    FluxlitProduction,
+    /// nginx with a JSON access log written to a file.
+    NginxLog,
+    /// HAProxy with `option httplog`, written to a file.
+    HaproxyLog,
 }
 
 impl Kind {
@@ -34,12 +41,51 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Haproxy => "HAProxy",
             Kind::Python => "FluxLit for Python",
+            Kind::FluxlitProduction => "FluxLit production",
+            Kind::NginxLog => "nginx + access log",
+            Kind::HaproxyLog => "HAProxy + httplog",
         }
     }
 
     /// The peers FluxLit is measured against ("best peer").
     pub(crate) fn is_peer(self) -> bool {
         matches!(self, Kind::Nginx | Kind::Haproxy)
+    }
+
+    /// The rows that log every request (FluxLit production and the peers with access logs):
+    /// compared with each other, like for like.
+    pub(crate) fn logs_requests(self) -> bool {
+        matches!(
+            self,
+            Kind::FluxlitProduction | Kind::NginxLog | Kind::HaproxyLog
+        )
+    }
+
+    /// The peers a row's "÷ best peer" compares with: the logging peers for logging rows, the
+    /// default peers otherwise.
+    pub(crate) fn peer_of(self, other: Kind) -> bool {
+        if self.logs_requests() {
+            matches!(other, Kind::NginxLog | Kind::HaproxyLog)
+        } else {
+            other.is_peer()
+        }
+    }
+
+    /// Whether the row runs `sc`: the logging rows run the HTTP scenarios on the UI path only
+    /// (they are about the cost of logging); the API scenario runs through FluxLit, nginx and
+    /// HAProxy (each stripping `/api`) and direct (without the prefix).
+    pub(crate) fn runs(self, sc: super::load::Scenario) -> bool {
+        use super::load::Scenario;
+        match sc {
+            Scenario::ApiGet1k16 => {
+                matches!(
+                    self,
+                    Kind::Direct | Kind::Fluxlit | Kind::Nginx | Kind::Haproxy
+                )
+            }
+            _ if self.logs_requests() => sc.is_http(),
+            _ => true,
+        }
     }
 }
 
@@ -166,7 +212,8 @@ pub(crate) fn start_upstream(bin: &Path, work: &Path, threads: usize) -> Result<
     Ok((p, port))
 }
 
-/// FluxLit: `fluxlit run --ui-upstream http://127.0.0.1:UP` in an empty directory.
+/// FluxLit: `fluxlit run --ui-upstream http://127.0.0.1:UP --api-upstream
+/// http://127.0.0.1:UP` in an empty directory.
 pub(crate) fn start_fluxlit(bin: &Path, work: &Path, upstream: u16) -> Result<Row> {
     start_fluxlit_with(bin, work, upstream, "fluxlit", &[])
 }
@@ -184,18 +231,23 @@ pub(crate) fn start_fluxlit_with(
     fresh_dir(&dir)?;
     let port = free_port()?;
     let mut cmd = command(bin.join("fluxlit"));
+    // The API is the same upstream under `/api` (the API scenario: prefix stripped).
     cmd.args([
         "run",
         "--ui-upstream",
         &format!("http://127.0.0.1:{upstream}"),
+        "--api-upstream",
+        &format!("http://127.0.0.1:{upstream}"),
     ])
-    .args([
-        "--port",
-        &port.to_string(),
-        "--no-pidfile",
-        "--log-level",
-        "warn",
-    ])
+    .args(["--port", &port.to_string(), "--no-pidfile"])
+    // `warn` unless `env` chooses (the production row logs at `info`, its access log's level).
+    .args(
+        env.iter()
+            .all(|(k, _)| *k != "FLUXLIT_LOG_LEVEL")
+            .then_some(["--log-level", "warn"])
+            .into_iter()
+            .flatten(),
+    )
     // Every load comes from 127.0.0.1, like an edge proxy's: the per-client limits (which
     // nginx and HAProxy here do not have) would cap the idle-tunnel row at 256.
     .env("FLUXLIT_GATEWAY_MAX_WEBSOCKETS_PER_CLIENT_IP", "0")
@@ -218,9 +270,38 @@ pub(crate) fn start_fluxlit_with(
 /// The nginx configuration: one process (`master_process off` = the single worker does
 /// everything), HTTP/1.1 keep-alive to the upstream (`keepalive 128`, no request limit),
 /// WebSocket upgrade, streaming both ways (no request or response buffering, like FluxLit),
-/// X-Forwarded-For/-Proto set, no access log.
-pub(crate) fn nginx_conf(dir: &Path, port: u16, upstream: u16, max_fds: u64) -> String {
+/// X-Forwarded-For/-Proto set; `/api/` proxied with the prefix stripped (the API scenario);
+/// no access log, or (`log`) a JSON access log to `DIR/access.log` with the fields FluxLit's
+/// JSON access log has.
+pub(crate) fn nginx_conf(dir: &Path, port: u16, upstream: u16, max_fds: u64, log: bool) -> String {
     let d = dir.display();
+    let access_log = if log {
+        format!(
+            r#"log_format bench_json escape=json '{{"ts":"$time_iso8601","method":"$request_method","path":"$request_uri","status":$status,"bytes_in":$request_length,"bytes_out":$bytes_sent,"duration_ms":$request_time,"client_ip":"$remote_addr","request_id":"$request_id","upstream":"$upstream_addr"}}';
+    access_log {d}/access.log bench_json;"#
+        )
+    } else {
+        "access_log off;".to_owned()
+    };
+    let location = |prefix: &str, target: &str| {
+        format!(
+            r"location {prefix} {{
+            proxy_pass http://bench_upstream{target};
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }}"
+        )
+    };
+    let ui = location("/", "");
+    let api = location("/api/", "/");
     // nginx's own connection accounting (listeners, cached upstream connections, connections
     // being closed) runs out before the descriptors do ("worker_connections are not enough,
     // reusing connections" at 9,369 tunnels with 19,984), so allow 10 % more connections than
@@ -238,7 +319,7 @@ events {{
     worker_connections {worker_connections};
 }}
 http {{
-    access_log off;
+    {access_log}
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -258,31 +339,21 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass http://bench_upstream;
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_request_buffering off;
-            proxy_buffering off;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-        }}
+        {ui}
+        {api}
     }}
 }}
 "#
     )
 }
 
-pub(crate) fn start_nginx(work: &Path, upstream: u16, max_fds: u64) -> Result<Row> {
-    let dir = work.join("nginx");
+/// nginx ([`nginx_conf`]); `log`: the [`Kind::NginxLog`] row.
+pub(crate) fn start_nginx(work: &Path, upstream: u16, max_fds: u64, log: bool) -> Result<Row> {
+    let dir = work.join(if log { "nginx-log" } else { "nginx" });
     fresh_dir(&dir)?;
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
-    write(&conf, &nginx_conf(&dir, port, upstream, max_fds))?;
+    write(&conf, &nginx_conf(&dir, port, upstream, max_fds, log))?;
     let mut cmd = command("nginx");
     cmd.arg("-p")
         .arg(&dir)
@@ -293,7 +364,7 @@ pub(crate) fn start_nginx(work: &Path, upstream: u16, max_fds: u64) -> Result<Ro
     let mut p = Proc::spawn("nginx", cmd, Some(&dir.join("nginx.log")))?;
     wait_ready(&mut p, port, "/1k", Duration::from_secs(10))?;
     Ok(Row {
-        kind: Kind::Nginx,
+        kind: if log { Kind::NginxLog } else { Kind::Nginx },
         port,
         proc: Some(p),
         version: version_of("nginx", &["-v"]),
@@ -302,15 +373,25 @@ pub(crate) fn start_nginx(work: &Path, upstream: u16, max_fds: u64) -> Result<Ro
 
 /// The HAProxy configuration: one thread, HTTP mode (HTTP/1.1 keep-alive to the upstream,
 /// idle server connections reused by any client, WebSocket upgrades handled natively),
-/// X-Forwarded-For set, no logging.
-pub(crate) fn haproxy_conf(port: u16, upstream: u16, max_conns: u64) -> String {
+/// X-Forwarded-For set; `/api/` with the prefix stripped (the API scenario); no logging, or
+/// (`log`) `option httplog` to stdout, which the bench writes to a file (HAProxy logs to
+/// syslog or a stream, never to a file itself).
+pub(crate) fn haproxy_conf(port: u16, upstream: u16, max_conns: u64, log: bool) -> String {
+    let (global_log, defaults_log) = if log {
+        (
+            "\n    log stdout format raw local0",
+            "\n    log global\n    option httplog",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r"global
     nbthread 1
-    maxconn {max_conns}
+    maxconn {max_conns}{global_log}
 
 defaults
-    mode http
+    mode http{defaults_log}
     option http-keep-alive
     option forwardfor
     http-reuse always
@@ -322,6 +403,8 @@ defaults
 
 frontend bench
     bind 127.0.0.1:{port}
+    acl api path_beg /api/
+    http-request set-path %[path,regsub(^/api/,/)] if api
     default_backend bench_upstream
 
 backend bench_upstream
@@ -331,18 +414,20 @@ backend bench_upstream
     )
 }
 
-pub(crate) fn start_haproxy(work: &Path, upstream: u16, max_conns: u64) -> Result<Row> {
-    let dir = work.join("haproxy");
+/// HAProxy ([`haproxy_conf`]); `log`: the [`Kind::HaproxyLog`] row (its stdout, the log, goes
+/// to `DIR/haproxy.log`).
+pub(crate) fn start_haproxy(work: &Path, upstream: u16, max_conns: u64, log: bool) -> Result<Row> {
+    let dir = work.join(if log { "haproxy-log" } else { "haproxy" });
     fresh_dir(&dir)?;
     let port = free_port()?;
     let conf = dir.join("haproxy.cfg");
-    write(&conf, &haproxy_conf(port, upstream, max_conns))?;
+    write(&conf, &haproxy_conf(port, upstream, max_conns, log))?;
     let mut cmd = command("haproxy");
     cmd.arg("-db").arg("-f").arg(&conf);
     let mut p = Proc::spawn("haproxy", cmd, Some(&dir.join("haproxy.log")))?;
     wait_ready(&mut p, port, "/1k", Duration::from_secs(10))?;
     Ok(Row {
-        kind: Kind::Haproxy,
+        kind: if log { Kind::HaproxyLog } else { Kind::Haproxy },
         port,
         proc: Some(p),
         version: version_of("haproxy", &["-v"]),

@@ -53,8 +53,14 @@ impl Proc {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         if let Some(log) = log {
-            let f = File::create(log)
+            // Emptied, then opened for appending: whoever truncates the log meanwhile (the
+            // soak keeps the access log bounded) leaves no hole behind the writer's offset.
+            File::create(log)
                 .map_err(|e| Failed(format!("cannot create {}: {e}", log.display())))?;
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(log)
+                .map_err(|e| Failed(format!("cannot open {}: {e}", log.display())))?;
             let f2 = f
                 .try_clone()
                 .map_err(|e| Failed(format!("cannot reopen {}: {e}", log.display())))?;

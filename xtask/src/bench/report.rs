@@ -116,19 +116,20 @@ impl Results {
             .map(|r| r.kind)
     }
 
-    /// The best peer's (nginx, HAProxy) median rate for `s`.
-    fn best_peer_rate(&self, s: Scenario) -> Option<f64> {
+    /// The best median rate for `s` among `of`'s peers ([`Kind::peer_of`]: nginx and HAProxy,
+    /// or with access logs for the logging rows).
+    fn best_peer_rate(&self, s: Scenario, of: Kind) -> Option<f64> {
         self.running()
-            .filter(|k| k.is_peer())
+            .filter(|k| of.peer_of(*k))
             .filter_map(|k| self.summary(s, k))
             .map(|x| x.rate)
             .reduce(f64::max)
     }
 
-    /// The best (lowest) peer median latency for `s`, p99 or p50.
-    fn best_peer_latency(&self, s: Scenario, p99: bool) -> Option<f64> {
+    /// The best (lowest) median latency for `s` among `of`'s peers, p99 or p50.
+    fn best_peer_latency(&self, s: Scenario, of: Kind, p99: bool) -> Option<f64> {
         self.running()
-            .filter(|k| k.is_peer())
+            .filter(|k| of.peer_of(*k))
             .filter_map(|k| self.summary(s, k))
             .map(|x| if p99 { x.p99_us } else { x.p50_us })
             .reduce(f64::min)
@@ -145,11 +146,25 @@ impl Results {
     }
 
     pub(crate) fn ratio_best_peer(&self, s: Scenario, k: Kind) -> Option<f64> {
-        Some(self.summary(s, k)?.rate / self.best_peer_rate(s)?)
+        Some(self.summary(s, k)?.rate / self.best_peer_rate(s, k)?)
     }
 
     pub(crate) fn p99_ratio_best_peer(&self, s: Scenario, k: Kind) -> Option<f64> {
-        Some(self.summary(s, k)?.p99_us / self.best_peer_latency(s, true)?)
+        Some(self.summary(s, k)?.p99_us / self.best_peer_latency(s, k, true)?)
+    }
+
+    /// `k`'s median rate for `s` over nginx's (default configuration).
+    pub(crate) fn ratio_nginx(&self, s: Scenario, k: Kind) -> Option<f64> {
+        Some(self.summary(s, k)?.rate / self.summary(s, Kind::Nginx)?.rate)
+    }
+
+    /// FluxLit production's CPU µs/op for `s` over FluxLit's with the defaults.
+    pub(crate) fn production_cpu_ratio(&self, s: Scenario) -> Option<f64> {
+        let prod = self
+            .summary(s, Kind::FluxlitProduction)?
+            .server_cpu_us_per_op;
+        let defaults = self.summary(s, Kind::Fluxlit)?.server_cpu_us_per_op;
+        (defaults > 0.0).then(|| prod / defaults)
     }
 }
 
@@ -165,7 +180,27 @@ fn ratio_at_least(v: Option<f64>, min: f64) -> Option<(String, bool)> {
     v.map(|x| (format!("{x:.2}"), x >= min))
 }
 
-/// The targets (issue 6), in the issue's order.
+/// The HTTP scenarios issue 15's production targets cover.
+const PRODUCTION_SCENARIOS: [Scenario; 5] = [
+    Scenario::Get1k16,
+    Scenario::Get1k64,
+    Scenario::Get100k16,
+    Scenario::Get100k64,
+    Scenario::Post64k16,
+];
+
+/// The worst (lowest) of `f` over the production scenarios, with the scenario's id.
+fn worst(
+    r: &Results,
+    f: impl Fn(&Results, Scenario) -> Option<f64>,
+) -> Option<(f64, &'static str)> {
+    PRODUCTION_SCENARIOS
+        .iter()
+        .filter_map(|sc| f(r, *sc).map(|v| (v, sc.id())))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The targets (issue 6, then issue 15's), in the issues' order.
 pub(crate) fn targets() -> Vec<Target> {
     vec![
         Target {
@@ -255,6 +290,52 @@ pub(crate) fn targets() -> Vec<Target> {
                     format!("fds {} → {} → {}", t.before.fds, t.during.fds, t.after.fds),
                     t.released && t.opened > 0 && t.error.is_none(),
                 ))
+            },
+        },
+        Target {
+            name: "every HTTP row, defaults: req/s ÷ best peer (worst row)",
+            threshold: "≥ 1.10",
+            eval: |r, k| {
+                if k != Kind::Fluxlit {
+                    return None;
+                }
+                let (v, sc) = worst(r, |r, sc| r.ratio_best_peer(sc, k))?;
+                Some((format!("{v:.2} ({sc})"), v >= 1.10))
+            },
+        },
+        Target {
+            name: "every HTTP row, production: req/s ÷ best peer with access log (worst row)",
+            threshold: "≥ 1.10",
+            eval: |r, k| {
+                if k != Kind::FluxlitProduction {
+                    return None;
+                }
+                let (v, sc) = worst(r, |r, sc| r.ratio_best_peer(sc, k))?;
+                Some((format!("{v:.2} ({sc})"), v >= 1.10))
+            },
+        },
+        Target {
+            name: "every HTTP row: production CPU µs/op ÷ defaults' (worst row)",
+            threshold: "≤ 1.15",
+            eval: |r, k| {
+                if k != Kind::FluxlitProduction {
+                    return None;
+                }
+                let (v, sc) = PRODUCTION_SCENARIOS
+                    .iter()
+                    .filter_map(|sc| r.production_cpu_ratio(*sc).map(|v| (v, sc.id())))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))?;
+                Some((format!("{v:.2} ({sc})"), v <= 1.15))
+            },
+        },
+        Target {
+            name: "API GET 1 KiB 16c req/s ÷ nginx (same prefix strip)",
+            threshold: "≥ 1.10",
+            eval: |r, k| {
+                if k != Kind::Fluxlit {
+                    return None;
+                }
+                ratio_at_least(r.ratio_nginx(Scenario::ApiGet1k16, k), 1.10)
             },
         },
     ]
@@ -414,7 +495,7 @@ pub(crate) fn markdown(r: &Results, m: &Machine, method: &Method) -> String {
     let mut noisy = 0;
     for sc in Scenario::ALL {
         for row in &r.rows {
-            if row.skipped.is_some() {
+            if row.skipped.is_some() || !row.kind.runs(sc) {
                 continue;
             }
             let k = row.kind;

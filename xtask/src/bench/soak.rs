@@ -64,7 +64,14 @@ pub(crate) struct SoakResult {
     pub(crate) fds_before: u64,
     pub(crate) fds_after: u64,
     pub(crate) failures: Vec<String>,
+    /// Bytes of access log FluxLit wrote (to `fluxlit.log`, kept under [`LOG_CAP`]).
+    pub(crate) log_bytes: u64,
+    /// How often the log was emptied on reaching [`LOG_CAP`].
+    pub(crate) log_truncations: u32,
 }
+
+/// Largest size of the soak's access log on disk before it is emptied, bytes (64 MiB).
+const LOG_CAP: u64 = 64 * 1024 * 1024;
 
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -84,8 +91,10 @@ fn fd_count(pid: u32) -> Option<u64> {
 }
 
 /// FluxLit "production": access log on in JSON (stderr, which the bench writes to
-/// `fluxlit.log`), metrics on.
+/// `fluxlit.log`), metrics on, log level `info` (the access log's level: the bench's other
+/// FluxLit rows run at `warn`).
 pub(crate) const PRODUCTION_ENV: &[(&str, &str)] = &[
+    ("FLUXLIT_LOG_LEVEL", "info"),
     ("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "true"),
     ("FLUXLIT_LOG_FORMAT", "json"),
     ("FLUXLIT_ENABLE_GATEWAY_PROMETHEUS_METRICS", "true"),
@@ -134,12 +143,15 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
         let tx = tx.clone();
         let bin = bin.to_path_buf();
         threads.push(std::thread::spawn(move || {
-            let r = load::run(load::Scenario::WsEcho16, port, duration, &bin, &bin);
+            let r = load::run(load::Scenario::WsEcho16, port, false, duration, &bin, &bin);
             let _ = tx.send(result("WebSocket echo, 16 sessions", r));
         }));
     }
     drop(tx);
 
+    let log = work.join("fluxlit-production/fluxlit.log");
+    let mut log_truncations = 0u32;
+    let mut log_bytes = 0u64;
     let started = Instant::now();
     let mut points = Vec::new();
     let mut results = Vec::new();
@@ -148,6 +160,16 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
             Ok(r) => results.push(r),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // The access log is written for real, but kept under LOG_CAP on disk (as logrotate's
+        // copytruncate would): a minute writes hundreds of MB.
+        if let Ok(m) = std::fs::metadata(&log)
+            && m.len() > LOG_CAP
+            && let Ok(f) = std::fs::OpenOptions::new().write(true).open(&log)
+        {
+            log_bytes += m.len();
+            let _ = f.set_len(0);
+            log_truncations += 1;
         }
         if let (Some(rss), Some(fds)) = (rss_bytes(pid), fd_count(pid)) {
             points.push(Point {
@@ -169,6 +191,7 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
         std::thread::sleep(Duration::from_millis(200));
         fds_after = fd_count(pid).unwrap_or(u64::MAX);
     }
+    log_bytes += std::fs::metadata(&log).map_or(0, |m| m.len());
     let alive = row.check_alive();
     if let Some(p) = row.proc.as_mut() {
         p.stop();
@@ -203,6 +226,18 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
             _ => {}
         }
     }
+    // At least one JSON access-log line per 10 HTTP requests (lines are ~300 bytes; WebSocket
+    // sessions log at their ends only): the production configuration really logged.
+    let operations: u64 = results
+        .iter()
+        .filter(|l| !l.name.starts_with("WebSocket"))
+        .filter_map(|l| l.sample.as_ref().map(|s| s.count))
+        .sum();
+    if log_bytes < operations.saturating_mul(30) {
+        failures.push(format!(
+            "FluxLit production wrote {log_bytes} bytes of access log for {operations} operations: the access log is not on"
+        ));
+    }
     if results.len() < 4 {
         failures.push(format!("only {} of 4 loads reported", results.len()));
     }
@@ -229,6 +264,8 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
         fds_before,
         fds_after,
         failures,
+        log_bytes,
+        log_truncations,
     })
 }
 
@@ -272,7 +309,8 @@ pub(crate) fn markdown(r: &SoakResult) -> String {
     let last = r.points.last().map_or(0, |p| p.rss);
     s.push_str(&format!(
         "\nRSS: {:.1} MiB at the start of the load, {:.1} MiB after warm-up ({:.0} s), at most {:.1} MiB after it (limit +{:.0} MiB), {:.1} MiB at the end; {} samples.\n\
-         Descriptors: {} before the load, {} after it (peak {}).\n\n**{}**\n",
+         Descriptors: {} before the load, {} after it (peak {}).\n\
+         Access log: {:.0} MiB of JSON lines written to the file (emptied {} times on reaching {:.0} MiB).\n\n**{}**\n",
         mib(first),
         mib(r.rss_at_warmup),
         r.warmup_s,
@@ -283,6 +321,9 @@ pub(crate) fn markdown(r: &SoakResult) -> String {
         r.fds_before,
         r.fds_after,
         r.points.iter().map(|p| p.fds).max().unwrap_or(0),
+        mib(r.log_bytes),
+        r.log_truncations,
+        mib(LOG_CAP),
         if r.failures.is_empty() {
             "PASS: 0 errors, RSS flat after warm-up, descriptors back".to_owned()
         } else {
