@@ -705,3 +705,32 @@ fn unusable_jwt_settings_are_a_build_error() {
         "cannot check bearer tokens (auth_mode = jwt): jwt_audience is required for JWT checks"
     );
 }
+
+/// Discovery trusts a document only when its `issuer` is exactly `jwt_issuer` (OpenID Connect
+/// Discovery 1.0 §4.3): here the configured issuer has a trailing `/` the document's lacks, so
+/// the JWKS is never fetched and the API answers 503 while nothing reaches it.
+#[tokio::test]
+async fn discovery_must_name_the_configured_issuer() {
+    for fast in ENGINES {
+        let rec = upstream().await;
+        let jwks = Arc::new(Mutex::new(json!({"keys": [jwk("rsa-a")]})));
+        let server = jwks_server(jwks).await;
+        let issuer = format!("http://{}/", server.addr);
+        let (b, verifier) = jwks_gateway(&rec, &issuer, KeySource::Discovery, Duration::ZERO);
+        let gw = start_on(b, fast).await;
+        let ctx = engine(fast);
+        let mut c = claims();
+        c["iss"] = json!(issuer);
+        let t = token(Algorithm::RS256, "rsa-a", Some("rsa-a"), &c);
+        let r = get(gw.addr, "/api/x", Some(format!("Bearer {t}").as_bytes())).await;
+        assert_denied(&r, 503, "Authentication keys unavailable", None, ctx);
+        let targets: Vec<String> = server.requests().into_iter().map(|r| r.target).collect();
+        assert_eq!(
+            targets,
+            ["/.well-known/openid-configuration"],
+            "{ctx}: the JWKS of a mismatched issuer is never fetched"
+        );
+        assert_eq!(verifier.jwks_fetches(), 1, "{ctx}");
+        assert!(rec.requests().is_empty(), "{ctx}");
+    }
+}
