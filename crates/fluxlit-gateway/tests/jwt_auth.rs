@@ -734,3 +734,63 @@ async fn discovery_must_name_the_configured_issuer() {
         assert!(rec.requests().is_empty(), "{ctx}");
     }
 }
+
+/// HTTP/2 (prior knowledge; hyper's engine) reaches the API through the same check: without a
+/// token the §8.1 answer, with a valid one the API; one connection, several streams.
+#[tokio::test]
+async fn http2_api_requests_are_checked_too() {
+    use http_body_util::BodyExt;
+
+    let rec = upstream().await;
+    let env = [
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        ("FLUXLIT_JWT_ISSUER", ISSUER),
+        ("FLUXLIT_JWT_AUDIENCE", "api"),
+        ("FLUXLIT_JWT_HS256_SECRET", SECRET),
+    ];
+    let gw = start_on(from_settings(&env, &rec), true).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let ok = token(Algorithm::HS256, SECRET, None, &claims());
+    for (authorization, status, body) in [
+        (None, 401, Some(r#"{"detail":"Missing bearer token"}"#)),
+        (
+            Some("Bearer x.y.z".to_owned()),
+            401,
+            Some(r#"{"detail":"Invalid token"}"#),
+        ),
+        (Some(format!("Bearer {ok}")), 200, None),
+    ] {
+        let mut req = http::Request::get(format!("http://{}/api/x", gw.addr));
+        if let Some(a) = &authorization {
+            req = req.header(http::header::AUTHORIZATION, a.as_str());
+        }
+        let req = req
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = support::within("an HTTP/2 answer", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{authorization:?}");
+        let www = resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        if let Some(body) = body {
+            assert_eq!(std::str::from_utf8(&bytes).unwrap(), body);
+            assert!(www.is_some_and(|w| w.starts_with("Bearer")), "{body}");
+        }
+    }
+    let targets: Vec<String> = rec.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/x"], "only the valid token reached the API");
+    gw.assert_served(0, 3, "HTTP/2 is hyper's");
+    drop(sender);
+    conn.abort();
+}
