@@ -11,11 +11,11 @@ use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 
-/// Longest a fetch may take, connect to last body byte.
-pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a fetch of the discovery document or the JWKS may take, connect to last body byte.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest document accepted, bytes.
-pub(crate) const MAX_DOCUMENT: usize = 1 << 20;
+/// Largest discovery document or JWKS accepted, in bytes (1 MiB).
+pub const MAX_DOCUMENT: usize = 1 << 20;
 
 /// Why a fetch failed (the message names the URL's part that failed, never a token).
 #[derive(Debug, thiserror::Error)]

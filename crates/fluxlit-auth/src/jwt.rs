@@ -36,7 +36,7 @@ use http::Uri;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-pub use crate::fetch::FetchError;
+pub use crate::fetch::{FETCH_TIMEOUT, FetchError, MAX_DOCUMENT};
 
 /// Shortest time between two JWKS fetches caused by unknown `kid`s (AUTH.md A.2: at most once
 /// per 30 s).
