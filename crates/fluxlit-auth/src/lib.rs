@@ -1,8 +1,9 @@
 //! FluxLit's authentication building blocks.
 //!
 //! For now this crate owns the rules about *which headers carry credentials or identity*, and
-//! which client headers the UI (Streamlit) receives; the gateway applies them on every hop. JWT
-//! validation and the OIDC backend-for-frontend will live here too. The names themselves, with
+//! which client headers the UI (Streamlit) receives; the gateway applies them on every hop. It
+//! also checks bearer JWTs for the API ([`jwt`], `auth_mode = jwt`). The OIDC
+//! backend-for-frontend will live here too. The names themselves, with
 //! the reason for each, are the header catalogue's (`fluxlit_headers::CATALOGUE`): this crate's
 //! lists are compile-time views of it.
 //!
@@ -36,6 +37,9 @@
 //! }
 //! assert!(!policy.is_identity(b"X-Request-ID"));
 //! ```
+
+mod fetch;
+pub mod jwt;
 
 use fluxlit_headers::Class;
 use http::HeaderMap;

@@ -67,7 +67,7 @@ fn json_says_where_every_value_came_from() {
     let message = unused[0]["message"].as_str().unwrap();
     assert!(
         message.starts_with(
-            "jwt_hs256_secret (from environment variable FLUXLIT_JWT_HS256_SECRET) is set, but it has no effect until authentication is configured"
+            "jwt_hs256_secret (from environment variable FLUXLIT_JWT_HS256_SECRET) is set, but it has no effect with auth_mode = off (from default)"
         ),
         "{message}"
     );
@@ -92,7 +92,7 @@ fn unused_jwt_and_oidc_keys_are_a_warning_and_fail_strict() {
         "jwt_issuer (from environment variable FLUXLIT_JWT_ISSUER)",
         "oidc_client_id (from ",
         "fluxlit.toml:1)",
-        "no effect until authentication is configured",
+        "no effect with auth_mode = off (from default)",
     ] {
         assert!(line.contains(part), "{part:?} missing from {line}");
     }
@@ -103,6 +103,34 @@ fn unused_jwt_and_oidc_keys_are_a_warning_and_fail_strict() {
     let (code, out, err) = config(dir.path(), &["--strict"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Warnings:\n  (none)"), "{out}");
+}
+
+/// With auth_mode = jwt the jwt_* keys are used: `fluxlit config --strict` is clean, and
+/// auth_mode = oidc is still a configuration error naming the key, its value and its source.
+#[test]
+fn jwt_mode_uses_the_jwt_keys_and_oidc_is_refused() {
+    let dir = fluxlit_testkit::TempDir::new("config-jwt");
+    let env = [
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        ("FLUXLIT_JWT_ISSUER", "https://idp.example"),
+        ("FLUXLIT_JWT_AUDIENCE", "api,other"),
+        ("FLUXLIT_JWT_JWKS_URL", "https://idp.example/jwks"),
+    ];
+    let (code, out, err) = config(dir.path(), &["--strict"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("auth_keys_unused"), "{out}");
+    assert!(out.contains("Warnings:\n  (none)"), "{out}");
+    let (code, out, err) = config(dir.path(), &[], &[("FLUXLIT_AUTH_MODE", "oidc")]);
+    assert_ne!(code, 0, "{out}{err}");
+    let text = format!("{out}{err}");
+    for part in [
+        "auth_mode",
+        "oidc",
+        "environment variable FLUXLIT_AUTH_MODE",
+        "off, forward or jwt",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from {text}");
+    }
 }
 
 #[test]

@@ -340,14 +340,16 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             ),
         );
     }
-    // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them) but
-    // nothing reads them yet; a deployment that sets them may believe its API is protected.
+    // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them), but
+    // the jwt_* keys are read only with auth_mode = jwt and the oidc_* keys not at all (no OIDC
+    // login yet); a deployment that sets them otherwise may believe its API is protected.
+    let jwt = s.auth_mode == crate::AuthMode::Jwt;
     let auth_keys: Vec<String> = [
-        ("jwt_issuer", !s.jwt_issuer.is_empty()),
-        ("jwt_audience", !s.jwt_audience.is_empty()),
-        ("jwt_hs256_secret", !s.jwt_hs256_secret.is_empty()),
-        ("jwt_jwks_url", !s.jwt_jwks_url.is_empty()),
-        ("jwt_leeway_seconds", s.jwt_leeway_seconds != 0),
+        ("jwt_issuer", !jwt && !s.jwt_issuer.is_empty()),
+        ("jwt_audience", !jwt && !s.jwt_audience.is_empty()),
+        ("jwt_hs256_secret", !jwt && !s.jwt_hs256_secret.is_empty()),
+        ("jwt_jwks_url", !jwt && !s.jwt_jwks_url.is_empty()),
+        ("jwt_leeway_seconds", !jwt && s.jwt_leeway_seconds != 0),
         ("oidc_issuer", !s.oidc_issuer.is_empty()),
         ("oidc_client_id", !s.oidc_client_id.is_empty()),
         ("oidc_client_secret", !s.oidc_client_secret.is_empty()),
@@ -362,7 +364,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             Level::Warn,
             "auth_keys_unused",
             format!(
-                "{} {}, but {} no effect until authentication is configured: this version of FluxLit does not check JWT bearer tokens or run an OIDC login, so neither the API nor the UI is protected by {}; unset {}, or put authentication in front of FluxLit (auth_mode = \"forward\" behind oauth2-proxy or Pomerium, docs/auth.md)",
+                "{} {}, but {} no effect with auth_mode = {} (from {}): FluxLit checks JWT bearer tokens only with auth_mode = \"jwt\" and this version has no OIDC login, so neither the API nor the UI is protected by {}; unset {}, set auth_mode = \"jwt\" to check bearer tokens on the API, or put authentication in front of FluxLit (auth_mode = \"forward\" behind oauth2-proxy or Pomerium; docs/auth.md)",
                 auth_keys.join(", "),
                 if auth_keys.len() == 1 {
                     "is set"
@@ -374,6 +376,8 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
                 } else {
                     "they have"
                 },
+                s.auth_mode.as_str(),
+                loaded.origin("auth_mode"),
                 if auth_keys.len() == 1 { "it" } else { "them" },
                 if auth_keys.len() == 1 { "it" } else { "them" },
             ),

@@ -284,10 +284,23 @@ pub enum AuthMode {
     Off,
     /// A trusted front proxy authenticates (`auth_forward_*`).
     Forward,
-    /// Bearer JWTs for the API (refused at load time in this version).
+    /// Identity headers stripped as with `Off`, and a valid bearer JWT (the `jwt_*` keys)
+    /// required on every API request but the health endpoints (reference §8.1).
     Jwt,
     /// OpenID Connect login at the gateway (refused at load time in this version).
     Oidc,
+}
+
+impl AuthMode {
+    /// The mode as written in settings (`off`, `forward`, `jwt`, `oidc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Forward => "forward",
+            Self::Jwt => "jwt",
+            Self::Oidc => "oidc",
+        }
+    }
 }
 
 /// Log line format.
@@ -392,7 +405,7 @@ pub struct Settings {
     pub auth_forward_headers: Vec<String>,
     pub auth_forward_require_https: bool,
     pub jwt_issuer: String,
-    pub jwt_audience: String,
+    pub jwt_audience: Vec<String>,
     pub jwt_hs256_secret: Secret,
     pub jwt_jwks_url: String,
     pub jwt_leeway_seconds: u64,
@@ -1078,17 +1091,72 @@ fn resolve(
             );
         }
     }
-    if matches!(raw.auth_mode, AuthMode::Jwt | AuthMode::Oidc) {
+    if raw.auth_mode == AuthMode::Oidc {
         bad(
             "auth_mode",
-            if raw.auth_mode == AuthMode::Jwt {
-                "jwt"
-            } else {
-                "oidc"
-            },
-            "off or forward: the jwt and oidc modes are not available in this version",
-            "use auth_mode = \"forward\" behind oauth2-proxy or Pomerium for now (docs/auth.md)",
+            "oidc",
+            "off, forward or jwt: the OIDC login (oidc) is not available in this version",
+            "use auth_mode = \"forward\" behind oauth2-proxy or Pomerium, or \"jwt\" for bearer tokens on the API (docs/auth.md)",
             origin_of(origins, "auth_mode"),
+        );
+    }
+    raw.jwt_audience.retain(|a| !a.trim().is_empty());
+    if raw.auth_mode == AuthMode::Jwt {
+        let mode = format!(
+            "auth_mode is jwt (from {})",
+            origin_of(origins, "auth_mode")
+        );
+        if raw.jwt_issuer.trim().is_empty() {
+            bad(
+                "jwt_issuer",
+                &raw.jwt_issuer,
+                &format!("the issuer (`iss`) of the bearer tokens, because {mode}"),
+                "set jwt_issuer to your provider's issuer, e.g. FLUXLIT_JWT_ISSUER=https://login.example.com/realms/main",
+                origin_of(origins, "jwt_issuer"),
+            );
+        } else if raw.jwt_hs256_secret.is_empty()
+            && raw.jwt_jwks_url.is_empty()
+            && !valid_http_url(&raw.jwt_issuer)
+        {
+            bad(
+                "jwt_issuer",
+                &raw.jwt_issuer,
+                &format!(
+                    "an http(s) URL whose OpenID discovery document ({{issuer}}/.well-known/openid-configuration) names the keys, because {mode} and neither jwt_jwks_url nor jwt_hs256_secret is set"
+                ),
+                "set jwt_jwks_url to your provider's JWKS URL, or jwt_hs256_secret for HS256 tokens",
+                origin_of(origins, "jwt_issuer"),
+            );
+        }
+        if raw.jwt_audience.is_empty() {
+            bad(
+                "jwt_audience",
+                "[]",
+                &format!("one audience (`aud`) or a list, because {mode}"),
+                "set jwt_audience to the audience your provider puts in tokens for this API, e.g. FLUXLIT_JWT_AUDIENCE=fluxlit-api (a list: a,b or [\"a\",\"b\"])",
+                origin_of(origins, "jwt_audience"),
+            );
+        }
+        let secret = raw.jwt_hs256_secret.expose().len();
+        if secret > 0 && secret < 32 {
+            bad(
+                "jwt_hs256_secret",
+                REDACTED,
+                &format!(
+                    "a shared secret of at least 32 bytes for HS256 (RFC 7518 §3.2), not {secret} bytes"
+                ),
+                "generate one, e.g. `openssl rand -base64 48`, and give the same value to the token issuer",
+                origin_of(origins, "jwt_hs256_secret"),
+            );
+        }
+    }
+    if !raw.jwt_jwks_url.is_empty() && !valid_http_url(&raw.jwt_jwks_url) {
+        bad(
+            "jwt_jwks_url",
+            &raw.jwt_jwks_url,
+            "an absolute http:// or https:// URL with a host",
+            "copy the jwks_uri of your provider's /.well-known/openid-configuration",
+            origin_of(origins, "jwt_jwks_url"),
         );
     }
     if raw.auth_mode == AuthMode::Forward && raw.auth_forward_trusted_cidrs.is_empty() {
@@ -1176,6 +1244,18 @@ fn resolve(
     raw.api_mount_path = api_mount_path;
     raw.gateway_prometheus_metrics_path = metrics_path;
     Some(raw)
+}
+
+/// Whether `url` is `http://` or `https://` followed by a host (and optionally more), with no
+/// whitespace.
+fn valid_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !r.contains(char::is_whitespace) && url.parse::<http::Uri>().is_ok()
+    })
 }
 
 /// An HTTP field name: a non-empty token (RFC 9110 §5.1, §5.6.2).

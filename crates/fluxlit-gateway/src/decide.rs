@@ -37,7 +37,9 @@ pub(crate) enum Decision {
     Client,
     /// Under `/__fluxlit` but not an enabled endpoint: 404, never forwarded.
     NotFound,
-    /// To the API, at `path` (mount stripped).
+    /// To the API, at `path` (mount stripped). Never served by the fast path (it serves only
+    /// [`Decision::Ui`]), so every API request reaches `Gateway::api` on hyper's engine, where
+    /// the bearer check of `auth_mode = jwt` runs before anything is forwarded.
     Api {
         /// Path after the API mount.
         path: String,

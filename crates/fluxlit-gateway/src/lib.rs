@@ -127,6 +127,10 @@ pub enum BuildError {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// The bearer-token check (`auth_mode = jwt`) cannot be set up from the `jwt_*` settings.
+    /// (The message includes the cause: callers print only the top error.)
+    #[error("cannot check bearer tokens (auth_mode = jwt): {0}")]
+    Jwt(#[source] Arc<fluxlit_auth::jwt::JwtConfigError>),
 }
 
 /// Security headers and CORS for API responses (FluxLit's `enable_security_headers`,
@@ -217,6 +221,9 @@ pub struct GatewayBuilder {
     debug: Option<DebugInfo>,
     fast_path: bool,
     forward_auth: Option<ForwardAuth>,
+    /// `auth_mode = jwt`: the verifier, or why the settings could not make one.
+    jwt:
+        Option<Result<Arc<fluxlit_auth::jwt::JwtVerifier>, Arc<fluxlit_auth::jwt::JwtConfigError>>>,
 }
 
 impl std::fmt::Debug for GatewayBuilder {
@@ -253,6 +260,7 @@ impl Default for GatewayBuilder {
             debug: None,
             fast_path: true,
             forward_auth: None,
+            jwt: None,
         }
     }
 }
@@ -307,6 +315,8 @@ impl GatewayBuilder {
                 s.auth_forward_require_https,
             )
         });
+        self.jwt = (s.auth_mode == fluxlit_config::AuthMode::Jwt)
+            .then(|| jwt_from_settings(s).map(Arc::new).map_err(Arc::new));
         self.api_headers = ApiHeaders::from_settings(s);
         self.access_log = s.enable_gateway_access_log || s.debug;
         self.record_metrics = s.enable_gateway_prometheus_metrics;
@@ -393,6 +403,17 @@ impl GatewayBuilder {
     /// off (identity headers stripped from everybody).
     pub fn forward_auth(mut self, auth: ForwardAuth) -> Self {
         self.forward_auth = Some(auth);
+        self
+    }
+
+    /// Bearer-token authentication for the API (`auth_mode = jwt`): every API request
+    /// (`{root}{api}/…`, the health endpoints `{api}/healthz` and `{api}/readyz` aside) needs an
+    /// `Authorization: Bearer` JWT that `verifier` accepts, and is otherwise answered with its
+    /// [`fluxlit_auth::jwt::Denial`] (reference §8.1; RFC 6750 §3). CORS preflights are
+    /// answered first, as FluxLit for Python's CORS middleware did. The UI stays public.
+    /// Default: no check.
+    pub fn jwt(mut self, verifier: Arc<fluxlit_auth::jwt::JwtVerifier>) -> Self {
+        self.jwt = Some(Ok(verifier));
         self
     }
 
@@ -485,6 +506,7 @@ impl GatewayBuilder {
             }
             _ => None,
         };
+        let jwt = self.jwt.transpose().map_err(BuildError::Jwt)?;
         let rate = limits::RateLimits::new(&self.limits);
         // What a UI request needs besides forwarding: the fast path serves it only without.
         let ui_duties = decide::Duties {
@@ -524,6 +546,7 @@ impl GatewayBuilder {
                 request_id_trust: self.request_id_trust,
                 header_policy,
                 forward_auth: self.forward_auth,
+                jwt,
                 api_headers: self.api_headers,
                 access_log: self.access_log,
                 health_access_log: self.health_access_log,
@@ -537,6 +560,27 @@ impl GatewayBuilder {
             }),
         })
     }
+}
+
+/// The bearer-token verifier the `jwt_*` settings describe: a shared secret (HS256 only), a
+/// JWKS URL, or, with neither, the issuer's OpenID discovery document.
+fn jwt_from_settings(
+    s: &fluxlit_config::Settings,
+) -> Result<fluxlit_auth::jwt::JwtVerifier, fluxlit_auth::jwt::JwtConfigError> {
+    use fluxlit_auth::jwt::{JwtConfig, JwtVerifier, KeySource};
+    let keys = if !s.jwt_hs256_secret.is_empty() {
+        KeySource::Hs256(s.jwt_hs256_secret.expose().as_bytes().to_vec())
+    } else if !s.jwt_jwks_url.is_empty() {
+        KeySource::jwks_url(&s.jwt_jwks_url)?
+    } else {
+        KeySource::Discovery
+    };
+    JwtVerifier::new(JwtConfig {
+        issuer: s.jwt_issuer.clone(),
+        audiences: s.jwt_audience.clone(),
+        leeway_seconds: s.jwt_leeway_seconds,
+        keys,
+    })
 }
 
 /// Header names configured for Streamlit's `server.trustedUserHeaders` in the `streamlit run`
@@ -593,6 +637,8 @@ struct Inner {
     ui_duties: decide::Duties,
     /// `auth_mode = forward` ([`ForwardAuth`]).
     forward_auth: Option<ForwardAuth>,
+    /// `auth_mode = jwt`: the bearer check every API request passes first (`Gateway::api`).
+    jwt: Option<Arc<fluxlit_auth::jwt::JwtVerifier>>,
     /// Requests served per engine.
     served: ServedCounters,
 }
@@ -1043,6 +1089,22 @@ impl Gateway {
         let inner = &*self.inner;
         let cors = inner.api_headers.cors.clone();
         let handler = |req: Request<observe::Counted<cap::Lingering>>| async move {
+            // `auth_mode = jwt`: no API request goes on without a valid bearer token. Every API
+            // request reaches the API here, on whichever engine it arrived: the fast path
+            // serves only `Decision::Ui` (`decide.rs`) and hands every API request to hyper.
+            if let Some(jwt) = &inner.jwt {
+                let field = req.headers().get(http::header::AUTHORIZATION);
+                if let Err(denial) = jwt.verify(field.map(HeaderValue::as_bytes)).await {
+                    tracing::info!(
+                        request_id = rid.to_str().unwrap_or(""),
+                        client_ip = %view.client_ip,
+                        status = denial.status().as_u16(),
+                        reason = denial.reason(),
+                        "API request denied by the bearer-token check"
+                    );
+                    return (response::denied(&denial), None);
+                }
+            }
             let r: (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) = match &inner
                 .api_target
             {

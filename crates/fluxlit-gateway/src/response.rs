@@ -56,3 +56,22 @@ pub(crate) fn plain_rid(
         .insert(crate::observe::REQUEST_ID, rid.clone());
     r
 }
+
+/// The answer to a request the API's bearer check refused (`auth_mode = jwt`): the status,
+/// `{"detail":"…"}` body and `WWW-Authenticate` of FluxLit for Python's `JWTBearer` (reference
+/// §8.1; RFC 6750 §3), never cached.
+pub(crate) fn denied(denial: &fluxlit_auth::jwt::Denial) -> Response<Body> {
+    let mut r = Response::new(full(denial.body()));
+    *r.status_mut() = denial.status();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(www) = denial.www_authenticate() {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(www),
+        );
+    }
+    r
+}

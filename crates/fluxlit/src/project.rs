@@ -197,8 +197,15 @@ fn fluxlit_toml(profile: Profile) -> String {
              # auth_forward_trusted_cidrs = [\"127.0.0.1\"]   # the proxy's address as FluxLit sees it\n\
              # auth_forward_user_header = \"X-Forwarded-User\"\n\
              #\n\
-             # Not in this version yet (refused at start-up): bearer tokens for /api\n\
-             # (auth_mode = \"jwt\", jwt_issuer, jwt_audience, jwt_jwks_url) and the browser login\n\
+             # Or bearer tokens (JWT) on every /api request but the health endpoints; the UI\n\
+             # stays public. Without jwt_jwks_url the keys come from the issuer's discovery\n\
+             # document; an HS256 secret goes in FLUXLIT_JWT_HS256_SECRET, never in this file.\n\
+             # auth_mode = \"jwt\"\n\
+             # jwt_issuer = \"https://login.example.com/realms/main\"\n\
+             # jwt_audience = [\"fluxlit-api\"]\n\
+             # jwt_jwks_url = \"https://login.example.com/realms/main/protocol/openid-connect/certs\"\n\
+             #\n\
+             # Not in this version yet (refused at start-up): the browser login\n\
              # (auth_mode = \"oidc\", public_base_url, oidc_issuer, oidc_client_id; the client\n\
              # secret in FLUXLIT_OIDC_CLIENT_SECRET, never in this file).\n",
         ),
