@@ -383,6 +383,19 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             ),
         );
     }
+    if s.enable_gateway_access_log && !access_log_enabled_by(&s.log_level) {
+        push(
+            Level::Warn,
+            "access_log_hidden_by_log_level",
+            format!(
+                "enable_gateway_access_log is on (from {}), but log_level = {:?} (from {}) hides its lines: the access log (target fluxlit::access) is logged at info; set log_level = \"info\", or keep the rest quiet with \"{},fluxlit::access=info\"",
+                loaded.origin("enable_gateway_access_log"),
+                s.log_level,
+                loaded.origin("log_level"),
+                s.log_level.trim()
+            ),
+        );
+    }
     if matches!(
         loaded.origin("gateway_httpx_max_keepalive_connections"),
         Origin::File { .. } | Origin::Env { .. } | Origin::Cli { .. }
@@ -390,6 +403,58 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         push(Level::Warn, "gateway_httpx_max_keepalive_ignored", "gateway_httpx_max_keepalive_connections has no effect; the pool's idle connections are bounded by gateway_httpx_max_connections".into());
     }
     out
+}
+
+/// A level name of `log_level` (uvicorn's and tracing's) as a number: off 0, error 1 (also
+/// `critical`), warn 2 (`warning`), info 3, debug 4, trace 5; `None` when it is not one.
+fn level_rank(name: &str) -> Option<u8> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "off" => 0,
+        "critical" | "error" => 1,
+        "warn" | "warning" => 2,
+        "info" => 3,
+        "debug" => 4,
+        "trace" => 5,
+        _ => return None,
+    })
+}
+
+/// Whether a `log_level` (a level, or a tracing `EnvFilter` directive list such as
+/// `warn,fluxlit::access=info`) lets the access log's `info` lines (target `fluxlit::access`)
+/// through: the directive with the longest target that is a prefix of `fluxlit::access` wins,
+/// then the bare level; with neither, nothing is logged. Directives with span or field filters
+/// (`[`, `{`) are not judged: the answer is then yes, so no false warning is given.
+pub(crate) fn access_log_enabled_by(log_level: &str) -> bool {
+    const TARGET: &str = "fluxlit::access";
+    let mut default = None;
+    let mut best: Option<(usize, u8)> = None;
+    for d in log_level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        if d.contains(['[', '{']) {
+            return true;
+        }
+        match d.split_once('=') {
+            Some((target, level)) => {
+                let Some(rank) = level_rank(level) else {
+                    return true;
+                };
+                let target = target.trim();
+                if TARGET.starts_with(target) && best.is_none_or(|(len, _)| target.len() > len) {
+                    best = Some((target.len(), rank));
+                }
+            }
+            None => match level_rank(d) {
+                Some(rank) => default = Some(rank),
+                // A bare target enables it at every level.
+                None if TARGET.starts_with(d) => best = Some((d.len(), 5)),
+                None => {}
+            },
+        }
+    }
+    best.map(|(_, r)| r).or(default).unwrap_or(0) >= 3
 }
 
 #[cfg(test)]

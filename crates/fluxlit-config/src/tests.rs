@@ -1057,3 +1057,55 @@ fn request_id_trust_defaults_to_any() {
     let e = load_in(&d, &env, CliOverrides::default()).unwrap_err();
     assert_eq!(e.problems[0].key, "request_id_trust");
 }
+
+/// The access log is logged at info: a log level that hides it while it is on is a warning
+/// naming both settings and the directive that keeps it.
+#[test]
+fn access_log_hidden_by_the_log_level_is_a_warning() {
+    use crate::findings::access_log_enabled_by;
+    for (level, shown) in [
+        ("info", true),
+        ("debug", true),
+        ("warn", false),
+        ("WARNING", false),
+        ("critical", false),
+        ("off", false),
+        ("warn,fluxlit::access=info", true),
+        ("info,fluxlit::access=warn", false),
+        ("warn,fluxlit=debug", true),
+        ("info,fluxlit=error,fluxlit::access=trace", true),
+        ("fluxlit_gateway=debug", false),
+        ("warn,fluxlit::access", true),
+        ("warn,fluxlit[span]=info", true),
+    ] {
+        assert_eq!(access_log_enabled_by(level), shown, "{level}");
+    }
+    let d = Dir::new("access-log-level");
+    let env = [
+        ("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "true"),
+        ("FLUXLIT_LOG_LEVEL", "warn"),
+    ];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let found = findings::findings(&l, &Environment::from_pairs(env.iter().copied()));
+    let f = found
+        .iter()
+        .find(|f| f.code == "access_log_hidden_by_log_level")
+        .expect("the warning");
+    assert!(
+        f.message.contains("FLUXLIT_LOG_LEVEL")
+            && f.message.contains("\"warn,fluxlit::access=info\""),
+        "{}",
+        f.message
+    );
+    let env = [
+        ("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "true"),
+        ("FLUXLIT_LOG_LEVEL", "warn,fluxlit::access=info"),
+    ];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let found = findings::findings(&l, &Environment::from_pairs(env.iter().copied()));
+    assert!(
+        !found
+            .iter()
+            .any(|f| f.code == "access_log_hidden_by_log_level")
+    );
+}
