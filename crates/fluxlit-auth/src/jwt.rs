@@ -346,6 +346,39 @@ impl JwtVerifier {
         Ok(Self { validation, keys })
     }
 
+    /// Fetches the signing keys now (discovery first when configured so) and keeps them, for
+    /// diagnostics (`fluxlit doctor`) and warm-up. Returns what was found: the number of usable
+    /// signing keys and where they came from (`HS256 shared secret` for a secret).
+    ///
+    /// # Errors
+    /// Why the keys could not be fetched: the discovery document or JWKS unreachable, not
+    /// JSON, naming another issuer, with a non-https `jwks_uri`, or with no usable key (the
+    /// message names the URL, never a token).
+    pub async fn fetch_keys_now(&self) -> Result<(usize, String), String> {
+        let remote = match &self.keys {
+            Keys::Secret(_) => return Ok((1, "HS256 shared secret".into())),
+            Keys::Remote(r) => r,
+        };
+        let mut refresh = remote.refresh.lock().await;
+        refresh.last_attempt = Some(Instant::now());
+        remote.generation.fetch_add(1, Ordering::AcqRel);
+        let set = remote.fetch(&mut refresh).await?;
+        let n = set.by_kid.len() + set.anonymous.len();
+        let from = refresh
+            .jwks_url
+            .as_ref()
+            .map_or_else(|| "the JWKS".to_owned(), ToString::to_string);
+        if n == 0 {
+            return Err(format!(
+                "{from} has no signing key FluxLit can use (RSA, P-256/P-384 or Ed25519 keys with a matching alg; encryption keys are skipped)"
+            ));
+        }
+        if let Ok(mut k) = remote.keys.write() {
+            *k = set;
+        }
+        Ok((n, from))
+    }
+
     /// How many times the JWKS (or discovery document) has been fetched.
     pub fn jwks_fetches(&self) -> u64 {
         match &self.keys {

@@ -297,6 +297,7 @@ pub async fn diagnose_with(opts: &LoadOptions, options: &Options) -> Report {
     }
     runtime_rows::check(&mut r, opts, &loaded).await;
     config_rows::check(&mut r, opts, &loaded, &found).await;
+    runtime_rows::jwt_keys(&mut r, &loaded).await;
     r
 }
 

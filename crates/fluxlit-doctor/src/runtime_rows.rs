@@ -338,3 +338,57 @@ fn gateway_bind(r: &mut Report, loaded: &Loaded) {
         );
     }
 }
+
+/// `jwt_keys` (`auth_mode = jwt` only): the bearer check's signing keys can be had now: with
+/// `jwt_hs256_secret` there is nothing to fetch; otherwise the JWKS (`jwt_jwks_url`, or the
+/// `jwks_uri` of the issuer's discovery document, which must name `jwt_issuer`) is fetched as
+/// the gateway fetches it (no redirects, 10 s, 1 MiB) and must hold a usable signing key.
+/// Until the gateway can fetch them, every API request gets 503.
+pub(crate) async fn jwt_keys(r: &mut Report, loaded: &Loaded) {
+    let s = &loaded.settings;
+    if s.auth_mode != fluxlit_config::AuthMode::Jwt {
+        return;
+    }
+    let source = if !s.jwt_hs256_secret.is_empty() {
+        format!(
+            "jwt_hs256_secret (from {})",
+            loaded.origin("jwt_hs256_secret")
+        )
+    } else if !s.jwt_jwks_url.is_empty() {
+        format!(
+            "jwt_jwks_url {:?} (from {})",
+            s.jwt_jwks_url,
+            loaded.origin("jwt_jwks_url")
+        )
+    } else {
+        format!(
+            "the discovery document of jwt_issuer {:?} (from {})",
+            s.jwt_issuer,
+            loaded.origin("jwt_issuer")
+        )
+    };
+    let verifier = match fluxlit_gateway::jwt_from_settings(s) {
+        Ok(v) => v,
+        Err(e) => {
+            return r.fail(
+                "jwt_keys",
+                format!("cannot check bearer tokens from {source}: {e}; fix the jwt_* settings (docs/auth.md)"),
+            );
+        }
+    };
+    match verifier.fetch_keys_now().await {
+        Ok((n, from)) => r.pass(
+            "jwt_keys",
+            format!(
+                "{n} signing key(s) from {from}; tokens must have iss {:?} and aud in {:?}",
+                s.jwt_issuer, s.jwt_audience
+            ),
+        ),
+        Err(e) => r.fail(
+            "jwt_keys",
+            format!(
+                "{e}: with keys from {source}, every API request would get 503 until they can be fetched; check the URL and that this host reaches the provider (redirects are not followed)"
+            ),
+        ),
+    }
+}

@@ -454,3 +454,112 @@ async fn rows_link_their_docs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A JWKS server on loopback for one or more fetches: answers `body` to every request.
+async fn jwks_server(body: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (url, task)
+}
+
+/// `jwt_keys` (auth_mode = jwt only): the secret needs no fetch; a JWKS URL is fetched and must
+/// hold a usable key; an unreachable one FAILs saying what the API would answer.
+#[tokio::test]
+async fn jwt_keys_row() {
+    let dir = temp_dir("jwt-keys");
+    let base = [
+        ("FLUXLIT_JWT_ISSUER", "https://issuer.example"),
+        ("FLUXLIT_JWT_AUDIENCE", "api"),
+    ];
+    let r = run(&dir, &base, Options::default()).await;
+    assert!(
+        r.checks.iter().all(|c| c.name != "jwt_keys"),
+        "only in jwt mode"
+    );
+
+    let mut env = base.to_vec();
+    env.extend([
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        (
+            "FLUXLIT_JWT_HS256_SECRET",
+            "a-shared-secret-of-at-least-32-bytes",
+        ),
+    ]);
+    let r = run(&dir, &env, Options::default()).await;
+    let row_ = row(&r, "jwt_keys");
+    assert_eq!(row_.status, Status::Pass, "{}", row_.detail);
+    assert!(
+        row_.detail.contains("HS256 shared secret"),
+        "{}",
+        row_.detail
+    );
+
+    let jwks = concat!(
+        r#"{"keys":["#,
+        include_str!("../../fluxlit-gateway/tests/fixtures/jwt/rsa-a.jwk.json"),
+        r#",{"kty":"oct","k":"c2VjcmV0","kid":"sym"}]}"#
+    );
+    let (url, server) = jwks_server(jwks).await;
+    let mut env = base.to_vec();
+    env.extend([
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        ("FLUXLIT_JWT_JWKS_URL", url.as_str()),
+    ]);
+    let r = run(&dir, &env, Options::default()).await;
+    let row_ = row(&r, "jwt_keys");
+    assert_eq!(row_.status, Status::Pass, "{}", row_.detail);
+    assert!(
+        row_.detail
+            .starts_with(&format!("1 signing key(s) from {url}")),
+        "{}",
+        row_.detail
+    );
+    server.abort();
+
+    let (url, server) = jwks_server(r#"{"keys":[]}"#).await;
+    let mut env = base.to_vec();
+    env.extend([
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        ("FLUXLIT_JWT_JWKS_URL", url.as_str()),
+    ]);
+    let r = run(&dir, &env, Options::default()).await;
+    let row_ = row(&r, "jwt_keys");
+    assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
+    assert!(row_.detail.contains("no signing key"), "{}", row_.detail);
+    server.abort();
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/jwks", l.local_addr().unwrap())
+    };
+    let mut env = base.to_vec();
+    env.extend([
+        ("FLUXLIT_AUTH_MODE", "jwt"),
+        ("FLUXLIT_JWT_JWKS_URL", closed.as_str()),
+    ]);
+    let r = run(&dir, &env, Options::default()).await;
+    let row_ = row(&r, "jwt_keys");
+    assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
+    assert!(
+        row_.detail.contains("503") && row_.detail.contains(&closed),
+        "{}",
+        row_.detail
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

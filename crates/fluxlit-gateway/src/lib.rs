@@ -563,8 +563,13 @@ impl GatewayBuilder {
 }
 
 /// The bearer-token verifier the `jwt_*` settings describe: a shared secret (HS256 only), a
-/// JWKS URL, or, with neither, the issuer's OpenID discovery document.
-fn jwt_from_settings(
+/// JWKS URL, or, with neither, the issuer's OpenID discovery document. What the gateway builds
+/// for `auth_mode = jwt`; `fluxlit doctor` uses it to fetch the keys the same way.
+///
+/// # Errors
+/// [`fluxlit_auth::jwt::JwtConfigError`] when the settings cannot make a verifier (no issuer or
+/// audience, an empty secret, a JWKS URL or issuer that is not an http(s) URL).
+pub fn jwt_from_settings(
     s: &fluxlit_config::Settings,
 ) -> Result<fluxlit_auth::jwt::JwtVerifier, fluxlit_auth::jwt::JwtConfigError> {
     use fluxlit_auth::jwt::{JwtConfig, JwtVerifier, KeySource};
