@@ -3,7 +3,9 @@
 //! For now this crate owns the rules about *which headers carry credentials or identity*, and
 //! which client headers the UI (Streamlit) receives; the gateway applies them on every hop. It
 //! also checks bearer JWTs for the API ([`jwt`], `auth_mode = jwt`). The OIDC
-//! backend-for-frontend will live here too. The names themselves, with
+//! backend-for-frontend will live here too; its first parts are here: sealed, chunked cookies
+//! with rotating secrets ([`seal`]) and the validation of return paths ([`redirect`]), which
+//! the login and logout routes use. The names themselves, with
 //! the reason for each, are the header catalogue's (`fluxlit_headers::CATALOGUE`): this crate's
 //! lists are compile-time views of it.
 //!
@@ -40,6 +42,8 @@
 
 mod fetch;
 pub mod jwt;
+pub mod redirect;
+pub mod seal;
 
 use fluxlit_headers::Class;
 use http::HeaderMap;
