@@ -3,12 +3,13 @@
 //! the system's root certificates, redirects never followed (a redirect could point the
 //! gateway anywhere: SSRF), a whole-fetch timeout and a size cap.
 
+#[cfg(feature = "tls")]
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
 /// Longest a fetch of the discovery document or the JWKS may take, connect to last body byte.
@@ -59,6 +60,7 @@ pub enum FetchError {
 }
 
 /// The TLS client configuration: rustls with *ring*, the system's roots (loaded once).
+#[cfg(feature = "tls")]
 fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
@@ -102,6 +104,45 @@ pub(crate) async fn get_json(url: &Uri) -> Result<serde_json::Value, FetchError>
 
 async fn get(url: &Uri) -> Result<serde_json::Value, FetchError> {
     let text = url.to_string();
+    let req = Request::get(url.clone())
+        .header(header::ACCEPT, "application/json")
+        .body(Vec::new())
+        .map_err(|e| FetchError::Io {
+            url: text.clone(),
+            reason: e.to_string(),
+        })?;
+    let resp = send_once(req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(FetchError::Status {
+            url: text,
+            status: resp.status(),
+        });
+    }
+    serde_json::from_slice(resp.body()).map_err(|e| FetchError::Body {
+        url: text,
+        reason: e.to_string(),
+    })
+}
+
+/// Sends `req` (an absolute http(s) URI; `Host` and `User-Agent` are set here) on a fresh
+/// connection and reads the whole answer, within [`FETCH_TIMEOUT`], the body capped at
+/// [`MAX_DOCUMENT`]. Any status is returned as is: a redirect is an answer, never followed.
+/// The OIDC relying party's HTTP client (discovery, JWKS, token endpoint).
+///
+/// # Errors
+/// [`FetchError`] for a bad URL, a failed connection or handshake, a timeout or a body over
+/// the cap.
+pub async fn send(req: Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+    let url = req.uri().to_string();
+    match tokio::time::timeout(FETCH_TIMEOUT, send_once(req)).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout { url }),
+    }
+}
+
+async fn send_once(req: Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+    let url = req.uri().clone();
+    let text = url.to_string();
     let bad_url = || FetchError::Url { url: text.clone() };
     let io = |reason: String| FetchError::Io {
         url: text.clone(),
@@ -125,36 +166,47 @@ async fn get(url: &Uri) -> Result<serde_json::Value, FetchError> {
         .await
         .map_err(|e| io(format!("connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let path = url.path_and_query().map_or("/", |p| p.as_str());
-    let req = Request::get(path)
-        .header(header::HOST, authority.as_str())
-        .header(header::ACCEPT, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("fluxlit/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| io(e.to_string()))?;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = url
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|_| bad_url())?;
+    parts.headers.insert(
+        header::HOST,
+        http::HeaderValue::from_str(authority.as_str()).map_err(|_| bad_url())?,
+    );
+    parts.headers.insert(
+        header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("fluxlit/", env!("CARGO_PKG_VERSION"))),
+    );
+    let req = Request::from_parts(parts, Full::new(Bytes::from(body)));
     let resp = if https {
-        let config = tls().map_err(io)?;
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| io(format!("server name: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| io(format!("TLS: {e}")))?;
-        exchange(TokioIo::new(stream), req).await
+        #[cfg(feature = "tls")]
+        {
+            let config = tls().map_err(io)?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| io(format!("server name: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| io(format!("TLS: {e}")))?;
+            exchange(TokioIo::new(stream), req).await
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            drop(tcp);
+            return Err(io(
+                "this FluxLit was built without TLS (the `tls` feature): https:// cannot be fetched"
+                    .into(),
+            ));
+        }
     } else {
         exchange(TokioIo::new(tcp), req).await
     }
     .map_err(|e| io(e.to_string()))?;
-    if resp.status() != StatusCode::OK {
-        return Err(FetchError::Status {
-            url: text,
-            status: resp.status(),
-        });
-    }
-    let body = Limited::new(resp.into_body(), MAX_DOCUMENT)
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, MAX_DOCUMENT)
         .collect()
         .await
         .map_err(|e| FetchError::Body {
@@ -162,16 +214,13 @@ async fn get(url: &Uri) -> Result<serde_json::Value, FetchError> {
             reason: e.to_string(),
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| FetchError::Body {
-        url: text,
-        reason: e.to_string(),
-    })
+    Ok(http::Response::from_parts(parts, body.to_vec()))
 }
 
 /// One HTTP/1.1 exchange on `io`.
 async fn exchange<T>(
     io: TokioIo<T>,
-    req: Request<Empty<Bytes>>,
+    req: Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -40,8 +40,9 @@
 //! assert!(!policy.is_identity(b"X-Request-ID"));
 //! ```
 
-mod fetch;
+pub mod fetch;
 pub mod jwt;
+pub mod oidc;
 pub mod redirect;
 pub mod seal;
 

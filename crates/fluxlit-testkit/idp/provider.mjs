@@ -19,6 +19,9 @@ server.listen(0, '127.0.0.1', () => {
   const provider = new Provider(issuer, {
     clients: config.clients,
     pkce: { required: () => true },
+    // Claims of the granted scopes in the ID token too, as Keycloak, Entra ID and Google do
+    // (oidc-provider's default puts them only in userinfo for response_type=code).
+    conformIdTokenClaims: false,
     // The default issues refresh tokens only for offline_access with prompt=consent.
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     ttl: { AccessToken: 300, IdToken: 300, AuthorizationCode: 60, Session: 3600, ...(config.ttl || {}) },
