@@ -1,4 +1,4 @@
-//! `cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...]`: FluxLit
+//! `cargo xtask smoke [--require-all] [--keep] [--mode default|hyper] [EDGE...]`: FluxLit
 //! behind real edge proxies.
 //!
 //! Process-based, no container engine: the task builds the release binary (in the target
@@ -17,11 +17,12 @@
 //! | nginx-tls | `/myapp` | `/myapp` (https) | prefix stripped, TLS at nginx |
 //! | caddy, haproxy, traefik | `/myapp` | `/myapp` | prefix stripped |
 //!
-//! The whole suite runs twice (unless `--mode` picks one): with FluxLit's default
-//! configuration, where plain HTTP/1.1 UI requests take the gateway's HTTP/1.1 fast path, and
-//! with the access log on, which puts every request on the hyper engine. So each edge meets
-//! both engines. The `gateway-log` check confirms from FluxLit's log that each run was
-//! configured as it claims.
+//! The whole suite runs twice (unless `--mode` picks one), with the access log on both times:
+//! `default`, FluxLit's default engines, where plain HTTP/1.1 UI requests take the gateway's
+//! HTTP/1.1 fast path, and `hyper`, with `gateway_fast_path = false`, which puts every request
+//! on the hyper engine. So each edge meets both engines. The `gateway-log` check confirms from
+//! FluxLit's log that each engine wrote the access-log lines of this edge's requests, UI
+//! requests among them.
 //!
 //! Through each edge it runs every check of [`checks::ALL`] and prints one line per mode, edge
 //! and check (PASS, FAIL or SKIP), then a matrix per mode and a summary. nginx, Caddy, HAProxy and openssl
@@ -104,7 +105,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--mode" => {
                 let name = args.next().map_or("", String::as_str);
                 let mode = Mode::parse(name).ok_or_else(|| {
-                    Failed(format!("--mode takes default or access-log, not {name:?}"))
+                    Failed(format!("--mode takes default or hyper, not {name:?}"))
                 })?;
                 if !opts.modes.contains(&mode) {
                     opts.modes.push(mode);
@@ -114,7 +115,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 let edge = EDGES.iter().find(|e| e.name == name).ok_or_else(|| {
                     let names: Vec<&str> = EDGES.iter().map(|e| e.name).collect();
                     Failed(format!(
-                        "unknown smoke option or edge {name:?}; usage: cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...], edges: {}",
+                        "unknown smoke option or edge {name:?}; usage: cargo xtask smoke [--require-all] [--keep] [--mode default|hyper] [EDGE...], edges: {}",
                         names.join(", ")
                     ))
                 })?;
@@ -131,7 +132,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     Ok(opts)
 }
 
-/// `cargo xtask smoke [--require-all] [--keep] [--mode default|access-log] [EDGE...]`.
+/// `cargo xtask smoke [--require-all] [--keep] [--mode default|hyper] [EDGE...]`.
 pub(crate) fn run() -> Result {
     let args: Vec<String> = std::env::args().skip(2).collect();
     smoke(parse_args(&args)?)
@@ -705,7 +706,7 @@ mod tests {
     fn report_marks_each_cell() {
         let edge = EDGES[0];
         let outcomes = vec![Outcome {
-            mode: Mode::AccessLog,
+            mode: Mode::Hyper,
             edge: edge.name,
             check: Check::Healthz,
             status: Status::Fail,
@@ -713,9 +714,9 @@ mod tests {
         }];
         let text = report(&Mode::ALL, &[edge], &outcomes);
         assert!(
-            text.contains("FAIL  access-log nginx-root healthz: boom"),
+            text.contains("FAIL  hyper nginx-root healthz: boom"),
             "{text}"
         );
-        assert!(text.contains("mode default: ") && text.contains("mode access-log: "));
+        assert!(text.contains("mode default: ") && text.contains("mode hyper: "));
     }
 }

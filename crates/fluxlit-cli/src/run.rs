@@ -88,9 +88,22 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Lines go through a bounded buffer written by its own thread: a slow or stuck stderr
+    // costs dropped, counted lines (`fluxlit_access_log_dropped_total`), never a blocked
+    // runtime.
+    let log = match fluxlit_gateway::LogWriter::new(
+        std::io::stderr(),
+        fluxlit_gateway::LogWriter::DEFAULT_CAPACITY,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fluxlit: cannot start the log writer thread: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(log.clone());
     match loaded.settings.log_format {
         fluxlit_config::LogFormat::Json => builder
             .json()
@@ -123,18 +136,25 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fluxlit: cannot start the async runtime: {e}");
+            log.flush(LOG_FLUSH_TIMEOUT);
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
+    let code = match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("fluxlit: {e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // The last lines (the stop, an error) are written before the process exits.
+    log.flush(LOG_FLUSH_TIMEOUT);
+    code
 }
+
+/// How long the end of a run waits for buffered log lines to be written, at most.
+const LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A start-up failure, said plainly.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 //! a WebSocket that never ends by itself, so tunnels must not hold the stop. In-flight HTTP
 //! still gets `graceful_shutdown_timeout_s`; once it is done, Streamlit is stopped at once and
 //! closes its sessions with 1012 through the tunnels. Both engines: the browser's session goes
-//! through the HTTP/1.1 fast path (the default), the scripted one through hyper (access log on).
+//! through the HTTP/1.1 fast path (the default), the scripted one through hyper
+//! (`gateway_fast_path = false`).
 //!
 //! The grace period is 30 s here, so the behaviour before the fix (tunnels held the stop until
 //! the grace period ended) fails the bound; the bound itself is generous for a loaded CI
@@ -216,7 +217,7 @@ async fn in_flight_requests_finish_and_then_sessions_do_not_hold_the_stop() {
         &[
             ("FLUXLIT_GRACEFUL_SHUTDOWN_TIMEOUT_S", GRACE_S),
             // Every request on the hyper engine, tunnels included.
-            ("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "true"),
+            ("FLUXLIT_GATEWAY_FAST_PATH", "false"),
         ],
     )
     .await;

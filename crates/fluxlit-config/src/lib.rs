@@ -357,6 +357,7 @@ pub struct Settings {
     pub gateway_httpx_max_connections: u64,
     pub gateway_httpx_max_keepalive_connections: u64,
     pub gateway_worker_threads: u64,
+    pub gateway_fast_path: bool,
     #[serde(with = "secs")]
     pub gateway_header_read_timeout_s: Duration,
     pub gateway_http2_max_concurrent_streams: u64,

@@ -17,8 +17,9 @@
 //!
 //! The configured names are added to the identity headers the gateway strips from every
 //! request (`HeaderPolicy`), so they never pass from a peer the gateway does not trust, whatever
-//! the mode. Only the hyper engine authenticates: with forward auth on, the UI's requests carry
-//! the `authenticate` duty (`decide::Duties`) and the HTTP/1.1 fast path hands them over.
+//! the mode. Only the hyper engine authenticates: with forward auth on, UI requests have the
+//! `authenticate` reason of `decide::HyperOnly`, so the HTTP/1.1 fast path hands them over
+//! (`decide::fast_path_ui`).
 
 use std::net::IpAddr;
 

@@ -4,12 +4,14 @@
 //! the gateway, forwarded to the API or to the UI), which of its fields go on
 //! ([`forwards_request_field`]), how the upstream's target is composed ([`target_parts`]),
 //! whether it may be sent again on a new connection ([`retryable`]), which response fields
-//! reach the client ([`forwards_response_field`]), and what else the gateway must do for it
-//! ([`Duties`]). The two engines are interpreters of this decision: hyper's path (`lib.rs`,
-//! `proxy.rs`) applies it to a `HeaderMap`, the HTTP/1.1 fast path (`h1.rs`) to the raw head
-//! while copying it. The fast path serves exactly the requests whose decision is "forward to
-//! the UI" with no [`Duties`]; everything else is handed to hyper, so a guard added here holds
-//! on both.
+//! reach the client ([`forwards_response_field`]). The two engines are interpreters of this
+//! decision: hyper's path (`lib.rs`, `proxy.rs`) applies it to a `HeaderMap`, the HTTP/1.1 fast
+//! path (`h1.rs`) to the raw head while copying it. The fast path serves the requests whose
+//! decision is "forward to the UI"; everything else is handed to hyper, so a guard added here
+//! holds on both. What a forward needs besides forwarding is shared too, and both engines do
+//! it: the rate limit and the upstream concurrency cap (`Inner::rate_gate`,
+//! `Proxy::upstream_slot`), the debug ring, the access log and the request metrics
+//! (`observe::Record::report`).
 //!
 //! The framing rules (`Content-Length`, `Transfer-Encoding`, response head size) are in
 //! `framing.rs`, `Connection` parsing and `Host` in `headers.rs`, the client view and forwarded
@@ -96,26 +98,32 @@ pub(crate) fn decide(raw_path: &str, root: &str, api: &str, own: OwnEndpoints<'_
     }
 }
 
-/// What the gateway must do for a forwarded request besides forwarding it, by route. Only
-/// hyper's path carries these out, so a request with any duty is not served by the fast path.
+/// Why a request the fast path could otherwise carry must be served by the hyper engine: a
+/// rule only hyper's path carries out, from the gateway's configuration. Every rule the fast
+/// path does not apply itself is a reason here, so that it holds on both engines (see
+/// [`fast_path_ui`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Duties {
-    /// Write an access-log line or record request metrics when the response ends.
-    pub(crate) observe: bool,
-    /// Record the request in the debug snapshot's ring of recent dispatches.
-    pub(crate) debug_ring: bool,
-    /// Check the client IP's rate limit.
-    pub(crate) rate_limit: bool,
-    /// Hold a slot of the upstream concurrency cap.
-    pub(crate) upstream_slot: bool,
-    /// Authenticate the request (`auth_mode = forward`, `auth.rs`).
+pub(crate) struct HyperOnly {
+    /// Authenticate the request (`auth_mode = forward`, `auth.rs`): only hyper's path checks
+    /// the peer and the front proxy's identity fields.
     pub(crate) authenticate: bool,
 }
 
-impl Duties {
-    /// No duty: forwarding is all there is to do.
+impl HyperOnly {
+    /// No reason: the fast path may serve a UI forward.
     pub(crate) fn none(self) -> bool {
         self == Self::default()
+    }
+}
+
+/// The one decision "this request needs the hyper engine", as the HTTP/1.1 fast path asks it:
+/// `Some(path)` (the UI upstream's path) when the fast path may serve the request, `None` when
+/// it must hand it to hyper: every decision but [`Decision::Ui`] (answered, refused or sent to
+/// the API by hyper's path), and a UI forward while any [`HyperOnly`] reason holds.
+pub(crate) fn fast_path_ui(decision: Decision, hyper_only: HyperOnly) -> Option<String> {
+    match decision {
+        Decision::Ui { path } if hyper_only.none() => Some(path),
+        _ => None,
     }
 }
 
@@ -226,6 +234,23 @@ mod tests {
         metrics: Some("/metrics"),
         debug: true,
     };
+
+    #[test]
+    fn only_a_ui_forward_without_a_hyper_reason_is_the_fast_paths() {
+        let d = |p: &str| decide(p, "/app", "/api", OWN);
+        let none = HyperOnly::default();
+        let auth = HyperOnly { authenticate: true };
+        assert_eq!(fast_path_ui(d("/x"), none), Some("/app/x".to_owned()));
+        assert_eq!(fast_path_ui(d("/x"), auth), None, "forward auth");
+        for p in [
+            "/api/x",
+            "/app/api/healthz",
+            "/__fluxlit/debug",
+            "/app/__fluxlit/nope",
+        ] {
+            assert_eq!(fast_path_ui(d(p), none), None, "{p}");
+        }
+    }
 
     #[test]
     fn decisions() {

@@ -11,9 +11,13 @@
 //! under an Origin allow-list, `Expect`, `Transfer-Encoding` on requests, requests without
 //! `Host`, several `Content-Length`s, bodies over the cap (hyper answers 413), heads that do not
 //! parse or are too large (400, 431), the gateway's own endpoints, the API, and an upstream that
-//! is not running (503). The gateway uses this path only when no feature it does not implement is on
-//! (access log, metrics, debug snapshot, rate limits, the upstream concurrency cap): see
-//! `Gateway::fast_path`.
+//! is not running (503).
+//!
+//! What a UI forward needs besides forwarding is done here by the code hyper's path uses: the
+//! UI rate limit (`Inner::rate_gate`) and the upstream concurrency cap
+//! (`Proxy::upstream_slot`) with their 429 and 503, the debug ring, and, when the exchange
+//! ends, the access-log line and the request metrics ([`observe::Record::report`]), read from
+//! the parsed head and the relay's byte counts.
 //!
 //! What reaches the upstream is what the general path sends (the transparency and edge suites
 //! run through this path): identity headers and hop-by-hop headers (RFC 9110 §7.6.1, including
@@ -38,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::IDLE_TIMEOUT;
-use crate::decide::{self, Decision};
+use crate::decide;
 use crate::forwarded::{ClientView, REPLACED_ON_HOP};
 use crate::framing::{
     BodyFraming, MAX_RESPONSE_HEAD, RESPONSE_HEAD_BUFFER, RequestFraming, content_length,
@@ -170,7 +174,7 @@ pub(crate) async fn serve(
         let plan = loop {
             if buf.len() > parsed && buf[parsed..].contains(&b'\n') {
                 match plan(inner, ui, hop, &buf) {
-                    Parsed::Plan(p) => break Some(p),
+                    Parsed::Plan(p, seen) => break Some((p, seen)),
                     Parsed::Partial => parsed = buf.len(),
                     Parsed::Handoff => break None,
                 }
@@ -217,7 +221,7 @@ pub(crate) async fn serve(
             }
             waited |= polls > 1;
         };
-        let Some(plan) = plan else {
+        let Some((plan, seen)) = plan else {
             break Some(buf.freeze());
         };
         buf.advance(plan.head_len);
@@ -226,7 +230,49 @@ pub(crate) async fn serve(
             ..plan
         };
         inner.served.count(Engine::H1);
-        match exchange(inner, ui, &mut client, &mut buf, &mut up, plan, closing).await {
+        let observing = inner.access_log || inner.record_metrics;
+        let start = observing.then(Instant::now);
+        if inner.debug.is_some() {
+            inner.recent.push(observe::Dispatch {
+                request_id: seen.rid.to_str().unwrap_or("").to_owned(),
+                dispatch: DISPATCH,
+                path: seen.target.path().to_owned(),
+            });
+        }
+        let mut tally = Tally::default();
+        let next = exchange(
+            inner,
+            ui,
+            &mut client,
+            &mut buf,
+            &mut up,
+            plan,
+            &seen,
+            closing,
+            &mut tally,
+        )
+        .await;
+        if let Some(start) = start {
+            observe::Record {
+                elapsed: start.elapsed(),
+                request_id: &seen.rid,
+                dispatch: DISPATCH,
+                method: &seen.method,
+                websocket: tally.status == 101,
+                path: seen.target.path(),
+                query: seen.target.query(),
+                client_ip: seen.client_ip,
+                upstream: Some(ui.name()),
+                status: tally.status,
+                bytes_in: tally.bytes_in,
+                bytes_out: tally.bytes_out,
+            }
+            .report(
+                inner.access_log,
+                inner.record_metrics.then_some(&*inner.request_metrics),
+            );
+        }
+        match next {
             Next::KeepAlive => {}
             Next::Close => break None,
             Next::Tunnel(upstream, spec) => {
@@ -271,6 +317,31 @@ async fn linger(client: &mut TcpStream, buf: &mut BytesMut, remaining: u64) {
     .await;
 }
 
+/// The `dispatch` of every request the fast path serves (a UI forward).
+const DISPATCH: &str = "streamlit";
+
+/// What the access log and the metrics read of an exchange, counted as it goes.
+#[derive(Debug, Default)]
+struct Tally {
+    /// The status sent to the client (the upstream's, or the gateway's own answer's).
+    status: u16,
+    /// Request body bytes relayed from the client.
+    bytes_in: u64,
+    /// Response body bytes sent to the client (a chunked body's data, as hyper counts it).
+    bytes_out: u64,
+}
+
+/// What the access log, the metrics and the debug ring read of a request the fast path serves
+/// (kept past the exchange; the head itself is gone by then).
+struct Seen {
+    method: http::Method,
+    /// The request target as received.
+    target: PathAndQuery,
+    rid: HeaderValue,
+    /// The client's IP (as trusted forwarded headers resolve it).
+    client_ip: std::net::IpAddr,
+}
+
 /// What follows an exchange on the client connection.
 enum Next {
     KeepAlive,
@@ -297,16 +368,17 @@ struct Plan {
     /// (`Connection: upgrade` and `Upgrade: websocket` are sent on).
     ws_accept: Option<String>,
     endpoint: Endpoint,
-    rid: HeaderValue,
-    /// The client's IP (as trusted forwarded headers resolve it).
-    client_ip: std::net::IpAddr,
     /// The connection's task waited for this request's head, so the I/O driver's readiness of
     /// the upstream connection is fresh (see `UpConn::usable`).
     fresh: bool,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request head and taken apart at once: boxing it would cost an allocation per request"
+)]
 enum Parsed {
-    Plan(Plan),
+    Plan(Plan, Seen),
     /// The head is not complete yet.
     Partial,
     /// Not for the fast path: hyper serves it.
@@ -375,7 +447,10 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     if method == "CONNECT" || !target.starts_with('/') {
         return Parsed::Handoff;
     }
-    let Ok(pq) = PathAndQuery::try_from(target) else {
+    let (Ok(pq), Ok(method_token)) = (
+        PathAndQuery::try_from(target),
+        http::Method::from_bytes(method.as_bytes()),
+    ) else {
         return Parsed::Handoff;
     };
     // Over the head limit: hyper answers 431 by the same measure.
@@ -387,15 +462,14 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     if head_size > inner.limits.max_header_bytes.max(8192) {
         return Parsed::Handoff;
     }
-    // The shared decision (`decide.rs`): only a UI forward with no other duty is ours.
-    let Decision::Ui { path } =
-        decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints())
-    else {
+    // The shared decision (`decide.rs`): only a UI forward that needs nothing only hyper's path
+    // does (`decide::HyperOnly`, e.g. forward auth) is ours.
+    let Some(path) = decide::fast_path_ui(
+        decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints()),
+        inner.hyper_only,
+    ) else {
         return Parsed::Handoff;
     };
-    if !inner.ui_duties.none() {
-        return Parsed::Handoff;
-    }
     let policy = &inner.header_policy;
 
     // One pass for the fields that decide the exchange.
@@ -542,19 +616,25 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     }
     out.extend_from_slice(b"\r\n");
 
-    Parsed::Plan(Plan {
-        head_len,
-        upstream_head: out,
-        body_len,
-        head_request: method == "HEAD",
-        retryable: decide::retryable(method, body_len == 0, upgrade),
-        client_close,
-        ws_accept,
-        endpoint,
-        rid,
-        client_ip: view.client_ip,
-        fresh: false,
-    })
+    Parsed::Plan(
+        Plan {
+            head_len,
+            upstream_head: out,
+            body_len,
+            head_request: method == "HEAD",
+            retryable: decide::retryable(method, body_len == 0, upgrade),
+            client_close,
+            ws_accept,
+            endpoint,
+            fresh: false,
+        },
+        Seen {
+            method: method_token,
+            target: pq,
+            rid,
+            client_ip: view.client_ip,
+        },
+    )
 }
 
 /// Why an exchange failed before the response head.
@@ -575,6 +655,8 @@ enum Framing {
 
 /// A response head, rewritten for the client.
 struct RespHead {
+    /// The upstream's status code.
+    status: u16,
     head: Vec<u8>,
     framing: Framing,
     /// The upstream keeps the connection open after this response.
@@ -594,7 +676,9 @@ struct HeadCtx<'a> {
     ws_accept: Option<&'a str>,
 }
 
-/// Forwards one request and its response; says what becomes of the client connection.
+/// Forwards one request and its response (`tally`: what was sent); says what becomes of the
+/// client connection.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     inner: &Inner,
     ui: &Upstream,
@@ -602,17 +686,19 @@ async fn exchange(
     buf: &mut BytesMut,
     up: &mut Option<UpConn>,
     plan: Plan,
+    seen: &Seen,
     closing: &CancellationToken,
+    tally: &mut Tally,
 ) -> Next {
     let proxy = &inner.proxy;
     let fresh = plan.fresh;
     let wt = inner.limits.write_timeout;
     let authority = plan.endpoint.authority.clone();
-    let rid = plan.rid;
+    let rid = &seen.rid;
     let out = plan.upstream_head;
     let mut remaining = plan.body_len;
     let ctx = HeadCtx {
-        rid: &rid,
+        rid,
         head_request: plan.head_request,
         close: plan.client_close || closing.is_cancelled(),
         ws_accept: plan.ws_accept.as_deref(),
@@ -622,17 +708,21 @@ async fn exchange(
     } else {
         (proxy.read_timeout, "gateway_upstream_read_timeout_s")
     };
+    // The UI rate limit and the upstream concurrency cap, as on hyper's path (the slot is held
+    // until the response is relayed).
+    let slot = match inner
+        .rate_gate(DISPATCH, seen.client_ip, rid)
+        .and_then(|()| proxy.upstream_slot(rid))
+    {
+        Ok(slot) => slot,
+        Err(refused) => return answer(client, buf, *refused, &ctx, remaining, wt, tally).await,
+    };
     // A WebSocket holds a slot of its client IP from here to the tunnel's end.
     let tunnel_slot = match plan.ws_accept {
-        Some(_) => match proxy.tunnel_slot(plan.client_ip, &rid) {
+        Some(_) => match proxy.tunnel_slot(seen.client_ip, rid) {
             Ok(slot) => Some(slot),
             Err(refused) => {
-                return if write_response(client, *refused, &ctx, ctx.close, wt).await && !ctx.close
-                {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return answer(client, buf, *refused, &ctx, remaining, wt, tally).await;
             }
         },
         None => None,
@@ -668,22 +758,31 @@ async fn exchange(
         }
     })
     .await;
+    tally.bytes_in = plan.body_len - remaining;
     let name = ui.name();
     let (mut conn, head) = match attempt {
         Ok(Ok(x)) => x,
-        Ok(Err(UpError::Client)) => return Next::Close,
+        Ok(Err(UpError::Client)) => {
+            // The client went away mid-body: hyper's path reports the failed forward as a 502.
+            tally.status = StatusCode::BAD_GATEWAY.as_u16();
+            return Next::Close;
+        }
         Err(_elapsed) => {
             let e = UpstreamError::Timeout {
                 after: timeout,
                 setting: timeout_setting,
             };
-            return answer_failure(client, buf, &e, name, &authority, &ctx, remaining, wt).await;
+            let resp = e.response(name, &authority, rid);
+            return answer(client, buf, resp, &ctx, remaining, wt, tally).await;
         }
         Ok(Err(UpError::Up(e))) => {
-            return answer_failure(client, buf, &e, name, &authority, &ctx, remaining, wt).await;
+            let resp = e.response(name, &authority, rid);
+            return answer(client, buf, resp, &ctx, remaining, wt, tally).await;
         }
     };
+    tally.status = head.status;
     let RespHead {
+        status: _,
         head,
         framing,
         upstream_keep,
@@ -700,13 +799,15 @@ async fn exchange(
             return Next::Close;
         }
         buf.clear();
-        let mut spec = proxy.tunnel_spec(name, &rid);
+        let mut spec = proxy.tunnel_spec(name, rid);
         spec.slot = tunnel_slot;
         return Next::Tunnel(conn.stream, Box::new(spec));
     }
     let until_close = matches!(framing, Framing::UntilClose);
     let bodiless = matches!(framing, Framing::None);
-    match relay(client, &mut conn, head, framing, wt).await {
+    let relayed = relay(client, &mut conn, head, framing, wt, &mut tally.bytes_out).await;
+    drop(slot);
+    match relayed {
         Ok(()) => {
             if upstream_keep && !until_close && conn.buf.is_empty() {
                 conn.used = Instant::now();
@@ -723,24 +824,22 @@ async fn exchange(
     }
 }
 
-/// Answers an upstream failure with the shared mapping ([`UpstreamError::response`]). A request
-/// body not read to its end cannot be skipped: the connection closes after the answer, once
-/// the rest of the body is read and dropped (bounded), so the close is not a reset that
-/// destroys the answer for a client still writing.
-#[allow(clippy::too_many_arguments)]
-async fn answer_failure(
+/// Answers with the gateway's own response `resp` (an upstream failure by the shared mapping,
+/// [`UpstreamError::response`], or a refusal: 429, 503). A request body not read to its end
+/// cannot be skipped: the connection closes after the answer, once the rest of the body is
+/// read and dropped (bounded), so the close is not a reset that destroys the answer for a
+/// client still writing.
+async fn answer(
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    e: &UpstreamError,
-    name: &str,
-    authority: &Authority,
+    resp: Response<Body>,
     ctx: &HeadCtx<'_>,
     remaining: u64,
     wt: std::time::Duration,
+    tally: &mut Tally,
 ) -> Next {
-    let resp = e.response(name, authority, ctx.rid);
     let close = ctx.close || remaining > 0;
-    let written = write_response(client, resp, ctx, close, wt).await;
+    let written = write_response(client, resp, ctx, close, wt, tally).await;
     if written && remaining > 0 {
         linger(client, buf, remaining).await;
     }
@@ -1008,6 +1107,7 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     }
     out.extend_from_slice(b"\r\n");
     Ok(RespHead {
+        status: code,
         head: out,
         framing,
         upstream_keep,
@@ -1015,16 +1115,21 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     })
 }
 
-/// Writes `head` and relays the body by its framing. `Err` when either side failed or the
-/// upstream's body was cut short (the client connection must then close).
+/// Writes `head` and relays the body by its framing, adding the body bytes written to `sent`
+/// (a chunked body's data bytes, without its framing, as hyper's path counts them). `Err` when
+/// either side failed or the upstream's body was cut short (the client connection must then
+/// close).
 async fn relay(
     client: &mut TcpStream,
     conn: &mut UpConn,
     head: Vec<u8>,
     mut framing: Framing,
     wt: std::time::Duration,
+    sent: &mut u64,
 ) -> Result<(), ()> {
     let mut pending = head;
+    // A chunked body's data bytes already added to `sent`.
+    let mut counted = 0;
     loop {
         let (n, done) = match &mut framing {
             Framing::None => (0, true),
@@ -1041,6 +1146,7 @@ async fn relay(
             }
             Framing::UntilClose => (conn.buf.len(), false),
         };
+
         if pending.is_empty() {
             if n > 0 {
                 write_two(client, &conn.buf[..n], &[], wt)
@@ -1053,6 +1159,10 @@ async fn relay(
                 .map_err(|_| ())?;
             pending = Vec::new();
         }
+        *sent += match &framing {
+            Framing::Chunked(c) => c.data - std::mem::replace(&mut counted, c.data),
+            _ => n as u64,
+        };
         conn.buf.advance(n);
         if done {
             return Ok(());
@@ -1096,14 +1206,16 @@ async fn write_two(
     Ok(())
 }
 
-/// Writes a response the gateway made (a 502 or 504), with `Content-Length`, `Date` and, when
-/// `close`, `Connection: close`. Returns whether it was written.
+/// Writes a response the gateway made (a 502, 504, 429 or 503), with `Content-Length`, `Date`
+/// and, when `close`, `Connection: close`, and notes it in `tally`. Returns whether it was
+/// written.
 async fn write_response(
     client: &mut TcpStream,
     resp: Response<Body>,
     ctx: &HeadCtx<'_>,
     close: bool,
     wt: std::time::Duration,
+    tally: &mut Tally,
 ) -> bool {
     let (parts, body) = resp.into_parts();
     let body = body
@@ -1128,8 +1240,10 @@ async fn write_response(
     push_own_fields(&mut out, true, close);
     out.extend_from_slice(b"\r\n");
     // The answer to a HEAD has no body (RFC 9110 §9.3.2), whatever its length says.
+    tally.status = parts.status.as_u16();
     if !ctx.head_request {
         out.extend_from_slice(&body);
+        tally.bytes_out = body.len() as u64;
     }
     write_two(client, &out, &[], wt).await.is_ok()
 }
@@ -1226,6 +1340,8 @@ const CHUNK_TRAILERS_LIMIT: u64 = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Chunked {
     state: ChunkState,
+    /// Data bytes scanned (the body without its chunk framing).
+    data: u64,
     extensions: u64,
     trailers: u64,
 }
@@ -1299,6 +1415,7 @@ impl Chunked {
                     .unwrap_or(usize::MAX)
                     .min(bytes.len() - i);
                 i += n;
+                self.data += n as u64;
                 *state = if left == n as u64 {
                     ChunkState::DataCr
                 } else {

@@ -38,9 +38,20 @@ pub fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Whether a `Connection` value carries `option` (ASCII case-insensitive), e.g. `close`,
-/// `upgrade`.
+/// `upgrade`; never for a value that names no option ([`connection_value_usable`]), the rule
+/// [`ConnectionOptions::add`] applies too.
 pub fn has_connection_option(value: &[u8], option: &str) -> bool {
-    connection_options(value).any(|t| t.eq_ignore_ascii_case(option.as_bytes()))
+    connection_value_usable(value)
+        && connection_options(value).any(|t| t.eq_ignore_ascii_case(option.as_bytes()))
+}
+
+/// Whether a `Connection` field value names options at all: only visible ASCII, SP and HTAB.
+/// A value with obs-text or controls names none (hyper's server reads such a field as no
+/// `close`), on every engine and for every option, `upgrade` included.
+pub fn connection_value_usable(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
 }
 
 /// Whether a `Connection` option may remove the field `name` (not one of
@@ -83,10 +94,7 @@ impl<'a> ConnectionOptions<'a> {
     /// a field as no `close`, so both engines ignore it whole (its options may be forwarded, as
     /// by an HTTP/1.0 hop; framing fields are never removed by options anyway).
     pub fn add(&mut self, value: &'a [u8]) {
-        if !value
-            .iter()
-            .all(|b| (0x20..0x7f).contains(b) || *b == b'\t')
-        {
+        if !connection_value_usable(value) {
             return;
         }
         for t in connection_options(value) {
@@ -417,6 +425,17 @@ mod tests {
         ] {
             assert!(upgrade_request(&bad).is_none(), "{bad:?}");
         }
+        // A Connection value with obs-text names no option, `upgrade` included, as on the fast
+        // path (`ConnectionOptions::add`; the differential suite found the disagreement).
+        let mut obs = map(&[("upgrade", "websocket"), ("sec-websocket-key", key)]);
+        obs.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_bytes(b"upgrade, x-custom\xc2\xa0").unwrap(),
+        );
+        assert!(upgrade_request(&obs).is_none());
+        let mut fast = ConnectionOptions::default();
+        fast.add(b"upgrade, x-custom\xc2\xa0");
+        assert!(!fast.upgrade);
         let want = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
         assert!(websocket_switched(
             want,

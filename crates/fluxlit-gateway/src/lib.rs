@@ -42,6 +42,7 @@ mod framing;
 mod h1;
 pub mod headers;
 pub mod limits;
+mod logwriter;
 pub mod observe;
 mod proxy;
 mod response;
@@ -74,6 +75,7 @@ pub use fluxlit_config::RequestIdTrust;
 pub use forwarded::{ClientView, TrustPolicy};
 pub use headers::{ClientHop, HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::Limits;
+pub use logwriter::{DroppedLines, LineWriter, LogWriter};
 pub use observe::{describe_metrics, names as metric_names};
 pub use routing::Route;
 pub use upstream::{ApiService, ApiTarget, ComponentState, Endpoint, ReadinessCheck, Upstream};
@@ -266,8 +268,8 @@ impl Default for GatewayBuilder {
 }
 
 impl GatewayBuilder {
-    /// Takes paths, timeouts, limits, proxy trust, header rules, security headers/CORS and the
-    /// access-log switches from loaded settings.
+    /// Takes paths, timeouts, limits, proxy trust, header rules, security headers/CORS, the
+    /// access-log switches and the fast-path switch (`gateway_fast_path`) from loaded settings.
     pub fn settings(mut self, s: &fluxlit_config::Settings) -> Self {
         self.root_path = s.public_mount().to_owned();
         self.api_mount = s.api_mount_path.clone();
@@ -318,6 +320,7 @@ impl GatewayBuilder {
         self.jwt = (s.auth_mode == fluxlit_config::AuthMode::Jwt)
             .then(|| jwt_from_settings(s).map(Arc::new).map_err(Arc::new));
         self.api_headers = ApiHeaders::from_settings(s);
+        self.fast_path = s.gateway_fast_path;
         self.access_log = s.enable_gateway_access_log || s.debug;
         self.record_metrics = s.enable_gateway_prometheus_metrics;
         self.health_access_log = s.enable_health_access_log;
@@ -458,9 +461,11 @@ impl GatewayBuilder {
     /// Whether plain HTTP/1.1 requests for the UI upstream may take the forwarding fast path
     /// ([`Engine::H1`]: parsed in place and relayed by their framing, without hyper's
     /// dispatchers; see `docs/ARCHITECTURE.md`). It serves a request when the shared decision
-    /// is a UI forward with nothing else to do (no access log, metrics, debug ring, UI rate
-    /// limit or upstream concurrency cap); everything else is served by hyper either way. What
-    /// the upstream and the client see is the same. Default: on.
+    /// is a UI forward that needs nothing only hyper's path does (`auth_mode = forward`
+    /// authenticates there), with the same access-log line, metrics, debug ring, UI rate limit
+    /// and upstream concurrency cap as hyper's path; everything else is served by hyper either
+    /// way. What the upstream and the client see is the same. Setting: `gateway_fast_path`.
+    /// Default: on.
     pub fn http1_fast_path(mut self, on: bool) -> Self {
         self.fast_path = on;
         self
@@ -508,12 +513,8 @@ impl GatewayBuilder {
         };
         let jwt = self.jwt.transpose().map_err(BuildError::Jwt)?;
         let rate = limits::RateLimits::new(&self.limits);
-        // What a UI request needs besides forwarding: the fast path serves it only without.
-        let ui_duties = decide::Duties {
-            observe: self.access_log || self.record_metrics,
-            debug_ring: debug.is_some(),
-            rate_limit: self.limits.rate_ui.is_some(),
-            upstream_slot: self.limits.max_upstream_concurrency > 0,
+        // What keeps a UI request off the fast path (`decide::fast_path_ui`).
+        let hyper_only = decide::HyperOnly {
             authenticate: self.forward_auth.is_some(),
         };
         let header_policy = match &self.forward_auth {
@@ -555,7 +556,8 @@ impl GatewayBuilder {
                 debug,
                 recent: observe::Recent::default(),
                 fast_path,
-                ui_duties,
+                hyper_only,
+                request_metrics: Arc::new(observe::RequestMetrics::default()),
                 served: ServedCounters::default(),
             }),
         })
@@ -638,12 +640,14 @@ struct Inner {
     recent: observe::Recent,
     /// Plain HTTP/1.1 UI requests take the fast path (see [`GatewayBuilder::http1_fast_path`]).
     fast_path: bool,
-    /// What UI requests need besides forwarding (the fast path serves only those without).
-    ui_duties: decide::Duties,
+    /// What keeps UI requests off the fast path (`decide::fast_path_ui`).
+    hyper_only: decide::HyperOnly,
     /// `auth_mode = forward` ([`ForwardAuth`]).
     forward_auth: Option<ForwardAuth>,
     /// `auth_mode = jwt`: the bearer check every API request passes first (`Gateway::api`).
     jwt: Option<Arc<fluxlit_auth::jwt::JwtVerifier>>,
+    /// The request metrics' handles (used when `record_metrics`).
+    request_metrics: Arc<observe::RequestMetrics>,
     /// Requests served per engine.
     served: ServedCounters,
 }
@@ -712,6 +716,30 @@ struct ConnCtx {
 }
 
 impl Inner {
+    /// The rate limit of `dispatch` (`api`, `streamlit`, `internal`) for `client_ip`, as both
+    /// engines apply it: `Err` with the 429 that refuses the request (`Retry-After` in whole
+    /// seconds, at least 1), logged and counted ([`observe::names::RATE_LIMITED`]).
+    fn rate_gate(
+        &self,
+        dispatch: &'static str,
+        client_ip: std::net::IpAddr,
+        rid: &HeaderValue,
+    ) -> Result<(), Box<Response<Body>>> {
+        let Err(wait) = self.rate.check(dispatch == "api", client_ip) else {
+            return Ok(());
+        };
+        metrics::counter!(observe::names::RATE_LIMITED, "dispatch" => dispatch).increment(1);
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::info!(request_id = rid.to_str().unwrap_or(""), client_ip = %client_ip, dispatch, retry_after_s = secs, "rate limited");
+        let mut r = plain_rid(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("FluxLit: too many requests from {client_ip}; retry in {secs} s\n"),
+            rid,
+        );
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        Err(Box::new(r))
+    }
+
     /// The gateway's own endpoints that are on, for [`decide::decide`].
     fn own_endpoints(&self) -> decide::OwnEndpoints<'_> {
         decide::OwnEndpoints {
@@ -941,21 +969,8 @@ impl Gateway {
         let mut upstream_name: Option<Arc<str>> = None;
 
         let (mut resp, slot) = 'resp: {
-            if !is_health && let Err(wait) = inner.rate.check(dispatch == "api", view.client_ip) {
-                metrics::counter!(observe::names::RATE_LIMITED, "dispatch" => dispatch)
-                    .increment(1);
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                tracing::info!(request_id = rid.to_str().unwrap_or(""), client_ip = %view.client_ip, dispatch, retry_after_s = secs, "rate limited");
-                let mut r = plain_rid(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "FluxLit: too many requests from {}; retry in {secs} s\n",
-                        view.client_ip
-                    ),
-                    &rid,
-                );
-                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-                break 'resp (r, None);
+            if !is_health && let Err(r) = inner.rate_gate(dispatch, view.client_ip, &rid) {
+                break 'resp (*r, None);
             }
             // `auth_mode = forward` (`auth.rs`): everything but the health checks.
             let identity = match (&inner.forward_auth, &route) {
@@ -1069,7 +1084,7 @@ impl Gateway {
                 status,
                 bytes_in,
                 log: inner.access_log && (!is_health || inner.health_access_log),
-                metrics: inner.record_metrics,
+                metrics: inner.record_metrics.then(|| inner.request_metrics.clone()),
             }),
             _ => None,
         };

@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fluxlit_config::RequestIdTrust;
@@ -51,6 +51,12 @@ pub mod names {
     pub const SIDECAR_RESTARTS: &str = "fluxlit_sidecar_restarts_total";
     /// Gauge `{sidecar}`: 1 while the sidecar process runs, else 0.
     pub const SIDECAR_UP: &str = "fluxlit_sidecar_up";
+    /// Counter: access-log lines dropped because the log buffer was full (the log's output,
+    /// stderr or whatever it is redirected to, did not keep up) or the output failed
+    /// ([`crate::LogWriter`]).
+    pub const ACCESS_LOG_DROPPED: &str = "fluxlit_access_log_dropped_total";
+    /// Counter: other log lines dropped for the same reasons ([`crate::LogWriter`]).
+    pub const LOG_DROPPED: &str = "fluxlit_log_dropped_total";
 
     /// Buckets of [`DURATION`] (FluxLit's, unchanged: changing them is a semver-visible change).
     pub const DURATION_BUCKETS: &[f64] = &[
@@ -85,33 +91,75 @@ pub fn describe_metrics() {
     describe_counter!(names::SHED, "Requests or connections shed with 503");
     describe_counter!(names::SIDECAR_RESTARTS, "Sidecar restarts");
     describe_gauge!(names::SIDECAR_UP, "Sidecar process running (1) or not (0)");
+    describe_counter!(
+        names::ACCESS_LOG_DROPPED,
+        "Access-log lines dropped: the log buffer was full or the log output failed"
+    );
+    describe_counter!(
+        names::LOG_DROPPED,
+        "Other log lines dropped: the log buffer was full or the log output failed"
+    );
+}
+
+/// The `dispatch` label values.
+const DISPATCHES: [&str; 3] = ["api", "streamlit", "internal"];
+/// The `method_kind` label values.
+const METHOD_KINDS: [&str; 9] = [
+    "GET",
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "HEAD",
+    "OPTIONS",
+    "OTHER",
+    "WEBSOCKET",
+];
+/// The `status_class` label values.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn dispatch_index(dispatch: &str) -> usize {
+    DISPATCHES
+        .iter()
+        .position(|d| *d == dispatch)
+        .unwrap_or(DISPATCHES.len() - 1)
+}
+
+fn method_kind_index(m: &Method, websocket: bool) -> usize {
+    if websocket {
+        return 8;
+    }
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn status_class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
 }
 
 /// A bounded `method_kind` label.
+#[cfg(test)]
 pub(crate) fn method_kind(m: &Method, websocket: bool) -> &'static str {
-    if websocket {
-        return "WEBSOCKET";
-    }
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
+    METHOD_KINDS[method_kind_index(m, websocket)]
 }
 
+#[cfg(test)]
 pub(crate) fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[status_class_index(status)]
 }
 
 /// Query keys whose values never reach a log line.
@@ -135,21 +183,38 @@ const SENSITIVE_QUERY_KEYS: &[&str] = &[
 /// The query string with sensitive values replaced by `<redacted>` (keys compared
 /// case-insensitively, empty values kept, everything else byte for byte).
 pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v))
-                if !v.is_empty()
-                    && SENSITIVE_QUERY_KEYS
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(k)) =>
-            {
-                format!("{k}=<redacted>")
+    RedactedQuery(Some(query)).to_string()
+}
+
+/// Displays a query string (none: nothing) as [`redact_query`] returns it, without allocating:
+/// what the access log writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RedactedQuery<'a>(pub(crate) Option<&'a str>);
+
+impl std::fmt::Display for RedactedQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(query) = self.0 else {
+            return Ok(());
+        };
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
             }
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+            match pair.split_once('=') {
+                Some((k, v))
+                    if !v.is_empty()
+                        && SENSITIVE_QUERY_KEYS
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(k)) =>
+                {
+                    f.write_str(k)?;
+                    f.write_str("=<redacted>")?;
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The request id header (`X-Request-ID`, from the header catalogue).
@@ -233,7 +298,108 @@ impl Recent {
     }
 }
 
-/// What the access-log line and the metrics of one request need, filled in as it goes.
+/// One finished request, as either engine reports it: the access-log line and the request
+/// metrics are written from this, by [`Record::report`] alone, so both engines write the same
+/// fields in the same format. Everything is borrowed: reporting copies nothing but the line.
+#[derive(Debug)]
+pub(crate) struct Record<'a> {
+    /// From the parsed request head to the end of the response body.
+    pub(crate) elapsed: Duration,
+    pub(crate) request_id: &'a HeaderValue,
+    /// `api`, `streamlit` or `internal`.
+    pub(crate) dispatch: &'static str,
+    pub(crate) method: &'a Method,
+    /// Upgraded to a WebSocket (a 101 to an upgrade request).
+    pub(crate) websocket: bool,
+    /// The path as received.
+    pub(crate) path: &'a str,
+    /// The query as received (redacted when written).
+    pub(crate) query: Option<&'a str>,
+    pub(crate) client_ip: std::net::IpAddr,
+    /// The upstream's name, when the request was forwarded.
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) status: u16,
+    /// Request body bytes read from the client.
+    pub(crate) bytes_in: u64,
+    /// Response body bytes sent to the client (not the head; a chunked body's data only).
+    pub(crate) bytes_out: u64,
+}
+
+impl Record<'_> {
+    /// Writes the access-log line (when `log`) and records the request metrics (when
+    /// `metrics`, through the gateway's handles).
+    pub(crate) fn report(&self, log: bool, metrics: Option<&RequestMetrics>) {
+        if let Some(m) = metrics {
+            m.record(self);
+        }
+        if log {
+            let (bytes_in, bytes_out) = (self.bytes_in, self.bytes_out);
+            tracing::info!(
+                target: "fluxlit::access",
+                request_id = self.request_id.to_str().unwrap_or(""),
+                fluxlit_dispatch = self.dispatch,
+                http_method_or_type = if self.websocket { "websocket" } else { self.method.as_str() },
+                path = %self.path,
+                query = %RedactedQuery(self.query),
+                status = self.status,
+                bytes_in,
+                bytes_out,
+                duration_ms = self.elapsed.as_secs_f64() * 1000.0,
+                client_ip = %self.client_ip,
+                upstream = self.upstream.unwrap_or("-"),
+                "{} {} {}",
+                if self.websocket { "WEBSOCKET" } else { self.method.as_str() },
+                self.path,
+                self.status
+            );
+        }
+    }
+}
+
+/// The request metrics' handles of one gateway, each registered with the recorder on its
+/// first use (so only series that happened are exported, as with the macros) and reused
+/// after, so recording a request builds no metric key and allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct RequestMetrics {
+    requests: [[OnceLock<metrics::Counter>; METHOD_KINDS.len()]; DISPATCHES.len()],
+    duration: [OnceLock<metrics::Histogram>; DISPATCHES.len()],
+    responses: [[OnceLock<metrics::Counter>; STATUS_CLASSES.len()]; DISPATCHES.len()],
+    bytes_in: [OnceLock<metrics::Counter>; DISPATCHES.len()],
+    bytes_out: [OnceLock<metrics::Counter>; DISPATCHES.len()],
+}
+
+impl RequestMetrics {
+    fn record(&self, r: &Record<'_>) {
+        let d = dispatch_index(r.dispatch);
+        let dispatch = DISPATCHES[d];
+        let m = method_kind_index(r.method, r.websocket);
+        self.requests[d][m]
+            .get_or_init(|| {
+                metrics::counter!(names::REQUESTS, "dispatch" => dispatch, "method_kind" => METHOD_KINDS[m])
+            })
+            .increment(1);
+        if !r.websocket {
+            self.duration[d]
+                .get_or_init(|| metrics::histogram!(names::DURATION, "dispatch" => dispatch))
+                .record(r.elapsed.as_secs_f64());
+        }
+        let s = status_class_index(r.status);
+        self.responses[d][s]
+            .get_or_init(|| {
+                metrics::counter!(names::RESPONSES, "dispatch" => dispatch, "status_class" => STATUS_CLASSES[s])
+            })
+            .increment(1);
+        self.bytes_in[d]
+            .get_or_init(|| metrics::counter!(names::BYTES_IN, "dispatch" => dispatch))
+            .increment(r.bytes_in);
+        self.bytes_out[d]
+            .get_or_init(|| metrics::counter!(names::BYTES_OUT, "dispatch" => dispatch))
+            .increment(r.bytes_out);
+    }
+}
+
+/// What the access-log line and the metrics of one request need, filled in as it goes (the
+/// hyper engine, whose response body reports it when done).
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub(crate) start: Instant,
@@ -248,49 +414,28 @@ pub(crate) struct Exchange {
     pub(crate) status: u16,
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) log: bool,
-    pub(crate) metrics: bool,
+    /// The gateway's metric handles, when it records metrics.
+    pub(crate) metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl Exchange {
-    /// Emits the access-log line and the completion metrics.
+    /// Emits the access-log line and the completion metrics ([`Record::report`]).
     pub(crate) fn finish(&self, bytes_out: u64) {
-        let elapsed = self.start.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        if self.metrics {
-            let mk = method_kind(&self.method, self.websocket);
-            metrics::counter!(names::REQUESTS, "dispatch" => self.dispatch, "method_kind" => mk)
-                .increment(1);
-            if !self.websocket {
-                metrics::histogram!(names::DURATION, "dispatch" => self.dispatch)
-                    .record(elapsed.as_secs_f64());
-            }
-            metrics::counter!(names::RESPONSES, "dispatch" => self.dispatch, "status_class" => status_class(self.status)).increment(1);
-            metrics::counter!(names::BYTES_IN, "dispatch" => self.dispatch).increment(bytes_in);
-            metrics::counter!(names::BYTES_OUT, "dispatch" => self.dispatch).increment(bytes_out);
+        Record {
+            elapsed: self.start.elapsed(),
+            request_id: &self.request_id,
+            dispatch: self.dispatch,
+            method: &self.method,
+            websocket: self.websocket,
+            path: self.target.path(),
+            query: self.target.query(),
+            client_ip: self.client_ip,
+            upstream: self.upstream.as_deref(),
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
         }
-        if self.log {
-            let rid = self.request_id.to_str().unwrap_or("");
-            let query = self.target.query().map(redact_query).unwrap_or_default();
-            let path = self.target.path();
-            tracing::info!(
-                target: "fluxlit::access",
-                request_id = rid,
-                fluxlit_dispatch = self.dispatch,
-                http_method_or_type = if self.websocket { "websocket" } else { self.method.as_str() },
-                path = %path,
-                query = %query,
-                status = self.status,
-                bytes_in,
-                bytes_out,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                client_ip = %self.client_ip,
-                upstream = self.upstream.as_deref().unwrap_or("-"),
-                "{} {} {}",
-                if self.websocket { "WEBSOCKET" } else { self.method.as_str() },
-                path,
-                self.status
-            );
-        }
+        .report(self.log, self.metrics.as_deref());
     }
 }
 

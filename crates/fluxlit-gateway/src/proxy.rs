@@ -594,22 +594,9 @@ impl Proxy {
             return too_large(cap, setting, rid).into();
         }
 
-        let slot = match &self.upstream_slots {
-            Some(s) => match s.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    metrics::counter!(names::SHED, "reason" => "upstream_concurrency").increment(1);
-                    let mut r = plain_rid(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "FluxLit: too many requests in flight to the upstreams (gateway_max_concurrent_upstream_http); retry shortly\n",
-                        rid,
-                    );
-                    r.headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return r.into();
-                }
-            },
-            None => None,
+        let slot = match self.upstream_slot(rid) {
+            Ok(slot) => slot,
+            Err(r) => return (*r).into(),
         };
 
         // A WebSocket holds a slot of its client IP from here to the tunnel's end.
@@ -850,6 +837,33 @@ pub(crate) struct TunnelSpec {
 }
 
 impl Proxy {
+    /// A slot of the upstream concurrency cap (`gateway_max_concurrent_upstream_http`; none
+    /// when the cap is off), held until the response body is done, as both engines do; or the
+    /// 503 (`Retry-After: 1`) that sheds the request, counted
+    /// ([`names::SHED`] `upstream_concurrency`).
+    pub(crate) fn upstream_slot(
+        &self,
+        rid: &HeaderValue,
+    ) -> Result<Option<OwnedSemaphorePermit>, Box<Response<Body>>> {
+        let Some(s) = &self.upstream_slots else {
+            return Ok(None);
+        };
+        match s.clone().try_acquire_owned() {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => {
+                metrics::counter!(names::SHED, "reason" => "upstream_concurrency").increment(1);
+                let mut r = plain_rid(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "FluxLit: too many requests in flight to the upstreams (gateway_max_concurrent_upstream_http); retry shortly\n",
+                    rid,
+                );
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(Box::new(r))
+            }
+        }
+    }
+
     /// A slot for one more WebSocket tunnel of `client`, or the 429 that refuses it
     /// (`gateway_max_websockets_per_client_ip`).
     pub(crate) fn tunnel_slot(

@@ -468,8 +468,8 @@ async fn body_caps_refuse_before_and_while_streaming() {
     }
 }
 
-/// The upstream concurrency cap is a duty the fast path does not take: UI requests are
-/// hyper's on both engines.
+/// The upstream concurrency cap holds on both engines, with the same 503: the fast path
+/// holds a slot for each exchange itself.
 #[tokio::test]
 async fn upstream_concurrency_cap_sheds_fast() {
     let u = TestUpstream::start().await;
@@ -512,10 +512,14 @@ async fn upstream_concurrency_cap_sheds_fast() {
         assert_eq!(shed["retry-after"], "1", "{}", engine(fast));
         hang.lock().unwrap().abort();
         let s = gw.served();
-        assert_eq!(s.h1, 0, "{}: the cap is hyper's duty ({s:?})", engine(fast));
+        let (this, other) = if fast {
+            (s.h1, s.hyper)
+        } else {
+            (s.hyper, s.h1)
+        };
         assert!(
-            s.hyper >= 2,
-            "{}: hyper served the hanging and the shed request ({s:?})",
+            this >= 2 && other == 0,
+            "{}: it served the hanging and the shed request ({s:?})",
             engine(fast)
         );
     }
@@ -640,24 +644,41 @@ async fn rate_limits_give_429_with_retry_after_and_spare_health_probes() {
     }
 }
 
-/// A UI rate limit is a duty: UI requests are hyper's on both engines.
+/// A UI rate limit holds on both engines, with the same 429: the fast path applies it
+/// itself (UI requests are its own, refused ones included).
 #[tokio::test]
-async fn a_ui_rate_limit_makes_ui_requests_hypers() {
+async fn a_ui_rate_limit_is_applied_on_both_engines() {
     let u = TestUpstream::start().await;
     for fast in ENGINES {
+        let what = engine(fast);
         let gw = start_on(
             Gateway::builder().ui(up(&u, "ui")).limits(Limits {
-                rate_ui: Some((100, 100)),
+                rate_ui: Some((1, 2)),
                 ..Limits::default()
             }),
             fast,
         )
         .await;
-        for i in 0..3 {
-            let (s, _, _) = send(gw.addr, get(&format!("/echo/{i}")).body(empty()).unwrap()).await;
-            assert_eq!(s, StatusCode::OK, "{}", engine(fast));
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            let (s, h, b) = send(gw.addr, get(&format!("/echo/{i}")).body(empty()).unwrap()).await;
+            if s == StatusCode::TOO_MANY_REQUESTS {
+                assert!(
+                    h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1,
+                    "{what}"
+                );
+                let text = String::from_utf8_lossy(&b);
+                assert!(
+                    text.starts_with("FluxLit: too many requests from 127.0.0.1; retry in "),
+                    "{what}: {text}"
+                );
+                assert!(h.contains_key("x-request-id"), "{what}");
+            }
+            statuses.push(s.as_u16());
         }
-        gw.assert_served(0, 3, &format!("{}: UI rate limit", engine(fast)));
+        assert_eq!(&statuses[..2], &[200, 200], "{what}");
+        assert!(statuses[2..].contains(&429), "{what}: {statuses:?}");
+        gw.assert_split(fast, 4, 0, "UI requests under a UI rate limit");
     }
 }
 
@@ -863,7 +884,8 @@ async fn security_headers_and_cors_apply_to_the_api_only() {
     }
 }
 
-/// Metrics and the debug ring are duties: UI requests are hyper's on both engines.
+/// The metrics and debug endpoints are hyper's on both engines; the UI request they record is
+/// the fast path's when it is on.
 #[tokio::test]
 async fn metrics_and_debug_endpoints() {
     let u = TestUpstream::start().await;
@@ -905,7 +927,7 @@ async fn metrics_and_debug_endpoints() {
                 .any(|d| d["path"] == "/echo" && d["dispatch"] == "streamlit"),
             "{what}: {v}"
         );
-        gw.assert_served(0, 4, &format!("{what}: metrics and debug on"));
+        gw.assert_split(fast, 1, 3, "metrics and debug on");
         drop(gw);
         // Debug off: 404, not proxied.
         let gw = start_on(Gateway::builder().ui(up(&u, "ui")), fast).await;
@@ -1337,5 +1359,38 @@ async fn refused_bodies_are_drained_so_the_413_arrives() {
             );
         }
         gw.assert_served(0, 2, &format!("{}: two refused bodies", engine(fast)));
+    }
+}
+
+/// `gateway_fast_path` (env `FLUXLIT_GATEWAY_FAST_PATH`) picks the engine through
+/// `GatewayBuilder::settings`: on by default (a plain HTTP/1.1 UI request is the fast path's),
+/// `false` puts every request on the hyper engine, the access log on or not.
+#[tokio::test]
+async fn the_gateway_fast_path_setting_picks_the_engine() {
+    let u = TestUpstream::start().await;
+    for (value, access_log, want) in [
+        (None, "false", (1, 0)),
+        (None, "true", (1, 0)),
+        (Some("false"), "false", (0, 1)),
+        (Some("false"), "true", (0, 1)),
+        (Some("true"), "true", (1, 0)),
+    ] {
+        let what = format!("FLUXLIT_GATEWAY_FAST_PATH={value:?}, access log {access_log}");
+        let mut pairs = vec![("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", access_log)];
+        if let Some(v) = value {
+            pairs.push(("FLUXLIT_GATEWAY_FAST_PATH", v));
+        }
+        let settings = fluxlit_config::load(&fluxlit_config::LoadOptions::new(
+            &std::env::temp_dir(),
+            fluxlit_config::Environment::from_pairs(pairs),
+            Default::default(),
+        ))
+        .unwrap()
+        .settings;
+        let gw = support::start(Gateway::builder().settings(&settings).ui(up(&u, "ui"))).await;
+        let (s, _, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK, "{what}");
+        let served = gw.served();
+        assert_eq!((served.h1, served.hyper), want, "{what}: {served:?}");
     }
 }

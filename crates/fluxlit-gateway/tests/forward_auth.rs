@@ -149,3 +149,55 @@ async fn any_other_peer_gets_403_and_its_identity_never_passes_on_both_engines()
         gw.stop().await;
     }
 }
+
+/// Forward auth is a reason of the one "needs the hyper engine" decision
+/// (`decide::fast_path_ui`), so it holds whatever else the fast path now does itself: with the
+/// access log and metrics on (which the fast path serves since issue 15), a UI request that the
+/// fast path takes without forward auth is, with it, handed to hyper and refused there (401
+/// without the user header, 403 from an untrusted peer), and nothing reaches the upstream.
+#[tokio::test]
+async fn forward_auth_keeps_ui_requests_off_the_fast_path_with_observability_on() {
+    let observed = || {
+        Gateway::builder()
+            .access_log(true, false)
+            .record_metrics(true)
+    };
+    let page = request("/page", false, "");
+    // The control: the same configuration without forward auth serves it on the fast path.
+    let rec = RecordingUpstream::start().await;
+    let gw = start_on(observed().ui(up_at(rec.addr, "ui")), true).await;
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send(&page).await;
+    let resp = within("control", c.response(false)).await.unwrap();
+    assert_eq!(resp.status, 200, "control: {}", resp.text());
+    let s = gw.served();
+    assert_eq!((s.h1, s.hyper), (1, 0), "control: the fast path's ({s:?})");
+    gw.stop().await;
+
+    for (trusted, fields, status, detail) in [
+        ("127.0.0.1", "", 401, "Missing trusted user header"),
+        (
+            "127.0.0.2",
+            "X-Forwarded-User: mallory\r\n",
+            403,
+            "Untrusted client for forward-auth",
+        ),
+    ] {
+        let ctx = format!("forward auth from {trusted}, fields {fields:?}");
+        let rec = RecordingUpstream::start().await;
+        let builder = observed()
+            .ui(up_at(rec.addr, "ui"))
+            .forward_auth(forward_auth(trusted));
+        let gw = start_on(builder, true).await;
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send(&request("/page", false, fields)).await;
+        let resp = within(&ctx, c.response(false)).await.unwrap();
+        assert_eq!(resp.status, status, "{ctx}: {}", resp.text());
+        let body: Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(body["detail"], detail, "{ctx}");
+        let s = gw.served();
+        assert_eq!((s.h1, s.hyper), (0, 1), "{ctx}: hyper's ({s:?})");
+        assert!(rec.requests().is_empty(), "{ctx}: nothing went up");
+        gw.stop().await;
+    }
+}

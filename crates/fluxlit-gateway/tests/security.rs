@@ -599,7 +599,7 @@ async fn only_completed_websocket_handshakes_become_tunnels() {
 }
 
 /// Every connection has a first-byte/header deadline on both engines, whatever else is on
-/// (metrics turn the fast path off): a client that connects and sends nothing, or only the
+/// (metrics too): a client that connects and sends nothing, or only the
 /// start of the HTTP/2 preface, loses its connection within `header_read_timeout`.
 #[tokio::test]
 async fn silent_and_stalled_connections_are_closed() {
@@ -612,10 +612,7 @@ async fn silent_and_stalled_connections_are_closed() {
             if metrics {
                 b = b.metrics_endpoint("/__fluxlit/metrics", std::sync::Arc::new(String::new));
             }
-            let mut gw = start(b, fast).await;
-            if metrics {
-                gw.hyper_only(); // recording metrics is a duty: every request is hyper's
-            }
+            let gw = start(b, fast).await;
             let ctx = format!("{} metrics={metrics}", engine(fast));
             for first in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n"] {
                 let mut c = RawClient::connect(gw.addr).await;
@@ -1292,12 +1289,11 @@ async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
     }
 }
 
-/// The fast path serves exactly the requests whose decision it can carry out: a UI forward
-/// with no other duty. With a duty on UI requests (the access log, the debug ring, a UI rate
-/// limit, the upstream concurrency cap), every request is hyper's even with the fast path on;
-/// API requests are always hyper's.
+/// The fast path serves exactly the requests whose decision is a UI forward, whatever else the
+/// gateway must do for them (the access log, metrics, the debug ring, a UI rate limit, the
+/// upstream concurrency cap: it does those too); API requests are always hyper's.
 #[tokio::test]
-async fn the_fast_path_serves_only_decisions_without_duties() {
+async fn the_fast_path_serves_ui_forwards_with_every_duty() {
     let rec = RecordingUpstream::start().await;
     let no_duty = start(
         Gateway::builder()
@@ -1312,7 +1308,13 @@ async fn the_fast_path_serves_only_decisions_without_duties() {
     };
     let duties = [
         Gateway::builder().access_log(true, false),
+        Gateway::builder().record_metrics(true),
+        Gateway::builder().debug(std::sync::Arc::new(|| serde_json::json!({}))),
         Gateway::builder().limits(limits),
+        Gateway::builder().limits(fluxlit_gateway::Limits {
+            rate_ui: Some((1000, 1000)),
+            ..fluxlit_gateway::Limits::default()
+        }),
     ];
     // One connection each: once hyper has a connection, it serves the rest of it.
     for target in ["/ui", "/api/x", "/ui"] {
@@ -1328,13 +1330,12 @@ async fn the_fast_path_serves_only_decisions_without_duties() {
         "no duty: UI on the fast path, API on hyper"
     );
     for (i, b) in duties.into_iter().enumerate() {
-        let mut gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
-        gw.hyper_only(); // a duty makes every request hyper's
+        let gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
         let mut c = RawClient::connect(gw.addr).await;
         c.send(b"GET /ui HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(c.response(false).await.expect("ui").status, 200);
         let s = gw.served();
-        assert_eq!((s.h1, s.hyper), (0, 1), "duty {i}: hyper serves it");
+        assert_eq!((s.h1, s.hyper), (1, 0), "duty {i}: the fast path serves it");
     }
 }
 

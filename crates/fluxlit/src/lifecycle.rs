@@ -120,7 +120,7 @@ impl App {
             }));
             Serving { stop, task }
         };
-        tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, "gateway listening");
+        tracing::info!(address = %bound, root_path = %mount, api_mount = %s.api_mount_path, fast_path = s.gateway_fast_path, "gateway listening");
         // An empty list (loopback only) is said once, as the `forwarded_allow_ips_loopback_only`
         // warning `fluxlit run` logs at start-up (`fluxlit_config::findings`).
         if s.trust_proxy && !s.forwarded_allow_ips.is_empty() {

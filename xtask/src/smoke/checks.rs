@@ -90,9 +90,9 @@ pub(crate) enum Check {
     /// WebSocket upgrade headers: exactly `live.websocket` FAILs (run for `nginx-strip` in the
     /// default mode only, by the smoke itself, not through [`Check::run`]).
     DoctorLiveNoUpgrade,
-    /// FluxLit's log shows the configuration the run claims: no request in the access log in the
-    /// default mode (so UI requests were eligible for the HTTP/1.1 fast path), access-log
-    /// lines for this edge's requests with the access log on.
+    /// FluxLit's log shows the configuration the run claims: the `gateway listening` line's
+    /// `fast_path` matches the mode, and the engine that mode puts UI requests on wrote
+    /// access-log lines for this edge's requests, UI requests among them.
     GatewayLog,
 }
 
@@ -1026,44 +1026,64 @@ fn access_lines(t: &Target) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The `fast_path` field of FluxLit's `gateway listening` line (`true` or `false`), the
+/// engine setting the run started with.
+fn listening_fast_path(t: &Target) -> Result<String, String> {
+    let text = std::fs::read_to_string(&t.gateway_log)
+        .map_err(|e| format!("cannot read {}: {e}", t.gateway_log.display()))?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("gateway listening"))
+        .ok_or_else(|| format!("no 'gateway listening' line in {}", t.gateway_log.display()))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("fast_path="))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "no fast_path= field in the listening line: {}",
+                snippet(line, 160)
+            )
+        })
+}
+
 /// Whether the log matches the mode (see [`Check::GatewayLog`]). The checks before this one
 /// made dozens of requests through the edge, UI and API alike.
 async fn gateway_log(t: &Target) -> Result<String, String> {
-    if t.mode.access_log() {
-        // Lines are written when a response ends; give the last ones a moment.
-        let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
-        loop {
-            let lines = access_lines(t)?;
-            let ui = lines
-                .iter()
-                .filter(|l| l.contains("fluxlit_dispatch=\"streamlit\""))
-                .count();
-            if !lines.is_empty() && ui > 0 {
-                return Ok(format!(
-                    "access log on: {} request lines for this edge's requests ({ui} for the UI)",
-                    lines.len()
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the access log is on but FluxLit logged {} request lines ({ui} for the UI) for this edge's requests within {ACCESS_LOG_TIMEOUT:?}",
-                    lines.len()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let want = if t.mode.fast_path() { "true" } else { "false" };
+    let fast_path = listening_fast_path(t)?;
+    if fast_path != want {
+        return Err(format!(
+            "mode {} expects the gateway to start with fast_path={want}, its listening line says fast_path={fast_path}",
+            t.mode.name()
+        ));
     }
-    let lines = access_lines(t)?;
-    match lines.first() {
-        None => Ok(
-            "default configuration: no request in the access log, so UI requests were eligible for the HTTP/1.1 fast path"
-                .to_owned(),
-        ),
-        Some(first) => Err(format!(
-            "the default configuration wrote {} access-log request lines (so nothing took the fast path), first: {}",
-            lines.len(),
-            snippet(first, 160)
-        )),
+    // Lines are written when a response ends (by the log writer's thread); give the last ones
+    // a moment.
+    let deadline = Instant::now() + ACCESS_LOG_TIMEOUT;
+    loop {
+        let lines = access_lines(t)?;
+        let ui = lines
+            .iter()
+            .filter(|l| l.contains("fluxlit_dispatch=\"streamlit\""))
+            .count();
+        if !lines.is_empty() && ui > 0 {
+            return Ok(format!(
+                "fast_path={fast_path}: {} request lines for this edge's requests ({ui} for the UI, {})",
+                lines.len(),
+                if t.mode.fast_path() {
+                    "which plain HTTP/1.1 serves on the fast path"
+                } else {
+                    "all on the hyper engine"
+                }
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "fast_path={fast_path}, access log on, but FluxLit logged {} request lines ({ui} for the UI) for this edge's requests within {ACCESS_LOG_TIMEOUT:?}",
+                lines.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

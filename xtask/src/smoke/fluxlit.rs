@@ -19,35 +19,39 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long FluxLit has to become ready (Streamlit's first start is slow on 2 cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The gateway configuration a smoke run uses. Plain HTTP/1.1 UI requests take the gateway's
-/// HTTP/1.1 fast path only while the access log, metrics, debug, rate limits and the upstream
-/// concurrency cap are all off (`GatewayBuilder::http1_fast_path`); anything else is served by
-/// the hyper engine. The smoke runs both, so that the edges meet both engines.
+/// The gateway configuration a smoke run uses. Both write the access log, so that the
+/// `gateway-log` check sees every request of an edge in FluxLit's log, whichever engine served
+/// it; they differ in the engine plain HTTP/1.1 UI requests meet, so that every edge meets both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// The default configuration (only the body caps the 413 checks need): the fast path.
+    /// The default engines (plain HTTP/1.1 UI requests on the HTTP/1.1 fast path, which writes
+    /// their access-log lines), access log on, and the body caps the 413 checks need.
     Default,
-    /// The access log on: every request is served by the hyper engine.
-    AccessLog,
+    /// `gateway_fast_path = false`: every request on the hyper engine; access log on.
+    Hyper,
 }
 
 impl Mode {
     /// Both, in run order.
-    pub(crate) const ALL: [Mode; 2] = [Mode::Default, Mode::AccessLog];
+    pub(crate) const ALL: [Mode; 2] = [Mode::Default, Mode::Hyper];
 
     /// The name in the report and on the command line (`--mode NAME`).
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Default => "default",
-            Self::AccessLog => "access-log",
+            Self::Hyper => "hyper",
         }
     }
 
     /// What the mode means, for the report.
     pub(crate) fn describe(self) -> &'static str {
         match self {
-            Self::Default => "default configuration: UI requests on the HTTP/1.1 fast path",
-            Self::AccessLog => "access log on: every request on the hyper engine",
+            Self::Default => {
+                "default engines: UI requests on the HTTP/1.1 fast path; access log on"
+            }
+            Self::Hyper => {
+                "gateway_fast_path = false: every request on the hyper engine; access log on"
+            }
         }
     }
 
@@ -56,9 +60,9 @@ impl Mode {
         Self::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    /// Whether the gateway writes access-log lines in this mode.
-    pub(crate) fn access_log(self) -> bool {
-        self == Self::AccessLog
+    /// Whether the HTTP/1.1 fast path is on in this mode (`gateway_fast_path`).
+    pub(crate) fn fast_path(self) -> bool {
+        self == Self::Default
     }
 }
 
@@ -152,9 +156,11 @@ impl Setup<'_> {
                 .env("HOME", dir.join("home"))
                 .env("NO_COLOR", "1")
                 .env("PYTHONDONTWRITEBYTECODE", "1");
-            if mode.access_log() {
-                cmd.env("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "1");
-            }
+            // Both modes log every request (the `gateway-log` check reads the lines).
+            cmd.env("FLUXLIT_ENABLE_GATEWAY_ACCESS_LOG", "1").env(
+                "FLUXLIT_GATEWAY_FAST_PATH",
+                if mode.fast_path() { "true" } else { "false" },
+            );
         })?;
 
         // The listening line, then readiness; both bounded, both watching for an early exit.
@@ -221,7 +227,7 @@ mod tests {
             assert_eq!(Mode::parse(mode.name()), Some(mode));
         }
         assert_eq!(Mode::parse("fast"), None);
-        assert!(Mode::AccessLog.access_log() && !Mode::Default.access_log());
+        assert!(Mode::Default.fast_path() && !Mode::Hyper.fast_path());
     }
 
     #[test]

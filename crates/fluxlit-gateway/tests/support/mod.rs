@@ -89,8 +89,8 @@ impl Running {
 
     /// Asserts the exact counts of an engine variant whose requests were `fast_h1` that the
     /// fast path serves when on (plain UI forwards on a connection it still holds) and `hyper`
-    /// that are hyper's on either engine (the API, refusals, own endpoints, UI requests with
-    /// duties, and everything after a hand-over): with the fast path on, `(fast_h1, hyper)`;
+    /// that are hyper's on either engine (the API, hyper's refusals, own endpoints, and
+    /// everything after a hand-over): with the fast path on, `(fast_h1, hyper)`;
     /// off, `(0, fast_h1 + hyper)`.
     pub fn assert_split(&self, fast: bool, fast_h1: u64, hyper: u64, what: &str) {
         let what = format!("{what} ({})", engine(fast));
