@@ -59,9 +59,14 @@ pub enum FetchError {
     },
 }
 
-/// The TLS client configuration: rustls with *ring*, the system's roots (loaded once).
+/// The TLS client configuration every FluxLit client uses (the identity provider's documents
+/// here, `fluxlit doctor --live`): rustls with *ring*, TLS 1.2 and 1.3, the system's trust
+/// store (`rustls-native-certs`: `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured), loaded once.
+///
+/// # Errors
+/// When the system has no usable root certificate (the message says to set `SSL_CERT_FILE`).
 #[cfg(feature = "tls")]
-fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
@@ -73,7 +78,7 @@ fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
             }
             if roots.is_empty() {
                 return Err(format!(
-                    "no usable root certificates on this system ({} errors loading them)",
+                    "no usable root certificates on this system ({} errors loading them); set SSL_CERT_FILE to a CA bundle",
                     found.errors.len()
                 ));
             }
@@ -184,7 +189,7 @@ async fn send_once(req: Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, Fet
     let resp = if https {
         #[cfg(feature = "tls")]
         {
-            let config = tls().map_err(io)?;
+            let config = tls_client_config().map_err(io)?;
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| io(format!("server name: {e}")))?;
             let stream = tokio_rustls::TlsConnector::from(config)

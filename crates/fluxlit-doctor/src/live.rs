@@ -29,8 +29,6 @@
 //! Only `GET`, the upgrade and one `POST` to a path under the API mount that no FluxLit or
 //! example route uses are sent.
 
-#[cfg(feature = "tls")]
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -152,36 +150,12 @@ async fn tls_connect(_: &Target, _: TcpStream, _: Duration) -> Result<Box<dyn Io
 async fn tls_connect(t: &Target, tcp: TcpStream, timeout: Duration) -> Result<Box<dyn Io>, String> {
     let name = rustls::pki_types::ServerName::try_from(t.host.clone())
         .map_err(|e| format!("{:?} is not a TLS server name: {e}", t.host))?;
-    let connector = tokio_rustls::TlsConnector::from(tls_config()?);
+    let connector = tokio_rustls::TlsConnector::from(fluxlit_auth::fetch::tls_client_config()?);
     let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
         .map_err(|_| "the TLS handshake timed out".to_owned())?
         .map_err(|e| format!("TLS handshake with {} failed: {e}", t.host))?;
     Ok(Box::new(tls))
-}
-
-/// The system's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), ring as the provider.
-#[cfg(feature = "tls")]
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "no trusted CA certificates found (set SSL_CERT_FILE): {:?}",
-            found.errors
-        ));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// A response: status, headers, body (at most [`MAX_BODY`] bytes).

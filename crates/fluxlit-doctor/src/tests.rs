@@ -478,31 +478,30 @@ async fn jwks_server(body: &'static str) -> (String, tokio::task::JoinHandle<()>
     (url, task)
 }
 
+/// The `jwt_keys` row for an issuer and audience plus `extra` (none: no such row).
+async fn jwt_keys_of(dir: &std::path::Path, extra: &[(&str, &str)]) -> Option<Check> {
+    let mut env = vec![
+        ("FLUXLIT_JWT_ISSUER", "https://issuer.example"),
+        ("FLUXLIT_JWT_AUDIENCE", "api"),
+    ];
+    env.extend_from_slice(extra);
+    let r = run(dir, &env, Options::default()).await;
+    r.checks.into_iter().find(|c| c.name == "jwt_keys")
+}
+
 /// `jwt_keys` (auth_mode = jwt only): the secret needs no fetch; a JWKS URL is fetched and must
 /// hold a usable key; an unreachable one FAILs saying what the API would answer.
 #[tokio::test]
 async fn jwt_keys_row() {
     let dir = temp_dir("jwt-keys");
-    let base = [
-        ("FLUXLIT_JWT_ISSUER", "https://issuer.example"),
-        ("FLUXLIT_JWT_AUDIENCE", "api"),
-    ];
-    let r = run(&dir, &base, Options::default()).await;
-    assert!(
-        r.checks.iter().all(|c| c.name != "jwt_keys"),
-        "only in jwt mode"
-    );
+    let jwt = ("FLUXLIT_AUTH_MODE", "jwt");
+    assert!(jwt_keys_of(&dir, &[]).await.is_none(), "only in jwt mode");
 
-    let mut env = base.to_vec();
-    env.extend([
-        ("FLUXLIT_AUTH_MODE", "jwt"),
-        (
-            "FLUXLIT_JWT_HS256_SECRET",
-            "a-shared-secret-of-at-least-32-bytes",
-        ),
-    ]);
-    let r = run(&dir, &env, Options::default()).await;
-    let row_ = row(&r, "jwt_keys");
+    let secret = (
+        "FLUXLIT_JWT_HS256_SECRET",
+        "a-shared-secret-of-at-least-32-bytes",
+    );
+    let row_ = jwt_keys_of(&dir, &[jwt, secret]).await.unwrap();
     assert_eq!(row_.status, Status::Pass, "{}", row_.detail);
     assert!(
         row_.detail.contains("HS256 shared secret"),
@@ -515,46 +514,30 @@ async fn jwt_keys_row() {
         include_str!("../../fluxlit-gateway/tests/fixtures/jwt/rsa-a.jwk.json"),
         r#",{"kty":"oct","k":"c2VjcmV0","kid":"sym"}]}"#
     );
-    let (url, server) = jwks_server(jwks).await;
-    let mut env = base.to_vec();
-    env.extend([
-        ("FLUXLIT_AUTH_MODE", "jwt"),
-        ("FLUXLIT_JWT_JWKS_URL", url.as_str()),
-    ]);
-    let r = run(&dir, &env, Options::default()).await;
-    let row_ = row(&r, "jwt_keys");
-    assert_eq!(row_.status, Status::Pass, "{}", row_.detail);
-    assert!(
-        row_.detail
-            .starts_with(&format!("1 signing key(s) from {url}")),
-        "{}",
-        row_.detail
-    );
-    server.abort();
-
-    let (url, server) = jwks_server(r#"{"keys":[]}"#).await;
-    let mut env = base.to_vec();
-    env.extend([
-        ("FLUXLIT_AUTH_MODE", "jwt"),
-        ("FLUXLIT_JWT_JWKS_URL", url.as_str()),
-    ]);
-    let r = run(&dir, &env, Options::default()).await;
-    let row_ = row(&r, "jwt_keys");
-    assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
-    assert!(row_.detail.contains("no signing key"), "{}", row_.detail);
-    server.abort();
+    for (body, status, want) in [
+        (jwks, Status::Pass, "1 signing key(s) from http://"),
+        (r#"{"keys":[]}"#, Status::Fail, "no signing key"),
+    ] {
+        let (url, server) = jwks_server(body).await;
+        let row_ = jwt_keys_of(&dir, &[jwt, ("FLUXLIT_JWT_JWKS_URL", url.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(row_.status, status, "{}", row_.detail);
+        assert!(
+            row_.detail.contains(want) && row_.detail.contains(&url),
+            "{}",
+            row_.detail
+        );
+        server.abort();
+    }
 
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/jwks", l.local_addr().unwrap())
     };
-    let mut env = base.to_vec();
-    env.extend([
-        ("FLUXLIT_AUTH_MODE", "jwt"),
-        ("FLUXLIT_JWT_JWKS_URL", closed.as_str()),
-    ]);
-    let r = run(&dir, &env, Options::default()).await;
-    let row_ = row(&r, "jwt_keys");
+    let row_ = jwt_keys_of(&dir, &[jwt, ("FLUXLIT_JWT_JWKS_URL", closed.as_str())])
+        .await
+        .unwrap();
     assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
     assert!(
         row_.detail.contains("503") && row_.detail.contains(&closed),
