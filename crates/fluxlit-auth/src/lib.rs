@@ -45,6 +45,7 @@ pub mod jwt;
 pub mod oidc;
 pub mod redirect;
 pub mod seal;
+pub mod session;
 
 use fluxlit_headers::Class;
 use http::HeaderMap;

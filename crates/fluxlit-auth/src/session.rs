@@ -1,0 +1,454 @@
+//! OIDC sessions (`auth_mode = oidc`): what a session holds, and the server-side stores.
+//!
+//! Three stores (`auth_session_store`, docs/auth.md):
+//! - `cookie` (default): no server state. The whole [`Session`] without tokens is sealed into
+//!   the session cookie (`crate::seal`); logout clears the cookie, and a copy of it stays valid
+//!   until its `expires_at` (say so to operators: server-side revocation needs `memory` or
+//!   `redis`).
+//! - `memory` ([`MemoryStore`]): one process. The cookie carries an opaque *ticket*
+//!   `sid.secret`; the store keeps the session under `sid` and checks `secret` in constant time.
+//! - `redis`: the same ticket; the record is encrypted with a key derived from `secret`, so a
+//!   Redis dump holds no usable tokens (oauth2-proxy's design), and revocations are broadcast to
+//!   every replica.
+//!
+//! Every store has the same calls ([`Store`]): [`Store::create`], [`Store::load`],
+//! [`Store::update`], [`Store::delete`], [`Store::revoke`], [`Store::revocations`] and
+//! [`Store::refresh_lock`]. Times are seconds since the Unix epoch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Who the session belongs to: the verified ID token's claims that reach the apps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SessionIdentity {
+    /// `iss`.
+    pub iss: String,
+    /// `sub`.
+    pub sub: String,
+    /// `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// `email_verified`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `preferred_username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    /// The groups claim (`auth_groups_claim`), as strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// `auth_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+}
+
+/// The provider's tokens, kept by server-side stores only (never in a cookie, never sent to
+/// Streamlit). `Debug` prints no token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTokens {
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token, when the provider issued one.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// The raw ID token (the `id_token_hint` of an RP-initiated logout).
+    pub id_token: String,
+    /// When the access token expires (`expires_in` at the token response), if said.
+    #[serde(default)]
+    pub access_expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for SessionTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionTokens([REDACTED])")
+    }
+}
+
+/// One logged-in session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session id: 128 random bits, base64url. New at every login (no fixation).
+    pub sid: String,
+    /// Who.
+    pub identity: SessionIdentity,
+    /// When the login finished.
+    pub created_at: i64,
+    /// The absolute end (`created_at + auth_session_lifetime_s`).
+    pub expires_at: i64,
+    /// The provider's tokens (`None` in the cookie store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<SessionTokens>,
+}
+
+impl Session {
+    /// Whether the session is past its absolute end at `now`.
+    pub fn expired(&self, now: i64) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `n` random bytes (the operating system's generator through `openidconnect`), base64url
+/// without padding.
+pub fn random_token(n: u32) -> String {
+    openidconnect::CsrfToken::new_random_len(n)
+        .secret()
+        .to_owned()
+}
+
+/// A new session id (128 random bits).
+pub fn new_sid() -> String {
+    random_token(16)
+}
+
+/// A ticket's two parts, `sid.secret`, when it has that shape.
+pub fn split_ticket(ticket: &str) -> Option<(&str, &str)> {
+    let (sid, secret) = ticket.split_once('.')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (ok(sid) && ok(secret)).then_some((sid, secret))
+}
+
+/// Equality of two byte strings in time that depends on their lengths only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A store could not be reached or answered nonsense: protected requests get 503 (fail
+/// closed), public paths keep working.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the session store is unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// What was revoked, as broadcast to every gateway (to close the sessions' WebSocket tunnels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// One session.
+    Sid(String),
+    /// Every session of one user (`sub`).
+    Sub(String),
+    /// Every session.
+    All,
+}
+
+/// Held while one gateway refreshes a session's tokens; dropped (or released) when done.
+#[derive(Debug)]
+pub enum RefreshLock {
+    /// The in-process lock of the memory store.
+    Memory(tokio::sync::OwnedMutexGuard<()>),
+}
+
+/// The session store in use for `memory` and `redis` (the `cookie` store keeps nothing).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// One process.
+    Memory(Arc<MemoryStore>),
+}
+
+impl Store {
+    /// Keeps `session`; returns the ticket (`sid.secret`) for the cookie.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn create(&self, session: &Session) -> Result<String, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.create(session)),
+        }
+    }
+
+    /// The session behind `ticket`: `None` when unknown, expired, revoked or the secret does
+    /// not match.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn load(&self, ticket: &str) -> Result<Option<Session>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.load(ticket)),
+        }
+    }
+
+    /// Replaces the session behind `ticket` (after a refresh).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn update(&self, ticket: &str, session: &Session) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.update(ticket, session);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the session behind `ticket` (logout) and broadcasts [`Revoked::Sid`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn delete(&self, ticket: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.delete(ticket);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends every session `what` names and broadcasts it; returns how many ended.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn revoke(&self, what: &Revoked) -> Result<usize, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.revoke(what)),
+        }
+    }
+
+    /// Revocations from now on (from every gateway sharing the store).
+    pub fn revocations(&self) -> broadcast::Receiver<Revoked> {
+        match self {
+            Store::Memory(m) => m.revoked.subscribe(),
+        }
+    }
+
+    /// The right to refresh session `sid`, waiting up to `wait` for another holder;
+    /// `None` when it is still held after `wait` (re-read the session then).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn refresh_lock(
+        &self,
+        sid: &str,
+        wait: Duration,
+    ) -> Result<Option<RefreshLock>, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                let lock = m.lock_for(sid);
+                Ok(tokio::time::timeout(wait, lock.lock_owned())
+                    .await
+                    .ok()
+                    .map(RefreshLock::Memory))
+            }
+        }
+    }
+}
+
+/// The `memory` store: sessions of this process, lost on restart.
+#[derive(Debug)]
+pub struct MemoryStore {
+    sessions: Mutex<HashMap<String, (String, Session)>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    revoked: broadcast::Sender<Revoked>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            locks: Mutex::default(),
+            revoked: broadcast::channel(256).0,
+        }
+    }
+}
+
+impl MemoryStore {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Session)>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn create(&self, session: &Session) -> String {
+        let secret = random_token(32);
+        let now = now();
+        let mut map = self.map();
+        // Expired sessions go when new ones come: the map never outgrows the live sessions.
+        map.retain(|_, (_, s)| !s.expired(now));
+        map.insert(session.sid.clone(), (secret.clone(), session.clone()));
+        format!("{}.{secret}", session.sid)
+    }
+
+    fn load(&self, ticket: &str) -> Option<Session> {
+        let (sid, secret) = split_ticket(ticket)?;
+        let map = self.map();
+        let (kept, session) = map.get(sid)?;
+        (constant_time_eq(kept.as_bytes(), secret.as_bytes()) && !session.expired(now()))
+            .then(|| session.clone())
+    }
+
+    fn update(&self, ticket: &str, session: &Session) {
+        if let Some((sid, secret)) = split_ticket(ticket)
+            && let Some((kept, s)) = self.map().get_mut(sid)
+            && constant_time_eq(kept.as_bytes(), secret.as_bytes())
+        {
+            *s = session.clone();
+        }
+    }
+
+    fn delete(&self, ticket: &str) {
+        if let Some((sid, secret)) = split_ticket(ticket) {
+            let removed = {
+                let mut map = self.map();
+                match map.get(sid) {
+                    Some((kept, _)) if constant_time_eq(kept.as_bytes(), secret.as_bytes()) => {
+                        map.remove(sid).is_some()
+                    }
+                    _ => false,
+                }
+            };
+            if removed {
+                let _ = self.revoked.send(Revoked::Sid(sid.to_owned()));
+            }
+        }
+    }
+
+    fn revoke(&self, what: &Revoked) -> usize {
+        let n = {
+            let mut map = self.map();
+            let before = map.len();
+            map.retain(|sid, (_, s)| match what {
+                Revoked::Sid(x) => sid != x,
+                Revoked::Sub(x) => &s.identity.sub != x,
+                Revoked::All => false,
+            });
+            before - map.len()
+        };
+        let _ = self.revoked.send(what.clone());
+        n
+    }
+
+    fn lock_for(&self, sid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Locks nobody holds or waits for go, so the map stays as small as the refreshes.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(sid.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(sid: &str, sub: &str, expires_at: i64) -> Session {
+        Session {
+            sid: sid.to_owned(),
+            identity: SessionIdentity {
+                iss: "https://idp.example".into(),
+                sub: sub.into(),
+                ..SessionIdentity::default()
+            },
+            created_at: now(),
+            expires_at,
+            tokens: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_checks_the_secret_and_the_end() {
+        let store = Store::Memory(Arc::default());
+        let s = session(&new_sid(), "alice", now() + 60);
+        let ticket = store.create(&s).await.unwrap();
+        assert_eq!(store.load(&ticket).await.unwrap(), Some(s.clone()));
+        let (sid, _) = split_ticket(&ticket).unwrap();
+        let forged = format!("{sid}.{}", random_token(32));
+        assert_eq!(store.load(&forged).await.unwrap(), None);
+        assert_eq!(store.load("garbage").await.unwrap(), None);
+        // A forged ticket cannot delete the session.
+        store.delete(&forged).await.unwrap();
+        assert!(store.load(&ticket).await.unwrap().is_some());
+
+        let old = session(&new_sid(), "bob", now() - 1);
+        let t = store.create(&old).await.unwrap();
+        assert_eq!(store.load(&t).await.unwrap(), None, "expired");
+    }
+
+    #[tokio::test]
+    async fn revocation_ends_sessions_and_is_broadcast() {
+        let store = Store::Memory(Arc::default());
+        let mut rx = store.revocations();
+        let a1 = store
+            .create(&session(&new_sid(), "alice", now() + 60))
+            .await
+            .unwrap();
+        let a2 = store
+            .create(&session(&new_sid(), "alice", now() + 60))
+            .await
+            .unwrap();
+        let b = store
+            .create(&session(&new_sid(), "bob", now() + 60))
+            .await
+            .unwrap();
+        let n = store.revoke(&Revoked::Sub("alice".into())).await.unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(rx.recv().await.unwrap(), Revoked::Sub("alice".into()));
+        assert!(store.load(&a1).await.unwrap().is_none());
+        assert!(store.load(&a2).await.unwrap().is_none());
+        assert!(store.load(&b).await.unwrap().is_some());
+        store.delete(&b).await.unwrap();
+        let (sid, _) = split_ticket(&b).unwrap();
+        assert_eq!(rx.recv().await.unwrap(), Revoked::Sid(sid.to_owned()));
+    }
+
+    #[tokio::test]
+    async fn one_refresh_at_a_time_per_session() {
+        let store = Store::Memory(Arc::default());
+        let held = store
+            .refresh_lock("s1", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(held.is_some());
+        let waited = store
+            .refresh_lock("s1", Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert!(waited.is_none(), "still held");
+        assert!(
+            store
+                .refresh_lock("s2", Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        drop(held);
+        assert!(
+            store
+                .refresh_lock("s1", Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn tickets_have_one_shape() {
+        assert!(split_ticket("abc.def").is_some());
+        for bad in ["abc", ".def", "abc.", "a.b.c", "a b.c", "a.b\n"] {
+            assert!(split_ticket(bad).is_none(), "{bad:?}");
+        }
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
