@@ -155,6 +155,8 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
     /// The raw ID token (the `id_token_hint` of an RP-initiated logout).
     pub id_token: String,
+    /// The access token's lifetime (`expires_in`, RFC 6749 §5.1), if the provider said.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -271,6 +273,7 @@ impl RelyingParty {
                 access_token: response.access_token().secret().clone(),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
                 id_token: id_token.to_string(),
+                expires_in: response.expires_in(),
             },
         ))
     }

@@ -121,6 +121,63 @@ impl ForwardAuth {
 }
 
 /// Whether `path` (the path the UI upstream gets, root path kept) is Streamlit's health check.
+/// `auth_mode = oidc`: the backend-for-frontend ([`fluxlit_auth::bff`]) and which requests it
+/// guards. The gateway answers the routes under `{root}{api}/auth/`, authenticates every other
+/// request (health endpoints and [`OidcAuth::public_paths`] excepted) by its session cookie,
+/// sets the identity fields on the API and Streamlit hops, removes its own cookies from what
+/// it forwards, and closes a session's WebSocket tunnels when the session ends. Like forward
+/// auth, it runs on the hyper engine only (`decide::HyperOnly::authenticate`).
+#[derive(Clone)]
+pub struct OidcAuth {
+    pub(crate) bff: std::sync::Arc<fluxlit_auth::bff::Bff>,
+    pub(crate) required: bool,
+    public: Option<PublicPaths>,
+}
+
+/// A predicate on `(method, path under the root path)`: true for paths anybody may request.
+pub type PublicPaths = std::sync::Arc<dyn Fn(&http::Method, &str) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for OidcAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcAuth")
+            .field("bff", &self.bff)
+            .field("required", &self.required)
+            .field("public_paths", &self.public.is_some())
+            .finish()
+    }
+}
+
+impl OidcAuth {
+    /// Login required everywhere but the health endpoints.
+    pub fn new(bff: std::sync::Arc<fluxlit_auth::bff::Bff>) -> Self {
+        Self {
+            bff,
+            required: true,
+            public: None,
+        }
+    }
+
+    /// `auth_required`: with `false`, requests without a session go on anonymously (identity
+    /// fields only when logged in).
+    pub fn required(mut self, on: bool) -> Self {
+        self.required = on;
+        self
+    }
+
+    /// `auth_public_paths`: more paths anybody may request (the predicate sees the method
+    /// and the path under the root path).
+    pub fn public_paths(mut self, public: PublicPaths) -> Self {
+        self.public = Some(public);
+        self
+    }
+
+    pub(crate) fn is_public(&self, method: &http::Method, path_under_root: &str) -> bool {
+        self.public
+            .as_ref()
+            .is_some_and(|p| p(method, path_under_root))
+    }
+}
+
 pub(crate) fn is_public_ui_path(path: &str, root: &str) -> bool {
     path.strip_prefix(root) == Some("/_stcore/health")
 }

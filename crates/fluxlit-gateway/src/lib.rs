@@ -48,6 +48,7 @@ mod proxy;
 mod response;
 mod rewrite;
 pub mod routing;
+mod sessions;
 mod upstream;
 
 use std::convert::Infallible;
@@ -57,7 +58,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-pub use auth::ForwardAuth;
+pub use auth::{ForwardAuth, OidcAuth, PublicPaths};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -223,6 +224,7 @@ pub struct GatewayBuilder {
     debug: Option<DebugInfo>,
     fast_path: bool,
     forward_auth: Option<ForwardAuth>,
+    oidc: Option<OidcAuth>,
     /// `auth_mode = jwt`: the verifier, or why the settings could not make one.
     jwt:
         Option<Result<Arc<fluxlit_auth::jwt::JwtVerifier>, Arc<fluxlit_auth::jwt::JwtConfigError>>>,
@@ -262,6 +264,7 @@ impl Default for GatewayBuilder {
             debug: None,
             fast_path: true,
             forward_auth: None,
+            oidc: None,
             jwt: None,
         }
     }
@@ -409,6 +412,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// The OIDC backend-for-frontend (`auth_mode = oidc`, [`OidcAuth`]): login required
+    /// (unless [`OidcAuth::required`] is off) for everything but the health endpoints and the
+    /// public paths; with [`GatewayBuilder::jwt`] too, an API request without a session may
+    /// instead carry a valid bearer token.
+    pub fn oidc(mut self, auth: OidcAuth) -> Self {
+        self.oidc = Some(auth);
+        self
+    }
+
     /// Bearer-token authentication for the API (`auth_mode = jwt`): every API request
     /// (`{root}{api}/…`, the health endpoints `{api}/healthz` and `{api}/readyz` aside) needs an
     /// `Authorization: Bearer` JWT that `verifier` accepts, and is otherwise answered with its
@@ -515,13 +527,18 @@ impl GatewayBuilder {
         let rate = limits::RateLimits::new(&self.limits);
         // What keeps a UI request off the fast path (`decide::fast_path_ui`).
         let hyper_only = decide::HyperOnly {
-            authenticate: self.forward_auth.is_some(),
+            authenticate: self.forward_auth.is_some() || self.oidc.is_some(),
         };
         let header_policy = match &self.forward_auth {
             Some(fa) => self
                 .header_policy
                 .with_identity(fa.header_names().map(HeaderName::as_str)),
             None => self.header_policy,
+        };
+        let header_policy = match &self.oidc {
+            Some(_) => header_policy
+                .with_identity(fluxlit_auth::bff::IDENTITY_HEADERS.iter().map(|(n, _)| *n)),
+            None => header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
         Ok(Gateway {
@@ -547,6 +564,8 @@ impl GatewayBuilder {
                 request_id_trust: self.request_id_trust,
                 header_policy,
                 forward_auth: self.forward_auth,
+                oidc: self.oidc,
+                session_tunnels: Arc::default(),
                 jwt,
                 api_headers: self.api_headers,
                 access_log: self.access_log,
@@ -644,6 +663,10 @@ struct Inner {
     hyper_only: decide::HyperOnly,
     /// `auth_mode = forward` ([`ForwardAuth`]).
     forward_auth: Option<ForwardAuth>,
+    /// `auth_mode = oidc` ([`OidcAuth`]).
+    oidc: Option<OidcAuth>,
+    /// WebSocket tunnels by login session (`auth_mode = oidc`).
+    session_tunnels: Arc<sessions::SessionTunnels>,
     /// `auth_mode = jwt`: the bearer check every API request passes first (`Gateway::api`).
     jwt: Option<Arc<fluxlit_auth::jwt::JwtVerifier>>,
     /// The request metrics' handles (used when `record_metrics`).
@@ -972,6 +995,94 @@ impl Gateway {
             if !is_health && let Err(r) = inner.rate_gate(dispatch, view.client_ip, &rid) {
                 break 'resp (*r, None);
             }
+            // `auth_mode = oidc` (`auth.rs`, `fluxlit_auth::bff`): its routes, then the session.
+            let mut oidc_identity = Vec::new();
+            let mut session_guard = None;
+            let mut check_bearer = inner.oidc.is_none();
+            if let Some(oa) = &inner.oidc {
+                if let Route::Api { path } = &route
+                    && let Some(sub) = fluxlit_auth::bff::Bff::route_of(path)
+                {
+                    let answer = oa
+                        .bff
+                        .handle_route(sub, &method, &target, req.headers())
+                        .await;
+                    if let Some(sid) = &answer.ended {
+                        inner
+                            .session_tunnels
+                            .end(&fluxlit_auth::session::Revoked::Sid(sid.clone()));
+                    }
+                    break 'resp (answer.response.map(response::full), None);
+                }
+                let under_root = raw_path
+                    .strip_prefix(inner.root.as_str())
+                    .unwrap_or(raw_path);
+                let public = is_health
+                    || matches!(&route, Route::Ui { path } if auth::is_public_ui_path(path, &inner.root))
+                    || oa.is_public(&method, under_root);
+                if websocket
+                    && let Some(origin) = req.headers().get(http::header::ORIGIN)
+                    && origin.as_bytes() != oa.bff.public_origin().as_bytes()
+                {
+                    tracing::info!(request_id = rid.to_str().unwrap_or(""), origin = ?origin, "WebSocket refused: its Origin is not the public origin (auth_mode = oidc)");
+                    break 'resp (
+                        json(
+                            StatusCode::FORBIDDEN,
+                            &serde_json::json!({"detail": "Cross-origin WebSocket refused"}),
+                        ),
+                        None,
+                    );
+                }
+                match oa.bff.authenticate(req.headers()).await {
+                    Ok(Some(a)) => {
+                        oidc_identity = fluxlit_auth::bff::Bff::identity_headers(&a.session);
+                        if websocket {
+                            session_guard = Some(
+                                inner
+                                    .session_tunnels
+                                    .guard(&a.session.sid, &a.session.identity.sub),
+                            );
+                            if let Some(store) = oa.bff.store() {
+                                let store = store.clone();
+                                inner.session_tunnels.listen(move || store.revocations());
+                            }
+                        }
+                    }
+                    Ok(None) if public || !oa.required => {}
+                    Ok(None) => {
+                        let api = matches!(route, Route::Api { .. });
+                        if api
+                            && inner.jwt.is_some()
+                            && req.headers().contains_key(http::header::AUTHORIZATION)
+                        {
+                            check_bearer = true;
+                        } else {
+                            let class = if api {
+                                fluxlit_auth::bff::RequestClass::Api
+                            } else {
+                                fluxlit_auth::bff::RequestClass::of_ui(
+                                    &method,
+                                    req.headers(),
+                                    websocket,
+                                )
+                            };
+                            tracing::info!(request_id = rid.to_str().unwrap_or(""), client_ip = %view.client_ip, class = ?class, "request without a login session");
+                            break 'resp (
+                                oa.bff.unauthenticated(class, &target).map(response::full),
+                                None,
+                            );
+                        }
+                    }
+                    Err(_) if public => {}
+                    Err(e) => {
+                        break 'resp (
+                            fluxlit_auth::bff::store_unavailable(&e).map(response::full),
+                            None,
+                        );
+                    }
+                }
+                oa.bff.strip_own_cookies(req.headers_mut());
+            }
             // `auth_mode = forward` (`auth.rs`): everything but the health checks.
             let identity = match (&inner.forward_auth, &route) {
                 (Some(fa), Route::Api { .. } | Route::Ui { .. }) if !matches!(&route, Route::Ui { path } if auth::is_public_ui_path(path, &inner.root)) =>
@@ -992,7 +1103,7 @@ impl Gateway {
                         auth::Verdict::Identity(fields) => fields,
                     }
                 }
-                _ => Vec::new(),
+                _ => oidc_identity,
             };
             match route {
                 Route::Healthz => match method {
@@ -1023,7 +1134,11 @@ impl Gateway {
                             &rid,
                             &public_prefix,
                             ctx,
-                            &identity,
+                            ApiAuth {
+                                identity: &identity,
+                                session: session_guard,
+                                check_bearer,
+                            },
                             &mut upstream_name,
                         )
                         .await;
@@ -1054,6 +1169,7 @@ impl Gateway {
                             ui: true,
                             affinity: ctx.affinity.as_deref(),
                             identity: &identity,
+                            session: session_guard,
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
                         (f.response, f.slot)
@@ -1103,16 +1219,25 @@ impl Gateway {
         rid: &HeaderValue,
         public_prefix: &str,
         ctx: &ConnCtx,
-        identity: &[(HeaderName, HeaderValue)],
+        auth: ApiAuth<'_>,
         upstream_name: &mut Option<Arc<str>>,
     ) -> (Response<Body>, Option<tokio::sync::OwnedSemaphorePermit>) {
         let inner = &*self.inner;
+        let ApiAuth {
+            identity,
+            session,
+            check_bearer,
+        } = auth;
+        let session = session.as_ref();
         let cors = inner.api_headers.cors.clone();
         let handler = |req: Request<observe::Counted<cap::Lingering>>| async move {
             // `auth_mode = jwt`: no API request goes on without a valid bearer token. Every API
             // request reaches the API here, on whichever engine it arrived: the fast path
             // serves only `Decision::Ui` (`decide.rs`) and hands every API request to hyper.
-            if let Some(jwt) = &inner.jwt {
+            // With `auth_mode = oidc`, only a request without a login session is checked here.
+            if let Some(jwt) = &inner.jwt
+                && check_bearer
+            {
                 let field = req.headers().get(http::header::AUTHORIZATION);
                 if let Err(denial) = jwt.verify(field.map(HeaderValue::as_bytes)).await {
                     tracing::info!(
@@ -1149,6 +1274,7 @@ impl Gateway {
                         ui: false,
                         affinity: ctx.affinity.as_deref(),
                         identity,
+                        session: session.cloned(),
                     };
                     let f = inner.proxy.forward(u, req, path, hop).await;
                     let mut resp = f.response;
@@ -1622,6 +1748,16 @@ impl Gateway {
         self.inner.rate.retain_recent();
         self.inner.proxy.expire_parked();
     }
+}
+
+/// What authentication decided for an API request.
+struct ApiAuth<'a> {
+    /// Identity fields to set on the hop.
+    identity: &'a [(HeaderName, HeaderValue)],
+    /// The login session (`auth_mode = oidc`): a WebSocket tunnel ends with it.
+    session: Option<sessions::SessionGuard>,
+    /// Whether the bearer-token check (`jwt`) applies.
+    check_bearer: bool,
 }
 
 fn with_rid(mut r: Response<Body>, rid: &HeaderValue) -> Response<Body> {

@@ -88,6 +88,8 @@ pub(crate) struct UpstreamHop<'a> {
     /// Identity fields the gateway vouches for (`auth_mode = forward`: the front proxy's),
     /// set after the client's fields were filtered.
     pub(crate) identity: &'a [(http::HeaderName, HeaderValue)],
+    /// The login session of the request (`auth_mode = oidc`): a WebSocket tunnel ends with it.
+    pub(crate) session: Option<crate::sessions::SessionGuard>,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -775,6 +777,7 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let mut spec = self.tunnel_spec(name, rid);
             spec.slot = tunnel_slot.take();
+            spec.session = hop.session.clone();
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
@@ -834,6 +837,8 @@ pub(crate) struct TunnelSpec {
     request_id: String,
     /// The client IP's tunnel slot, held for the tunnel's life.
     pub(crate) slot: Option<crate::limits::TunnelSlot>,
+    /// The login session the tunnel was opened with: the tunnel ends when it ends.
+    pub(crate) session: Option<crate::sessions::SessionGuard>,
 }
 
 impl Proxy {
@@ -895,6 +900,7 @@ impl Proxy {
             upstream: name.to_owned(),
             request_id: rid.to_str().unwrap_or("").to_owned(),
             slot: None,
+            session: None,
         }
     }
 }
@@ -921,7 +927,14 @@ where
         upstream: upstream_name,
         request_id: rid_text,
         slot: _slot,
+        session,
     } = spec;
+    let session_ended = async {
+        match &session {
+            Some(g) => g.ended.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let opened = Instant::now();
     metrics::gauge!(names::TUNNELS).increment(1.0);
     tracing::info!(target: "fluxlit::access", request_id = %rid_text, upstream = %upstream_name, "websocket tunnel open");
@@ -962,6 +975,7 @@ where
         () = cut.cancelled() => (client.read, upstream.read, "cut at shutdown"),
         () = idle_watch => (client.read, upstream.read, "closed after gateway_ws_idle_timeout_s"),
         () = life => (client.read, upstream.read, "closed after gateway_ws_max_lifetime_s"),
+        () = session_ended => (client.read, upstream.read, "closed: its login session ended"),
     };
     let lifetime_s = opened.elapsed().as_secs_f64();
     metrics::gauge!(names::TUNNELS).decrement(1.0);

@@ -142,8 +142,14 @@ pub async fn start_on(builder: GatewayBuilder, fast: bool) -> Running {
 
 /// Builds `builder` as it is (its own drain timeout) and serves it on `127.0.0.1:0`.
 pub async fn launch(builder: GatewayBuilder) -> Running {
-    let gateway = builder.build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    launch_on(builder, listener)
+}
+
+/// Builds `builder` as it is and serves it on `listener` (bound beforehand, when the
+/// configuration needs the address, e.g. a callback URL).
+pub fn launch_on(builder: GatewayBuilder, listener: tokio::net::TcpListener) -> Running {
+    let gateway = builder.build().unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let (cut_tx, cut_rx) = oneshot::channel::<bool>();
