@@ -314,10 +314,96 @@ impl Bff {
                     ticket: None,
                 }))
             }
-            Some(store) => Ok(store.load(&opened).await?.map(|session| Authenticated {
-                session,
-                ticket: Some(opened),
-            })),
+            Some(store) => {
+                let Some(mut session) = store.load(&opened).await? else {
+                    return Ok(None);
+                };
+                if session
+                    .tokens
+                    .as_ref()
+                    .is_some_and(|t| t.refresh_due(session::now()))
+                {
+                    match self.refresh(store, &opened).await? {
+                        Some(s) => session = s,
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some(Authenticated {
+                    session,
+                    ticket: Some(opened),
+                }))
+            }
+        }
+    }
+
+    /// Refreshes the tokens of the session behind `ticket` when due, once across every
+    /// gateway sharing the store (its refresh lock; AUTH.md A.6): the session as it is
+    /// afterwards, or `None` when it ended (the provider refused the refresh token: the
+    /// session is revoked everywhere, which closes its WebSockets). A provider that cannot
+    /// be reached leaves the session as it is (it is tried again at the next request).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        ticket: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        let Some((sid, _)) = session::split_ticket(ticket) else {
+            return Ok(None);
+        };
+        let lock = store.refresh_lock(sid, Duration::from_secs(10)).await?;
+        // Re-read: another request or replica may have refreshed while this one waited.
+        let Some(mut current) = store.load(ticket).await? else {
+            return Ok(None);
+        };
+        let now = session::now();
+        let Some(tokens) = current.tokens.clone().filter(|t| t.refresh_due(now)) else {
+            return Ok(Some(current));
+        };
+        if lock.is_none() {
+            tracing::warn!(
+                sid,
+                "token refresh still held elsewhere after 10 s; using the current tokens"
+            );
+            return Ok(Some(current));
+        }
+        let Some(refresh_token) = tokens.refresh_token.as_deref() else {
+            return Ok(Some(current));
+        };
+        let rp = match self.relying_party().await {
+            Ok(rp) => rp,
+            Err(_) => return Ok(Some(current)),
+        };
+        match rp
+            .refresh(refresh_token, &current.identity.sub, &tokens.id_token)
+            .await
+        {
+            Ok(t) => {
+                current.tokens = Some(SessionTokens {
+                    access_token: t.access_token,
+                    refresh_token: t.refresh_token,
+                    id_token: t.id_token,
+                    access_expires_at: t
+                        .expires_in
+                        .map(|d| now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(0))),
+                    access_issued_at: Some(now),
+                });
+                store.update(ticket, &current).await?;
+                tracing::debug!(sub = %current.identity.sub, "tokens refreshed");
+                Ok(Some(current))
+            }
+            Err(crate::oidc::RefreshError::Refused(reason)) => {
+                tracing::info!(sub = %current.identity.sub, reason = %reason, "session ended: the provider refused its refresh token");
+                store
+                    .revoke(&session::Revoked::Sid(current.sid.clone()))
+                    .await?;
+                Ok(None)
+            }
+            Err(crate::oidc::RefreshError::Failed(reason)) => {
+                tracing::warn!(sub = %current.identity.sub, reason = %reason, "token refresh failed; keeping the session and retrying at the next request");
+                Ok(Some(current))
+            }
         }
     }
 
@@ -631,6 +717,7 @@ impl Bff {
                 access_expires_at: tokens
                     .expires_in
                     .map(|d| now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(0))),
+                access_issued_at: Some(now),
             }),
         };
         let mut cookies = vec![expire_login];
@@ -712,6 +799,7 @@ impl Bff {
                         "preferred_username": id.preferred_username,
                         "groups": id.groups,
                         "expires_at": a.session.expires_at,
+                        "access_expires_at": a.session.tokens.as_ref().and_then(|t| t.access_expires_at),
                     }),
                 )
             }

@@ -13,12 +13,13 @@
 //! [`RelyingParty::finish_login`] from the callback after matching `state`.
 
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreIdTokenClaims, CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreIdTokenClaims,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
     EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, Scope, TokenResponse,
+    RedirectUrl, RefreshToken, Scope, TokenResponse,
 };
 
 /// What the relying party is.
@@ -101,6 +102,35 @@ pub struct RelyingParty {
     issuer: String,
     scopes: Vec<String>,
     end_session_endpoint: Option<String>,
+    /// The ID token algorithms accepted: what discovery lists, within [`ID_TOKEN_ALGS`].
+    algs: Vec<CoreJwsSigningAlgorithm>,
+}
+
+/// The asymmetric algorithms an ID token may be signed with (AUTH.md A.2
+/// `auth.oidc.id_token_algs`): never `none`, never HS* (a client secret is not a signing
+/// key the provider alone holds).
+pub const ID_TOKEN_ALGS: [&str; 4] = ["RS256", "PS256", "ES256", "EdDSA"];
+
+fn allowed_alg(a: &CoreJwsSigningAlgorithm) -> bool {
+    matches!(
+        a,
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256
+            | CoreJwsSigningAlgorithm::RsaSsaPssSha256
+            | CoreJwsSigningAlgorithm::EcdsaP256Sha256
+            | CoreJwsSigningAlgorithm::EdDsa
+    )
+}
+
+/// Why a refresh failed: the session must end, or it may be tried again later.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The provider refused the refresh token (`invalid_grant`, RFC 6749 §5.2): revoked,
+    /// expired or already used. The session ends.
+    #[error("the provider refused the refresh token: {0}")]
+    Refused(String),
+    /// The provider could not be reached or answered nonsense; try again later.
+    #[error("the refresh failed: {0}")]
+    Failed(String),
 }
 
 impl std::fmt::Debug for RelyingParty {
@@ -200,6 +230,20 @@ impl RelyingParty {
             })?;
         // `end_session_endpoint` (RP-initiated logout) is not in the core metadata type.
         let end_session_endpoint = discovery_field(&config.issuer, "end_session_endpoint").await;
+        let algs: Vec<CoreJwsSigningAlgorithm> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|a| allowed_alg(a))
+            .cloned()
+            .collect();
+        if algs.is_empty() {
+            return Err(OidcError::Discovery {
+                issuer: config.issuer.clone(),
+                reason: format!(
+                    "id_token_signing_alg_values_supported lists none of {ID_TOKEN_ALGS:?}"
+                ),
+            });
+        }
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(config.client_id),
@@ -211,6 +255,7 @@ impl RelyingParty {
             issuer: config.issuer,
             scopes: config.scopes,
             end_session_endpoint,
+            algs,
         })
     }
 
@@ -262,7 +307,10 @@ impl RelyingParty {
         let id_token = response.id_token().ok_or(OidcError::NoIdToken)?;
         let claims: &CoreIdTokenClaims = id_token
             .claims(
-                &self.client.id_token_verifier(),
+                &self
+                    .client
+                    .id_token_verifier()
+                    .set_allowed_algs(self.algs.clone()),
                 &Nonce::new(nonce.to_owned()),
             )
             .map_err(|e| OidcError::IdToken(error_chain(&e)))?;
@@ -276,6 +324,67 @@ impl RelyingParty {
                 expires_in: response.expires_in(),
             },
         ))
+    }
+}
+
+impl RelyingParty {
+    /// Redeems `refresh_token` (RFC 6749 §6). The new tokens keep the old refresh token when
+    /// the provider sends none (no rotation), and the old ID token when it sends none; a new
+    /// ID token is verified (without a nonce, OpenID Connect Core §12.2) and must name
+    /// `sub`.
+    ///
+    /// # Errors
+    /// [`RefreshError::Refused`] for `invalid_grant` or an ID token for someone else;
+    /// [`RefreshError::Failed`] otherwise.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        sub: &str,
+        id_token: &str,
+    ) -> Result<Tokens, RefreshError> {
+        let token = RefreshToken::new(refresh_token.to_owned());
+        let response = self
+            .client
+            .exchange_refresh_token(&token)
+            .map_err(|e| RefreshError::Failed(e.to_string()))?
+            .request_async(&http)
+            .await
+            .map_err(|e| match &e {
+                openidconnect::RequestTokenError::ServerResponse(r)
+                    if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+                {
+                    RefreshError::Refused(error_chain(&e))
+                }
+                _ => RefreshError::Failed(error_chain(&e)),
+            })?;
+        let new_id_token = match response.id_token() {
+            Some(t) => {
+                let verifier = self
+                    .client
+                    .id_token_verifier()
+                    .set_allowed_algs(self.algs.clone());
+                let claims = t
+                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                    .map_err(|e| RefreshError::Failed(error_chain(&e)))?;
+                if claims.subject().as_str() != sub {
+                    return Err(RefreshError::Refused(
+                        "the refreshed ID token names another subject".into(),
+                    ));
+                }
+                t.to_string()
+            }
+            None => id_token.to_owned(),
+        };
+        Ok(Tokens {
+            access_token: response.access_token().secret().clone(),
+            refresh_token: Some(
+                response
+                    .refresh_token()
+                    .map_or_else(|| refresh_token.to_owned(), |t| t.secret().clone()),
+            ),
+            id_token: new_id_token,
+            expires_in: response.expires_in(),
+        })
     }
 }
 

@@ -63,6 +63,23 @@ pub struct SessionTokens {
     /// When the access token expires (`expires_in` at the token response), if said.
     #[serde(default)]
     pub access_expires_at: Option<i64>,
+    /// When the access token was issued (the token response's time here).
+    #[serde(default)]
+    pub access_issued_at: Option<i64>,
+}
+
+impl SessionTokens {
+    /// Whether the access token should be refreshed at `now`: a refresh token exists and
+    /// the access token ends within 60 s, or within half its lifetime for shorter-lived
+    /// tokens (AUTH.md A.6: on the real expiry, ahead of it).
+    pub fn refresh_due(&self, now: i64) -> bool {
+        let (Some(_), Some(exp)) = (&self.refresh_token, self.access_expires_at) else {
+            return false;
+        };
+        let lifetime = self.access_issued_at.map_or(120, |iat| exp - iat).max(0);
+        let margin = (lifetime / 2).min(60);
+        now >= exp - margin
+    }
 }
 
 impl std::fmt::Debug for SessionTokens {
@@ -439,6 +456,28 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn refresh_is_due_ahead_of_the_real_expiry() {
+        let t = |refresh: bool, iat: Option<i64>, exp: Option<i64>| SessionTokens {
+            access_token: "a".into(),
+            refresh_token: refresh.then(|| "r".to_owned()),
+            id_token: "i".into(),
+            access_expires_at: exp,
+            access_issued_at: iat,
+        };
+        // An hour-long token: refreshed from 60 s before its end.
+        let hour = t(true, Some(0), Some(3600));
+        assert!(!hour.refresh_due(3539));
+        assert!(hour.refresh_due(3540));
+        // A 30 s token: from half its life.
+        let short = t(true, Some(0), Some(30));
+        assert!(!short.refresh_due(14));
+        assert!(short.refresh_due(15));
+        // Nothing to refresh with, or no expiry said: never.
+        assert!(!t(false, Some(0), Some(30)).refresh_due(100));
+        assert!(!t(true, Some(0), None).refresh_due(100));
     }
 
     #[test]

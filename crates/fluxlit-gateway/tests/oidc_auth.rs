@@ -48,6 +48,10 @@ struct Setup {
 
 impl Setup {
     async fn start(fast: bool, store: Option<Store>) -> Self {
+        Self::start_with(fast, store, serde_json::Value::Null).await
+    }
+
+    async fn start_with(fast: bool, store: Option<Store>, ttl: serde_json::Value) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -60,7 +64,7 @@ impl Setup {
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
             }]),
-            serde_json::Value::Null,
+            ttl,
         )
         .await;
         let bff = Bff::new(BffConfig {
@@ -533,6 +537,68 @@ async fn a_tampered_or_foreign_session_cookie_is_no_session() {
             .requests()
             .iter()
             .all(|r| !r.target.ends_with("/items"))
+    );
+    s.idp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_at_expiry_refresh_once() {
+    let s = Setup::start_with(
+        false,
+        Some(Store::Memory(Arc::new(MemoryStore::default()))),
+        serde_json::json!({"AccessToken": 4}),
+    )
+    .await;
+    let mut agent = Agent::new();
+    s.login(&mut agent, "alice").await;
+    let cookie = format!(
+        "fluxlit_session={}",
+        agent.cookie(&s.base, "fluxlit_session").unwrap()
+    );
+    let info = |a: &fluxlit_testkit::idp::Answer| -> serde_json::Value {
+        serde_json::from_slice(&a.body).unwrap()
+    };
+    let first = info(
+        &agent
+            .request(Method::GET, &s.url("/api/auth/userinfo"), None)
+            .await,
+    );
+    let exp = first["access_expires_at"]
+        .as_i64()
+        .expect("the access token's end");
+    assert_eq!(s.idp.grants("refresh_token"), 0);
+    // The refresh is due from half the 4 s lifetime: wait for that instant (a known time, not
+    // a guess), then send 20 API requests at once.
+    let due = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(exp - 2).unwrap());
+    if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    }
+    // Twenty connections open first, then twenty requests written at once.
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(RawClient::connect(s.gw.addr).await);
+    }
+    let head = format!("GET /api/items HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    futures_util::future::join_all(clients.iter_mut().map(|c| c.send(head.as_bytes()))).await;
+    let answers =
+        futures_util::future::join_all(clients.iter_mut().map(|c| c.response(false))).await;
+    for a in answers {
+        assert_eq!(a.expect("an answer").status, 200);
+    }
+    assert_eq!(
+        s.idp.grants("refresh_token"),
+        1,
+        "exactly one refresh: {}",
+        s.idp.log()
+    );
+    let after = info(
+        &agent
+            .request(Method::GET, &s.url("/api/auth/userinfo"), None)
+            .await,
+    );
+    assert!(
+        after["access_expires_at"].as_i64().unwrap() > exp,
+        "{after}"
     );
     s.idp.stop().await;
 }
