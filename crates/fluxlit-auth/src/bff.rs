@@ -171,6 +171,7 @@ struct LoginState {
 pub struct Bff {
     cfg: BffConfig,
     keys: CookieKeys,
+    asserter: crate::assertion::Asserter,
     session_cookie: String,
     session_path: String,
     login_prefix: String,
@@ -196,6 +197,8 @@ impl Bff {
     /// [`BffError::Secrets`] when the cookie secrets are missing or short.
     pub fn new(cfg: BffConfig) -> Result<Self, BffError> {
         let keys = CookieKeys::new(&cfg.cookie_secrets)?;
+        let asserter = crate::assertion::Asserter::new(&cfg.public_origin, &cfg.cookie_secrets)
+            .ok_or(BffError::Secrets(crate::seal::SealError::NoSecret))?;
         // RFC 6265bis §4.1.3: `__Host-` needs Secure, Path=/ and no Domain; `__Secure-` needs
         // Secure. Plain-http (loopback development) cookies cannot carry either prefix.
         let (session_cookie, login_prefix) = match (cfg.secure, cfg.root_path.is_empty()) {
@@ -210,6 +213,7 @@ impl Bff {
         };
         Ok(Self {
             keys,
+            asserter,
             session_cookie: session_cookie.to_owned(),
             session_path,
             login_prefix: login_prefix.to_owned(),
@@ -460,9 +464,28 @@ impl Bff {
         }
     }
 
-    /// The identity fields set on the API and Streamlit hops for `session` (names of
-    /// [`IDENTITY_HEADERS`]; values that cannot be a field value are left out).
-    pub fn identity_headers(session: &Session) -> Vec<(HeaderName, HeaderValue)> {
+    /// The JWKS of the identity assertion ([`crate::assertion`]).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.asserter.jwks()
+    }
+
+    /// The identity fields set on the API and Streamlit hops for `session`: the names of
+    /// [`IDENTITY_HEADERS`] (values that cannot be a field value are left out) and the signed
+    /// assertion `X-Fluxlit-Identity`, valid until the session ends (so that it covers a
+    /// Streamlit session's WebSocket, which Streamlit's calls to the API may forward).
+    pub fn identity_headers(&self, session: &Session) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Self::plain_identity_headers(session);
+        if let Some(token) = self
+            .asserter
+            .sign(session, session::now(), i64::MAX / 2)
+            .and_then(|t| HeaderValue::from_str(&t).ok())
+        {
+            out.push((HeaderName::from_static(crate::assertion::HEADER), token));
+        }
+        out
+    }
+
+    fn plain_identity_headers(session: &Session) -> Vec<(HeaderName, HeaderValue)> {
         let id = &session.identity;
         let groups = id.groups.join(",");
         let values = [

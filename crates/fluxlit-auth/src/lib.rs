@@ -40,6 +40,7 @@
 //! assert!(!policy.is_identity(b"X-Request-ID"));
 //! ```
 
+pub mod assertion;
 pub mod bff;
 pub mod fetch;
 pub mod jwt;

@@ -37,6 +37,9 @@ pub(crate) enum Decision {
     Debug,
     /// The client view (`/__fluxlit/client`, [`crate::CLIENT_PATH`]): always on.
     Client,
+    /// The identity assertion's keys (`/__fluxlit/jwks.json`, [`crate::JWKS_PATH`]), with
+    /// `auth_mode = oidc`.
+    Jwks,
     /// Under `/__fluxlit` but not an enabled endpoint: 404, never forwarded.
     NotFound,
     /// To the API, at `path` (mount stripped). Never served by the fast path (it serves only
@@ -60,6 +63,8 @@ pub(crate) struct OwnEndpoints<'a> {
     pub(crate) metrics: Option<&'a str>,
     /// Whether the debug snapshot is on.
     pub(crate) debug: bool,
+    /// Whether the identity assertion's JWKS is served (`auth_mode = oidc`).
+    pub(crate) jwks: bool,
 }
 
 /// Decides where a request for `raw_path` (no query) goes: [`routing::route`], then the
@@ -84,6 +89,8 @@ pub(crate) fn decide(raw_path: &str, root: &str, api: &str, own: OwnEndpoints<'_
                 Decision::Debug
             } else if p == crate::CLIENT_PATH {
                 Decision::Client
+            } else if own.jwks && p == crate::JWKS_PATH {
+                Decision::Jwks
             } else {
                 Decision::NotFound
             };
@@ -233,6 +240,7 @@ mod tests {
     const OWN: OwnEndpoints<'static> = OwnEndpoints {
         metrics: Some("/metrics"),
         debug: true,
+        jwks: true,
     };
 
     #[test]
@@ -247,6 +255,7 @@ mod tests {
             "/app/api/healthz",
             "/__fluxlit/debug",
             "/app/__fluxlit/nope",
+            "/app/__fluxlit/jwks.json",
         ] {
             assert_eq!(fast_path_ui(d(p), none), None, "{p}");
         }
@@ -260,6 +269,7 @@ mod tests {
         assert_eq!(d("/app/metrics"), Decision::Metrics);
         assert_eq!(d("/__fluxlit/debug"), Decision::Debug);
         assert_eq!(d("/app/__fluxlit/client"), Decision::Client);
+        assert_eq!(d("/app/__fluxlit/jwks.json"), Decision::Jwks);
         assert_eq!(d("/app/__fluxlit/client/x"), Decision::NotFound);
         assert_eq!(d("/app/__fluxlit/nope"), Decision::NotFound);
         assert_eq!(d("/app/x/../api"), Decision::Refuse(BadPath::DotSegment));
@@ -273,7 +283,12 @@ mod tests {
         let off = OwnEndpoints {
             metrics: None,
             debug: false,
+            jwks: false,
         };
+        assert_eq!(
+            decide("/__fluxlit/jwks.json", "", "/api", off),
+            Decision::NotFound
+        );
         assert_eq!(
             decide("/__fluxlit/debug", "", "/api", off),
             Decision::NotFound

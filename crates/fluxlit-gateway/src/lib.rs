@@ -110,6 +110,10 @@ pub const DEBUG_PATH: &str = "/__fluxlit/debug";
 /// Other methods get 405. `Cache-Control: no-store`.
 pub const CLIENT_PATH: &str = "/__fluxlit/client";
 
+/// The JWKS of the identity assertion (`X-Fluxlit-Identity`, [`fluxlit_auth::assertion`]),
+/// under the root path, with `auth_mode = oidc`.
+pub const JWKS_PATH: &str = "/__fluxlit/jwks.json";
+
 /// Building the gateway failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -536,8 +540,12 @@ impl GatewayBuilder {
             None => self.header_policy,
         };
         let header_policy = match &self.oidc {
-            Some(_) => header_policy
-                .with_identity(fluxlit_auth::bff::IDENTITY_HEADERS.iter().map(|(n, _)| *n)),
+            Some(_) => header_policy.with_identity(
+                fluxlit_auth::bff::IDENTITY_HEADERS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .chain([fluxlit_auth::assertion::HEADER]),
+            ),
             None => header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
@@ -768,6 +776,7 @@ impl Inner {
         decide::OwnEndpoints {
             metrics: self.metrics.as_ref().map(|(p, _)| p.as_str()),
             debug: self.debug.is_some(),
+            jwks: self.oidc.is_some(),
         }
     }
 }
@@ -950,7 +959,7 @@ impl Gateway {
                 );
             }
             // The gateway's own endpoints: answered here, never forwarded.
-            Decision::Metrics | Decision::Debug | Decision::Client
+            Decision::Metrics | Decision::Debug | Decision::Client | Decision::Jwks
                 if method != Method::GET && method != Method::HEAD =>
             {
                 return with_rid(method_not_allowed(), &rid);
@@ -966,6 +975,14 @@ impl Gateway {
             }
             Decision::Debug => return with_rid(self.debug_snapshot(), &rid),
             Decision::Client => return with_rid(self.client_view(&view), &rid),
+            Decision::Jwks => {
+                let jwks = inner
+                    .oidc
+                    .as_ref()
+                    .map(|o| o.bff.jwks())
+                    .unwrap_or_default();
+                return with_rid(json(StatusCode::OK, &jwks), &rid);
+            }
             Decision::NotFound => {
                 return with_rid(plain(StatusCode::NOT_FOUND, "Not Found\n"), &rid);
             }
@@ -997,6 +1014,7 @@ impl Gateway {
             }
             // `auth_mode = oidc` (`auth.rs`, `fluxlit_auth::bff`): its routes, then the session.
             let mut oidc_identity = Vec::new();
+            let mut who = None;
             let mut session_guard = None;
             let mut check_bearer = inner.oidc.is_none();
             if let Some(oa) = &inner.oidc {
@@ -1035,7 +1053,8 @@ impl Gateway {
                 }
                 match oa.bff.authenticate(req.headers()).await {
                     Ok(Some(a)) => {
-                        oidc_identity = fluxlit_auth::bff::Bff::identity_headers(&a.session);
+                        oidc_identity = oa.bff.identity_headers(&a.session);
+                        who = Some(a.session.identity.clone());
                         if websocket {
                             session_guard = Some(
                                 inner
@@ -1138,6 +1157,7 @@ impl Gateway {
                                 identity: &identity,
                                 session: session_guard,
                                 check_bearer,
+                                who: who.as_ref(),
                             },
                             &mut upstream_name,
                         )
@@ -1227,6 +1247,7 @@ impl Gateway {
             identity,
             session,
             check_bearer,
+            who,
         } = auth;
         let session = session.as_ref();
         let cors = inner.api_headers.cors.clone();
@@ -1313,6 +1334,11 @@ impl Gateway {
                     decide::retain_request_fields(&mut parts.headers, &inner.header_policy, false);
                     for (name, value) in identity {
                         parts.headers.insert(name.clone(), value.clone());
+                    }
+                    // `auth_mode = oidc`: the session's identity as a request extension, so an
+                    // axum handler takes `Extension<fluxlit_auth::session::SessionIdentity>`.
+                    if let Some(who) = who {
+                        parts.extensions.insert(who.clone());
                     }
                     if websocket {
                         parts.headers.insert(
@@ -1758,6 +1784,8 @@ struct ApiAuth<'a> {
     session: Option<sessions::SessionGuard>,
     /// Whether the bearer-token check (`jwt`) applies.
     check_bearer: bool,
+    /// The login session's identity (`auth_mode = oidc`), for an in-process API.
+    who: Option<&'a fluxlit_auth::session::SessionIdentity>,
 }
 
 fn with_rid(mut r: Response<Body>, rid: &HeaderValue) -> Response<Body> {

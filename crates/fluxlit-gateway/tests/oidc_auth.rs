@@ -48,10 +48,15 @@ struct Setup {
 
 impl Setup {
     async fn start(fast: bool, store: Option<Store>) -> Self {
-        Self::start_with(fast, store, serde_json::Value::Null).await
+        Self::start_with(fast, store, serde_json::Value::Null, None).await
     }
 
-    async fn start_with(fast: bool, store: Option<Store>, ttl: serde_json::Value) -> Self {
+    async fn start_with(
+        fast: bool,
+        store: Option<Store>,
+        ttl: serde_json::Value,
+        api: Option<fluxlit_gateway::ApiService>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -93,7 +98,10 @@ impl Setup {
         let rec = upstream().await;
         let builder = Gateway::builder()
             .ui(up_at(rec.addr, "ui"))
-            .api(ApiTarget::Upstream(up_at(rec.addr, "api")))
+            .api(match api {
+                Some(svc) => ApiTarget::Service(svc),
+                None => ApiTarget::Upstream(up_at(rec.addr, "api")),
+            })
             .oidc(OidcAuth::new(Arc::new(bff)))
             .drain_timeout(Duration::from_millis(200))
             .http1_fast_path(fast);
@@ -140,6 +148,35 @@ impl Setup {
     }
 }
 
+/// The claims of an `X-Fluxlit-Identity` assertion, verified with the JWKS the gateway serves
+/// (`/__fluxlit/jwks.json`), for the audience `fluxlit-api` and the public origin as issuer.
+async fn verify_assertion(s: &Setup, token: &str) -> serde_json::Value {
+    let r = raw(
+        s.gw.addr,
+        "GET /__fluxlit/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&r.body).unwrap();
+    let kid = jsonwebtoken::decode_header(token)
+        .unwrap_or_else(|e| panic!("{token}: {e}"))
+        .kid
+        .unwrap();
+    let jwk = set
+        .find(&kid)
+        .expect("the assertion's kid in the gateway's JWKS");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["fluxlit-api"]);
+    v.set_issuer(&[s.base.as_str()]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &v,
+    )
+    .unwrap()
+    .claims
+}
+
 /// Sends raw `head` (ending in an empty line) and returns the response.
 async fn raw(gw: SocketAddr, head: &str) -> fluxlit_testkit::raw::RawResponse {
     let mut c = RawClient::connect(gw).await;
@@ -162,6 +199,7 @@ async fn a_login_puts_the_identity_on_both_hops_and_the_gateway_cookie_on_neithe
         agent.headers = vec![
             ("X-Forwarded-Email".into(), "mallory@evil.test".into()),
             ("X-Forwarded-User".into(), "mallory".into()),
+            ("X-Fluxlit-Identity".into(), "forged.assertion.value".into()),
             (
                 "Cookie".into(),
                 "_streamlit_xsrf=2|ab|cd|1700000000; theme=dark".into(),
@@ -193,6 +231,11 @@ async fn a_login_puts_the_identity_on_both_hops_and_the_gateway_cookie_on_neithe
                 vec!["staff".to_owned()],
                 "{ctx}"
             );
+            let assertions = r.all("x-fluxlit-identity");
+            assert_eq!(assertions.len(), 1, "{ctx}: {assertions:?}");
+            let claims = verify_assertion(&s, &assertions[0]).await;
+            assert_eq!(claims["sub"], "alice", "{ctx}");
+            assert_eq!(claims["email"], "alice@example.test", "{ctx}");
             let cookies = r.all("cookie").join("; ");
             assert!(!cookies.contains("fluxlit_session"), "{ctx}: {cookies}");
             assert!(!cookies.contains(&session), "{ctx}: {cookies}");
@@ -547,6 +590,7 @@ async fn concurrent_requests_at_expiry_refresh_once() {
         false,
         Some(Store::Memory(Arc::new(MemoryStore::default()))),
         serde_json::json!({"AccessToken": 4}),
+        None,
     )
     .await;
     let mut agent = Agent::new();
@@ -600,5 +644,31 @@ async fn concurrent_requests_at_expiry_refresh_once() {
         after["access_expires_at"].as_i64().unwrap() > exp,
         "{after}"
     );
+    s.idp.stop().await;
+}
+
+#[tokio::test]
+async fn an_in_process_api_gets_the_identity_as_a_request_extension() {
+    let svc = tower::service_fn(|req: http::Request<fluxlit_gateway::Body>| async move {
+        let who = req
+            .extensions()
+            .get::<fluxlit_auth::session::SessionIdentity>()
+            .map_or_else(|| "nobody".to_owned(), |i| i.sub.clone());
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(who),
+        )))
+    });
+    let s = Setup::start_with(
+        true,
+        None,
+        serde_json::Value::Null,
+        Some(fluxlit_gateway::ApiService::new(svc)),
+    )
+    .await;
+    let mut agent = Agent::new();
+    s.login(&mut agent, "alice").await;
+    let a = agent.request(Method::GET, &s.url("/api/me"), None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "alice");
     s.idp.stop().await;
 }
