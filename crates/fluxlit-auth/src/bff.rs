@@ -340,6 +340,23 @@ impl Bff {
         }
     }
 
+    /// [`Bff::refresh`] when the session behind `ticket` is due for one (the background
+    /// refresh of sessions with open WebSockets).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn refresh_if_due(&self, store: &Store, ticket: &str) -> Result<(), StoreError> {
+        let due = store.load(ticket).await?.is_some_and(|s| {
+            s.tokens
+                .as_ref()
+                .is_some_and(|t| t.refresh_due(session::now()))
+        });
+        if due {
+            self.refresh(store, ticket).await?;
+        }
+        Ok(())
+    }
+
     /// Refreshes the tokens of the session behind `ticket` when due, once across every
     /// gateway sharing the store (its refresh lock; AUTH.md A.6): the session as it is
     /// afterwards, or `None` when it ended (the provider refused the refresh token: the

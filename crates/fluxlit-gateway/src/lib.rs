@@ -1056,14 +1056,25 @@ impl Gateway {
                         oidc_identity = oa.bff.identity_headers(&a.session);
                         who = Some(a.session.identity.clone());
                         if websocket {
-                            session_guard = Some(
+                            session_guard = Some(inner.session_tunnels.guard(
+                                &a.session.sid,
+                                &a.session.identity.sub,
+                                a.ticket.as_deref(),
+                            ));
+                            if let Some(store) = oa.bff.store() {
+                                let revocations = store.clone();
                                 inner
                                     .session_tunnels
-                                    .guard(&a.session.sid, &a.session.identity.sub),
-                            );
-                            if let Some(store) = oa.bff.store() {
-                                let store = store.clone();
-                                inner.session_tunnels.listen(move || store.revocations());
+                                    .listen(move || revocations.revocations());
+                                let (bff, store) = (oa.bff.clone(), store.clone());
+                                inner.session_tunnels.refresh_in_background(move |ticket| {
+                                    let (bff, store) = (bff.clone(), store.clone());
+                                    async move {
+                                        if let Err(e) = bff.refresh_if_due(&store, &ticket).await {
+                                            tracing::warn!(error = %e, "background token refresh: the session store is unavailable");
+                                        }
+                                    }
+                                });
                             }
                         }
                     }

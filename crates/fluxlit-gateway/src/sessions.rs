@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use fluxlit_auth::session::Revoked;
 use tokio_util::sync::CancellationToken;
 
+/// How often the sessions with open tunnels are looked at for a due refresh.
+pub(crate) const REFRESH_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Held by a tunnel for its life: cancelled when its session ends.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionGuard {
@@ -24,6 +27,8 @@ pub(crate) struct SessionGuard {
 
 struct Entry {
     sub: String,
+    /// The session's ticket (server-side stores): the background refresh reads it.
+    ticket: Option<String>,
     ended: CancellationToken,
     users: Arc<()>,
 }
@@ -33,6 +38,7 @@ struct Entry {
 pub(crate) struct SessionTunnels {
     map: Mutex<HashMap<String, Entry>>,
     listening: OnceLock<()>,
+    refreshing: OnceLock<()>,
 }
 
 impl std::fmt::Debug for SessionTunnels {
@@ -48,13 +54,15 @@ impl SessionTunnels {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The guard a tunnel of session `sid` (user `sub`) holds.
-    pub(crate) fn guard(&self, sid: &str, sub: &str) -> SessionGuard {
+    /// The guard a tunnel of session `sid` (user `sub`, `ticket` with a server-side store)
+    /// holds.
+    pub(crate) fn guard(&self, sid: &str, sub: &str, ticket: Option<&str>) -> SessionGuard {
         let mut map = self.lock();
         // Sessions whose tunnels all ended go (only the map's reference is left).
         map.retain(|_, e| Arc::strong_count(&e.users) > 1);
         let e = map.entry(sid.to_owned()).or_insert_with(|| Entry {
             sub: sub.to_owned(),
+            ticket: ticket.map(str::to_owned),
             ended: CancellationToken::new(),
             users: Arc::new(()),
         });
@@ -80,6 +88,43 @@ impl SessionTunnels {
             !hit
         });
         before - map.len()
+    }
+
+    /// The tickets of the sessions with open tunnels.
+    pub(crate) fn tickets(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|e| Arc::strong_count(&e.users) > 1)
+            .filter_map(|e| e.ticket.clone())
+            .collect()
+    }
+
+    /// Starts (once) the background refresh (AUTH.md A.6): every [`REFRESH_SWEEP`], `refresh`
+    /// is called with each ticket of a session with open tunnels, so a Streamlit tab left open
+    /// keeps its tokens fresh (and ends, tunnels closed, when the provider refuses the refresh),
+    /// though it sends no HTTP request.
+    pub(crate) fn refresh_in_background<F, Fut>(self: &Arc<Self>, refresh: F)
+    where
+        F: Fn(String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        if self.refreshing.set(()).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(tickets) = me.upgrade().map(|me| me.tickets()) else {
+                    return;
+                };
+                for t in tickets {
+                    refresh(t).await;
+                }
+            }
+        });
     }
 
     /// Starts (once) the task that ends tunnels on the store's broadcast revocations.
@@ -128,9 +173,9 @@ mod tests {
     #[test]
     fn ending_a_session_cancels_its_tunnels_only() {
         let reg = SessionTunnels::default();
-        let a1 = reg.guard("s1", "alice");
-        let a2 = reg.guard("s1", "alice");
-        let b = reg.guard("s2", "bob");
+        let a1 = reg.guard("s1", "alice", None);
+        let a2 = reg.guard("s1", "alice", None);
+        let b = reg.guard("s2", "bob", None);
         assert_eq!(reg.end(&Revoked::Sid("s1".into())), 1);
         assert!(a1.ended.is_cancelled() && a2.ended.is_cancelled());
         assert!(!b.ended.is_cancelled());
@@ -141,9 +186,9 @@ mod tests {
     #[test]
     fn entries_go_with_their_last_tunnel() {
         let reg = SessionTunnels::default();
-        let g = reg.guard("s1", "alice");
+        let g = reg.guard("s1", "alice", None);
         drop(g);
-        let _h = reg.guard("s2", "bob");
+        let _h = reg.guard("s2", "bob", None);
         assert_eq!(reg.lock().len(), 1, "s1 had no tunnel left");
     }
 }

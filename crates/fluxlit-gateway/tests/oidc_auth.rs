@@ -672,3 +672,32 @@ async fn an_in_process_api_gets_the_identity_as_a_request_extension() {
     assert_eq!(a.text(), "alice");
     s.idp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_an_open_websocket_is_refreshed_without_requests() {
+    let s = Setup::start_with(
+        false,
+        Some(Store::Memory(Arc::new(MemoryStore::default()))),
+        serde_json::json!({"AccessToken": 4}),
+        None,
+    )
+    .await;
+    let mut agent = Agent::new();
+    s.login(&mut agent, "alice").await;
+    let cookie = format!(
+        "fluxlit_session={}",
+        agent.cookie(&s.base, "fluxlit_session").unwrap()
+    );
+    let mut ws = RawClient::connect(s.gw.addr).await;
+    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.base).as_bytes()).await;
+    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+    // No request is sent from here on: only the background refresh can redeem the token.
+    fluxlit_testkit::eventually(
+        Duration::from_secs(15),
+        "a refresh grant at the provider",
+        || async { (s.idp.grants("refresh_token") >= 1).then_some(()) },
+    )
+    .await;
+    assert!(!ws.closed().await, "the tunnel stays open");
+    s.idp.stop().await;
+}
