@@ -96,6 +96,10 @@ pub struct BffConfig {
     pub secure: bool,
     /// Who may log in.
     pub access: AccessRules,
+    /// `auth_pass_access_token`: the API hop (never Streamlit) gets the provider's access
+    /// token as `Authorization: Bearer …` when the client sent no `Authorization`
+    /// (server-side stores only: the cookie store keeps no token).
+    pub pass_access_token: bool,
 }
 
 /// Why the backend-for-frontend cannot be built.
@@ -479,6 +483,18 @@ impl Bff {
                 headers.append(COOKIE, v);
             }
         }
+    }
+
+    /// The `Authorization` field for the API hop of `session` (`auth_pass_access_token`), if
+    /// on and the session has an access token; marked sensitive.
+    pub fn api_authorization(&self, session: &Session) -> Option<HeaderValue> {
+        if !self.cfg.pass_access_token {
+            return None;
+        }
+        let token = &session.tokens.as_ref()?.access_token;
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        v.set_sensitive(true);
+        Some(v)
     }
 
     /// The JWKS of the identity assertion ([`crate::assertion`]).
@@ -1171,6 +1187,7 @@ mod tests {
             max_chunks: 2,
             secure,
             access: AccessRules::default(),
+            pass_access_token: false,
         })
         .unwrap()
     }

@@ -1055,6 +1055,12 @@ impl Gateway {
                     Ok(Some(a)) => {
                         oidc_identity = oa.bff.identity_headers(&a.session);
                         who = Some(a.session.identity.clone());
+                        if matches!(route, Route::Api { .. })
+                            && !req.headers().contains_key(http::header::AUTHORIZATION)
+                            && let Some(v) = oa.bff.api_authorization(&a.session)
+                        {
+                            oidc_identity.push((http::header::AUTHORIZATION, v));
+                        }
                         if websocket {
                             session_guard = Some(inner.session_tunnels.guard(
                                 &a.session.sid,

@@ -93,6 +93,7 @@ impl Setup {
                 groups_claim: "groups".into(),
                 ..AccessRules::default()
             },
+            pass_access_token: true,
         })
         .unwrap();
         let rec = upstream().await;
@@ -473,6 +474,52 @@ async fn logout_ends_the_session_and_its_websockets_and_continues_at_the_provide
             ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.gw.addr, s.base).as_bytes()).await;
             let up = ws.response(false).await.expect("the upgrade's answer");
             assert_eq!(up.status, 101, "{ctx}: {}", up.text());
+
+            // auth_pass_access_token: the API hop gets the provider's access token (server-side
+            // stores keep one), Streamlit never does; a client's own Authorization is kept.
+            let api = agent
+                .request(Method::GET, &s.url("/api/bearer-check"), None)
+                .await;
+            assert_eq!(api.status, 200, "{ctx}");
+            agent.headers = vec![("Authorization".into(), "Bearer mine".into())];
+            agent
+                .request(Method::GET, &s.url("/api/own-bearer"), None)
+                .await;
+            agent.headers.clear();
+            let seen = s.rec.requests();
+            let hop = seen
+                .iter()
+                .find(|r| r.target.ends_with("/bearer-check"))
+                .unwrap();
+            let auth = hop.all("authorization");
+            if server_side {
+                assert_eq!(auth.len(), 1, "{ctx}: {auth:?}");
+                assert!(
+                    auth[0].starts_with("Bearer ") && auth[0].len() > 20,
+                    "{ctx}: {auth:?}"
+                );
+            } else {
+                assert!(auth.is_empty(), "{ctx}: the cookie store keeps no token");
+            }
+            let own = seen
+                .iter()
+                .find(|r| r.target.ends_with("/own-bearer"))
+                .unwrap();
+            assert_eq!(
+                own.all("authorization"),
+                vec!["Bearer mine".to_owned()],
+                "{ctx}"
+            );
+            for r in seen
+                .iter()
+                .filter(|r| !r.target.starts_with("/bearer") && !r.target.contains("bearer"))
+            {
+                assert!(
+                    r.all("authorization").is_empty(),
+                    "{ctx}: {} got a token",
+                    r.target
+                );
+            }
 
             // A cross-site WebSocket is refused even with the cookie.
             let cross = raw(s.gw.addr, &format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n")).await;
