@@ -43,6 +43,9 @@ pub const LOGIN_TTL_S: i64 = 600;
 /// After a failed discovery, the next attempt waits this long (requests get 503 meanwhile).
 const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
 
+/// The most bytes of a request body an auth route reads (a back-channel logout form).
+pub const MAX_ROUTE_BODY: usize = 64 * 1024;
+
 /// The identity headers the gateway sets from a session (and strips from every client), with
 /// the `st.user` key each maps to in Streamlit's `server.trustedUserHeaders`.
 pub const IDENTITY_HEADERS: [(&str, &str); 5] = [
@@ -100,6 +103,10 @@ pub struct BffConfig {
     /// token as `Authorization: Bearer …` when the client sent no `Authorization`
     /// (server-side stores only: the cookie store keeps no token).
     pub pass_access_token: bool,
+    /// `auth_logout_backchannel`: accept the provider's logout tokens at
+    /// `…/auth/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0; server-side stores
+    /// only).
+    pub backchannel_logout: bool,
 }
 
 /// Why the backend-for-frontend cannot be built.
@@ -108,6 +115,9 @@ pub enum BffError {
     /// The cookie secrets are unusable.
     #[error("auth_cookie_secrets: {0}")]
     Secrets(#[from] crate::seal::SealError),
+    /// Back-channel logout cannot check the provider's logout tokens.
+    #[error("auth_logout_backchannel: {0}")]
+    Backchannel(#[from] crate::jwt::JwtConfigError),
 }
 
 /// How a request that carries no session is answered (AUTH.md A.4 rule 6).
@@ -157,8 +167,8 @@ pub struct Authenticated {
 pub struct RouteAnswer {
     /// The response.
     pub response: Response<Bytes>,
-    /// The id of the session the route ended (logout).
-    pub ended: Option<String>,
+    /// The sessions the route ended (logout, back-channel logout).
+    pub ended: Option<session::Revoked>,
 }
 
 /// The login in flight, sealed into its cookie.
@@ -181,6 +191,8 @@ pub struct Bff {
     login_prefix: String,
     rp: tokio::sync::Mutex<Option<Arc<RelyingParty>>>,
     last_failure: Mutex<Option<Instant>>,
+    /// Checks logout tokens (`auth_logout_backchannel` with a server-side store).
+    backchannel: Option<crate::jwt::JwtVerifier>,
 }
 
 impl std::fmt::Debug for Bff {
@@ -210,6 +222,16 @@ impl Bff {
             (true, false) => ("__Secure-fluxlit_session", "__Secure-fluxlit_login_"),
             (false, _) => ("fluxlit_session", "fluxlit_login_"),
         };
+        let backchannel = if cfg.backchannel_logout && cfg.store.is_some() {
+            Some(crate::jwt::JwtVerifier::new(crate::jwt::JwtConfig {
+                issuer: cfg.oidc.issuer.clone(),
+                audiences: vec![cfg.oidc.client_id.clone()],
+                leeway_seconds: 30,
+                keys: crate::jwt::KeySource::Discovery,
+            })?)
+        } else {
+            None
+        };
         let session_path = if cfg.root_path.is_empty() {
             "/".to_owned()
         } else {
@@ -224,6 +246,7 @@ impl Bff {
             cfg,
             rp: tokio::sync::Mutex::new(None),
             last_failure: Mutex::new(None),
+            backchannel,
         })
     }
 
@@ -569,14 +592,22 @@ impl Bff {
         }
     }
 
+    /// Whether route `sub` reads a request body (the gateway reads at most
+    /// [`MAX_ROUTE_BODY`] bytes of it first).
+    pub fn route_reads_body(&self, sub: &str, method: &Method) -> bool {
+        sub == "/backchannel-logout" && method == Method::POST && self.backchannel.is_some()
+    }
+
     /// Answers one of the routes: `sub` is the path under [`Bff::route_prefix`] (`/login`,
-    /// `/callback`, `/logout`, `/userinfo`), `uri` the request target (for its query).
+    /// `/callback`, `/logout`, `/userinfo`, `/backchannel-logout`), `uri` the request target
+    /// (for its query), `body` the request body when [`Bff::route_reads_body`].
     pub async fn handle_route(
         &self,
         sub: &str,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        body: &[u8],
     ) -> RouteAnswer {
         let answer = |response| RouteAnswer {
             response,
@@ -588,6 +619,9 @@ impl Bff {
             "/callback" if get => answer(self.callback(uri, headers).await),
             "/userinfo" if get => answer(self.userinfo(headers).await),
             "/logout" if get || method == Method::POST => self.logout(method, headers).await,
+            "/backchannel-logout" if self.route_reads_body(sub, method) => {
+                self.backchannel_logout(body).await
+            }
             "/login" | "/callback" | "/userinfo" | "/logout" => {
                 answer(text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"))
             }
@@ -917,7 +951,7 @@ impl Bff {
             }
             tracing::info!(sub = %a.session.identity.sub, "logout");
             id_token = a.session.tokens.map(|t| t.id_token);
-            ended = Some(a.session.sid);
+            ended = Some(session::Revoked::Sid(a.session.sid));
         }
         let target = match self.relying_party().await {
             Ok(rp) => rp.end_session_endpoint().and_then(|endpoint| {
@@ -934,6 +968,75 @@ impl Bff {
         let mut response = redirect(StatusCode::SEE_OTHER, &target, Vec::new());
         response = with_cookies(response, std::mem::take(&mut cookies));
         RouteAnswer { response, ended }
+    }
+
+    /// OpenID Connect Back-Channel Logout 1.0 §2.8: the `logout_token` form field, a JWT
+    /// signed by the provider (its JWKS from discovery, algorithms pinned per key), `iss` the
+    /// issuer, `aud` the client id, not expired, with the back-channel logout event, no
+    /// `nonce`, and a `sub`: every session of that user ends (on every replica sharing the
+    /// store, WebSockets included). 200 when done, 400 for a token that fails a check, 503
+    /// when the store cannot be reached.
+    async fn backchannel_logout(&self, body: &[u8]) -> RouteAnswer {
+        let bad = |why: &str| {
+            tracing::info!(reason = why, "back-channel logout refused");
+            RouteAnswer {
+                response: json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "invalid_request", "error_description": why}),
+                ),
+                ended: None,
+            }
+        };
+        let (Some(verifier), Some(store)) = (&self.backchannel, &self.cfg.store) else {
+            return bad("back-channel logout is off");
+        };
+        let token = std::str::from_utf8(body).ok().and_then(|form| {
+            form.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == "logout_token").then(|| {
+                    percent_encoding::percent_decode_str(&v.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+            })
+        });
+        let Some(token) = token else {
+            return bad("no logout_token");
+        };
+        let claims = match verifier
+            .verify(Some(format!("Bearer {token}").as_bytes()))
+            .await
+        {
+            Ok(c) => c,
+            Err(d) => return bad(&format!("logout token refused: {}", d.reason())),
+        };
+        let event = claims
+            .get("events")
+            .and_then(|e| e.get("http://schemas.openid.net/event/backchannel-logout"))
+            .is_some_and(serde_json::Value::is_object);
+        if !event {
+            return bad("the logout token has no back-channel logout event");
+        }
+        if claims.contains_key("nonce") {
+            return bad("a logout token must not carry a nonce");
+        }
+        let Some(sub) = claims.get("sub").and_then(|v| v.as_str()) else {
+            return bad("the logout token names no sub (FluxLit ends sessions by user)");
+        };
+        let what = session::Revoked::Sub(sub.to_owned());
+        match store.revoke(&what).await {
+            Ok(n) => {
+                tracing::info!(sub, sessions = n, "back-channel logout from the provider");
+                RouteAnswer {
+                    response: no_store(Response::new(Bytes::new())),
+                    ended: Some(what),
+                }
+            }
+            Err(e) => RouteAnswer {
+                response: store_unavailable(&e),
+                ended: None,
+            },
+        }
     }
 
     fn cookie(&self, name: &str, value: &str, path: &str, max_age: Option<i64>) -> HeaderValue {
@@ -1188,6 +1291,7 @@ mod tests {
             secure,
             access: AccessRules::default(),
             pass_access_token: false,
+            backchannel_logout: false,
         })
         .unwrap()
     }

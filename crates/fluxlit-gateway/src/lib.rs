@@ -1021,14 +1021,35 @@ impl Gateway {
                 if let Route::Api { path } = &route
                     && let Some(sub) = fluxlit_auth::bff::Bff::route_of(path)
                 {
+                    let (parts, body) = req.into_parts();
+                    // Only the back-channel logout reads a body (a form, bounded); any other
+                    // body is drained when dropped (`cap::Lingering`).
+                    let body = if oa.bff.route_reads_body(sub, &method) {
+                        let limited =
+                            http_body_util::Limited::new(body, fluxlit_auth::bff::MAX_ROUTE_BODY);
+                        match http_body_util::BodyExt::collect(limited).await {
+                            Ok(b) => b.to_bytes(),
+                            Err(_) => {
+                                break 'resp (
+                                    plain_rid(
+                                        StatusCode::PAYLOAD_TOO_LARGE,
+                                        "FluxLit: the request body is too large for this route\n",
+                                        &rid,
+                                    ),
+                                    None,
+                                );
+                            }
+                        }
+                    } else {
+                        drop(body);
+                        bytes::Bytes::new()
+                    };
                     let answer = oa
                         .bff
-                        .handle_route(sub, &method, &target, req.headers())
+                        .handle_route(sub, &method, &target, &parts.headers, &body)
                         .await;
-                    if let Some(sid) = &answer.ended {
-                        inner
-                            .session_tunnels
-                            .end(&fluxlit_auth::session::Revoked::Sid(sid.clone()));
+                    if let Some(what) = &answer.ended {
+                        inner.session_tunnels.end(what);
                     }
                     break 'resp (answer.response.map(response::full), None);
                 }

@@ -66,6 +66,7 @@ impl Setup {
                 "client_secret": "test-secret",
                 "redirect_uris": [format!("{base}/api/auth/callback")],
                 "post_logout_redirect_uris": [format!("{base}/")],
+                "backchannel_logout_uri": format!("{base}/api/auth/backchannel-logout"),
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"],
             }]),
@@ -94,6 +95,7 @@ impl Setup {
                 ..AccessRules::default()
             },
             pass_access_token: true,
+            backchannel_logout: true,
         })
         .unwrap();
         let rec = upstream().await;
@@ -746,5 +748,86 @@ async fn a_session_with_an_open_websocket_is_refreshed_without_requests() {
     )
     .await;
     assert!(!ws.closed().await, "the tunnel stays open");
+    s.idp.stop().await;
+}
+
+/// The value of the first `name="…" value="…"` input, or the `action` of the first form.
+fn form_field(html: &str, attr: &str) -> String {
+    let start = html
+        .find(attr)
+        .unwrap_or_else(|| panic!("{attr} in {html}"))
+        + attr.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_at_the_provider_ends_the_session_through_the_back_channel() {
+    let s = Setup::start(false, Some(Store::Memory(Arc::new(MemoryStore::default())))).await;
+    let mut agent = Agent::new();
+    s.login(&mut agent, "alice").await;
+    let cookie = format!(
+        "fluxlit_session={}",
+        agent.cookie(&s.base, "fluxlit_session").unwrap()
+    );
+    let mut ws = RawClient::connect(s.gw.addr).await;
+    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.base).as_bytes()).await;
+    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+
+    // The user signs out at the provider itself (its end-session page and confirmation).
+    let page = agent
+        .request(Method::GET, &format!("{}/session/end", s.idp.issuer), None)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let action = form_field(&html, "action=\"");
+    let xsrf = form_field(&html, "name=\"xsrf\" value=\"");
+    let action = if action.starts_with('/') {
+        format!("{}{action}", s.idp.issuer)
+    } else {
+        action
+    };
+    let done = agent
+        .request(
+            Method::POST,
+            &action,
+            Some(&format!("xsrf={xsrf}&logout=yes")),
+        )
+        .await;
+    assert!(
+        done.status.is_redirection() || done.status.is_success(),
+        "{}: {}",
+        done.status,
+        done.text()
+    );
+
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if ws.closed().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the WebSocket was not closed: {}",
+        s.idp.log()
+    );
+    let after = raw(
+        s.gw.addr,
+        &format!("GET /api/auth/userinfo HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(after.status, 401);
+
+    // A forged logout token (not the provider's signature) ends nothing.
+    let mut other = Agent::new();
+    s.login(&mut other, "bob").await;
+    let forged = raw(s.gw.addr, "POST /api/auth/backchannel-logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 33\r\n\r\nlogout_token=eyJhbGciOiJub25lIn0.e").await;
+    assert_eq!(forged.status, 400, "{}", forged.text());
+    let bob = other
+        .request(Method::GET, &s.url("/api/auth/userinfo"), None)
+        .await;
+    assert_eq!(bob.status, 200);
     s.idp.stop().await;
 }

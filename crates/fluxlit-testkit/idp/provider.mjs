@@ -54,9 +54,24 @@ server.listen(0, '127.0.0.1', () => {
       revocation: { enabled: true },
     },
     cookies: { keys: ['fluxlit-test-only-not-a-secret'] },
+    // Back-channel logout posts to the gateway on 127.0.0.1, which oidc-provider's SSRF guard
+    // refuses (special-use addresses): this loopback-only test provider sends without it.
+    fetch: (url, options) => {
+      const { dispatcher, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
   });
   provider.on('grant.success', (ctx) => {
     process.stderr.write(`grant ${ctx.oidc.params.grant_type}\n`);
+  });
+  provider.on('backchannel.success', (client, accountId, sid) => {
+    process.stderr.write(`backchannel ok ${client.clientId} ${accountId}\n`);
+  });
+  provider.on('backchannel.error', (ctx, err, client) => {
+    process.stderr.write(`backchannel error ${client && client.clientId} ${err && err.message} ${err && err.cause}\n`);
+  });
+  provider.on('end_session.success', () => {
+    process.stderr.write('end_session ok\n');
   });
   provider.on('server_error', (ctx, err) => {
     process.stderr.write(`server_error ${err && err.stack}\n`);
