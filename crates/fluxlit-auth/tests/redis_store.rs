@@ -307,7 +307,7 @@ async fn one_refresh_at_a_time_across_replicas() {
 #[tokio::test]
 async fn the_lease_is_renewed_while_the_lock_is_held() {
     let redis = RedisServer::start();
-    let lease = Duration::from_millis(300);
+    let lease = Duration::from_millis(500);
     let a = Store::Redis(Arc::new(
         RedisStore::connect(&redis.url(), PREFIX)
             .unwrap()
@@ -328,7 +328,35 @@ async fn the_lease_is_renewed_while_the_lock_is_held() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(pttl > 0 && pttl <= 300, "PTTL {pttl}: leased, not forever");
+    assert!(pttl > 0 && pttl <= 500, "PTTL {pttl}: leased, not forever");
+
+    // Another holder took over (as after a lease lost in an outage): A's renewal notices, and
+    // A's release does not delete the other holder's lock.
+    let () = redis::cmd("SET")
+        .arg(format!("{PREFIX}l:s1"))
+        .arg("someone-else")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "A sees the lock lost", || async {
+        (!lock.held()).then_some(())
+    })
+    .await;
+    drop(held);
+    let b_sees = b
+        .refresh_lock("s1", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        b_sees.is_none(),
+        "A's release must not delete another holder's lock"
+    );
+    let token: String = redis::cmd("GET")
+        .arg(format!("{PREFIX}l:s1"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(token, "someone-else");
 }
 
 #[tokio::test]
