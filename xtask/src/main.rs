@@ -1,8 +1,9 @@
 //! FluxLit's developer tasks (`cargo xtask <task>`):
 //!
-//! - `setup`: install what the tests need on this machine: Debian's `chromium` (when missing
-//!   and running as root), `.venv` with the pinned Python packages of `examples/hello`, and
-//!   `.venv-fluxlit-python` with FluxLit for Python 0.13 (for the test that runs its apps).
+//! - `setup`: install what the tests need on this machine: Debian's `chromium`, `redis-server`
+//!   (the session store tests) and the smoke edges (when missing and running as root), `.venv`
+//!   with the pinned Python packages of `examples/hello`, and `.venv-fluxlit-python` with
+//!   FluxLit for Python 0.13 (for the test that runs its apps).
 //! - `ci`: `setup`, then every check: `cargo fmt --check`, `cargo clippy -D warnings`,
 //!   `cargo deny check` (installed if missing), `k8s`, the whole test suite, end-to-end
 //!   included, `dockerfile`, the smoke suites, `bench --quick`, a 1-minute `bench --soak` and
@@ -40,7 +41,15 @@ mod wheel;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const APT_PACKAGES: &[&str] = &["chromium", "nginx", "caddy", "haproxy", "openssl", "wrk"];
+const APT_PACKAGES: &[&str] = &[
+    "chromium",
+    "nginx",
+    "caddy",
+    "haproxy",
+    "openssl",
+    "wrk",
+    "redis-server",
+];
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,13 +7,17 @@
 //!   `redis`).
 //! - `memory` ([`MemoryStore`]): one process. The cookie carries an opaque *ticket*
 //!   `sid.secret`; the store keeps the session under `sid` and checks `secret` in constant time.
-//! - `redis`: the same ticket; the record is encrypted with a key derived from `secret`, so a
-//!   Redis dump holds no usable tokens (oauth2-proxy's design), and revocations are broadcast to
-//!   every replica.
+//! - `redis` ([`RedisStore`]): the same ticket; the record is encrypted with a key derived
+//!   from `secret`, so a Redis dump holds no usable tokens (oauth2-proxy's design), and
+//!   revocations are broadcast to every replica.
 //!
 //! Every store has the same calls ([`Store`]): [`Store::create`], [`Store::load`],
 //! [`Store::update`], [`Store::delete`], [`Store::revoke`], [`Store::revocations`] and
 //! [`Store::refresh_lock`]. Times are seconds since the Unix epoch.
+
+mod redis;
+
+pub use self::redis::{LOCK_LEASE, OP_TIMEOUT, RedisLock, RedisStore};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -173,6 +177,8 @@ pub enum Revoked {
 pub enum RefreshLock {
     /// The in-process lock of the memory store.
     Memory(tokio::sync::OwnedMutexGuard<()>),
+    /// The lock in Redis, shared by every gateway (leased, renewed while held).
+    Redis(RedisLock),
 }
 
 /// The session store in use for `memory` and `redis` (the `cookie` store keeps nothing).
@@ -180,6 +186,8 @@ pub enum RefreshLock {
 pub enum Store {
     /// One process.
     Memory(Arc<MemoryStore>),
+    /// Redis, shared by every replica.
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
@@ -190,6 +198,7 @@ impl Store {
     pub async fn create(&self, session: &Session) -> Result<String, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.create(session)),
+            Store::Redis(r) => r.create(session).await,
         }
     }
 
@@ -201,6 +210,7 @@ impl Store {
     pub async fn load(&self, ticket: &str) -> Result<Option<Session>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.load(ticket)),
+            Store::Redis(r) => r.load(ticket).await,
         }
     }
 
@@ -214,6 +224,7 @@ impl Store {
                 m.update(ticket, session);
                 Ok(())
             }
+            Store::Redis(r) => r.update(ticket, session).await,
         }
     }
 
@@ -227,6 +238,7 @@ impl Store {
                 m.delete(ticket);
                 Ok(())
             }
+            Store::Redis(r) => r.delete(ticket).await,
         }
     }
 
@@ -237,6 +249,7 @@ impl Store {
     pub async fn revoke(&self, what: &Revoked) -> Result<usize, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.revoke(what)),
+            Store::Redis(r) => r.revoke(what).await,
         }
     }
 
@@ -244,6 +257,7 @@ impl Store {
     pub fn revocations(&self) -> broadcast::Receiver<Revoked> {
         match self {
             Store::Memory(m) => m.revoked.subscribe(),
+            Store::Redis(r) => r.revocations(),
         }
     }
 
@@ -265,6 +279,7 @@ impl Store {
                     .ok()
                     .map(RefreshLock::Memory))
             }
+            Store::Redis(r) => Ok(r.refresh_lock(sid, wait).await?.map(RefreshLock::Redis)),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`upstream`]: a real HTTP/WebSocket upstream with scripted behaviours, for transparency tests.
 //! - [`raw`]: a recording raw-socket HTTP/1.1 upstream and a strict raw client, for edge cases.
 //! - [`process`]: looking at processes (alive, children, process groups).
+//! - [`redis`]: a real `redis-server` per test on a free port, stoppable and restartable.
 //! - [`cdp`]: a minimal Chrome DevTools Protocol driver for Debian's headless `chromium`.
 //! - [`repo_root`] / [`venv_python`]: where the workspace and its Python venv are.
 
@@ -11,6 +12,7 @@ pub mod cdp;
 pub mod idp;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod streamlit;
 pub mod upstream;
 
