@@ -35,6 +35,7 @@ fn session(sub: &str, lifetime_s: i64) -> Session {
             refresh_token: Some(format!("refresh-{}", random_token(16))),
             id_token: format!("idtoken-{}", random_token(16)),
             access_expires_at: Some(now() + 300),
+            access_issued_at: Some(now()),
         }),
     }
 }
