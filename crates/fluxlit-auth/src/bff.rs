@@ -400,7 +400,28 @@ impl Bff {
         let Some((sid, _)) = session::split_ticket(ticket) else {
             return Ok(None);
         };
-        let lock = store.refresh_lock(sid, Duration::from_secs(10)).await?;
+        // Wait for the lock in short rounds, re-reading between them: once the holder has
+        // refreshed, the session is no longer due and the waiters go on without queueing for
+        // the lock one by one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let lock = loop {
+            if let Some(l) = store.refresh_lock(sid, Duration::from_millis(100)).await? {
+                break Some(l);
+            }
+            match store.load(ticket).await? {
+                None => return Ok(None),
+                Some(s)
+                    if !s
+                        .tokens
+                        .as_ref()
+                        .is_some_and(|t| t.refresh_due(session::now())) =>
+                {
+                    return Ok(Some(s));
+                }
+                Some(_) if Instant::now() >= deadline => break None,
+                Some(_) => {}
+            }
+        };
         // Re-read: another request or replica may have refreshed while this one waited.
         let Some(mut current) = store.load(ticket).await? else {
             return Ok(None);

@@ -143,7 +143,10 @@ async fn a_browser_logs_in_sees_itself_in_st_user_and_logs_out_for_real() {
         .await;
     let api = api.as_str().unwrap_or_default().to_ascii_lowercase();
     assert!(api.contains("alice@example.test"), "{api}");
-    assert!(!api.contains("fluxlit_session"), "the API got the gateway's cookie: {api}");
+    assert!(
+        !api.contains("fluxlit_session"),
+        "the API got the gateway's cookie: {api}"
+    );
 
     // Logout: a form POST, then the provider's confirmation, then the app again: the provider
     // asks for a login (its session ended too), no silent re-login.
@@ -169,8 +172,14 @@ async fn a_browser_logs_in_sees_itself_in_st_user_and_logs_out_for_real() {
     )
     .await;
     let status = browser
-        .eval(&page, &format!("fetch('{base}/api/auth/userinfo').then(r => r.status)"))
+        .eval(
+            &page,
+            &format!("fetch('{base}/api/auth/userinfo').then(r => r.status)"),
+        )
         .await;
-    assert_eq!(status, Value::Null.as_i64().map_or(Value::from(401), Value::from));
+    assert_eq!(
+        status,
+        Value::Null.as_i64().map_or(Value::from(401), Value::from)
+    );
     idp.stop().await;
 }

@@ -73,31 +73,7 @@ impl Setup {
             ttl,
         )
         .await;
-        let bff = Bff::new(BffConfig {
-            oidc: OidcConfig {
-                issuer: idp.issuer.clone(),
-                client_id: "fluxlit".into(),
-                client_secret: Some("test-secret".into()),
-                redirect_uri: format!("{base}/api/auth/callback"),
-                scopes: vec!["email".into(), "profile".into(), "groups".into()],
-            },
-            route_prefix: "/api/auth".into(),
-            root_path: String::new(),
-            public_origin: base.clone(),
-            post_logout_redirect_uri: format!("{base}/"),
-            cookie_secrets: vec![SECRET.to_vec()],
-            store,
-            lifetime: Duration::from_secs(3600),
-            max_chunks: 3,
-            secure: false,
-            access: AccessRules {
-                groups_claim: "groups".into(),
-                ..AccessRules::default()
-            },
-            pass_access_token: true,
-            backchannel_logout: true,
-        })
-        .unwrap();
+        let bff = bff_for(&idp.issuer, &base, store);
         let rec = upstream().await;
         let builder = Gateway::builder()
             .ui(up_at(rec.addr, "ui"))
@@ -178,6 +154,35 @@ async fn verify_assertion(s: &Setup, token: &str) -> serde_json::Value {
     )
     .unwrap()
     .claims
+}
+
+/// The backend-for-frontend of a gateway whose public origin is `base`, at `issuer`.
+fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
+    Bff::new(BffConfig {
+        oidc: OidcConfig {
+            issuer: issuer.to_owned(),
+            client_id: "fluxlit".into(),
+            client_secret: Some("test-secret".into()),
+            redirect_uri: format!("{base}/api/auth/callback"),
+            scopes: vec!["email".into(), "profile".into(), "groups".into()],
+        },
+        route_prefix: "/api/auth".into(),
+        root_path: String::new(),
+        public_origin: base.to_owned(),
+        post_logout_redirect_uri: format!("{base}/"),
+        cookie_secrets: vec![SECRET.to_vec()],
+        store,
+        lifetime: Duration::from_secs(3600),
+        max_chunks: 3,
+        secure: false,
+        access: AccessRules {
+            groups_claim: "groups".into(),
+            ..AccessRules::default()
+        },
+        pass_access_token: true,
+        backchannel_logout: true,
+    })
+    .unwrap()
 }
 
 /// Sends raw `head` (ending in an empty line) and returns the response.
@@ -830,4 +835,244 @@ async fn a_logout_at_the_provider_ends_the_session_through_the_back_channel() {
         .await;
     assert_eq!(bob.status, 200);
     s.idp.stop().await;
+}
+
+/// Two gateways (replicas) behind one public origin, sharing one Redis, one provider and one
+/// upstream.
+struct Replicas {
+    idp: Provider,
+    redis: fluxlit_testkit::redis::RedisServer,
+    a: Running,
+    b: Running,
+    base: String,
+    _rec: RecordingUpstream,
+}
+
+impl Replicas {
+    async fn start(ttl: serde_json::Value) -> Self {
+        let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The public origin is replica A's address (a load balancer would front both).
+        let base = format!("http://{}", la.local_addr().unwrap());
+        let idp = Provider::start(
+            serde_json::json!([{
+                "client_id": "fluxlit",
+                "client_secret": "test-secret",
+                "redirect_uris": [format!("{base}/api/auth/callback")],
+                "post_logout_redirect_uris": [format!("{base}/")],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            }]),
+            ttl,
+        )
+        .await;
+        let redis = fluxlit_testkit::redis::RedisServer::start();
+        let rec = upstream().await;
+        let replica = |listener, rec: &RecordingUpstream| {
+            let store = fluxlit_auth::session::RedisStore::connect(&redis.url(), "fluxlit:")
+                .expect("the Redis URL");
+            let bff = bff_for(&idp.issuer, &base, Some(Store::Redis(Arc::new(store))));
+            launch_on(
+                Gateway::builder()
+                    .ui(up_at(rec.addr, "ui"))
+                    .api(ApiTarget::Upstream(up_at(rec.addr, "api")))
+                    .oidc(OidcAuth::new(Arc::new(bff)))
+                    .drain_timeout(Duration::from_millis(200)),
+                listener,
+            )
+        };
+        let a = replica(la, &rec);
+        let b = replica(lb, &rec);
+        Self {
+            idp,
+            redis,
+            a,
+            b,
+            base,
+            _rec: rec,
+        }
+    }
+}
+
+/// `GET path` on `gw` with the session `cookie` (`name=value`): the status.
+async fn status_with(gw: SocketAddr, path: &str, cookie: &str) -> u16 {
+    raw(
+        gw,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"),
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_logins_sessions_logouts_and_fail_closed_without_redis() {
+    let mut r = Replicas::start(serde_json::Value::Null).await;
+    let b_base = format!("http://{}", r.b.addr);
+
+    // A login started on A and finished on B: the login state travels in the browser's cookie.
+    let mut agent = Agent::new();
+    let start = agent
+        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
+        .await;
+    let login_cookie = start
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("fluxlit_login_"))
+        .expect("a login cookie");
+    let callback = agent
+        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "alice")
+        .await;
+    let on_b = callback.replacen(&r.base, &b_base, 1);
+    let done = raw(
+        r.b.addr,
+        &format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nCookie: {login_cookie}\r\n\r\n",
+            &on_b[b_base.len()..]
+        ),
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    let session = done
+        .all("set-cookie")
+        .into_iter()
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("fluxlit_session=") && c.len() > "fluxlit_session=".len())
+        .expect("a session cookie");
+    // The session works on both replicas.
+    assert_eq!(status_with(r.a.addr, "/api/items", &session).await, 200);
+    assert_eq!(status_with(r.b.addr, "/api/items", &session).await, 200);
+
+    // A WebSocket on A; logout on B closes it within 1 s (Redis pub/sub).
+    let mut ws = RawClient::connect(r.a.addr).await;
+    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {session}\r\n\r\n", r.base).as_bytes()).await;
+    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+    let out = raw(
+        r.b.addr,
+        &format!("POST /api/auth/logout HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nCookie: {session}\r\nContent-Length: 0\r\n\r\n", r.base),
+    )
+    .await;
+    assert_eq!(out.status, 303, "{}", out.text());
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if ws.closed().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "A's WebSocket was not closed within 1 s of B's logout"
+    );
+    assert_eq!(status_with(r.a.addr, "/api/items", &session).await, 401);
+
+    // Redis down: protected requests 503 (fail closed), public paths still answer.
+    let mut agent = Agent::new();
+    let start = agent
+        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
+        .await;
+    let callback = agent
+        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "bob")
+        .await;
+    assert_eq!(
+        agent.request(Method::GET, &callback, None).await.status,
+        303
+    );
+    let bob = format!(
+        "fluxlit_session={}",
+        agent.cookie(&r.base, "fluxlit_session").unwrap()
+    );
+    r.redis.stop();
+    let down = raw(
+        r.a.addr,
+        &format!("GET /api/items HTTP/1.1\r\nHost: x\r\nCookie: {bob}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(down.text().contains("session store"), "{}", down.text());
+    assert_eq!(status_with(r.a.addr, "/api/healthz", &bob).await, 200);
+    r.redis.restart();
+    // Back: the store answers again (the test Redis keeps nothing across a restart, so bob's
+    // session is gone: 401, not 503), and a new login works.
+    let addr = r.a.addr;
+    let bob2 = bob.clone();
+    let status = fluxlit_testkit::eventually(
+        Duration::from_secs(10),
+        "the store reachable again",
+        move || {
+            let bob = bob2.clone();
+            async move {
+                let s = status_with(addr, "/api/items", &bob).await;
+                (s != 503).then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 401);
+    let mut agent = Agent::new();
+    let start = agent
+        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
+        .await;
+    let callback = agent
+        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "bob")
+        .await;
+    assert_eq!(
+        agent.request(Method::GET, &callback, None).await.status,
+        303
+    );
+    let again = format!(
+        "fluxlit_session={}",
+        agent.cookie(&r.base, "fluxlit_session").unwrap()
+    );
+    assert_eq!(status_with(r.b.addr, "/api/items", &again).await, 200);
+    r.idp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_at_expiry_on_two_replicas_refresh_once() {
+    let r = Replicas::start(serde_json::json!({"AccessToken": 4})).await;
+    let mut agent = Agent::new();
+    let start = agent
+        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
+        .await;
+    let callback = agent
+        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "alice")
+        .await;
+    assert_eq!(
+        agent.request(Method::GET, &callback, None).await.status,
+        303
+    );
+    let session = format!(
+        "fluxlit_session={}",
+        agent.cookie(&r.base, "fluxlit_session").unwrap()
+    );
+    let info = agent
+        .request(Method::GET, &format!("{}/api/auth/userinfo", r.base), None)
+        .await;
+    let v: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
+    let exp = v["access_expires_at"].as_i64().unwrap();
+    let due = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(exp - 2).unwrap());
+    if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(RawClient::connect(if i % 2 == 0 { r.a.addr } else { r.b.addr }).await);
+    }
+    let head = format!("GET /api/items HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\n\r\n");
+    futures_util::future::join_all(clients.iter_mut().map(|c| c.send(head.as_bytes()))).await;
+    let answers =
+        futures_util::future::join_all(clients.iter_mut().map(|c| c.response(false))).await;
+    for a in answers {
+        assert_eq!(a.expect("an answer").status, 200);
+    }
+    assert_eq!(
+        r.idp.grants("refresh_token"),
+        1,
+        "exactly one refresh across both replicas: {}",
+        r.idp.log()
+    );
+    r.idp.stop().await;
 }

@@ -99,9 +99,22 @@ impl Fluxlit {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_on_port(dir, subcommand, 0, args, env).await
+    }
+
+    /// `fluxlit SUBCOMMAND --port PORT --pidfile … ARGS`: a port chosen before the start, for
+    /// settings that name it (`FLUXLIT_PUBLIC_BASE_URL`, a provider's redirect URI).
+    pub async fn start_on_port(
+        dir: TempDir,
+        subcommand: &str,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let pidfile = dir.path().join("run/fluxlit.pid");
         let pid_arg = pidfile.display().to_string();
-        let mut all = vec![subcommand, "--port", "0", "--pidfile", &pid_arg];
+        let port_arg = port.to_string();
+        let mut all = vec![subcommand, "--port", &port_arg, "--pidfile", &pid_arg];
         all.extend_from_slice(args);
         let mut cmd = command(dir.path(), &all);
         cmd.envs(env.iter().copied());
