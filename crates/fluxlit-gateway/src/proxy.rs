@@ -88,6 +88,9 @@ pub(crate) struct UpstreamHop<'a> {
     /// Identity fields the gateway vouches for (`auth_mode = forward`: the front proxy's),
     /// set after the client's fields were filtered.
     pub(crate) identity: &'a [(http::HeaderName, HeaderValue)],
+    /// The UI worker the request was placed on, when there are several (`pool.rs`): a
+    /// WebSocket to it is counted as its session and its session id learned.
+    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, usize)>,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -775,6 +778,7 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let mut spec = self.tunnel_spec(name, rid);
             spec.slot = tunnel_slot.take();
+            spec.session = hop.worker.map(|(pool, w)| pool.tap(w));
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
@@ -834,6 +838,9 @@ pub(crate) struct TunnelSpec {
     request_id: String,
     /// The client IP's tunnel slot, held for the tunnel's life.
     pub(crate) slot: Option<crate::limits::TunnelSlot>,
+    /// With several UI workers: counts the session on its worker and learns its id
+    /// (`pool.rs`).
+    pub(crate) session: Option<crate::pool::SessionTap>,
 }
 
 impl Proxy {
@@ -895,6 +902,7 @@ impl Proxy {
             upstream: name.to_owned(),
             request_id: rid.to_str().unwrap_or("").to_owned(),
             slot: None,
+            session: None,
         }
     }
 }
@@ -908,7 +916,19 @@ impl Proxy {
 /// closed and whose bytes have all reached the client (the client's write side shut down, so
 /// its close frame went through) ends at once instead of waiting for the client to close its
 /// end: there is nothing left to carry, in either direction. Both engines' tunnels run here.
-pub(crate) async fn tunnel<A, B>(client: A, upstream: B, spec: TunnelSpec)
+pub(crate) async fn tunnel<A, B>(client: A, upstream: B, mut spec: TunnelSpec)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match spec.session.take() {
+        // Several UI workers: the server's bytes pass the session tap (`pool.rs`).
+        Some(tap) => splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await,
+        None => splice(client, upstream, spec).await,
+    }
+}
+
+async fn splice<A, B>(client: A, upstream: B, spec: TunnelSpec)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -921,6 +941,7 @@ where
         upstream: upstream_name,
         request_id: rid_text,
         slot: _slot,
+        session: _,
     } = spec;
     let opened = Instant::now();
     metrics::gauge!(names::TUNNELS).increment(1.0);
