@@ -264,6 +264,62 @@ pub enum RestartPolicy {
     Restart,
 }
 
+/// How many Streamlit workers run (`streamlit_workers`): a fixed number, or one per available
+/// CPU core. Written as a number or `"auto"` in files, the environment and `fluxlit config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamlitWorkers {
+    /// One per available CPU core ([`std::thread::available_parallelism`], at least 1).
+    Auto,
+    /// This many (at least 1).
+    Count(std::num::NonZeroU64),
+}
+
+impl StreamlitWorkers {
+    /// The number of workers to start: the count, or for [`StreamlitWorkers::Auto`] the
+    /// available parallelism (1 when the platform cannot say).
+    pub fn resolve(self) -> u64 {
+        match self {
+            Self::Count(n) => n.get(),
+            Self::Auto => std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl Default for StreamlitWorkers {
+    fn default() -> Self {
+        Self::Count(std::num::NonZeroU64::MIN)
+    }
+}
+
+impl Serialize for StreamlitWorkers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Count(n) => s.serialize_u64(n.get()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamlitWorkers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Count(std::num::NonZeroU64),
+            Word(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Count(n) => Ok(Self::Count(n)),
+            Form::Word(w) if w.eq_ignore_ascii_case("auto") => Ok(Self::Auto),
+            Form::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a whole number, 1 or more, or `auto`, found {w:?}"
+            ))),
+        }
+    }
+}
+
 /// Whose `X-Request-ID` the gateway keeps (`request_id_trust`). A kept id must be well formed
 /// either way (1–128 visible ASCII characters); any other request gets a new UUIDv7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +379,8 @@ pub struct Settings {
     #[serde(deserialize_with = "null_as_empty")]
     pub streamlit_python: String,
     pub streamlit_run_cli_args: Vec<String>,
+    pub streamlit_workers: StreamlitWorkers,
+    pub streamlit_workers_min_ready: u64,
     pub streamlit_page_config: serde_json::Map<String, serde_json::Value>,
     pub api_command: Option<String>,
     pub api_upstream: Option<String>,
@@ -1033,6 +1091,23 @@ fn resolve(
                 origin_of(origins, "streamlit_run_cli_args"),
             );
         }
+    }
+    let min_ready = raw.streamlit_workers_min_ready;
+    let workers_cap = match raw.streamlit_workers {
+        StreamlitWorkers::Count(n) => Some(n.get()),
+        StreamlitWorkers::Auto => None,
+    };
+    if min_ready == 0 || workers_cap.is_some_and(|n| min_ready > n) {
+        bad(
+            "streamlit_workers_min_ready",
+            &min_ready.to_string(),
+            &match workers_cap {
+                Some(n) => format!("a whole number from 1 to streamlit_workers ({n})"),
+                None => "a whole number, 1 or more".to_owned(),
+            },
+            "readiness needs at least one ready Streamlit worker, and cannot wait for more workers than run; lower it or raise streamlit_workers",
+            origin_of(origins, "streamlit_workers_min_ready"),
+        );
     }
     if raw.target.trim().is_empty() {
         bad(

@@ -32,6 +32,9 @@ pub enum Kind {
     Object,
     /// One of a fixed set of words (any case).
     Choice(&'static [&'static str]),
+    /// A whole number, 1 or more, or the word `auto` (any case): how many processes to run,
+    /// `auto` meaning one per available CPU core (`streamlit_workers`).
+    CountOrAuto,
 }
 
 impl Kind {
@@ -53,6 +56,9 @@ impl Kind {
             }
             Kind::Object => "a JSON object ({\"key\": value}) or a TOML table".into(),
             Kind::Choice(words) => format!("one of: {}", words.join(", ")),
+            Kind::CountOrAuto => {
+                "a whole number, 1 or more, or `auto` (one per available CPU core)".into()
+            }
         }
     }
 
@@ -76,6 +82,7 @@ impl Kind {
             Kind::List => "list of strings".into(),
             Kind::Object => "JSON object".into(),
             Kind::Choice(words) => words.join(" \\| "),
+            Kind::CountOrAuto => "integer ≥ 1 \\| auto".into(),
         }
     }
 }
@@ -148,6 +155,8 @@ pub const KEYS: &[KeySpec] = &[
     key("target", Kind::Text, "app.py", "The Streamlit script to run, relative to the working directory; or a FluxLit-for-Python app as `module:attr` or `./app.py:attr` (docs/migrating-from-python.md).").flag("TARGET (positional)"),
     key("streamlit_python", Kind::OptText, "$VIRTUAL_ENV/bin/python, else ./.venv/bin/python, else the venv fluxlit is installed in if it has Streamlit, else python3", "Python interpreter used as `python -m streamlit run`.").flag("--streamlit-python"),
     key("streamlit_run_cli_args", Kind::List, "[]", "Extra arguments for `streamlit run`, after FluxLit's own; they may not set server.port, server.address or server.baseUrlPath.").flag("-- STREAMLIT_ARGS..."),
+    key("streamlit_workers", Kind::CountOrAuto, "1", "How many Streamlit processes (workers) run the script, each on its own loopback port; `auto` is one per available CPU core. Every worker runs the same script with the same arguments and environment. With more than one, the gateway places each new browser on the ready worker with the fewest open sessions and sends every request of a session to the worker that holds it (affinity cookie `fluxlit_worker`, session ids of uploads and reconnects), the workers share one server.cookieSecret (generated per start unless you set one), and a worker that dies is restarted with backoff whatever sidecar_restart says (docs/scaling.md)."),
+    key("streamlit_workers_min_ready", Kind::Count, "1", "How many Streamlit workers must be ready for `{api}/readyz` to answer 200; from 1 to streamlit_workers (with `auto`, checked at start-up against the number of cores). `{api}/readyz` lists every worker (`streamlit-1` …) besides `streamlit`."),
     key("streamlit_page_config", Kind::Object, "{}", "Page configuration for the app (page_title, page_icon, layout, initial_sidebar_state, menu_items), handed to the Streamlit process as JSON in FLUXLIT_STREAMLIT_PAGE_CONFIG for the script to pass to st.set_page_config."),
     key("api_command", Kind::OptText, "no supervised API", "Command that starts the API. Placeholders, replaced shell-quoted: {port} a free loopback port (also $PORT), {root_path} the public mount (also $FLUXLIT_ROOT_PATH), {api_prefix} the API's public prefix, root path plus api_mount_path, e.g. /api or /myapp/api (also $FLUXLIT_API_ROOT_PATH); for FastAPI add `--root-path {api_prefix}` to uvicorn so that {api_prefix}/docs works (docs/deployment.md). A plain command is executed directly, shell syntax runs under `sh -c`. FluxLit supervises it.").flag("--api-command"),
     key("api_upstream", Kind::OptText, "no external API", "URL of an API server that runs elsewhere (http://host:port[/base]); requests under the API mount are proxied to it.").flag("--api-upstream"),

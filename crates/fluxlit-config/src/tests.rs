@@ -1109,3 +1109,71 @@ fn access_log_hidden_by_the_log_level_is_a_warning() {
             .any(|f| f.code == "access_log_hidden_by_log_level")
     );
 }
+
+#[test]
+fn streamlit_workers_count_auto_and_min_ready() {
+    let d = Dir::new("workers");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_workers,
+        StreamlitWorkers::Count(std::num::NonZeroU64::MIN)
+    );
+    assert_eq!(l.settings.streamlit_workers.resolve(), 1);
+    assert_eq!(l.settings.streamlit_workers_min_ready, 1);
+
+    let env = [("FLUXLIT_STREAMLIT_WORKERS", "Auto")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_workers, StreamlitWorkers::Auto);
+    assert!(l.settings.streamlit_workers.resolve() >= 1);
+
+    d.write(
+        "fluxlit.toml",
+        "streamlit_workers = 3\nstreamlit_workers_min_ready = 2\n",
+    );
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_workers.resolve(), 3);
+    assert_eq!(l.settings.streamlit_workers_min_ready, 2);
+    // Round trip through the printed form (`fluxlit config --json`).
+    let json = serde_json::to_value(&l.settings).unwrap();
+    assert_eq!(json["streamlit_workers"], 3);
+    let back: Settings = serde_json::from_value(json).unwrap();
+    assert_eq!(back.streamlit_workers, l.settings.streamlit_workers);
+
+    for (value, source) in [
+        ("0", "FLUXLIT_STREAMLIT_WORKERS"),
+        ("many", "FLUXLIT_STREAMLIT_WORKERS"),
+    ] {
+        let env = [("FLUXLIT_STREAMLIT_WORKERS", value)];
+        let err = load_in(&d, &env, CliOverrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "streamlit_workers = \"{value}\" (from environment variable {source})"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("1 or more, or `auto`"), "{text}");
+    }
+
+    d.write(
+        "fluxlit.toml",
+        "streamlit_workers = 2\nstreamlit_workers_min_ready = 3\n",
+    );
+    let text = load_in(&d, &[], CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_workers_min_ready = \"3\""),
+        "{text}"
+    );
+    assert!(text.contains("from 1 to streamlit_workers (2)"), "{text}");
+    let env = [("FLUXLIT_STREAMLIT_WORKERS_MIN_READY", "0")];
+    d.write("fluxlit.toml", "");
+    let text = load_in(&d, &env, CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_workers_min_ready = \"0\""),
+        "{text}"
+    );
+}

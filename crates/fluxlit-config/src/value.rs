@@ -214,6 +214,18 @@ pub(crate) fn convert(kind: Kind, raw: &Raw) -> Result<Value, ()> {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map(Value::from)
             .ok_or(()),
+        (Kind::CountOrAuto, Raw::Toml(toml::Value::Integer(i))) if *i >= 1 => Ok(Value::from(*i)),
+        (Kind::CountOrAuto, r) => {
+            let t = text_of(r).ok_or(())?.trim();
+            if t.eq_ignore_ascii_case("auto") {
+                Ok(Value::String("auto".to_owned()))
+            } else {
+                match t.parse::<u64>() {
+                    Ok(n) if n >= 1 => Ok(Value::from(n)),
+                    _ => Err(()),
+                }
+            }
+        }
         (Kind::Bytes | Kind::OptBytes, Raw::Toml(toml::Value::Integer(i))) => {
             u64::try_from(*i).map(Value::from).map_err(|_| ())
         }
@@ -375,6 +387,29 @@ mod tests {
         );
         assert!(convert(Kind::Count, &Raw::Text("-1".into())).is_err());
         assert!(convert(Kind::Count, &Raw::Toml(toml::Value::Integer(-1))).is_err());
+    }
+
+    #[test]
+    fn counts_or_auto() {
+        let k = Kind::CountOrAuto;
+        assert_eq!(
+            convert(k, &Raw::Text(" AUTO ".into())),
+            Ok(Value::from("auto"))
+        );
+        assert_eq!(convert(k, &Raw::Text("3".into())), Ok(Value::from(3u64)));
+        assert_eq!(
+            convert(k, &Raw::Toml(toml::Value::Integer(2))),
+            Ok(Value::from(2i64))
+        );
+        assert_eq!(
+            convert(k, &Raw::Toml(toml::Value::String("auto".into()))),
+            Ok(Value::from("auto"))
+        );
+        for bad in ["0", "-1", "", "two", "1.5", "autox"] {
+            assert!(convert(k, &Raw::Text(bad.into())).is_err(), "{bad:?}");
+        }
+        assert!(convert(k, &Raw::Toml(toml::Value::Integer(0))).is_err());
+        assert!(convert(k, &Raw::Toml(toml::Value::Boolean(true))).is_err());
     }
 
     #[test]

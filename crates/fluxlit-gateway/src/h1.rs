@@ -371,6 +371,10 @@ struct Plan {
     /// The connection's task waited for this request's head, so the I/O driver's readiness of
     /// the upstream connection is fresh (see `UpConn::usable`).
     fresh: bool,
+    /// The UI worker the request was placed on, when there are several (`pool.rs`).
+    worker: Option<usize>,
+    /// The affinity cookie for the response, when the request was placed anew (`pool.rs`).
+    set_cookie: Option<HeaderValue>,
 }
 
 #[allow(
@@ -529,8 +533,34 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     if cap > 0 && body_len > cap {
         return Parsed::Handoff;
     }
-    let Some(endpoint) = ui.endpoint.borrow().clone() else {
-        return Parsed::Handoff;
+    // Several workers: the one rule picks the worker (`pool.rs`); none running is hyper's
+    // path's 503. With one worker there is no pool and nothing of this runs.
+    let placed = match &inner.pool {
+        None => None,
+        Some(pool) => {
+            let mut ask = crate::pool::Ask {
+                websocket: upgrade,
+                ..crate::pool::Ask::default()
+            };
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("cookie") {
+                    ask.cookies.push(h.value);
+                } else if upgrade && h.name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                    ask.protocols.push(h.value);
+                }
+            }
+            match pool.place(&path, &ask) {
+                Some(p) => Some(p),
+                None => return Parsed::Handoff,
+            }
+        }
+    };
+    let endpoint = match &placed {
+        Some(p) => p.endpoint.clone(),
+        None => match ui.endpoint.borrow().clone() {
+            Some(e) => e,
+            None => return Parsed::Handoff,
+        },
     };
 
     // What the gateway believes about the client, from the same fields the general path reads.
@@ -578,6 +608,8 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host_sent = false;
     let mut length_sent = false;
+    // Several workers: the gateway's cookie is taken out of `Cookie` (`pool.rs`).
+    let strip_cookie = placed.is_some();
     for h in req.headers.iter() {
         let name = h.name;
         // The first `Host`, where the client put it; no other.
@@ -599,7 +631,17 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             continue;
         }
         if decide::forwards_request_field(policy, &connection, true, name.as_bytes()) {
-            push_field(&mut out, name.as_bytes(), h.value);
+            // The gateway's own cookie stays here; the rest of the field goes on as sent.
+            let rest = if strip_cookie && name.eq_ignore_ascii_case("cookie") {
+                crate::pool::without_affinity_cookie(h.value)
+            } else {
+                None
+            };
+            match rest {
+                None => push_field(&mut out, name.as_bytes(), h.value),
+                Some(rest) if rest.is_empty() => {}
+                Some(rest) => push_field(&mut out, name.as_bytes(), &rest),
+            }
         }
     }
     for (name, value) in view.forwarded_fields(prefix) {
@@ -627,6 +669,8 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             ws_accept,
             endpoint,
             fresh: false,
+            worker: placed.as_ref().map(|p| p.worker),
+            set_cookie: placed.and_then(|p| p.set_cookie),
         },
         Seen {
             method: method_token,
@@ -674,6 +718,8 @@ struct HeadCtx<'a> {
     /// The request asked for a WebSocket upgrade: a 101 with this `Sec-WebSocket-Accept` is
     /// expected (any other 101 is a 502).
     ws_accept: Option<&'a str>,
+    /// `Set-Cookie` for the gateway's affinity cookie (`pool.rs`), added to the response.
+    set_cookie: Option<&'a HeaderValue>,
 }
 
 /// Forwards one request and its response (`tally`: what was sent); says what becomes of the
@@ -702,6 +748,7 @@ async fn exchange(
         head_request: plan.head_request,
         close: plan.client_close || closing.is_cancelled(),
         ws_accept: plan.ws_accept.as_deref(),
+        set_cookie: plan.set_cookie.as_ref(),
     };
     let (timeout, timeout_setting) = if plan.ws_accept.is_some() {
         (inner.limits.ws_open_timeout, "gateway_ws_open_timeout_s")
@@ -789,6 +836,14 @@ async fn exchange(
         switched,
     } = head;
     if switched {
+        // Several workers: count the session on its worker and learn its id from the server's
+        // first messages, those read with the head included (`pool.rs`).
+        let mut session = plan
+            .worker
+            .and_then(|w| inner.pool.as_ref().map(|p| p.tap(w)));
+        if let Some(tap) = &mut session {
+            tap.observe(&conn.buf);
+        }
         // Bytes either side sent after its head belong to the new protocol: pass them on.
         let mut out = head;
         out.extend_from_slice(&conn.buf);
@@ -801,6 +856,7 @@ async fn exchange(
         buf.clear();
         let mut spec = proxy.tunnel_spec(name, rid);
         spec.slot = tunnel_slot;
+        spec.tap = session;
         return Next::Tunnel(conn.stream, Box::new(spec));
     }
     let until_close = matches!(framing, Framing::UntilClose);
@@ -1094,6 +1150,9 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         if keep {
             push_field(&mut out, name.as_bytes(), h.value);
         }
+    }
+    if let Some(cookie) = ctx.set_cookie {
+        push_field(&mut out, b"set-cookie", cookie.as_bytes());
     }
     push_field(
         &mut out,

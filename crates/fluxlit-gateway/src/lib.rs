@@ -44,6 +44,7 @@ pub mod headers;
 pub mod limits;
 mod logwriter;
 pub mod observe;
+mod pool;
 mod proxy;
 mod response;
 mod rewrite;
@@ -78,6 +79,7 @@ pub use headers::{ClientHop, HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::Limits;
 pub use logwriter::{DroppedLines, LineWriter, LogWriter};
 pub use observe::{describe_metrics, names as metric_names};
+pub use pool::{COOKIE as WORKER_COOKIE, UiWorker};
 pub use routing::Route;
 pub use upstream::{ApiService, ApiTarget, ComponentState, Endpoint, ReadinessCheck, Upstream};
 
@@ -209,6 +211,8 @@ pub struct GatewayBuilder {
     root_path: String,
     api_mount: String,
     ui: Option<Upstream>,
+    /// Two or more UI workers ([`GatewayBuilder::ui_workers`]).
+    ui_workers: Vec<UiWorker>,
     api: ApiTarget,
     readiness: Vec<ReadinessCheck>,
     connect_timeout: Duration,
@@ -249,6 +253,7 @@ impl Default for GatewayBuilder {
             root_path: String::new(),
             api_mount: "/api".into(),
             ui: None,
+            ui_workers: Vec::new(),
             api: ApiTarget::None,
             readiness: Vec::new(),
             connect_timeout: Duration::from_secs(30),
@@ -349,6 +354,23 @@ impl GatewayBuilder {
     /// The UI upstream (Streamlit). Default: none (UI paths answer 404).
     pub fn ui(mut self, upstream: Upstream) -> Self {
         self.ui = Some(upstream);
+        self.ui_workers.clear();
+        self
+    }
+
+    /// Several UI upstreams running the same app (Streamlit workers, `streamlit_workers`;
+    /// docs/scaling.md): each new session goes to the ready worker with the fewest open
+    /// sessions, and every request of a session to the worker that holds it (the affinity
+    /// cookie [`WORKER_COOKIE`], the session id in upload paths and WebSocket reconnects). One
+    /// worker is the same as [`GatewayBuilder::ui`] (no cookie, no lookup). Readiness is not
+    /// implied: add a [`ReadinessCheck`] (e.g. [`ReadinessCheck::quorum`]). Default: none.
+    pub fn ui_workers(mut self, workers: Vec<UiWorker>) -> Self {
+        self.ui = workers.first().map(|w| w.upstream.clone());
+        self.ui_workers = if workers.len() > 1 {
+            workers
+        } else {
+            Vec::new()
+        };
         self
     }
 
@@ -549,8 +571,11 @@ impl GatewayBuilder {
             None => header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
+        let pool = (self.ui_workers.len() > 1)
+            .then(|| Arc::new(pool::UiPool::new(self.ui_workers, &root)));
         Ok(Gateway {
             inner: Arc::new(Inner {
+                pool,
                 api_prefix: format!("{root}{api}"),
                 root,
                 api,
@@ -646,6 +671,8 @@ struct Inner {
     /// `{root}{api}`, sent as `X-Forwarded-Prefix` to the API.
     api_prefix: String,
     ui: Option<Upstream>,
+    /// Several UI workers (`pool.rs`); `None` with one (then `ui` is it).
+    pool: Option<Arc<pool::UiPool>>,
     api_target: ApiTarget,
     readiness: Vec<ReadinessCheck>,
     proxy: proxy::Proxy,
@@ -681,6 +708,19 @@ struct Inner {
     request_metrics: Arc<observe::RequestMetrics>,
     /// Requests served per engine.
     served: ServedCounters,
+}
+
+/// 503 when several UI workers are configured and none runs (`pool.rs`); both engines answer
+/// it (the fast path hands such a request to hyper's path).
+fn no_worker(rid: &HeaderValue) -> Response<Body> {
+    let mut r = plain_rid(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "FluxLit: no Streamlit worker is running; retry shortly\n",
+        rid,
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Which engine served a request.
@@ -811,13 +851,17 @@ impl Gateway {
     /// Whether every readiness input is ready, and each input's state.
     /// Once [`Gateway::serve`] has been told to shut down, a `gateway` input reads
     /// `NotReady("shutting down")`.
+    /// A quorum check's members follow it in the list (named by the members; they do not count
+    /// for readiness, their check does).
     pub fn readiness(&self) -> (bool, Vec<(String, ComponentState)>) {
-        let mut states: Vec<(String, ComponentState)> = self
-            .inner
-            .readiness
-            .iter()
-            .map(|c| (c.name.to_string(), c.state.borrow().clone()))
-            .collect();
+        let mut states: Vec<(String, ComponentState)> = Vec::new();
+        let mut ready = true;
+        for c in &self.inner.readiness {
+            let (state, members) = c.states();
+            ready &= state.is_ready();
+            states.push((c.name.to_string(), state));
+            states.extend(members);
+        }
         if self
             .inner
             .stopping
@@ -827,8 +871,9 @@ impl Gateway {
                 "gateway".to_owned(),
                 ComponentState::NotReady("shutting down".into()),
             ));
+            ready = false;
         }
-        (states.iter().all(|(_, s)| s.is_ready()), states)
+        (ready, states)
     }
 
     /// The last 32 dispatches (request id, dispatch, path), oldest first.
@@ -1209,7 +1254,21 @@ impl Gateway {
                             .prefix
                             .clone()
                             .or_else(|| (!inner.root.is_empty()).then(|| inner.root.clone()));
-                        let (parts, body) = req.into_parts();
+                        let (mut parts, body) = req.into_parts();
+                        // Several workers: the one rule picks the worker (`pool.rs`).
+                        let placed = match &inner.pool {
+                            None => None,
+                            Some(pool) => {
+                                match pool.place(&path, &pool::ask_of(&parts.headers, websocket)) {
+                                    Some(p) => Some((pool, p)),
+                                    None => break 'resp (no_worker(&rid), None),
+                                }
+                            }
+                        };
+                        if placed.is_some() {
+                            pool::strip_cookie_fields(&mut parts.headers);
+                        }
+                        let u = placed.as_ref().map_or(u, |(_, p)| &p.upstream);
                         let req = Request::from_parts(
                             parts,
                             observe::Counted::new(body, bytes_in.clone()),
@@ -1228,9 +1287,14 @@ impl Gateway {
                             affinity: ctx.affinity.as_deref(),
                             identity: &identity,
                             session: session_guard,
+                            worker: placed.as_ref().map(|(pool, p)| (*pool, p.worker)),
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
-                        (f.response, f.slot)
+                        let mut resp = f.response;
+                        if let Some(cookie) = placed.and_then(|(_, p)| p.set_cookie) {
+                            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+                        }
+                        (resp, f.slot)
                     }
                     None => (
                         plain_rid(
@@ -1334,6 +1398,7 @@ impl Gateway {
                         affinity: ctx.affinity.as_deref(),
                         identity,
                         session: session.cloned(),
+                        worker: None,
                     };
                     let f = inner.proxy.forward(u, req, path, hop).await;
                     let mut resp = f.response;
@@ -1522,6 +1587,17 @@ impl Gateway {
         r
     }
 
+    /// Open WebSocket sessions on each UI worker, worker 1 first; empty with one worker (see
+    /// [`GatewayBuilder::ui_workers`]). Also in the debug snapshot as
+    /// `gateway.ui_worker_sessions`.
+    pub fn ui_worker_sessions(&self) -> Vec<usize> {
+        self.inner
+            .pool
+            .as_ref()
+            .map(|p| p.open_sessions())
+            .unwrap_or_default()
+    }
+
     fn debug_snapshot(&self) -> Response<Body> {
         let inner = &*self.inner;
         let Some(info) = &inner.debug else {
@@ -1539,6 +1615,7 @@ impl Gateway {
                 "api_prefix": inner.api_prefix,
                 "trust_proxy": inner.trust.enabled(),
                 "active_tunnels": self.active_tunnels(),
+                "ui_worker_sessions": self.ui_worker_sessions(),
                 "ready": ready,
                 "readiness": readiness,
             },

@@ -90,6 +90,9 @@ pub(crate) struct UpstreamHop<'a> {
     pub(crate) identity: &'a [(http::HeaderName, HeaderValue)],
     /// The login session of the request (`auth_mode = oidc`): a WebSocket tunnel ends with it.
     pub(crate) session: Option<crate::sessions::SessionGuard>,
+    /// The UI worker the request was placed on, when there are several (`pool.rs`): a
+    /// WebSocket to it is counted as its session and its session id learned.
+    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, usize)>,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -778,6 +781,7 @@ impl Proxy {
             let mut spec = self.tunnel_spec(name, rid);
             spec.slot = tunnel_slot.take();
             spec.session = hop.session.clone();
+            spec.tap = hop.worker.map(|(pool, w)| pool.tap(w));
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
@@ -839,6 +843,9 @@ pub(crate) struct TunnelSpec {
     pub(crate) slot: Option<crate::limits::TunnelSlot>,
     /// The login session the tunnel was opened with: the tunnel ends when it ends.
     pub(crate) session: Option<crate::sessions::SessionGuard>,
+    /// With several UI workers: counts the session on its worker and learns its id
+    /// (`pool.rs`).
+    pub(crate) tap: Option<crate::pool::SessionTap>,
 }
 
 impl Proxy {
@@ -901,6 +908,7 @@ impl Proxy {
             request_id: rid.to_str().unwrap_or("").to_owned(),
             slot: None,
             session: None,
+            tap: None,
         }
     }
 }
@@ -914,7 +922,19 @@ impl Proxy {
 /// closed and whose bytes have all reached the client (the client's write side shut down, so
 /// its close frame went through) ends at once instead of waiting for the client to close its
 /// end: there is nothing left to carry, in either direction. Both engines' tunnels run here.
-pub(crate) async fn tunnel<A, B>(client: A, upstream: B, spec: TunnelSpec)
+pub(crate) async fn tunnel<A, B>(client: A, upstream: B, mut spec: TunnelSpec)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    match spec.tap.take() {
+        // Several UI workers: the server's bytes pass the session tap (`pool.rs`).
+        Some(tap) => splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await,
+        None => splice(client, upstream, spec).await,
+    }
+}
+
+async fn splice<A, B>(client: A, upstream: B, spec: TunnelSpec)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -928,6 +948,7 @@ where
         request_id: rid_text,
         slot: _slot,
         session,
+        tap: _,
     } = spec;
     let session_ended = async {
         match &session {

@@ -91,7 +91,13 @@ impl ComponentState {
 pub struct ReadinessCheck {
     pub(crate) name: Arc<str>,
     pub(crate) state: watch::Receiver<ComponentState>,
+    /// For a check of several members ([`ReadinessCheck::quorum`]): the members and how many
+    /// must be ready. `state` is then unused.
+    pub(crate) quorum: Option<(Vec<Member>, usize)>,
 }
+
+/// A member of a quorum check: its name and state.
+type Member = (Arc<str>, watch::Receiver<ComponentState>);
 
 impl ReadinessCheck {
     /// A check named `name` (`streamlit`, `api`, …) fed by `state`.
@@ -99,7 +105,47 @@ impl ReadinessCheck {
         Self {
             name: name.into(),
             state,
+            quorum: None,
         }
+    }
+
+    /// A check named `name` that is ready while at least `min_ready` of `members` are (for
+    /// example Streamlit workers, `streamlit_workers_min_ready`). `{api}/readyz` lists every
+    /// member under its own name besides the check; only the check counts for readiness.
+    pub fn quorum(
+        name: &str,
+        members: Vec<(String, watch::Receiver<ComponentState>)>,
+        min_ready: usize,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            state: watch::channel(ComponentState::Ready).1,
+            quorum: Some((
+                members.into_iter().map(|(n, s)| (n.into(), s)).collect(),
+                min_ready.max(1),
+            )),
+        }
+    }
+
+    /// The check's state, then each member's (name, state) for a quorum check.
+    pub(crate) fn states(&self) -> (ComponentState, Vec<(String, ComponentState)>) {
+        let Some((members, min)) = &self.quorum else {
+            return (self.state.borrow().clone(), Vec::new());
+        };
+        let each: Vec<(String, ComponentState)> = members
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.borrow().clone()))
+            .collect();
+        let ready = each.iter().filter(|(_, s)| s.is_ready()).count();
+        let state = if ready >= *min {
+            ComponentState::Ready
+        } else {
+            ComponentState::NotReady(format!(
+                "{ready} of {} ready, at least {min} needed",
+                each.len()
+            ))
+        };
+        (state, each)
     }
 }
 

@@ -31,6 +31,55 @@ pub(crate) struct Launch {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// `api_command`'s origin, for its parse error.
     pub(crate) api_command_origin: String,
+    /// Variables for Streamlit only: `STREAMLIT_SERVER_COOKIE_SECRET` when several workers
+    /// share a generated secret ([`shared_cookie_secret`]).
+    pub(crate) streamlit_env: Vec<(OsString, OsString)>,
+}
+
+/// Streamlit's variable for `server.cookieSecret` (environment variables override
+/// `.streamlit/config.toml`, command-line flags override both: Streamlit's configuration
+/// precedence, docs.streamlit.io "Configuration options").
+pub(crate) const COOKIE_SECRET_ENV: &str = "STREAMLIT_SERVER_COOKIE_SECRET";
+
+/// The `server.cookieSecret` every Streamlit worker gets when there are several, so that the
+/// signed cookies of `st.login` (and the XSRF token) one worker set validate on every other:
+/// `None` when the user gave one (`--server.cookieSecret` in `streamlit_run_cli_args`,
+/// `STREAMLIT_SERVER_COOKIE_SECRET` in the environment, or `cookieSecret` under `[server]` in
+/// `.streamlit/config.toml` of the working directory or of `$HOME`), else 32 random bytes from
+/// `/dev/urandom` as 64 hex digits, new at every start of FluxLit (like Streamlit's own
+/// default, which is random per process).
+pub(crate) fn shared_cookie_secret(
+    args: &[String],
+    env: &fluxlit_config::Environment,
+    cwd: &Path,
+) -> std::io::Result<Option<String>> {
+    let in_args = args
+        .iter()
+        .any(|a| a == "--server.cookieSecret" || a.starts_with("--server.cookieSecret="));
+    let in_env = env.get(COOKIE_SECRET_ENV).is_some_and(|v| !v.is_empty());
+    let in_file = [Some(cwd.to_path_buf()), env.get("HOME").map(PathBuf::from)]
+        .into_iter()
+        .flatten()
+        .any(|dir| config_sets_cookie_secret(&dir.join(".streamlit/config.toml")));
+    if in_args || in_env || in_file {
+        return Ok(None);
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(Some(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Whether a Streamlit config file sets `[server] cookieSecret` (an unreadable or malformed
+/// file does not: Streamlit would fail on it with its own message).
+fn config_sets_cookie_secret(file: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    text.parse::<toml::Table>().is_ok_and(|t| {
+        t.get("server")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|server| server.contains_key("cookieSecret"))
+    })
 }
 
 /// What the Streamlit sidecar runs.
@@ -165,6 +214,7 @@ pub(crate) async fn start_streamlit(
             }
         };
         spec.args = streamlit_args(script, port, mount, &s.streamlit_run_cli_args);
+        spec.env.extend(launch.streamlit_env.iter().cloned());
         if !s.streamlit_page_config.is_empty() {
             spec.env.push((
                 "FLUXLIT_STREAMLIT_PAGE_CONFIG".into(),
@@ -188,6 +238,56 @@ pub(crate) async fn start_streamlit(
         Ok(spec)
     })
     .await
+}
+
+/// The name of Streamlit worker `index` (from 0) of `count`, as readiness, logs, metrics and
+/// the debug snapshot show it: `streamlit` when there is one, else `streamlit-1` to
+/// `streamlit-N` (the id the gateway's affinity cookie carries). Each name is made once per
+/// process and kept (a few bytes per worker).
+pub(crate) fn worker_name(index: usize, count: usize) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    if count == 1 {
+        return "streamlit";
+    }
+    let Ok(mut names) = NAMES.lock() else {
+        return "streamlit-worker";
+    };
+    while names.len() <= index {
+        let next = format!("streamlit-{}", names.len() + 1);
+        names.push(Box::leak(next.into_boxed_str()));
+    }
+    names[index]
+}
+
+/// Starts `count` Streamlit workers at once (each [`start_streamlit`]: its own port and
+/// process group) and waits until all are ready; when one fails, the others are stopped and
+/// the first error is returned.
+pub(crate) async fn start_streamlit_workers(
+    s: &Settings,
+    launch: &Launch,
+    count: usize,
+) -> Result<Vec<(Sidecar, u16)>, AppError> {
+    if count == 1 {
+        return Ok(vec![start_streamlit(s, launch).await?]);
+    }
+    let all = futures_util::future::join_all((0..count).map(|_| start_streamlit(s, launch))).await;
+    let mut started = Vec::with_capacity(count);
+    let mut failed = None;
+    for r in all {
+        match r {
+            Ok(w) => started.push(w),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        None => Ok(started),
+        Some(e) => {
+            futures_util::future::join_all(started.into_iter().map(|(w, _)| w.stop())).await;
+            Err(e)
+        }
+    }
 }
 
 /// Starts `api_command` (placeholders expanded by [`expand_api_command`], `PORT` and
@@ -521,6 +621,71 @@ fn is_executable(file: &Path) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn several_workers_share_a_generated_cookie_secret_unless_the_user_set_one() {
+        let dir =
+            std::env::temp_dir().join(format!("fluxlit-cookie-secret-{}", std::process::id()));
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".streamlit")).unwrap();
+        std::fs::create_dir_all(dir.join(".streamlit")).unwrap();
+        let env = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("HOME".to_owned(), home.display().to_string())];
+            all.extend(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            fluxlit_config::Environment::from_pairs(all)
+        };
+        let a = shared_cookie_secret(&[], &env(&[]), &dir).unwrap().unwrap();
+        let b = shared_cookie_secret(&[], &env(&[]), &dir).unwrap().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b, "new at every start");
+        for args in [
+            vec!["--server.cookieSecret".to_owned(), "mine".to_owned()],
+            vec!["--server.cookieSecret=mine".to_owned()],
+        ] {
+            assert_eq!(shared_cookie_secret(&args, &env(&[]), &dir).unwrap(), None);
+        }
+        let set = env(&[(COOKIE_SECRET_ENV, "mine")]);
+        assert_eq!(shared_cookie_secret(&[], &set, &dir).unwrap(), None);
+        let empty = env(&[(COOKIE_SECRET_ENV, "")]);
+        assert!(shared_cookie_secret(&[], &empty, &dir).unwrap().is_some());
+        // Another [server] key, or the key elsewhere, is not the secret.
+        std::fs::write(
+            dir.join(".streamlit/config.toml"),
+            "cookieSecret = 'x'\n[server]\nport = 1\n",
+        )
+        .unwrap();
+        assert!(
+            shared_cookie_secret(&[], &env(&[]), &dir)
+                .unwrap()
+                .is_some()
+        );
+        std::fs::write(
+            dir.join(".streamlit/config.toml"),
+            "[server]\ncookieSecret = 'x'\n",
+        )
+        .unwrap();
+        assert_eq!(shared_cookie_secret(&[], &env(&[]), &dir).unwrap(), None);
+        std::fs::remove_file(dir.join(".streamlit/config.toml")).unwrap();
+        std::fs::write(
+            home.join(".streamlit/config.toml"),
+            "[server]\ncookieSecret = 'x'\n",
+        )
+        .unwrap();
+        assert_eq!(shared_cookie_secret(&[], &env(&[]), &dir).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn worker_names() {
+        assert_eq!(worker_name(0, 1), "streamlit");
+        assert_eq!(worker_name(2, 3), "streamlit-3");
+        assert_eq!(worker_name(0, 3), "streamlit-1");
+    }
 
     #[test]
     fn shell_syntax_is_found_outside_quotes_only() {

@@ -60,7 +60,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fluxlit_config::{Environment, Loaded, Origin, Settings};
-use fluxlit_gateway::{ApiTarget, ComponentState, Endpoint, Gateway, ReadinessCheck, Upstream};
+use fluxlit_gateway::{
+    ApiTarget, ComponentState, Endpoint, Gateway, ReadinessCheck, UiWorker, Upstream,
+};
 use tokio::sync::watch;
 
 pub use fluxlit_gateway::{ApiService, MetricsRender};
@@ -143,6 +145,11 @@ pub enum AppError {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// No random `server.cookieSecret` could be made for several Streamlit workers.
+    #[error(
+        "cannot make a server.cookieSecret for the Streamlit workers (reading /dev/urandom failed); set one with --server.cookieSecret or STREAMLIT_SERVER_COOKIE_SECRET"
+    )]
+    CookieSecret(#[source] std::io::Error),
     /// A root path or API mount given to the builder is not a valid path.
     #[error("invalid {key} {value:?} (from {origin}): {reason}")]
     Setting {
@@ -624,7 +631,11 @@ pub struct App {
     /// `true` when Streamlit is started (no `ui_upstream`).
     start_streamlit: bool,
     api: ApiMode,
-    ui_link: Channels,
+    /// One per Streamlit worker (`streamlit_workers`); one when FluxLit starts no Streamlit.
+    ui_links: Vec<Channels>,
+    /// `STREAMLIT_SERVER_COOKIE_SECRET` shared by several workers
+    /// ([`launch::shared_cookie_secret`]).
+    cookie_secret: Option<String>,
     api_link: Channels,
     externals: Vec<External>,
     /// Metrics on the admin listener: (address, renderer).
@@ -670,6 +681,8 @@ impl App {
         let (ui_state_tx, ui_state_rx) = watch::channel(ComponentState::Starting(
             "Streamlit has not been started yet".into(),
         ));
+        let mut ui_links = Vec::new();
+        let mut cookie_secret = None;
         let mut externals = Vec::new();
         let mut builder = Gateway::builder().settings(s);
         let mut start_streamlit = true;
@@ -699,10 +712,56 @@ impl App {
                 });
             }
             _ => {
-                builder = builder
-                    .ui(Upstream::dynamic("streamlit", ui_rx))
-                    .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+                let workers = usize::try_from(s.streamlit_workers.resolve()).unwrap_or(usize::MAX);
+                let min_ready =
+                    usize::try_from(s.streamlit_workers_min_ready).unwrap_or(usize::MAX);
+                if min_ready > workers {
+                    // Only `auto` gets here: the loader checks a number against it.
+                    return Err(AppError::Setting {
+                        key: "streamlit_workers_min_ready",
+                        value: s.streamlit_workers_min_ready.to_string(),
+                        origin: a.origins.of("streamlit_workers_min_ready"),
+                        reason: "it is more than the workers streamlit_workers = auto starts on this machine (one per available CPU core); lower it or set streamlit_workers to a number",
+                    });
+                }
+                if workers == 1 {
+                    builder = builder
+                        .ui(Upstream::dynamic("streamlit", ui_rx))
+                        .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
+                } else {
+                    cookie_secret =
+                        launch::shared_cookie_secret(&s.streamlit_run_cli_args, &a.env, &a.cwd)
+                            .map_err(AppError::CookieSecret)?;
+                    let mut pool = Vec::with_capacity(workers);
+                    let mut members = Vec::with_capacity(workers);
+                    for i in 0..workers {
+                        let (tx, rx) = watch::channel::<Option<Endpoint>>(None);
+                        let (state_tx, state_rx) = watch::channel(ComponentState::Starting(
+                            "Streamlit has not been started yet".into(),
+                        ));
+                        pool.push(UiWorker {
+                            upstream: Upstream::dynamic("streamlit", rx),
+                            state: state_rx.clone(),
+                        });
+                        members.push((launch::worker_name(i, workers).to_owned(), state_rx));
+                        ui_links.push(Channels {
+                            endpoint: tx,
+                            state: state_tx,
+                        });
+                    }
+                    builder = builder.ui_workers(pool).readiness(ReadinessCheck::quorum(
+                        "streamlit",
+                        members,
+                        min_ready,
+                    ));
+                }
             }
+        }
+        if ui_links.is_empty() {
+            ui_links.push(Channels {
+                endpoint: ui_tx,
+                state: ui_state_tx,
+            });
         }
 
         let (api_tx, api_rx) = watch::channel::<Option<Endpoint>>(None);
@@ -784,10 +843,8 @@ impl App {
             gateway,
             start_streamlit,
             api,
-            ui_link: Channels {
-                endpoint: ui_tx,
-                state: ui_state_tx,
-            },
+            ui_links,
+            cookie_secret,
             api_link: Channels {
                 endpoint: api_tx,
                 state: api_state_tx,

@@ -138,7 +138,13 @@ impl App {
                 self.child_path.clone(),
             ),
             api_command_origin: self.origins.of("api_command"),
+            streamlit_env: self
+                .cookie_secret
+                .iter()
+                .map(|secret| (launch::COOKIE_SECRET_ENV.into(), secret.into()))
+                .collect(),
         };
+        let workers = self.ui_links.len();
 
         // Start the sidecars (the API first); a failure or a shutdown stops what was started.
         let startup = async {
@@ -147,9 +153,11 @@ impl App {
                 ApiMode::NoSidecar => None,
             };
             let ui = if self.start_streamlit {
-                launch::start_streamlit(s, &launch).await.map(Some)
+                launch::start_streamlit_workers(s, &launch, workers)
+                    .await
+                    .map(|all| all.into_iter().map(Some).collect())
             } else {
-                Ok(None)
+                Ok(vec![None])
             };
             let ui = match ui {
                 Ok(ui) => ui,
@@ -180,21 +188,28 @@ impl App {
                 return Ok(Exit::Shutdown);
             }
         };
-        let links = [
-            Link {
-                name: "streamlit",
-                endpoint: self.ui_link.endpoint.clone(),
-                state: self.ui_link.state.clone(),
+        // The Streamlit workers (`streamlit_workers`; one, named `streamlit`, by default), then
+        // the API: `running[i]` is supervised through `links[i]`.
+        let mut links: Vec<Link> = self
+            .ui_links
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Link {
+                name: launch::worker_name(i, workers),
+                endpoint: c.endpoint.clone(),
+                state: c.state.clone(),
                 info: self.sidecar_info.clone(),
-            },
-            Link {
-                name: "api",
-                endpoint: self.api_link.endpoint.clone(),
-                state: self.api_link.state.clone(),
-                info: self.sidecar_info.clone(),
-            },
-        ];
-        let mut running: [Running; 2] = [ui, api];
+            })
+            .collect();
+        links.push(Link {
+            name: "api",
+            endpoint: self.api_link.endpoint.clone(),
+            state: self.api_link.state.clone(),
+            info: self.sidecar_info.clone(),
+        });
+        let api_at = links.len() - 1;
+        let mut running: Vec<Running> = ui;
+        running.push(api);
         for (link, r) in links.iter().zip(&running) {
             if let Some((sidecar, port)) = r {
                 link.publish(sidecar, *port);
@@ -209,8 +224,7 @@ impl App {
                         path: path.clone(),
                         source,
                     };
-                    let [ui, api] = running;
-                    stop_all(&self.gateway, serving, ui, api).await;
+                    stop_all(&self.gateway, serving, running).await;
                     return Err(e);
                 }
             },
@@ -218,18 +232,17 @@ impl App {
         };
         tracing::info!(url = %format!("{base}{mount}/"), api = %format!("{base}{mount}{}", s.api_mount_path), "FluxLit is ready");
 
-        let mut backoffs = [Backoff::default(), Backoff::default()];
+        let mut backoffs: Vec<Backoff> = links.iter().map(|_| Backoff::default()).collect();
         let stop = loop {
             let (which, exit) = tokio::select! {
                 () = &mut shutdown => break Stop::Shutdown,
-                exit = wait_exit(&running[0]) => (0usize, exit),
-                exit = wait_exit(&running[1]) => (1usize, exit),
+                (which, exit) = wait_any_exit(&running) => (which, exit),
                 () = reload_wanted(self.reload_api.as_deref()) => {
                     let ApiMode::Command(cmd) = &self.api else { continue };
-                    let link = &links[1];
+                    let link = &links[api_at];
                     tracing::info!(sidecar = link.name, "sources changed; restarting the API");
                     link.reloading("reloading: the sources changed");
-                    if let Some((old, _)) = running[1].take() {
+                    if let Some((old, _)) = running[api_at].take() {
                         old.stop().await;
                     }
                     let started = tokio::select! {
@@ -239,7 +252,7 @@ impl App {
                     match started {
                         Ok((sidecar, port)) => {
                             link.publish(&sidecar, port);
-                            running[1] = Some((sidecar, port));
+                            running[api_at] = Some((sidecar, port));
                             tracing::info!(sidecar = link.name, port, "API reloaded");
                         }
                         Err(e) => {
@@ -252,7 +265,11 @@ impl App {
             };
             let link = &links[which];
             link.exited(&exit);
-            if s.sidecar_restart == RestartPolicy::Exit {
+            // With several Streamlit workers, a dead one is restarted whatever `sidecar_restart`
+            // says: the others keep serving meanwhile, and readiness holds while
+            // `streamlit_workers_min_ready` of them are ready.
+            let pooled_worker = which < api_at && workers > 1;
+            if s.sidecar_restart == RestartPolicy::Exit && !pooled_worker {
                 break Stop::SidecarExited(link.name, exit);
             }
             // Restart with exponential backoff and jitter; readiness is 503 meanwhile.
@@ -290,7 +307,7 @@ impl App {
                 }
                 let start = async {
                     match (which, &self.api) {
-                        (0, _) => launch::start_streamlit(s, &launch).await,
+                        (w, _) if w < api_at => launch::start_streamlit(s, &launch).await,
                         (_, ApiMode::Command(cmd)) => {
                             launch::start_api_process(s, &launch, cmd).await
                         }
@@ -327,8 +344,7 @@ impl App {
             }
         };
         probers.clear();
-        let [ui, api] = running;
-        stop_all(&self.gateway, serving, ui, api).await;
+        stop_all(&self.gateway, serving, running).await;
         drop(pidfile);
         drop(background);
         tracing::info!("stopped");
@@ -343,6 +359,18 @@ async fn reload_wanted(notify: Option<&tokio::sync::Notify>) {
         Some(n) => n.notified().await,
         None => std::future::pending().await,
     }
+}
+
+/// The first of `running` to exit: its index and exit (never when none runs).
+async fn wait_any_exit(running: &[Running]) -> (usize, ExitInfo) {
+    if running.iter().all(Option::is_none) {
+        return std::future::pending().await;
+    }
+    let waits = running
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Box::pin(async move { (i, wait_exit(r).await) }));
+    futures_util::future::select_all(waits).await.0
 }
 
 async fn wait_exit(sidecar: &Running) -> ExitInfo {
@@ -360,7 +388,7 @@ async fn shutdown_gateway(gateway: &Gateway, serving: Serving) {
 }
 
 /// The ordered stop: HTTP drain, then the sidecars, then the remaining tunnels.
-async fn stop_all(gateway: &Gateway, serving: Serving, ui: Running, api: Running) {
+async fn stop_all(gateway: &Gateway, serving: Serving, sidecars: Vec<Running>) {
     // 1. Readiness 503, stop accepting; let in-flight HTTP finish (up to
     //    `graceful_shutdown_timeout_s`). Open WebSocket tunnels do not hold this: a Streamlit
     //    session never ends by itself.
@@ -375,17 +403,7 @@ async fn stop_all(gateway: &Gateway, serving: Serving, ui: Running, api: Running
             "in-flight requests done; stopping the sidecars (Streamlit closes its sessions with 1012)"
         );
     }
-    let ui_stop = async {
-        if let Some((u, _)) = ui {
-            u.stop().await;
-        }
-    };
-    let api_stop = async {
-        if let Some((a, _)) = api {
-            a.stop().await;
-        }
-    };
-    let _ = tokio::join!(ui_stop, api_stop);
+    futures_util::future::join_all(sidecars.into_iter().flatten().map(|(s, _)| s.stop())).await;
     // 3. Cut whatever tunnels are left.
     let cut = gateway.drain_tunnels(TUNNEL_GRACE).await;
     if cut > 0 {

@@ -256,3 +256,38 @@ fn overrides_are_validated_and_applied() {
     assert_eq!(app.gateway().root_path(), "/myapp");
     assert_eq!(app.gateway().api_mount(), "/v1");
 }
+
+/// `streamlit_workers = auto` is resolved at build time: a `streamlit_workers_min_ready` above
+/// the machine's cores is refused, naming the key, the value and its source.
+#[test]
+fn auto_workers_refuse_a_min_ready_above_the_cores() {
+    let dir = TempDir::new("app");
+    std::fs::write(dir.path().join("app.py"), "").unwrap();
+    let err = App::builder()
+        .cwd(dir.path())
+        .environment(env_with(&[
+            ("FLUXLIT_STREAMLIT_WORKERS", "auto"),
+            ("FLUXLIT_STREAMLIT_WORKERS_MIN_READY", "100000"),
+        ]))
+        .build()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("invalid streamlit_workers_min_ready \"100000\" (from environment variable FLUXLIT_STREAMLIT_WORKERS_MIN_READY)")
+            && msg.contains("streamlit_workers = auto"),
+        "{msg}"
+    );
+    // Within the cores it builds, with one readiness entry per worker.
+    let app = App::builder()
+        .cwd(dir.path())
+        .environment(env_with(&[("FLUXLIT_STREAMLIT_WORKERS", "auto")]))
+        .build()
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (_, states) = app.gateway().readiness();
+    let workers = states
+        .iter()
+        .filter(|(n, _)| n.starts_with("streamlit-"))
+        .count();
+    assert_eq!(workers, if cores > 1 { cores } else { 0 }, "{states:?}");
+}

@@ -1,0 +1,836 @@
+//! Several UI workers behind one gateway (`streamlit_workers`, docs/scaling.md): the one rule
+//! that picks the worker for a UI request, written once and called by both engines (hyper's
+//! path in `lib.rs`, the HTTP/1.1 fast path in `h1.rs`).
+//!
+//! Streamlit keeps a session's state, its uploads and its media in the memory of the process
+//! that holds the session's WebSocket; a request of the session that reaches another process
+//! fails (400 "Invalid session_id" on uploads, streamlit/streamlit#4173). The rule, in order
+//! ([`UiPool::place`]):
+//! 1. An upload, `{root}/_stcore/upload_file/{session_id}/…`, goes to the worker known to hold
+//!    `session_id`.
+//! 2. A WebSocket to `{root}/_stcore/stream` that names an existing session (the third
+//!    `Sec-WebSocket-Protocol` entry, which Streamlit's browser client sends on reconnect) goes
+//!    to the worker known to hold it.
+//! 3. A request with the gateway's affinity cookie ([`COOKIE`], value: a worker id from 1 to
+//!    the number of workers) goes to that worker while the worker runs (even if a health probe
+//!    failed: it still holds its sessions).
+//! 4. Anything else is placed on the ready worker with the fewest open WebSocket sessions (ties
+//!    taken in turn), and the response sets the cookie (`HttpOnly; SameSite=Lax; Path={root}/`).
+//!
+//! The gateway learns which worker holds a session from the session's first server messages
+//! on the WebSocket ([`SessionTap`]: Streamlit's `ForwardMsg.new_session.initialize.session_id`),
+//! keeps at most [`MAX_SESSIONS`] entries, and forgets a session [`ENDED_TTL`] after its last
+//! WebSocket closed (Streamlit keeps a disconnected session for 120 s by default,
+//! `server.disconnectedSessionTTL`). Its own cookie is taken out of the `Cookie` field it
+//! forwards; every other byte of that field goes on as the client sent it (Streamlit's XSRF
+//! cookie must arrive verbatim).
+//!
+//! With one worker there is no pool: no cookie, no lookup, nothing on the request's way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use tokio::sync::watch;
+
+use crate::upstream::{ComponentState, Endpoint, Upstream};
+
+/// The affinity cookie's name. Its value is a worker id, `1` to the number of workers.
+pub const COOKIE: &str = "fluxlit_worker";
+
+/// Most sessions whose worker the gateway remembers; beyond it, new sessions are placed by the
+/// cookie alone until ended sessions are forgotten.
+pub(crate) const MAX_SESSIONS: usize = 65_536;
+
+/// How long a session is remembered after its last WebSocket closed: longer than Streamlit's
+/// default `server.disconnectedSessionTTL` (120 s), so a reconnect within it finds its worker.
+pub(crate) const ENDED_TTL: Duration = Duration::from_secs(180);
+
+/// Server bytes of a WebSocket looked at for the session id: the first messages only.
+const TAP_MAX_BYTES: usize = 256 * 1024;
+/// Server messages looked at for the session id.
+const TAP_MAX_MESSAGES: usize = 16;
+
+/// One UI worker: where it listens and whether it is ready for new sessions.
+#[derive(Debug, Clone)]
+pub struct UiWorker {
+    /// Its address (absent while it is not running).
+    pub upstream: Upstream,
+    /// Its readiness: only ready workers get new sessions.
+    pub state: watch::Receiver<ComponentState>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    upstream: Upstream,
+    state: watch::Receiver<ComponentState>,
+    /// Open WebSocket sessions (tunnels) on this worker.
+    open: AtomicUsize,
+}
+
+impl Worker {
+    fn running(&self) -> bool {
+        self.upstream.endpoint.borrow().is_some()
+    }
+
+    fn ready(&self) -> bool {
+        self.running() && self.state.borrow().is_ready()
+    }
+}
+
+#[derive(Debug)]
+struct Known {
+    worker: usize,
+    /// When its last WebSocket closed; `None` while one is open.
+    ended: Option<Instant>,
+    /// WebSockets of this session open now.
+    open: usize,
+}
+
+/// The UI workers and the sessions they hold (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct UiPool {
+    workers: Vec<Worker>,
+    /// `{root}/_stcore/`: the prefix of Streamlit's own paths.
+    stcore: String,
+    /// The cookie's `Path`: the root path, or `/`.
+    cookie_path: String,
+    /// Where the next tie of least-loaded workers starts.
+    turn: AtomicUsize,
+    sessions: Mutex<HashMap<Box<str>, Known>>,
+    /// Session closes so far (ended sessions are swept every 256).
+    closes: AtomicUsize,
+}
+
+/// Where a UI request goes: the worker (index), its address, and the `Set-Cookie` value when
+/// the request was placed anew.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) worker: usize,
+    pub(crate) upstream: Upstream,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) set_cookie: Option<HeaderValue>,
+}
+
+/// What of a request the rule reads: its upstream path (root kept), its `Cookie` field values,
+/// and for a WebSocket upgrade its `Sec-WebSocket-Protocol` values.
+#[derive(Debug, Default)]
+pub(crate) struct Ask<'a> {
+    pub(crate) cookies: Vec<&'a [u8]>,
+    pub(crate) protocols: Vec<&'a [u8]>,
+    pub(crate) websocket: bool,
+}
+
+impl UiPool {
+    /// A pool of `workers` (at least two; one worker is served without a pool) under `root`.
+    pub(crate) fn new(workers: Vec<UiWorker>, root: &str) -> Self {
+        Self {
+            workers: workers
+                .into_iter()
+                .map(|w| Worker {
+                    upstream: w.upstream,
+                    state: w.state,
+                    open: AtomicUsize::new(0),
+                })
+                .collect(),
+            stcore: format!("{root}/_stcore/"),
+            cookie_path: format!("{root}/"),
+            turn: AtomicUsize::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            closes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks the worker for a UI request to `path` (the rule in the module documentation);
+    /// `None` when no worker runs (the engines answer 503).
+    pub(crate) fn place(&self, path: &str, ask: &Ask<'_>) -> Option<Placed> {
+        let session = self.session_of(path, ask);
+        if let Some(w) = session.and_then(|s| self.known(s)) {
+            return self.placed(w, None);
+        }
+        let cookie = ask.cookies.iter().find_map(|c| affinity_cookie(c));
+        if let Some(w) = cookie
+            .and_then(|id| id.checked_sub(1))
+            .filter(|w| self.workers.get(*w).is_some_and(Worker::running))
+        {
+            return self.placed(w, None);
+        }
+        let w = self.least_loaded()?;
+        let cookie = HeaderValue::from_str(&format!(
+            "{COOKIE}={}; Path={}; HttpOnly; SameSite=Lax",
+            w + 1,
+            self.cookie_path
+        ))
+        .ok();
+        self.placed(w, cookie)
+    }
+
+    fn placed(&self, worker: usize, set_cookie: Option<HeaderValue>) -> Option<Placed> {
+        let w = self.workers.get(worker)?;
+        let endpoint = w.upstream.endpoint.borrow().clone()?;
+        Some(Placed {
+            worker,
+            upstream: w.upstream.clone(),
+            endpoint,
+            set_cookie,
+        })
+    }
+
+    /// The session a request names: the upload path's, or a stream reconnect's third
+    /// `Sec-WebSocket-Protocol` entry.
+    fn session_of<'a>(&self, path: &'a str, ask: &'a Ask<'_>) -> Option<&'a [u8]> {
+        let rest = path.strip_prefix(&self.stcore)?;
+        if let Some(upload) = rest.strip_prefix("upload_file/") {
+            let id = upload.split('/').next().unwrap_or("");
+            return valid_session_id(id.as_bytes()).then_some(id.as_bytes());
+        }
+        if ask.websocket && rest == "stream" {
+            return ask
+                .protocols
+                .iter()
+                .flat_map(|v| v.split(|b| *b == b','))
+                .map(<[u8]>::trim_ascii)
+                .nth(2)
+                .filter(|id| valid_session_id(id));
+        }
+        None
+    }
+
+    fn known(&self, session: &[u8]) -> Option<usize> {
+        let id = std::str::from_utf8(session).ok()?;
+        let sessions = self.sessions.lock().ok()?;
+        let w = sessions.get(id)?.worker;
+        self.workers.get(w).filter(|w| w.running()).map(|_| w)
+    }
+
+    /// The ready worker with the fewest open sessions; ties are taken in turn, starting after
+    /// the last worker a tie went to.
+    fn least_loaded(&self) -> Option<usize> {
+        let n = self.workers.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best: Option<(usize, usize)> = None;
+        for i in (0..n).map(|k| (start + k) % n) {
+            let w = &self.workers[i];
+            if !w.ready() {
+                continue;
+            }
+            let load = w.open.load(Ordering::Relaxed);
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// A tap for a WebSocket that was just switched on `worker`: counts the session open until
+    /// dropped and learns the session id from the server's first messages.
+    pub(crate) fn tap(self: &Arc<Self>, worker: usize) -> SessionTap {
+        if let Some(w) = self.workers.get(worker) {
+            w.open.fetch_add(1, Ordering::Relaxed);
+        }
+        SessionTap {
+            pool: self.clone(),
+            worker,
+            session: None,
+            frames: Frames::default(),
+        }
+    }
+
+    fn learned(&self, id: &str, worker: usize) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        if let Some(k) = sessions.get_mut(id) {
+            k.worker = worker;
+            k.open += 1;
+            k.ended = None;
+            return;
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            let now = Instant::now();
+            sessions.retain(|_, k| k.ended.is_none_or(|at| now - at < ENDED_TTL));
+            if sessions.len() >= MAX_SESSIONS {
+                sessions.retain(|_, k| k.ended.is_none());
+            }
+            if sessions.len() >= MAX_SESSIONS {
+                tracing::warn!(
+                    max = MAX_SESSIONS,
+                    "too many Streamlit sessions to remember their workers; this one is routed by the affinity cookie alone"
+                );
+                return;
+            }
+        }
+        sessions.insert(
+            id.into(),
+            Known {
+                worker,
+                ended: None,
+                open: 1,
+            },
+        );
+    }
+
+    fn closed(&self, id: &str) {
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        if let Some(k) = sessions.get_mut(id) {
+            k.open = k.open.saturating_sub(1);
+            if k.open == 0 {
+                k.ended = Some(Instant::now());
+            }
+        }
+        // Forget sessions ended long ago (a sweep every 256 closes).
+        if self.closes.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+            let now = Instant::now();
+            sessions.retain(|_, k| k.ended.is_none_or(|at| now - at < ENDED_TTL));
+        }
+    }
+
+    /// Open WebSocket sessions per worker (index order).
+    pub(crate) fn open_sessions(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// The rule's input from a request's fields (hyper's path): every `Cookie` field, and the
+/// `Sec-WebSocket-Protocol` fields of a WebSocket upgrade (`websocket`).
+pub(crate) fn ask_of(headers: &http::HeaderMap, websocket: bool) -> Ask<'_> {
+    Ask {
+        cookies: headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect(),
+        protocols: if websocket {
+            headers
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect()
+        } else {
+            Vec::new()
+        },
+        websocket,
+    }
+}
+
+/// Takes the gateway's cookie out of every `Cookie` field of `headers` (hyper's path; see
+/// [`without_affinity_cookie`]): fields without it stay as they are, a field left empty goes.
+pub(crate) fn strip_cookie_fields(headers: &mut http::HeaderMap) {
+    let values: Vec<HeaderValue> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if !values
+        .iter()
+        .any(|v| without_affinity_cookie(v.as_bytes()).is_some())
+    {
+        return;
+    }
+    headers.remove(http::header::COOKIE);
+    for v in values {
+        match without_affinity_cookie(v.as_bytes()) {
+            None => {
+                headers.append(http::header::COOKIE, v);
+            }
+            Some(rest) if rest.is_empty() => {}
+            Some(rest) => {
+                if let Ok(v) = HeaderValue::from_bytes(&rest) {
+                    headers.append(http::header::COOKIE, v);
+                }
+            }
+        }
+    }
+}
+
+/// The worker id in a `Cookie` field value's [`COOKIE`] pair, when it is a number.
+fn affinity_cookie(value: &[u8]) -> Option<usize> {
+    value.split(|b| *b == b';').find_map(|pair| {
+        let (name, v) = split_pair(pair)?;
+        (name == COOKIE.as_bytes())
+            .then(|| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+            .flatten()
+    })
+}
+
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|b| *b == b'=')?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+}
+
+/// A `Cookie` field value without the gateway's [`COOKIE`] pairs: `None` when it has none (the
+/// value goes on as it is), else the other pairs with their bytes as sent (an empty result
+/// means the field is dropped).
+pub(crate) fn without_affinity_cookie(value: &[u8]) -> Option<Vec<u8>> {
+    let ours = |pair: &[u8]| split_pair(pair).is_some_and(|(n, _)| n == COOKIE.as_bytes());
+    if !value.split(|b| *b == b';').any(ours) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(value.len());
+    for pair in value.split(|b| *b == b';').filter(|p| !ours(p)) {
+        if !out.is_empty() {
+            out.push(b';');
+        }
+        out.extend_from_slice(pair);
+    }
+    let start = out
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(out.len());
+    out.drain(..start);
+    Some(out)
+}
+
+/// Streamlit session ids are UUIDs; accept 1–64 characters of `[A-Za-z0-9_-]`.
+fn valid_session_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// Counts a WebSocket session open on its worker for the tunnel's life and learns its session
+/// id from the server's first messages (see [`UiPool::tap`]).
+#[derive(Debug)]
+pub(crate) struct SessionTap {
+    pool: Arc<UiPool>,
+    worker: usize,
+    session: Option<Box<str>>,
+    frames: Frames,
+}
+
+impl SessionTap {
+    /// Bytes the upstream sent to the client, in order.
+    pub(crate) fn observe(&mut self, bytes: &[u8]) {
+        if self.frames.done {
+            return;
+        }
+        if let Some(id) = self.frames.feed(bytes) {
+            self.pool.learned(&id, self.worker);
+            tracing::debug!(session = %id, worker = self.worker + 1, "Streamlit session placed");
+            self.session = Some(id.into());
+        }
+    }
+}
+
+impl Drop for SessionTap {
+    fn drop(&mut self) {
+        if let Some(w) = self.pool.workers.get(self.worker) {
+            w.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(id) = &self.session {
+            self.pool.closed(id);
+        }
+    }
+}
+
+/// WebSocket frames from the server (RFC 6455 §5.2), read until the session id is found or the
+/// bounds are reached.
+#[derive(Debug, Default)]
+struct Frames {
+    buf: Vec<u8>,
+    messages: usize,
+    seen: usize,
+    done: bool,
+}
+
+impl Frames {
+    fn feed(&mut self, bytes: &[u8]) -> Option<String> {
+        self.seen += bytes.len();
+        self.buf.extend_from_slice(bytes);
+        loop {
+            match frame(&self.buf) {
+                Frame::Partial if self.seen <= TAP_MAX_BYTES => return None,
+                Frame::Partial | Frame::Invalid => {
+                    self.stop();
+                    return None;
+                }
+                Frame::Complete { len, payload } => {
+                    self.messages += 1;
+                    let found = payload.and_then(|p| session_id(&self.buf[p]));
+                    self.buf.drain(..len);
+                    if found.is_some() || self.messages >= TAP_MAX_MESSAGES {
+                        self.stop();
+                        return found;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.done = true;
+        self.buf = Vec::new();
+    }
+}
+
+enum Frame {
+    Partial,
+    Invalid,
+    /// A whole frame of `len` bytes; `payload` is the range of an unfragmented, uncompressed,
+    /// unmasked binary message's payload.
+    Complete {
+        len: usize,
+        payload: Option<std::ops::Range<usize>>,
+    },
+}
+
+fn frame(b: &[u8]) -> Frame {
+    let (Some(&b0), Some(&b1)) = (b.first(), b.get(1)) else {
+        return Frame::Partial;
+    };
+    let (fin, rsv1, opcode) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x0f);
+    let masked = b1 & 0x80 != 0;
+    let (len, mut at) = match b1 & 0x7f {
+        126 => match b.get(2..4) {
+            Some(x) => (u64::from(u16::from_be_bytes([x[0], x[1]])), 4),
+            None => return Frame::Partial,
+        },
+        127 => match b.get(2..10).and_then(|x| <[u8; 8]>::try_from(x).ok()) {
+            Some(x) => (u64::from_be_bytes(x), 10),
+            None => return Frame::Partial,
+        },
+        n => (u64::from(n), 2),
+    };
+    if masked {
+        at += 4;
+    }
+    let Ok(len) = usize::try_from(len) else {
+        return Frame::Invalid;
+    };
+    if len > TAP_MAX_BYTES {
+        return Frame::Invalid;
+    }
+    if b.len() < at + len {
+        return Frame::Partial;
+    }
+    let plain = fin && !rsv1 && !masked && opcode == 2;
+    Frame::Complete {
+        len: at + len,
+        payload: plain.then_some(at..at + len),
+    }
+}
+
+/// `ForwardMsg.new_session (4) .initialize (1) .session_id (6)` from a serialised `ForwardMsg`
+/// (Streamlit's `proto/streamlit/proto/ForwardMsg.proto`, `NewSession.proto`).
+fn session_id(msg: &[u8]) -> Option<String> {
+    let new_session = proto_field(msg, 4)?;
+    let initialize = proto_field(new_session, 1)?;
+    let id = proto_field(initialize, 6)?;
+    valid_session_id(id).then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// The first length-delimited field `number` of a protobuf message (wire format:
+/// protobuf.dev/programming-guides/encoding).
+fn proto_field(mut b: &[u8], number: u64) -> Option<&[u8]> {
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        match key & 7 {
+            0 => {
+                varint(&mut b)?;
+            }
+            1 => b = b.get(8..)?,
+            2 => {
+                let len = usize::try_from(varint(&mut b)?).ok()?;
+                let value = b.get(..len)?;
+                if key >> 3 == number {
+                    return Some(value);
+                }
+                b = &b[len..];
+            }
+            5 => b = b.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// An upstream connection whose bytes read pass through a [`SessionTap`].
+pub(crate) struct Tapped<T> {
+    pub(crate) io: T,
+    pub(crate) tap: SessionTap,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tapped<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if !self.tap.frames.done && buf.filled().len() > before {
+            let new = buf.filled()[before..].to_vec();
+            self.tap.observe(&new);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tapped<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pool(n: usize) -> (Arc<UiPool>, Vec<watch::Sender<ComponentState>>) {
+        let mut states = Vec::new();
+        let workers = (0..n)
+            .map(|i| {
+                let (tx, rx) = watch::channel(ComponentState::Ready);
+                states.push(tx);
+                UiWorker {
+                    upstream: Upstream::fixed("streamlit", Endpoint::loopback(9000 + i as u16)),
+                    state: rx,
+                }
+            })
+            .collect();
+        (Arc::new(UiPool::new(workers, "/app")), states)
+    }
+
+    fn ask<'a>(cookies: &[&'a str], protocols: &[&'a str], websocket: bool) -> Ask<'a> {
+        Ask {
+            cookies: cookies.iter().map(|c| c.as_bytes()).collect(),
+            protocols: protocols.iter().map(|c| c.as_bytes()).collect(),
+            websocket,
+        }
+    }
+
+    #[test]
+    fn new_clients_are_spread_and_get_the_cookie() {
+        let (p, _s) = pool(3);
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            let placed = p.place("/app/", &ask(&[], &[], false)).unwrap();
+            let c = placed.set_cookie.unwrap();
+            assert_eq!(
+                c.to_str().unwrap(),
+                format!(
+                    "fluxlit_worker={}; Path=/app/; HttpOnly; SameSite=Lax",
+                    placed.worker + 1
+                )
+            );
+            counts[placed.worker] += 1;
+        }
+        assert_eq!(counts, [10, 10, 10]);
+    }
+
+    #[test]
+    fn the_least_loaded_ready_worker_gets_new_sessions() {
+        let (p, s) = pool(3);
+        let _a = p.tap(0);
+        let _b = p.tap(0);
+        let _c = p.tap(2);
+        for _ in 0..5 {
+            assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 1);
+        }
+        s[1].send_replace(ComponentState::NotReady("probe failed".into()));
+        assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 2);
+        for tx in &s {
+            tx.send_replace(ComponentState::NotReady("down".into()));
+        }
+        assert!(p.place("/app/", &ask(&[], &[], false)).is_none());
+        // A worker that runs but failed a probe keeps its cookie's requests (it holds them).
+        let placed = p
+            .place("/app/", &ask(&["a=1; fluxlit_worker=2"], &[], false))
+            .unwrap();
+        assert_eq!((placed.worker, placed.set_cookie), (1, None));
+    }
+
+    #[test]
+    fn a_cookie_for_no_such_worker_is_placed_anew() {
+        let (p, _s) = pool(2);
+        for bad in ["fluxlit_worker=0", "fluxlit_worker=3", "fluxlit_worker=x"] {
+            assert!(
+                p.place("/app/", &ask(&[bad], &[], false))
+                    .unwrap()
+                    .set_cookie
+                    .is_some(),
+                "{bad}"
+            );
+        }
+        let (w, dead) = {
+            let (tx, rx) = watch::channel(None);
+            (
+                UiWorker {
+                    upstream: Upstream::dynamic("streamlit", rx),
+                    state: watch::channel(ComponentState::Ready).1,
+                },
+                tx,
+            )
+        };
+        let p = UiPool::new(
+            vec![
+                w,
+                UiWorker {
+                    upstream: Upstream::fixed("streamlit", Endpoint::loopback(9001)),
+                    state: watch::channel(ComponentState::Ready).1,
+                },
+            ],
+            "",
+        );
+        let placed = p
+            .place("/", &ask(&["fluxlit_worker=1"], &[], false))
+            .unwrap();
+        assert_eq!(placed.worker, 1, "worker 1 is not running");
+        assert_eq!(
+            placed.set_cookie.unwrap().to_str().unwrap(),
+            "fluxlit_worker=2; Path=/; HttpOnly; SameSite=Lax"
+        );
+        drop(dead);
+    }
+
+    fn new_session_message(id: &str) -> Vec<u8> {
+        // ForwardMsg { hash: "h" (1), new_session (4) { name (3), initialize (1) { session_id (6) } } }
+        let mut init = vec![0x32, id.len() as u8];
+        init.extend_from_slice(id.as_bytes());
+        let mut ns = vec![0x1a, 1, b'x', 0x0a, init.len() as u8];
+        ns.extend_from_slice(&init);
+        let mut msg = vec![0x0a, 1, b'h', 0x22, ns.len() as u8];
+        msg.extend_from_slice(&ns);
+        msg
+    }
+
+    fn binary_frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x82];
+        if payload.len() < 126 {
+            f.push(payload.len() as u8);
+        } else {
+            f.push(126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn sessions_are_learned_from_the_first_server_messages_and_route_uploads_and_reconnects() {
+        let (p, _s) = pool(3);
+        let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f00";
+        let mut tap = p.tap(2);
+        let mut bytes = binary_frame(&[0x0a, 1, b'h', 0x48, 1]); // another message first
+        bytes.extend(binary_frame(&new_session_message(id)));
+        // Split anywhere: frames arrive in pieces.
+        let (a, b) = bytes.split_at(5);
+        tap.observe(a);
+        tap.observe(b);
+        assert_eq!(p.open_sessions(), [0, 0, 1]);
+        let upload = format!("/app/_stcore/upload_file/{id}/file-1");
+        // Another worker's cookie: the session decides.
+        let placed = p
+            .place(&upload, &ask(&["fluxlit_worker=1"], &[], false))
+            .unwrap();
+        assert_eq!((placed.worker, placed.set_cookie), (2, None));
+        let proto = format!("streamlit, xsrf-token, {id}");
+        let placed = p
+            .place("/app/_stcore/stream", &ask(&[], &[&proto], true))
+            .unwrap();
+        assert_eq!(placed.worker, 2);
+        // Not a WebSocket, or not the stream: the protocol list means nothing.
+        let placed = p
+            .place(
+                "/app/_stcore/stream",
+                &ask(&["fluxlit_worker=1"], &[&proto], false),
+            )
+            .unwrap();
+        assert_eq!(placed.worker, 0);
+        // Ended: still known within the TTL (a reconnect finds it), and no longer counted.
+        drop(tap);
+        assert_eq!(p.open_sessions(), [0, 0, 0]);
+        assert_eq!(p.place(&upload, &ask(&[], &[], false)).unwrap().worker, 2);
+        // An unknown session falls back to the cookie.
+        let other = "/app/_stcore/upload_file/ffffffff-0000/file-1";
+        assert_eq!(
+            p.place(other, &ask(&["fluxlit_worker=2"], &[], false))
+                .unwrap()
+                .worker,
+            1
+        );
+    }
+
+    #[test]
+    fn frames_that_cannot_carry_the_id_stop_the_tap() {
+        let mut f = Frames::default();
+        // Compressed (RSV1) message: skipped, not parsed.
+        let mut c = binary_frame(&new_session_message("abc"));
+        c[0] |= 0x40;
+        assert_eq!(f.feed(&c), None);
+        assert!(!f.done);
+        assert_eq!(
+            f.feed(&binary_frame(&new_session_message("abc"))),
+            Some("abc".into())
+        );
+        let mut f = Frames::default();
+        let mut huge = vec![0x82, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(f.feed(&huge), None);
+        assert!(f.done);
+        let mut f = Frames::default();
+        for _ in 0..TAP_MAX_MESSAGES {
+            assert_eq!(f.feed(&binary_frame(b"\x08\x01")), None);
+        }
+        assert!(f.done);
+        assert!(session_id(&[0x22, 0x05, 0x0a]).is_none(), "truncated");
+    }
+
+    #[test]
+    fn the_gateway_cookie_is_cut_out_and_every_other_byte_kept() {
+        let cut =
+            |v: &str| without_affinity_cookie(v.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(cut("_streamlit_xsrf=2|a%3Db|x; other=1"), None);
+        assert_eq!(
+            cut("_streamlit_xsrf=2|a%3Db|x; fluxlit_worker=2; other=\"q\""),
+            Some("_streamlit_xsrf=2|a%3Db|x; other=\"q\"".into())
+        );
+        assert_eq!(cut("fluxlit_worker=1;  a=b"), Some("a=b".into()));
+        assert_eq!(cut("a=b;fluxlit_worker=1"), Some("a=b".into()));
+        assert_eq!(cut("fluxlit_worker=1"), Some(String::new()));
+        assert_eq!(cut("fluxlit_workerx=1; a=b"), None);
+        assert_eq!(affinity_cookie(b"a=1; fluxlit_worker = 3 "), Some(3));
+        assert_eq!(affinity_cookie(b"fluxlit_workers=3"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! Several UI workers behind the gateway (`GatewayBuilder::ui_workers`, `pool.rs`), on both
+//! engines, in front of recording upstreams: new clients are spread and get the affinity
+//! cookie; a request with the cookie reaches its worker with the cookie taken out of `Cookie`
+//! (every other byte kept); uploads and WebSocket reconnects that name a session reach the
+//! worker that holds it, whatever the cookie says; with no worker ready, new clients get 503;
+//! with one worker nothing of this happens.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use fluxlit_gateway::{ComponentState, Gateway, UiWorker};
+use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
+use support::{ENGINES, engine, start_on, up_at, within};
+use tokio::sync::watch;
+
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+const XSRF: &str = "_streamlit_xsrf=2|8a0b1c2d|%3D%22x%22|1700000000";
+
+/// `ForwardMsg { new_session { initialize { session_id } } }`, serialised.
+fn new_session_message(id: &str) -> Vec<u8> {
+    let mut init = vec![0x32, id.len() as u8];
+    init.extend_from_slice(id.as_bytes());
+    let mut ns = vec![0x0a, init.len() as u8];
+    ns.extend_from_slice(&init);
+    let mut msg = vec![0x22, ns.len() as u8];
+    msg.extend_from_slice(&ns);
+    let mut frame = vec![0x82, msg.len() as u8];
+    frame.extend_from_slice(&msg);
+    frame
+}
+
+/// A Streamlit-like worker: `/app/_stcore/stream` upgrades and sends a `new_session` message
+/// naming session `s{worker}-{connection}`; anything else is echoed.
+async fn worker(n: usize) -> RecordingUpstream {
+    RecordingUpstream::with(move |r: &Recorded| {
+        if r.target == "/app/_stcore/stream" && r.has("upgrade") {
+            let mut head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\nSec-WebSocket-Protocol: streamlit\r\n\r\n"
+            )
+            .into_bytes();
+            head.extend(new_session_message(&format!("s{n}-{}", r.conn)));
+            return Reply::raw(head);
+        }
+        fluxlit_testkit::raw::echo_line(r)
+    })
+    .await
+}
+
+struct Pool {
+    workers: Vec<RecordingUpstream>,
+    states: Vec<watch::Sender<ComponentState>>,
+}
+
+async fn pool(n: usize) -> (Pool, Vec<UiWorker>) {
+    let mut workers = Vec::new();
+    let mut states = Vec::new();
+    let mut ui = Vec::new();
+    for i in 1..=n {
+        let w = worker(i).await;
+        let (tx, rx) = watch::channel(ComponentState::Ready);
+        ui.push(UiWorker {
+            upstream: up_at(w.addr, "streamlit"),
+            state: rx,
+        });
+        workers.push(w);
+        states.push(tx);
+    }
+    (Pool { workers, states }, ui)
+}
+
+impl Pool {
+    /// Which worker (1-based) got requests for `target`, and the requests.
+    fn got(&self, target: &str) -> Vec<(usize, Recorded)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| {
+                w.requests()
+                    .into_iter()
+                    .filter(|r| r.target == target)
+                    .map(move |r| (i + 1, r))
+            })
+            .collect()
+    }
+}
+
+fn get(path: &str, cookie: Option<&str>) -> String {
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{cookie}\r\n")
+}
+
+fn upgrade(cookie: Option<&str>, protocols: &str) -> String {
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    format!(
+        "GET /app/_stcore/stream HTTP/1.1\r\nHost: app.test\r\n{cookie}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocols}\r\n\r\n"
+    )
+}
+
+fn builder(ui: Vec<UiWorker>) -> fluxlit_gateway::GatewayBuilder {
+    Gateway::builder().root_path("/app").ui_workers(ui)
+}
+
+async fn one(addr: std::net::SocketAddr, req: &str) -> fluxlit_testkit::raw::RawResponse {
+    let mut c = RawClient::connect(addr).await;
+    c.send(req.as_bytes()).await;
+    within("a response", c.response(false))
+        .await
+        .expect("a response")
+}
+
+#[tokio::test]
+async fn new_clients_are_spread_evenly_and_get_the_affinity_cookie() {
+    for fast in ENGINES {
+        let (p, ui) = pool(3).await;
+        let gw = start_on(builder(ui), fast).await;
+        let mut per = [0usize; 3];
+        for i in 0..30 {
+            let r = one(gw.addr, &get(&format!("/app/?c={i}"), Some(XSRF))).await;
+            assert_eq!(r.status, 200, "{}", engine(fast));
+            let cookie = r.get("set-cookie").expect("the affinity cookie");
+            let id: usize = cookie
+                .strip_prefix("fluxlit_worker=")
+                .and_then(|c| c.split(';').next())
+                .and_then(|n| n.parse().ok())
+                .expect("a worker id");
+            assert_eq!(
+                cookie,
+                format!("fluxlit_worker={id}; Path=/app/; HttpOnly; SameSite=Lax"),
+                "{}",
+                engine(fast)
+            );
+            let got = p.got(&format!("/app/?c={i}"));
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                got[0].0,
+                id,
+                "{}: the cookie names the worker",
+                engine(fast)
+            );
+            // Streamlit's cookie arrives as sent.
+            assert_eq!(got[0].1.all("cookie"), [XSRF], "{}", engine(fast));
+            per[id - 1] += 1;
+        }
+        assert_eq!(per, [10, 10, 10], "{}", engine(fast));
+        gw.assert_engine(fast, 30, "placements");
+    }
+}
+
+#[tokio::test]
+async fn a_session_s_requests_reach_its_worker_whatever_the_cookie_says() {
+    for fast in ENGINES {
+        let (p, ui) = pool(3).await;
+        let gw = start_on(builder(ui), fast).await;
+
+        // The cookie picks the worker; it is cut out of `Cookie`, the rest kept byte for byte.
+        let r = one(
+            gw.addr,
+            &get(
+                "/app/static/js/main.js",
+                Some(&format!("{XSRF}; fluxlit_worker=2; theme=\"dark\"")),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("set-cookie"), None, "{}", engine(fast));
+        let got = p.got("/app/static/js/main.js");
+        assert_eq!(got[0].0, 2, "{}", engine(fast));
+        assert_eq!(
+            got[0].1.all("cookie"),
+            [format!("{XSRF}; theme=\"dark\"")],
+            "{}",
+            engine(fast)
+        );
+        // Only our cookie: the field goes.
+        one(gw.addr, &get("/app/only-ours", Some("fluxlit_worker=2"))).await;
+        let got = p.got("/app/only-ours");
+        assert_eq!(got[0].0, 2);
+        assert!(!got[0].1.has("cookie"), "{}: {:?}", engine(fast), got[0].1);
+
+        // A WebSocket with worker 1's cookie: its first server message names the session.
+        let mut ws = RawClient::connect(gw.addr).await;
+        ws.send(upgrade(Some(&format!("{XSRF}; fluxlit_worker=1")), "streamlit, tok").as_bytes())
+            .await;
+        let r = within("101", ws.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{}", engine(fast));
+        assert_eq!(r.get("set-cookie"), None);
+        assert!(
+            !ws.closed().await,
+            "{}: the session's first message",
+            engine(fast)
+        );
+        let session = "s1-0";
+        assert_eq!(
+            gw.gateway.ui_worker_sessions(),
+            [1, 0, 0],
+            "{}",
+            engine(fast)
+        );
+
+        // Its upload, sent with another worker's cookie, reaches worker 1.
+        let upload = format!("/app/_stcore/upload_file/{session}/file-1");
+        let body = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nhi\r\n--b--\r\n";
+        let req = format!(
+            "PUT {upload} HTTP/1.1\r\nHost: app.test\r\nCookie: {XSRF}; fluxlit_worker=3\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = one(gw.addr, &req).await;
+        assert_eq!(r.status, 200, "{}", engine(fast));
+        assert_eq!(r.get("set-cookie"), None, "{}", engine(fast));
+        let got = p.got(&upload);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 1, "{}: the session's worker", engine(fast));
+        assert_eq!(got[0].1.body, body.as_bytes());
+        assert_eq!(got[0].1.all("cookie"), [XSRF]);
+
+        // A reconnect naming the session (third protocol entry), with no cookie: worker 1,
+        // also after the first socket closed.
+        drop(ws);
+        let g = gw.gateway.clone();
+        fluxlit_testkit::eventually(
+            support::WAIT,
+            "the closed session to be counted down",
+            || {
+                let open = g.ui_worker_sessions();
+                async move { (open == [0, 0, 0]).then_some(()) }
+            },
+        )
+        .await;
+        let mut again = RawClient::connect(gw.addr).await;
+        again
+            .send(upgrade(None, &format!("streamlit, tok, {session}")).as_bytes())
+            .await;
+        let r = within("101", again.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{}", engine(fast));
+        assert_eq!(r.get("set-cookie"), None, "{}", engine(fast));
+        assert_eq!(
+            p.got("/app/_stcore/stream")
+                .iter()
+                .map(|(w, _)| *w)
+                .collect::<Vec<_>>(),
+            [1, 1],
+            "{}",
+            engine(fast)
+        );
+        // Not upgrades: the protocol list means nothing; a placement and its cookie.
+        let r = one(
+            gw.addr,
+            &format!("GET /app/_stcore/stream HTTP/1.1\r\nHost: app.test\r\nSec-WebSocket-Protocol: streamlit, tok, {session}\r\n\r\n"),
+        )
+        .await;
+        assert!(r.get("set-cookie").is_some(), "{}", engine(fast));
+    }
+}
+
+#[tokio::test]
+async fn no_ready_worker_means_503_for_new_clients_but_cookies_still_reach_running_workers() {
+    for fast in ENGINES {
+        let (p, ui) = pool(2).await;
+        let gw = start_on(builder(ui), fast).await;
+        for s in &p.states {
+            s.send_replace(ComponentState::NotReady("probe failed".into()));
+        }
+        let r = one(gw.addr, &get("/app/", None)).await;
+        assert_eq!(r.status, 503, "{}", engine(fast));
+        assert!(r.text().contains("no Streamlit worker"), "{}", r.text());
+        // A worker that failed a probe still runs and holds its sessions.
+        let r = one(gw.addr, &get("/app/held", Some("fluxlit_worker=2"))).await;
+        assert_eq!(r.status, 200, "{}", engine(fast));
+        assert_eq!(p.got("/app/held")[0].0, 2);
+        // Worker 2 ready again: new clients go there, worker 1 is skipped.
+        p.states[1].send_replace(ComponentState::Ready);
+        for i in 0..3 {
+            let r = one(gw.addr, &get(&format!("/app/n{i}"), None)).await;
+            assert_eq!(
+                r.get("set-cookie")
+                    .map(|c| c.starts_with("fluxlit_worker=2;")),
+                Some(true),
+                "{}",
+                engine(fast)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_worker_sets_no_cookie_and_forwards_cookie_fields_verbatim() {
+    for fast in ENGINES {
+        let (p, ui) = pool(1).await;
+        let gw = start_on(builder(ui), fast).await;
+        let sent = format!("{XSRF}; fluxlit_worker=2");
+        let r = one(gw.addr, &get("/app/", Some(&sent))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("set-cookie"), None, "{}", engine(fast));
+        assert_eq!(p.got("/app/")[0].1.all("cookie"), [sent]);
+        assert!(gw.gateway.ui_worker_sessions().is_empty());
+    }
+}
