@@ -53,17 +53,25 @@ pub(crate) fn main(args: ConfigCmdArgs, env: Environment) -> ExitCode {
     let failed = found.iter().any(|f| f.level == Level::Error || args.strict);
     let s = &loaded.settings;
     let derived_api_base = format!("http://127.0.0.1:{}{}", s.gateway_port, s.api_mount_path);
+    // With the OIDC login: the two URLs to register at the provider.
+    let oidc_uris = (s.auth_mode == fluxlit_config::AuthMode::Oidc)
+        .then(|| (s.oidc_redirect_uri(), s.post_logout_redirect_uri()));
 
     if args.json {
         let origins: serde_json::Map<String, Value> = KEYS
             .iter()
             .map(|k| (k.name.to_owned(), origin_json(loaded.origin(k.name))))
             .collect();
+        let mut computed = json!({"public_mount_path": s.public_mount(), "derived_internal_api_base": derived_api_base});
+        if let (Some((redirect, post_logout)), Some(obj)) = (&oidc_uris, computed.as_object_mut()) {
+            obj.insert("oidc_redirect_uri".into(), json!(redirect));
+            obj.insert("post_logout_redirect_uri".into(), json!(post_logout));
+        }
         let out = json!({
             "target": s.target,
             "project_file": loaded.project_file.as_ref().map(|p| p.display().to_string()),
             "binding": {"host": s.gateway_host, "port": s.gateway_port, "log_level": s.log_level},
-            "computed": {"public_mount_path": s.public_mount(), "derived_internal_api_base": derived_api_base},
+            "computed": computed,
             "settings": settings,
             "origins": origins,
             "warnings": found,
@@ -86,9 +94,15 @@ pub(crate) fn main(args: ConfigCmdArgs, env: Environment) -> ExitCode {
                 s.public_mount()
             }
         ));
-        text.push_str(&format!(
-            "derived_internal_api_base: {derived_api_base}\n\nSettings (secrets redacted):\n"
-        ));
+        text.push_str(&format!("derived_internal_api_base: {derived_api_base}\n"));
+        if let Some((redirect, post_logout)) = &oidc_uris {
+            text.push_str(&format!(
+                "oidc_redirect_uri (register at the provider): {}\npost_logout_redirect_uri (register at the provider): {}\n",
+                redirect.as_deref().unwrap_or("(none)"),
+                post_logout.as_deref().unwrap_or("(none)")
+            ));
+        }
+        text.push_str("\nSettings (secrets redacted):\n");
         let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
         for k in KEYS {
             let v = settings

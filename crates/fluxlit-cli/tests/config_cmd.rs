@@ -105,10 +105,9 @@ fn unused_jwt_and_oidc_keys_are_a_warning_and_fail_strict() {
     assert!(out.contains("Warnings:\n  (none)"), "{out}");
 }
 
-/// With auth_mode = jwt the jwt_* keys are used: `fluxlit config --strict` is clean, and
-/// auth_mode = oidc is still a configuration error naming the key, its value and its source.
+/// With auth_mode = jwt the jwt_* keys are used: `fluxlit config --strict` is clean.
 #[test]
-fn jwt_mode_uses_the_jwt_keys_and_oidc_is_refused() {
+fn jwt_mode_uses_the_jwt_keys() {
     let dir = fluxlit_testkit::TempDir::new("config-jwt");
     let env = [
         ("FLUXLIT_AUTH_MODE", "jwt"),
@@ -120,17 +119,71 @@ fn jwt_mode_uses_the_jwt_keys_and_oidc_is_refused() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("auth_keys_unused"), "{out}");
     assert!(out.contains("Warnings:\n  (none)"), "{out}");
+}
+
+/// auth_mode = oidc: what is missing is an error naming each key and the mode's source; a
+/// complete configuration is clean with --strict, prints the URIs to register, and shows the
+/// cookie secrets (comma-separated in the environment) only as [REDACTED], with their origin.
+#[test]
+fn oidc_mode_is_checked_and_its_secrets_never_shown() {
+    let dir = fluxlit_testkit::TempDir::new("config-oidc");
     let (code, out, err) = config(dir.path(), &[], &[("FLUXLIT_AUTH_MODE", "oidc")]);
-    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(code, 1, "{out}{err}");
     let text = format!("{out}{err}");
     for part in [
-        "auth_mode",
-        "oidc",
-        "environment variable FLUXLIT_AUTH_MODE",
-        "off, forward or jwt",
+        "public_base_url",
+        "oidc_issuer",
+        "oidc_client_id",
+        "auth_cookie_secrets",
+        "because auth_mode is oidc (from environment variable FLUXLIT_AUTH_MODE)",
     ] {
         assert!(text.contains(part), "{part:?} missing from {text}");
     }
+    assert!(!text.contains("not available"), "{text}");
+
+    let secrets = "first-cookie-secret-0123456789abcdef,second-cookie-secret-0123456789abcdef";
+    let env = [
+        ("FLUXLIT_AUTH_MODE", "oidc"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://apps.example.com/myapp"),
+        ("FLUXLIT_ROOT_PATH", "/myapp"),
+        ("FLUXLIT_TRUST_PROXY", "1"),
+        ("FLUXLIT_FORWARDED_ALLOW_IPS", "10.0.0.5"),
+        ("FLUXLIT_OIDC_ISSUER", "https://login.example.com"),
+        ("FLUXLIT_OIDC_CLIENT_ID", "fluxlit"),
+        ("FLUXLIT_OIDC_CLIENT_SECRET", "client-s3cr3t"),
+        ("FLUXLIT_AUTH_COOKIE_SECRETS", secrets),
+        ("FLUXLIT_GATEWAY_MAX_PROXY_REQUEST_BODY_BYTES", "200MiB"),
+    ];
+    let (code, out, err) = config(dir.path(), &["--strict", "--show-origin"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("auth_cookie_secrets "))
+        .unwrap_or_else(|| panic!("no auth_cookie_secrets line in {out}"));
+    assert!(
+        line.contains(r#"["[REDACTED]","[REDACTED]"]"#)
+            && line.ends_with("# environment variable FLUXLIT_AUTH_COOKIE_SECRETS"),
+        "{line}"
+    );
+    assert!(
+        out.contains("oidc_redirect_uri (register at the provider): https://apps.example.com/myapp/api/auth/callback\n")
+            && out.contains("post_logout_redirect_uri (register at the provider): https://apps.example.com/myapp/\n"),
+        "{out}"
+    );
+    let (code, out, err) = config(dir.path(), &["--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    for secret in ["cookie-secret", "client-s3cr3t"] {
+        assert!(!out.contains(secret), "{secret} in {out}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["settings"]["auth_cookie_secrets"],
+        serde_json::json!(["[REDACTED]", "[REDACTED]"])
+    );
+    assert_eq!(
+        v["computed"]["oidc_redirect_uri"],
+        "https://apps.example.com/myapp/api/auth/callback"
+    );
 }
 
 #[test]

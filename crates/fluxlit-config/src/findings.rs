@@ -341,47 +341,49 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         );
     }
     // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them), but
-    // the jwt_* keys are read only with auth_mode = jwt and the oidc_* keys not at all (no OIDC
-    // login yet); a deployment that sets them otherwise may believe its API is protected.
+    // the jwt_* keys are read only with auth_mode = jwt, the login's oidc_* and auth_* keys
+    // only with auth_mode = oidc, and oidc_bff_secret never (no `exchange` flow); a deployment
+    // that sets them otherwise may believe its API or UI is protected.
     let jwt = s.auth_mode == crate::AuthMode::Jwt;
+    let oidc = s.auth_mode == crate::AuthMode::Oidc;
+    let current = serde_json::to_value(s).unwrap_or_default();
+    let defaults = crate::defaults();
+    // Set to something else than its default (an empty template value is no finding).
+    let set = |k: &str| current.get(k) != defaults.get(k);
     let auth_keys: Vec<String> = [
-        ("jwt_issuer", !jwt && !s.jwt_issuer.is_empty()),
-        ("jwt_audience", !jwt && !s.jwt_audience.is_empty()),
-        ("jwt_hs256_secret", !jwt && !s.jwt_hs256_secret.is_empty()),
-        ("jwt_jwks_url", !jwt && !s.jwt_jwks_url.is_empty()),
-        ("jwt_leeway_seconds", !jwt && s.jwt_leeway_seconds != 0),
-        ("oidc_issuer", !s.oidc_issuer.is_empty()),
-        ("oidc_client_id", !s.oidc_client_id.is_empty()),
-        ("oidc_client_secret", !s.oidc_client_secret.is_empty()),
-        ("oidc_bff_secret", !s.oidc_bff_secret.is_empty()),
+        ("jwt_issuer", !jwt),
+        ("jwt_audience", !jwt),
+        ("jwt_hs256_secret", !jwt),
+        ("jwt_jwks_url", !jwt),
+        ("jwt_leeway_seconds", !jwt),
+        ("oidc_bff_secret", true),
     ]
     .into_iter()
-    .filter(|(_, set)| *set)
+    .chain(OIDC_LOGIN_KEYS.iter().map(|k| (*k, !oidc)))
+    .filter(|(k, unused)| *unused && set(k))
     .map(|(k, _)| format!("{k} (from {})", loaded.origin(k)))
     .collect();
     if !auth_keys.is_empty() {
+        let one = auth_keys.len() == 1;
         push(
             Level::Warn,
             "auth_keys_unused",
             format!(
-                "{} {}, but {} no effect with auth_mode = {} (from {}): FluxLit checks JWT bearer tokens only with auth_mode = \"jwt\" and this version has no OIDC login, so neither the API nor the UI is protected by {}; unset {}, set auth_mode = \"jwt\" to check bearer tokens on the API, or put authentication in front of FluxLit (auth_mode = \"forward\" behind oauth2-proxy or Pomerium; docs/auth.md)",
+                "{} {}, but {} no effect with auth_mode = {} (from {}): the jwt_* keys are read only with auth_mode = \"jwt\" (bearer tokens on the API), the oidc_* and auth_* login keys only with auth_mode = \"oidc\" (the OpenID Connect login) and the key of FluxLit for Python's exchange flow in no mode, so nothing is protected by {}; unset {}, or set auth_mode to the mode {} belong{} to (docs/auth.md)",
                 auth_keys.join(", "),
-                if auth_keys.len() == 1 {
-                    "is set"
-                } else {
-                    "are set"
-                },
-                if auth_keys.len() == 1 {
-                    "it has"
-                } else {
-                    "they have"
-                },
+                if one { "is set" } else { "are set" },
+                if one { "it has" } else { "they have" },
                 s.auth_mode.as_str(),
                 loaded.origin("auth_mode"),
-                if auth_keys.len() == 1 { "it" } else { "them" },
-                if auth_keys.len() == 1 { "it" } else { "them" },
+                if one { "it" } else { "them" },
+                if one { "it" } else { "them" },
+                if one { "it" } else { "they" },
+                if one { "s" } else { "" },
             ),
         );
+    }
+    if oidc {
+        oidc_findings(loaded, &mut push);
     }
     if s.enable_gateway_access_log && !access_log_enabled_by(&s.log_level) {
         push(
@@ -403,6 +405,103 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         push(Level::Warn, "gateway_httpx_max_keepalive_ignored", "gateway_httpx_max_keepalive_connections has no effect; the pool's idle connections are bounded by gateway_httpx_max_connections".into());
     }
     out
+}
+
+/// The keys the OpenID Connect login reads (with `auth_mode = oidc` only).
+pub const OIDC_LOGIN_KEYS: &[&str] = &[
+    "oidc_issuer",
+    "oidc_client_id",
+    "oidc_client_secret",
+    "oidc_scopes",
+    "auth_required",
+    "auth_public_paths",
+    "auth_session_store",
+    "auth_session_redis_url",
+    "auth_session_key_prefix",
+    "auth_cookie_secrets",
+    "auth_session_lifetime_s",
+    "auth_session_max_chunks",
+    "auth_allowed_emails",
+    "auth_allowed_email_domains",
+    "auth_allowed_groups",
+    "auth_groups_claim",
+    "auth_pass_access_token",
+    "auth_streamlit_trusted_user_headers",
+    "auth_logout_backchannel",
+    "auth_post_logout_redirect_url",
+    "auth_allowed_redirect_origins",
+];
+
+/// The findings about the OpenID Connect login (`auth_mode = oidc`).
+fn oidc_findings(loaded: &Loaded, push: &mut impl FnMut(Level, &'static str, String)) {
+    let s = &loaded.settings;
+    if s.public_base_url.starts_with("http://")
+        && let Some(host) = crate::url_host(&s.public_base_url)
+        && !crate::is_loopback_host(&host)
+    {
+        push(
+            Level::Warn,
+            "public_base_url_insecure",
+            format!(
+                "auth_mode is oidc and public_base_url {:?} (from {}) is plain http on a host other than loopback: session cookies and the provider's authorization codes would cross the network unencrypted, and browsers drop Secure cookies on http; serve the app over https (TLS at your proxy) and set public_base_url = \"https://{host}…\"",
+                crate::redact::redact_url_passwords(&s.public_base_url),
+                loaded.origin("public_base_url")
+            ),
+        );
+    }
+    if s.auth_session_store == crate::SessionStore::Memory {
+        push(
+            Level::Warn,
+            "auth_session_memory_single_replica",
+            format!(
+                "auth_session_store is memory (from {}): sessions live in this process only, so every user must log in again after a restart, and with more than one replica a user logged in on one is unknown to the others; use auth_session_store = \"cookie\" (the default, stateless) or \"redis\" for several replicas",
+                loaded.origin("auth_session_store")
+            ),
+        );
+    }
+    let secrets: Vec<String> = streamlit_secret_files(loaded)
+        .into_iter()
+        .filter(|p| has_auth_table(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    if !secrets.is_empty() {
+        push(
+            Level::Warn,
+            "streamlit_secrets_auth",
+            format!(
+                "auth_mode is oidc and {} {} an [auth] table, which turns on Streamlit's own login (st.login) beside the gateway's: users may meet two logins and st.user mixes both; remove the [auth] table (the gateway passes the user to st.user through trusted user headers) or use auth_mode = \"off\" and st.login alone",
+                secrets.join(" and "),
+                if secrets.len() == 1 { "has" } else { "have" }
+            ),
+        );
+    }
+}
+
+/// The `secrets.toml` files Streamlit reads for this project besides the user's global one:
+/// `.streamlit/secrets.toml` in the project directory (Streamlit's working directory) and
+/// beside the target script (Streamlit 1.3x and later), without duplicates.
+fn streamlit_secret_files(loaded: &Loaded) -> Vec<std::path::PathBuf> {
+    let dir = &loaded.project_dir;
+    let mut out = vec![dir.join(".streamlit/secrets.toml")];
+    let target = &loaded.settings.target;
+    // A script, not a FluxLit-for-Python `module:attr` target.
+    if target.ends_with(".py")
+        && let Some(parent) = dir.join(target).parent()
+    {
+        let beside = parent.join(".streamlit/secrets.toml");
+        if !out.contains(&beside) && parent != dir.as_path() {
+            out.push(beside);
+        }
+    }
+    out
+}
+
+/// Whether the TOML file at `path` exists, parses and has a top-level `[auth]` table.
+fn has_auth_table(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("auth").is_some_and(toml::Value::is_table))
 }
 
 /// A level name of `log_level` (uvicorn's and tracing's) as a number: off 0, error 1 (also

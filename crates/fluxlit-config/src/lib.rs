@@ -343,7 +343,9 @@ pub enum AuthMode {
     /// Identity headers stripped as with `Off`, and a valid bearer JWT (the `jwt_*` keys)
     /// required on every API request but the health endpoints (reference §8.1).
     Jwt,
-    /// OpenID Connect login at the gateway (refused at load time in this version).
+    /// OpenID Connect login at the gateway, the backend-for-frontend (the `oidc_*` and
+    /// `auth_*` keys; docs/auth.md): needs `public_base_url`, `oidc_issuer`, `oidc_client_id`
+    /// and at least one of `auth_cookie_secrets`.
     Oidc,
 }
 
@@ -355,6 +357,30 @@ impl AuthMode {
             Self::Forward => "forward",
             Self::Jwt => "jwt",
             Self::Oidc => "oidc",
+        }
+    }
+}
+
+/// Where `auth_mode = oidc` keeps login sessions (`auth_session_store`; AUTH.md A.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStore {
+    /// A sealed (AEAD) cookie holding the identity only, no provider tokens; stateless and
+    /// shared by every replica that has the same `auth_cookie_secrets`.
+    Cookie,
+    /// This process's memory: one replica only, sessions lost on restart.
+    Memory,
+    /// Redis at `auth_session_redis_url`: the cookie holds a ticket, the record is kept there.
+    Redis,
+}
+
+impl SessionStore {
+    /// The store as written in settings (`cookie`, `memory`, `redis`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cookie => "cookie",
+            Self::Memory => "memory",
+            Self::Redis => "redis",
         }
     }
 }
@@ -472,6 +498,24 @@ pub struct Settings {
     pub oidc_client_id: String,
     pub oidc_client_secret: Secret,
     pub oidc_bff_secret: Secret,
+    pub oidc_scopes: Vec<String>,
+    pub auth_required: bool,
+    pub auth_public_paths: Vec<String>,
+    pub auth_session_store: SessionStore,
+    pub auth_session_redis_url: String,
+    pub auth_session_key_prefix: String,
+    pub auth_cookie_secrets: Vec<Secret>,
+    pub auth_session_lifetime_s: u64,
+    pub auth_session_max_chunks: usize,
+    pub auth_allowed_emails: Vec<String>,
+    pub auth_allowed_email_domains: Vec<String>,
+    pub auth_allowed_groups: Vec<String>,
+    pub auth_groups_claim: String,
+    pub auth_pass_access_token: bool,
+    pub auth_streamlit_trusted_user_headers: bool,
+    pub auth_logout_backchannel: bool,
+    pub auth_post_logout_redirect_url: String,
+    pub auth_allowed_redirect_origins: Vec<String>,
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -523,10 +567,171 @@ impl Settings {
         }
     }
 
+    /// The public origin, `scheme://host[:port]` of `public_base_url`: scheme and host in
+    /// lower case, the scheme's default port (80, 443) left out, as browsers write an origin
+    /// (RFC 6454 §6.1). `None` when `public_base_url` is not an absolute http(s) URL with a host
+    /// (never with `auth_mode = oidc`: loading refuses that).
+    ///
+    /// ```
+    /// # let mut s = fluxlit_config::load(&fluxlit_config::LoadOptions::new(&std::env::temp_dir(), Default::default(), Default::default())).unwrap().settings;
+    /// s.public_base_url = "https://Apps.Example.com:443/myapp".into();
+    /// assert_eq!(s.public_origin().as_deref(), Some("https://apps.example.com"));
+    /// ```
+    pub fn public_origin(&self) -> Option<String> {
+        parse_origin(&self.public_base_url, true)
+    }
+
+    /// The path prefix of the login routes: root path (the [public mount](Self::public_mount))
+    /// plus `api_mount_path` + `/auth`, e.g. `/api/auth` or `/myapp/api/auth`. The gateway serves
+    /// `login`, `callback`, `logout` and `userinfo` below it.
+    pub fn auth_route_prefix(&self) -> String {
+        format!("{}{}/auth", self.public_mount(), self.api_mount_path)
+    }
+
+    /// The OpenID Connect `redirect_uri` to register at the provider: the
+    /// [public origin](Self::public_origin) + [`auth_route_prefix`](Self::auth_route_prefix) +
+    /// `/callback`, built from settings only, never from a request's `Host` or forwarded
+    /// headers. `None` without a public origin.
+    pub fn oidc_redirect_uri(&self) -> Option<String> {
+        Some(format!(
+            "{}{}/callback",
+            self.public_origin()?,
+            self.auth_route_prefix()
+        ))
+    }
+
+    /// Where the provider sends the browser after logout (`post_logout_redirect_uri`, OpenID
+    /// Connect RP-Initiated Logout 1.0 §3; register it at the provider):
+    /// `auth_post_logout_redirect_url` when set, else the [public origin](Self::public_origin)
+    /// plus root path + `/`. `None` when neither can be had.
+    pub fn post_logout_redirect_uri(&self) -> Option<String> {
+        if !self.auth_post_logout_redirect_url.is_empty() {
+            return Some(self.auth_post_logout_redirect_url.clone());
+        }
+        Some(format!("{}{}/", self.public_origin()?, self.public_mount()))
+    }
+
+    /// The `auth_public_paths` rules, compiled ([`PublicPath::parse`]).
+    ///
+    /// # Errors
+    /// The first entry that does not parse (never for loaded settings: loading refuses them).
+    pub fn public_path_rules(&self) -> Result<Vec<PublicPath>, PublicPathError> {
+        self.auth_public_paths
+            .iter()
+            .map(|e| PublicPath::parse(e))
+            .collect()
+    }
+
     /// The pidfile to write, resolved against `cwd`, or `None` when disabled.
     pub fn pidfile_path(&self, cwd: &Path) -> Option<PathBuf> {
         (!self.no_pidfile).then(|| cwd.join(&self.pidfile))
     }
+}
+
+/// One `auth_public_paths` entry: `regex` or `METHOD=regex` (METHOD: upper-case letters, e.g.
+/// `GET`), matched against the whole request path under the root path (anchored at both ends).
+#[derive(Debug, Clone)]
+pub struct PublicPath {
+    /// The method it is limited to, `None` for any.
+    pub method: Option<http::Method>,
+    /// The anchored pattern, `^(?:regex)$`.
+    pub regex: regex::Regex,
+}
+
+/// Why an `auth_public_paths` entry was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{entry:?} is not `regex` or `METHOD=regex`: {reason}")]
+pub struct PublicPathError {
+    /// The entry as given.
+    pub entry: String,
+    /// What is wrong with it (the regex parser's message).
+    pub reason: String,
+}
+
+impl PublicPath {
+    /// Parses `regex` or `METHOD=regex`: text before the first `=` that is upper-case ASCII
+    /// letters only is the method; everything else is the pattern (Rust `regex` syntax).
+    ///
+    /// ```
+    /// use fluxlit_config::PublicPath;
+    /// let p = PublicPath::parse("GET=/api/public/.*").unwrap();
+    /// assert_eq!(p.method, Some(http::Method::GET));
+    /// assert!(p.matches(&http::Method::GET, "/api/public/x"));
+    /// assert!(!p.matches(&http::Method::POST, "/api/public/x"));
+    /// assert!(!p.matches(&http::Method::GET, "/x/api/public/x"), "anchored");
+    /// assert!(PublicPath::parse("/docs(").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// An empty pattern, or one the `regex` crate refuses.
+    pub fn parse(entry: &str) -> Result<Self, PublicPathError> {
+        let err = |reason: String| PublicPathError {
+            entry: entry.to_owned(),
+            reason,
+        };
+        let (method, pattern) = match entry.split_once('=') {
+            Some((m, p)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                let method = http::Method::from_bytes(m.as_bytes())
+                    .map_err(|e| err(format!("method {m:?}: {e}")))?;
+                (Some(method), p)
+            }
+            _ => (None, entry),
+        };
+        if pattern.is_empty() {
+            return Err(err("the pattern is empty".into()));
+        }
+        let regex =
+            regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| err(e.to_string()))?;
+        Ok(Self { method, regex })
+    }
+
+    /// Whether a request with `method` for `path` (the path under the root path) is public.
+    pub fn matches(&self, method: &http::Method, path: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && self.regex.is_match(path)
+    }
+}
+
+/// `scheme://host[:port]` of an absolute http(s) URL (with `path_ok`, it may have a path; never
+/// userinfo, a query or a fragment), lower-cased, without the scheme's default port.
+fn parse_origin(url: &str, path_ok: bool) -> Option<String> {
+    if !valid_http_url(url) || url.contains(['?', '#']) {
+        return None;
+    }
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    if !path_ok && !path.is_empty() && path != "/" {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    let port = match (authority.port_u16(), scheme.as_str()) {
+        (Some(80), "http") | (Some(443), "https") | (None, _) => String::new(),
+        (Some(p), _) => format!(":{p}"),
+    };
+    Some(format!("{scheme}://{host}{port}"))
+}
+
+/// Whether `host` (as in a URL, IPv6 in brackets) is this machine: `localhost`, `*.localhost`,
+/// 127.0.0.0/8 or `::1` (RFC 6761 §6.3).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an absolute URL (`None` when it has none).
+fn url_host(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    Some(uri.host()?.to_owned())
 }
 
 /// What [`load`] needs: the working directory, the environment snapshot and the CLI values.
@@ -581,6 +786,9 @@ pub struct Loaded {
     pub origins: BTreeMap<&'static str, Origin>,
     /// The project file that was read, if any.
     pub project_file: Option<PathBuf>,
+    /// The project directory ([`LoadOptions::cwd`]), where relative paths resolve (and where
+    /// Streamlit looks for `.streamlit/`).
+    pub project_dir: PathBuf,
     /// Non-fatal findings.
     pub warnings: Vec<Warning>,
 }
@@ -775,6 +983,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             settings,
             origins,
             project_file,
+            project_dir: opts.cwd.clone(),
             warnings,
         }),
         _ => Err(ConfigError { problems }),
@@ -1167,15 +1376,7 @@ fn resolve(
             );
         }
     }
-    if raw.auth_mode == AuthMode::Oidc {
-        bad(
-            "auth_mode",
-            "oidc",
-            "off, forward or jwt: the OIDC login (oidc) is not available in this version",
-            "use auth_mode = \"forward\" behind oauth2-proxy or Pomerium, or \"jwt\" for bearer tokens on the API (docs/auth.md)",
-            origin_of(origins, "auth_mode"),
-        );
-    }
+    oidc_checks(&raw, origins, &mut bad);
     raw.jwt_audience.retain(|a| !a.trim().is_empty());
     if raw.auth_mode == AuthMode::Jwt {
         let mode = format!(
@@ -1320,6 +1521,190 @@ fn resolve(
     raw.api_mount_path = api_mount_path;
     raw.gateway_prometheus_metrics_path = metrics_path;
     Some(raw)
+}
+
+/// The checks of the OIDC login's keys (`oidc_*`, `auth_*`; docs/auth.md). A value's form is
+/// checked whenever it is set (so a mistake shows before the mode is switched on); what the
+/// login needs (the public URL, issuer, client id, a cookie secret, Redis's URL) only with
+/// `auth_mode = oidc`. Secrets are never shown, nor passwords in URLs.
+fn oidc_checks(
+    raw: &Settings,
+    origins: &BTreeMap<&'static str, Origin>,
+    bad: &mut impl FnMut(&str, &str, &str, &str, Origin),
+) {
+    let origin_of = |k: &str| origins.get(k).cloned().unwrap_or(Origin::Default);
+    let shown = |v: &str| redact::redact_url_passwords(v);
+    let oidc = raw.auth_mode == AuthMode::Oidc;
+    let mode = format!("auth_mode is oidc (from {})", origin_of("auth_mode"));
+
+    if !raw.oidc_issuer.is_empty() {
+        let loopback = url_host(&raw.oidc_issuer).is_some_and(|h| is_loopback_host(&h));
+        let https = raw.oidc_issuer.starts_with("https://");
+        if !valid_http_url(&raw.oidc_issuer)
+            || raw.oidc_issuer.contains(['?', '#'])
+            || !(https || loopback)
+        {
+            bad(
+                "oidc_issuer",
+                &shown(&raw.oidc_issuer),
+                "an absolute https:// URL without query or fragment, exactly as the provider names itself in its discovery document (`issuer`; OpenID Connect Discovery 1.0 §2, §4.3); http:// only for a provider on loopback",
+                "copy the `issuer` of your provider's /.well-known/openid-configuration, e.g. https://login.example.com/realms/main",
+                origin_of("oidc_issuer"),
+            );
+        }
+    } else if oidc {
+        bad(
+            "oidc_issuer",
+            "",
+            &format!("the provider's issuer URL, because {mode}"),
+            "set oidc_issuer, e.g. FLUXLIT_OIDC_ISSUER=https://login.example.com/realms/main",
+            origin_of("oidc_issuer"),
+        );
+    }
+    if oidc && raw.oidc_client_id.trim().is_empty() {
+        bad(
+            "oidc_client_id",
+            &raw.oidc_client_id,
+            &format!("the client id registered at the provider, because {mode}"),
+            "register FluxLit as a client at the provider and set oidc_client_id (and oidc_client_secret for a confidential client)",
+            origin_of("oidc_client_id"),
+        );
+    }
+    if !raw.oidc_scopes.iter().any(|s| s == "openid") {
+        bad(
+            "oidc_scopes",
+            &format!("{:?}", raw.oidc_scopes),
+            "a list of scopes that contains openid (OpenID Connect Core 1.0 §3.1.2.1)",
+            "add openid, e.g. oidc_scopes = [\"openid\", \"profile\", \"email\"] (the default)",
+            origin_of("oidc_scopes"),
+        );
+    }
+    if oidc {
+        if parse_origin(&raw.public_base_url, true).is_none() {
+            bad(
+                "public_base_url",
+                &shown(&raw.public_base_url),
+                &format!(
+                    "the absolute http(s) URL users reach the app at, without user, query or fragment, because {mode}: the redirect and logout URLs are built from it"
+                ),
+                "set public_base_url (FLUXLIT_PUBLIC_BASE_URL), e.g. https://apps.example.com or https://apps.example.com/myapp",
+                origin_of("public_base_url"),
+            );
+        }
+        if raw.auth_cookie_secrets.is_empty() {
+            bad(
+                "auth_cookie_secrets",
+                "[]",
+                &format!(
+                    "at least one secret of 32 bytes or more for the session cookies, because {mode}"
+                ),
+                "generate one, e.g. `openssl rand -base64 48`, and give every replica the same list (FLUXLIT_AUTH_COOKIE_SECRETS=new,old: the first seals, all open)",
+                origin_of("auth_cookie_secrets"),
+            );
+        }
+        if raw.auth_session_store == SessionStore::Redis && raw.auth_session_redis_url.is_empty() {
+            bad(
+                "auth_session_redis_url",
+                "",
+                &format!(
+                    "the Redis URL, because auth_session_store is redis (from {}) and {mode}",
+                    origin_of("auth_session_store")
+                ),
+                "set auth_session_redis_url, e.g. redis://redis.internal:6379/0",
+                origin_of("auth_session_redis_url"),
+            );
+        }
+    }
+    for (i, secret) in raw.auth_cookie_secrets.iter().enumerate() {
+        let len = secret.expose().len();
+        if len < 32 {
+            bad(
+                "auth_cookie_secrets",
+                REDACTED,
+                &format!(
+                    "secrets of at least 32 bytes each; entry {i} (counting from 0) has {len} bytes"
+                ),
+                "generate one, e.g. `openssl rand -base64 48`",
+                origin_of("auth_cookie_secrets"),
+            );
+        }
+    }
+    for entry in &raw.auth_public_paths {
+        if let Err(e) = PublicPath::parse(entry) {
+            bad(
+                "auth_public_paths",
+                entry,
+                &format!(
+                    "entries `regex` or `METHOD=regex`, matched on the whole path under the root path ({})",
+                    e.reason
+                ),
+                "e.g. /api/public/.* or GET=/api/items/[0-9]+; escape regex characters such as ( and . with \\",
+                origin_of("auth_public_paths"),
+            );
+        }
+    }
+    let redis = &raw.auth_session_redis_url;
+    if !redis.is_empty()
+        && !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|p| redis.starts_with(p) && redis.len() > p.len())
+    {
+        bad(
+            "auth_session_redis_url",
+            &shown(redis),
+            "a redis://, rediss:// (TLS) or unix:// URL",
+            "e.g. redis://redis.internal:6379/0, rediss://:password@redis.example:6380 or unix:///run/redis.sock",
+            origin_of("auth_session_redis_url"),
+        );
+    }
+    if raw.auth_session_lifetime_s == 0 {
+        bad(
+            "auth_session_lifetime_s",
+            "0",
+            "a session lifetime of at least 1 second",
+            "keep the default 43200 (12 hours), or set the absolute lifetime you want in seconds",
+            origin_of("auth_session_lifetime_s"),
+        );
+    }
+    if !(1..=10).contains(&raw.auth_session_max_chunks) {
+        bad(
+            "auth_session_max_chunks",
+            &raw.auth_session_max_chunks.to_string(),
+            "from 1 to 10 cookies per session",
+            "keep the default 3; a larger identity needs auth_session_store = redis",
+            origin_of("auth_session_max_chunks"),
+        );
+    }
+    if raw.auth_logout_backchannel && raw.auth_session_store == SessionStore::Cookie {
+        bad(
+            "auth_logout_backchannel",
+            "true",
+            "auth_session_store = memory or redis: a back-channel logout ends a session on the server, and the cookie store keeps none",
+            "set auth_session_store = \"redis\" (or \"memory\" for one replica), or turn auth_logout_backchannel off",
+            origin_of("auth_logout_backchannel"),
+        );
+    }
+    let post = &raw.auth_post_logout_redirect_url;
+    if !post.is_empty() && parse_origin(post, true).is_none() {
+        bad(
+            "auth_post_logout_redirect_url",
+            &shown(post),
+            "an absolute http:// or https:// URL without user, query or fragment",
+            "e.g. https://apps.example.com/myapp/ (register the same URL at the provider), or leave it empty for the public URL's root path",
+            origin_of("auth_post_logout_redirect_url"),
+        );
+    }
+    for entry in &raw.auth_allowed_redirect_origins {
+        if parse_origin(entry, false).is_none() || entry.ends_with('/') {
+            bad(
+                "auth_allowed_redirect_origins",
+                &shown(entry),
+                "origins scheme://host[:port] (http or https, no path), e.g. https://portal.example.com",
+                "list the origins a login or logout may return to, without a path or trailing slash",
+                origin_of("auth_allowed_redirect_origins"),
+            );
+        }
+    }
 }
 
 /// Whether `url` is `http://` or `https://` followed by a host (and optionally more), with no

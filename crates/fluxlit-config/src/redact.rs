@@ -2,7 +2,8 @@
 //! the debug endpoint): secrets never leave the process in clear text.
 //!
 //! What is replaced with [`REDACTED`]:
-//! - the `*_secret` keys (they are [`Secret`](crate::Secret)s, redacted when serialized);
+//! - the `*_secret` keys and each of `auth_cookie_secrets` (they are [`Secret`](crate::Secret)s,
+//!   redacted when serialized);
 //! - in `cors_middleware_kwargs`, the value of any key whose lowercase form contains `secret`,
 //!   `token`, `password` or `authorization` (as FluxLit for Python did);
 //! - the password of any `scheme://user:password@host` URL inside any string value (for

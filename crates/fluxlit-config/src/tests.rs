@@ -296,7 +296,11 @@ fn auth_modes_and_forward_settings() {
             "jwt_audience",
             "[]",
         ),
-        (vec![("FLUXLIT_AUTH_MODE", "oidc")], "auth_mode", "oidc"),
+        (
+            vec![("FLUXLIT_AUTH_MODE", "oidc")],
+            "auth_cookie_secrets",
+            "[]",
+        ),
         (
             vec![("FLUXLIT_AUTH_MODE", "forward")],
             "auth_forward_trusted_cidrs",
@@ -481,7 +485,8 @@ fn jwt_and_oidc_keys_have_no_effect_and_say_so() {
 }
 
 /// With auth_mode = jwt the jwt_* keys are read, so they are no `auth_keys_unused` finding;
-/// the oidc_* keys still are (no OIDC login yet), and the message names the mode's source.
+/// the oidc_* keys still are (read with auth_mode = oidc only), and the message names the
+/// mode's source.
 #[test]
 fn jwt_keys_are_used_in_jwt_mode_only() {
     let env = [
@@ -527,8 +532,7 @@ fn jwt_keys_are_used_in_jwt_mode_only() {
 }
 
 /// JWT mode loads with an issuer, one audience or a list, and keys from a JWKS URL, a secret
-/// or discovery; what is missing or malformed is an error naming key, value and source; oidc
-/// is still refused.
+/// or discovery; what is missing or malformed is an error naming key, value and source.
 #[test]
 fn jwt_settings_are_validated() {
     let env = [
@@ -604,26 +608,6 @@ fn jwt_settings_are_validated() {
             "environment variable FLUXLIT_JWT_JWKS_URL"
         );
     }
-
-    let err = load_in(
-        &Dir::new("oidc-later"),
-        &[("FLUXLIT_AUTH_MODE", "OIDC")],
-        CliOverrides::default(),
-    )
-    .unwrap_err();
-    let p = problem_about(&err, "auth_mode");
-    assert_eq!(p.value.as_deref(), Some("oidc"));
-    assert_eq!(
-        p.origin.to_string(),
-        "environment variable FLUXLIT_AUTH_MODE"
-    );
-    assert!(
-        p.expected
-            .starts_with("off, forward or jwt: the OIDC login (oidc) is not available"),
-        "{p}"
-    );
-    assert!(p.fix.contains("docs/auth.md"), "{p}");
-    assert_eq!(err.problems.len(), 1, "{err}");
 }
 
 /// The problem about `key` in `err`.
@@ -1175,5 +1159,615 @@ fn streamlit_workers_count_auto_and_min_ready() {
     assert!(
         text.contains("streamlit_workers_min_ready = \"0\""),
         "{text}"
+    );
+}
+
+const SECRET_A: &str = "cookie-secret-a-0123456789abcdefghij";
+const SECRET_B: &str = "cookie-secret-b-0123456789abcdefghijklmn";
+
+/// A complete auth_mode = oidc environment plus `extra`.
+fn oidc_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("FLUXLIT_AUTH_MODE", "oidc"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "https://apps.example.com"),
+        (
+            "FLUXLIT_OIDC_ISSUER",
+            "https://login.example.com/realms/main",
+        ),
+        ("FLUXLIT_OIDC_CLIENT_ID", "fluxlit"),
+        (
+            "FLUXLIT_AUTH_COOKIE_SECRETS",
+            "cookie-secret-a-0123456789abcdefghij, cookie-secret-b-0123456789abcdefghijklmn",
+        ),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// auth_mode = oidc loads with the public URL, issuer, client id and cookie secrets (a
+/// comma-separated list in the environment, a JSON list too); every other login key has its
+/// documented default.
+#[test]
+fn oidc_loads_with_its_required_keys_and_defaults() {
+    let env = oidc_env(&[]);
+    let l = load_in(&Dir::new("oidc-ok"), &env, CliOverrides::default()).unwrap();
+    let s = &l.settings;
+    assert_eq!(s.auth_mode, AuthMode::Oidc);
+    let secrets: Vec<&str> = s.auth_cookie_secrets.iter().map(Secret::expose).collect();
+    assert_eq!(secrets, [SECRET_A, SECRET_B]);
+    assert_eq!(
+        l.origin("auth_cookie_secrets").to_string(),
+        "environment variable FLUXLIT_AUTH_COOKIE_SECRETS"
+    );
+    assert!(s.oidc_client_secret.is_empty(), "a public client");
+    assert_eq!(s.oidc_scopes, ["openid", "profile", "email"]);
+    assert!(s.auth_required);
+    assert!(s.auth_public_paths.is_empty());
+    assert_eq!(s.auth_session_store, SessionStore::Cookie);
+    assert_eq!(s.auth_session_redis_url, "");
+    assert_eq!(s.auth_session_key_prefix, "fluxlit:");
+    assert_eq!(s.auth_session_lifetime_s, 43200);
+    assert_eq!(s.auth_session_max_chunks, 3);
+    assert!(s.auth_allowed_emails.is_empty());
+    assert!(s.auth_allowed_email_domains.is_empty());
+    assert!(s.auth_allowed_groups.is_empty());
+    assert_eq!(s.auth_groups_claim, "groups");
+    assert!(!s.auth_pass_access_token);
+    assert!(s.auth_streamlit_trusted_user_headers);
+    assert!(!s.auth_logout_backchannel);
+    assert_eq!(s.auth_post_logout_redirect_url, "");
+    assert!(s.auth_allowed_redirect_origins.is_empty());
+    assert_eq!(l.origin("auth_session_store"), &Origin::Default);
+
+    // Every key from the environment, and the cookie secrets as a JSON list in a file.
+    let d = Dir::new("oidc-all");
+    d.write(
+        "fluxlit.toml",
+        &format!("auth_cookie_secrets = [\"{SECRET_B}\"]\nauth_session_max_chunks = 10\n"),
+    );
+    let env: Vec<(&str, &str)> = oidc_env(&[
+        ("FLUXLIT_OIDC_SCOPES", "openid,email,offline_access"),
+        ("FLUXLIT_AUTH_REQUIRED", "false"),
+        ("FLUXLIT_AUTH_PUBLIC_PATHS", "/api/public/.*,GET=/about"),
+        ("FLUXLIT_AUTH_SESSION_STORE", "Redis"),
+        (
+            "FLUXLIT_AUTH_SESSION_REDIS_URL",
+            "rediss://:pw@redis.example:6380/1",
+        ),
+        ("FLUXLIT_AUTH_SESSION_KEY_PREFIX", "app1:"),
+        ("FLUXLIT_AUTH_SESSION_LIFETIME_S", "3600"),
+        ("FLUXLIT_AUTH_ALLOWED_EMAILS", "ada@example.com"),
+        ("FLUXLIT_AUTH_ALLOWED_EMAIL_DOMAINS", "[\"example.com\"]"),
+        ("FLUXLIT_AUTH_ALLOWED_GROUPS", "admins,ops"),
+        ("FLUXLIT_AUTH_GROUPS_CLAIM", "roles"),
+        ("FLUXLIT_AUTH_PASS_ACCESS_TOKEN", "1"),
+        ("FLUXLIT_AUTH_STREAMLIT_TRUSTED_USER_HEADERS", "off"),
+        ("FLUXLIT_AUTH_LOGOUT_BACKCHANNEL", "yes"),
+        (
+            "FLUXLIT_AUTH_POST_LOGOUT_REDIRECT_URL",
+            "https://portal.example.com/bye",
+        ),
+        (
+            "FLUXLIT_AUTH_ALLOWED_REDIRECT_ORIGINS",
+            "https://portal.example.com,http://127.0.0.1:8080",
+        ),
+    ])
+    .into_iter()
+    .filter(|(k, _)| *k != "FLUXLIT_AUTH_COOKIE_SECRETS")
+    .collect();
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let s = &l.settings;
+    assert_eq!(s.auth_cookie_secrets.len(), 1);
+    assert_eq!(s.auth_cookie_secrets[0].expose(), SECRET_B);
+    assert_eq!(s.auth_session_max_chunks, 10);
+    assert_eq!(s.oidc_scopes, ["openid", "email", "offline_access"]);
+    assert!(!s.auth_required);
+    assert_eq!(s.auth_public_paths, ["/api/public/.*", "GET=/about"]);
+    assert_eq!(s.auth_session_store, SessionStore::Redis);
+    assert_eq!(s.auth_session_key_prefix, "app1:");
+    assert_eq!(s.auth_session_lifetime_s, 3600);
+    assert_eq!(s.auth_allowed_email_domains, ["example.com"]);
+    assert_eq!(s.auth_allowed_groups, ["admins", "ops"]);
+    assert_eq!(s.auth_groups_claim, "roles");
+    assert!(s.auth_pass_access_token && s.auth_logout_backchannel);
+    assert!(!s.auth_streamlit_trusted_user_headers);
+    assert_eq!(
+        s.post_logout_redirect_uri().as_deref(),
+        Some("https://portal.example.com/bye")
+    );
+    let rules = s.public_path_rules().unwrap();
+    assert!(rules[0].matches(&http::Method::POST, "/api/public/x"));
+    assert!(rules[1].matches(&http::Method::GET, "/about"));
+    assert!(!rules[1].matches(&http::Method::POST, "/about"));
+    assert!(
+        !rules[1].matches(&http::Method::GET, "/about/x"),
+        "anchored"
+    );
+}
+
+/// auth_mode = oidc alone: each missing key is its own problem naming the key, what is
+/// expected and why (the mode and its source); nothing else is reported.
+#[test]
+fn oidc_names_each_missing_key() {
+    let err = load_in(
+        &Dir::new("oidc-missing"),
+        &[("FLUXLIT_AUTH_MODE", "oidc")],
+        CliOverrides::default(),
+    )
+    .unwrap_err();
+    let mut keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "auth_cookie_secrets",
+            "oidc_client_id",
+            "oidc_issuer",
+            "public_base_url"
+        ],
+        "{err}"
+    );
+    for p in &err.problems {
+        assert_eq!(p.origin, Origin::Default, "{p}");
+        assert!(
+            p.expected.contains(
+                "because auth_mode is oidc (from environment variable FLUXLIT_AUTH_MODE)"
+            ),
+            "{p}"
+        );
+    }
+    assert!(!err.to_string().contains("not available"), "{err}");
+    // The Redis store needs its URL.
+    let env = oidc_env(&[("FLUXLIT_AUTH_SESSION_STORE", "redis")]);
+    let err = load_in(&Dir::new("oidc-redis"), &env, CliOverrides::default()).unwrap_err();
+    let p = problem_about(&err, "auth_session_redis_url");
+    assert!(
+        p.expected.contains(
+            "auth_session_store is redis (from environment variable FLUXLIT_AUTH_SESSION_STORE)"
+        ),
+        "{p}"
+    );
+    assert_eq!(err.problems.len(), 1, "{err}");
+}
+
+/// Every rule of the login keys: the problem names the key, the value as given (URL passwords
+/// and secrets redacted), its source and what is expected.
+#[test]
+fn oidc_rules_name_key_value_origin_and_expectation() {
+    for (extra, key, value, expected) in [
+        (
+            ("FLUXLIT_PUBLIC_BASE_URL", "apps.example.com"),
+            "public_base_url",
+            "apps.example.com",
+            "absolute http(s) URL",
+        ),
+        (
+            ("FLUXLIT_PUBLIC_BASE_URL", "https://u:pw@apps.example.com"),
+            "public_base_url",
+            "https://u:[REDACTED]@apps.example.com",
+            "without user",
+        ),
+        (
+            ("FLUXLIT_PUBLIC_BASE_URL", "https://apps.example.com/?x=1"),
+            "public_base_url",
+            "https://apps.example.com/?x=1",
+            "absolute http(s) URL",
+        ),
+        (
+            ("FLUXLIT_OIDC_ISSUER", "http://login.example.com"),
+            "oidc_issuer",
+            "http://login.example.com",
+            "https://",
+        ),
+        (
+            ("FLUXLIT_OIDC_ISSUER", "https://login.example.com/?tenant=1"),
+            "oidc_issuer",
+            "https://login.example.com/?tenant=1",
+            "without query",
+        ),
+        (
+            ("FLUXLIT_OIDC_ISSUER", "login.example.com"),
+            "oidc_issuer",
+            "login.example.com",
+            "https://",
+        ),
+        (
+            ("FLUXLIT_OIDC_CLIENT_ID", " "),
+            "oidc_client_id",
+            " ",
+            "client id",
+        ),
+        (
+            ("FLUXLIT_OIDC_SCOPES", "profile,email"),
+            "oidc_scopes",
+            "[\"profile\", \"email\"]",
+            "contains openid",
+        ),
+        (
+            ("FLUXLIT_AUTH_PUBLIC_PATHS", "/ok,/docs("),
+            "auth_public_paths",
+            "/docs(",
+            "unclosed group",
+        ),
+        (
+            ("FLUXLIT_AUTH_PUBLIC_PATHS", "GET="),
+            "auth_public_paths",
+            "GET=",
+            "pattern is empty",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_REDIS_URL", "http://u:pw@redis:6379"),
+            "auth_session_redis_url",
+            "http://u:[REDACTED]@redis:6379",
+            "redis://",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_REDIS_URL", "redis://"),
+            "auth_session_redis_url",
+            "redis://",
+            "redis://",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_LIFETIME_S", "0"),
+            "auth_session_lifetime_s",
+            "0",
+            "at least 1 second",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_MAX_CHUNKS", "0"),
+            "auth_session_max_chunks",
+            "0",
+            "from 1 to 10",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_MAX_CHUNKS", "11"),
+            "auth_session_max_chunks",
+            "11",
+            "from 1 to 10",
+        ),
+        (
+            ("FLUXLIT_AUTH_LOGOUT_BACKCHANNEL", "true"),
+            "auth_logout_backchannel",
+            "true",
+            "memory or redis",
+        ),
+        (
+            ("FLUXLIT_AUTH_POST_LOGOUT_REDIRECT_URL", "/bye"),
+            "auth_post_logout_redirect_url",
+            "/bye",
+            "absolute http",
+        ),
+        (
+            ("FLUXLIT_AUTH_POST_LOGOUT_REDIRECT_URL", "ftp://x.example/"),
+            "auth_post_logout_redirect_url",
+            "ftp://x.example/",
+            "absolute http",
+        ),
+        (
+            (
+                "FLUXLIT_AUTH_ALLOWED_REDIRECT_ORIGINS",
+                "https://ok.example,https://portal.example.com/path",
+            ),
+            "auth_allowed_redirect_origins",
+            "https://portal.example.com/path",
+            "no path",
+        ),
+        (
+            (
+                "FLUXLIT_AUTH_ALLOWED_REDIRECT_ORIGINS",
+                "portal.example.com",
+            ),
+            "auth_allowed_redirect_origins",
+            "portal.example.com",
+            "scheme://host",
+        ),
+        (
+            (
+                "FLUXLIT_AUTH_ALLOWED_REDIRECT_ORIGINS",
+                "https://portal.example.com/",
+            ),
+            "auth_allowed_redirect_origins",
+            "https://portal.example.com/",
+            "no path",
+        ),
+    ] {
+        let env = oidc_env(&[extra]);
+        let err = load_in(&Dir::new("oidc-rule"), &env, CliOverrides::default())
+            .expect_err(&format!("{extra:?} must be refused"));
+        let p = problem_about(&err, key);
+        assert_eq!(p.value.as_deref(), Some(value), "{extra:?}: {p}");
+        assert_eq!(
+            p.origin.to_string(),
+            format!("environment variable {}", extra.0),
+            "{p}"
+        );
+        assert!(
+            p.expected.contains(expected),
+            "{extra:?}: {expected:?} not in {p}"
+        );
+        assert!(!err.to_string().contains("pw@"), "{err}");
+        assert_eq!(err.problems.len(), 1, "{extra:?}: {err}");
+    }
+    // Accepted forms: an http issuer on loopback, a public base URL with a path, a Redis URL
+    // over TLS or a socket, methods and regexes.
+    for extra in [
+        ("FLUXLIT_OIDC_ISSUER", "http://127.0.0.1:9000"),
+        ("FLUXLIT_OIDC_ISSUER", "http://localhost:8080/realms/dev"),
+        ("FLUXLIT_OIDC_ISSUER", "http://[::1]:9000"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "http://apps.example.com/myapp/"),
+        ("FLUXLIT_AUTH_SESSION_REDIS_URL", "unix:///run/redis.sock"),
+        (
+            "FLUXLIT_AUTH_PUBLIC_PATHS",
+            "[\"POST=/api/hooks/[a-z]+\", \"/a=b\"]",
+        ),
+        ("FLUXLIT_AUTH_ALLOWED_REDIRECT_ORIGINS", "http://[::1]:8501"),
+    ] {
+        let env = oidc_env(&[extra]);
+        load_in(&Dir::new("oidc-fine"), &env, CliOverrides::default())
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+    }
+    // The forms are checked in every mode; what the login needs only with oidc.
+    let err = load_in(
+        &Dir::new("oidc-off-form"),
+        &[("FLUXLIT_AUTH_SESSION_MAX_CHUNKS", "0")],
+        CliOverrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_about(&err, "auth_session_max_chunks")
+            .value
+            .as_deref(),
+        Some("0")
+    );
+    load_in(
+        &Dir::new("oidc-off-store"),
+        &[("FLUXLIT_AUTH_SESSION_STORE", "redis")],
+        CliOverrides::default(),
+    )
+    .unwrap();
+}
+
+/// A short cookie secret is refused naming its index, never its value; the secrets are
+/// redacted in Debug, in serialization and in `settings_json` (what `fluxlit config` prints).
+#[test]
+fn cookie_secrets_are_checked_by_index_and_never_shown() {
+    let env = oidc_env(&[(
+        "FLUXLIT_AUTH_COOKIE_SECRETS",
+        "cookie-secret-a-0123456789abcdefghij,short-s3cr3t",
+    )]);
+    let err = load_in(&Dir::new("oidc-short"), &env, CliOverrides::default()).unwrap_err();
+    let p = problem_about(&err, "auth_cookie_secrets");
+    assert_eq!(p.value.as_deref(), Some(REDACTED));
+    assert!(
+        p.expected
+            .contains("entry 1 (counting from 0) has 12 bytes"),
+        "{p}"
+    );
+    assert_eq!(
+        p.origin.to_string(),
+        "environment variable FLUXLIT_AUTH_COOKIE_SECRETS"
+    );
+    assert!(
+        !err.to_string().contains("s3cr3t") && !err.to_string().contains("cookie-secret-a"),
+        "{err}"
+    );
+    assert_eq!(err.problems.len(), 1, "{err}");
+    // A secret list of the wrong type in a file: redacted too.
+    let d = Dir::new("oidc-secret-type");
+    d.write("fluxlit.toml", "auth_cookie_secrets = [\"s3cr3t\", 5]\n");
+    let err = load_in(&d, &[], CliOverrides::default()).unwrap_err();
+    assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    assert_eq!(
+        problem_about(&err, "auth_cookie_secrets").value.as_deref(),
+        Some(REDACTED)
+    );
+
+    let l = load_in(
+        &Dir::new("oidc-redact"),
+        &oidc_env(&[]),
+        CliOverrides::default(),
+    )
+    .unwrap();
+    let debug = format!("{:?}", l.settings);
+    let json = serde_json::to_string(&l.settings).unwrap();
+    let shown = redact::settings_json(&l.settings);
+    for text in [debug, json, shown.to_string()] {
+        assert!(!text.contains("cookie-secret"), "{text}");
+    }
+    assert_eq!(
+        shown["auth_cookie_secrets"],
+        serde_json::json!([REDACTED, REDACTED])
+    );
+}
+
+/// The URLs the gateway and doctor share: origin, routes, redirect and post-logout URIs, with
+/// and without a root path; never from anything but the settings.
+#[test]
+fn oidc_urls_are_built_once_from_the_settings() {
+    let l = load_in(
+        &Dir::new("oidc-urls"),
+        &oidc_env(&[]),
+        CliOverrides::default(),
+    )
+    .unwrap();
+    let s = &l.settings;
+    assert_eq!(
+        s.public_origin().as_deref(),
+        Some("https://apps.example.com")
+    );
+    assert_eq!(s.auth_route_prefix(), "/api/auth");
+    assert_eq!(
+        s.oidc_redirect_uri().as_deref(),
+        Some("https://apps.example.com/api/auth/callback")
+    );
+    assert_eq!(
+        s.post_logout_redirect_uri().as_deref(),
+        Some("https://apps.example.com/")
+    );
+
+    let env = oidc_env(&[
+        (
+            "FLUXLIT_PUBLIC_BASE_URL",
+            "https://Apps.Example.com:443/myapp/",
+        ),
+        ("FLUXLIT_ROOT_PATH", "/myapp/"),
+        ("FLUXLIT_API_MOUNT_PATH", "v1"),
+    ]);
+    let l = load_in(&Dir::new("oidc-urls-root"), &env, CliOverrides::default()).unwrap();
+    let s = &l.settings;
+    assert_eq!(
+        s.public_origin().as_deref(),
+        Some("https://apps.example.com")
+    );
+    assert_eq!(s.auth_route_prefix(), "/myapp/v1/auth");
+    assert_eq!(
+        s.oidc_redirect_uri().as_deref(),
+        Some("https://apps.example.com/myapp/v1/auth/callback")
+    );
+    assert_eq!(
+        s.post_logout_redirect_uri().as_deref(),
+        Some("https://apps.example.com/myapp/")
+    );
+
+    let env = oidc_env(&[("FLUXLIT_PUBLIC_BASE_URL", "http://127.0.0.1:8000")]);
+    let l = load_in(&Dir::new("oidc-urls-port"), &env, CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.oidc_redirect_uri().as_deref(),
+        Some("http://127.0.0.1:8000/api/auth/callback")
+    );
+    // Without a public base URL (another mode) there is no origin to build from.
+    let l = load_in(&Dir::new("oidc-urls-none"), &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.public_origin(), None);
+    assert_eq!(l.settings.oidc_redirect_uri(), None);
+    assert_eq!(l.settings.post_logout_redirect_uri(), None);
+    assert_eq!(l.settings.auth_route_prefix(), "/api/auth");
+}
+
+/// The findings codes of `l`.
+fn codes_of(l: &Loaded) -> Vec<&'static str> {
+    findings::findings(l, &Environment::default())
+        .into_iter()
+        .map(|f| f.code)
+        .collect()
+}
+
+/// With oidc: plain http on a public host, the memory store, and Streamlit's own `[auth]` in
+/// secrets.toml are warnings; the login keys are no `auth_keys_unused` finding (but
+/// oidc_bff_secret still is), while in another mode they are.
+#[test]
+fn oidc_findings() {
+    let d = Dir::new("oidc-findings");
+    let l = load_in(&d, &oidc_env(&[]), CliOverrides::default()).unwrap();
+    assert!(
+        codes_of(&l).is_empty(),
+        "{:?}",
+        findings::findings(&l, &Environment::default())
+    );
+
+    let env = oidc_env(&[("FLUXLIT_PUBLIC_BASE_URL", "http://apps.example.com")]);
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    let f = findings::findings(&l, &Environment::default());
+    let f = f
+        .iter()
+        .find(|f| f.code == "public_base_url_insecure")
+        .expect("insecure");
+    assert_eq!(f.level, findings::Level::Warn);
+    assert!(
+        f.message.contains(
+            "\"http://apps.example.com\" (from environment variable FLUXLIT_PUBLIC_BASE_URL)"
+        ),
+        "{}",
+        f.message
+    );
+    for url in [
+        "http://127.0.0.1:8000",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+    ] {
+        let env = oidc_env(&[("FLUXLIT_PUBLIC_BASE_URL", url)]);
+        let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+        assert!(!codes_of(&l).contains(&"public_base_url_insecure"), "{url}");
+    }
+
+    let env = oidc_env(&[("FLUXLIT_AUTH_SESSION_STORE", "memory")]);
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(codes_of(&l), ["auth_session_memory_single_replica"]);
+
+    fs::create_dir_all(d.0.join(".streamlit")).unwrap();
+    d.write(".streamlit/secrets.toml", "[connections]\nx = 1\n");
+    let l = load_in(&d, &oidc_env(&[]), CliOverrides::default()).unwrap();
+    assert!(codes_of(&l).is_empty(), "no [auth] table");
+    d.write(
+        ".streamlit/secrets.toml",
+        "[auth]\nredirect_uri = \"http://localhost:8501/oauth2callback\"\n",
+    );
+    let l = load_in(&d, &oidc_env(&[]), CliOverrides::default()).unwrap();
+    let f = findings::findings(&l, &Environment::default());
+    let f = f
+        .iter()
+        .find(|f| f.code == "streamlit_secrets_auth")
+        .expect("[auth] found");
+    assert!(
+        f.message
+            .contains(&d.0.join(".streamlit/secrets.toml").display().to_string()),
+        "{}",
+        f.message
+    );
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert!(
+        codes_of(&l).is_empty(),
+        "st.login alone is fine without oidc"
+    );
+    // Beside a target script in a subdirectory, too.
+    fs::remove_file(d.0.join(".streamlit/secrets.toml")).unwrap();
+    fs::create_dir_all(d.0.join("ui/.streamlit")).unwrap();
+    d.write("ui/.streamlit/secrets.toml", "[auth]\nclient_id = \"x\"\n");
+    let l = load_in(
+        &d,
+        &oidc_env(&[("FLUXLIT_TARGET", "ui/app.py")]),
+        CliOverrides::default(),
+    )
+    .unwrap();
+    assert_eq!(codes_of(&l), ["streamlit_secrets_auth"]);
+
+    // The login keys are unused in another mode, and oidc_bff_secret in every mode.
+    let env = [
+        ("FLUXLIT_AUTH_SESSION_STORE", "memory"),
+        ("FLUXLIT_AUTH_COOKIE_SECRETS", SECRET_A),
+        ("FLUXLIT_OIDC_SCOPES", "openid"),
+        ("FLUXLIT_AUTH_REQUIRED", "true"),
+    ];
+    let l = load_in(&Dir::new("oidc-unused"), &env, CliOverrides::default()).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("unused login keys");
+    for part in [
+        "oidc_scopes (from environment variable FLUXLIT_OIDC_SCOPES)",
+        "auth_session_store (from environment variable FLUXLIT_AUTH_SESSION_STORE)",
+        "auth_cookie_secrets (from environment variable FLUXLIT_AUTH_COOKIE_SECRETS)",
+        "no effect with auth_mode = off (from default)",
+        "only with auth_mode = \"oidc\"",
+    ] {
+        assert!(
+            f.message.contains(part),
+            "{part:?} missing from {}",
+            f.message
+        );
+    }
+    assert!(
+        !f.message.contains("auth_required"),
+        "set to its default: {}",
+        f.message
+    );
+    assert!(!f.message.contains("no OIDC login"), "{}", f.message);
+    assert!(!f.message.contains(SECRET_A), "{}", f.message);
+    let env = oidc_env(&[
+        ("FLUXLIT_OIDC_BFF_SECRET", "x"),
+        ("FLUXLIT_OIDC_CLIENT_SECRET", "y"),
+    ]);
+    let l = load_in(&Dir::new("oidc-used"), &env, CliOverrides::default()).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("oidc_bff_secret is read in no mode");
+    assert!(
+        f.message.starts_with("oidc_bff_secret (from environment variable FLUXLIT_OIDC_BFF_SECRET) is set, but it has no effect with auth_mode = oidc"),
+        "{}",
+        f.message
     );
 }

@@ -15,7 +15,8 @@
 //!   `config.*`, `public_base_url*`, `oauth_public_base_url`, `proxy_headers`,
 //!   `forwarded_allow_ips`, `gateway_max_proxy_body`, `readiness_route`, `l7_websocket`,
 //!   `gateway_upstream_timeouts`, `gateway_forward_*`, `streamlit_upstream*`,
-//!   `security_headers`.
+//!   `security_headers`;
+//! - authentication: `jwt_keys` (auth_mode = jwt), `oidc_discovery` (auth_mode = oidc).
 //!
 //! With [`Options::strict`] the rows FluxLit for Python upgrades turn from WARN to FAIL
 //! ([`STRICT_ROWS`]). The report is FAIL when any row is, unless [`Options::warnings_only`].
@@ -298,6 +299,7 @@ pub async fn diagnose_with(opts: &LoadOptions, options: &Options) -> Report {
     runtime_rows::check(&mut r, opts, &loaded).await;
     config_rows::check(&mut r, opts, &loaded, &found).await;
     runtime_rows::jwt_keys(&mut r, &loaded).await;
+    runtime_rows::oidc_discovery(&mut r, &loaded).await;
     r
 }
 

@@ -392,3 +392,123 @@ pub(crate) async fn jwt_keys(r: &mut Report, loaded: &Loaded) {
         ),
     }
 }
+
+/// The clock skew above which `oidc_discovery` warns, in seconds (AUTH.md A.2: ID tokens are
+/// checked against `iat`/`exp` with this much leeway at most).
+pub(crate) const MAX_CLOCK_SKEW_S: u64 = 30;
+
+/// How far the provider's clock is ahead of ours (negative: behind), in whole seconds, from the
+/// HTTP `Date` header of its answer (an IMF-fixdate, RFC 9110 §5.6.7 and §6.6.1) and our clock
+/// when the answer arrived. `None` when the header does not parse.
+pub(crate) fn clock_skew_s(date: &str, now: std::time::SystemTime) -> Option<i64> {
+    let theirs = httpdate::parse_http_date(date.trim()).ok()?;
+    Some(match theirs.duration_since(now) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(behind) => -i64::try_from(behind.duration().as_secs()).unwrap_or(i64::MAX),
+    })
+}
+
+/// `oidc_discovery` (auth_mode = oidc only): the provider's discovery document and JWKS are
+/// fetched as the gateway fetches them ([`fluxlit_auth::oidc::RelyingParty::discover`], with
+/// the redirect URI the gateway registers); PASS names what to register at the provider, WARN
+/// when the provider's `Date` is more than [`MAX_CLOCK_SKEW_S`] away from ours, FAIL when
+/// discovery fails.
+pub(crate) async fn oidc_discovery(r: &mut Report, loaded: &Loaded) {
+    let s = &loaded.settings;
+    if s.auth_mode != fluxlit_config::AuthMode::Oidc {
+        return;
+    }
+    let issuer = format!(
+        "{:?} (from {})",
+        s.oidc_issuer,
+        loaded.origin("oidc_issuer")
+    );
+    // Loading refused oidc without an absolute public_base_url, so both are there.
+    let (Some(redirect_uri), Some(post_logout)) =
+        (s.oidc_redirect_uri(), s.post_logout_redirect_uri())
+    else {
+        return r.fail(
+            "oidc_discovery",
+            format!(
+                "public_base_url {:?} (from {}) is not an absolute http(s) URL, so there is no redirect URI; set it to the URL users reach the app at",
+                s.public_base_url,
+                loaded.origin("public_base_url")
+            ),
+        );
+    };
+    let config = fluxlit_auth::oidc::OidcConfig {
+        issuer: s.oidc_issuer.clone(),
+        client_id: s.oidc_client_id.clone(),
+        client_secret: (!s.oidc_client_secret.is_empty())
+            .then(|| s.oidc_client_secret.expose().to_owned()),
+        redirect_uri: redirect_uri.clone(),
+        scopes: s
+            .oidc_scopes
+            .iter()
+            .filter(|sc| *sc != "openid")
+            .cloned()
+            .collect(),
+    };
+    let rp = match fluxlit_auth::oidc::RelyingParty::discover(config).await {
+        Ok(rp) => rp,
+        Err(e) => {
+            return r.fail(
+                "oidc_discovery",
+                format!(
+                    "{e}; no login can start until discovery works. Check that oidc_issuer {issuer} is the `issuer` of {}/.well-known/openid-configuration character for character (a trailing slash counts), that this host reaches the provider, and that it does not redirect (redirects are not followed)",
+                    s.oidc_issuer.trim_end_matches('/')
+                ),
+            );
+        }
+    };
+    let logout = match rp.end_session_endpoint() {
+        Some(e) => format!("logout continues at the provider's end_session_endpoint {e}"),
+        None => {
+            "the provider offers no end_session_endpoint, so logout ends the FluxLit session only"
+                .to_owned()
+        }
+    };
+    let detail = format!(
+        "issuer {issuer} discovered; register at the provider for client {:?}: redirect URI {redirect_uri} and post-logout redirect URI {post_logout}; {logout}",
+        s.oidc_client_id
+    );
+    match provider_clock_skew(&s.oidc_issuer).await {
+        Ok(skew) if skew.unsigned_abs() > MAX_CLOCK_SKEW_S => r.warn(
+            "oidc_discovery",
+            format!(
+                "{detail}; but the provider's clock is {} s {} this machine's (its Date header), more than {MAX_CLOCK_SKEW_S} s: ID tokens may be refused as not yet valid or expired; synchronise the clocks (NTP)",
+                skew.unsigned_abs(),
+                if skew > 0 { "ahead of" } else { "behind" }
+            ),
+        ),
+        Ok(skew) => r.pass(
+            "oidc_discovery",
+            format!("{detail}; the provider's clock is within {} s of this machine's", skew.unsigned_abs().max(1)),
+        ),
+        Err(why) => r.pass("oidc_discovery", format!("{detail}; clock skew not checked: {why}")),
+    }
+}
+
+/// The provider's clock minus ours in seconds ([`clock_skew_s`]), from the `Date` header of
+/// its discovery document's answer; `Err` says why it could not be had.
+async fn provider_clock_skew(issuer: &str) -> Result<i64, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let req = http::Request::get(url.as_str())
+        .body(Vec::new())
+        .map_err(|e| format!("{url} is not a URL: {e}"))?;
+    let resp = fluxlit_auth::fetch::send(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now();
+    let date = resp
+        .headers()
+        .get(http::header::DATE)
+        .ok_or_else(|| "the provider's answer has no Date header".to_owned())?;
+    date.to_str()
+        .ok()
+        .and_then(|d| clock_skew_s(d, now))
+        .ok_or_else(|| format!("the provider's Date header {date:?} is not an HTTP date"))
+}

@@ -546,3 +546,198 @@ async fn jwt_keys_row() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const COOKIE_SECRET: &str = "a-cookie-secret-of-at-least-32-bytes";
+
+/// The `oidc_discovery` row for auth_mode = oidc with `issuer` plus `extra` (none: no such row).
+async fn oidc_discovery_of(
+    dir: &std::path::Path,
+    issuer: &str,
+    extra: &[(&str, &str)],
+) -> Option<Check> {
+    let mut env = vec![
+        ("FLUXLIT_AUTH_MODE", "oidc"),
+        ("FLUXLIT_PUBLIC_BASE_URL", "http://127.0.0.1:9"),
+        ("FLUXLIT_OIDC_ISSUER", issuer),
+        ("FLUXLIT_OIDC_CLIENT_ID", "fluxlit"),
+        ("FLUXLIT_OIDC_CLIENT_SECRET", "test-secret"),
+        ("FLUXLIT_AUTH_COOKIE_SECRETS", COOKIE_SECRET),
+    ];
+    env.extend_from_slice(extra);
+    let r = run(dir, &env, Options::default()).await;
+    let row_ = r.checks.into_iter().find(|c| c.name == "oidc_discovery");
+    if let Some(c) = &row_ {
+        assert_eq!(c.doc, "docs/doctor.md#doctor-oidc_discovery");
+        assert!(!c.detail.contains("test-secret") && !c.detail.contains(COOKIE_SECRET));
+    }
+    row_
+}
+
+/// `oidc_discovery` (auth_mode = oidc only) against the real test provider: PASS names the
+/// issuer, the exact redirect and post-logout URIs to register (root path included) and the
+/// provider's logout endpoint, with the clock compared to the provider's `Date`; an
+/// unreachable issuer FAILs saying why and what to check.
+#[tokio::test]
+async fn oidc_discovery_row() {
+    let dir = temp_dir("oidc-discovery");
+    let provider = fluxlit_testkit::idp::Provider::start(
+        serde_json::json!([{
+            "client_id": "fluxlit",
+            "client_secret": "test-secret",
+            "redirect_uris": ["http://127.0.0.1:9/myapp/api/auth/callback"],
+            "post_logout_redirect_uris": ["http://127.0.0.1:9/myapp/"],
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+        }]),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert!(
+        oidc_discovery_of(&dir, &provider.issuer, &[("FLUXLIT_AUTH_MODE", "off")])
+            .await
+            .is_none(),
+        "only in oidc mode"
+    );
+    let row_ = oidc_discovery_of(&dir, &provider.issuer, &[("FLUXLIT_ROOT_PATH", "/myapp")])
+        .await
+        .unwrap();
+    assert_eq!(row_.status, Status::Pass, "{}", row_.detail);
+    for part in [
+        format!(
+            "issuer {:?} (from environment variable FLUXLIT_OIDC_ISSUER) discovered",
+            provider.issuer
+        ),
+        "redirect URI http://127.0.0.1:9/myapp/api/auth/callback and".to_owned(),
+        "post-logout redirect URI http://127.0.0.1:9/myapp/;".to_owned(),
+        format!("end_session_endpoint {}/session/end", provider.issuer),
+        "the provider's clock is within ".to_owned(),
+    ] {
+        assert!(
+            row_.detail.contains(&part),
+            "{part:?} missing from {}",
+            row_.detail
+        );
+    }
+    // The issuer must be the provider's name for itself exactly.
+    let other = format!("{}/", provider.issuer);
+    let row_ = oidc_discovery_of(&dir, &other, &[]).await.unwrap();
+    assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
+    assert!(
+        row_.detail.contains("character for character"),
+        "{}",
+        row_.detail
+    );
+    provider.stop().await;
+
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let row_ = oidc_discovery_of(&dir, &closed, &[]).await.unwrap();
+    assert_eq!(row_.status, Status::Fail, "{}", row_.detail);
+    for part in [
+        format!("OpenID discovery for {closed} failed"),
+        "no login can start until discovery works".to_owned(),
+        "that this host reaches the provider".to_owned(),
+    ] {
+        assert!(
+            row_.detail.contains(&part),
+            "{part:?} missing from {}",
+            row_.detail
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The provider's `Date` against our clock: ahead, behind, unparsable.
+#[test]
+fn clock_skew_is_read_from_the_date_header() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+    let skew = |d| runtime_rows::clock_skew_s(d, now);
+    assert_eq!(skew("Sun, 06 Nov 1994 08:49:37 GMT"), Some(0));
+    assert_eq!(skew("Sun, 06 Nov 1994 08:50:17 GMT"), Some(40));
+    assert_eq!(skew(" Sun, 06 Nov 1994 08:48:57 GMT "), Some(-40));
+    assert_eq!(skew("yesterday"), None);
+}
+
+/// A minimal OpenID provider on loopback whose HTTP `Date` is `offset_s` seconds off our clock:
+/// its discovery document and JWKS (a real RSA key), nothing else.
+async fn skewed_provider(offset_s: i64) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let discovery = serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    })
+    .to_string();
+    let jwks = concat!(
+        r#"{"keys":["#,
+        include_str!("../../fluxlit-gateway/tests/fixtures/jwt/rsa-a.jwk.json"),
+        "]}"
+    );
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let body = if head.starts_with("GET /jwks ") {
+                jwks.to_owned()
+            } else {
+                discovery.clone()
+            };
+            let now = std::time::SystemTime::now();
+            let date = if offset_s >= 0 {
+                now + std::time::Duration::from_secs(offset_s.unsigned_abs())
+            } else {
+                now - std::time::Duration::from_secs(offset_s.unsigned_abs())
+            };
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        httpdate::fmt_http_date(date),
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    (issuer, task)
+}
+
+/// A provider whose clock is more than 30 s off makes `oidc_discovery` WARN (ahead or behind);
+/// within 30 s it passes.
+#[tokio::test]
+async fn oidc_discovery_warns_about_clock_skew() {
+    let dir = temp_dir("oidc-skew");
+    for (offset, status, want) in [
+        (120, Status::Warn, "the provider's clock is 1"),
+        (-120, Status::Warn, "s behind this machine's"),
+        (0, Status::Pass, "the provider's clock is within "),
+    ] {
+        let (issuer, server) = skewed_provider(offset).await;
+        let row_ = oidc_discovery_of(&dir, &issuer, &[]).await.unwrap();
+        assert_eq!(row_.status, status, "{offset}: {}", row_.detail);
+        assert!(
+            row_.detail.contains(want),
+            "{offset}: {want:?} missing from {}",
+            row_.detail
+        );
+        assert!(
+            row_.detail
+                .contains("redirect URI http://127.0.0.1:9/api/auth/callback"),
+            "{}",
+            row_.detail
+        );
+        server.abort();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
