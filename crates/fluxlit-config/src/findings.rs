@@ -341,11 +341,13 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         );
     }
     // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them), but
-    // the jwt_* keys are read only with auth_mode = jwt, the login's oidc_* and auth_* keys
+    // the jwt_* keys are read only with auth_mode = jwt (or oidc with jwt_issuer), the login's oidc_* and auth_* keys
     // only with auth_mode = oidc, and oidc_bff_secret never (no `exchange` flow); a deployment
     // that sets them otherwise may believe its API or UI is protected.
-    let jwt = s.auth_mode == crate::AuthMode::Jwt;
     let oidc = s.auth_mode == crate::AuthMode::Oidc;
+    // In oidc mode the gateway also checks bearer tokens (API requests without a session)
+    // when jwt_issuer is set.
+    let jwt = s.auth_mode == crate::AuthMode::Jwt || (oidc && !s.jwt_issuer.is_empty());
     let current = serde_json::to_value(s).unwrap_or_default();
     let defaults = crate::defaults();
     // Set to something else than its default (an empty template value is no finding).
@@ -369,7 +371,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             Level::Warn,
             "auth_keys_unused",
             format!(
-                "{} {}, but {} no effect with auth_mode = {} (from {}): the jwt_* keys are read only with auth_mode = \"jwt\" (bearer tokens on the API), the oidc_* and auth_* login keys only with auth_mode = \"oidc\" (the OpenID Connect login) and the key of FluxLit for Python's exchange flow in no mode, so nothing is protected by {}; unset {}, or set auth_mode to the mode {} belong{} to (docs/auth.md)",
+                "{} {}, but {} no effect with auth_mode = {} (from {}): the jwt_* keys are read only with auth_mode = \"jwt\" (bearer tokens on the API) or with auth_mode = \"oidc\" and jwt_issuer set (bearer tokens for API requests without a session), the oidc_* and auth_* login keys only with auth_mode = \"oidc\" (the OpenID Connect login) and the key of FluxLit for Python's exchange flow in no mode, so nothing is protected by {}; unset {}, or set auth_mode to the mode {} belong{} to (docs/auth.md)",
                 auth_keys.join(", "),
                 if one { "is set" } else { "are set" },
                 if one { "it has" } else { "they have" },

@@ -513,7 +513,23 @@ fn jwt_keys_are_used_in_jwt_mode_only() {
         "{}",
         f.message
     );
-    assert!(!f.message.contains("jwt_issuer"), "{}", f.message);
+    assert!(!f.message.contains("jwt_issuer (from"), "{}", f.message);
+    // With auth_mode = oidc the jwt keys check API requests without a session when jwt_issuer
+    // is set; without it they do nothing.
+    let env = oidc_env(&[
+        ("FLUXLIT_JWT_ISSUER", "https://idp.example"),
+        ("FLUXLIT_JWT_AUDIENCE", "api"),
+    ]);
+    let l = load_in(&Dir::new("jwt-in-oidc"), &env, CliOverrides::default()).unwrap();
+    assert_eq!(
+        auth_keys_unused(&l, &env),
+        None,
+        "oidc with jwt_issuer reads them"
+    );
+    let env = oidc_env(&[("FLUXLIT_JWT_AUDIENCE", "api")]);
+    let l = load_in(&Dir::new("jwt-aud-oidc"), &env, CliOverrides::default()).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("jwt_audience alone is unused in oidc mode");
+    assert!(f.message.starts_with("jwt_audience (from"), "{}", f.message);
     // The same jwt keys with auth_mode = forward are unused again.
     let env = [
         ("FLUXLIT_AUTH_MODE", "forward"),

@@ -140,6 +140,9 @@ pub enum BuildError {
     /// (The message includes the cause: callers print only the top error.)
     #[error("cannot check bearer tokens (auth_mode = jwt): {0}")]
     Jwt(#[source] Arc<fluxlit_auth::jwt::JwtConfigError>),
+    /// The OIDC login (`auth_mode = oidc`) cannot be set up from the settings.
+    #[error("cannot set up the OIDC login (auth_mode = oidc): {0}")]
+    Oidc(#[source] Arc<OidcSetupError>),
 }
 
 /// Security headers and CORS for API responses (FluxLit's `enable_security_headers`,
@@ -233,6 +236,8 @@ pub struct GatewayBuilder {
     fast_path: bool,
     forward_auth: Option<ForwardAuth>,
     oidc: Option<OidcAuth>,
+    /// `auth_mode = oidc` from settings: the backend-for-frontend, or why it cannot be made.
+    oidc_setup: Option<Result<OidcAuth, Arc<OidcSetupError>>>,
     /// `auth_mode = jwt`: the verifier, or why the settings could not make one.
     jwt:
         Option<Result<Arc<fluxlit_auth::jwt::JwtVerifier>, Arc<fluxlit_auth::jwt::JwtConfigError>>>,
@@ -274,6 +279,7 @@ impl Default for GatewayBuilder {
             fast_path: true,
             forward_auth: None,
             oidc: None,
+            oidc_setup: None,
             jwt: None,
         }
     }
@@ -329,8 +335,13 @@ impl GatewayBuilder {
                 s.auth_forward_require_https,
             )
         });
-        self.jwt = (s.auth_mode == fluxlit_config::AuthMode::Jwt)
-            .then(|| jwt_from_settings(s).map(Arc::new).map_err(Arc::new));
+        // `jwt` mode, or `oidc` with the `jwt_*` keys set: bearer tokens for the API (in `oidc`
+        // mode for requests without a session).
+        let oidc = s.auth_mode == fluxlit_config::AuthMode::Oidc;
+        self.jwt = (s.auth_mode == fluxlit_config::AuthMode::Jwt
+            || (oidc && !s.jwt_issuer.is_empty()))
+        .then(|| jwt_from_settings(s).map(Arc::new).map_err(Arc::new));
+        self.oidc_setup = oidc.then(|| oidc_from_settings(s).map_err(Arc::new));
         self.api_headers = ApiHeaders::from_settings(s);
         self.fast_path = s.gateway_fast_path;
         self.access_log = s.enable_gateway_access_log || s.debug;
@@ -519,7 +530,10 @@ impl GatewayBuilder {
     ///
     /// # Errors
     /// [`BuildError`] for an invalid root path or API mount.
-    pub fn build(self) -> Result<Gateway, BuildError> {
+    pub fn build(mut self) -> Result<Gateway, BuildError> {
+        if let Some(setup) = self.oidc_setup.take() {
+            self.oidc = Some(setup.map_err(BuildError::Oidc)?);
+        }
         let root = fluxlit_config::normalize_root_path(&self.root_path).map_err(|reason| {
             BuildError::RootPath {
                 value: self.root_path.clone(),
@@ -614,6 +628,101 @@ impl GatewayBuilder {
             }),
         })
     }
+}
+
+/// Why the `auth_mode = oidc` settings cannot make the backend-for-frontend (loading the
+/// settings checks the same rules first, so these name what an embedding program changed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OidcSetupError {
+    /// `public_base_url` is not an absolute http(s) URL.
+    #[error("public_base_url {0:?} is not an absolute http(s) URL such as https://app.example.com")]
+    PublicBaseUrl(String),
+    /// An `auth_public_paths` entry is not a valid rule.
+    #[error("auth_public_paths: {0}")]
+    PublicPaths(String),
+    /// The session store or the cookie secrets are unusable.
+    #[error("{0}")]
+    Store(String),
+    /// The backend-for-frontend refused its configuration.
+    #[error("{0}")]
+    Bff(#[from] fluxlit_auth::bff::BffError),
+}
+
+/// The OIDC backend-for-frontend the `auth_mode = oidc` settings describe (docs/auth.md):
+/// every URL from `public_base_url` (`Settings::oidc_redirect_uri`,
+/// `Settings::post_logout_redirect_uri`), the session store (`cookie`, `memory`, or `redis` at
+/// `auth_session_redis_url`), the cookie secrets, lifetime and chunks, the access rules,
+/// `auth_required` and `auth_public_paths`.
+///
+/// # Errors
+/// [`OidcSetupError`] naming the setting that cannot be used.
+pub fn oidc_from_settings(s: &fluxlit_config::Settings) -> Result<OidcAuth, OidcSetupError> {
+    use fluxlit_auth::bff::{AccessRules, Bff, BffConfig};
+    let bad_url = || OidcSetupError::PublicBaseUrl(s.public_base_url.clone());
+    let public_origin = s.public_origin().ok_or_else(bad_url)?;
+    let redirect_uri = s.oidc_redirect_uri().ok_or_else(bad_url)?;
+    let post_logout = s.post_logout_redirect_uri().ok_or_else(bad_url)?;
+    let store = match s.auth_session_store {
+        fluxlit_config::SessionStore::Cookie => None,
+        fluxlit_config::SessionStore::Memory => {
+            Some(fluxlit_auth::session::Store::Memory(Arc::default()))
+        }
+        fluxlit_config::SessionStore::Redis => Some(fluxlit_auth::session::Store::Redis(Arc::new(
+            fluxlit_auth::session::RedisStore::connect(
+                &s.auth_session_redis_url,
+                &s.auth_session_key_prefix,
+            )
+            .map_err(|e| OidcSetupError::Store(format!("auth_session_redis_url: {e}")))?,
+        ))),
+    };
+    let rules = s
+        .public_path_rules()
+        .map_err(|e| OidcSetupError::PublicPaths(e.to_string()))?;
+    let bff = Bff::new(BffConfig {
+        oidc: fluxlit_auth::oidc::OidcConfig {
+            issuer: s.oidc_issuer.clone(),
+            client_id: s.oidc_client_id.clone(),
+            client_secret: (!s.oidc_client_secret.is_empty())
+                .then(|| s.oidc_client_secret.expose().to_owned()),
+            redirect_uri,
+            // `openid` is always requested by the relying party.
+            scopes: s
+                .oidc_scopes
+                .iter()
+                .filter(|sc| sc.as_str() != "openid")
+                .cloned()
+                .collect(),
+        },
+        route_prefix: s.auth_route_prefix(),
+        root_path: s.public_mount().to_owned(),
+        secure: public_origin.starts_with("https://"),
+        public_origin,
+        post_logout_redirect_uri: post_logout,
+        cookie_secrets: s
+            .auth_cookie_secrets
+            .iter()
+            .map(|x| x.expose().as_bytes().to_vec())
+            .collect(),
+        store,
+        lifetime: Duration::from_secs(s.auth_session_lifetime_s),
+        max_chunks: s.auth_session_max_chunks,
+        access: AccessRules {
+            emails: s.auth_allowed_emails.clone(),
+            email_domains: s.auth_allowed_email_domains.clone(),
+            groups: s.auth_allowed_groups.clone(),
+            groups_claim: s.auth_groups_claim.clone(),
+        },
+        pass_access_token: s.auth_pass_access_token,
+        backchannel_logout: s.auth_logout_backchannel,
+    })?;
+    let mut auth = OidcAuth::new(Arc::new(bff)).required(s.auth_required);
+    if !rules.is_empty() {
+        auth = auth.public_paths(Arc::new(move |m: &Method, p: &str| {
+            rules.iter().any(|r| r.matches(m, p))
+        }));
+    }
+    Ok(auth)
 }
 
 /// The bearer-token verifier the `jwt_*` settings describe: a shared secret (HS256 only), a

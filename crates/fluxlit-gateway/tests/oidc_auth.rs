@@ -1076,3 +1076,83 @@ async fn concurrent_requests_at_expiry_on_two_replicas_refresh_once() {
     );
     r.idp.stop().await;
 }
+
+/// The gateway `fluxlit run` builds from `auth_mode = oidc` settings protects everything but
+/// the health endpoints, on both engines (a regression here would serve the app to anybody).
+#[tokio::test]
+async fn oidc_settings_make_a_protected_gateway() {
+    for fast in ENGINES {
+        let rec = upstream().await;
+        let dir = fluxlit_testkit::TempDir::new("gateway-oidc-settings");
+        let env = [
+            ("FLUXLIT_AUTH_MODE", "oidc"),
+            ("FLUXLIT_PUBLIC_BASE_URL", "https://app.example.com"),
+            ("FLUXLIT_OIDC_ISSUER", "https://login.example.com"),
+            ("FLUXLIT_OIDC_CLIENT_ID", "fluxlit"),
+            (
+                "FLUXLIT_AUTH_COOKIE_SECRETS",
+                "settings-test-cookie-secret-0123456789abcdef",
+            ),
+            ("FLUXLIT_AUTH_PUBLIC_PATHS", "GET=/open/.*"),
+        ];
+        let loaded = fluxlit_config::load(&fluxlit_config::LoadOptions::new(
+            dir.path(),
+            fluxlit_config::Environment::from_pairs(env.iter().copied()),
+            fluxlit_config::CliOverrides::default(),
+        ))
+        .expect("valid settings");
+        let gw = support::start_on(
+            Gateway::builder()
+                .settings(&loaded.settings)
+                .ui(up_at(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(up_at(rec.addr, "api"))),
+            fast,
+        )
+        .await;
+        let ctx = engine(fast);
+        let page = raw(
+            gw.addr,
+            "GET / HTTP/1.1\r\nHost: app.example.com\r\nSec-Fetch-Mode: navigate\r\n\r\n",
+        )
+        .await;
+        assert_eq!(page.status, 302, "{ctx}");
+        assert_eq!(
+            page.get("location"),
+            Some("/api/auth/login?return_to=/"),
+            "{ctx}"
+        );
+        let api = raw(
+            gw.addr,
+            "GET /api/x HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+        )
+        .await;
+        assert_eq!(api.status, 401, "{ctx}");
+        let open = raw(
+            gw.addr,
+            "GET /open/page HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+        )
+        .await;
+        assert_eq!(open.status, 200, "{ctx}: auth_public_paths");
+        let post = raw(
+            gw.addr,
+            "POST /open/page HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(post.status, 401, "{ctx}: the rule is for GET only");
+        let health = raw(
+            gw.addr,
+            "GET /api/healthz HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+        )
+        .await;
+        assert_eq!(health.status, 200, "{ctx}");
+        let jwks = raw(
+            gw.addr,
+            "GET /__fluxlit/jwks.json HTTP/1.1\r\nHost: app.example.com\r\n\r\n",
+        )
+        .await;
+        assert_eq!(jwks.status, 200, "{ctx}");
+        let seen: Vec<String> = rec.requests().into_iter().map(|r| r.target).collect();
+        assert_eq!(seen, vec!["/open/page".to_owned()], "{ctx}");
+        assert_eq!(gw.served().h1, 0, "{ctx}");
+    }
+}

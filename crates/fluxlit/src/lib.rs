@@ -271,21 +271,37 @@ impl std::fmt::Debug for AppBuilder {
     }
 }
 
-/// With `auth_mode = forward`, Streamlit's `--server.trustedUserHeaders=JSON` for the forward
+/// With `auth_mode = oidc`, Streamlit's `--server.trustedUserHeaders=JSON` for the session's
+/// identity headers; with `auth_mode = forward`, for the forward
 /// headers (Streamlit ≥ 1.49 puts them in `st.user` when the WebSocket connects), unless the
 /// Streamlit arguments set it already. Known names get OpenID claim names
 /// (`X-Forwarded-User` → `sub`, `-Email` → `email`, `-Name` → `name`,
 /// `-Preferred-Username` → `preferred_username`, `-Groups` → `groups`); any other header its
 /// lower-case name with `x-forwarded-` dropped and `-` as `_`.
 fn forward_auth_streamlit_arg(s: &Settings) -> Option<String> {
-    if s.auth_mode != fluxlit_config::AuthMode::Forward
-        || s.streamlit_run_cli_args
-            .iter()
-            .any(|a| a.contains("trustedUserHeaders"))
+    if s.streamlit_run_cli_args
+        .iter()
+        .any(|a| a.contains("trustedUserHeaders"))
     {
         return None;
     }
     let mut map = serde_json::Map::new();
+    match s.auth_mode {
+        fluxlit_config::AuthMode::Forward => {}
+        // `auth_mode = oidc`: the headers the gateway sets from the session
+        // (`fluxlit_auth::bff::IDENTITY_HEADERS`), unless `auth_streamlit_trusted_user_headers`
+        // is off.
+        fluxlit_config::AuthMode::Oidc if s.auth_streamlit_trusted_user_headers => {
+            for (header, key) in fluxlit_auth::bff::IDENTITY_HEADERS {
+                map.insert(header.to_owned(), serde_json::Value::String(key.to_owned()));
+            }
+            return Some(format!(
+                "--server.trustedUserHeaders={}",
+                serde_json::Value::Object(map)
+            ));
+        }
+        _ => return None,
+    }
     let names = std::iter::once(&s.auth_forward_user_header).chain(&s.auth_forward_headers);
     for name in names {
         let lower = name.trim().to_ascii_lowercase();

@@ -205,9 +205,13 @@ fn fluxlit_toml(profile: Profile) -> String {
              # jwt_audience = [\"fluxlit-api\"]\n\
              # jwt_jwks_url = \"https://login.example.com/realms/main/protocol/openid-connect/certs\"\n\
              #\n\
-             # Not in this version yet (refused at start-up): the browser login\n\
-             # (auth_mode = \"oidc\", public_base_url, oidc_issuer, oidc_client_id; the client\n\
-             # secret in FLUXLIT_OIDC_CLIENT_SECRET, never in this file).\n",
+             # Or the browser login at the gateway (OpenID Connect; docs/auth.md). The client\n\
+             # secret goes in FLUXLIT_OIDC_CLIENT_SECRET and the cookie secret (32+ random\n\
+             # bytes) in FLUXLIT_AUTH_COOKIE_SECRETS, never in this file.\n\
+             # auth_mode = \"oidc\"\n\
+             # public_base_url = \"https://app.example.com\"\n\
+             # oidc_issuer = \"https://login.example.com/realms/main\"\n\
+             # oidc_client_id = \"fluxlit\"\n",
         ),
         Profile::Deploy => s.push_str(
             "\n\
