@@ -6,6 +6,7 @@ mod build_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod new_cmd;
+mod revoke_cmd;
 mod run;
 mod shutdown_cmd;
 mod workbench;
@@ -46,6 +47,27 @@ enum Command {
     /// Create a project that runs with `fluxlit run` at once: fluxlit.toml, a Streamlit page,
     /// a FastAPI API, pinned requirements.txt.
     New(NewArgs),
+    /// End login sessions (auth_mode = oidc, auth_session_store = redis) on every gateway
+    /// sharing the store, WebSockets included: one user's, one session, or all. Exit 0 when
+    /// done, 1 when the store cannot revoke (cookie, memory) or cannot be reached, 2 for
+    /// usage or configuration errors.
+    Revoke(RevokeArgs),
+}
+
+/// `fluxlit revoke` options: exactly one of `--user`, `--session`, `--all`.
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// Every session of the user with this subject (the `sub` claim, `X-Forwarded-User`).
+    #[arg(long, value_name = "SUB")]
+    user: Option<String>,
+    /// One session, by its id (`sid` in `X-Fluxlit-Identity`).
+    #[arg(long, value_name = "SID")]
+    session: Option<String>,
+    /// Every session (for example after a key compromise).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// `fluxlit new` options (FluxLit for Python reference §1.9).
@@ -294,5 +316,6 @@ pub(crate) fn main() -> ExitCode {
         Command::Shutdown(args) => shutdown_cmd::main(args, env),
         Command::New(args) => new_cmd::main(&args),
         Command::Build(args) => build_cmd::main(args, env),
+        Command::Revoke(args) => revoke_cmd::main(args, env),
     }
 }

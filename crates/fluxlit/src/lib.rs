@@ -52,6 +52,7 @@ mod lifecycle;
 mod pidfile;
 pub mod project;
 pub mod pyapp;
+pub mod revoke;
 pub mod scaffold;
 pub mod stop;
 
