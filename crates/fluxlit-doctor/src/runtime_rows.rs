@@ -15,6 +15,10 @@ use crate::Report;
 /// WebSocket, `server.baseUrlPath`).
 pub(crate) const MIN_STREAMLIT: (u64, u64) = (1, 33);
 
+/// The first Streamlit with `server.trustedUserHeaders` (identity headers in `st.user`), which
+/// `auth_mode = forward` and `oidc` wire up (docs/auth.md).
+pub(crate) const MIN_STREAMLIT_TRUSTED_USER_HEADERS: (u64, u64) = (1, 49);
+
 /// How long `python --version` and `python -m streamlit version` may take.
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,7 +76,10 @@ pub(crate) async fn check(r: &mut Report, opts: &LoadOptions, loaded: &Loaded) {
             "not checked: ui_upstream is set, so FluxLit starts no Streamlit (the streamlit_upstream row checks the upstream)",
         );
     } else {
-        streamlit_version(r, python).await;
+        let identity_headers = s.auth_mode == fluxlit_config::AuthMode::Forward
+            || (s.auth_mode == fluxlit_config::AuthMode::Oidc
+                && s.auth_streamlit_trusted_user_headers);
+        streamlit_version(r, python, identity_headers).await;
     }
 
     let script = opts.cwd.join(&s.target);
@@ -203,8 +210,10 @@ pub(crate) async fn check(r: &mut Report, opts: &LoadOptions, loaded: &Loaded) {
     gateway_bind(r, loaded);
 }
 
-/// `python -m streamlit version`: FAIL when it does not run, WARN below [`MIN_STREAMLIT`].
-async fn streamlit_version(r: &mut Report, python: &str) {
+/// `python -m streamlit version`: FAIL when it does not run, WARN below [`MIN_STREAMLIT`], and
+/// below [`MIN_STREAMLIT_TRUSTED_USER_HEADERS`] when the gateway passes the user's identity to
+/// Streamlit (`identity_headers`).
+async fn streamlit_version(r: &mut Report, python: &str, identity_headers: bool) {
     let c = match fluxlit_sidecar::capture(
         OsStr::new(python),
         &["-m", "streamlit", "version"],
@@ -232,6 +241,23 @@ async fn streamlit_version(r: &mut Report, python: &str) {
     }
     let out = c.stdout.trim();
     match parse_streamlit_version(out) {
+        Some(v)
+            if identity_headers
+                && (v.0, v.1) >= MIN_STREAMLIT
+                && (v.0, v.1) < MIN_STREAMLIT_TRUSTED_USER_HEADERS =>
+        {
+            r.warn(
+                "streamlit_version",
+                format!(
+                    "{}.{}.{} ({python}) has no server.trustedUserHeaders, so st.user stays empty although the gateway passes the user's identity (auth_mode forward or oidc); Streamlit {}.{} or later shows it: `{python} -m pip install -U streamlit`",
+                    v.0,
+                    v.1,
+                    v.2,
+                    MIN_STREAMLIT_TRUSTED_USER_HEADERS.0,
+                    MIN_STREAMLIT_TRUSTED_USER_HEADERS.1
+                ),
+            );
+        }
         Some(v) if (v.0, v.1) >= MIN_STREAMLIT => r.pass(
             "streamlit_version",
             format!(

@@ -741,3 +741,42 @@ async fn oidc_discovery_warns_about_clock_skew() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With forward or oidc auth, a Streamlit without `server.trustedUserHeaders` (before 1.49)
+/// is a WARN naming the version that shows the user in `st.user`; without auth it passes.
+#[tokio::test]
+async fn streamlit_without_trusted_user_headers_warns_when_identity_is_passed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("trusted-headers");
+    std::fs::write(dir.join("app.py"), "").unwrap();
+    let python = dir.join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\nif [ \"$2\" = streamlit ]; then echo 'Streamlit, version 1.45.1'; else echo 'Python 3.12.3'; fi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let python = python.display().to_string();
+    let plain = [("FLUXLIT_STREAMLIT_PYTHON", python.as_str())];
+    let r = run(&dir, &plain, Options::default()).await;
+    assert_eq!(
+        row(&r, "streamlit_version").status,
+        Status::Pass,
+        "{}",
+        r.to_text()
+    );
+    let forward = [
+        ("FLUXLIT_STREAMLIT_PYTHON", python.as_str()),
+        ("FLUXLIT_AUTH_MODE", "forward"),
+        ("FLUXLIT_AUTH_FORWARD_TRUSTED_CIDRS", "127.0.0.1"),
+    ];
+    let r = run(&dir, &forward, Options::default()).await;
+    let v = row(&r, "streamlit_version");
+    assert_eq!(v.status, Status::Warn, "{}", r.to_text());
+    assert!(
+        v.detail.contains("1.45.1") && v.detail.contains("1.49"),
+        "{}",
+        v.detail
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
