@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,7 +45,7 @@ impl Nginx {
         let bin = nginx_path();
         let dir = TempDir::new("nginx");
         let shipped = repo_root().join("docker/proxy-deployment/nginx").join(site);
-        let port = free_port();
+        let port = support::free_port();
         let mut text = std::fs::read_to_string(&shipped).expect("read the shipped nginx site");
         for (from, to) in [
             ("server fluxlit:8000;", format!("server {upstream};")),
@@ -187,14 +187,6 @@ fn nginx_main(dir: &Path) -> String {
          \x20   include {d}/site.conf;\n\
          }}\n"
     )
-}
-
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// Evaluates `expression` in `page` until it returns something other than `null`/`false`.

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use fluxlit_testkit::cdp::{Browser, Page};
@@ -21,13 +20,6 @@ use support::Fluxlit;
 const APP: &str = "import streamlit as st\n\nst.markdown(\"USER=\" + str(st.user.get(\"email\")) + \";SUB=\" + str(st.user.get(\"sub\")))\n";
 
 const WHOAMI: &str = "\n\n@app.get(\"/whoami\")\ndef whoami(request: Request) -> dict[str, Any]:\n    return {\"email\": request.headers.get(\"x-forwarded-email\"), \"cookie\": request.headers.get(\"cookie\"), \"assertion\": bool(request.headers.get(\"x-fluxlit-identity\"))}\n";
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// Evaluates `expression` in `page` until it returns something other than `null`/`false`
 /// (60 s at most).
@@ -81,17 +73,10 @@ async fn log_in_at_provider(browser: &mut Browser, page: &Page, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_logs_in_sees_itself_in_st_user_and_logs_out_for_real() {
-    let port = free_port();
+    let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let idp = Provider::start(
-        serde_json::json!([{
-            "client_id": "fluxlit",
-            "client_secret": "test-secret",
-            "redirect_uris": [format!("{base}/api/auth/callback")],
-            "post_logout_redirect_uris": [format!("{base}/")],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-        }]),
+        serde_json::json!([fluxlit_testkit::idp::gateway_client(&base)]),
         Value::Null,
     )
     .await;

@@ -21,20 +21,9 @@ use serde_json::{Value, json};
 use support::{ENGINES, engine, start_on, up_at};
 
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-/// Answers WebSocket upgrades with a correct 101 and everything else with the echo line.
 async fn upstream() -> RecordingUpstream {
-    RecordingUpstream::with(|r: &Recorded| {
-        if r.has("upgrade") {
-            Reply::raw(format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
-            ))
-        } else {
-            fluxlit_testkit::raw::echo_line(r)
-        }
-    })
-    .await
+    support::upgrading_upstream().await
 }
 
 /// A gateway configured the way `fluxlit run` configures it: from loaded settings (`env`),

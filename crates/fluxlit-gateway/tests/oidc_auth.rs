@@ -17,25 +17,14 @@ use fluxlit_auth::oidc::OidcConfig;
 use fluxlit_auth::session::{MemoryStore, Store};
 use fluxlit_gateway::{ApiTarget, Gateway, OidcAuth};
 use fluxlit_testkit::idp::{Agent, Provider};
-use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
+use fluxlit_testkit::raw::{RawClient, RecordingUpstream};
 use http::Method;
 use support::{ENGINES, Running, engine, launch_on, up_at};
 
-const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const SECRET: &[u8] = b"test-only-cookie-secret-0123456789abcdef";
 
-/// Answers WebSocket upgrades with a 101 and everything else with the echo line.
 async fn upstream() -> RecordingUpstream {
-    RecordingUpstream::with(|r: &Recorded| {
-        if r.has("upgrade") {
-            Reply::raw(format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
-            ))
-        } else {
-            fluxlit_testkit::raw::echo_line(r)
-        }
-    })
-    .await
+    support::upgrading_upstream().await
 }
 
 /// A provider, a recording upstream and a gateway with OIDC on.
@@ -61,15 +50,7 @@ impl Setup {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
         let idp = Provider::start(
-            serde_json::json!([{
-                "client_id": "fluxlit",
-                "client_secret": "test-secret",
-                "redirect_uris": [format!("{base}/api/auth/callback")],
-                "post_logout_redirect_uris": [format!("{base}/")],
-                "backchannel_logout_uri": format!("{base}/api/auth/backchannel-logout"),
-                "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"],
-            }]),
+            serde_json::json!([fluxlit_testkit::idp::gateway_client(&base)]),
             ttl,
         )
         .await;
@@ -183,6 +164,51 @@ fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
         backchannel_logout: true,
     })
     .unwrap()
+}
+
+/// Opens a WebSocket through the gateway at `gw` with `Origin: origin` and `cookie`
+/// (`name=value`); returns the client and the status of the answer.
+async fn open_ws(gw: SocketAddr, origin: &str, cookie: &str) -> (RawClient, u16) {
+    let mut ws = RawClient::connect(gw).await;
+    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n").as_bytes()).await;
+    let status = ws
+        .response(false)
+        .await
+        .expect("the upgrade's answer")
+        .status;
+    (ws, status)
+}
+
+/// Waits (at most `within`) until the gateway closes `ws`.
+async fn closed_within(ws: &mut RawClient, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            if ws.closed().await {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A whole login of `user` with `agent` at the gateway whose public origin is `base`; returns
+/// the session cookie as `fluxlit_session=VALUE`.
+async fn log_in(agent: &mut Agent, base: &str, issuer: &str, user: &str) -> String {
+    let start = agent
+        .request(Method::GET, &format!("{base}/api/auth/login"), None)
+        .await;
+    let callback = agent
+        .login_at_provider(issuer, start.location().expect("to the provider"), user)
+        .await;
+    let done = agent.request(Method::GET, &callback, None).await;
+    assert_eq!(done.status, 303, "{}", done.text());
+    format!(
+        "fluxlit_session={}",
+        agent
+            .cookie(base, "fluxlit_session")
+            .expect("the session cookie")
+    )
 }
 
 /// Sends raw `head` (ending in an empty line) and returns the response.
@@ -477,10 +503,8 @@ async fn logout_ends_the_session_and_its_websockets_and_continues_at_the_provide
             );
 
             // A WebSocket through the gateway with the session.
-            let mut ws = RawClient::connect(s.gw.addr).await;
-            ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.gw.addr, s.base).as_bytes()).await;
-            let up = ws.response(false).await.expect("the upgrade's answer");
-            assert_eq!(up.status, 101, "{ctx}: {}", up.text());
+            let (mut ws, ws_status) = open_ws(s.gw.addr, &s.base, &cookie).await;
+            assert_eq!(ws_status, 101, "{ctx}");
 
             // auth_pass_access_token: the API hop gets the provider's access token (server-side
             // stores keep one), Streamlit never does; a client's own Authorization is kept.
@@ -569,18 +593,8 @@ async fn logout_ends_the_session_and_its_websockets_and_continues_at_the_provide
             );
 
             // The tunnel opened with the session is closed.
-            let closed = tokio::time::timeout(Duration::from_secs(2), async {
-                loop {
-                    if ws.closed().await {
-                        return;
-                    }
-                }
-            })
-            .await;
-            assert!(
-                closed.is_ok(),
-                "{ctx}: the session's WebSocket was not closed"
-            );
+            let closed = closed_within(&mut ws, Duration::from_secs(2)).await;
+            assert!(closed, "{ctx}: the session's WebSocket was not closed");
 
             let after = agent
                 .request(Method::GET, &s.url("/api/auth/userinfo"), None)
@@ -742,9 +756,8 @@ async fn a_session_with_an_open_websocket_is_refreshed_without_requests() {
         "fluxlit_session={}",
         agent.cookie(&s.base, "fluxlit_session").unwrap()
     );
-    let mut ws = RawClient::connect(s.gw.addr).await;
-    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.base).as_bytes()).await;
-    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+    let (mut ws, ws_status) = open_ws(s.gw.addr, &s.base, &cookie).await;
+    assert_eq!(ws_status, 101);
     // No request is sent from here on: only the background refresh can redeem the token.
     fluxlit_testkit::eventually(
         Duration::from_secs(15),
@@ -774,9 +787,8 @@ async fn a_logout_at_the_provider_ends_the_session_through_the_back_channel() {
         "fluxlit_session={}",
         agent.cookie(&s.base, "fluxlit_session").unwrap()
     );
-    let mut ws = RawClient::connect(s.gw.addr).await;
-    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n", s.base).as_bytes()).await;
-    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+    let (mut ws, ws_status) = open_ws(s.gw.addr, &s.base, &cookie).await;
+    assert_eq!(ws_status, 101);
 
     // The user signs out at the provider itself (its end-session page and confirmation).
     let page = agent
@@ -805,19 +817,8 @@ async fn a_logout_at_the_provider_ends_the_session_through_the_back_channel() {
         done.text()
     );
 
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if ws.closed().await {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the WebSocket was not closed: {}",
-        s.idp.log()
-    );
+    let closed = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert!(closed, "the WebSocket was not closed: {}", s.idp.log());
     let after = raw(
         s.gw.addr,
         &format!("GET /api/auth/userinfo HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n"),
@@ -855,14 +856,7 @@ impl Replicas {
         // The public origin is replica A's address (a load balancer would front both).
         let base = format!("http://{}", la.local_addr().unwrap());
         let idp = Provider::start(
-            serde_json::json!([{
-                "client_id": "fluxlit",
-                "client_secret": "test-secret",
-                "redirect_uris": [format!("{base}/api/auth/callback")],
-                "post_logout_redirect_uris": [format!("{base}/")],
-                "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"],
-            }]),
+            serde_json::json!([fluxlit_testkit::idp::gateway_client(&base)]),
             ttl,
         )
         .await;
@@ -945,45 +939,24 @@ async fn replicas_share_logins_sessions_logouts_and_fail_closed_without_redis() 
     assert_eq!(status_with(r.b.addr, "/api/items", &session).await, 200);
 
     // A WebSocket on A; logout on B closes it within 1 s (Redis pub/sub).
-    let mut ws = RawClient::connect(r.a.addr).await;
-    ws.send(format!("GET /_stcore/stream HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {session}\r\n\r\n", r.base).as_bytes()).await;
-    assert_eq!(ws.response(false).await.expect("the upgrade").status, 101);
+    let (mut ws, ws_status) = open_ws(r.a.addr, &r.base, &session).await;
+    assert_eq!(ws_status, 101);
     let out = raw(
         r.b.addr,
         &format!("POST /api/auth/logout HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\nCookie: {session}\r\nContent-Length: 0\r\n\r\n", r.base),
     )
     .await;
     assert_eq!(out.status, 303, "{}", out.text());
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            if ws.closed().await {
-                return;
-            }
-        }
-    })
-    .await;
+    let closed = closed_within(&mut ws, Duration::from_secs(1)).await;
     assert!(
-        closed.is_ok(),
+        closed,
         "A's WebSocket was not closed within 1 s of B's logout"
     );
     assert_eq!(status_with(r.a.addr, "/api/items", &session).await, 401);
 
     // Redis down: protected requests 503 (fail closed), public paths still answer.
     let mut agent = Agent::new();
-    let start = agent
-        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
-        .await;
-    let callback = agent
-        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "bob")
-        .await;
-    assert_eq!(
-        agent.request(Method::GET, &callback, None).await.status,
-        303
-    );
-    let bob = format!(
-        "fluxlit_session={}",
-        agent.cookie(&r.base, "fluxlit_session").unwrap()
-    );
+    let bob = log_in(&mut agent, &r.base, &r.idp.issuer, "bob").await;
     r.redis.stop();
     let down = raw(
         r.a.addr,
@@ -1012,20 +985,7 @@ async fn replicas_share_logins_sessions_logouts_and_fail_closed_without_redis() 
     .await;
     assert_eq!(status, 401);
     let mut agent = Agent::new();
-    let start = agent
-        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
-        .await;
-    let callback = agent
-        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "bob")
-        .await;
-    assert_eq!(
-        agent.request(Method::GET, &callback, None).await.status,
-        303
-    );
-    let again = format!(
-        "fluxlit_session={}",
-        agent.cookie(&r.base, "fluxlit_session").unwrap()
-    );
+    let again = log_in(&mut agent, &r.base, &r.idp.issuer, "bob").await;
     assert_eq!(status_with(r.b.addr, "/api/items", &again).await, 200);
     r.idp.stop().await;
 }
@@ -1034,20 +994,7 @@ async fn replicas_share_logins_sessions_logouts_and_fail_closed_without_redis() 
 async fn concurrent_requests_at_expiry_on_two_replicas_refresh_once() {
     let r = Replicas::start(serde_json::json!({"AccessToken": 4})).await;
     let mut agent = Agent::new();
-    let start = agent
-        .request(Method::GET, &format!("{}/api/auth/login", r.base), None)
-        .await;
-    let callback = agent
-        .login_at_provider(&r.idp.issuer, start.location().unwrap(), "alice")
-        .await;
-    assert_eq!(
-        agent.request(Method::GET, &callback, None).await.status,
-        303
-    );
-    let session = format!(
-        "fluxlit_session={}",
-        agent.cookie(&r.base, "fluxlit_session").unwrap()
-    );
+    let session = log_in(&mut agent, &r.base, &r.idp.issuer, "alice").await;
     let info = agent
         .request(Method::GET, &format!("{}/api/auth/userinfo", r.base), None)
         .await;

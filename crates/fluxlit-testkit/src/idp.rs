@@ -40,6 +40,21 @@ pub struct Provider {
     _dir: TempDir,
 }
 
+/// The client FluxLit's tests register for a gateway at `base` (`http://127.0.0.1:PORT`, no
+/// root path): `fluxlit` / `test-secret`, the callback, post-logout and back-channel logout URIs
+/// under `/api/auth`, the code and refresh-token grants.
+pub fn gateway_client(base: &str) -> Value {
+    serde_json::json!({
+        "client_id": "fluxlit",
+        "client_secret": "test-secret",
+        "redirect_uris": [format!("{base}/api/auth/callback")],
+        "post_logout_redirect_uris": [format!("{base}/")],
+        "backchannel_logout_uri": format!("{base}/api/auth/backchannel-logout"),
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    })
+}
+
 impl Provider {
     /// Starts the provider with `clients` (oidc-provider client metadata: `client_id`,
     /// `client_secret`, `redirect_uris`, `post_logout_redirect_uris`, `grant_types`, …) and

@@ -289,3 +289,12 @@ pub async fn request(
         String::from_utf8_lossy(&bytes).into_owned(),
     ))
 }
+
+/// A loopback port free at the time of the call (for settings that must name the port before
+/// the process binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}

@@ -176,6 +176,24 @@ pub fn launch_on(builder: GatewayBuilder, listener: tokio::net::TcpListener) -> 
     }
 }
 
+/// `Sec-WebSocket-Accept` for the test key `dGhlIHNhbXBsZSBub25jZQ==` (RFC 6455 §1.3).
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A recording upstream that answers WebSocket upgrades with a correct 101 (for the test key)
+/// and everything else with the echo line.
+pub async fn upgrading_upstream() -> RecordingUpstream {
+    RecordingUpstream::with(|r: &Recorded| {
+        if r.has("upgrade") {
+            Reply::raw(format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+            ))
+        } else {
+            fluxlit_testkit::raw::echo_line(r)
+        }
+    })
+    .await
+}
+
 /// An upstream named `name` at `addr` with no base path.
 pub fn up_at(addr: SocketAddr, name: &str) -> Upstream {
     Upstream::fixed(
