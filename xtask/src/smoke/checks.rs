@@ -71,8 +71,8 @@ pub(crate) enum Check {
     BodyLimitUi,
     /// An oversized body to an API route gets 413 from FluxLit.
     BodyLimitApi,
-    /// The edge's request id (or FluxLit's), never the client's, reaches the API and comes
-    /// back on the response.
+    /// A client's well-formed request id reaches the API unchanged; a missing or malformed
+    /// one is replaced by the edge's id (or FluxLit's); the id comes back on the response.
     RequestId,
     /// The API sees the public scheme, host, port and prefix.
     Scheme,
@@ -650,7 +650,6 @@ async fn body_limit(t: &Target, method: &str, path: &str) -> Result<String, Stri
     }
 }
 
-/// Whether `s` is a UUID of version 7 in its text form.
 /// Adds a problem for every `(key, expected)` whose value in the API's JSON `v` differs.
 fn compare_fields(v: &serde_json::Value, want: &[(&str, String)], problems: &mut Vec<String>) {
     for (key, expected) in want {
@@ -664,6 +663,7 @@ fn compare_fields(v: &serde_json::Value, want: &[(&str, String)], problems: &mut
     }
 }
 
+/// Whether `s` is a UUID of version 7 in its text form.
 fn is_uuid_v7(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
@@ -674,70 +674,144 @@ fn is_uuid_v7(s: &str) -> bool {
         && b[14] == b'7'
 }
 
-/// The request id the API must see behind `edge`: its description, and whether `id` is one.
+/// Whether `id` is a request id FluxLit keeps from a client: 1–128 characters, each visible
+/// ASCII (`!` to `~`, 0x21–0x7E), the rule of `observe::request_id` (docs/operations.md,
+/// "Request ids").
+fn well_formed_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// The request id the API must see behind `edge` when the client's is missing or malformed:
+/// its description, and whether `id` is one.
 fn expected_id(edge: &Edge, id: &str) -> (String, bool) {
     match edge.request_id {
         RequestId::Edge(format) => (
             format!("the edge's own id ({})", format.describe()),
             format.matches(id),
         ),
-        RequestId::Cleared => (
-            "FluxLit's UUIDv7 (the edge clears X-Request-ID)".to_owned(),
+        RequestId::Fluxlit => (
+            "FluxLit's UUIDv7 (the edge passes X-Request-ID through)".to_owned(),
             is_uuid_v7(id),
         ),
     }
 }
 
-/// Every shipped edge sets its own `X-Request-ID` or clears the client's: a client's id never
-/// reaches the API, and the id the API sees (the edge's, else FluxLit's UUIDv7) comes back
-/// on the response.
+/// What the client sent as `X-Request-ID` in one case of the `request-id` check.
+#[derive(Debug, Clone, Copy)]
+enum SentId<'a> {
+    /// Nothing.
+    None,
+    /// A well-formed id: it must reach the API unchanged.
+    WellFormed(&'a str),
+    /// A malformed id: it must never reach the API as sent.
+    Malformed(&'a str),
+}
+
+impl SentId<'_> {
+    fn describe(self) -> String {
+        match self {
+            Self::None => "without X-Request-ID".to_owned(),
+            Self::WellFormed(id) if id.len() > 40 => {
+                format!("with a well-formed X-Request-ID of {} characters", id.len())
+            }
+            Self::WellFormed(id) => format!("with the well-formed X-Request-ID {id:?}"),
+            Self::Malformed(id) if id.len() > 40 => {
+                format!("with a malformed X-Request-ID of {} characters", id.len())
+            }
+            Self::Malformed(id) => format!("with the malformed X-Request-ID {id:?}"),
+        }
+    }
+}
+
+/// Judges one case of the `request-id` check behind `edge`: the client sent `sent`, the API
+/// saw `seen` and the response carried `returned`.
+fn judge_request_id(
+    edge: &Edge,
+    sent: SentId<'_>,
+    seen: &str,
+    returned: &str,
+) -> Result<(), String> {
+    let case = sent.describe();
+    match sent {
+        SentId::WellFormed(id) if seen != id => {
+            return Err(format!(
+                "{case}: the API saw {seen:?}; the edge must pass a well-formed client id on unchanged"
+            ));
+        }
+        SentId::WellFormed(_) => {}
+        SentId::Malformed(id) if seen == id => {
+            return Err(format!("{case}: it reached the API as sent"));
+        }
+        SentId::None | SentId::Malformed(_) => {
+            let (want, ok) = expected_id(edge, seen);
+            if !ok {
+                return Err(format!("{case}: expected {want}, the API saw {seen:?}"));
+            }
+        }
+    }
+    if returned != seen {
+        return Err(format!(
+            "{case}: the API saw {seen:?} but the response carried {returned:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Every shipped edge keeps a client's well-formed `X-Request-ID` (end-to-end correlation, as
+/// FluxLit does) and replaces a missing or malformed one with its own id, or, behind an edge
+/// that cannot make one, lets FluxLit make a UUIDv7; the id the API sees comes back on the
+/// response, and the ids the edge or FluxLit make differ per request.
 async fn request_id(t: &Target) -> Result<String, String> {
     let path = t.path("/api/request-id");
-    let sent = format!("smoke-{}-{}", t.edge.name, std::process::id());
-    let (want, _) = expected_id(&t.edge, "");
+    let short = format!("smoke-{}-{}_!~\"{{x}}", t.edge.name, std::process::id());
+    // The longest id FluxLit keeps, and one past it by far.
+    let longest: String = short.chars().cycle().take(128).collect();
+    let too_long: String = short.chars().cycle().take(200).collect();
+    let spaced = format!("smoke {}", t.edge.name);
+    let sent_ids = [short.as_str(), &longest, &too_long, &spaced];
+    let cases = sent_ids
+        .iter()
+        .map(|id| {
+            if well_formed_id(id) {
+                SentId::WellFormed(id)
+            } else {
+                SentId::Malformed(id)
+            }
+        })
+        .chain([SentId::None]);
     let mut problems = Vec::new();
-    let mut seen_ids = Vec::new();
-    for client_id in [Some(sent.as_str()), None] {
-        let headers: Vec<(&str, &str)> = client_id
-            .map(|id| ("x-request-id", id))
-            .into_iter()
-            .collect();
+    let mut made = Vec::new();
+    for sent in cases {
+        let headers: Vec<(&str, &str)> = match sent {
+            SentId::None => Vec::new(),
+            SentId::WellFormed(id) | SentId::Malformed(id) => vec![("x-request-id", id)],
+        };
         let r = t
             .endpoint
             .request("GET", &path, &headers, Vec::new())
             .await?;
+        if r.status != 200 {
+            problems.push(format!("{}: status {}", sent.describe(), r.summary()));
+            continue;
+        }
         let seen = r.json()["request_id"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let returned = r.header("x-request-id");
-        let case = if client_id.is_some() {
-            format!("with X-Request-ID {sent:?}")
-        } else {
-            "without X-Request-ID".to_owned()
-        };
-        if r.status != 200 {
-            problems.push(format!("{case}: status {}", r.summary()));
-        } else if client_id == Some(seen.as_str()) {
-            problems.push(format!(
-                "{case}: the client's id reached the API; the edge must set or clear X-Request-ID"
-            ));
-        } else if !expected_id(&t.edge, &seen).1 {
-            problems.push(format!("{case}: expected {want}, the API saw {seen:?}"));
-        } else if returned != seen {
-            problems.push(format!(
-                "{case}: the API saw {seen:?} but the response carried {returned:?}"
-            ));
+        match judge_request_id(&t.edge, sent, &seen, &r.header("x-request-id")) {
+            Err(problem) => problems.push(problem),
+            Ok(()) if !matches!(sent, SentId::WellFormed(_)) => made.push(seen),
+            Ok(()) => {}
         }
-        seen_ids.push(seen);
     }
-    if problems.is_empty() && seen_ids[0] == seen_ids[1] {
-        problems.push(format!("two requests got the same id {:?}", seen_ids[0]));
+    if problems.is_empty() && made.iter().enumerate().any(|(i, a)| made[..i].contains(a)) {
+        problems.push(format!("two requests got the same id: {made:?}"));
     }
+    let (want, _) = expected_id(&t.edge, "");
     if problems.is_empty() {
         Ok(format!(
-            "the client's id is replaced by {want}: the API saw {} and the response carried it; without one: {}",
-            seen_ids[0], seen_ids[1]
+            "well-formed client ids (up to 128 characters) reach the API unchanged and come back; none, 200 characters or a space: {want}, e.g. {}",
+            made.first().map(String::as_str).unwrap_or_default()
         ))
     } else {
         Err(problems.join("; "))
@@ -1284,6 +1358,65 @@ mod tests {
             Some("./static/js/index.abc.js")
         );
         assert_eq!(asset_reference("<html></html>"), None);
+    }
+
+    #[test]
+    fn request_id_rule_is_fluxlits() {
+        assert!(well_formed_id("a"));
+        assert!(well_formed_id("!~\"{x}"));
+        assert!(well_formed_id(&"a".repeat(128)));
+        assert!(!well_formed_id(&"a".repeat(129)));
+        assert!(!well_formed_id(""));
+        assert!(!well_formed_id("a b"));
+        assert!(!well_formed_id("a\tb"));
+        assert!(!well_formed_id("café"));
+    }
+
+    /// The judgement per edge: a well-formed client id must arrive unchanged, a missing or
+    /// malformed one must be replaced by the edge's id (or FluxLit's behind Traefik).
+    #[test]
+    fn judges_request_id_cases() {
+        let edge = |name: &str| {
+            *crate::smoke::edges::EDGES
+                .iter()
+                .find(|e| e.name == name)
+                .expect("a shipped edge")
+        };
+        let (nginx, caddy, traefik) = (edge("nginx-root"), edge("caddy"), edge("traefik"));
+        let hex = "3a435108a43b53a9812573dac08a2c99";
+        let v4 = "86543132-0afc-4f9b-8cff-5c401b2ccd67";
+        let v7 = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let client = "client-1";
+        let long = "a".repeat(200);
+
+        // A well-formed client id reaches the API unchanged and comes back, on every edge.
+        for e in [nginx, caddy, traefik] {
+            assert_eq!(
+                judge_request_id(&e, SentId::WellFormed(client), client, client),
+                Ok(())
+            );
+            assert!(judge_request_id(&e, SentId::WellFormed(client), hex, hex).is_err());
+            assert!(judge_request_id(&e, SentId::WellFormed(client), v7, v7).is_err());
+            assert!(judge_request_id(&e, SentId::WellFormed(client), client, v7).is_err());
+        }
+        // None or malformed: the edge's own id, or FluxLit's behind Traefik.
+        for sent in [
+            SentId::None,
+            SentId::Malformed(&long),
+            SentId::Malformed("a b"),
+        ] {
+            assert_eq!(judge_request_id(&nginx, sent, hex, hex), Ok(()));
+            assert!(judge_request_id(&nginx, sent, v7, v7).is_err());
+            assert_eq!(judge_request_id(&caddy, sent, v4, v4), Ok(()));
+            assert!(judge_request_id(&caddy, sent, hex, hex).is_err());
+            assert_eq!(judge_request_id(&traefik, sent, v7, v7), Ok(()));
+            assert!(judge_request_id(&traefik, sent, v4, v4).is_err());
+            assert!(judge_request_id(&nginx, sent, hex, "").is_err());
+        }
+        // A malformed id never reaches the API as sent.
+        let err = judge_request_id(&traefik, SentId::Malformed(&long), &long, &long)
+            .expect_err("a malformed id reached the API");
+        assert!(err.contains("reached the API as sent"), "{err}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub(crate) struct Edge {
     pub(crate) tls: bool,
     /// The shipped configuration, relative to `docker/proxy-deployment/`.
     pub(crate) config: &'static str,
-    /// What the edge does with a client's `X-Request-ID`.
+    /// Who makes the request id when the client's `X-Request-ID` is missing or malformed.
     pub(crate) request_id: RequestId,
     /// Whether the edge appends the client's address to a client's `X-Forwarded-For` (nginx's
     /// `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`) rather than replacing it
@@ -50,14 +50,16 @@ pub(crate) struct Edge {
     pub(crate) routes_normalised_path: bool,
 }
 
-/// What an edge does with a client's `X-Request-ID`: every shipped configuration sets or
-/// clears it, so a client never chooses the id FluxLit logs and the API sees.
+/// Who makes the request id when a client sends no `X-Request-ID` or a malformed one. Every
+/// shipped configuration passes a well-formed client id (1–128 characters, each `!` to `~`:
+/// FluxLit's rule, docs/operations.md "Request ids") on unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestId {
-    /// Replaced by the edge's own id in this format.
+    /// The edge replaces it with its own id, in this format.
     Edge(IdFormat),
-    /// Removed (the edge cannot make one): FluxLit makes a UUIDv7.
-    Cleared,
+    /// The edge cannot make one and passes the client's field through: FluxLit replaces a
+    /// missing or malformed one with a UUIDv7.
+    Fluxlit,
 }
 
 /// The form of an edge's own request id.
@@ -186,7 +188,7 @@ pub(crate) const EDGES: &[Edge] = &[
         prefix: "/myapp",
         tls: false,
         config: "traefik/dynamic.yml",
-        request_id: RequestId::Cleared,
+        request_id: RequestId::Fluxlit,
         xff_appends: false,
         routes_normalised_path: true,
     },
