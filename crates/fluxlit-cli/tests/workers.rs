@@ -2,7 +2,8 @@
 //! docs/scaling.md), with real Streamlit: sessions from one client IP, each client with its
 //! own cookie jar as browsers have, are spread over the workers; each session's upload and
 //! reconnect reach the worker that holds it; a worker killed with SIGKILL leaves the other
-//! workers' sessions open and readiness at 200, and comes back.
+//! workers' sessions open and readiness at 200, and comes back. Each worker has its series
+//! (sessions, placements, restarts, RSS), and the access log and debug ring name the worker.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -152,6 +153,19 @@ async fn debug(gw: &Fluxlit) -> Value {
     let (status, _, body) = support::get(&gw.url("/__fluxlit/debug")).await.unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
+}
+
+async fn metrics(gw: &Fluxlit) -> String {
+    let (status, _, body) = support::get(&gw.url("/__fluxlit/metrics")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the series `line` (`name{labels}`) in a Prometheus rendering, if present.
+fn series(render: &str, line: &str) -> Option<f64> {
+    render
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
 }
 
 async fn upload(gw: &Fluxlit, jar: &Jar, session: &str, file: &str) -> (u16, String) {
@@ -322,12 +336,70 @@ async fn sessions_spread_and_each_session_s_requests_reach_its_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_leaves_the_others_sessions_open_and_comes_back() {
-    let gw = Fluxlit::start_in(app_dir(), &[]).await;
+    let env = [("FLUXLIT_ENABLE_GATEWAY_PROMETHEUS_METRICS", "true")];
+    let gw = Fluxlit::start_with_env(app_dir(), &[], &env).await;
     gw.wait_ready("/api/readyz").await;
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(new_client(&gw).await);
     }
+    // Per-worker series: the open sessions and placements add up to the clients', every
+    // worker's RSS is sampled.
+    let render = metrics(&gw).await;
+    let sum = |name: &str| -> f64 {
+        (1..=WORKERS)
+            .filter_map(|w| series(&render, &format!("{name}{{worker=\"{w}\"}}")))
+            .sum()
+    };
+    assert_eq!(sum("fluxlit_streamlit_worker_sessions"), 6.0, "{render}");
+    assert!(
+        sum("fluxlit_streamlit_worker_placements_total") >= 6.0,
+        "{render}"
+    );
+    for w in 1..=WORKERS {
+        let url = gw.url("/__fluxlit/metrics");
+        let name = format!("fluxlit_streamlit_worker_rss_bytes{{worker=\"{w}\"}}");
+        eventually(Duration::from_secs(20), "the RSS gauge", || {
+            let (url, name) = (url.clone(), name.clone());
+            async move {
+                let (_, _, text) = support::get(&url).await.ok()?;
+                series(&text, &name).filter(|b| *b > 10.0 * 1024.0 * 1024.0)
+            }
+        })
+        .await;
+    }
+    // The access log and the debug ring name the worker of each session's WebSocket.
+    let d = debug(&gw).await;
+    let placed: Vec<&Value> = d["recent_dispatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/_stcore/stream")
+        .collect();
+    assert!(!placed.is_empty(), "{d}");
+    for e in placed {
+        assert!(
+            (1..=WORKERS as u64).contains(&e["worker"].as_u64().unwrap_or(0)),
+            "{d}"
+        );
+    }
+    let workers: Vec<String> = clients
+        .iter()
+        .map(|c| format!(" worker={}", c.jar.get("fluxlit_worker").unwrap()))
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "access-log lines naming each session's worker",
+        || {
+            let log = gw.log();
+            let all = workers.iter().all(|w| {
+                log.lines()
+                    .any(|l| l.contains("WEBSOCKET /_stcore/stream 101") && l.ends_with(w.as_str()))
+            });
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
     let d = debug(&gw).await;
     let victim = d["sidecars"]["streamlit-2"]["pid"].as_u64().unwrap() as u32;
     nix::sys::signal::kill(
@@ -374,6 +446,23 @@ async fn a_killed_worker_leaves_the_others_sessions_open_and_comes_back() {
     let again = d["sidecars"]["streamlit-2"]["pid"].as_u64().unwrap() as u32;
     assert_ne!(again, victim);
     assert!(gw.log().contains("restarting sidecar"), "{}", gw.log());
+    let render = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &render,
+            "fluxlit_streamlit_worker_restarts_total{worker=\"2\"}"
+        ),
+        Some(1.0),
+        "{render}"
+    );
+    assert_eq!(
+        series(
+            &render,
+            "fluxlit_streamlit_worker_restarts_total{worker=\"1\"}"
+        ),
+        None,
+        "{render}"
+    );
     // Its clients reconnect (their cookie names it) and get a new session there.
     for c in clients
         .iter()

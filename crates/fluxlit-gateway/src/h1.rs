@@ -237,8 +237,10 @@ pub(crate) async fn serve(
                 request_id: seen.rid.to_str().unwrap_or("").to_owned(),
                 dispatch: DISPATCH,
                 path: seen.target.path().to_owned(),
+                worker: plan.worker.map(|w| w + 1),
             });
         }
+        let worker = plan.worker.map(|w| w + 1);
         let mut tally = Tally::default();
         let next = exchange(
             inner,
@@ -263,6 +265,7 @@ pub(crate) async fn serve(
                 query: seen.target.query(),
                 client_ip: seen.client_ip,
                 upstream: Some(ui.name()),
+                worker,
                 status: tally.status,
                 bytes_in: tally.bytes_in,
                 bytes_out: tally.bytes_out,

@@ -585,8 +585,13 @@ impl GatewayBuilder {
             None => header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
-        let pool = (self.ui_workers.len() > 1)
-            .then(|| Arc::new(pool::UiPool::new(self.ui_workers, &root)));
+        let pool = (self.ui_workers.len() > 1).then(|| {
+            Arc::new(pool::UiPool::new(
+                self.ui_workers,
+                &root,
+                self.record_metrics,
+            ))
+        });
         Ok(Gateway {
             inner: Arc::new(Inner {
                 pool,
@@ -1151,16 +1156,11 @@ impl Gateway {
             Route::Api { .. } => "api",
             Route::Ui { .. } => "streamlit",
         };
-        if inner.debug.is_some() {
-            inner.recent.push(observe::Dispatch {
-                request_id: rid.to_str().unwrap_or("").to_owned(),
-                dispatch,
-                path: raw_path.to_owned(),
-            });
-        }
         let is_health = matches!(route, Route::Healthz | Route::Readyz);
         let bytes_in = observing.then(|| Arc::new(AtomicU64::new(0)));
         let mut upstream_name: Option<Arc<str>> = None;
+        // The UI worker's id (from 1) the request was placed on, with several (`pool.rs`).
+        let mut worker_id: Option<usize> = None;
 
         let (mut resp, slot) = 'resp: {
             if !is_health && let Err(r) = inner.rate_gate(dispatch, view.client_ip, &rid) {
@@ -1374,7 +1374,8 @@ impl Gateway {
                                 }
                             }
                         };
-                        if placed.is_some() {
+                        if let Some((_, p)) = &placed {
+                            worker_id = Some(p.worker + 1);
                             pool::strip_cookie_fields(&mut parts.headers);
                         }
                         let u = placed.as_ref().map_or(u, |(_, p)| &p.upstream);
@@ -1416,6 +1417,16 @@ impl Gateway {
                 },
             }
         };
+        // Written once the worker is known (after the placement, so after the upstream's
+        // response head).
+        if inner.debug.is_some() {
+            inner.recent.push(observe::Dispatch {
+                request_id: rid.to_str().unwrap_or("").to_owned(),
+                dispatch,
+                path: raw_path.to_owned(),
+                worker: worker_id,
+            });
+        }
         resp.headers_mut().insert(observe::REQUEST_ID, rid.clone());
         let status = resp.status().as_u16();
         let exchange = match bytes_in {
@@ -1428,6 +1439,7 @@ impl Gateway {
                 target,
                 client_ip: view.client_ip,
                 upstream: upstream_name,
+                worker: worker_id,
                 status,
                 bytes_in,
                 log: inner.access_log && (!is_health || inner.health_access_log),

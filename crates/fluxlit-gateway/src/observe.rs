@@ -51,6 +51,18 @@ pub mod names {
     pub const SIDECAR_RESTARTS: &str = "fluxlit_sidecar_restarts_total";
     /// Gauge `{sidecar}`: 1 while the sidecar process runs, else 0.
     pub const SIDECAR_UP: &str = "fluxlit_sidecar_up";
+    /// Gauge `{worker}`: open WebSocket sessions (tunnels) on a Streamlit worker, with several
+    /// workers (`streamlit_workers`; `worker` is its id, `1` to the number of workers).
+    pub const WORKER_SESSIONS: &str = "fluxlit_streamlit_worker_sessions";
+    /// Counter `{worker}`: clients placed anew on a Streamlit worker (the least-loaded pick,
+    /// answered with the affinity cookie), with several workers.
+    pub const WORKER_PLACEMENTS: &str = "fluxlit_streamlit_worker_placements_total";
+    /// Counter `{worker}`: restarts of a Streamlit worker after it exited (emitted by the
+    /// supervisor's owner; `worker` is its id, `1` with one worker).
+    pub const WORKER_RESTARTS: &str = "fluxlit_streamlit_worker_restarts_total";
+    /// Gauge `{worker}`: a Streamlit worker's resident set size in bytes (`VmRSS` of
+    /// `/proc/PID/status`, Linux only; sampled by the supervisor's owner every few seconds).
+    pub const WORKER_RSS: &str = "fluxlit_streamlit_worker_rss_bytes";
     /// Counter: access-log lines dropped because the log buffer was full (the log's output,
     /// stderr or whatever it is redirected to, did not keep up) or the output failed
     /// ([`crate::LogWriter`]).
@@ -91,6 +103,23 @@ pub fn describe_metrics() {
     describe_counter!(names::SHED, "Requests or connections shed with 503");
     describe_counter!(names::SIDECAR_RESTARTS, "Sidecar restarts");
     describe_gauge!(names::SIDECAR_UP, "Sidecar process running (1) or not (0)");
+    describe_gauge!(
+        names::WORKER_SESSIONS,
+        "Open WebSocket sessions per Streamlit worker"
+    );
+    describe_counter!(
+        names::WORKER_PLACEMENTS,
+        "Clients placed anew per Streamlit worker (least-loaded pick)"
+    );
+    describe_counter!(
+        names::WORKER_RESTARTS,
+        "Restarts per Streamlit worker after it exited"
+    );
+    describe_gauge!(
+        names::WORKER_RSS,
+        Unit::Bytes,
+        "Resident set size per Streamlit worker (Linux)"
+    );
     describe_counter!(
         names::ACCESS_LOG_DROPPED,
         "Access-log lines dropped: the log buffer was full or the log output failed"
@@ -274,6 +303,9 @@ pub struct Dispatch {
     pub dispatch: &'static str,
     /// The raw incoming path.
     pub path: String,
+    /// The Streamlit worker the request was placed on (its id, from 1), with several workers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<usize>,
 }
 
 /// The last 32 dispatches.
@@ -318,6 +350,9 @@ pub(crate) struct Record<'a> {
     pub(crate) client_ip: std::net::IpAddr,
     /// The upstream's name, when the request was forwarded.
     pub(crate) upstream: Option<&'a str>,
+    /// The UI worker's id (from 1), when there are several and the request was placed on one;
+    /// the access log's `worker` field (absent otherwise).
+    pub(crate) worker: Option<usize>,
     pub(crate) status: u16,
     /// Request body bytes read from the client.
     pub(crate) bytes_in: u64,
@@ -347,6 +382,7 @@ impl Record<'_> {
                 duration_ms = self.elapsed.as_secs_f64() * 1000.0,
                 client_ip = %self.client_ip,
                 upstream = self.upstream.unwrap_or("-"),
+                worker = self.worker,
                 "{} {} {}",
                 if self.websocket { "WEBSOCKET" } else { self.method.as_str() },
                 self.path,
@@ -411,6 +447,8 @@ pub(crate) struct Exchange {
     pub(crate) target: http::Uri,
     pub(crate) client_ip: std::net::IpAddr,
     pub(crate) upstream: Option<Arc<str>>,
+    /// The UI worker's id (from 1), with several workers ([`Record::worker`]).
+    pub(crate) worker: Option<usize>,
     pub(crate) status: u16,
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) log: bool,
@@ -431,6 +469,7 @@ impl Exchange {
             query: self.target.query(),
             client_ip: self.client_ip,
             upstream: self.upstream.as_deref(),
+            worker: self.worker,
             status: self.status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out,

@@ -25,11 +25,16 @@
 //! forwards; every other byte of that field goes on as the client sent it (Streamlit's XSRF
 //! cookie must arrive verbatim).
 //!
+//! With the gateway's metrics on, each worker has its series, labelled `worker` (its id):
+//! [`crate::metric_names::WORKER_SESSIONS`] (open WebSocket sessions) and
+//! [`crate::metric_names::WORKER_PLACEMENTS`] (clients placed anew by rule 4).
+//!
 //! With one worker there is no pool: no cookie, no lookup, nothing on the request's way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,6 +74,16 @@ struct Worker {
     state: watch::Receiver<ComponentState>,
     /// Open WebSocket sessions (tunnels) on this worker.
     open: AtomicUsize,
+    /// Its metric handles, registered on first use when the gateway records metrics.
+    metrics: OnceLock<WorkerMetrics>,
+}
+
+/// One worker's series ([`crate::metric_names::WORKER_SESSIONS`],
+/// [`crate::metric_names::WORKER_PLACEMENTS`]), labelled `worker` = its id.
+#[derive(Debug)]
+struct WorkerMetrics {
+    sessions: metrics::Gauge,
+    placements: metrics::Counter,
 }
 
 impl Worker {
@@ -103,6 +118,8 @@ pub(crate) struct UiPool {
     sessions: Mutex<HashMap<Box<str>, Known>>,
     /// Session closes so far (ended sessions are swept every 256).
     closes: AtomicUsize,
+    /// Record the per-worker metrics (the gateway's `record_metrics`).
+    record_metrics: bool,
 }
 
 /// Where a UI request goes: the worker (index), its address, and the `Set-Cookie` value when
@@ -125,8 +142,9 @@ pub(crate) struct Ask<'a> {
 }
 
 impl UiPool {
-    /// A pool of `workers` (at least two; one worker is served without a pool) under `root`.
-    pub(crate) fn new(workers: Vec<UiWorker>, root: &str) -> Self {
+    /// A pool of `workers` (at least two; one worker is served without a pool) under `root`;
+    /// with `record_metrics`, the per-worker series are recorded.
+    pub(crate) fn new(workers: Vec<UiWorker>, root: &str, record_metrics: bool) -> Self {
         Self {
             workers: workers
                 .into_iter()
@@ -134,6 +152,7 @@ impl UiPool {
                     upstream: w.upstream,
                     state: w.state,
                     open: AtomicUsize::new(0),
+                    metrics: OnceLock::new(),
                 })
                 .collect(),
             stcore: format!("{root}/_stcore/"),
@@ -141,7 +160,23 @@ impl UiPool {
             turn: AtomicUsize::new(0),
             sessions: Mutex::new(HashMap::new()),
             closes: AtomicUsize::new(0),
+            record_metrics,
         }
+    }
+
+    /// Worker `worker`'s metric handles, when metrics are recorded.
+    fn metrics(&self, worker: usize) -> Option<&WorkerMetrics> {
+        if !self.record_metrics {
+            return None;
+        }
+        let w = self.workers.get(worker)?;
+        Some(w.metrics.get_or_init(|| {
+            let id = (worker + 1).to_string();
+            WorkerMetrics {
+                sessions: metrics::gauge!(crate::metric_names::WORKER_SESSIONS, "worker" => id.clone()),
+                placements: metrics::counter!(crate::metric_names::WORKER_PLACEMENTS, "worker" => id),
+            }
+        }))
     }
 
     /// Picks the worker for a UI request to `path` (the rule in the module documentation);
@@ -159,6 +194,9 @@ impl UiPool {
             return self.placed(w, None);
         }
         let w = self.least_loaded()?;
+        if let Some(m) = self.metrics(w) {
+            m.placements.increment(1);
+        }
         let cookie = HeaderValue::from_str(&format!(
             "{COOKIE}={}; Path={}; HttpOnly; SameSite=Lax",
             w + 1,
@@ -230,6 +268,9 @@ impl UiPool {
     pub(crate) fn tap(self: &Arc<Self>, worker: usize) -> SessionTap {
         if let Some(w) = self.workers.get(worker) {
             w.open.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(m) = self.metrics(worker) {
+            m.sessions.increment(1.0);
         }
         SessionTap {
             pool: self.clone(),
@@ -425,6 +466,9 @@ impl Drop for SessionTap {
     fn drop(&mut self) {
         if let Some(w) = self.pool.workers.get(self.worker) {
             w.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(m) = self.pool.metrics(self.worker) {
+            m.sessions.decrement(1.0);
         }
         if let Some(id) = &self.session {
             self.pool.closed(id);
@@ -629,7 +673,7 @@ mod tests {
                 }
             })
             .collect();
-        (Arc::new(UiPool::new(workers, "/app")), states)
+        (Arc::new(UiPool::new(workers, "/app", false)), states)
     }
 
     fn ask<'a>(cookies: &[&'a str], protocols: &[&'a str], websocket: bool) -> Ask<'a> {
@@ -712,6 +756,7 @@ mod tests {
                 },
             ],
             "",
+            false,
         );
         let placed = p
             .place("/", &ask(&["fluxlit_worker=1"], &[], false))

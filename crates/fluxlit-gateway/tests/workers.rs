@@ -3,16 +3,23 @@
 //! cookie; a request with the cookie reaches its worker with the cookie taken out of `Cookie`
 //! (every other byte kept); uploads and WebSocket reconnects that name a session reach the
 //! worker that holds it, whatever the cookie says; with no worker ready, new clients get 503;
-//! with one worker nothing of this happens.
+//! with one worker nothing of this happens. Each worker has its series (sessions, placements),
+//! and the access log and the debug ring name the worker a request was placed on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use fluxlit_gateway::{ComponentState, Gateway, UiWorker};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use fluxlit_gateway::{ComponentState, Gateway, LogWriter, UiWorker};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use support::{ENGINES, engine, start_on, up_at, within};
 use tokio::sync::watch;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{Layer, fmt};
 
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -295,5 +302,146 @@ async fn one_worker_sets_no_cookie_and_forwards_cookie_fields_verbatim() {
         assert_eq!(r.get("set-cookie"), None, "{}", engine(fast));
         assert_eq!(p.got("/app/")[0].1.all("cookie"), [sent]);
         assert!(gw.gateway.ui_worker_sessions().is_empty());
+    }
+}
+
+/// An in-memory log output.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// The value of the series `line` (`name{labels}`) in a Prometheus rendering, if present.
+fn series(render: &str, line: &str) -> Option<f64> {
+    render
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Per-worker series: open sessions (up while a WebSocket is open, down when it closed) and
+/// placements (clients placed anew); the access-log line carries `worker` (the id, from 1) for
+/// requests placed on a worker and the debug ring names it, on both engines.
+#[tokio::test]
+async fn each_worker_has_its_series_and_the_access_log_and_debug_ring_name_it() {
+    for fast in ENGINES {
+        let what = engine(fast);
+        let (_p, ui) = pool(2).await;
+        let sink = Sink::default();
+        let log = LogWriter::new(sink.clone(), LogWriter::DEFAULT_CAPACITY).unwrap();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(log.clone())
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("fluxlit::access", tracing::Level::INFO),
+                ),
+        );
+        let _log = tracing::subscriber::set_default(subscriber);
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let prometheus = recorder.handle();
+        let _metrics = metrics::set_default_local_recorder(&recorder);
+        let gw = start_on(
+            builder(ui)
+                .access_log(true, false)
+                .record_metrics(true)
+                .debug(Arc::new(|| serde_json::json!({}))),
+            fast,
+        )
+        .await;
+
+        // Three new clients: placed on 1, 2, 1 (ties taken in turn).
+        for i in 0..3 {
+            let r = one(gw.addr, &get(&format!("/app/new{i}"), None)).await;
+            assert!(r.get("set-cookie").is_some(), "{what}");
+        }
+        let r = one(gw.addr, &get("/app/held", Some("fluxlit_worker=2"))).await;
+        assert_eq!(r.status, 200, "{what}");
+        let mut ws = RawClient::connect(gw.addr).await;
+        ws.send(upgrade(Some("fluxlit_worker=2"), "streamlit, tok").as_bytes())
+            .await;
+        let r = within("101", ws.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{what}");
+        assert!(!ws.closed().await, "{what}: the session's first message");
+
+        let render = prometheus.render();
+        let value = |l: &str| series(&render, l);
+        assert_eq!(
+            value("fluxlit_streamlit_worker_placements_total{worker=\"1\"}"),
+            Some(2.0),
+            "{what}: {render}"
+        );
+        assert_eq!(
+            value("fluxlit_streamlit_worker_placements_total{worker=\"2\"}"),
+            Some(1.0),
+            "{what}: {render}"
+        );
+        assert_eq!(
+            value("fluxlit_streamlit_worker_sessions{worker=\"2\"}"),
+            Some(1.0),
+            "{what}: {render}"
+        );
+        drop(ws);
+        fluxlit_testkit::eventually(support::WAIT, "the session gauge to go down", || {
+            let v = series(
+                &prometheus.render(),
+                "fluxlit_streamlit_worker_sessions{worker=\"2\"}",
+            );
+            async move { (v == Some(0.0)).then_some(()) }
+        })
+        .await;
+
+        let r = one(gw.addr, &get("/app/__fluxlit/debug", None)).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        let d: serde_json::Value = serde_json::from_str(r.text().as_str()).unwrap();
+        let recent = d["recent_dispatches"].as_array().unwrap();
+        let held = recent
+            .iter()
+            .find(|e| e["path"] == "/app/held")
+            .unwrap_or_else(|| panic!("{what}: {d}"));
+        assert_eq!(held["worker"], 2, "{what}: {d}");
+        let new0 = recent.iter().find(|e| e["path"] == "/app/new0").unwrap();
+        assert_eq!(new0["worker"], 1, "{what}: {d}");
+
+        // Reported when the response is done (hyper: when its body is dropped).
+        let text = fluxlit_testkit::eventually(support::WAIT, "the access-log lines", || {
+            let flushed = log.flush(support::WAIT);
+            let text = sink.text();
+            async move {
+                (flushed
+                    && text.contains(" GET /app/held 200 ")
+                    && text.contains(" GET /app/new1 200 "))
+                .then_some(text)
+            }
+        })
+        .await;
+        let line = text
+            .lines()
+            .find(|l| l.contains(" GET /app/held 200 "))
+            .unwrap_or_else(|| panic!("{what}: {text}"));
+        assert!(
+            line.ends_with(" upstream=\"streamlit\" worker=2"),
+            "{what}: {line}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains(" GET /app/new1 200 "))
+            .unwrap_or_else(|| panic!("{what}: {text}"));
+        assert!(line.ends_with(" worker=2"), "{what}: {line}");
     }
 }

@@ -49,6 +49,7 @@ mod bridge;
 pub mod dev;
 mod launch;
 mod lifecycle;
+mod memory;
 mod pidfile;
 pub mod project;
 pub mod pyapp;

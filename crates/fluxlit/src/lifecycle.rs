@@ -12,6 +12,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::bridge::{Link, probe_external};
 use crate::launch::{self, Launch};
+use crate::memory;
 use crate::pidfile::Pidfile;
 use crate::{ApiMode, App, AppError, Exit};
 
@@ -25,6 +26,10 @@ const TUNNEL_GRACE: Duration = Duration::from_secs(1);
 /// seconds of a burst instead of a minute (`cargo xtask bench --soak` checks that descriptors
 /// return to their count before the load).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// How often each Streamlit worker's resident set size is sampled for
+/// [`fluxlit_gateway::metric_names::WORKER_RSS`] (with metrics on).
+const RSS_EVERY: Duration = Duration::from_secs(5);
 
 /// A running sidecar and its loopback port.
 type Running = Option<(Sidecar, u16)>;
@@ -233,10 +238,23 @@ impl App {
         tracing::info!(url = %format!("{base}{mount}/"), api = %format!("{base}{mount}{}", s.api_mount_path), "FluxLit is ready");
 
         let mut backoffs: Vec<Backoff> = links.iter().map(|_| Backoff::default()).collect();
+        // The per-worker RSS gauge (metrics on, Streamlit started by us); the first tick is at
+        // once. Samples pause while a sidecar waits to be restarted.
+        let mut rss_tick = tokio::time::interval(RSS_EVERY);
+        rss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sample_rss = s.enable_gateway_prometheus_metrics && self.start_streamlit;
         let stop = loop {
             let (which, exit) = tokio::select! {
                 () = &mut shutdown => break Stop::Shutdown,
                 (which, exit) = wait_any_exit(&running) => (which, exit),
+                _ = rss_tick.tick(), if sample_rss => {
+                    for (i, r) in running[..api_at].iter().enumerate() {
+                        if let Some(rss) = r.as_ref().and_then(|(sc, _)| memory::rss_bytes(sc.pid())) {
+                            metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => (i + 1).to_string()).set(rss as f64);
+                        }
+                    }
+                    continue;
+                }
                 () = reload_wanted(self.reload_api.as_deref()) => {
                     let ApiMode::Command(cmd) = &self.api else { continue };
                     let link = &links[api_at];
@@ -265,6 +283,9 @@ impl App {
             };
             let link = &links[which];
             link.exited(&exit);
+            if sample_rss && which < api_at {
+                metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => (which + 1).to_string()).set(0.0);
+            }
             // With several Streamlit workers, a dead one is restarted whatever `sidecar_restart`
             // says: the others keep serving meanwhile, and readiness holds while
             // `streamlit_workers_min_ready` of them are ready.
@@ -326,6 +347,9 @@ impl App {
             match restarted {
                 Some((sidecar, port)) => {
                     metrics::counter!(fluxlit_gateway::metric_names::SIDECAR_RESTARTS, "sidecar" => link.name).increment(1);
+                    if which < api_at {
+                        metrics::counter!(fluxlit_gateway::metric_names::WORKER_RESTARTS, "worker" => (which + 1).to_string()).increment(1);
+                    }
                     link.publish(&sidecar, port);
                     running[which] = Some((sidecar, port));
                 }
