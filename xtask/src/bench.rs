@@ -10,7 +10,9 @@
 //! proxies' RSS; hold idle WebSocket tunnels through each proxy; stop everything (process
 //! groups; also on failure, and a parent-death signal covers a killed xtask); time `fluxlit
 //! run`'s stop on SIGTERM with real Streamlit (examples/hello), idle and with Streamlit
-//! sessions open (3 runs each, 5 in a full run; `bench/shutdown.rs`); write
+//! sessions open (3 runs each, 5 in a full run; `bench/shutdown.rs`); compare reruns per
+//! second and p99 of a CPU-bound Streamlit script with one and two Streamlit workers
+//! (`bench/workers.rs`); write
 //! `target/bench/{quick,full}.md` and `.json` and print the markdown.
 //!
 //! Exit status: 0 when every row that must run (direct, FluxLit, nginx, HAProxy) produced
@@ -25,6 +27,7 @@ mod report;
 pub(crate) mod shutdown;
 mod soak;
 mod tunnels;
+pub(crate) mod workers;
 
 use std::path::Path;
 use std::process::Command;
@@ -46,7 +49,7 @@ pub(crate) const FOREIGN_CPU_WARN_PCT: f64 = 10.0;
 /// Descriptors kept aside in every proxy for listeners, logs, epoll and friends.
 const FD_RESERVE: u64 = 160;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build] [--shutdown-only]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build] [--shutdown-only] [--workers-only]
   --quick              CI's short run: 1 round of 1 s per cell, 1,000 idle tunnels, FluxLit for
                        Python only if already installed in target/bench/py-venv
   --rounds N           rounds per cell (full: 3)
@@ -57,6 +60,9 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
   --no-build           use the release binaries already in the target directory's release/
   --shutdown-only      only time `fluxlit run`'s stop on SIGTERM (idle and with Streamlit
                        sessions open); prints its table, writes no report
+  --workers-only       only compare 1 and 2 Streamlit workers (8 sessions rerunning a
+                       script of 50 ms CPU; 5 s per count in --quick, else 20 s); prints its
+                       table, writes no report
   --soak [MINUTES]     only the soak (default 10 minutes): FluxLit production (JSON access
                        log to a file, metrics) under 64 HTTP connections and 16 WebSocket
                        sessions, RSS and descriptors sampled every second; fails on any
@@ -73,6 +79,7 @@ struct Opts {
     python: bool,
     build: bool,
     shutdown_only: bool,
+    workers_only: bool,
     /// `--soak [MINUTES]`.
     soak: Option<f64>,
 }
@@ -90,6 +97,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             python: true,
             build: true,
             shutdown_only: false,
+            workers_only: false,
             soak: None,
         }
     } else {
@@ -103,6 +111,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             python: true,
             build: true,
             shutdown_only: false,
+            workers_only: false,
             soak: None,
         }
     };
@@ -118,6 +127,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             "--no-python" => o.python = false,
             "--no-build" => o.build = false,
             "--shutdown-only" => o.shutdown_only = true,
+            "--workers-only" => o.workers_only = true,
             "--soak" => {
                 let minutes = match it.clone().next().map(|m| m.parse::<f64>()) {
                     Some(Ok(m)) => {
@@ -187,22 +197,29 @@ pub(crate) fn run(args: &[String]) -> Result {
         .map_err(|e| Failed(format!("cannot create {}: {e}", work.display())))?;
 
     let nofile = raise_nofile();
-    if !opts.shutdown_only {
+    if !opts.shutdown_only && !opts.workers_only {
         ensure_apt()?;
     }
+    // The workers comparison needs only `fluxlit`; everything else also the bench's tools.
+    let packages: &[&str] = if opts.workers_only {
+        &["-p", "fluxlit-cli"]
+    } else {
+        &["-p", "fluxlit-cli", "-p", "fluxlit-bench"]
+    };
     if opts.build {
-        run_cmd(cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "fluxlit-cli",
-            "-p",
-            "fluxlit-bench",
-        ]))?;
+        run_cmd(
+            cargo()
+                .args(["build", "--release", "--locked"])
+                .args(packages),
+        )?;
     }
     let bin = crate::target_dir(&root).join("release");
-    for b in ["fluxlit", "fluxlit-bench-upstream", "fluxlit-bench-ws"] {
+    let needed: &[&str] = if opts.workers_only {
+        &["fluxlit"]
+    } else {
+        &["fluxlit", "fluxlit-bench-upstream", "fluxlit-bench-ws"]
+    };
+    for b in needed {
         if !bin.join(b).exists() {
             return Err(Failed(format!(
                 "{} is missing; run without --no-build",
@@ -225,6 +242,17 @@ pub(crate) fn run(args: &[String]) -> Result {
                 "the soak failed: {}",
                 r.failures.join("; ")
             )))
+        };
+    }
+
+    if opts.workers_only {
+        let w = workers::run(&bin, &root, &work, workers_window(&opts));
+        let mut md = String::new();
+        workers::markdown(&mut md, &w);
+        println!("{md}");
+        return match w.error {
+            Some(e) => Err(Failed(format!("the workers measurement failed: {e}"))),
+            None => Ok(()),
         };
     }
 
@@ -270,6 +298,8 @@ pub(crate) fn run(args: &[String]) -> Result {
             "xtask bench: shutdown on SIGTERM, idle and with Streamlit sessions open, {runs} runs each"
         );
         results.shutdown = Some(shutdown::run(&bin, &root, &work, runs));
+        eprintln!("xtask bench: Streamlit-bound reruns with 1 and 2 workers");
+        results.workers = Some(workers::run(&bin, &root, &work, workers_window(&opts)));
     }
     machine.background_cpu_after_pct = foreign_cpu_pct(Duration::from_secs(1));
 
@@ -295,6 +325,11 @@ pub(crate) fn run(args: &[String]) -> Result {
     println!("{md}");
     outcome?;
     check_complete(&results)
+}
+
+/// The measured window per worker count: 5 s in a quick run, 20 s in a full one.
+fn workers_window(opts: &Opts) -> Duration {
+    Duration::from_secs(if opts.quick { 5 } else { 20 })
 }
 
 /// Stops timed per case: 3 in a quick run, 5 in a full one.
@@ -637,6 +672,14 @@ fn check_complete(r: &Results) -> Result {
         )),
         None => missing.push("shutdown (not measured)".to_owned()),
     }
+    match &r.workers {
+        Some(w) if w.error.is_none() && w.rows.len() == workers::WORKER_COUNTS.len() => {}
+        Some(w) => missing.push(format!(
+            "Streamlit workers ({})",
+            w.error.as_deref().unwrap_or("incomplete")
+        )),
+        None => missing.push("Streamlit workers (not measured)".to_owned()),
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -793,6 +836,12 @@ mod tests {
         let s = parse(&args(&["--quick", "--shutdown-only", "--no-build"])).unwrap();
         assert!(s.shutdown_only && !s.build);
         assert_eq!((shutdown_runs(&s), shutdown_runs(&f)), (3, 5));
+        let w = parse(&args(&["--quick", "--workers-only"])).unwrap();
+        assert!(w.workers_only && !w.shutdown_only);
+        assert_eq!(
+            (workers_window(&w), workers_window(&f)),
+            (Duration::from_secs(5), Duration::from_secs(20))
+        );
         assert_eq!(parse(&args(&["--soak"])).unwrap().soak, Some(10.0));
         assert_eq!(parse(&args(&["--soak", "1"])).unwrap().soak, Some(1.0));
         let s = parse(&args(&["--soak", "--no-build"])).unwrap();

@@ -138,9 +138,55 @@ impl Browser {
 
     /// Opens `url` in a new tab and attaches to it.
     pub async fn open(&mut self, url: &str) -> Page {
-        let target = self
-            .call(None, "Target.createTarget", json!({"url": url}))
+        self.open_target(json!({ "url": url })).await
+    }
+
+    /// Creates a browser context (`Target.createBrowserContext`): its own cookie jar, cache
+    /// and storage, as a separate browser profile has. Returns its id for [`Browser::open_in`].
+    pub async fn new_context(&mut self) -> String {
+        let r = self
+            .call(None, "Target.createBrowserContext", json!({}))
             .await;
+        r["browserContextId"]
+            .as_str()
+            .expect("browserContextId")
+            .to_owned()
+    }
+
+    /// Opens `url` in a new tab of the browser context `context` (see [`Browser::new_context`])
+    /// and attaches to it.
+    pub async fn open_in(&mut self, context: &str, url: &str) -> Page {
+        self.open_target(json!({ "url": url, "browserContextId": context }))
+            .await
+    }
+
+    /// The cookies the page holds for `url` (`Network.getCookies`), as name → value pairs.
+    pub async fn cookies(&mut self, page: &Page, url: &str) -> Vec<(String, String)> {
+        let r = self
+            .call(
+                Some(&page.session),
+                "Network.getCookies",
+                json!({ "urls": [url] }),
+            )
+            .await;
+        r["cookies"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| {
+                        Some((
+                            c["name"].as_str()?.to_owned(),
+                            c["value"].as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `Target.createTarget` with `params`, then a flat attach to the new tab.
+    async fn open_target(&mut self, params: Value) -> Page {
+        let target = self.call(None, "Target.createTarget", params).await;
         let target_id = target["targetId"].as_str().expect("targetId").to_owned();
         let attached = self
             .call(

@@ -102,6 +102,8 @@ pub(crate) struct Results {
     pub(crate) tunnel_note: Option<String>,
     /// `fluxlit run`'s stop on SIGTERM, idle and with Streamlit sessions open.
     pub(crate) shutdown: Option<ShutdownResult>,
+    /// Reruns of a CPU-bound Streamlit script with one and two workers.
+    pub(crate) workers: Option<super::workers::WorkersResult>,
 }
 
 impl Results {
@@ -639,6 +641,9 @@ pub(crate) fn markdown(r: &Results, m: &Machine, method: &Method) -> String {
     if let Some(sd) = &r.shutdown {
         shutdown_markdown(&mut s, sd);
     }
+    if let Some(w) = &r.workers {
+        super::workers::markdown(&mut s, w);
+    }
     s
 }
 
@@ -753,6 +758,11 @@ pub(crate) fn json(r: &Results, m: &Machine, method: &Method) -> serde_json::Val
             "target_idle_s": TARGET_IDLE_S,
             "target_sessions_s": TARGET_SESSIONS_S,
             "sessions": SESSIONS,
+        })),
+        "workers": r.workers.as_ref().map(|w| serde_json::json!({
+            "result": w,
+            "speedup": w.speedup(),
+            "target_speedup": super::workers::TARGET_SPEEDUP,
         })),
     })
 }
