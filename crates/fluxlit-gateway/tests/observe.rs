@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fluxlit_gateway::{Gateway, Limits, LogWriter};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply, echo_line};
@@ -20,30 +19,7 @@ mod support;
 
 use support::{ENGINES, WAIT, engine, start_on, up_at, within};
 
-/// An in-memory log output.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
+use support::Sink;
 
 /// Only the access log.
 fn access_only() -> Targets {

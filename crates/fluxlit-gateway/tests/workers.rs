@@ -10,8 +10,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fluxlit_gateway::{ComponentState, Gateway, LogWriter, UiWorker};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
@@ -305,26 +304,7 @@ async fn one_worker_sets_no_cookie_and_forwards_cookie_fields_verbatim() {
     }
 }
 
-/// An in-memory log output.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
+use support::Sink;
 
 /// The value of the series `line` (`name{labels}`) in a Prometheus rendering, if present.
 fn series(render: &str, line: &str) -> Option<f64> {
