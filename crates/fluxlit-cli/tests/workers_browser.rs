@@ -3,7 +3,8 @@
 //! cookie jar) per person, the real binary and real Streamlit. The people are spread over the
 //! workers; each one's upload and media (`st.file_uploader`, `st.image`) reach the worker that
 //! holds their session; when a worker is killed with SIGKILL its tab reconnects to a live
-//! worker within 10 s while the other tabs keep their sessions.
+//! worker and shows its page from there within 10 s, with no click, while the other tabs keep
+//! their sessions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -239,8 +240,7 @@ async fn browsers_spread_upload_load_media_and_keep_their_sessions_when_a_worker
     )
     .unwrap();
     // The tab of the killed worker reconnects at once (its cookie names a dead worker, so the
-    // gateway places it on another): a new WebSocket opens within 10 s. (Streamlit's page in
-    // that tab does not rerun by itself on the new worker; see docs/scaling.md.)
+    // gateway places it on another): a new WebSocket opens within 10 s.
     let url = gw.url("/__fluxlit/debug");
     let gw_ref = &gw;
     fluxlit_testkit::eventually(
@@ -269,6 +269,19 @@ async fn browsers_spread_upload_load_media_and_keep_their_sessions_when_a_worker
         },
     )
     .await;
+    // And its page renders again from a live worker without a click: Streamlit's client does
+    // not ask for a run after reconnecting from idle, so the gateway starts the tab's last
+    // page there (`pool.rs`). A new session: its state is lost with the worker.
+    let victim_now = wait_shown(
+        &mut browser,
+        &people[0].page,
+        Duration::from_secs(10),
+        "the killed worker's tab to show its page from a live worker",
+        |s| s.pid != victim,
+    )
+    .await;
+    assert_ne!(victim_now.token, people[0].shown.token);
+    wait_media(&mut browser, &people[0].page, Duration::from_secs(10)).await;
 
     // The others keep their sessions: a rerun answers in the same session, on the same
     // worker, with the upload still there.

@@ -376,6 +376,8 @@ struct Plan {
     fresh: bool,
     /// The UI worker the request was placed on, when there are several (`pool.rs`).
     worker: Option<usize>,
+    /// A reconnect of a session whose worker is gone: the page to start (`pool.rs`).
+    replay: Option<std::sync::Arc<[u8]>>,
     /// The affinity cookie for the response, when the request was placed anew (`pool.rs`).
     set_cookie: Option<HeaderValue>,
 }
@@ -673,6 +675,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             endpoint,
             fresh: false,
             worker: placed.as_ref().map(|p| p.worker),
+            replay: placed.as_ref().and_then(|p| p.replay.clone()),
             set_cookie: placed.and_then(|p| p.set_cookie),
         },
         Seen {
@@ -843,9 +846,10 @@ async fn exchange(
         // first messages, those read with the head included (`pool.rs`).
         let mut session = plan
             .worker
-            .and_then(|w| inner.pool.as_ref().map(|p| p.tap(w)));
+            .and_then(|w| inner.pool.as_ref().map(|p| p.tap(w, plan.replay.clone())));
         if let Some(tap) = &mut session {
             tap.observe(&conn.buf);
+            tap.client_sent(buf);
         }
         // Bytes either side sent after its head belong to the new protocol: pass them on.
         let mut out = head;

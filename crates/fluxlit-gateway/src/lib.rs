@@ -1397,7 +1397,7 @@ impl Gateway {
                             affinity: ctx.affinity.as_deref(),
                             identity: &identity,
                             session: session_guard,
-                            worker: placed.as_ref().map(|(pool, p)| (*pool, p.worker)),
+                            worker: placed.as_ref().map(|(pool, p)| (*pool, p)),
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
                         let mut resp = f.response;

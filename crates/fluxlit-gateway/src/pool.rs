@@ -29,6 +29,20 @@
 //! [`crate::metric_names::WORKER_SESSIONS`] (open WebSocket sessions) and
 //! [`crate::metric_names::WORKER_PLACEMENTS`] (clients placed anew by rule 4).
 //!
+//! A session whose worker is gone (it died and was restarted on a new port, or it stopped)
+//! cannot be kept: Streamlit holds its state in that process alone. Its tab reconnects naming
+//! it, is placed anew (rule 3 or 4) and gets a new session there; but Streamlit's browser
+//! client asks for a script run after a reconnect only when it had no session before or a run
+//! was in progress (`handleConnectionStateChanged` in Streamlit's `App.tsx`), so an idle tab
+//! would keep showing its old page, dead, until the person clicks something. The gateway
+//! therefore starts the tab's page on the new worker itself: it remembers the page of the
+//! client's last `BackMsg.rerun_script` (query string, page script hash, page name and context
+//! info; never widget values, so no button is pressed again) and, for a reconnect of a session
+//! it knows to be lost, sends the new worker that `rerun_script` as the tunnel's first client
+//! message ([`SessionTap::replay_frame`]), as a page load would. Reconnects to the worker
+//! that still holds the session are passed on untouched, and so are reconnects naming a
+//! session the gateway does not know.
+//!
 //! With one worker there is no pool: no cookie, no lookup, nothing on the request's way.
 
 use std::collections::HashMap;
@@ -39,6 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use http::uri::Authority;
 use tokio::sync::watch;
 
 use crate::upstream::{ComponentState, Endpoint, Upstream};
@@ -58,6 +73,14 @@ pub(crate) const ENDED_TTL: Duration = Duration::from_secs(180);
 const TAP_MAX_BYTES: usize = 256 * 1024;
 /// Server messages looked at for the session id.
 const TAP_MAX_MESSAGES: usize = 16;
+
+/// Largest client message read for its page (`BackMsg.rerun_script`); larger ones (a rerun
+/// carrying big widget values) are passed on unread and leave the last page known as it was.
+const CLIENT_MESSAGE_MAX_BYTES: usize = 64 * 1024;
+
+/// Most bytes of a session's remembered page ([`page_of`]); fields that would pass it are left
+/// out.
+const PAGE_MAX_BYTES: usize = 1024;
 
 /// One UI worker: where it listens and whether it is ready for new sessions.
 #[derive(Debug, Clone)]
@@ -99,6 +122,12 @@ impl Worker {
 #[derive(Debug)]
 struct Known {
     worker: usize,
+    /// Where the worker listened when the session was learned: a worker restarted since (on
+    /// another port) no longer holds the session.
+    at: Authority,
+    /// The page of the client's last `rerun_script` ([`page_of`]), to start again on another
+    /// worker when this one is lost.
+    page: Option<Arc<[u8]>>,
     /// When its last WebSocket closed; `None` while one is open.
     ended: Option<Instant>,
     /// WebSockets of this session open now.
@@ -122,6 +151,16 @@ pub(crate) struct UiPool {
     record_metrics: bool,
 }
 
+/// Whether a session's worker still holds it ([`UiPool::holder`]).
+enum Holder {
+    /// Worker `.0` does.
+    Held(usize),
+    /// The worker is gone (stopped, or restarted on another port); the session's last page.
+    Lost(Option<Arc<[u8]>>),
+    /// The gateway does not know the session.
+    Unknown,
+}
+
 /// Where a UI request goes: the worker (index), its address, and the `Set-Cookie` value when
 /// the request was placed anew.
 #[derive(Debug, Clone)]
@@ -130,6 +169,9 @@ pub(crate) struct Placed {
     pub(crate) upstream: Upstream,
     pub(crate) endpoint: Endpoint,
     pub(crate) set_cookie: Option<HeaderValue>,
+    /// A reconnect of a session whose worker is lost: the page to start on the new worker
+    /// (`ClientState` bytes; empty when no page was seen), for [`UiPool::tap`].
+    pub(crate) replay: Option<Arc<[u8]>>,
 }
 
 /// What of a request the rule reads: its upstream path (root kept), its `Cookie` field values,
@@ -182,16 +224,26 @@ impl UiPool {
     /// Picks the worker for a UI request to `path` (the rule in the module documentation);
     /// `None` when no worker runs (the engines answer 503).
     pub(crate) fn place(&self, path: &str, ask: &Ask<'_>) -> Option<Placed> {
-        let session = self.session_of(path, ask);
-        if let Some(w) = session.and_then(|s| self.known(s)) {
-            return self.placed(w, None);
+        let mut replay = None;
+        if let Some(session) = self.session_of(path, ask) {
+            match self.holder(session) {
+                Holder::Held(w) => return self.placed(w, None, None),
+                // Only a reconnect starts its page again; an upload of a lost session fails
+                // as it would on the lost worker.
+                Holder::Lost(page) if ask.websocket => {
+                    let id = String::from_utf8_lossy(session);
+                    tracing::info!(session = %id, "the worker of a reconnecting Streamlit session is gone; its page starts again on the worker it is placed on");
+                    replay = Some(page.unwrap_or_else(|| Arc::from(&[][..])));
+                }
+                Holder::Lost(_) | Holder::Unknown => {}
+            }
         }
         let cookie = ask.cookies.iter().find_map(|c| affinity_cookie(c));
         if let Some(w) = cookie
             .and_then(|id| id.checked_sub(1))
             .filter(|w| self.workers.get(*w).is_some_and(Worker::running))
         {
-            return self.placed(w, None);
+            return self.placed(w, None, replay);
         }
         let w = self.least_loaded()?;
         if let Some(m) = self.metrics(w) {
@@ -203,10 +255,15 @@ impl UiPool {
             self.cookie_path
         ))
         .ok();
-        self.placed(w, cookie)
+        self.placed(w, cookie, replay)
     }
 
-    fn placed(&self, worker: usize, set_cookie: Option<HeaderValue>) -> Option<Placed> {
+    fn placed(
+        &self,
+        worker: usize,
+        set_cookie: Option<HeaderValue>,
+        replay: Option<Arc<[u8]>>,
+    ) -> Option<Placed> {
         let w = self.workers.get(worker)?;
         let endpoint = w.upstream.endpoint.borrow().clone()?;
         Some(Placed {
@@ -214,6 +271,7 @@ impl UiPool {
             upstream: w.upstream.clone(),
             endpoint,
             set_cookie,
+            replay,
         })
     }
 
@@ -237,11 +295,28 @@ impl UiPool {
         None
     }
 
-    fn known(&self, session: &[u8]) -> Option<usize> {
-        let id = std::str::from_utf8(session).ok()?;
-        let sessions = self.sessions.lock().ok()?;
-        let w = sessions.get(id)?.worker;
-        self.workers.get(w).filter(|w| w.running()).map(|_| w)
+    /// Whether the worker that held `session` still does.
+    fn holder(&self, session: &[u8]) -> Holder {
+        let Ok(id) = std::str::from_utf8(session) else {
+            return Holder::Unknown;
+        };
+        let Ok(sessions) = self.sessions.lock() else {
+            return Holder::Unknown;
+        };
+        let Some(k) = sessions.get(id) else {
+            return Holder::Unknown;
+        };
+        let now = self.workers.get(k.worker).and_then(|w| {
+            w.upstream
+                .endpoint
+                .borrow()
+                .as_ref()
+                .map(|e| e.authority.clone())
+        });
+        match now {
+            Some(at) if at == k.at => Holder::Held(k.worker),
+            _ => Holder::Lost(k.page.clone()),
+        }
     }
 
     /// The ready worker with the fewest open sessions; ties are taken in turn, starting after
@@ -265,7 +340,8 @@ impl UiPool {
 
     /// A tap for a WebSocket that was just switched on `worker`: counts the session open until
     /// dropped and learns the session id from the server's first messages.
-    pub(crate) fn tap(self: &Arc<Self>, worker: usize) -> SessionTap {
+    /// `replay` is [`Placed::replay`]: the page the tunnel starts on the worker first.
+    pub(crate) fn tap(self: &Arc<Self>, worker: usize, replay: Option<Arc<[u8]>>) -> SessionTap {
         if let Some(w) = self.workers.get(worker) {
             w.open.fetch_add(1, Ordering::Relaxed);
         }
@@ -277,17 +353,33 @@ impl UiPool {
             worker,
             session: None,
             frames: Frames::default(),
+            client: ClientFrames::default(),
+            page: replay.clone().filter(|p| !p.is_empty()),
+            replay,
         }
     }
 
-    fn learned(&self, id: &str, worker: usize) {
+    fn learned(&self, id: &str, worker: usize, page: Option<Arc<[u8]>>) {
+        let Some(at) = self.workers.get(worker).and_then(|w| {
+            w.upstream
+                .endpoint
+                .borrow()
+                .as_ref()
+                .map(|e| e.authority.clone())
+        }) else {
+            return;
+        };
         let Ok(mut sessions) = self.sessions.lock() else {
             return;
         };
         if let Some(k) = sessions.get_mut(id) {
             k.worker = worker;
+            k.at = at;
             k.open += 1;
             k.ended = None;
+            if page.is_some() {
+                k.page = page;
+            }
             return;
         }
         if sessions.len() >= MAX_SESSIONS {
@@ -308,10 +400,21 @@ impl UiPool {
             id.into(),
             Known {
                 worker,
+                at,
+                page,
                 ended: None,
                 open: 1,
             },
         );
+    }
+
+    /// The client of session `id` asked for `page` (its last `rerun_script`).
+    fn page_seen(&self, id: &str, page: &Arc<[u8]>) {
+        if let Ok(mut sessions) = self.sessions.lock()
+            && let Some(k) = sessions.get_mut(id)
+        {
+            k.page = Some(page.clone());
+        }
     }
 
     fn closed(&self, id: &str) {
@@ -446,6 +549,12 @@ pub(crate) struct SessionTap {
     worker: usize,
     session: Option<Box<str>>,
     frames: Frames,
+    /// The client's messages, read for their page.
+    client: ClientFrames,
+    /// The page of the client's last `rerun_script` on this tunnel (or the one replayed).
+    page: Option<Arc<[u8]>>,
+    /// The page to start before the client's first byte ([`SessionTap::replay_frame`]).
+    replay: Option<Arc<[u8]>>,
 }
 
 impl SessionTap {
@@ -455,10 +564,56 @@ impl SessionTap {
             return;
         }
         if let Some(id) = self.frames.feed(bytes) {
-            self.pool.learned(&id, self.worker);
+            self.pool.learned(&id, self.worker, self.page.clone());
             tracing::debug!(session = %id, worker = self.worker + 1, "Streamlit session placed");
             self.session = Some(id.into());
         }
+    }
+
+    /// Bytes the client sent to the upstream, in order (as written to the upstream).
+    pub(crate) fn client_sent(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        // The client spoke first: a replay now would land behind its bytes.
+        self.replay = None;
+        if let Some(page) = self.client.feed(bytes) {
+            let page: Arc<[u8]> = page.into();
+            if let Some(id) = &self.session {
+                self.pool.page_seen(id, &page);
+            }
+            self.page = Some(page);
+        }
+    }
+
+    /// For a reconnect of a lost session ([`Placed::replay`]), before any client byte: the
+    /// client-to-server WebSocket frame (RFC 6455 §5.2, masked with a fresh random key as
+    /// §5.3 requires of a client) carrying `BackMsg { rerun_script: page }` (field 11 of
+    /// Streamlit's `BackMsg.proto`), which starts the tab's page on the new worker. `None`
+    /// otherwise, and the second time.
+    pub(crate) fn replay_frame(&mut self) -> Option<Vec<u8>> {
+        let page = self.replay.take()?;
+        let mut msg = Vec::with_capacity(page.len() + 8);
+        put_field(&mut msg, 11, &page);
+        let mut frame = Vec::with_capacity(msg.len() + 14);
+        frame.push(0x82);
+        match msg.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let uuid = uuid::Uuid::new_v4();
+        let mut key = [0u8; 4];
+        key.copy_from_slice(&uuid.as_bytes()[..4]);
+        frame.extend_from_slice(&key);
+        frame.extend(msg.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        Some(frame)
     }
 }
 
@@ -514,6 +669,143 @@ impl Frames {
         self.done = true;
         self.buf = Vec::new();
     }
+}
+
+/// WebSocket frames from the client (RFC 6455 §5.2; masked, §5.3), read for the whole
+/// tunnel: each unfragmented, uncompressed binary message of at most
+/// [`CLIENT_MESSAGE_MAX_BYTES`] is unmasked and read for a `rerun_script`; anything else is
+/// skipped by its length, unbuffered.
+#[derive(Debug, Default)]
+struct ClientFrames {
+    /// The frame head read so far (at most 14 bytes).
+    head: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// The current frame's masking key (zero when unmasked).
+    key: [u8; 4],
+    /// The current frame's unmasked payload, when it is read (`Some`) rather than skipped.
+    msg: Option<Vec<u8>>,
+    /// A frame head that cannot be read: the rest of the stream is passed on unread (the
+    /// upstream closes the connection, RFC 6455 §7.1.7).
+    broken: bool,
+}
+
+impl ClientFrames {
+    /// Reads `bytes`; the page of the last `rerun_script` completed in them, if any.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut found = None;
+        while !bytes.is_empty() && !self.broken {
+            if self.left == 0 && self.msg.is_none() {
+                // A head: 2 bytes, the extended length, the masking key.
+                let need = self.head_len().unwrap_or(2);
+                let take = (need - self.head.len()).min(bytes.len());
+                self.head.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.head.len() < need || self.head_len() != Some(need) {
+                    continue;
+                }
+                self.start_payload();
+                if self.left == 0 {
+                    found = self.finish().or(found);
+                }
+                continue;
+            }
+            let take = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
+            if let Some(msg) = &mut self.msg {
+                let at = msg.len();
+                msg.extend(
+                    bytes[..take]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| b ^ self.key[(at + i) % 4]),
+                );
+            }
+            self.left -= take as u64;
+            bytes = &bytes[take..];
+            if self.left == 0 {
+                found = self.finish().or(found);
+            }
+        }
+        found
+    }
+
+    /// The whole head's length, once its first two bytes are in.
+    fn head_len(&self) -> Option<usize> {
+        let b1 = *self.head.get(1)?;
+        let ext = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        Some(2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 })
+    }
+
+    fn start_payload(&mut self) {
+        let h = std::mem::take(&mut self.head);
+        let (b0, b1) = (h[0], h[1]);
+        let (len, at) = match b1 & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => {
+                let mut x = [0u8; 8];
+                x.copy_from_slice(&h[2..10]);
+                (u64::from_be_bytes(x), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        if len >> 63 != 0 {
+            self.broken = true;
+            return;
+        }
+        let masked = b1 & 0x80 != 0;
+        self.key = [0; 4];
+        if masked {
+            self.key.copy_from_slice(&h[at..at + 4]);
+        }
+        let (fin, rsv1, opcode) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x0f);
+        let read = fin && !rsv1 && masked && opcode == 2 && len <= CLIENT_MESSAGE_MAX_BYTES as u64;
+        self.left = len;
+        self.msg = read.then(|| Vec::with_capacity(len as usize));
+    }
+
+    /// The current frame is complete: its page, when it was a `rerun_script`.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        let msg = self.msg.take()?;
+        proto_field(&msg, 11).and_then(page_of)
+    }
+}
+
+/// The page part of a `ClientState` (Streamlit's `ClientState.proto`): `query_string` (1),
+/// `page_script_hash` (3), `page_name` (4) and `context_info` (8), re-encoded; widget states,
+/// fragment id and cached message hashes are left out. At most [`PAGE_MAX_BYTES`]: the fields
+/// are taken in the order hash, name, query string, context info, each only if it still fits;
+/// `None` when none fits.
+fn page_of(state: &[u8]) -> Option<Vec<u8>> {
+    let mut page = Vec::new();
+    for number in [3, 4, 1, 8] {
+        if let Some(v) = proto_field(state, number) {
+            let mut next = page.clone();
+            put_field(&mut next, number, v);
+            if next.len() <= PAGE_MAX_BYTES {
+                page = next;
+            }
+        }
+    }
+    (!page.is_empty() || state.is_empty()).then_some(page)
+}
+
+/// Appends length-delimited field `number` with `value` (protobuf wire type 2).
+fn put_field(out: &mut Vec<u8>, number: u64, value: &[u8]) {
+    put_varint(out, number << 3 | 2);
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 enum Frame {
@@ -638,7 +930,12 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tapped<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            let n = *n;
+            self.tap.client_sent(buf.get(..n).unwrap_or(buf));
+        }
+        r
     }
 
     fn poll_flush(
@@ -706,9 +1003,9 @@ mod tests {
     #[test]
     fn the_least_loaded_ready_worker_gets_new_sessions() {
         let (p, s) = pool(3);
-        let _a = p.tap(0);
-        let _b = p.tap(0);
-        let _c = p.tap(2);
+        let _a = p.tap(0, None);
+        let _b = p.tap(0, None);
+        let _c = p.tap(2, None);
         for _ in 0..5 {
             assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 1);
         }
@@ -796,7 +1093,7 @@ mod tests {
     fn sessions_are_learned_from_the_first_server_messages_and_route_uploads_and_reconnects() {
         let (p, _s) = pool(3);
         let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f00";
-        let mut tap = p.tap(2);
+        let mut tap = p.tap(2, None);
         let mut bytes = binary_frame(&[0x0a, 1, b'h', 0x48, 1]); // another message first
         bytes.extend(binary_frame(&new_session_message(id)));
         // Split anywhere: frames arrive in pieces.
@@ -835,6 +1132,192 @@ mod tests {
                 .worker,
             1
         );
+    }
+
+    /// A client frame: masked with `key` (RFC 6455 §5.3).
+    fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    fn field(number: u64, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_field(&mut out, number, value);
+        out
+    }
+
+    /// `BackMsg { rerun_script: ClientState { query_string, widget_states, page_script_hash,
+    /// page_name, context_info } }`.
+    fn rerun(page_hash: &str, widgets: &[u8]) -> Vec<u8> {
+        let mut state = field(1, b"q=1");
+        state.extend(field(2, widgets));
+        state.extend(field(3, page_hash.as_bytes()));
+        state.extend(field(4, b"report"));
+        state.extend(field(8, &field(1, b"Europe/Paris")));
+        field(11, &state)
+    }
+
+    fn page(page_hash: &str) -> Vec<u8> {
+        let mut p = field(3, page_hash.as_bytes());
+        p.extend(field(4, b"report"));
+        p.extend(field(1, b"q=1"));
+        p.extend(field(8, &field(1, b"Europe/Paris")));
+        p
+    }
+
+    #[test]
+    fn the_client_s_last_rerun_gives_the_page_without_widget_values() {
+        let mut c = ClientFrames::default();
+        let mut bytes = client_frame(0x9, b"ping", [1, 2, 3, 4]);
+        bytes.extend(client_frame(
+            0x2,
+            &rerun("h1", b"button-pressed"),
+            [9, 8, 7, 6],
+        ));
+        // A heartbeat (not a rerun), then a second rerun on another page.
+        bytes.extend(client_frame(0x2, &field(17, b""), [0, 0, 0, 0]));
+        bytes.extend(client_frame(0x2, &rerun("h2", b""), [0xaa, 0x55, 0, 0xff]));
+        // Byte by byte or at once: the same page, the last one.
+        let mut last = None;
+        for b in &bytes {
+            if let Some(p) = c.feed(std::slice::from_ref(b)) {
+                last = Some(p);
+            }
+        }
+        assert_eq!(last, Some(page("h2")));
+        assert_eq!(ClientFrames::default().feed(&bytes), Some(page("h2")));
+    }
+
+    #[test]
+    fn client_frames_that_are_not_read_are_skipped_by_length() {
+        let mut c = ClientFrames::default();
+        // Too large to read (64 KiB + 1 of widget values), compressed, fragmented, text: all
+        // skipped, unbuffered; the frame after them is read.
+        let big = rerun("big", &vec![7u8; CLIENT_MESSAGE_MAX_BYTES + 1]);
+        let mut compressed = client_frame(0x2, &rerun("z", b""), [1, 1, 1, 1]);
+        compressed[0] |= 0x40;
+        let mut fragment = client_frame(0x2, &rerun("f", b""), [1, 1, 1, 1]);
+        fragment[0] &= 0x7f;
+        let text = client_frame(0x1, &rerun("t", b""), [1, 1, 1, 1]);
+        for f in [
+            client_frame(0x2, &big, [3, 3, 3, 3]),
+            compressed,
+            fragment,
+            text,
+        ] {
+            assert_eq!(c.feed(&f), None);
+            assert!(c.msg.is_none() && c.head.is_empty() && c.left == 0);
+        }
+        assert_eq!(
+            c.feed(&client_frame(0x2, &rerun("ok", b""), [5; 4])),
+            Some(page("ok"))
+        );
+        // A head announcing more than 2^63 bytes: the rest is passed on unread.
+        let mut bad = vec![0x82, 0x80 | 127];
+        bad.extend_from_slice(&u64::MAX.to_be_bytes());
+        bad.extend_from_slice(&[0; 4]);
+        assert_eq!(c.feed(&bad), None);
+        assert!(c.broken);
+        assert_eq!(c.feed(&client_frame(0x2, &rerun("x", b""), [5; 4])), None);
+    }
+
+    #[test]
+    fn a_page_is_bounded() {
+        // A field that would pass the bound is left out; those that fit are kept.
+        let mut state = field(1, &vec![b'q'; PAGE_MAX_BYTES]);
+        state.extend(field(3, b"h"));
+        state.extend(field(8, &[b'c'; 200]));
+        let mut want = field(3, b"h");
+        want.extend(field(8, &[b'c'; 200]));
+        assert_eq!(page_of(&state), Some(want));
+        // Nothing fits: nothing is remembered.
+        assert_eq!(page_of(&field(3, &vec![b'h'; PAGE_MAX_BYTES])), None);
+    }
+
+    #[test]
+    fn a_reconnect_of_a_session_whose_worker_is_gone_starts_its_page_on_the_new_worker() {
+        let mut senders = Vec::new();
+        let workers = (0..2)
+            .map(|i| {
+                let (tx, rx) = watch::channel(Some(Endpoint::loopback(9100 + i)));
+                senders.push(tx);
+                UiWorker {
+                    upstream: Upstream::dynamic("streamlit", rx),
+                    state: watch::channel(ComponentState::Ready).1,
+                }
+            })
+            .collect();
+        let p = Arc::new(UiPool::new(workers, "/app", false));
+        let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f00";
+        // The client asks for its page before the server names the session.
+        let mut tap = p.tap(0, None);
+        tap.client_sent(&client_frame(0x2, &rerun("h1", b"w"), [4, 3, 2, 1]));
+        tap.observe(&binary_frame(&new_session_message(id)));
+        // It navigates: the page known is the last one.
+        tap.client_sent(&client_frame(0x2, &rerun("h2", b"w"), [4, 3, 2, 1]));
+        drop(tap);
+        let proto = format!("streamlit, xsrf-token, {id}");
+        let reconnect = ask(&["fluxlit_worker=1"], &[&proto], true);
+
+        // Held: the reconnect is passed on untouched.
+        let placed = p.place("/app/_stcore/stream", &reconnect).unwrap();
+        assert_eq!((placed.worker, placed.replay), (0, None));
+        let mut tap = p.tap(0, None);
+        assert_eq!(tap.replay_frame(), None);
+        drop(tap);
+
+        // Worker 1 restarted on another port: it no longer holds the session. The reconnect
+        // goes where its cookie says (worker 1 again) and starts its page there.
+        senders[0].send_replace(Some(Endpoint::loopback(9200)));
+        let placed = p.place("/app/_stcore/stream", &reconnect).unwrap();
+        assert_eq!(placed.worker, 0);
+        assert_eq!(placed.replay.as_deref(), Some(&page("h2")[..]));
+        // The frame: masked binary, `BackMsg { rerun_script: page }`; once.
+        let mut tap = p.tap(placed.worker, placed.replay);
+        let frame = tap.replay_frame().unwrap();
+        assert_eq!(tap.replay_frame(), None);
+        let mut read = ClientFrames::default();
+        assert_eq!(read.feed(&frame), Some(page("h2")));
+        assert_eq!(frame[0], 0x82);
+        assert_ne!(frame[1] & 0x80, 0, "masked");
+        // The new session is learned with the page it was started on.
+        tap.observe(&binary_frame(&new_session_message("new-session-1")));
+        drop(tap);
+
+        // Stopped: placed anew on the live worker; an upload of the lost session is not
+        // replayed (only a reconnect starts a page).
+        senders[0].send_replace(None);
+        let lost = p.place("/app/_stcore/stream", &reconnect).unwrap();
+        assert_eq!(lost.worker, 1);
+        assert_eq!(lost.replay.as_deref(), Some(&page("h2")[..]));
+        let upload = format!("/app/_stcore/upload_file/{id}/f");
+        assert_eq!(
+            p.place(&upload, &ask(&[], &[], false)).unwrap().replay,
+            None
+        );
+        // A session the gateway does not know is passed on untouched.
+        let unknown = ask(&[], &["streamlit, x, ffffffff-0000"], true);
+        assert_eq!(
+            p.place("/app/_stcore/stream", &unknown).unwrap().replay,
+            None
+        );
+        // The client spoke first: nothing is replayed behind its bytes.
+        let mut tap = p.tap(1, lost.replay);
+        tap.client_sent(&client_frame(0x2, &field(17, b""), [0; 4]));
+        assert_eq!(tap.replay_frame(), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +92,7 @@ pub(crate) struct UpstreamHop<'a> {
     pub(crate) session: Option<crate::sessions::SessionGuard>,
     /// The UI worker the request was placed on, when there are several (`pool.rs`): a
     /// WebSocket to it is counted as its session and its session id learned.
-    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, usize)>,
+    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, &'a crate::pool::Placed)>,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -781,7 +781,9 @@ impl Proxy {
             let mut spec = self.tunnel_spec(name, rid);
             spec.slot = tunnel_slot.take();
             spec.session = hop.session.clone();
-            spec.tap = hop.worker.map(|(pool, w)| pool.tap(w));
+            spec.tap = hop
+                .worker
+                .map(|(pool, p)| pool.tap(p.worker, p.replay.clone()));
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;
@@ -928,8 +930,23 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     match spec.tap.take() {
-        // Several UI workers: the server's bytes pass the session tap (`pool.rs`).
-        Some(tap) => splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await,
+        // Several UI workers: the server's bytes pass the session tap (`pool.rs`), and a
+        // reconnect of a session whose worker is gone starts its page on this one first.
+        Some(mut tap) => {
+            let mut upstream = upstream;
+            if let Some(frame) = tap.replay_frame() {
+                let wrote = tokio::time::timeout(Duration::from_secs(5), async {
+                    upstream.write_all(&frame).await?;
+                    upstream.flush().await
+                })
+                .await;
+                if !matches!(wrote, Ok(Ok(()))) {
+                    tracing::debug!(request_id = %spec.request_id, upstream = %spec.upstream, "the upstream did not take the session's page; tunnel closed");
+                    return;
+                }
+            }
+            splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await
+        }
         None => splice(client, upstream, spec).await,
     }
 }

@@ -425,3 +425,180 @@ async fn each_worker_has_its_series_and_the_access_log_and_debug_ring_name_it() 
         assert!(line.ends_with(" worker=2"), "{what}: {line}");
     }
 }
+
+/// A Streamlit-like worker that answers every `/app/_stcore/stream` upgrade with 101 and a
+/// `new_session` message naming session `{name}-{connection}`, then records every byte the
+/// client side sends on each connection.
+struct StreamWorker {
+    endpoint: watch::Sender<Option<fluxlit_gateway::Endpoint>>,
+    got: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl StreamWorker {
+    async fn start(name: &'static str) -> (Self, UiWorker) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let g = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let conn = {
+                    let mut g = g.lock().unwrap();
+                    g.push(Vec::new());
+                    g.len() - 1
+                };
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    g.lock().unwrap()[conn].extend_from_slice(&head[end..]);
+                    let mut out = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\nSec-WebSocket-Protocol: streamlit\r\n\r\n").into_bytes();
+                    out.extend(new_session_message(&format!("{name}-{conn}")));
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => g.lock().unwrap()[conn].extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let endpoint = fluxlit_gateway::Endpoint {
+            authority: addr.to_string().parse().unwrap(),
+            base_path: String::new(),
+        };
+        let (tx, rx) = watch::channel(Some(endpoint));
+        let ui = UiWorker {
+            upstream: fluxlit_gateway::Upstream::dynamic("streamlit", rx),
+            state: watch::channel(ComponentState::Ready).1,
+        };
+        (Self { endpoint: tx, got }, ui)
+    }
+
+    /// Bytes the client side sent on connection `conn`, once there are at least `n`.
+    async fn wait_bytes(&self, conn: usize, n: usize) -> Vec<u8> {
+        let got = self.got.clone();
+        fluxlit_testkit::eventually(
+            support::WAIT,
+            "the worker to read the client's bytes",
+            || {
+                let b = got.lock().unwrap().get(conn).cloned().unwrap_or_default();
+                async move { (b.len() >= n).then_some(b) }
+            },
+        )
+        .await
+    }
+}
+
+/// Appends protobuf field `number` (wire type 2) with `value`.
+fn pb(out: &mut Vec<u8>, number: u8, value: &[u8]) {
+    out.push(number << 3 | 2);
+    out.push(u8::try_from(value.len()).unwrap());
+    out.extend_from_slice(value);
+}
+
+/// A masked client frame (RFC 6455 §5.3) with a short binary payload.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x82, 0x80 | u8::try_from(payload.len()).unwrap()];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// The payload of the masked client frame at the start of `bytes`, and the frame's length.
+fn unmask(bytes: &[u8]) -> (Vec<u8>, usize) {
+    assert_eq!(bytes[0], 0x82, "a final binary frame: {bytes:?}");
+    assert_ne!(bytes[1] & 0x80, 0, "masked");
+    let len = usize::from(bytes[1] & 0x7f);
+    assert!(len < 126);
+    let key = &bytes[2..6];
+    let payload = bytes[6..6 + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ key[i % 4])
+        .collect();
+    (payload, 6 + len)
+}
+
+#[tokio::test]
+async fn a_reconnect_whose_worker_is_gone_starts_the_tab_s_page_on_the_new_worker() {
+    for fast in ENGINES {
+        let (a, wa) = StreamWorker::start("a").await;
+        let (b, wb) = StreamWorker::start("b").await;
+        let gw = start_on(builder(vec![wa, wb]), fast).await;
+
+        // A tab on worker 1 asks for a page: `BackMsg.rerun_script` with the query string,
+        // a widget value, the page's hash and name.
+        let mut state = Vec::new();
+        pb(&mut state, 1, b"tab=2");
+        pb(&mut state, 2, b"a-button-pressed");
+        pb(&mut state, 3, b"hash-of-report");
+        pb(&mut state, 4, b"report");
+        let mut rerun = Vec::new();
+        pb(&mut rerun, 11, &state);
+        let sent = client_frame(&rerun);
+        let mut ws = RawClient::connect(gw.addr).await;
+        ws.send(upgrade(Some("fluxlit_worker=1"), "streamlit, tok").as_bytes())
+            .await;
+        let r = within("101", ws.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{}", engine(fast));
+        ws.send(&sent).await;
+        assert_eq!(a.wait_bytes(0, sent.len()).await, sent, "{}", engine(fast));
+
+        // The tab reconnects to the worker that holds its session: passed on untouched, the
+        // client's own bytes come first.
+        drop(ws);
+        let proto = "streamlit, tok, a-0";
+        let mut again = RawClient::connect(gw.addr).await;
+        again.send(upgrade(None, proto).as_bytes()).await;
+        let r = within("101", again.response(false)).await.expect("101");
+        assert_eq!(r.status, 101);
+        let mut heartbeat = Vec::new();
+        pb(&mut heartbeat, 17, b"");
+        let beat = client_frame(&heartbeat);
+        again.send(&beat).await;
+        assert_eq!(a.wait_bytes(1, beat.len()).await, beat, "{}", engine(fast));
+        drop(again);
+
+        // Worker 1 stops: the reconnect goes to worker 2, which gets the page first: the
+        // same query string, hash and name, and no widget value.
+        a.endpoint.send_replace(None);
+        let mut lost = RawClient::connect(gw.addr).await;
+        lost.send(upgrade(Some("fluxlit_worker=1"), proto).as_bytes())
+            .await;
+        let r = within("101", lost.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{}", engine(fast));
+        assert_eq!(
+            r.get("set-cookie")
+                .map(|c| c.starts_with("fluxlit_worker=2;")),
+            Some(true),
+            "{}",
+            engine(fast)
+        );
+        let got = b.wait_bytes(0, 6).await;
+        let (payload, _) = unmask(&got);
+        let mut page = Vec::new();
+        pb(&mut page, 3, b"hash-of-report");
+        pb(&mut page, 4, b"report");
+        pb(&mut page, 1, b"tab=2");
+        let mut want = Vec::new();
+        pb(&mut want, 11, &page);
+        assert_eq!(payload, want, "{}", engine(fast));
+        // Then the client's bytes, as sent.
+        lost.send(&beat).await;
+        let got = b.wait_bytes(0, 6 + want.len() + beat.len()).await;
+        assert_eq!(&got[6 + want.len()..], &beat[..], "{}", engine(fast));
+    }
+}
