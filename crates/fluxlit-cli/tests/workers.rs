@@ -471,4 +471,26 @@ async fn a_killed_worker_leaves_the_others_sessions_open_and_comes_back() {
         let (_ws, id) = open_session(&gw, &c.jar, Some(&c.session)).await;
         assert_ne!(id, c.session, "the killed worker's sessions are lost");
     }
+    // `fluxlit doctor --live` lists the workers from readiness: all ready again.
+    let (url, dir) = (gw.url("/"), TempDir::new("workers-doctor"));
+    let path = dir.path().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        support::run_subcommand(&path, "doctor", &["--live", &url, "--json"], &[])
+    })
+    .await
+    .unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let row = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "live.workers")
+        .unwrap_or_else(|| panic!("no live.workers row: {out}"))
+        .clone();
+    assert_eq!(row["status"], "PASS", "{row}");
+    assert_eq!(
+        row["detail"],
+        "3 Streamlit workers, all ready: streamlit-1 ready, streamlit-2 ready, streamlit-3 ready",
+        "{row}; exit {code}"
+    );
 }

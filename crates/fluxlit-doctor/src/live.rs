@@ -6,6 +6,10 @@
 //!   TLS and DNS errors show here).
 //! - `live.readyz`: `GET {URL}{api_mount}/readyz` answers 200; a 503 shows the gateway's
 //!   detail (which sidecar is not ready).
+//! - `live.workers`: the Streamlit workers as that answer lists them (`components`
+//!   `streamlit-1` … with `streamlit_workers` > 1, else `streamlit`), each with its state:
+//!   PASS when all are ready, WARN when some are not but the quorum
+//!   (`streamlit_workers_min_ready`) holds, FAIL when none or too few are.
 //! - `live.ui_shell`: `GET {URL}` answers 200 with Streamlit's HTML shell (`<div id="root">`);
 //!   anything else is the "blank UI" symptom.
 //! - `live.static_asset`: the first `<script src>` of the shell answers 200 (a proxy that
@@ -326,9 +330,10 @@ async fn upload(t: &Target, path: &str, len: usize, timeout: Duration) -> Result
 }
 
 /// The rows `--live` reports, in order (each documented in docs/doctor.md, "Live checks").
-pub const ROWS: [&str; 8] = [
+pub const ROWS: [&str; 9] = [
     "live.healthz",
     "live.readyz",
+    "live.workers",
     "live.ui_shell",
     "live.static_asset",
     "live.websocket",
@@ -393,22 +398,37 @@ pub async fn check_live(opts: &LiveOptions) -> Report {
     }
 
     match request(&t, Method::GET, &format!("{api}/readyz"), Bytes::new(), to).await {
-        Ok((StatusCode::OK, _, _)) => push(
-            &mut r,
-            "live.readyz",
-            Status::Pass,
-            format!("{api}/readyz answers 200"),
-        ),
-        Ok((s, _, b)) => push(
-            &mut r,
-            "live.readyz",
-            Status::Fail,
-            format!(
-                "{api}/readyz answers {s}: {}; the gateway runs but a sidecar is not ready: see its log (fluxlit run prints why)",
-                snippet(&b)
-            ),
-        ),
-        Err(e) => push(&mut r, "live.readyz", Status::Fail, e),
+        Ok((s, _, b)) => {
+            if s == StatusCode::OK {
+                push(
+                    &mut r,
+                    "live.readyz",
+                    Status::Pass,
+                    format!("{api}/readyz answers 200"),
+                );
+            } else {
+                push(
+                    &mut r,
+                    "live.readyz",
+                    Status::Fail,
+                    format!(
+                        "{api}/readyz answers {s}: {}; the gateway runs but a sidecar is not ready: see its log (fluxlit run prints why)",
+                        snippet(&b)
+                    ),
+                );
+            }
+            let (status, detail) = workers(s == StatusCode::OK, &b);
+            push(&mut r, "live.workers", status, detail);
+        }
+        Err(e) => {
+            push(&mut r, "live.readyz", Status::Fail, e.clone());
+            push(
+                &mut r,
+                "live.workers",
+                Status::Fail,
+                format!("no readiness answer to list the workers from: {e}"),
+            );
+        }
     }
 
     let shell_path = format!("{}/", t.base);
@@ -706,6 +726,77 @@ async fn websocket(t: &Target, opts: &LiveOptions) -> (Status, String) {
     }
 }
 
+/// The `live.workers` row from the readiness answer (`ready`: it was 200) and its body, the
+/// gateway's `{"status", "components": {name: state}}` (docs/operations.md, readiness).
+fn workers(ready: bool, body: &[u8]) -> (Status, String) {
+    let Some(components) = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("components").and_then(|c| c.as_object().cloned()))
+    else {
+        return (
+            Status::Warn,
+            format!(
+                "the readiness answer is not FluxLit's JSON ({}): something in front of the gateway answered it, or an older FluxLit; the workers cannot be listed",
+                snippet(body)
+            ),
+        );
+    };
+    let state = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    let mut numbered: Vec<(u64, String, String)> = components
+        .iter()
+        .filter_map(|(name, v)| {
+            let n = name.strip_prefix("streamlit-")?.parse().ok()?;
+            Some((n, name.clone(), state(v)))
+        })
+        .collect();
+    numbered.sort();
+    if numbered.is_empty() {
+        return match components.get("streamlit") {
+            Some(v) if state(v) == "ready" => {
+                (Status::Pass, "one Streamlit worker, ready".to_owned())
+            }
+            Some(v) => (
+                Status::Fail,
+                format!(
+                    "the Streamlit worker is {}: see FluxLit's log (sidecar=streamlit)",
+                    state(v)
+                ),
+            ),
+            None => (
+                Status::Pass,
+                "no Streamlit worker: FluxLit serves the API only".to_owned(),
+            ),
+        };
+    }
+    let total = numbered.len();
+    let up = numbered.iter().filter(|(_, _, s)| s == "ready").count();
+    let list = numbered
+        .iter()
+        .map(|(_, name, s)| format!("{name} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if up == total {
+        (
+            Status::Pass,
+            format!("{total} Streamlit workers, all ready: {list}"),
+        )
+    } else if ready {
+        (
+            Status::Warn,
+            format!(
+                "{up} of {total} Streamlit workers ready ({list}); the quorum (streamlit_workers_min_ready) holds and new sessions go to the ready ones; a worker that stays down: see FluxLit's log for its sidecar name"
+            ),
+        )
+    } else {
+        (
+            Status::Fail,
+            format!(
+                "{up} of {total} Streamlit workers ready ({list}), fewer than streamlit_workers_min_ready: see FluxLit's log for why they exit or fail their probe"
+            ),
+        )
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -905,6 +996,37 @@ mod tests {
         ] {
             assert!(detail.contains(want), "{want}: {detail}");
         }
+    }
+
+    #[test]
+    fn workers_row_lists_each_worker_from_readiness() {
+        let three = br#"{"status":"ready","components":{"api":"ready","streamlit":"ready","streamlit-1":"ready","streamlit-10":"ready","streamlit-2":"ready"}}"#;
+        let (s, d) = workers(true, three);
+        assert_eq!(s, Status::Pass, "{d}");
+        assert_eq!(
+            d,
+            "3 Streamlit workers, all ready: streamlit-1 ready, streamlit-2 ready, streamlit-10 ready"
+        );
+        let one_down = br#"{"status":"ready","components":{"streamlit":"ready","streamlit-1":"ready","streamlit-2":"not ready: exited (signal 9)"}}"#;
+        let (s, d) = workers(true, one_down);
+        assert_eq!(s, Status::Warn, "{d}");
+        assert!(
+            d.starts_with("1 of 2 Streamlit workers ready (streamlit-1 ready, streamlit-2 not ready: exited (signal 9))"),
+            "{d}"
+        );
+        let (s, d) = workers(false, one_down);
+        assert_eq!(s, Status::Fail, "{d}");
+        assert!(d.contains("fewer than streamlit_workers_min_ready"), "{d}");
+        let single = br#"{"status":"ready","components":{"streamlit":"ready"}}"#;
+        assert_eq!(workers(true, single).0, Status::Pass);
+        let single_down =
+            br#"{"status":"not_ready","detail":"x","components":{"streamlit":"starting: probe"}}"#;
+        let (s, d) = workers(false, single_down);
+        assert_eq!(s, Status::Fail);
+        assert!(d.contains("starting: probe"), "{d}");
+        let (s, d) = workers(true, b"<html>ok</html>");
+        assert_eq!(s, Status::Warn);
+        assert!(d.contains("not FluxLit's JSON (<html>ok</html>)"), "{d}");
     }
 
     #[test]

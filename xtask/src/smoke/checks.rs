@@ -240,8 +240,8 @@ pub(crate) async fn doctor_live(t: &Target, expect_fail: &[&str]) -> Result<Stri
         }
     }
     let code_ok = out.status.code() == Some(if expect_fail.is_empty() { 0 } else { 1 });
-    // fluxlit_doctor::live::ROWS has 8 rows (live.forwarded checks the client view).
-    if wrong.is_empty() && rows.len() >= 8 && code_ok {
+    // fluxlit_doctor::live::ROWS has 9 rows (live.workers lists the Streamlit workers).
+    if wrong.is_empty() && rows.len() >= 9 && code_ok {
         Ok(format!(
             "{} rows as expected{} ({})",
             rows.len(),
