@@ -1,4 +1,4 @@
-//! `auth_mode = oidc` (issue 13; AUTH.md A.4, A.7 scenarios 1, 3–6, 9): the gateway as the
+//! `auth_mode = oidc` (issue 13; AUTH.md A.4, A.7 scenarios 1–6, 9): the gateway as the
 //! backend-for-frontend in front of a real OpenID provider (npm `oidc-provider`,
 //! `fluxlit_testkit::idp`) and a recording upstream serving as the UI and the API, on both
 //! engines. With OIDC on, the HTTP/1.1 fast path forwards nothing: every UI request is
@@ -1101,5 +1101,66 @@ async fn oidc_settings_make_a_protected_gateway() {
         let seen: Vec<String> = rec.requests().into_iter().map(|r| r.target).collect();
         assert_eq!(seen, vec!["/open/page".to_owned()], "{ctx}");
         assert_eq!(gw.served().h1, 0, "{ctx}");
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_groups_fail_visibly_in_cookies_and_fit_a_server_store() {
+    for fast in ENGINES {
+        // The cookie store (3 chunks of 3.9 KB): the login ends on a visible error page, no
+        // session cookie, no redirect loop.
+        let s = Setup::start(fast, None).await;
+        let mut agent = Agent::new();
+        let start = agent
+            .request(
+                Method::GET,
+                &s.url("/api/auth/login?return_to=%2Fpage"),
+                None,
+            )
+            .await;
+        let callback = agent
+            .login_at_provider(&s.idp.issuer, start.location().unwrap(), "many-groups-1")
+            .await;
+        let done = agent.request(Method::GET, &callback, None).await;
+        assert_eq!(done.status, 500, "{}: {}", engine(fast), done.text());
+        assert!(
+            done.text().contains("too large for the session cookie")
+                && done.text().contains("auth_session_store = redis"),
+            "{}",
+            done.text()
+        );
+        assert_eq!(done.location(), None);
+        assert_eq!(agent.cookie(&s.base, "fluxlit_session"), None);
+        let page = agent.request(Method::GET, &s.url("/page"), None).await;
+        assert_eq!(page.status, 401, "{}: still logged out", engine(fast));
+        s.idp.stop().await;
+
+        // A server-side store: the same user logs in; the cookie is a small ticket and the
+        // groups reach the app (the first MAX_GROUPS of them).
+        let s = Setup::start(fast, Some(Store::Memory(Arc::new(MemoryStore::default())))).await;
+        let mut agent = Agent::new();
+        s.login(&mut agent, "many-groups-2").await;
+        let ticket = agent.cookie(&s.base, "fluxlit_session").unwrap();
+        assert!(
+            ticket.len() < 300,
+            "{}: {} bytes",
+            engine(fast),
+            ticket.len()
+        );
+        let page = agent.request(Method::GET, &s.url("/page"), None).await;
+        assert_eq!(page.status, 200, "{}: {}", engine(fast), page.text());
+        let seen = s.rec.requests();
+        let ui = seen.iter().find(|r| r.target == "/page").unwrap();
+        let groups = ui.all("x-forwarded-groups");
+        assert_eq!(groups.len(), 1);
+        // (The names hold commas themselves, as directory DNs do: count them by their start.)
+        assert_eq!(
+            groups[0].matches("CN=Analytics Platform Team ").count(),
+            fluxlit_auth::bff::MAX_GROUPS,
+            "{}",
+            engine(fast)
+        );
+        assert!(groups[0].starts_with("CN=Analytics Platform Team 0,"));
+        s.idp.stop().await;
     }
 }

@@ -42,7 +42,12 @@ server.listen(0, '127.0.0.1', () => {
             email_verified: true,
             name: `User ${sub}`,
             preferred_username: sub,
-            groups: ['staff'],
+            // A user named many-groups-* is in 200 groups named like directory DNs
+            // (~90 bytes each), as large directories make them.
+            groups: sub.startsWith('many-groups')
+              ? Array.from({ length: 200 }, (_, i) =>
+                `CN=Analytics Platform Team ${i},OU=Security Groups,OU=Departments,DC=corp,DC=example,DC=test`)
+              : ['staff'],
           };
         },
       };
