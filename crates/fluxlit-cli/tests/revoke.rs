@@ -92,6 +92,38 @@ async fn revoke_ends_a_users_sessions_and_then_all_through_redis() {
     assert_eq!(code, 2, "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reaches_redis_over_tls_and_refuses_an_unknown_certificate() {
+    let redis = RedisServer::start_tls();
+    let store = Store::Redis(Arc::new(
+        RedisStore::connect(&redis.url(), "fluxlit:").unwrap(),
+    ));
+    let a = store.create(&session("alice")).await.unwrap();
+    let dir = TempDir::new("revoke-tls");
+    let (tls_url, ca) = (redis.tls_url(), redis.ca_file().display().to_string());
+    let run = |trust: bool| {
+        let (dir, url, ca) = (dir.path().to_owned(), tls_url.clone(), ca.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut env = env("redis", &url);
+            if trust {
+                env.push(("SSL_CERT_FILE", &ca));
+            }
+            run_subcommand(&dir, "revoke", &["--user", "alice"], &env)
+        })
+    };
+    // The server's CA is not in the system's trust store: refused, nothing revoked.
+    let (code, out, err) = run(false).await.unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert!(err.contains("set SSL_CERT_FILE"), "{err}");
+    assert!(store.load(&a).await.unwrap().is_some());
+    // Trusted through SSL_CERT_FILE: revoked over TLS.
+    let (code, out, err) = run(true).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Revoked 1 session of user \"alice\""), "{out}");
+    assert!(store.load(&a).await.unwrap().is_none());
+}
+
 #[test]
 fn stores_without_server_state_say_what_to_do() {
     let dir = TempDir::new("revoke-cookie");

@@ -142,7 +142,13 @@ impl Drop for RedisStore {
 }
 
 fn redis_error(what: &str, e: &RedisError) -> StoreError {
-    StoreError(format!("redis {what}: {e}"))
+    let text = e.to_string();
+    let hint = if text.contains("certificate") {
+        " (rediss://: the server's certificate must chain to a CA in the system's trust store; for a private CA set SSL_CERT_FILE to its PEM file)"
+    } else {
+        ""
+    };
+    StoreError(format!("redis {what}: {text}{hint}"))
 }
 
 /// Whether the connection manager replaces the connection after `e` (worth one more try).
@@ -151,17 +157,30 @@ fn reconnects_after(e: &RedisError) -> bool {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://[:password@]host[:port][/db]`, `unix:///path`),
-    /// its keys starting with `key_prefix` (e.g. `fluxlit:`). Does not wait for Redis: when it
+    /// A store on the Redis at `url` (`redis://[:password@]host[:port][/db]`, `unix:///path`,
+    /// or with the `tls` feature `rediss://…`: TLS with rustls, the server's certificate
+    /// checked against the system's trust store (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured,
+    /// `rustls-native-certs`), never unverified), its keys starting with `key_prefix` (e.g.
+    /// `fluxlit:`). Does not wait for Redis: when it
     /// is down, calls fail with [`StoreError`] until it answers. Must be called inside a Tokio
     /// runtime (it starts the revocation subscriber there).
     ///
     /// # Errors
-    /// [`StoreError`] when `url` is not a Redis URL or no Tokio runtime is running.
+    /// [`StoreError`] when `url` is not a Redis URL, is `rediss://` in a build without the
+    /// `tls` feature, or no Tokio runtime is running.
     pub fn connect(url: &str, key_prefix: &str) -> Result<RedisStore, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError("the redis session store must be started inside a Tokio runtime".into())
         })?;
+        if cfg!(not(feature = "tls"))
+            && url
+                .get(..9)
+                .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+        {
+            return Err(StoreError(
+                "a rediss:// (TLS) URL needs FluxLit built with its `tls` feature (the default; this build has it off); use a build with it, or redis:// on a private network".into(),
+            ));
+        }
         // The error never repeats the URL: it may hold a password.
         let client = Client::open(url).map_err(|e| {
             StoreError(format!(
