@@ -42,8 +42,9 @@ pub(crate) struct WorkersRow {
     pub(crate) reruns_per_s: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
-    /// Sessions per worker at the end, from the gateway's `ui_worker_sessions` (empty with one
-    /// worker: there is no pool).
+    /// Open sessions per worker when the window starts (every session open and past its
+    /// first run), from the gateway's `ui_worker_sessions` (empty with one worker: there is no
+    /// pool).
     pub(crate) sessions_per_worker: Vec<u64>,
 }
 
@@ -180,6 +181,8 @@ fn one(
     start.wait();
     let began = Instant::now();
     let _ = stop_at.set(began + window);
+    // Every session is open now (each waited at the barrier after its first run).
+    let spread = sessions_per_worker(&addr);
     let mut times = Vec::new();
     let mut failed = None;
     for h in handles {
@@ -192,7 +195,6 @@ fn one(
     if let Some(e) = failed {
         return Err(Failed(format!("{e}; log: {}", log.display())));
     }
-    let spread = sessions_per_worker(&addr);
     proc.stop();
     if times.is_empty() {
         return Err(Failed(format!(
