@@ -3,7 +3,8 @@
 //! the gateway asks of a request (who is it, what to answer when nobody is logged in).
 //!
 //! Routes ([`Bff::handle_route`]):
-//! - `GET …/login?return_to=PATH`: a new login (state, nonce, PKCE S256 verifier) kept in a
+//! - `GET …/login?return_to=PATH`: (a path under the root path, or an absolute URL on the
+//!   public origin or an `auth_allowed_redirect_origins` origin; [`crate::redirect`]) a new login (state, nonce, PKCE S256 verifier) kept in a
 //!   sealed login cookie named after the state (any replica can finish it, no server state),
 //!   then 302 to the provider. At most [`MAX_LOGINS`] login cookies live at once.
 //! - `GET …/callback`: the checks of AUTH.md A.4 rule 4 in order (provider `error`; `state`
@@ -107,6 +108,9 @@ pub struct BffConfig {
     /// `…/auth/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0; server-side stores
     /// only).
     pub backchannel_logout: bool,
+    /// `auth_allowed_redirect_origins`: origins (`scheme://host[:port]`) besides the public
+    /// origin that an absolute `return_to` may name ([`crate::redirect::ReturnRules`]).
+    pub allowed_redirect_origins: Vec<String>,
 }
 
 /// Why the backend-for-frontend cannot be built.
@@ -118,6 +122,9 @@ pub enum BffError {
     /// Back-channel logout cannot check the provider's logout tokens.
     #[error("auth_logout_backchannel: {0}")]
     Backchannel(#[from] crate::jwt::JwtConfigError),
+    /// The public origin or an `auth_allowed_redirect_origins` entry is not an origin.
+    #[error("public_base_url or auth_allowed_redirect_origins: {0}")]
+    RedirectOrigin(#[from] crate::redirect::OriginError),
 }
 
 /// How a request that carries no session is answered (AUTH.md A.4 rule 6).
@@ -193,6 +200,8 @@ pub struct Bff {
     last_failure: Mutex<Option<Instant>>,
     /// Checks logout tokens (`auth_logout_backchannel` with a server-side store).
     backchannel: Option<crate::jwt::JwtVerifier>,
+    /// Where a login may return to.
+    returns: crate::redirect::ReturnRules,
 }
 
 impl std::fmt::Debug for Bff {
@@ -213,6 +222,11 @@ impl Bff {
     /// [`BffError::Secrets`] when the cookie secrets are missing or short.
     pub fn new(cfg: BffConfig) -> Result<Self, BffError> {
         let keys = CookieKeys::new(&cfg.cookie_secrets)?;
+        let returns = crate::redirect::ReturnRules::new(
+            &cfg.root_path,
+            &cfg.public_origin,
+            &cfg.allowed_redirect_origins,
+        )?;
         let asserter = crate::assertion::Asserter::new(&cfg.public_origin, &cfg.cookie_secrets)
             .ok_or(BffError::Secrets(crate::seal::SealError::NoSecret))?;
         // RFC 6265bis §4.1.3: `__Host-` needs Secure, Path=/ and no Domain; `__Secure-` needs
@@ -247,6 +261,7 @@ impl Bff {
             rp: tokio::sync::Mutex::new(None),
             last_failure: Mutex::new(None),
             backchannel,
+            returns,
         })
     }
 
@@ -654,14 +669,14 @@ impl Bff {
         let default_return = format!("{}/", self.cfg.root_path);
         let return_to = match query_param(uri, "return_to") {
             None => default_return,
-            Some(raw) => match crate::redirect::safe_return_to(&raw, &self.cfg.root_path) {
-                Some(ok) => ok,
-                None => {
-                    tracing::info!(return_to = %raw.escape_debug(), "login refused an unsafe return_to");
+            Some(raw) => match self.returns.check(&raw) {
+                Ok(ok) => ok,
+                Err(reason) => {
+                    tracing::info!(return_to = %raw.escape_debug(), reason, "login refused an unsafe return_to");
                     return html(
                         StatusCode::BAD_REQUEST,
                         "Login refused",
-                        "The page to return to after login is not a page of this site.",
+                        "The page to return to after login is neither a page of this site nor on an origin it allows (auth_allowed_redirect_origins).",
                     );
                 }
             },
@@ -1313,6 +1328,7 @@ mod tests {
             access: AccessRules::default(),
             pass_access_token: false,
             backchannel_logout: false,
+            allowed_redirect_origins: vec![],
         })
         .unwrap()
     }

@@ -258,7 +258,7 @@ pub const KEYS: &[KeySpec] = &[
     key("auth_streamlit_trusted_user_headers", Kind::Bool, "true", "auth_mode = oidc: start Streamlit with server.trustedUserHeaders mapped to the identity headers, so st.user shows the logged-in user (Streamlit 1.49 or later)."),
     key("auth_logout_backchannel", Kind::Bool, "false", "auth_mode = oidc: accept the provider's back-channel logout (OpenID Connect Back-Channel Logout 1.0); needs auth_session_store = memory or redis."),
     key("auth_post_logout_redirect_url", Kind::Text, "", "auth_mode = oidc: where the provider sends the browser after logout (register it there); an absolute http(s) URL. Empty: the origin of public_base_url + the root path + /."),
-    key("auth_allowed_redirect_origins", Kind::List, "[]", "auth_mode = oidc: origins (scheme://host[:port]) besides the app's own that a login may return to; other absolute return addresses are refused."),
+    key("auth_allowed_redirect_origins", Kind::List, "[]", "auth_mode = oidc: origins (scheme://host[:port], http or https, no path) besides the app's own that a login's return_to may name as an absolute URL; the URL's origin after parsing (scheme, host, port; default ports equal none) must equal one exactly (no prefix or suffix matching; no user or password in the URL), and other absolute return addresses are refused (400)."),
 ];
 
 /// Names under `FLUXLIT_` that are not settings but are known to FluxLit (set for or by the

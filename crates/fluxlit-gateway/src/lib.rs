@@ -720,6 +720,7 @@ pub fn oidc_from_settings(s: &fluxlit_config::Settings) -> Result<OidcAuth, Oidc
         },
         pass_access_token: s.auth_pass_access_token,
         backchannel_logout: s.auth_logout_backchannel,
+        allowed_redirect_origins: s.auth_allowed_redirect_origins.clone(),
     })?;
     let mut auth = OidcAuth::new(Arc::new(bff)).required(s.auth_required);
     if !rules.is_empty() {

@@ -46,6 +46,18 @@ impl Setup {
         ttl: serde_json::Value,
         api: Option<fluxlit_gateway::ApiService>,
     ) -> Self {
+        Self::start_tweaked(fast, store, ttl, api, |_| {}).await
+    }
+
+    /// [`Setup::start_with`], with `tweak` applied to the backend-for-frontend's
+    /// configuration.
+    async fn start_tweaked(
+        fast: bool,
+        store: Option<Store>,
+        ttl: serde_json::Value,
+        api: Option<fluxlit_gateway::ApiService>,
+        tweak: impl FnOnce(&mut BffConfig),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -54,7 +66,9 @@ impl Setup {
             ttl,
         )
         .await;
-        let bff = bff_for(&idp.issuer, &base, store);
+        let mut cfg = bff_config(&idp.issuer, &base, store);
+        tweak(&mut cfg);
+        let bff = Bff::new(cfg).unwrap();
         let rec = upstream().await;
         let builder = Gateway::builder()
             .ui(up_at(rec.addr, "ui"))
@@ -139,7 +153,12 @@ async fn verify_assertion(s: &Setup, token: &str) -> serde_json::Value {
 
 /// The backend-for-frontend of a gateway whose public origin is `base`, at `issuer`.
 fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
-    Bff::new(BffConfig {
+    Bff::new(bff_config(issuer, base, store)).unwrap()
+}
+
+/// The configuration [`bff_for`] uses.
+fn bff_config(issuer: &str, base: &str, store: Option<Store>) -> BffConfig {
+    BffConfig {
         oidc: OidcConfig {
             issuer: issuer.to_owned(),
             client_id: "fluxlit".into(),
@@ -162,8 +181,8 @@ fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
         },
         pass_access_token: true,
         backchannel_logout: true,
-    })
-    .unwrap()
+        allowed_redirect_origins: vec![],
+    }
 }
 
 /// Opens a WebSocket through the gateway at `gw` with `Origin: origin` and `cookie`
@@ -482,6 +501,72 @@ async fn the_callback_refuses_what_it_did_not_start() {
         assert_eq!(a.status, 400, "{bad}: {}", a.text());
     }
     s.idp.stop().await;
+}
+
+/// `auth_allowed_redirect_origins`: after the login, an absolute `return_to` on a listed origin
+/// is followed; one on any other origin never starts a login.
+#[tokio::test]
+async fn a_login_returns_to_a_listed_origin_and_to_no_other() {
+    for fast in ENGINES {
+        let ctx = engine(fast);
+        let s = Setup::start_tweaked(fast, None, serde_json::Value::Null, None, |c| {
+            c.allowed_redirect_origins = vec!["http://portal.localhost:8601".into()];
+        })
+        .await;
+        for (target, want) in [
+            (
+                "http://portal.localhost:8601/after?x=1",
+                "http://portal.localhost:8601/after?x=1",
+            ),
+            (
+                "HTTP://Portal.LOCALHOST:8601/",
+                "http://portal.localhost:8601/",
+            ),
+            (&format!("{}/own", s.base), &format!("{}/own", s.base)),
+        ] {
+            let mut agent = Agent::new();
+            let start = agent
+                .request(
+                    Method::GET,
+                    &s.url(&format!(
+                        "/api/auth/login?return_to={}",
+                        fluxlit_testkit::idp::urlencode(target)
+                    )),
+                    None,
+                )
+                .await;
+            assert_eq!(start.status, 302, "{ctx} {target}: {}", start.text());
+            let callback = agent
+                .login_at_provider(&s.idp.issuer, start.location().unwrap(), "alice")
+                .await;
+            let done = agent.request(Method::GET, &callback, None).await;
+            assert_eq!(done.status, 303, "{ctx} {target}: {}", done.text());
+            assert_eq!(done.location(), Some(want), "{ctx} {target}");
+        }
+        let mut agent = Agent::new();
+        for bad in [
+            "http://portal.localhost:8602/",
+            "https://portal.localhost:8601/",
+            "http://portal.localhost:8601@evil.test/",
+            "http://portal.localhost:8601.evil.test/",
+            "http://evil.test/",
+            "//portal.localhost:8601/",
+        ] {
+            let a = agent
+                .request(
+                    Method::GET,
+                    &s.url(&format!(
+                        "/api/auth/login?return_to={}",
+                        fluxlit_testkit::idp::urlencode(bad)
+                    )),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, 400, "{ctx} {bad}: {}", a.text());
+            assert!(a.location().is_none(), "{ctx} {bad}");
+        }
+        s.idp.stop().await;
+    }
 }
 
 #[tokio::test]
