@@ -361,7 +361,7 @@ impl Bff {
                 }))
             }
             Some(store) => {
-                let Some(mut session) = store.load(&opened).await? else {
+                let Some(mut session) = store.load_in_use(&opened).await? else {
                     return Ok(None);
                 };
                 if session
@@ -383,16 +383,27 @@ impl Bff {
     }
 
     /// [`Bff::refresh`] when the session behind `ticket` is due for one (the background
-    /// refresh of sessions with open WebSockets).
+    /// refresh of sessions with open WebSockets). A session the store no longer has (its
+    /// absolute end or `auth_session_idle_timeout_s` passed) is revoked, which closes its
+    /// WebSockets on every gateway sharing the store, as a logout does.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be reached.
     pub async fn refresh_if_due(&self, store: &Store, ticket: &str) -> Result<(), StoreError> {
-        let due = store.load(ticket).await?.is_some_and(|s| {
-            s.tokens
-                .as_ref()
-                .is_some_and(|t| t.refresh_due(session::now()))
-        });
+        let Some(current) = store.load(ticket).await? else {
+            if let Some((sid, _)) = session::split_ticket(ticket) {
+                tracing::info!(
+                    sid,
+                    "session ended (idle timeout or lifetime): closing its WebSockets"
+                );
+                store.revoke(&session::Revoked::Sid(sid.to_owned())).await?;
+            }
+            return Ok(());
+        };
+        let due = current
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_due(session::now()));
         if due {
             self.refresh(store, ticket).await?;
         }

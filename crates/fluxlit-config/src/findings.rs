@@ -422,6 +422,7 @@ pub const OIDC_LOGIN_KEYS: &[&str] = &[
     "auth_session_key_prefix",
     "auth_cookie_secrets",
     "auth_session_lifetime_s",
+    "auth_session_idle_timeout_s",
     "auth_session_max_chunks",
     "auth_allowed_emails",
     "auth_allowed_email_domains",

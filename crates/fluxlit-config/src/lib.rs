@@ -506,6 +506,7 @@ pub struct Settings {
     pub auth_session_key_prefix: String,
     pub auth_cookie_secrets: Vec<Secret>,
     pub auth_session_lifetime_s: u64,
+    pub auth_session_idle_timeout_s: u64,
     pub auth_session_max_chunks: usize,
     pub auth_allowed_emails: Vec<String>,
     pub auth_allowed_email_domains: Vec<String>,
@@ -1664,6 +1665,18 @@ fn oidc_checks(
             "a session lifetime of at least 1 second",
             "keep the default 43200 (12 hours), or set the absolute lifetime you want in seconds",
             origin_of("auth_session_lifetime_s"),
+        );
+    }
+    if raw.auth_session_idle_timeout_s > 0 && raw.auth_session_store == SessionStore::Cookie {
+        bad(
+            "auth_session_idle_timeout_s",
+            &raw.auth_session_idle_timeout_s.to_string(),
+            &format!(
+                "auth_session_store = memory or redis: an idle timeout needs the server to know when a session was last used, and the cookie store (auth_session_store from {}) keeps no server state, so a copy of the cookie would stay valid however long it lies unused",
+                origin_of("auth_session_store")
+            ),
+            "set auth_session_store = \"redis\" (or \"memory\" for one replica), or set auth_session_idle_timeout_s = 0 (off) and rely on auth_session_lifetime_s",
+            origin_of("auth_session_idle_timeout_s"),
         );
     }
     if !(1..=10).contains(&raw.auth_session_max_chunks) {

@@ -1223,6 +1223,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
     assert_eq!(s.auth_session_redis_url, "");
     assert_eq!(s.auth_session_key_prefix, "fluxlit:");
     assert_eq!(s.auth_session_lifetime_s, 43200);
+    assert_eq!(s.auth_session_idle_timeout_s, 0, "off");
     assert_eq!(s.auth_session_max_chunks, 3);
     assert!(s.auth_allowed_emails.is_empty());
     assert!(s.auth_allowed_email_domains.is_empty());
@@ -1252,6 +1253,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
         ),
         ("FLUXLIT_AUTH_SESSION_KEY_PREFIX", "app1:"),
         ("FLUXLIT_AUTH_SESSION_LIFETIME_S", "3600"),
+        ("FLUXLIT_AUTH_SESSION_IDLE_TIMEOUT_S", "900"),
         ("FLUXLIT_AUTH_ALLOWED_EMAILS", "ada@example.com"),
         ("FLUXLIT_AUTH_ALLOWED_EMAIL_DOMAINS", "[\"example.com\"]"),
         ("FLUXLIT_AUTH_ALLOWED_GROUPS", "admins,ops"),
@@ -1282,6 +1284,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
     assert_eq!(s.auth_session_store, SessionStore::Redis);
     assert_eq!(s.auth_session_key_prefix, "app1:");
     assert_eq!(s.auth_session_lifetime_s, 3600);
+    assert_eq!(s.auth_session_idle_timeout_s, 900);
     assert_eq!(s.auth_allowed_email_domains, ["example.com"]);
     assert_eq!(s.auth_allowed_groups, ["admins", "ops"]);
     assert_eq!(s.auth_groups_claim, "roles");
@@ -1428,6 +1431,12 @@ fn oidc_rules_name_key_value_origin_and_expectation() {
             "auth_session_lifetime_s",
             "0",
             "at least 1 second",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_IDLE_TIMEOUT_S", "900"),
+            "auth_session_idle_timeout_s",
+            "900",
+            "auth_session_store = memory or redis",
         ),
         (
             ("FLUXLIT_AUTH_SESSION_MAX_CHUNKS", "0"),

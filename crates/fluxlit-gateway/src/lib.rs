@@ -668,17 +668,25 @@ pub fn oidc_from_settings(s: &fluxlit_config::Settings) -> Result<OidcAuth, Oidc
     let public_origin = s.public_origin().ok_or_else(bad_url)?;
     let redirect_uri = s.oidc_redirect_uri().ok_or_else(bad_url)?;
     let post_logout = s.post_logout_redirect_uri().ok_or_else(bad_url)?;
+    // `auth_session_idle_timeout_s` (0: off); the settings refuse it with the cookie store.
+    let idle = Duration::from_secs(s.auth_session_idle_timeout_s);
+    if !idle.is_zero() && s.auth_session_store == fluxlit_config::SessionStore::Cookie {
+        return Err(OidcSetupError::Store(
+            "auth_session_idle_timeout_s needs auth_session_store = memory or redis".into(),
+        ));
+    }
     let store = match s.auth_session_store {
         fluxlit_config::SessionStore::Cookie => None,
-        fluxlit_config::SessionStore::Memory => {
-            Some(fluxlit_auth::session::Store::Memory(Arc::default()))
-        }
+        fluxlit_config::SessionStore::Memory => Some(fluxlit_auth::session::Store::Memory(
+            Arc::new(fluxlit_auth::session::MemoryStore::default().with_idle_timeout(idle)),
+        )),
         fluxlit_config::SessionStore::Redis => Some(fluxlit_auth::session::Store::Redis(Arc::new(
             fluxlit_auth::session::RedisStore::connect(
                 &s.auth_session_redis_url,
                 &s.auth_session_key_prefix,
             )
-            .map_err(|e| OidcSetupError::Store(format!("auth_session_redis_url: {e}")))?,
+            .map_err(|e| OidcSetupError::Store(format!("auth_session_redis_url: {e}")))?
+            .with_idle_timeout(idle),
         ))),
     };
     let rules = s

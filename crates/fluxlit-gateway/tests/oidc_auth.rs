@@ -1188,3 +1188,78 @@ async fn oidc_settings_make_a_protected_gateway() {
         assert_eq!(gw.served().h1, 0, "{ctx}");
     }
 }
+
+/// `auth_session_idle_timeout_s` on both engines, with the memory store and a real Redis: a
+/// session in use stays; one nobody uses for the timeout ends: its WebSocket is closed (by the
+/// background sweep, as on logout), the API gets 401 and a page load is sent to the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_uses_ends_after_the_idle_timeout() {
+    let idle = Duration::from_secs(2);
+    let redis = fluxlit_testkit::redis::RedisServer::start();
+    for fast in ENGINES {
+        for use_redis in [false, true] {
+            let ctx = format!(
+                "{} store={}",
+                engine(fast),
+                if use_redis { "redis" } else { "memory" }
+            );
+            let store = if use_redis {
+                Store::Redis(Arc::new(
+                    fluxlit_auth::session::RedisStore::connect(
+                        &redis.url(),
+                        &format!("idle-{fast}:"),
+                    )
+                    .unwrap()
+                    .with_idle_timeout(idle),
+                ))
+            } else {
+                Store::Memory(Arc::new(MemoryStore::default().with_idle_timeout(idle)))
+            };
+            let s = Setup::start(fast, Some(store)).await;
+            let mut agent = Agent::new();
+            s.login(&mut agent, "alice").await;
+            let cookie = format!(
+                "fluxlit_session={}",
+                agent.cookie(&s.base, "fluxlit_session").unwrap()
+            );
+            // In use for twice the timeout: still logged in.
+            let start = std::time::Instant::now();
+            while start.elapsed() < idle * 2 {
+                assert_eq!(
+                    status_with(s.gw.addr, "/api/x", &cookie).await,
+                    200,
+                    "{ctx}"
+                );
+                tokio::time::sleep(idle / 4).await;
+            }
+            // A WebSocket, then nothing: the tunnel is closed once the timeout passed (the
+            // sweep looks every 2 s).
+            let (mut ws, status) = open_ws(s.gw.addr, &s.base, &cookie).await;
+            assert_eq!(status, 101, "{ctx}");
+            let quiet = std::time::Instant::now();
+            assert!(
+                closed_within(&mut ws, idle + Duration::from_secs(5)).await,
+                "{ctx}: the idle session's WebSocket stays open"
+            );
+            assert!(
+                quiet.elapsed() >= idle - idle / 10,
+                "{ctx}: closed after {:?}, before the idle timeout",
+                quiet.elapsed()
+            );
+            assert_eq!(
+                status_with(s.gw.addr, "/api/x", &cookie).await,
+                401,
+                "{ctx}"
+            );
+            let page = raw(
+                s.gw.addr,
+                &format!(
+                    "GET /page HTTP/1.1\r\nHost: x\r\nSec-Fetch-Mode: navigate\r\nCookie: {cookie}\r\n\r\n"
+                ),
+            )
+            .await;
+            assert_eq!(page.status, 302, "{ctx}");
+            s.idp.stop().await;
+        }
+    }
+}
