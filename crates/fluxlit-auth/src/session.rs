@@ -255,6 +255,34 @@ impl Store {
         }
     }
 
+    /// Keeps `token` under the one-time `code` for `ttl` (`oidc_compat_exchange`: FluxLit for
+    /// Python's exchange flow, reference §8.2). Any gateway sharing the store can redeem it,
+    /// once, with [`Store::take_code`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn put_code(&self, code: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.put_code(code, token, ttl);
+                Ok(())
+            }
+            Store::Redis(r) => r.put_code(code, token, ttl).await,
+        }
+    }
+
+    /// The token kept under `code`, removed in the same step (single use): `None` when
+    /// unknown, already redeemed or past its time.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn take_code(&self, code: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.take_code(code)),
+            Store::Redis(r) => r.take_code(code).await,
+        }
+    }
+
     /// The idle timeout (`auth_session_idle_timeout_s`), if on.
     pub fn idle_timeout(&self) -> Option<Duration> {
         match self {
@@ -355,6 +383,8 @@ pub struct MemoryStore {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     revoked: broadcast::Sender<Revoked>,
     idle: Option<Duration>,
+    /// One-time codes (`oidc_compat_exchange`): the token and its end, ms since the epoch.
+    codes: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Default for MemoryStore {
@@ -364,6 +394,7 @@ impl Default for MemoryStore {
             locks: Mutex::default(),
             revoked: broadcast::channel(256).0,
             idle: None,
+            codes: Mutex::default(),
         }
     }
 }
@@ -466,6 +497,27 @@ impl MemoryStore {
         n
     }
 
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        let now = now_ms();
+        let mut codes = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Codes past their time go at every call: the map holds the live codes only.
+        codes.retain(|_, (_, until)| *until > now);
+        codes
+    }
+
+    fn put_code(&self, code: &str, token: &str, ttl: Duration) {
+        let until = now_ms().saturating_add(millis(ttl));
+        self.codes()
+            .insert(code.to_owned(), (token.to_owned(), until));
+    }
+
+    fn take_code(&self, code: &str) -> Option<String> {
+        self.codes().remove(code).map(|(token, _)| token)
+    }
+
     fn lock_for(&self, sid: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .locks
@@ -566,6 +618,27 @@ mod tests {
         // Without an idle timeout nothing of this applies.
         let plain = Store::Memory(Arc::default());
         assert_eq!(plain.idle_timeout(), None);
+    }
+
+    #[tokio::test]
+    async fn one_time_codes_are_single_use_and_expire() {
+        let store = Store::Memory(Arc::default());
+        store
+            .put_code("code-1", "token-1", Duration::from_secs(120))
+            .await
+            .unwrap();
+        store
+            .put_code("code-2", "token-2", Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_code("code-1").await.unwrap().as_deref(),
+            Some("token-1")
+        );
+        assert_eq!(store.take_code("code-1").await.unwrap(), None, "replayed");
+        assert_eq!(store.take_code("nope").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.take_code("code-2").await.unwrap(), None, "expired");
     }
 
     #[tokio::test]

@@ -535,3 +535,79 @@ async fn the_idle_timeout_is_the_key_expiry() {
     let _ = long_idle.load_in_use(&t).await.unwrap();
     assert!(pttl(short.sid.clone()).await <= 1000);
 }
+
+/// `oidc_compat_exchange` one-time codes in Redis: issued on one replica, redeemed once on
+/// another (a replay finds nothing on either), gone after their time, and neither code nor
+/// token appears in the dump.
+#[tokio::test]
+async fn one_time_codes_are_shared_single_use_and_opaque() {
+    let redis = RedisServer::start();
+    let (a, _) = replica(&redis).await;
+    let (b, _) = replica(&redis).await;
+    let code = random_token(32);
+    let token = format!("eyJ-token-{}", random_token(16));
+    a.put_code(&code, &token, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut raw = raw(&redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let value: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((119_000..=120_000).contains(&pttl), "PTTL {pttl}");
+    for dump in [&keys[0], &value] {
+        assert!(!dump.contains(&code) && !dump.contains(&token), "{dump}");
+    }
+    assert_eq!(
+        b.take_code(&code).await.unwrap().as_deref(),
+        Some(token.as_str())
+    );
+    assert_eq!(
+        b.take_code(&code).await.unwrap(),
+        None,
+        "replayed on the same replica"
+    );
+    assert_eq!(
+        a.take_code(&code).await.unwrap(),
+        None,
+        "replayed on the other replica"
+    );
+    assert_eq!(a.take_code("short").await.unwrap(), None);
+    // Past its time: gone.
+    let code = random_token(32);
+    a.put_code(&code, "t", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let key = format!("{PREFIX}c:{}", {
+        use sha2::Digest;
+        sha2::Sha256::digest(code.as_bytes())
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    });
+    eventually(Duration::from_secs(3), "the code expires", || {
+        let (mut raw, key) = (raw.clone(), key.clone());
+        async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            (exists == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(a.take_code(&code).await.unwrap(), None);
+}

@@ -498,6 +498,7 @@ pub struct Settings {
     pub oidc_client_id: String,
     pub oidc_client_secret: Secret,
     pub oidc_bff_secret: Secret,
+    pub oidc_compat_exchange: bool,
     pub oidc_scopes: Vec<String>,
     pub auth_required: bool,
     pub auth_public_paths: Vec<String>,
@@ -1666,6 +1667,43 @@ fn oidc_checks(
             "keep the default 43200 (12 hours), or set the absolute lifetime you want in seconds",
             origin_of("auth_session_lifetime_s"),
         );
+    }
+    if oidc && raw.oidc_compat_exchange {
+        let secret = raw.oidc_bff_secret.expose().len();
+        if secret == 0 {
+            bad(
+                "oidc_bff_secret",
+                "",
+                &format!(
+                    "the HS256 key of the first-party tokens, because oidc_compat_exchange is on (from {}) and {mode}",
+                    origin_of("oidc_compat_exchange")
+                ),
+                "set oidc_bff_secret (FLUXLIT_OIDC_BFF_SECRET) to the secret your FluxLit for Python app used (at least 32 bytes; e.g. `openssl rand -base64 48`), or turn oidc_compat_exchange off",
+                origin_of("oidc_bff_secret"),
+            );
+        } else if secret < 32 {
+            bad(
+                "oidc_bff_secret",
+                REDACTED,
+                &format!(
+                    "a shared secret of at least 32 bytes for HS256 (RFC 7518 §3.2), not {secret} bytes"
+                ),
+                "generate one, e.g. `openssl rand -base64 48`, and give the same value to every replica and to an API that verifies the tokens itself",
+                origin_of("oidc_bff_secret"),
+            );
+        }
+        if raw.auth_session_store == SessionStore::Cookie {
+            bad(
+                "oidc_compat_exchange",
+                "true",
+                &format!(
+                    "auth_session_store = memory or redis (it is cookie, from {}): one-time codes must be single-use, so they are kept by the server-side store, and a code sealed into a stateless value could be redeemed again",
+                    origin_of("auth_session_store")
+                ),
+                "set auth_session_store = \"redis\" (any replica can redeem a code) or \"memory\" (one replica), or turn oidc_compat_exchange off",
+                origin_of("oidc_compat_exchange"),
+            );
+        }
     }
     if raw.auth_session_idle_timeout_s > 0 && raw.auth_session_store == SessionStore::Cookie {
         bad(

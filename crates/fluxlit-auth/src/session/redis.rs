@@ -14,6 +14,10 @@
 //!   `expires_at`; a token refresh ([`RedisStore::update`]) keeps the remaining time.
 //! - `{prefix}u:{sha256(sub) hex}`: the set of a user's sids, for [`Revoked::Sub`]
 //!   (back-channel logout). The `sub` is hashed so the key name is no identity either.
+//! - `{prefix}c:{sha256(code) hex}`: a one-time code of `oidc_compat_exchange` (reference
+//!   §8.2): `v1.` then the first-party token sealed under a key derived from the code (so the
+//!   key name and a dump reveal neither code nor token), `SET … PX` its time to live, redeemed
+//!   with `GETDEL` (Redis 6.2 or later), which makes it single-use across replicas.
 //! - `{prefix}l:{sid}`: the refresh lock (`SET NX PX` with a random token, renewed while held,
 //!   deleted on release only by its holder).
 //! - channel `{prefix}revoked`: every revocation is `PUBLISH`ed as `sid:<sid>`, `sub:<sub>` or
@@ -448,6 +452,54 @@ impl RedisStore {
             }
         }
         Ok(Some(session))
+    }
+
+    /// Keeps `token` under the one-time `code` for `ttl` (see the module documentation).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer, or `code` is too short to derive a key from
+    /// (fewer than 32 bytes).
+    pub async fn put_code(&self, code: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        let keys = CookieKeys::new(&[code])
+            .map_err(|e| StoreError(format!("one-time code for redis: {e}")))?;
+        let value = format!("{RECORD_V1}{}", keys.seal("auth_code", token));
+        let ttl_ms = millis(ttl).max(1);
+        self.query::<()>(
+            "SET code",
+            ::redis::cmd("SET")
+                .arg(self.code_key(code))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms),
+        )
+        .await
+    }
+
+    /// The token kept under `code`, deleted in the same command (`GETDEL`): `None` when
+    /// unknown, redeemed or expired (and for codes too short to have been issued).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn take_code(&self, code: &str) -> Result<Option<String>, StoreError> {
+        let Ok(keys) = CookieKeys::new(&[code]) else {
+            return Ok(None);
+        };
+        let raw: Option<String> = self
+            .query(
+                "GETDEL code",
+                ::redis::cmd("GETDEL").arg(self.code_key(code)),
+            )
+            .await?;
+        Ok(raw
+            .as_deref()
+            .and_then(|r| r.strip_prefix(RECORD_V1))
+            .and_then(|sealed| keys.open("auth_code", sealed)))
+    }
+
+    fn code_key(&self, code: &str) -> String {
+        let digest = Sha256::digest(code.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.key("c", &hex)
     }
 
     /// Replaces the session behind `ticket` when the ticket opens it (a wrong secret changes
