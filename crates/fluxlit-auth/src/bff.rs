@@ -3,7 +3,8 @@
 //! the gateway asks of a request (who is it, what to answer when nobody is logged in).
 //!
 //! Routes ([`Bff::handle_route`]):
-//! - `GET …/login?return_to=PATH`: a new login (state, nonce, PKCE S256 verifier) kept in a
+//! - `GET …/login?return_to=PATH`: (a path under the root path, or an absolute URL on the
+//!   public origin or an `auth_allowed_redirect_origins` origin; [`crate::redirect`]) a new login (state, nonce, PKCE S256 verifier) kept in a
 //!   sealed login cookie named after the state (any replica can finish it, no server state),
 //!   then 302 to the provider. At most [`MAX_LOGINS`] login cookies live at once.
 //! - `GET …/callback`: the checks of AUTH.md A.4 rule 4 in order (provider `error`; `state`
@@ -16,6 +17,12 @@
 //!   and continues to the provider's `end_session_endpoint` (RP-initiated logout 1.0 §2) or the
 //!   post-logout URI.
 //! - `GET …/userinfo`: the session's identity as JSON (never a token), or 401.
+//! - `POST …/exchange` (only with [`BffConfig::compat_exchange`]): FluxLit for Python's
+//!   one-time-code flow (reference §8.2, §8.3) for apps written against it. The callback then
+//!   also mints a first-party HS256 token ([`COMPAT_ISSUER`], [`COMPAT_AUDIENCE`],
+//!   [`COMPAT_TOKEN_TTL_S`]) and sends the browser to the return path with
+//!   `?auth_code=<one-time code>`; this route redeems the code once for the token, which the
+//!   API then accepts as a bearer token ([`Bff::compat_bearer`]).
 //!
 //! The browser never sees a provider token: the `cookie` store keeps the identity only, the
 //! `memory`/`redis` stores keep the tokens server-side behind an opaque ticket
@@ -55,6 +62,37 @@ pub const IDENTITY_HEADERS: [(&str, &str); 5] = [
     ("x-forwarded-preferred-username", "preferred_username"),
     ("x-forwarded-groups", "groups"),
 ];
+
+/// `iss` of the first-party tokens of `oidc_compat_exchange` (reference §8.2,
+/// `OIDCBFFConfig.token_issuer`).
+pub const COMPAT_ISSUER: &str = "fluxlit-bff";
+
+/// `aud` of the first-party tokens (reference §8.2, `token_audience`).
+pub const COMPAT_AUDIENCE: &str = "fluxlit-app";
+
+/// Lifetime of a first-party token, seconds (reference §8.2, `access_token_ttl_seconds`).
+pub const COMPAT_TOKEN_TTL_S: i64 = 3600;
+
+/// Lifetime of a one-time code (reference §8.2, `otc_ttl_seconds`).
+pub const AUTH_CODE_TTL: Duration = Duration::from_secs(120);
+
+/// The shortest code `POST …/exchange` looks up; shorter ones are 422 (reference §8.2: the
+/// body model's `min_length=8`).
+pub const MIN_AUTH_CODE_LEN: usize = 8;
+
+/// `oidc_compat_exchange`: FluxLit for Python's exchange flow (see the module documentation).
+#[derive(Clone)]
+pub struct CompatExchange {
+    /// `oidc_bff_secret`: the HS256 key of the first-party tokens (at least 32 bytes, RFC 7518
+    /// §3.2).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for CompatExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompatExchange([REDACTED])")
+    }
+}
 
 /// At most this many groups reach the `X-Forwarded-Groups` header and the session.
 pub const MAX_GROUPS: usize = 100;
@@ -107,6 +145,12 @@ pub struct BffConfig {
     /// `…/auth/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0; server-side stores
     /// only).
     pub backchannel_logout: bool,
+    /// `auth_allowed_redirect_origins`: origins (`scheme://host[:port]`) besides the public
+    /// origin that an absolute `return_to` may name ([`crate::redirect::ReturnRules`]).
+    pub allowed_redirect_origins: Vec<String>,
+    /// `oidc_compat_exchange` with `oidc_bff_secret`: the one-time-code flow of FluxLit for
+    /// Python (`None`: off). Needs a server-side store (the codes are single-use).
+    pub compat_exchange: Option<CompatExchange>,
 }
 
 /// Why the backend-for-frontend cannot be built.
@@ -118,6 +162,12 @@ pub enum BffError {
     /// Back-channel logout cannot check the provider's logout tokens.
     #[error("auth_logout_backchannel: {0}")]
     Backchannel(#[from] crate::jwt::JwtConfigError),
+    /// The public origin or an `auth_allowed_redirect_origins` entry is not an origin.
+    #[error("public_base_url or auth_allowed_redirect_origins: {0}")]
+    RedirectOrigin(#[from] crate::redirect::OriginError),
+    /// The exchange flow cannot be set up.
+    #[error("oidc_compat_exchange: {0}")]
+    CompatExchange(String),
 }
 
 /// How a request that carries no session is answered (AUTH.md A.4 rule 6).
@@ -193,6 +243,11 @@ pub struct Bff {
     last_failure: Mutex<Option<Instant>>,
     /// Checks logout tokens (`auth_logout_backchannel` with a server-side store).
     backchannel: Option<crate::jwt::JwtVerifier>,
+    /// Where a login may return to.
+    returns: crate::redirect::ReturnRules,
+    /// `oidc_compat_exchange`: the key that signs first-party tokens and the verifier the API
+    /// checks them with.
+    compat: Option<(jsonwebtoken::EncodingKey, crate::jwt::JwtVerifier)>,
 }
 
 impl std::fmt::Debug for Bff {
@@ -213,6 +268,11 @@ impl Bff {
     /// [`BffError::Secrets`] when the cookie secrets are missing or short.
     pub fn new(cfg: BffConfig) -> Result<Self, BffError> {
         let keys = CookieKeys::new(&cfg.cookie_secrets)?;
+        let returns = crate::redirect::ReturnRules::new(
+            &cfg.root_path,
+            &cfg.public_origin,
+            &cfg.allowed_redirect_origins,
+        )?;
         let asserter = crate::assertion::Asserter::new(&cfg.public_origin, &cfg.cookie_secrets)
             .ok_or(BffError::Secrets(crate::seal::SealError::NoSecret))?;
         // RFC 6265bis §4.1.3: `__Host-` needs Secure, Path=/ and no Domain; `__Secure-` needs
@@ -232,6 +292,32 @@ impl Bff {
         } else {
             None
         };
+        let compat = match &cfg.compat_exchange {
+            None => None,
+            Some(_) if cfg.store.is_none() => {
+                return Err(BffError::CompatExchange(
+                    "needs auth_session_store = memory or redis: one-time codes must be single-use, which a stateless cookie cannot be".into(),
+                ));
+            }
+            Some(c) if c.secret.len() < crate::seal::MIN_SECRET_BYTES => {
+                return Err(BffError::CompatExchange(format!(
+                    "oidc_bff_secret must have at least {} bytes for HS256 (RFC 7518 §3.2), not {}",
+                    crate::seal::MIN_SECRET_BYTES,
+                    c.secret.len()
+                )));
+            }
+            Some(c) => Some((
+                jsonwebtoken::EncodingKey::from_secret(&c.secret)
+                    .map_err(|e| BffError::CompatExchange(format!("oidc_bff_secret: {e}")))?,
+                crate::jwt::JwtVerifier::new(crate::jwt::JwtConfig {
+                    issuer: COMPAT_ISSUER.into(),
+                    audiences: vec![COMPAT_AUDIENCE.into()],
+                    leeway_seconds: 0,
+                    keys: crate::jwt::KeySource::Hs256(c.secret.clone()),
+                })
+                .map_err(|e| BffError::CompatExchange(e.to_string()))?,
+            )),
+        };
         let session_path = if cfg.root_path.is_empty() {
             "/".to_owned()
         } else {
@@ -247,7 +333,16 @@ impl Bff {
             rp: tokio::sync::Mutex::new(None),
             last_failure: Mutex::new(None),
             backchannel,
+            returns,
+            compat,
         })
+    }
+
+    /// `oidc_compat_exchange`: the verifier of the first-party tokens the exchange hands out
+    /// (HS256 with `oidc_bff_secret`, `iss` [`COMPAT_ISSUER`], `aud` [`COMPAT_AUDIENCE`], `exp`
+    /// required, no leeway), for API requests without a session; `None` when off.
+    pub fn compat_bearer(&self) -> Option<&crate::jwt::JwtVerifier> {
+        self.compat.as_ref().map(|(_, v)| v)
     }
 
     /// The routes' prefix, `{root_path}{api_mount}/auth`.
@@ -346,7 +441,7 @@ impl Bff {
                 }))
             }
             Some(store) => {
-                let Some(mut session) = store.load(&opened).await? else {
+                let Some(mut session) = store.load_in_use(&opened).await? else {
                     return Ok(None);
                 };
                 if session
@@ -368,16 +463,27 @@ impl Bff {
     }
 
     /// [`Bff::refresh`] when the session behind `ticket` is due for one (the background
-    /// refresh of sessions with open WebSockets).
+    /// refresh of sessions with open WebSockets). A session the store no longer has (its
+    /// absolute end or `auth_session_idle_timeout_s` passed) is revoked, which closes its
+    /// WebSockets on every gateway sharing the store, as a logout does.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be reached.
     pub async fn refresh_if_due(&self, store: &Store, ticket: &str) -> Result<(), StoreError> {
-        let due = store.load(ticket).await?.is_some_and(|s| {
-            s.tokens
-                .as_ref()
-                .is_some_and(|t| t.refresh_due(session::now()))
-        });
+        let Some(current) = store.load(ticket).await? else {
+            if let Some((sid, _)) = session::split_ticket(ticket) {
+                tracing::info!(
+                    sid,
+                    "session ended (idle timeout or lifetime): closing its WebSockets"
+                );
+                store.revoke(&session::Revoked::Sid(sid.to_owned())).await?;
+            }
+            return Ok(());
+        };
+        let due = current
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_due(session::now()));
         if due {
             self.refresh(store, ticket).await?;
         }
@@ -616,7 +722,12 @@ impl Bff {
     /// Whether route `sub` reads a request body (the gateway reads at most
     /// [`MAX_ROUTE_BODY`] bytes of it first).
     pub fn route_reads_body(&self, sub: &str, method: &Method) -> bool {
-        sub == "/backchannel-logout" && method == Method::POST && self.backchannel.is_some()
+        method == Method::POST
+            && match sub {
+                "/backchannel-logout" => self.backchannel.is_some(),
+                "/exchange" => self.compat.is_some(),
+                _ => false,
+            }
     }
 
     /// Answers one of the routes: `sub` is the path under [`Bff::route_prefix`] (`/login`,
@@ -643,6 +754,10 @@ impl Bff {
             "/backchannel-logout" if self.route_reads_body(sub, method) => {
                 self.backchannel_logout(body).await
             }
+            "/exchange" if self.route_reads_body(sub, method) => answer(self.exchange(body).await),
+            "/exchange" if self.compat.is_some() => {
+                answer(text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"))
+            }
             "/login" | "/callback" | "/userinfo" | "/logout" => {
                 answer(text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"))
             }
@@ -654,14 +769,14 @@ impl Bff {
         let default_return = format!("{}/", self.cfg.root_path);
         let return_to = match query_param(uri, "return_to") {
             None => default_return,
-            Some(raw) => match crate::redirect::safe_return_to(&raw, &self.cfg.root_path) {
-                Some(ok) => ok,
-                None => {
-                    tracing::info!(return_to = %raw.escape_debug(), "login refused an unsafe return_to");
+            Some(raw) => match self.returns.check(&raw) {
+                Ok(ok) => ok,
+                Err(reason) => {
+                    tracing::info!(return_to = %raw.escape_debug(), reason, "login refused an unsafe return_to");
                     return html(
                         StatusCode::BAD_REQUEST,
                         "Login refused",
-                        "The page to return to after login is not a page of this site.",
+                        "The page to return to after login is neither a page of this site nor on an origin it allows (auth_allowed_redirect_origins).",
                     );
                 }
             },
@@ -837,7 +952,92 @@ impl Bff {
             Err(r) => return with_cookies(r, cookies),
         }
         tracing::info!(sub = %session.identity.sub, "login completed");
-        redirect(StatusCode::SEE_OTHER, &login.return_to, cookies)
+        let mut target = login.return_to;
+        if let (Some((key, _)), Some(store)) = (&self.compat, &self.cfg.store) {
+            match self
+                .issue_auth_code(key, store, &session.identity.sub)
+                .await
+            {
+                Ok(code) => target = with_query_param(&target, "auth_code", &code),
+                Err(r) => return with_cookies(r, cookies),
+            }
+        }
+        redirect(StatusCode::SEE_OTHER, &target, cookies)
+    }
+
+    /// `oidc_compat_exchange`: a first-party token for `sub` (reference §8.2:
+    /// `issue_hs256_access_token` with `sub, iss, aud, iat, exp`), kept in the store under a
+    /// new one-time code for [`AUTH_CODE_TTL`]; the code, or the error page.
+    async fn issue_auth_code(
+        &self,
+        key: &jsonwebtoken::EncodingKey,
+        store: &Store,
+        sub: &str,
+    ) -> Result<String, Response<Bytes>> {
+        let now = session::now();
+        let claims = serde_json::json!({
+            "sub": sub,
+            "iss": COMPAT_ISSUER,
+            "aud": COMPAT_AUDIENCE,
+            "iat": now,
+            "exp": now.saturating_add(COMPAT_TOKEN_TTL_S),
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            key,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "oidc_compat_exchange: cannot sign the first-party token");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "FluxLit: first-party token\n",
+            )
+        })?;
+        // 256 random bits, base64url (as `token_urlsafe(32)` in FluxLit for Python).
+        let code = session::random_token(32);
+        store
+            .put_code(&code, &token, AUTH_CODE_TTL)
+            .await
+            .map_err(|e| store_unavailable(&e))?;
+        Ok(code)
+    }
+
+    /// `POST …/exchange` with `{"code": "..."}` (reference §8.2): the code's token, once.
+    /// 200 `{"access_token": …, "token_type": "bearer"}`; 401 `Invalid or expired auth code`
+    /// for an unknown, used or expired code; 422 in FastAPI's validation shape for a body that
+    /// is not such an object or a code shorter than [`MIN_AUTH_CODE_LEN`] characters; 503 when
+    /// the store cannot be reached.
+    async fn exchange(&self, body: &[u8]) -> Response<Bytes> {
+        let Some(store) = &self.cfg.store else {
+            return text(StatusCode::NOT_FOUND, "Not Found\n");
+        };
+        let code = match exchange_code(body) {
+            Ok(code) => code,
+            Err(detail) => {
+                tracing::info!(
+                    "auth code exchange refused: the body is not {{\"code\": \"<at least 8 characters>\"}}"
+                );
+                return fastapi_json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "detail": [detail] }),
+                );
+            }
+        };
+        match store.take_code(&code).await {
+            Ok(Some(token)) => fastapi_json(
+                StatusCode::OK,
+                &serde_json::json!({"access_token": token, "token_type": "bearer"}),
+            ),
+            Ok(None) => {
+                tracing::info!("auth code exchange refused: unknown, used or expired code");
+                fastapi_json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"detail": "Invalid or expired auth code"}),
+                )
+            }
+            Err(e) => store_unavailable(&e),
+        }
     }
 
     /// The `Set-Cookie` values of a new session (sealed identity chunks, or the ticket), or the
@@ -1119,6 +1319,82 @@ fn groups_of(id_token: &str, claim: &str) -> Vec<String> {
     }
 }
 
+/// The `code` of an exchange body, or the pydantic v2 error FastAPI would answer 422 with
+/// (`{"type", "loc", "msg", "input"[, "ctx"]}`) for the body model `{code: str,
+/// min_length=8}`.
+fn exchange_code(body: &[u8]) -> Result<String, serde_json::Value> {
+    let parsed: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(serde_json::json!({
+                "type": "json_invalid",
+                "loc": ["body", e.column().saturating_sub(1)],
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": e.to_string()},
+            }));
+        }
+    };
+    let Some(object) = parsed.as_object() else {
+        return Err(serde_json::json!({
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": parsed,
+        }));
+    };
+    match object.get("code") {
+        None => Err(serde_json::json!({
+            "type": "missing",
+            "loc": ["body", "code"],
+            "msg": "Field required",
+            "input": parsed,
+        })),
+        Some(serde_json::Value::String(code)) if code.chars().count() >= MIN_AUTH_CODE_LEN => {
+            Ok(code.clone())
+        }
+        Some(serde_json::Value::String(code)) => Err(serde_json::json!({
+            "type": "string_too_short",
+            "loc": ["body", "code"],
+            "msg": format!("String should have at least {MIN_AUTH_CODE_LEN} characters"),
+            "input": code,
+            "ctx": {"min_length": MIN_AUTH_CODE_LEN},
+        })),
+        Some(other) => Err(serde_json::json!({
+            "type": "string_type",
+            "loc": ["body", "code"],
+            "msg": "Input should be a valid string",
+            "input": other,
+        })),
+    }
+}
+
+/// `target` (a return path or URL) with `name=value` added to its query, before any fragment.
+fn with_query_param(target: &str, name: &str, value: &str) -> String {
+    let (head, fragment) = match target.split_once('#') {
+        Some((h, f)) => (h, Some(f)),
+        None => (target, None),
+    };
+    let sep = if head.contains('?') {
+        if head.ends_with('?') || head.ends_with('&') {
+            ""
+        } else {
+            "&"
+        }
+    } else {
+        "?"
+    };
+    let mut out = format!(
+        "{head}{sep}{name}={}",
+        percent_encoding::utf8_percent_encode(value, QUERY_VALUE)
+    );
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
 /// Whether the access rules admit `id`; the reason when not (logged, never shown).
 fn admit(rules: &AccessRules, id: &SessionIdentity) -> Result<(), String> {
     let email_rules = !rules.emails.is_empty() || !rules.email_domains.is_empty();
@@ -1241,6 +1517,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Bytes> {
     no_store(r)
 }
 
+/// A JSON answer as FastAPI writes it (`application/json`, compact; reference §8.2), so apps
+/// written against FluxLit for Python see the same bytes.
+fn fastapi_json(status: StatusCode, v: &serde_json::Value) -> Response<Bytes> {
+    json_response(status, v)
+}
+
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Bytes> {
     let mut r = Response::new(Bytes::from(v.to_string()));
     *r.status_mut() = status;
@@ -1313,6 +1595,8 @@ mod tests {
             access: AccessRules::default(),
             pass_access_token: false,
             backchannel_logout: false,
+            allowed_redirect_origins: vec![],
+            compat_exchange: None,
         })
         .unwrap()
     }
@@ -1473,6 +1757,96 @@ mod tests {
         assert!(
             err.contains("guests") && err.contains("auth_allowed_groups"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn exchange_bodies_are_judged_as_fastapi_does() {
+        assert_eq!(
+            exchange_code(br#"{"code":"12345678"}"#).unwrap(),
+            "12345678"
+        );
+        let short = exchange_code(br#"{"code":"1234567"}"#).unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            r#"{"ctx":{"min_length":8},"input":"1234567","loc":["body","code"],"msg":"String should have at least 8 characters","type":"string_too_short"}"#
+        );
+        assert_eq!(exchange_code(b"{}").unwrap_err()["type"], "missing");
+        assert_eq!(
+            exchange_code(br#"{"code":12345678}"#).unwrap_err()["type"],
+            "string_type"
+        );
+        assert_eq!(
+            exchange_code(b"[1]").unwrap_err()["type"],
+            "model_attributes_type"
+        );
+        assert_eq!(exchange_code(b"{").unwrap_err()["type"], "json_invalid");
+        assert_eq!(
+            with_query_param("/page", "auth_code", "a-b_c"),
+            "/page?auth_code=a-b_c"
+        );
+        assert_eq!(
+            with_query_param("/p?x=1#top", "auth_code", "c"),
+            "/p?x=1&auth_code=c#top"
+        );
+        assert_eq!(
+            with_query_param("https://good.example/?", "auth_code", "c"),
+            "https://good.example/?auth_code=c"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_exchange_needs_a_store_and_a_long_secret() {
+        let cfg = |store: Option<Store>, secret: &[u8]| {
+            let mut c = bff(true, "", store).cfg.clone();
+            c.compat_exchange = Some(CompatExchange {
+                secret: secret.to_vec(),
+            });
+            Bff::new(c)
+        };
+        let long = b"compat-secret-0123456789abcdef-0123456789";
+        let err = cfg(None, long).unwrap_err().to_string();
+        assert!(
+            err.contains("oidc_compat_exchange") && err.contains("memory or redis"),
+            "{err}"
+        );
+        let err = cfg(Some(Store::Memory(Arc::default())), b"short")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("oidc_bff_secret") && err.contains("32"),
+            "{err}"
+        );
+        let b = cfg(Some(Store::Memory(Arc::default())), long).unwrap();
+        let store = b.store().unwrap().clone();
+        let key = &b.compat.as_ref().unwrap().0;
+        let code = b.issue_auth_code(key, &store, "alice").await.unwrap();
+        assert!(code.len() >= MIN_AUTH_CODE_LEN);
+        let r = b
+            .exchange(format!(r#"{{"code":"{code}"}}"#).as_bytes())
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(body["token_type"], "bearer");
+        let token = body["access_token"].as_str().unwrap();
+        let claims = b
+            .compat_bearer()
+            .unwrap()
+            .verify(Some(format!("Bearer {token}").as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["iss"], COMPAT_ISSUER);
+        assert_eq!(claims["aud"], COMPAT_AUDIENCE);
+        let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert_eq!(ttl, COMPAT_TOKEN_TTL_S);
+        let again = b
+            .exchange(format!(r#"{{"code":"{code}"}}"#).as_bytes())
+            .await;
+        assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            again.body().as_ref(),
+            br#"{"detail":"Invalid or expired auth code"}"#
         );
     }
 

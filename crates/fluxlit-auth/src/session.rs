@@ -12,8 +12,17 @@
 //!   revocations are broadcast to every replica.
 //!
 //! Every store has the same calls ([`Store`]): [`Store::create`], [`Store::load`],
-//! [`Store::update`], [`Store::delete`], [`Store::revoke`], [`Store::revocations`] and
-//! [`Store::refresh_lock`]. Times are seconds since the Unix epoch.
+//! [`Store::load_in_use`], [`Store::update`], [`Store::delete`], [`Store::revoke`],
+//! [`Store::revocations`] and [`Store::refresh_lock`]. Times are seconds since the Unix epoch.
+//!
+//! Idle timeout (`auth_session_idle_timeout_s`, server-side stores only): a store made with
+//! `with_idle_timeout(d)` ends a session that no request used for `d` (whichever comes first of
+//! that and its absolute end). The idle clock is the store's, not the record's: the memory store
+//! keeps a deadline next to the session, the redis store the key's expiry. Only
+//! [`Store::load_in_use`] (a request that carries the session) moves it, and only once
+//! [`touch_interval`] (a tenth of the timeout) has passed since the last move, so a busy
+//! session costs one write per tenth of the timeout, not one per request; [`Store::load`] (the
+//! background refresh, the logout) and [`Store::update`] (a token refresh) never do.
 
 mod redis;
 
@@ -115,6 +124,25 @@ impl Session {
     }
 }
 
+/// How long after the last move of a session's idle deadline the next request moves it again:
+/// a tenth of the idle timeout, at least 1 ms. A session may thus end up to this much earlier
+/// than `idle` after its last request.
+pub fn touch_interval(idle: Duration) -> Duration {
+    (idle / 10).max(Duration::from_millis(1))
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `d` in whole milliseconds, as the stores count.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -214,6 +242,55 @@ impl Store {
         }
     }
 
+    /// [`Store::load`] for a request that uses the session: with an idle timeout, the session's
+    /// idle deadline moves to now + the timeout (never past its absolute end) when at least
+    /// [`touch_interval`] passed since it last moved.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn load_in_use(&self, ticket: &str) -> Result<Option<Session>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.load_in_use(ticket)),
+            Store::Redis(r) => r.load_in_use(ticket).await,
+        }
+    }
+
+    /// Keeps `token` under the one-time `code` for `ttl` (`oidc_compat_exchange`: FluxLit for
+    /// Python's exchange flow, reference §8.2). Any gateway sharing the store can redeem it,
+    /// once, with [`Store::take_code`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn put_code(&self, code: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.put_code(code, token, ttl);
+                Ok(())
+            }
+            Store::Redis(r) => r.put_code(code, token, ttl).await,
+        }
+    }
+
+    /// The token kept under `code`, removed in the same step (single use): `None` when
+    /// unknown, already redeemed or past its time.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be reached.
+    pub async fn take_code(&self, code: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.take_code(code)),
+            Store::Redis(r) => r.take_code(code).await,
+        }
+    }
+
+    /// The idle timeout (`auth_session_idle_timeout_s`), if on.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        match self {
+            Store::Memory(m) => m.idle,
+            Store::Redis(r) => r.idle_timeout(),
+        }
+    }
+
     /// Replaces the session behind `ticket` (after a refresh).
     ///
     /// # Errors
@@ -284,12 +361,30 @@ impl Store {
     }
 }
 
+/// One session of the memory store.
+#[derive(Debug)]
+struct MemoryEntry {
+    secret: String,
+    session: Session,
+    /// With an idle timeout: the end by inactivity, milliseconds since the Unix epoch.
+    idle_until: Option<i64>,
+}
+
+impl MemoryEntry {
+    fn ended(&self, now_ms: i64) -> bool {
+        self.session.expired(now_ms / 1000) || self.idle_until.is_some_and(|t| now_ms >= t)
+    }
+}
+
 /// The `memory` store: sessions of this process, lost on restart.
 #[derive(Debug)]
 pub struct MemoryStore {
-    sessions: Mutex<HashMap<String, (String, Session)>>,
+    sessions: Mutex<HashMap<String, MemoryEntry>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     revoked: broadcast::Sender<Revoked>,
+    idle: Option<Duration>,
+    /// One-time codes (`oidc_compat_exchange`): the token and its end, ms since the epoch.
+    codes: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Default for MemoryStore {
@@ -298,12 +393,22 @@ impl Default for MemoryStore {
             sessions: Mutex::default(),
             locks: Mutex::default(),
             revoked: broadcast::channel(256).0,
+            idle: None,
+            codes: Mutex::default(),
         }
     }
 }
 
 impl MemoryStore {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Session)>> {
+    /// The same store ending sessions no request used for `idle`
+    /// (`auth_session_idle_timeout_s`; default: no idle timeout).
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = (!idle.is_zero()).then_some(idle);
+        self
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemoryEntry>> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -311,28 +416,52 @@ impl MemoryStore {
 
     fn create(&self, session: &Session) -> String {
         let secret = random_token(32);
-        let now = now();
+        let now = now_ms();
         let mut map = self.map();
-        // Expired sessions go when new ones come: the map never outgrows the live sessions.
-        map.retain(|_, (_, s)| !s.expired(now));
-        map.insert(session.sid.clone(), (secret.clone(), session.clone()));
+        // Ended sessions go when new ones come: the map never outgrows the live sessions.
+        map.retain(|_, e| !e.ended(now));
+        map.insert(
+            session.sid.clone(),
+            MemoryEntry {
+                secret: secret.clone(),
+                session: session.clone(),
+                idle_until: self.idle.map(|d| now.saturating_add(millis(d))),
+            },
+        );
         format!("{}.{secret}", session.sid)
     }
 
     fn load(&self, ticket: &str) -> Option<Session> {
         let (sid, secret) = split_ticket(ticket)?;
         let map = self.map();
-        let (kept, session) = map.get(sid)?;
-        (constant_time_eq(kept.as_bytes(), secret.as_bytes()) && !session.expired(now()))
-            .then(|| session.clone())
+        let e = map.get(sid)?;
+        (constant_time_eq(e.secret.as_bytes(), secret.as_bytes()) && !e.ended(now_ms()))
+            .then(|| e.session.clone())
+    }
+
+    fn load_in_use(&self, ticket: &str) -> Option<Session> {
+        let (sid, secret) = split_ticket(ticket)?;
+        let now = now_ms();
+        let mut map = self.map();
+        let e = map.get_mut(sid)?;
+        if !constant_time_eq(e.secret.as_bytes(), secret.as_bytes()) || e.ended(now) {
+            return None;
+        }
+        if let (Some(idle), Some(until)) = (self.idle, e.idle_until) {
+            let want = now.saturating_add(millis(idle));
+            if want - until >= millis(touch_interval(idle)) {
+                e.idle_until = Some(want);
+            }
+        }
+        Some(e.session.clone())
     }
 
     fn update(&self, ticket: &str, session: &Session) {
         if let Some((sid, secret)) = split_ticket(ticket)
-            && let Some((kept, s)) = self.map().get_mut(sid)
-            && constant_time_eq(kept.as_bytes(), secret.as_bytes())
+            && let Some(e) = self.map().get_mut(sid)
+            && constant_time_eq(e.secret.as_bytes(), secret.as_bytes())
         {
-            *s = session.clone();
+            e.session = session.clone();
         }
     }
 
@@ -341,7 +470,7 @@ impl MemoryStore {
             let removed = {
                 let mut map = self.map();
                 match map.get(sid) {
-                    Some((kept, _)) if constant_time_eq(kept.as_bytes(), secret.as_bytes()) => {
+                    Some(e) if constant_time_eq(e.secret.as_bytes(), secret.as_bytes()) => {
                         map.remove(sid).is_some()
                     }
                     _ => false,
@@ -357,15 +486,36 @@ impl MemoryStore {
         let n = {
             let mut map = self.map();
             let before = map.len();
-            map.retain(|sid, (_, s)| match what {
+            map.retain(|sid, e| match what {
                 Revoked::Sid(x) => sid != x,
-                Revoked::Sub(x) => &s.identity.sub != x,
+                Revoked::Sub(x) => &e.session.identity.sub != x,
                 Revoked::All => false,
             });
             before - map.len()
         };
         let _ = self.revoked.send(what.clone());
         n
+    }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        let now = now_ms();
+        let mut codes = self
+            .codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Codes past their time go at every call: the map holds the live codes only.
+        codes.retain(|_, (_, until)| *until > now);
+        codes
+    }
+
+    fn put_code(&self, code: &str, token: &str, ttl: Duration) {
+        let until = now_ms().saturating_add(millis(ttl));
+        self.codes()
+            .insert(code.to_owned(), (token.to_owned(), until));
+    }
+
+    fn take_code(&self, code: &str) -> Option<String> {
+        self.codes().remove(code).map(|(token, _)| token)
     }
 
     fn lock_for(&self, sid: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -414,6 +564,81 @@ mod tests {
         let old = session(&new_sid(), "bob", now() - 1);
         let t = store.create(&old).await.unwrap();
         assert_eq!(store.load(&t).await.unwrap(), None, "expired");
+    }
+
+    /// `auth_session_idle_timeout_s` with the memory store: use keeps a session (the deadline
+    /// moves at most every tenth of the timeout), no use for the timeout ends it, and plain
+    /// loads (the background refresh) are no use.
+    #[tokio::test]
+    async fn memory_store_ends_sessions_nobody_uses() {
+        let idle = Duration::from_millis(1500);
+        let store = Store::Memory(Arc::new(MemoryStore::default().with_idle_timeout(idle)));
+        assert_eq!(store.idle_timeout(), Some(idle));
+        let used = store
+            .create(&session(&new_sid(), "alice", now() + 60))
+            .await
+            .unwrap();
+        let unused = store
+            .create(&session(&new_sid(), "bob", now() + 60))
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        // Used every 250 ms for twice the timeout: still there.
+        while start.elapsed() < idle * 2 {
+            assert!(
+                store.load_in_use(&used).await.unwrap().is_some(),
+                "{:?}",
+                start.elapsed()
+            );
+            tokio::time::sleep(idle / 6).await;
+        }
+        // Only loaded, never used: ended after the timeout.
+        assert!(store.load(&unused).await.unwrap().is_none());
+        assert!(store.load_in_use(&unused).await.unwrap().is_none());
+        // The deadline moved at most a tenth of the timeout ago, so the used session ends
+        // within the timeout from its last use.
+        let last_use = std::time::Instant::now();
+        assert!(store.load_in_use(&used).await.unwrap().is_some());
+        let deadline = last_use + idle + Duration::from_secs(2);
+        while store.load(&used).await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            last_use.elapsed() >= idle - touch_interval(idle),
+            "{:?}",
+            last_use.elapsed()
+        );
+        // The absolute end still counts with an idle timeout.
+        let old = store
+            .create(&session(&new_sid(), "carol", now() - 1))
+            .await
+            .unwrap();
+        assert!(store.load_in_use(&old).await.unwrap().is_none());
+        // Without an idle timeout nothing of this applies.
+        let plain = Store::Memory(Arc::default());
+        assert_eq!(plain.idle_timeout(), None);
+    }
+
+    #[tokio::test]
+    async fn one_time_codes_are_single_use_and_expire() {
+        let store = Store::Memory(Arc::default());
+        store
+            .put_code("code-1", "token-1", Duration::from_secs(120))
+            .await
+            .unwrap();
+        store
+            .put_code("code-2", "token-2", Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_code("code-1").await.unwrap().as_deref(),
+            Some("token-1")
+        );
+        assert_eq!(store.take_code("code-1").await.unwrap(), None, "replayed");
+        assert_eq!(store.take_code("nope").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.take_code("code-2").await.unwrap(), None, "expired");
     }
 
     #[tokio::test]

@@ -429,3 +429,201 @@ async fn redis_down_fails_fast_and_recovers() {
     assert_eq!(next_revocation(&mut on_a).await, sid);
     assert_eq!(next_revocation(&mut on_c).await, sid);
 }
+
+/// `auth_session_idle_timeout_s` with the `redis` store: the key's expiry is the idle clock.
+/// A new session's key lives the idle timeout (never past the session's end); a request moves
+/// it back once a tenth of the timeout has passed (not at every request); a token refresh and
+/// plain loads do not; a session nobody uses is gone after the timeout, on every replica.
+#[tokio::test]
+async fn the_idle_timeout_is_the_key_expiry() {
+    let redis = RedisServer::start();
+    let idle = Duration::from_millis(1500);
+    let store = Arc::new(
+        RedisStore::connect(&redis.url(), PREFIX)
+            .unwrap()
+            .with_idle_timeout(idle),
+    );
+    let other = Arc::new(
+        RedisStore::connect(&redis.url(), PREFIX)
+            .unwrap()
+            .with_idle_timeout(idle),
+    );
+    let (a, b) = (Store::Redis(Arc::clone(&store)), Store::Redis(other));
+    assert_eq!(a.idle_timeout(), Some(idle));
+    let mut raw = raw(&redis).await;
+    let conn = raw.clone();
+    let pttl = |sid: String| {
+        let mut raw = conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(format!("{PREFIX}s:{sid}"))
+                .query_async::<i64>(&mut raw)
+                .await
+                .unwrap()
+        }
+    };
+
+    let s = session("ada", 600);
+    let ticket = a.create(&s).await.unwrap();
+    let first = pttl(s.sid.clone()).await;
+    assert!(
+        (1..=1500).contains(&first),
+        "PTTL {first}, expected at most the idle timeout"
+    );
+    // Used on the other replica a while later: moved back to the whole timeout.
+    tokio::time::sleep(idle / 5).await;
+    let before = pttl(s.sid.clone()).await;
+    assert!(b.load_in_use(&ticket).await.unwrap().is_some());
+    let after = pttl(s.sid.clone()).await;
+    assert!(after > before, "{before} -> {after}");
+    // The user's set lives at least as long as the record.
+    let set_ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{PREFIX}u:{}", {
+            use sha2::Digest;
+            sha2::Sha256::digest(b"ada")
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        }))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(set_ttl >= after - 50, "user set {set_ttl} < record {after}");
+    // A refresh (update) is no use: the remaining time is kept, not reset.
+    tokio::time::sleep(idle / 5).await;
+    let before = pttl(s.sid.clone()).await;
+    a.update(&ticket, &s).await.unwrap();
+    let after = pttl(s.sid.clone()).await;
+    assert!(
+        after <= before,
+        "the update moved the idle clock: {before} -> {after}"
+    );
+    // Nobody uses it (plain loads are no use): gone once the timeout passed.
+    let quiet = Instant::now();
+    eventually(
+        idle + Duration::from_secs(3),
+        "the idle session ends",
+        || {
+            let a = a.clone();
+            let ticket = ticket.clone();
+            async move { a.load(&ticket).await.unwrap().is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        quiet.elapsed() >= idle / 2,
+        "ended too early: {:?}",
+        quiet.elapsed()
+    );
+    assert!(b.load_in_use(&ticket).await.unwrap().is_none());
+
+    // Not a write per request: within a tenth of the timeout (6 s of 60 s) uses leave the
+    // expiry alone, so it only runs down.
+    let slow = Store::Redis(Arc::new(
+        RedisStore::connect(&redis.url(), PREFIX)
+            .unwrap()
+            .with_idle_timeout(Duration::from_secs(60)),
+    ));
+    let busy = session("carol", 600);
+    let t = slow.create(&busy).await.unwrap();
+    let mut last = pttl(busy.sid.clone()).await;
+    for _ in 0..5 {
+        assert!(slow.load_in_use(&t).await.unwrap().is_some());
+        let now = pttl(busy.sid.clone()).await;
+        assert!(
+            now <= last,
+            "moved within a tenth of the timeout: {last} -> {now}"
+        );
+        last = now;
+    }
+
+    // Never past the absolute end: a session with 1 s left lives 1 s, not the idle timeout.
+    let long_idle = Store::Redis(Arc::new(
+        RedisStore::connect(&redis.url(), PREFIX)
+            .unwrap()
+            .with_idle_timeout(Duration::from_secs(60)),
+    ));
+    let short = session("bob", 1);
+    let t = long_idle.create(&short).await.unwrap();
+    let left = pttl(short.sid.clone()).await;
+    assert!((1..=1000).contains(&left), "PTTL {left}");
+    // …and a use does not move it past the end either.
+    let _ = long_idle.load_in_use(&t).await.unwrap();
+    assert!(pttl(short.sid.clone()).await <= 1000);
+}
+
+/// `oidc_compat_exchange` one-time codes in Redis: issued on one replica, redeemed once on
+/// another (a replay finds nothing on either), gone after their time, and neither code nor
+/// token appears in the dump.
+#[tokio::test]
+async fn one_time_codes_are_shared_single_use_and_opaque() {
+    let redis = RedisServer::start();
+    let (a, _) = replica(&redis).await;
+    let (b, _) = replica(&redis).await;
+    let code = random_token(32);
+    let token = format!("eyJ-token-{}", random_token(16));
+    a.put_code(&code, &token, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut raw = raw(&redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let value: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((119_000..=120_000).contains(&pttl), "PTTL {pttl}");
+    for dump in [&keys[0], &value] {
+        assert!(!dump.contains(&code) && !dump.contains(&token), "{dump}");
+    }
+    assert_eq!(
+        b.take_code(&code).await.unwrap().as_deref(),
+        Some(token.as_str())
+    );
+    assert_eq!(
+        b.take_code(&code).await.unwrap(),
+        None,
+        "replayed on the same replica"
+    );
+    assert_eq!(
+        a.take_code(&code).await.unwrap(),
+        None,
+        "replayed on the other replica"
+    );
+    assert_eq!(a.take_code("short").await.unwrap(), None);
+    // Past its time: gone.
+    let code = random_token(32);
+    a.put_code(&code, "t", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let key = format!("{PREFIX}c:{}", {
+        use sha2::Digest;
+        sha2::Sha256::digest(code.as_bytes())
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    });
+    eventually(Duration::from_secs(3), "the code expires", || {
+        let (mut raw, key) = (raw.clone(), key.clone());
+        async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            (exists == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(a.take_code(&code).await.unwrap(), None);
+}

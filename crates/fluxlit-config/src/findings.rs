@@ -342,8 +342,9 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
     }
     // New: the JWT and OIDC keys are accepted (FluxLit for Python deployments set them), but
     // the jwt_* keys are read only with auth_mode = jwt (or oidc with jwt_issuer), the login's oidc_* and auth_* keys
-    // only with auth_mode = oidc, and oidc_bff_secret never (no `exchange` flow); a deployment
-    // that sets them otherwise may believe its API or UI is protected.
+    // only with auth_mode = oidc, and oidc_bff_secret only with auth_mode = oidc and
+    // oidc_compat_exchange (the `exchange` flow); a deployment that sets them otherwise may
+    // believe its API or UI is protected.
     let oidc = s.auth_mode == crate::AuthMode::Oidc;
     // In oidc mode the gateway also checks bearer tokens (API requests without a session)
     // when jwt_issuer is set.
@@ -358,7 +359,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
         ("jwt_hs256_secret", !jwt),
         ("jwt_jwks_url", !jwt),
         ("jwt_leeway_seconds", !jwt),
-        ("oidc_bff_secret", true),
+        ("oidc_bff_secret", !(oidc && s.oidc_compat_exchange)),
     ]
     .into_iter()
     .chain(OIDC_LOGIN_KEYS.iter().map(|k| (*k, !oidc)))
@@ -371,7 +372,7 @@ pub fn findings(loaded: &Loaded, env: &Environment) -> Vec<Finding> {
             Level::Warn,
             "auth_keys_unused",
             format!(
-                "{} {}, but {} no effect with auth_mode = {} (from {}): the jwt_* keys are read only with auth_mode = \"jwt\" (bearer tokens on the API) or with auth_mode = \"oidc\" and jwt_issuer set (bearer tokens for API requests without a session), the oidc_* and auth_* login keys only with auth_mode = \"oidc\" (the OpenID Connect login) and the key of FluxLit for Python's exchange flow in no mode, so nothing is protected by {}; unset {}, or set auth_mode to the mode {} belong{} to (docs/auth.md)",
+                "{} {}, but {} no effect with auth_mode = {} (from {}): the jwt_* keys are read only with auth_mode = \"jwt\" (bearer tokens on the API) or with auth_mode = \"oidc\" and jwt_issuer set (bearer tokens for API requests without a session), the oidc_* and auth_* login keys only with auth_mode = \"oidc\" (the OpenID Connect login) and oidc_bff_secret only with auth_mode = \"oidc\" and oidc_compat_exchange = true (FluxLit for Python's exchange flow), so nothing is protected by {}; unset {}, or set auth_mode to the mode {} belong{} to (docs/auth.md)",
                 auth_keys.join(", "),
                 if one { "is set" } else { "are set" },
                 if one { "it has" } else { "they have" },
@@ -415,6 +416,7 @@ pub const OIDC_LOGIN_KEYS: &[&str] = &[
     "oidc_client_id",
     "oidc_client_secret",
     "oidc_scopes",
+    "oidc_compat_exchange",
     "auth_required",
     "auth_public_paths",
     "auth_session_store",
@@ -422,6 +424,7 @@ pub const OIDC_LOGIN_KEYS: &[&str] = &[
     "auth_session_key_prefix",
     "auth_cookie_secrets",
     "auth_session_lifetime_s",
+    "auth_session_idle_timeout_s",
     "auth_session_max_chunks",
     "auth_allowed_emails",
     "auth_allowed_email_domains",

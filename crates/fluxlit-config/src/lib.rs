@@ -498,6 +498,7 @@ pub struct Settings {
     pub oidc_client_id: String,
     pub oidc_client_secret: Secret,
     pub oidc_bff_secret: Secret,
+    pub oidc_compat_exchange: bool,
     pub oidc_scopes: Vec<String>,
     pub auth_required: bool,
     pub auth_public_paths: Vec<String>,
@@ -506,6 +507,7 @@ pub struct Settings {
     pub auth_session_key_prefix: String,
     pub auth_cookie_secrets: Vec<Secret>,
     pub auth_session_lifetime_s: u64,
+    pub auth_session_idle_timeout_s: u64,
     pub auth_session_max_chunks: usize,
     pub auth_allowed_emails: Vec<String>,
     pub auth_allowed_email_domains: Vec<String>,
@@ -1664,6 +1666,55 @@ fn oidc_checks(
             "a session lifetime of at least 1 second",
             "keep the default 43200 (12 hours), or set the absolute lifetime you want in seconds",
             origin_of("auth_session_lifetime_s"),
+        );
+    }
+    if oidc && raw.oidc_compat_exchange {
+        let secret = raw.oidc_bff_secret.expose().len();
+        if secret == 0 {
+            bad(
+                "oidc_bff_secret",
+                "",
+                &format!(
+                    "the HS256 key of the first-party tokens, because oidc_compat_exchange is on (from {}) and {mode}",
+                    origin_of("oidc_compat_exchange")
+                ),
+                "set oidc_bff_secret (FLUXLIT_OIDC_BFF_SECRET) to the secret your FluxLit for Python app used (at least 32 bytes; e.g. `openssl rand -base64 48`), or turn oidc_compat_exchange off",
+                origin_of("oidc_bff_secret"),
+            );
+        } else if secret < 32 {
+            bad(
+                "oidc_bff_secret",
+                REDACTED,
+                &format!(
+                    "a shared secret of at least 32 bytes for HS256 (RFC 7518 §3.2), not {secret} bytes"
+                ),
+                "generate one, e.g. `openssl rand -base64 48`, and give the same value to every replica and to an API that verifies the tokens itself",
+                origin_of("oidc_bff_secret"),
+            );
+        }
+        if raw.auth_session_store == SessionStore::Cookie {
+            bad(
+                "oidc_compat_exchange",
+                "true",
+                &format!(
+                    "auth_session_store = memory or redis (it is cookie, from {}): one-time codes must be single-use, so they are kept by the server-side store, and a code sealed into a stateless value could be redeemed again",
+                    origin_of("auth_session_store")
+                ),
+                "set auth_session_store = \"redis\" (any replica can redeem a code) or \"memory\" (one replica), or turn oidc_compat_exchange off",
+                origin_of("oidc_compat_exchange"),
+            );
+        }
+    }
+    if raw.auth_session_idle_timeout_s > 0 && raw.auth_session_store == SessionStore::Cookie {
+        bad(
+            "auth_session_idle_timeout_s",
+            &raw.auth_session_idle_timeout_s.to_string(),
+            &format!(
+                "auth_session_store = memory or redis: an idle timeout needs the server to know when a session was last used, and the cookie store (auth_session_store from {}) keeps no server state, so a copy of the cookie would stay valid however long it lies unused",
+                origin_of("auth_session_store")
+            ),
+            "set auth_session_store = \"redis\" (or \"memory\" for one replica), or set auth_session_idle_timeout_s = 0 (off) and rely on auth_session_lifetime_s",
+            origin_of("auth_session_idle_timeout_s"),
         );
     }
     if !(1..=10).contains(&raw.auth_session_max_chunks) {

@@ -454,7 +454,7 @@ fn jwt_and_oidc_keys_have_no_effect_and_say_so() {
     for absent in [
         "jwt_audience",
         "jwt_hs256_secret",
-        "oidc_bff_secret",
+        "oidc_bff_secret (from",
         "s3cr3t",
         "idp.example",
     ] {
@@ -1223,6 +1223,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
     assert_eq!(s.auth_session_redis_url, "");
     assert_eq!(s.auth_session_key_prefix, "fluxlit:");
     assert_eq!(s.auth_session_lifetime_s, 43200);
+    assert_eq!(s.auth_session_idle_timeout_s, 0, "off");
     assert_eq!(s.auth_session_max_chunks, 3);
     assert!(s.auth_allowed_emails.is_empty());
     assert!(s.auth_allowed_email_domains.is_empty());
@@ -1252,6 +1253,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
         ),
         ("FLUXLIT_AUTH_SESSION_KEY_PREFIX", "app1:"),
         ("FLUXLIT_AUTH_SESSION_LIFETIME_S", "3600"),
+        ("FLUXLIT_AUTH_SESSION_IDLE_TIMEOUT_S", "900"),
         ("FLUXLIT_AUTH_ALLOWED_EMAILS", "ada@example.com"),
         ("FLUXLIT_AUTH_ALLOWED_EMAIL_DOMAINS", "[\"example.com\"]"),
         ("FLUXLIT_AUTH_ALLOWED_GROUPS", "admins,ops"),
@@ -1282,6 +1284,7 @@ fn oidc_loads_with_its_required_keys_and_defaults() {
     assert_eq!(s.auth_session_store, SessionStore::Redis);
     assert_eq!(s.auth_session_key_prefix, "app1:");
     assert_eq!(s.auth_session_lifetime_s, 3600);
+    assert_eq!(s.auth_session_idle_timeout_s, 900);
     assert_eq!(s.auth_allowed_email_domains, ["example.com"]);
     assert_eq!(s.auth_allowed_groups, ["admins", "ops"]);
     assert_eq!(s.auth_groups_claim, "roles");
@@ -1428,6 +1431,12 @@ fn oidc_rules_name_key_value_origin_and_expectation() {
             "auth_session_lifetime_s",
             "0",
             "at least 1 second",
+        ),
+        (
+            ("FLUXLIT_AUTH_SESSION_IDLE_TIMEOUT_S", "900"),
+            "auth_session_idle_timeout_s",
+            "900",
+            "auth_session_store = memory or redis",
         ),
         (
             ("FLUXLIT_AUTH_SESSION_MAX_CHUNKS", "0"),
@@ -1780,10 +1789,93 @@ fn oidc_findings() {
         ("FLUXLIT_OIDC_CLIENT_SECRET", "y"),
     ]);
     let l = load_in(&Dir::new("oidc-used"), &env, CliOverrides::default()).unwrap();
-    let f = auth_keys_unused(&l, &env).expect("oidc_bff_secret is read in no mode");
+    let f = auth_keys_unused(&l, &env).expect("oidc_bff_secret without oidc_compat_exchange");
     assert!(
         f.message.starts_with("oidc_bff_secret (from environment variable FLUXLIT_OIDC_BFF_SECRET) is set, but it has no effect with auth_mode = oidc"),
         "{}",
         f.message
     );
+    assert!(
+        f.message.contains(
+            "oidc_bff_secret only with auth_mode = \"oidc\" and oidc_compat_exchange = true"
+        ),
+        "{}",
+        f.message
+    );
+    // With the exchange flow on, the key is read: no finding.
+    let env = oidc_env(&[
+        ("FLUXLIT_OIDC_BFF_SECRET", SECRET_B),
+        ("FLUXLIT_OIDC_COMPAT_EXCHANGE", "true"),
+        ("FLUXLIT_AUTH_SESSION_STORE", "redis"),
+        ("FLUXLIT_AUTH_SESSION_REDIS_URL", "redis://127.0.0.1:6379"),
+    ]);
+    let l = load_in(&Dir::new("oidc-compat"), &env, CliOverrides::default()).unwrap();
+    assert!(l.settings.oidc_compat_exchange);
+    assert!(auth_keys_unused(&l, &env).is_none(), "{:?}", codes_of(&l));
+    // The switch itself is a login key: unused in another mode.
+    let env = [("FLUXLIT_OIDC_COMPAT_EXCHANGE", "true")];
+    let l = load_in(&Dir::new("oidc-compat-off"), &env, CliOverrides::default()).unwrap();
+    let f = auth_keys_unused(&l, &env).expect("oidc_compat_exchange without oidc");
+    assert!(
+        f.message.starts_with(
+            "oidc_compat_exchange (from environment variable FLUXLIT_OIDC_COMPAT_EXCHANGE) is set"
+        ),
+        "{}",
+        f.message
+    );
+}
+
+/// `oidc_compat_exchange` needs `oidc_bff_secret` (32 bytes or more) and a server-side store:
+/// load errors naming the key, its source and the fix.
+#[test]
+fn the_exchange_flow_needs_its_secret_and_a_server_side_store() {
+    let on = ("FLUXLIT_OIDC_COMPAT_EXCHANGE", "1");
+    let memory = ("FLUXLIT_AUTH_SESSION_STORE", "memory");
+    let err = load_in(
+        &Dir::new("compat-1"),
+        &oidc_env(&[on, memory]),
+        CliOverrides::default(),
+    )
+    .expect_err("no oidc_bff_secret");
+    let p = problem_about(&err, "oidc_bff_secret");
+    assert!(
+        p.expected.contains(
+            "oidc_compat_exchange is on (from environment variable FLUXLIT_OIDC_COMPAT_EXCHANGE)"
+        ),
+        "{p}"
+    );
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let err = load_in(
+        &Dir::new("compat-2"),
+        &oidc_env(&[on, memory, ("FLUXLIT_OIDC_BFF_SECRET", "short-secret")]),
+        CliOverrides::default(),
+    )
+    .expect_err("a short oidc_bff_secret");
+    let p = problem_about(&err, "oidc_bff_secret");
+    assert!(
+        p.expected.contains("at least 32 bytes") && p.expected.contains("not 12 bytes"),
+        "{p}"
+    );
+    assert!(!err.to_string().contains("short-secret"), "{err}");
+    let err = load_in(
+        &Dir::new("compat-3"),
+        &oidc_env(&[on, ("FLUXLIT_OIDC_BFF_SECRET", SECRET_B)]),
+        CliOverrides::default(),
+    )
+    .expect_err("the cookie store");
+    let p = problem_about(&err, "oidc_compat_exchange");
+    assert!(
+        p.expected.contains("auth_session_store = memory or redis"),
+        "{p}"
+    );
+    assert_eq!(
+        p.origin.to_string(),
+        "environment variable FLUXLIT_OIDC_COMPAT_EXCHANGE"
+    );
+    load_in(
+        &Dir::new("compat-4"),
+        &oidc_env(&[on, memory, ("FLUXLIT_OIDC_BFF_SECRET", SECRET_B)]),
+        CliOverrides::default(),
+    )
+    .expect("secret and store");
 }

@@ -668,17 +668,25 @@ pub fn oidc_from_settings(s: &fluxlit_config::Settings) -> Result<OidcAuth, Oidc
     let public_origin = s.public_origin().ok_or_else(bad_url)?;
     let redirect_uri = s.oidc_redirect_uri().ok_or_else(bad_url)?;
     let post_logout = s.post_logout_redirect_uri().ok_or_else(bad_url)?;
+    // `auth_session_idle_timeout_s` (0: off); the settings refuse it with the cookie store.
+    let idle = Duration::from_secs(s.auth_session_idle_timeout_s);
+    if !idle.is_zero() && s.auth_session_store == fluxlit_config::SessionStore::Cookie {
+        return Err(OidcSetupError::Store(
+            "auth_session_idle_timeout_s needs auth_session_store = memory or redis".into(),
+        ));
+    }
     let store = match s.auth_session_store {
         fluxlit_config::SessionStore::Cookie => None,
-        fluxlit_config::SessionStore::Memory => {
-            Some(fluxlit_auth::session::Store::Memory(Arc::default()))
-        }
+        fluxlit_config::SessionStore::Memory => Some(fluxlit_auth::session::Store::Memory(
+            Arc::new(fluxlit_auth::session::MemoryStore::default().with_idle_timeout(idle)),
+        )),
         fluxlit_config::SessionStore::Redis => Some(fluxlit_auth::session::Store::Redis(Arc::new(
             fluxlit_auth::session::RedisStore::connect(
                 &s.auth_session_redis_url,
                 &s.auth_session_key_prefix,
             )
-            .map_err(|e| OidcSetupError::Store(format!("auth_session_redis_url: {e}")))?,
+            .map_err(|e| OidcSetupError::Store(format!("auth_session_redis_url: {e}")))?
+            .with_idle_timeout(idle),
         ))),
     };
     let rules = s
@@ -720,6 +728,12 @@ pub fn oidc_from_settings(s: &fluxlit_config::Settings) -> Result<OidcAuth, Oidc
         },
         pass_access_token: s.auth_pass_access_token,
         backchannel_logout: s.auth_logout_backchannel,
+        allowed_redirect_origins: s.auth_allowed_redirect_origins.clone(),
+        compat_exchange: s
+            .oidc_compat_exchange
+            .then(|| fluxlit_auth::bff::CompatExchange {
+                secret: s.oidc_bff_secret.expose().as_bytes().to_vec(),
+            }),
     })?;
     let mut auth = OidcAuth::new(Arc::new(bff)).required(s.auth_required);
     if !rules.is_empty() {
@@ -901,6 +915,24 @@ struct ConnCtx {
 }
 
 impl Inner {
+    /// The bearer check of an API request that goes on without a login session: the `jwt_*`
+    /// verifier (`auth_mode = jwt`, or `oidc` with `jwt_issuer`) and, with
+    /// `oidc_compat_exchange`, the first-party tokens of the exchange flow
+    /// (`fluxlit_auth::bff::Bff::compat_bearer`). With both, a first-party token passes and
+    /// anything else gets the `jwt_*` verifier's answer; with neither, nothing is checked.
+    async fn verify_bearer(&self, field: Option<&[u8]>) -> Result<(), fluxlit_auth::jwt::Denial> {
+        let compat = self.oidc.as_ref().and_then(|o| o.bff.compat_bearer());
+        match (compat, &self.jwt) {
+            (None, None) => Ok(()),
+            (Some(c), None) => c.verify(field).await.map(drop),
+            (None, Some(j)) => j.verify(field).await.map(drop),
+            (Some(c), Some(j)) => match c.verify(field).await {
+                Ok(_) => Ok(()),
+                Err(_) => j.verify(field).await.map(drop),
+            },
+        }
+    }
+
     /// The rate limit of `dispatch` (`api`, `streamlit`, `internal`) for `client_ip`, as both
     /// engines apply it: `Err` with the 429 that refuses the request (`Retry-After` in whole
     /// seconds, at least 1), logged and counted ([`observe::names::RATE_LIMITED`]).
@@ -1263,7 +1295,7 @@ impl Gateway {
                     Ok(None) => {
                         let api = matches!(route, Route::Api { .. });
                         if api
-                            && inner.jwt.is_some()
+                            && (inner.jwt.is_some() || oa.bff.compat_bearer().is_some())
                             && req.headers().contains_key(http::header::AUTHORIZATION)
                         {
                             check_bearer = true;
@@ -1479,11 +1511,9 @@ impl Gateway {
             // request reaches the API here, on whichever engine it arrived: the fast path
             // serves only `Decision::Ui` (`decide.rs`) and hands every API request to hyper.
             // With `auth_mode = oidc`, only a request without a login session is checked here.
-            if let Some(jwt) = &inner.jwt
-                && check_bearer
-            {
+            if check_bearer {
                 let field = req.headers().get(http::header::AUTHORIZATION);
-                if let Err(denial) = jwt.verify(field.map(HeaderValue::as_bytes)).await {
+                if let Err(denial) = inner.verify_bearer(field.map(HeaderValue::as_bytes)).await {
                     tracing::info!(
                         request_id = rid.to_str().unwrap_or(""),
                         client_ip = %view.client_ip,

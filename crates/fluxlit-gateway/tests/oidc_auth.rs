@@ -46,6 +46,18 @@ impl Setup {
         ttl: serde_json::Value,
         api: Option<fluxlit_gateway::ApiService>,
     ) -> Self {
+        Self::start_tweaked(fast, store, ttl, api, |_| {}).await
+    }
+
+    /// [`Setup::start_with`], with `tweak` applied to the backend-for-frontend's
+    /// configuration.
+    async fn start_tweaked(
+        fast: bool,
+        store: Option<Store>,
+        ttl: serde_json::Value,
+        api: Option<fluxlit_gateway::ApiService>,
+        tweak: impl FnOnce(&mut BffConfig),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -54,7 +66,9 @@ impl Setup {
             ttl,
         )
         .await;
-        let bff = bff_for(&idp.issuer, &base, store);
+        let mut cfg = bff_config(&idp.issuer, &base, store);
+        tweak(&mut cfg);
+        let bff = Bff::new(cfg).unwrap();
         let rec = upstream().await;
         let builder = Gateway::builder()
             .ui(up_at(rec.addr, "ui"))
@@ -139,7 +153,12 @@ async fn verify_assertion(s: &Setup, token: &str) -> serde_json::Value {
 
 /// The backend-for-frontend of a gateway whose public origin is `base`, at `issuer`.
 fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
-    Bff::new(BffConfig {
+    Bff::new(bff_config(issuer, base, store)).unwrap()
+}
+
+/// The configuration [`bff_for`] uses.
+fn bff_config(issuer: &str, base: &str, store: Option<Store>) -> BffConfig {
+    BffConfig {
         oidc: OidcConfig {
             issuer: issuer.to_owned(),
             client_id: "fluxlit".into(),
@@ -162,8 +181,9 @@ fn bff_for(issuer: &str, base: &str, store: Option<Store>) -> Bff {
         },
         pass_access_token: true,
         backchannel_logout: true,
-    })
-    .unwrap()
+        allowed_redirect_origins: vec![],
+        compat_exchange: None,
+    }
 }
 
 /// Opens a WebSocket through the gateway at `gw` with `Origin: origin` and `cookie`
@@ -482,6 +502,72 @@ async fn the_callback_refuses_what_it_did_not_start() {
         assert_eq!(a.status, 400, "{bad}: {}", a.text());
     }
     s.idp.stop().await;
+}
+
+/// `auth_allowed_redirect_origins`: after the login, an absolute `return_to` on a listed origin
+/// is followed; one on any other origin never starts a login.
+#[tokio::test]
+async fn a_login_returns_to_a_listed_origin_and_to_no_other() {
+    for fast in ENGINES {
+        let ctx = engine(fast);
+        let s = Setup::start_tweaked(fast, None, serde_json::Value::Null, None, |c| {
+            c.allowed_redirect_origins = vec!["http://portal.localhost:8601".into()];
+        })
+        .await;
+        for (target, want) in [
+            (
+                "http://portal.localhost:8601/after?x=1",
+                "http://portal.localhost:8601/after?x=1",
+            ),
+            (
+                "HTTP://Portal.LOCALHOST:8601/",
+                "http://portal.localhost:8601/",
+            ),
+            (&format!("{}/own", s.base), &format!("{}/own", s.base)),
+        ] {
+            let mut agent = Agent::new();
+            let start = agent
+                .request(
+                    Method::GET,
+                    &s.url(&format!(
+                        "/api/auth/login?return_to={}",
+                        fluxlit_testkit::idp::urlencode(target)
+                    )),
+                    None,
+                )
+                .await;
+            assert_eq!(start.status, 302, "{ctx} {target}: {}", start.text());
+            let callback = agent
+                .login_at_provider(&s.idp.issuer, start.location().unwrap(), "alice")
+                .await;
+            let done = agent.request(Method::GET, &callback, None).await;
+            assert_eq!(done.status, 303, "{ctx} {target}: {}", done.text());
+            assert_eq!(done.location(), Some(want), "{ctx} {target}");
+        }
+        let mut agent = Agent::new();
+        for bad in [
+            "http://portal.localhost:8602/",
+            "https://portal.localhost:8601/",
+            "http://portal.localhost:8601@evil.test/",
+            "http://portal.localhost:8601.evil.test/",
+            "http://evil.test/",
+            "//portal.localhost:8601/",
+        ] {
+            let a = agent
+                .request(
+                    Method::GET,
+                    &s.url(&format!(
+                        "/api/auth/login?return_to={}",
+                        fluxlit_testkit::idp::urlencode(bad)
+                    )),
+                    None,
+                )
+                .await;
+            assert_eq!(a.status, 400, "{ctx} {bad}: {}", a.text());
+            assert!(a.location().is_none(), "{ctx} {bad}");
+        }
+        s.idp.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -1162,5 +1248,309 @@ async fn two_hundred_groups_fail_visibly_in_cookies_and_fit_a_server_store() {
         );
         assert!(groups[0].starts_with("CN=Analytics Platform Team 0,"));
         s.idp.stop().await;
+    }
+}
+
+/// `auth_session_idle_timeout_s` on both engines, with the memory store and a real Redis: a
+/// session in use stays; one nobody uses for the timeout ends: its WebSocket is closed (by the
+/// background sweep, as on logout), the API gets 401 and a page load is sent to the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_uses_ends_after_the_idle_timeout() {
+    let idle = Duration::from_secs(2);
+    let redis = fluxlit_testkit::redis::RedisServer::start();
+    for fast in ENGINES {
+        for use_redis in [false, true] {
+            let ctx = format!(
+                "{} store={}",
+                engine(fast),
+                if use_redis { "redis" } else { "memory" }
+            );
+            let store = if use_redis {
+                Store::Redis(Arc::new(
+                    fluxlit_auth::session::RedisStore::connect(
+                        &redis.url(),
+                        &format!("idle-{fast}:"),
+                    )
+                    .unwrap()
+                    .with_idle_timeout(idle),
+                ))
+            } else {
+                Store::Memory(Arc::new(MemoryStore::default().with_idle_timeout(idle)))
+            };
+            let s = Setup::start(fast, Some(store)).await;
+            let mut agent = Agent::new();
+            s.login(&mut agent, "alice").await;
+            let cookie = format!(
+                "fluxlit_session={}",
+                agent.cookie(&s.base, "fluxlit_session").unwrap()
+            );
+            // In use for twice the timeout: still logged in.
+            let start = std::time::Instant::now();
+            while start.elapsed() < idle * 2 {
+                assert_eq!(
+                    status_with(s.gw.addr, "/api/x", &cookie).await,
+                    200,
+                    "{ctx}"
+                );
+                tokio::time::sleep(idle / 4).await;
+            }
+            // A WebSocket, then nothing: the tunnel is closed once the timeout passed (the
+            // sweep looks every 2 s).
+            let (mut ws, status) = open_ws(s.gw.addr, &s.base, &cookie).await;
+            assert_eq!(status, 101, "{ctx}");
+            let quiet = std::time::Instant::now();
+            assert!(
+                closed_within(&mut ws, idle + Duration::from_secs(5)).await,
+                "{ctx}: the idle session's WebSocket stays open"
+            );
+            assert!(
+                quiet.elapsed() >= idle - idle / 5,
+                "{ctx}: closed after {:?}, before the idle timeout",
+                quiet.elapsed()
+            );
+            assert_eq!(
+                status_with(s.gw.addr, "/api/x", &cookie).await,
+                401,
+                "{ctx}"
+            );
+            let page = raw(
+                s.gw.addr,
+                &format!(
+                    "GET /page HTTP/1.1\r\nHost: x\r\nSec-Fetch-Mode: navigate\r\nCookie: {cookie}\r\n\r\n"
+                ),
+            )
+            .await;
+            assert_eq!(page.status, 302, "{ctx}");
+            s.idp.stop().await;
+        }
+    }
+}
+
+/// `POST /api/auth/exchange` with a JSON body: the response.
+async fn exchange(gw: SocketAddr, body: &str) -> fluxlit_testkit::raw::RawResponse {
+    raw(
+        gw,
+        &format!(
+            "POST /api/auth/exchange HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+/// `oidc_compat_exchange` (reference §8.2, §8.3) on both engines, with the memory store and a
+/// real Redis: after a login at the real provider the browser returns with `?auth_code=`, the
+/// exchange trades it once for an HS256 token that the API accepts as a bearer token without a
+/// session; a replay is 401 and a short code 422, with FastAPI's bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compat_exchange_trades_a_login_for_a_first_party_token_once() {
+    const BFF_SECRET: &[u8] = b"compat-bff-secret-0123456789abcdef-0123";
+    let redis = fluxlit_testkit::redis::RedisServer::start();
+    for fast in ENGINES {
+        for use_redis in [false, true] {
+            let ctx = format!(
+                "{} store={}",
+                engine(fast),
+                if use_redis { "redis" } else { "memory" }
+            );
+            let store = if use_redis {
+                Store::Redis(Arc::new(
+                    fluxlit_auth::session::RedisStore::connect(
+                        &redis.url(),
+                        &format!("compat-{fast}:"),
+                    )
+                    .unwrap(),
+                ))
+            } else {
+                Store::Memory(Arc::new(MemoryStore::default()))
+            };
+            let s = Setup::start_tweaked(fast, Some(store), serde_json::Value::Null, None, |c| {
+                c.compat_exchange = Some(fluxlit_auth::bff::CompatExchange {
+                    secret: BFF_SECRET.to_vec(),
+                });
+            })
+            .await;
+            let mut agent = Agent::new();
+            let start = agent
+                .request(
+                    Method::GET,
+                    &s.url("/api/auth/login?return_to=%2Fpage%3Ftab%3D2"),
+                    None,
+                )
+                .await;
+            let callback = agent
+                .login_at_provider(&s.idp.issuer, start.location().unwrap(), "alice")
+                .await;
+            let done = agent.request(Method::GET, &callback, None).await;
+            assert_eq!(done.status, 303, "{ctx}: {}", done.text());
+            let location = done.location().unwrap().to_owned();
+            let code = location
+                .strip_prefix("/page?tab=2&auth_code=")
+                .unwrap_or_else(|| panic!("{ctx}: {location}"))
+                .to_owned();
+            assert!(code.len() >= 32, "{ctx}: {code}");
+            // The session cookie comes too (the BFF's own login is unchanged).
+            assert!(agent.cookie(&s.base, "fluxlit_session").is_some(), "{ctx}");
+
+            // A short code: FastAPI's 422.
+            let short = exchange(s.gw.addr, r#"{"code":"1234567"}"#).await;
+            assert_eq!(short.status, 422, "{ctx}: {}", short.text());
+            let v: serde_json::Value = serde_json::from_slice(&short.body).unwrap();
+            assert_eq!(v["detail"][0]["type"], "string_too_short", "{ctx}");
+            assert_eq!(
+                v["detail"][0]["loc"],
+                serde_json::json!(["body", "code"]),
+                "{ctx}"
+            );
+
+            // The code, once: the first-party token.
+            let first = exchange(s.gw.addr, &format!(r#"{{"code": "{code}"}}"#)).await;
+            assert_eq!(first.status, 200, "{ctx}: {}", first.text());
+            assert_eq!(first.get("content-type"), Some("application/json"), "{ctx}");
+            let v: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+            assert_eq!(v["token_type"], "bearer", "{ctx}");
+            let token = v["access_token"].as_str().unwrap().to_owned();
+            assert_eq!(
+                first.text(),
+                format!(r#"{{"access_token":"{token}","token_type":"bearer"}}"#),
+                "{ctx}"
+            );
+            let mut check = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            check.set_audience(&["fluxlit-app"]);
+            check.set_issuer(&["fluxlit-bff"]);
+            let claims = jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &jsonwebtoken::DecodingKey::from_secret(BFF_SECRET).unwrap(),
+                &check,
+            )
+            .unwrap()
+            .claims;
+            assert_eq!(claims["sub"], "alice", "{ctx}");
+            assert_eq!(
+                claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+                3600,
+                "{ctx}"
+            );
+
+            // A replay: 401, byte for byte as FastAPI.
+            let again = exchange(s.gw.addr, &format!(r#"{{"code": "{code}"}}"#)).await;
+            assert_eq!(again.status, 401, "{ctx}");
+            assert_eq!(
+                again.text(),
+                r#"{"detail":"Invalid or expired auth code"}"#,
+                "{ctx}"
+            );
+
+            // The token is a bearer token for the API, without a session cookie.
+            let before = s.rec.requests().len();
+            let api = raw(
+                s.gw.addr,
+                &format!("GET /api/with-token HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"),
+            )
+            .await;
+            assert_eq!(api.status, 200, "{ctx}: {}", api.text());
+            let seen = s.rec.requests();
+            let hop = seen[before..]
+                .iter()
+                .find(|r| r.target.ends_with("/with-token"))
+                .unwrap_or_else(|| panic!("{ctx}: the API got the request"));
+            assert_eq!(
+                hop.all("authorization"),
+                [format!("Bearer {token}")],
+                "{ctx}"
+            );
+            // Other tokens are not: forged with another key, or none at all.
+            let forged = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"another-secret-0123456789abcdef-0123")
+                    .unwrap(),
+            )
+            .unwrap();
+            let denied = raw(
+                s.gw.addr,
+                &format!("GET /api/with-token HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {forged}\r\n\r\n"),
+            )
+            .await;
+            assert_eq!(denied.status, 401, "{ctx}");
+            assert_eq!(denied.text(), r#"{"detail":"Invalid token"}"#, "{ctx}");
+            let none = raw(s.gw.addr, "GET /api/with-token HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(none.status, 401, "{ctx}");
+            assert_eq!(none.text(), r#"{"detail":"Not authenticated"}"#, "{ctx}");
+            s.idp.stop().await;
+        }
+    }
+}
+
+/// The settings wire the exchange flow and the idle timeout: with `oidc_compat_exchange`,
+/// `oidc_bff_secret` and the memory store (and `auth_session_idle_timeout_s`), the exchange
+/// route answers and the API takes a first-party token signed with the secret.
+#[tokio::test]
+async fn oidc_settings_wire_the_exchange_flow() {
+    const SECRET: &str = "settings-test-bff-secret-0123456789abcdef";
+    for fast in ENGINES {
+        let rec = upstream().await;
+        let dir = fluxlit_testkit::TempDir::new("gateway-oidc-compat-settings");
+        let env = [
+            ("FLUXLIT_AUTH_MODE", "oidc"),
+            ("FLUXLIT_PUBLIC_BASE_URL", "https://app.example.com"),
+            ("FLUXLIT_OIDC_ISSUER", "https://login.example.com"),
+            ("FLUXLIT_OIDC_CLIENT_ID", "fluxlit"),
+            (
+                "FLUXLIT_AUTH_COOKIE_SECRETS",
+                "settings-test-cookie-secret-0123456789abcdef",
+            ),
+            ("FLUXLIT_AUTH_SESSION_STORE", "memory"),
+            ("FLUXLIT_AUTH_SESSION_IDLE_TIMEOUT_S", "600"),
+            ("FLUXLIT_OIDC_COMPAT_EXCHANGE", "true"),
+            ("FLUXLIT_OIDC_BFF_SECRET", SECRET),
+        ];
+        let loaded = fluxlit_config::load(&fluxlit_config::LoadOptions::new(
+            dir.path(),
+            fluxlit_config::Environment::from_pairs(env.iter().copied()),
+            fluxlit_config::CliOverrides::default(),
+        ))
+        .expect("valid settings");
+        let gw = support::start_on(
+            Gateway::builder()
+                .settings(&loaded.settings)
+                .ui(up_at(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(up_at(rec.addr, "api"))),
+            fast,
+        )
+        .await;
+        let ctx = engine(fast);
+        assert_eq!(
+            exchange(gw.addr, r#"{"code":"abc"}"#).await.status,
+            422,
+            "{ctx}"
+        );
+        let unknown = exchange(gw.addr, r#"{"code":"an-unknown-code-0123456789"}"#).await;
+        assert_eq!(unknown.status, 401, "{ctx}");
+        let now = fluxlit_auth::session::now();
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "ada", "iss": "fluxlit-bff", "aud": "fluxlit-app", "iat": now, "exp": now + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let api = raw(
+            gw.addr,
+            &format!("GET /api/x HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(api.status, 200, "{ctx}: {}", api.text());
+        let other_aud = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "ada", "iss": "fluxlit-bff", "aud": "other", "iat": now, "exp": now + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let api = raw(
+            gw.addr,
+            &format!("GET /api/x HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: Bearer {other_aud}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(api.status, 401, "{ctx}");
     }
 }

@@ -6,10 +6,18 @@
 //!   AES-256-GCM ([`crate::seal::CookieKeys`]) under a key derived (HKDF-SHA256) from the
 //!   ticket's secret, with the sid as associated data. The secret is only in the user's cookie,
 //!   so a Redis dump holds no usable token and no identity, and a wrong secret opens nothing.
-//!   The key expires with the session (`SET … EX expires_at - now`); an already-expired
-//!   session is never written.
+//!   The key expires with the session (`SET … PX`, the time to `expires_at`); an
+//!   already-expired session is never written. With an idle timeout
+//!   ([`RedisStore::with_idle_timeout`]) the key's expiry is also the idle clock: at most the
+//!   timeout from the last use ([`RedisStore::load_in_use`] moves it with `PEXPIRE` once a tenth
+//!   of the timeout has passed, reading `PTTL` in the same round trip as the record), never past
+//!   `expires_at`; a token refresh ([`RedisStore::update`]) keeps the remaining time.
 //! - `{prefix}u:{sha256(sub) hex}`: the set of a user's sids, for [`Revoked::Sub`]
 //!   (back-channel logout). The `sub` is hashed so the key name is no identity either.
+//! - `{prefix}c:{sha256(code) hex}`: a one-time code of `oidc_compat_exchange` (reference
+//!   §8.2): `v1.` then the first-party token sealed under a key derived from the code (so the
+//!   key name and a dump reveal neither code nor token), `SET … PX` its time to live, redeemed
+//!   with `GETDEL` (Redis 6.2 or later), which makes it single-use across replicas.
 //! - `{prefix}l:{sid}`: the refresh lock (`SET NX PX` with a random token, renewed while held,
 //!   deleted on release only by its holder).
 //! - channel `{prefix}revoked`: every revocation is `PUBLISH`ed as `sid:<sid>`, `sub:<sub>` or
@@ -32,7 +40,9 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use super::{Revoked, Session, StoreError, now, random_token, split_ticket};
+use super::{
+    Revoked, Session, StoreError, millis, now, now_ms, random_token, split_ticket, touch_interval,
+};
 use crate::seal::CookieKeys;
 
 /// The bound on every store call, connecting included: past it the call fails with
@@ -57,19 +67,38 @@ const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
 const RECORD_V1: &str = "v1.";
 
 /// `SET` the record with its expiry, add the sid to the user's set and keep the set at least
-/// as long as the record. KEYS: record, user set. ARGV: value, ttl (s), sid, `XX` (update:
-/// only an existing record) or `-` (create).
+/// as long as the record. KEYS: record, user set. ARGV: value, ttl (ms), sid, `XX` (update:
+/// only an existing record, whose remaining time is kept when shorter: the idle clock) or `-`
+/// (create).
 const WRITE_LUA: &str = r"
 local ok
+local ttl = tonumber(ARGV[2])
 if ARGV[4] == 'XX' then
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'XX')
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 and left < ttl then ttl = left end
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl, 'XX')
 else
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 end
 if not ok then return 0 end
 redis.call('SADD', KEYS[2], ARGV[3])
-if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1
+";
+
+/// Move an existing record's expiry (the idle clock) to `ttl` ms from now when that is at least
+/// `step` ms later than it is, and keep the user's set at least as long. KEYS: record, user set.
+/// ARGV: ttl (ms), step (ms). Returns 1 when moved.
+const TOUCH_LUA: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then return 0 end
+local ttl = tonumber(ARGV[1])
+if ttl - left < tonumber(ARGV[2]) then return 0 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return 1
 ";
@@ -122,6 +151,7 @@ pub struct RedisStore {
     revoked: broadcast::Sender<Revoked>,
     listening: Arc<AtomicBool>,
     subscriber: tokio::task::JoinHandle<()>,
+    idle: Option<Duration>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -211,7 +241,22 @@ impl RedisStore {
             revoked,
             listening,
             subscriber,
+            idle: None,
         })
+    }
+
+    /// The same store ending sessions no request used for `idle`
+    /// (`auth_session_idle_timeout_s`; default: no idle timeout): the record's key expires
+    /// then (see the module documentation).
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = (!idle.is_zero()).then_some(idle);
+        self
+    }
+
+    /// The idle timeout, if on.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
     }
 
     /// The same store with refresh locks leased for `lease` (default [`LOCK_LEASE`]; at least
@@ -273,8 +318,20 @@ impl RedisStore {
             .await
     }
 
-    /// The record behind `ticket`, opened, with the ticket's sid and the keys of its secret.
+    /// The record behind `ticket`, opened, with the ticket's sid.
     async fn open(&self, ticket: &str) -> Result<Option<(String, Session)>, StoreError> {
+        Ok(self
+            .open_with_ttl(ticket)
+            .await?
+            .map(|(sid, s, _)| (sid, s)))
+    }
+
+    /// [`RedisStore::open`], with the key's remaining time in ms (`PTTL`, read in the same
+    /// round trip).
+    async fn open_with_ttl(
+        &self,
+        ticket: &str,
+    ) -> Result<Option<(String, Session, i64)>, StoreError> {
         let Some((sid, secret)) = split_ticket(ticket) else {
             return Ok(None);
         };
@@ -282,15 +339,34 @@ impl RedisStore {
         let Ok(keys) = CookieKeys::new(&[secret]) else {
             return Ok(None);
         };
-        let raw: Option<String> = self
-            .query("GET", ::redis::cmd("GET").arg(self.key("s", sid)))
+        let key = self.key("s", sid);
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (raw, left): (Option<String>, i64) = self
+            .bounded("GET session", |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
             .await?;
         let session = raw
             .as_deref()
             .and_then(|r| r.strip_prefix(RECORD_V1))
             .and_then(|sealed| keys.open(sid, sealed))
             .and_then(|json| serde_json::from_str::<Session>(&json).ok());
-        Ok(session.map(|s| (sid.to_owned(), s)))
+        Ok(session.map(|s| (sid.to_owned(), s, left)))
+    }
+
+    /// The key's time to live for `session` from now, ms: to its absolute end, and with an
+    /// idle timeout at most that.
+    fn ttl_ms(&self, session: &Session) -> i64 {
+        let absolute = session
+            .expires_at
+            .saturating_mul(1000)
+            .saturating_sub(now_ms());
+        match self.idle {
+            Some(idle) => absolute.min(millis(idle)),
+            None => absolute,
+        }
     }
 
     /// Writes `session` under `sid`, sealed with `secret`; `only_existing` for an update.
@@ -302,7 +378,7 @@ impl RedisStore {
         session: &Session,
         only_existing: bool,
     ) -> Result<(), StoreError> {
-        let ttl = session.expires_at.saturating_sub(now());
+        let ttl = self.ttl_ms(session);
         if ttl <= 0 {
             if only_existing {
                 self.query::<i64>("DEL", ::redis::cmd("DEL").arg(self.key("s", sid)))
@@ -365,8 +441,89 @@ impl RedisStore {
             .filter(|s| !s.expired(now())))
     }
 
+    /// [`RedisStore::load`] for a request that uses the session: with an idle timeout, the
+    /// key's expiry moves to the timeout from now (never past the session's end) when that is
+    /// at least a tenth of the timeout later than it is. One round trip (`GET` and `PTTL`),
+    /// and a second one only when the expiry moves.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn load_in_use(&self, ticket: &str) -> Result<Option<Session>, StoreError> {
+        let Some((sid, session, left)) = self.open_with_ttl(ticket).await? else {
+            return Ok(None);
+        };
+        if session.expired(now()) {
+            return Ok(None);
+        }
+        if let Some(idle) = self.idle {
+            let want = self.ttl_ms(&session);
+            let step = millis(touch_interval(idle));
+            if left >= 0 && want - left >= step {
+                let script = Script::new(TOUCH_LUA);
+                let (record_key, user_key) =
+                    (self.key("s", &sid), self.user_key(&session.identity.sub));
+                self.bounded("PEXPIRE session", |mut c| {
+                    let mut call = script.prepare_invoke();
+                    call.key(&record_key).key(&user_key).arg(want).arg(step);
+                    async move { call.invoke_async::<i64>(&mut c).await }
+                })
+                .await?;
+            }
+        }
+        Ok(Some(session))
+    }
+
+    /// Keeps `token` under the one-time `code` for `ttl` (see the module documentation).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer, or `code` is too short to derive a key from
+    /// (fewer than 32 bytes).
+    pub async fn put_code(&self, code: &str, token: &str, ttl: Duration) -> Result<(), StoreError> {
+        let keys = CookieKeys::new(&[code])
+            .map_err(|e| StoreError(format!("one-time code for redis: {e}")))?;
+        let value = format!("{RECORD_V1}{}", keys.seal("auth_code", token));
+        let ttl_ms = millis(ttl).max(1);
+        self.query::<()>(
+            "SET code",
+            ::redis::cmd("SET")
+                .arg(self.code_key(code))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms),
+        )
+        .await
+    }
+
+    /// The token kept under `code`, deleted in the same command (`GETDEL`): `None` when
+    /// unknown, redeemed or expired (and for codes too short to have been issued).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis does not answer.
+    pub async fn take_code(&self, code: &str) -> Result<Option<String>, StoreError> {
+        let Ok(keys) = CookieKeys::new(&[code]) else {
+            return Ok(None);
+        };
+        let raw: Option<String> = self
+            .query(
+                "GETDEL code",
+                ::redis::cmd("GETDEL").arg(self.code_key(code)),
+            )
+            .await?;
+        Ok(raw
+            .as_deref()
+            .and_then(|r| r.strip_prefix(RECORD_V1))
+            .and_then(|sealed| keys.open("auth_code", sealed)))
+    }
+
+    fn code_key(&self, code: &str) -> String {
+        let digest = Sha256::digest(code.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.key("c", &hex)
+    }
+
     /// Replaces the session behind `ticket` when the ticket opens it (a wrong secret changes
-    /// nothing, a deleted session stays deleted); the expiry follows `session.expires_at`.
+    /// nothing, a deleted session stays deleted); the expiry follows `session.expires_at`, but a
+    /// shorter remaining time (the idle clock) is kept: a refresh is no use of the session.
     ///
     /// # Errors
     /// [`StoreError`] when Redis does not answer.
