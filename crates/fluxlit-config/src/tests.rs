@@ -1787,3 +1787,34 @@ fn oidc_findings() {
         f.message
     );
 }
+
+#[test]
+fn streamlit_drain_timeout_defaults_to_five_minutes_and_takes_durations() {
+    let d = Dir::new("drain");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_secs(300)
+    );
+    let env = [("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S", "2m")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_secs(120)
+    );
+    d.write("fluxlit.toml", "streamlit_drain_timeout_s = 1.5\n");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_millis(1500)
+    );
+    let env = [("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S", "-1")];
+    let text = load_in(&d, &env, CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_drain_timeout_s")
+            && text.contains("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S"),
+        "{text}"
+    );
+}

@@ -842,10 +842,7 @@ async fn exchange(
     if switched {
         // Count the session on its worker and learn its id from the server's first messages,
         // those read with the head included (`pool.rs`); one worker of a pool is worker 1.
-        let mut session = inner
-            .pool
-            .as_ref()
-            .map(|p| p.tap(plan.worker.unwrap_or(1)));
+        let mut session = inner.pool.as_ref().map(|p| p.tap(plan.worker.unwrap_or(1)));
         if let Some(tap) = &mut session {
             tap.observe(&conn.buf);
         }

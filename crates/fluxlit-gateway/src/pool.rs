@@ -291,9 +291,7 @@ impl UiPool {
             let sessions = self.sessions.lock().ok()?;
             sessions.get(id)?.worker
         };
-        workers
-            .get(w.checked_sub(1)?)
-            .filter(|w| w.running())
+        workers.get(w.checked_sub(1)?).filter(|w| w.running())
     }
 
     /// The ready worker with the fewest open sessions; ties are taken in turn, starting after
@@ -1002,16 +1000,16 @@ mod tests {
         assert_eq!(handle.serving(), [3]);
         assert_eq!(handle.open_sessions(1), Some(1));
         // New clients, and page loads or new streams with an old cookie: the new worker.
-        for a in [
-            ask(&[], &[], false),
-            ask(&["fluxlit_worker=1"], &[], false),
-        ] {
+        for a in [ask(&[], &[], false), ask(&["fluxlit_worker=1"], &[], false)] {
             let placed = p.place("/app/", &a).unwrap();
             assert_eq!(placed.worker, 3);
             assert!(placed.set_cookie.is_some());
         }
         let placed = p
-            .place("/app/_stcore/stream", &ask(&["fluxlit_worker=1"], &["streamlit, x"], true))
+            .place(
+                "/app/_stcore/stream",
+                &ask(&["fluxlit_worker=1"], &["streamlit, x"], true),
+            )
             .unwrap();
         assert_eq!(placed.worker, 3);
         // The old worker's sessions: reconnects, uploads, and with its cookie its media and
@@ -1023,8 +1021,15 @@ mod tests {
         assert_eq!((placed.worker, placed.set_cookie), (1, None));
         let upload = format!("/app/_stcore/upload_file/{id}/f");
         assert_eq!(p.place(&upload, &ask(&[], &[], false)).unwrap().worker, 1);
-        for path in ["/app/media/abc.png", "/app/_stcore/host-config", "/app/static/js/x.js", "/app/component/c/index.html"] {
-            let placed = p.place(path, &ask(&["fluxlit_worker=1"], &[], false)).unwrap();
+        for path in [
+            "/app/media/abc.png",
+            "/app/_stcore/host-config",
+            "/app/static/js/x.js",
+            "/app/component/c/index.html",
+        ] {
+            let placed = p
+                .place(path, &ask(&["fluxlit_worker=1"], &[], false))
+                .unwrap();
             assert_eq!((placed.worker, placed.set_cookie), (1, None), "{path}");
         }
         // Stopped: its sessions' reconnects go to the new generation.
@@ -1041,16 +1046,22 @@ mod tests {
         );
         assert!(!p1.routing(), "one worker: the rule is off");
         let h1 = UiWorkers::new(Arc::new(p1));
-        assert_eq!(h1.add(UiWorker {
-            upstream: Upstream::fixed("streamlit", Endpoint::loopback(9200)),
-            state: watch::channel(ComponentState::Ready).1,
-        }), 2);
+        assert_eq!(
+            h1.add(UiWorker {
+                upstream: Upstream::fixed("streamlit", Endpoint::loopback(9200)),
+                state: watch::channel(ComponentState::Ready).1,
+            }),
+            2
+        );
         assert!(h1.pool.routing(), "a second worker turns the rule on");
         h1.drain(1);
         drop(stopped_tx);
         let placed = h1
             .pool
-            .place("/app/_stcore/stream", &ask(&["fluxlit_worker=1"], &[&proto], true))
+            .place(
+                "/app/_stcore/stream",
+                &ask(&["fluxlit_worker=1"], &[&proto], true),
+            )
             .unwrap();
         assert_eq!(placed.worker, 2);
         drop(tx);

@@ -517,7 +517,11 @@ async fn a_rolling_restart_sends_new_sessions_to_the_new_generation_and_keeps_ol
         assert_eq!((r.status, r.get("set-cookie")), (200, None), "{what}");
         for path in ["/app/media/a.png", "/app/_stcore/host-config"] {
             let r = one(gw.addr, &get(path, Some("fluxlit_worker=1"))).await;
-            assert_eq!((r.status, r.get("set-cookie")), (200, None), "{what}: {path}");
+            assert_eq!(
+                (r.status, r.get("set-cookie")),
+                (200, None),
+                "{what}: {path}"
+            );
         }
         let on = |w: &RecordingUpstream, target: &str| {
             w.requests().iter().filter(|r| r.target == target).count()
@@ -528,7 +532,9 @@ async fn a_rolling_restart_sends_new_sessions_to_the_new_generation_and_keeps_ol
         assert_eq!(on(&old1, "/app/_stcore/host-config"), 1, "{what}");
         for w in [&old1, &old2] {
             assert!(
-                w.requests().iter().all(|r| !r.target.starts_with("/app/?load")),
+                w.requests()
+                    .iter()
+                    .all(|r| !r.target.starts_with("/app/?load")),
                 "{what}: a page load reached the old generation"
             );
         }
@@ -541,7 +547,9 @@ async fn a_rolling_restart_sends_new_sessions_to_the_new_generation_and_keeps_ol
         after_stop
             .send(upgrade(Some("fluxlit_worker=1"), &proto).as_bytes())
             .await;
-        let r = within("101", after_stop.response(false)).await.expect("101");
+        let r = within("101", after_stop.response(false))
+            .await
+            .expect("101");
         assert_eq!(r.status, 101, "{what}");
         assert!(matches!(cookie_id(&r), Some(3 | 4)), "{what}");
         assert_eq!(
@@ -574,7 +582,10 @@ async fn a_rolling_restart_of_one_worker_keeps_its_sessions_on_it() {
             async move { (n == Some(1)).then_some(()) }
         })
         .await;
-        assert!(gw.gateway.ui_worker_sessions().is_empty(), "{what}: no pool shown yet");
+        assert!(
+            gw.gateway.ui_worker_sessions().is_empty(),
+            "{what}: no pool shown yet"
+        );
 
         let (new, _stop_new, ui2) = stoppable(2).await;
         assert_eq!(workers.add(ui2), 2);
@@ -589,7 +600,9 @@ async fn a_rolling_restart_of_one_worker_keeps_its_sessions_on_it() {
         .await;
         assert_eq!(r.status, 200, "{what}");
         let mut again = RawClient::connect(gw.addr).await;
-        again.send(upgrade(None, "streamlit, tok, s1-0").as_bytes()).await;
+        again
+            .send(upgrade(None, "streamlit, tok, s1-0").as_bytes())
+            .await;
         let r = within("101", again.response(false)).await.expect("101");
         assert_eq!(r.status, 101, "{what}");
         let on = |w: &RecordingUpstream, target: &str| {
