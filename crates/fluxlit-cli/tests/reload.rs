@@ -356,3 +356,77 @@ fn reload_without_a_running_instance_says_so() {
         "{err}"
     );
 }
+
+/// Memory recycling (`streamlit_worker_max_rss_bytes`) with one real worker and a limit every
+/// Streamlit is above: the worker is replaced as in a rolling restart (a log line, the
+/// recycles counter), its open tab keeps its session until the drain deadline, new tabs work,
+/// the old process goes away, and no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_above_the_memory_limit_is_drained_and_replaced() {
+    let dir = TempDir::new("recycle");
+    app(&dir, "one");
+    std::fs::write(
+        dir.path().join("fluxlit.toml"),
+        "target = \"app.py\"\nstreamlit_drain_timeout_s = 8\nstreamlit_run_cli_args = [\"--server.fileWatcherType\", \"none\"]\n",
+    )
+    .unwrap();
+    let env = [
+        ("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES", "1MiB"),
+        ("FLUXLIT_ENABLE_GATEWAY_PROMETHEUS_METRICS", "true"),
+    ];
+    let gw = Fluxlit::start_with_env(dir, &[], &env).await;
+    gw.wait_ready("/api/readyz").await;
+    // The first worker's process (sampling starts at once, so a replacement may be starting).
+    let log = gw.log();
+    let old: u32 = log
+        .lines()
+        .find(|l| l.contains("sidecar started") && l.contains("streamlit"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the first worker's pid in the log:\n{log}"));
+    let mut tab = new_tab(&gw).await;
+    assert!(shows(&mut tab.ws, "code of generation one").await);
+    let watch = Watch::start(&gw);
+
+    eventually(Duration::from_secs(90), "the worker to be replaced", || {
+        let log = gw.log();
+        async move {
+            (log.contains("above streamlit_worker_max_rss_bytes")
+                && log.contains("new Streamlit worker serving"))
+            .then_some(())
+        }
+    })
+    .await;
+    // The tab keeps its session while its worker drains.
+    assert!(
+        rerun_shows(&mut tab.ws, "code of generation one").await,
+        "the tab still works after the replacement"
+    );
+    let mut fresh = new_tab(&gw).await;
+    assert!(shows(&mut fresh.ws, "code of generation one").await);
+    eventually(
+        Duration::from_secs(60),
+        "the replaced worker's processes to be gone",
+        || async move { process::group_members(old).is_empty().then_some(()) },
+    )
+    .await;
+    let url = gw.url("/__fluxlit/metrics");
+    eventually(Duration::from_secs(20), "the recycles counter", || {
+        let url = url.clone();
+        async move {
+            let (_, _, text) = support::get(&url).await.ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("fluxlit_streamlit_worker_recycles_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| *v >= 1.0)
+        }
+    })
+    .await;
+    let (polls, failed) = watch.finish().await;
+    assert!(polls > 10, "the watch ran: {polls}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during recycling: {failed:?}"
+    );
+}

@@ -1818,3 +1818,22 @@ fn streamlit_drain_timeout_defaults_to_five_minutes_and_takes_durations() {
         "{text}"
     );
 }
+
+#[test]
+fn streamlit_worker_max_rss_is_off_by_default_and_takes_sizes() {
+    let d = Dir::new("max-rss");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_worker_max_rss_bytes, 0);
+    let env = [("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES", "512MiB")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_worker_max_rss_bytes, 512 * 1024 * 1024);
+    let env = [("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES", "lots")];
+    let text = load_in(&d, &env, CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_worker_max_rss_bytes")
+            && text.contains("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES"),
+        "{text}"
+    );
+}

@@ -253,16 +253,43 @@ impl App {
         // once. Samples pause while a sidecar waits to be restarted.
         let mut rss_tick = tokio::time::interval(RSS_EVERY);
         rss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sample_rss = s.enable_gateway_prometheus_metrics && self.start_streamlit;
+        let max_rss = s.streamlit_worker_max_rss_bytes;
+        let sample_rss =
+            (s.enable_gateway_prometheus_metrics || max_rss > 0) && self.start_streamlit;
+        // The old worker of the last memory recycling while it drains.
+        let mut recycled: Option<AbortOnDropHandle<()>> = None;
         let stop = loop {
             let (which, exit) = tokio::select! {
                 () = &mut shutdown => break Stop::Shutdown,
                 (which, exit) = wait_any_exit(&running) => (which, exit),
                 _ = rss_tick.tick(), if sample_rss => {
+                    let mut over = None;
                     for (i, r) in running[..api_at].iter().enumerate() {
                         if let Some(rss) = r.as_ref().and_then(|(sc, _)| memory::rss_bytes(sc.pid())) {
                             metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => ids[i].to_string()).set(rss as f64);
+                            if max_rss > 0 && rss > max_rss && over.is_none() {
+                                over = Some((i, rss));
+                            }
                         }
+                    }
+                    // Memory recycling, one worker at a time: not while the last one replaced
+                    // still drains.
+                    let (Some((i, rss)), Some(pool)) = (over, &ui_pool) else { continue };
+                    if recycled.as_ref().is_some_and(|d| !d.is_finished()) {
+                        continue;
+                    }
+                    tracing::warn!(sidecar = links[i].name, worker = ids[i], rss_bytes = rss, streamlit_worker_max_rss_bytes = max_rss, "Streamlit worker above streamlit_worker_max_rss_bytes; replacing it (its sessions stay until they end or streamlit_drain_timeout_s)");
+                    let started = tokio::select! {
+                        r = launch::start_streamlit(&ui_settings, &launch) => r,
+                        () = &mut shutdown => break Stop::Shutdown,
+                    };
+                    match started {
+                        Ok(new) => {
+                            metrics::counter!(fluxlit_gateway::metric_names::WORKER_RECYCLES).increment(1);
+                            recycled = replace_worker(pool, &mut links[i], &mut ids[i], &mut running[i], new, ui_settings.streamlit_drain_timeout_s, &drain_stop);
+                            backoffs[i] = Backoff::default();
+                        }
+                        Err(e) => tracing::error!(sidecar = links[i].name, error = %e, "memory recycling: the replacement worker did not become ready; the worker keeps serving"),
                     }
                     continue;
                 }
@@ -289,30 +316,9 @@ impl App {
                         }
                     };
                     for (i, (sidecar, port)) in new.into_iter().enumerate() {
-                        let (endpoint, rx) = tokio::sync::watch::channel(Some(fluxlit_gateway::Endpoint::loopback(port)));
-                        let id = pool.add(fluxlit_gateway::UiWorker {
-                            upstream: fluxlit_gateway::Upstream::dynamic("streamlit", rx),
-                            state: links[i].state.subscribe(),
-                        });
-                        let old_id = std::mem::replace(&mut ids[i], id);
-                        let old_endpoint = std::mem::replace(&mut links[i].endpoint, endpoint);
-                        links[i].publish(&sidecar, port);
-                        pool.drain(old_id);
+                        let old = replace_worker(pool, &mut links[i], &mut ids[i], &mut running[i], (sidecar, port), next.streamlit_drain_timeout_s, &drain_stop);
+                        draining.extend(old);
                         backoffs[i] = Backoff::default();
-                        tracing::info!(sidecar = links[i].name, worker = id, old_worker = old_id, port, "new Streamlit worker serving; the old one drains");
-                        match running[i].replace((sidecar, port)) {
-                            Some((old, _)) => draining.push(AbortOnDropHandle::new(tokio::spawn(drain_worker(
-                                old,
-                                old_endpoint,
-                                old_id,
-                                pool.clone(),
-                                next.streamlit_drain_timeout_s,
-                                drain_stop.clone(),
-                            )))),
-                            None => {
-                                old_endpoint.send_replace(None);
-                            }
-                        }
                     }
                     ui_settings = next;
                     continue;
@@ -433,6 +439,7 @@ impl App {
         };
         probers.clear();
         drain_stop.cancel();
+        draining.extend(recycled);
         stop_all(&self.gateway, serving, running, draining).await;
         drop(pidfile);
         drop(background);
@@ -472,6 +479,56 @@ fn streamlit_part(
     s.streamlit_drain_timeout_s = next.streamlit_drain_timeout_s;
     s
 }
+
+/// Puts a new Streamlit worker (`new`, ready) in a slot's place: the gateway gets it as a new
+/// worker (next id) and new sessions go to it, the slot's readiness and debug entry follow it,
+/// and the slot's old worker (if it runs) drains ([`drain_worker`]); its task is returned.
+fn replace_worker(
+    pool: &fluxlit_gateway::UiWorkers,
+    link: &mut Link,
+    id: &mut usize,
+    running: &mut Running,
+    new: (Sidecar, u16),
+    drain_timeout: Duration,
+    drain_stop: &CancellationToken,
+) -> Option<AbortOnDropHandle<()>> {
+    let (sidecar, port) = new;
+    let (endpoint, rx) =
+        tokio::sync::watch::channel(Some(fluxlit_gateway::Endpoint::loopback(port)));
+    let new_id = pool.add(fluxlit_gateway::UiWorker {
+        upstream: fluxlit_gateway::Upstream::dynamic("streamlit", rx),
+        state: link.state.subscribe(),
+    });
+    let old_id = std::mem::replace(id, new_id);
+    let old_endpoint = std::mem::replace(&mut link.endpoint, endpoint);
+    link.publish(&sidecar, port);
+    pool.drain(old_id);
+    tracing::info!(
+        sidecar = link.name,
+        worker = new_id,
+        old_worker = old_id,
+        port,
+        "new Streamlit worker serving; the old one drains"
+    );
+    match running.replace((sidecar, port)) {
+        Some((old, _)) => Some(AbortOnDropHandle::new(tokio::spawn(drain_worker(
+            old,
+            old_endpoint,
+            old_id,
+            pool.clone(),
+            drain_timeout,
+            drain_stop.clone(),
+        )))),
+        None => {
+            old_endpoint.send_replace(None);
+            None
+        }
+    }
+}
+
+/// How long an old worker still runs after its address was withdrawn at the end of its drain,
+/// for HTTP requests that were placed on it just before to finish.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
 /// How often a draining worker's open sessions are looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
@@ -515,6 +572,13 @@ async fn drain_worker(
         "stopping an old Streamlit worker"
     );
     endpoint.send_replace(None);
+    // Requests placed on it just before (a page load, a static file) get a moment to finish.
+    if !stop_now.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(IN_FLIGHT_GRACE) => {}
+            () = stop_now.cancelled() => {}
+        }
+    }
     sidecar.stop().await;
     tracing::info!(worker = id, "old Streamlit worker stopped");
 }
