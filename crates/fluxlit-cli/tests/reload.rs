@@ -430,3 +430,62 @@ async fn a_worker_above_the_memory_limit_is_drained_and_replaced() {
         "requests failed during recycling: {failed:?}"
     );
 }
+
+/// The pids of the Streamlit processes started so far, from the `sidecar started` log lines.
+fn started_streamlits(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("sidecar started") && l.contains("streamlit"))
+        .filter_map(|l| l.split("pid=").nth(1))
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// SIGTERM while the old worker drains (a tab holds it, the drain timeout is the default
+/// 300 s) stops as fast as always: exit 0 within the usual bounds, nothing of the old or the
+/// new generation left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_drain_stops_both_generations_at_once() {
+    let dir = TempDir::new("reload-term");
+    app(&dir, "one");
+    std::fs::write(dir.path().join("fluxlit.toml"), "target = \"app.py\"\n").unwrap();
+    let mut gw = Fluxlit::start_with_env(dir, &[], &[]).await;
+    gw.wait_ready("/api/readyz").await;
+    let mut tab = new_tab(&gw).await;
+    assert!(shows(&mut tab.ws, "code of generation one").await);
+    let pidfile = gw.pidfile.clone();
+    eventually(Duration::from_secs(10), "the pidfile", || {
+        let p = pidfile.clone();
+        async move { p.exists().then_some(()) }
+    })
+    .await;
+    let (code, out, err) = run_subcommand(
+        gw.dir.path(),
+        "reload",
+        &["--pidfile", &gw.pidfile.display().to_string()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eventually(Duration::from_secs(60), "the new worker to serve", || {
+        let log = gw.log();
+        async move { log.contains("new Streamlit worker serving").then_some(()) }
+    })
+    .await;
+    let pids = started_streamlits(&gw.log());
+    assert_eq!(pids.len(), 2, "{}", gw.log());
+    assert!(
+        rerun_shows(&mut tab.ws, "code of generation one").await,
+        "the old worker drains with the tab's session"
+    );
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", gw.log());
+    for p in pids {
+        eventually(
+            Duration::from_secs(10),
+            "every Streamlit process to be gone",
+            || async move { process::group_members(p).is_empty().then_some(()) },
+        )
+        .await;
+    }
+}
