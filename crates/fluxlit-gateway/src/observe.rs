@@ -51,8 +51,8 @@ pub mod names {
     pub const SIDECAR_RESTARTS: &str = "fluxlit_sidecar_restarts_total";
     /// Gauge `{sidecar}`: 1 while the sidecar process runs, else 0.
     pub const SIDECAR_UP: &str = "fluxlit_sidecar_up";
-    /// Gauge `{worker}`: open WebSocket sessions (tunnels) on a Streamlit worker, with several
-    /// workers (`streamlit_workers`; `worker` is its id, from `1`; a rolling restart's new
+    /// Gauge `{worker}`: open WebSocket sessions (tunnels) on a Streamlit worker
+    /// (`streamlit_workers`, also one; `worker` is its id, from `1`; a rolling restart's new
     /// workers get the next ids).
     pub const WORKER_SESSIONS: &str = "fluxlit_streamlit_worker_sessions";
     /// Counter `{worker}`: clients placed anew on a Streamlit worker (the least-loaded pick,
