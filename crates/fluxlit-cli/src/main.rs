@@ -6,6 +6,7 @@ mod build_cmd;
 mod config_cmd;
 mod doctor_cmd;
 mod new_cmd;
+mod reload_cmd;
 mod revoke_cmd;
 mod run;
 mod shutdown_cmd;
@@ -41,6 +42,12 @@ enum Command {
     /// sidecars are gone. Exit 0 when stopped or nothing runs, 1 when still running, 2 when
     /// there is no pidfile.
     Shutdown(ShutdownArgs),
+    /// Restart the Streamlit workers of a running `fluxlit run` without dropping open tabs
+    /// (SIGHUP through its pidfile): new workers start with the re-read configuration and the
+    /// script as it is now, new sessions go to them, the old workers keep their sessions until
+    /// these end or streamlit_drain_timeout_s passes. Exit 0 when the signal was sent, 1 when
+    /// nothing runs, 2 when there is no pidfile.
+    Reload(ReloadArgs),
     /// Write a Dockerfile and .dockerignore for the project (refuses to overwrite without
     /// --force): a digest-pinned Python base, the FluxLit wheel, UID 1000, tini, a health check.
     Build(build_cmd::BuildArgs),
@@ -93,6 +100,17 @@ struct ShutdownArgs {
     /// After --wait, SIGKILL the gateway and its sidecars' process groups.
     #[arg(short, long)]
     force: bool,
+    /// Config file to read the pidfile setting from instead of ./fluxlit.toml or ./pyproject.toml [env: FLUXLIT_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// `fluxlit reload` options.
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// Pidfile to read [env: FLUXLIT_PIDFILE; file: pidfile; default: .fluxlit.pid].
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<std::path::PathBuf>,
     /// Config file to read the pidfile setting from instead of ./fluxlit.toml or ./pyproject.toml [env: FLUXLIT_CONFIG].
     #[arg(long, value_name = "PATH")]
     config: Option<std::path::PathBuf>,
@@ -314,6 +332,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Doctor(args) => doctor_cmd::main(args, env),
         Command::Config(args) => config_cmd::main(args, env),
         Command::Shutdown(args) => shutdown_cmd::main(args, env),
+        Command::Reload(args) => reload_cmd::main(args, env),
         Command::New(args) => new_cmd::main(&args),
         Command::Build(args) => build_cmd::main(args, env),
         Command::Revoke(args) => revoke_cmd::main(args, env),

@@ -200,7 +200,30 @@ async fn serve(
         None
     };
     let reload_api = Arc::new(tokio::sync::Notify::new());
-    let app = build_app(loaded, &opts, &env, metrics.as_ref(), dev, &reload_api)?;
+    // `fluxlit run`: SIGHUP (`fluxlit reload`) re-reads the configuration and restarts the
+    // Streamlit workers without dropping tabs (docs/scaling.md). Installed before the pidfile
+    // is written, so a reload sent once it exists is never the default action (exit).
+    let mut rolling = None;
+    let _reloader = match dev {
+        None => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            rolling = Some(rx);
+            let hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+            Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                reload_on_sighup(hup, opts.clone(), tx),
+            )))
+        }
+        Some(_) => None,
+    };
+    let app = build_app(
+        loaded,
+        &opts,
+        &env,
+        metrics.as_ref(),
+        dev,
+        &reload_api,
+        rolling,
+    )?;
     let listener = tokio::net::TcpListener::bind(&bind_addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -276,10 +299,36 @@ async fn serve(
             tracing::error!("stopping for the restart: {e}");
         }
         current = Some(next.settings.clone());
-        app = match build_app(next, &opts, &env, metrics.as_ref(), dev, &reload_api) {
+        app = match build_app(next, &opts, &env, metrics.as_ref(), dev, &reload_api, None) {
             Ok(a) => a,
             Err(e) => return Err(e.into()),
         };
+    }
+}
+
+/// On each SIGHUP, the configuration is loaded again from the sources `fluxlit run` read at
+/// start (its flags, the environment snapshot, `.env`, the project file) and handed to the
+/// app for a rolling restart; a configuration with errors changes nothing (logged).
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    opts: LoadOptions,
+    to: tokio::sync::mpsc::UnboundedSender<fluxlit_config::Settings>,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!(
+            signal = "SIGHUP",
+            "reload asked for: reading the configuration again"
+        );
+        match fluxlit_config::load(&opts) {
+            Ok(loaded) => {
+                if to.send(loaded.settings).is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!(
+                "reload refused: the configuration has errors; the running Streamlit workers keep serving:\n{e}"
+            ),
+        }
     }
 }
 
@@ -318,6 +367,7 @@ fn build_app(
     metrics: Option<&fluxlit::MetricsRender>,
     dev: Option<Dev>,
     reload_api: &Arc<tokio::sync::Notify>,
+    rolling: Option<tokio::sync::mpsc::UnboundedReceiver<fluxlit_config::Settings>>,
 ) -> Result<fluxlit::App, fluxlit::AppError> {
     let mut app = fluxlit::App::builder()
         .cwd(opts.cwd.clone())
@@ -332,6 +382,9 @@ fn build_app(
     }
     if let Some(Dev { reload: true }) = dev {
         app = app.reload_api(reload_api.clone());
+    }
+    if let Some(rx) = rolling {
+        app = app.rolling_restarts(rx);
     }
     app.config(loaded).build()
 }

@@ -19,7 +19,12 @@ pub(crate) fn main(args: ShutdownArgs, env: Environment) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let pidfile = match resolve_pidfile(&args, env) {
+    let pidfile = match resolve_pidfile(
+        args.pidfile.as_deref(),
+        args.config.clone(),
+        env,
+        "fluxlit shutdown",
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("fluxlit shutdown: {e}");
@@ -51,12 +56,18 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
 
 /// `--pidfile`, else the `pidfile` setting as `fluxlit run` reads it (`FLUXLIT_PIDFILE`,
 /// `.env`, the project file, default `.fluxlit.pid`), relative to the working directory.
-/// A configuration with errors does not stop a shutdown: its problems are printed and
-/// `FLUXLIT_PIDFILE` or the default is used.
-fn resolve_pidfile(args: &ShutdownArgs, env: Environment) -> Result<PathBuf, String> {
+/// A configuration with errors does not stop the command (`fluxlit shutdown`, `fluxlit
+/// reload`, named by `command` in messages): its problems are printed and `FLUXLIT_PIDFILE` or
+/// the default is used.
+pub(crate) fn resolve_pidfile(
+    pidfile: Option<&std::path::Path>,
+    config: Option<PathBuf>,
+    env: Environment,
+    command: &str,
+) -> Result<PathBuf, String> {
     let cwd =
         std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
-    if let Some(p) = &args.pidfile {
+    if let Some(p) = pidfile {
         return Ok(cwd.join(p));
     }
     let fallback = env
@@ -65,12 +76,12 @@ fn resolve_pidfile(args: &ShutdownArgs, env: Environment) -> Result<PathBuf, Str
         .unwrap_or(".fluxlit.pid")
         .to_owned();
     let mut opts = LoadOptions::new(&cwd, env, CliOverrides::default());
-    opts.config_file = args.config.clone();
+    opts.config_file = config;
     match fluxlit_config::load(&opts) {
         Ok(loaded) => Ok(cwd.join(&loaded.settings.pidfile)),
         Err(e) => {
             eprintln!(
-                "fluxlit shutdown: the configuration has errors, using the pidfile {fallback}:\n{e}"
+                "{command}: the configuration has errors, using the pidfile {fallback}:\n{e}"
             );
             Ok(cwd.join(fallback))
         }

@@ -415,6 +415,9 @@ pub struct Settings {
     pub sidecar_start_timeout_s: Duration,
     #[serde(with = "secs")]
     pub sidecar_stop_timeout_s: Duration,
+    #[serde(with = "secs")]
+    pub streamlit_drain_timeout_s: Duration,
+    pub streamlit_worker_max_rss_bytes: u64,
     pub sidecar_restart: RestartPolicy,
     pub pidfile: String,
     pub no_pidfile: bool,

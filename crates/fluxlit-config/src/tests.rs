@@ -1879,3 +1879,53 @@ fn the_exchange_flow_needs_its_secret_and_a_server_side_store() {
     )
     .expect("secret and store");
 }
+
+#[test]
+fn streamlit_drain_timeout_defaults_to_five_minutes_and_takes_durations() {
+    let d = Dir::new("drain");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_secs(300)
+    );
+    let env = [("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S", "2m")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_secs(120)
+    );
+    d.write("fluxlit.toml", "streamlit_drain_timeout_s = 1.5\n");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(
+        l.settings.streamlit_drain_timeout_s,
+        Duration::from_millis(1500)
+    );
+    let env = [("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S", "-1")];
+    let text = load_in(&d, &env, CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_drain_timeout_s")
+            && text.contains("FLUXLIT_STREAMLIT_DRAIN_TIMEOUT_S"),
+        "{text}"
+    );
+}
+
+#[test]
+fn streamlit_worker_max_rss_is_off_by_default_and_takes_sizes() {
+    let d = Dir::new("max-rss");
+    let l = load_in(&d, &[], CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_worker_max_rss_bytes, 0);
+    let env = [("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES", "512MiB")];
+    let l = load_in(&d, &env, CliOverrides::default()).unwrap();
+    assert_eq!(l.settings.streamlit_worker_max_rss_bytes, 512 * 1024 * 1024);
+    let env = [("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES", "lots")];
+    let text = load_in(&d, &env, CliOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("streamlit_worker_max_rss_bytes")
+            && text.contains("FLUXLIT_STREAMLIT_WORKER_MAX_RSS_BYTES"),
+        "{text}"
+    );
+}

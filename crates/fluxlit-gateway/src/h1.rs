@@ -237,10 +237,10 @@ pub(crate) async fn serve(
                 request_id: seen.rid.to_str().unwrap_or("").to_owned(),
                 dispatch: DISPATCH,
                 path: seen.target.path().to_owned(),
-                worker: plan.worker.map(|w| w + 1),
+                worker: plan.worker,
             });
         }
-        let worker = plan.worker.map(|w| w + 1);
+        let worker = plan.worker;
         let mut tally = Tally::default();
         let next = exchange(
             inner,
@@ -374,7 +374,8 @@ struct Plan {
     /// The connection's task waited for this request's head, so the I/O driver's readiness of
     /// the upstream connection is fresh (see `UpConn::usable`).
     fresh: bool,
-    /// The UI worker the request was placed on, when there are several (`pool.rs`).
+    /// The UI worker (id, from 1) the request was placed on, when there are several
+    /// (`pool.rs`).
     worker: Option<usize>,
     /// A reconnect of a session whose worker is gone: the page to start (`pool.rs`).
     replay: Option<std::sync::Arc<[u8]>>,
@@ -540,7 +541,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     }
     // Several workers: the one rule picks the worker (`pool.rs`); none running is hyper's
     // path's 503. With one worker there is no pool and nothing of this runs.
-    let placed = match &inner.pool {
+    let placed = match inner.pool.as_ref().filter(|p| p.routing()) {
         None => None,
         Some(pool) => {
             let mut ask = crate::pool::Ask {
@@ -842,11 +843,12 @@ async fn exchange(
         switched,
     } = head;
     if switched {
-        // Several workers: count the session on its worker and learn its id from the server's
-        // first messages, those read with the head included (`pool.rs`).
-        let mut session = plan
-            .worker
-            .and_then(|w| inner.pool.as_ref().map(|p| p.tap(w, plan.replay.clone())));
+        // Count the session on its worker and learn its id from the server's first messages,
+        // those read with the head included (`pool.rs`); one worker of a pool is worker 1.
+        let mut session = inner
+            .pool
+            .as_ref()
+            .map(|p| p.tap(plan.worker.unwrap_or(1), plan.replay.clone()));
         if let Some(tap) = &mut session {
             tap.observe(&conn.buf);
             tap.client_sent(buf);

@@ -79,7 +79,7 @@ pub use headers::{ClientHop, HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::Limits;
 pub use logwriter::{DroppedLines, LineWriter, LogWriter};
 pub use observe::{describe_metrics, names as metric_names};
-pub use pool::{COOKIE as WORKER_COOKIE, UiWorker};
+pub use pool::{COOKIE as WORKER_COOKIE, UiWorker, UiWorkers};
 pub use routing::Route;
 pub use upstream::{ApiService, ApiTarget, ComponentState, Endpoint, ReadinessCheck, Upstream};
 
@@ -373,15 +373,12 @@ impl GatewayBuilder {
     /// docs/scaling.md): each new session goes to the ready worker with the fewest open
     /// sessions, and every request of a session to the worker that holds it (the affinity
     /// cookie [`WORKER_COOKIE`], the session id in upload paths and WebSocket reconnects). One
-    /// worker is the same as [`GatewayBuilder::ui`] (no cookie, no lookup). Readiness is not
-    /// implied: add a [`ReadinessCheck`] (e.g. [`ReadinessCheck::quorum`]). Default: none.
+    /// worker is served as [`GatewayBuilder::ui`] would (no cookie, no lookup) until a second
+    /// is added through [`Gateway::ui_workers`] (a rolling restart). Readiness is not implied:
+    /// add a [`ReadinessCheck`] (e.g. [`ReadinessCheck::quorum`]). Default: none.
     pub fn ui_workers(mut self, workers: Vec<UiWorker>) -> Self {
         self.ui = workers.first().map(|w| w.upstream.clone());
-        self.ui_workers = if workers.len() > 1 {
-            workers
-        } else {
-            Vec::new()
-        };
+        self.ui_workers = workers;
         self
     }
 
@@ -585,7 +582,7 @@ impl GatewayBuilder {
             None => header_policy,
         };
         let fast_path = self.fast_path && self.ui.is_some();
-        let pool = (self.ui_workers.len() > 1).then(|| {
+        let pool = (!self.ui_workers.is_empty()).then(|| {
             Arc::new(pool::UiPool::new(
                 self.ui_workers,
                 &root,
@@ -799,7 +796,8 @@ struct Inner {
     /// `{root}{api}`, sent as `X-Forwarded-Prefix` to the API.
     api_prefix: String,
     ui: Option<Upstream>,
-    /// Several UI workers (`pool.rs`); `None` with one (then `ui` is it).
+    /// The UI workers (`pool.rs`), when given as such ([`GatewayBuilder::ui_workers`]); while
+    /// it does not route (one worker), `ui` is that worker.
     pool: Option<Arc<pool::UiPool>>,
     api_target: ApiTarget,
     readiness: Vec<ReadinessCheck>,
@@ -1397,7 +1395,7 @@ impl Gateway {
                             .or_else(|| (!inner.root.is_empty()).then(|| inner.root.clone()));
                         let (mut parts, body) = req.into_parts();
                         // Several workers: the one rule picks the worker (`pool.rs`).
-                        let placed = match &inner.pool {
+                        let placed = match inner.pool.as_ref().filter(|p| p.routing()) {
                             None => None,
                             Some(pool) => {
                                 match pool.place(&path, &pool::ask_of(&parts.headers, websocket)) {
@@ -1407,7 +1405,7 @@ impl Gateway {
                             }
                         };
                         if let Some((_, p)) = &placed {
-                            worker_id = Some(p.worker + 1);
+                            worker_id = Some(p.worker);
                             pool::strip_cookie_fields(&mut parts.headers);
                         }
                         let u = placed.as_ref().map_or(u, |(_, p)| &p.upstream);
@@ -1429,7 +1427,15 @@ impl Gateway {
                             affinity: ctx.affinity.as_deref(),
                             identity: &identity,
                             session: session_guard,
-                            worker: placed.as_ref().map(|(pool, p)| (*pool, p)),
+                            worker: match &placed {
+                                Some((pool, p)) => Some((*pool, p.worker, p.replay.clone())),
+                                // One worker: its WebSockets are tapped all the same (`pool.rs`).
+                                None => inner
+                                    .pool
+                                    .as_ref()
+                                    .filter(|_| websocket)
+                                    .map(|p| (p, 1, None)),
+                            },
                         };
                         let f = inner.proxy.forward(u, req, &path, hop).await;
                         let mut resp = f.response;
@@ -1738,15 +1744,23 @@ impl Gateway {
         r
     }
 
-    /// Open WebSocket sessions on each UI worker, worker 1 first; empty with one worker (see
+    /// Open WebSocket sessions on each UI worker, worker 1 first (every worker ever added);
+    /// empty with a single UI upstream and with one worker before a second was added (see
     /// [`GatewayBuilder::ui_workers`]). Also in the debug snapshot as
     /// `gateway.ui_worker_sessions`.
     pub fn ui_worker_sessions(&self) -> Vec<usize> {
         self.inner
             .pool
             .as_ref()
+            .filter(|p| p.routing())
             .map(|p| p.open_sessions())
             .unwrap_or_default()
+    }
+
+    /// A handle to add and drain UI workers while the gateway runs (rolling restarts,
+    /// docs/scaling.md); `None` unless it was built with [`GatewayBuilder::ui_workers`].
+    pub fn ui_workers(&self) -> Option<UiWorkers> {
+        self.inner.pool.clone().map(UiWorkers::new)
     }
 
     fn debug_snapshot(&self) -> Response<Body> {

@@ -51,8 +51,9 @@ pub mod names {
     pub const SIDECAR_RESTARTS: &str = "fluxlit_sidecar_restarts_total";
     /// Gauge `{sidecar}`: 1 while the sidecar process runs, else 0.
     pub const SIDECAR_UP: &str = "fluxlit_sidecar_up";
-    /// Gauge `{worker}`: open WebSocket sessions (tunnels) on a Streamlit worker, with several
-    /// workers (`streamlit_workers`; `worker` is its id, `1` to the number of workers).
+    /// Gauge `{worker}`: open WebSocket sessions (tunnels) on a Streamlit worker
+    /// (`streamlit_workers`, also one; `worker` is its id, from `1`; a rolling restart's new
+    /// workers get the next ids).
     pub const WORKER_SESSIONS: &str = "fluxlit_streamlit_worker_sessions";
     /// Counter `{worker}`: clients placed anew on a Streamlit worker (the least-loaded pick,
     /// answered with the affinity cookie), with several workers.
@@ -63,6 +64,9 @@ pub mod names {
     /// Gauge `{worker}`: a Streamlit worker's resident set size in bytes (`VmRSS` of
     /// `/proc/PID/status`, Linux only; sampled by the supervisor's owner every few seconds).
     pub const WORKER_RSS: &str = "fluxlit_streamlit_worker_rss_bytes";
+    /// Counter: Streamlit workers replaced because their resident set size was above
+    /// `streamlit_worker_max_rss_bytes` (memory recycling; emitted by the supervisor's owner).
+    pub const WORKER_RECYCLES: &str = "fluxlit_streamlit_worker_recycles_total";
     /// Counter: access-log lines dropped because the log buffer was full (the log's output,
     /// stderr or whatever it is redirected to, did not keep up) or the output failed
     /// ([`crate::LogWriter`]).
@@ -114,6 +118,10 @@ pub fn describe_metrics() {
     describe_counter!(
         names::WORKER_RESTARTS,
         "Restarts per Streamlit worker after it exited"
+    );
+    describe_counter!(
+        names::WORKER_RECYCLES,
+        "Streamlit workers replaced for being above streamlit_worker_max_rss_bytes"
     );
     describe_gauge!(
         names::WORKER_RSS,

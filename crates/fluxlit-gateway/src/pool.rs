@@ -11,11 +11,19 @@
 //! 2. A WebSocket to `{root}/_stcore/stream` that names an existing session (the third
 //!    `Sec-WebSocket-Protocol` entry, which Streamlit's browser client sends on reconnect) goes
 //!    to the worker known to hold it.
-//! 3. A request with the gateway's affinity cookie ([`COOKIE`], value: a worker id from 1 to
-//!    the number of workers) goes to that worker while the worker runs (even if a health probe
-//!    failed: it still holds its sessions).
-//! 4. Anything else is placed on the ready worker with the fewest open WebSocket sessions (ties
-//!    taken in turn), and the response sets the cookie (`HttpOnly; SameSite=Lax; Path={root}/`).
+//! 3. A request with the gateway's affinity cookie ([`COOKIE`], value: a worker id, from 1)
+//!    goes to that worker while the worker runs (even if a health probe failed: it still holds
+//!    its sessions). A draining worker ([`UiWorkers::drain`], a rolling restart) keeps only the
+//!    requests of the sessions it holds this way (`{root}/_stcore/…` other than a new stream,
+//!    `{root}/static/…`, `media/…`, `component/…`); a page load or a new stream WebSocket with
+//!    its cookie is placed anew (rule 4) and gets a new cookie.
+//! 4. Anything else is placed on the ready, not draining worker with the fewest open WebSocket
+//!    sessions (ties taken in turn), and the response sets the cookie (`HttpOnly;
+//!    SameSite=Lax; Path={root}/`).
+//!
+//! Workers can be added and drained while the gateway runs ([`UiWorkers`]); their ids are
+//! never reused, so an old cookie never names another process. The workers are a snapshot
+//! behind a read-write lock, read once per placed request and replaced when one is added.
 //!
 //! The gateway learns which worker holds a session from the session's first server messages
 //! on the WebSocket ([`SessionTap`]: Streamlit's `ForwardMsg.new_session.initialize.session_id`),
@@ -29,27 +37,28 @@
 //! [`crate::metric_names::WORKER_SESSIONS`] (open WebSocket sessions) and
 //! [`crate::metric_names::WORKER_PLACEMENTS`] (clients placed anew by rule 4).
 //!
-//! A session whose worker is gone (it died and was restarted on a new port, or it stopped)
-//! cannot be kept: Streamlit holds its state in that process alone. Its tab reconnects naming
-//! it, is placed anew (rule 3 or 4) and gets a new session there; but Streamlit's browser
-//! client asks for a script run after a reconnect only when it had no session before or a run
-//! was in progress (`handleConnectionStateChanged` in Streamlit's `App.tsx`), so an idle tab
-//! would keep showing its old page, dead, until the person clicks something. The gateway
-//! therefore starts the tab's page on the new worker itself: it remembers the page of the
-//! client's last `BackMsg.rerun_script` (query string, page script hash, page name and context
-//! info; never widget values, so no button is pressed again) and, for a reconnect of a session
-//! it knows to be lost, sends the new worker that `rerun_script` as the tunnel's first client
-//! message ([`SessionTap::replay_frame`]), as a page load would. Reconnects to the worker
-//! that still holds the session are passed on untouched, and so are reconnects naming a
-//! session the gateway does not know.
+//! A session whose worker is gone cannot be kept: Streamlit holds its state in that process
+//! alone (the worker died and was restarted on a new port, or it was drained and stopped by a
+//! rolling restart). Its tab reconnects naming it, is placed anew (rule 3 or 4) and gets a new
+//! session there; but Streamlit's browser client asks for a script run after a reconnect only
+//! when it had no session before or a run was in progress (`handleConnectionStateChanged` in
+//! Streamlit's `App.tsx`), so an idle tab would keep showing its old page, dead, until the
+//! person clicks something. The gateway therefore starts the tab's page on the new worker
+//! itself: it remembers the page of the client's last `BackMsg.rerun_script` (query string,
+//! page script hash, page name and context info; never widget values, so no button is
+//! pressed again) and, for a reconnect of a session it knows to be lost, sends the new worker
+//! that `rerun_script` as the tunnel's first client message ([`SessionTap::replay_frame`]), as
+//! a page load would. Reconnects to the worker that still holds the session are passed on
+//! untouched, and so are reconnects naming a session the gateway does not know.
 //!
-//! With one worker there is no pool: no cookie, no lookup, nothing on the request's way.
+//! With one worker the rule is off (one relaxed atomic load per UI request): no cookie, no
+//! lookup. Its WebSockets are still tapped (counted, their session learned), so that a rolling
+//! restart that adds a second worker knows which sessions the first one holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -93,10 +102,14 @@ pub struct UiWorker {
 
 #[derive(Debug)]
 struct Worker {
+    /// Its id, from 1: the affinity cookie's value and the `worker` label. Never reused.
+    id: usize,
     upstream: Upstream,
     state: watch::Receiver<ComponentState>,
     /// Open WebSocket sessions (tunnels) on this worker.
     open: AtomicUsize,
+    /// Draining ([`UiWorkers::drain`]): no new sessions, its own sessions still reach it.
+    draining: AtomicBool,
     /// Its metric handles, registered on first use when the gateway records metrics.
     metrics: OnceLock<WorkerMetrics>,
 }
@@ -114,13 +127,33 @@ impl Worker {
         self.upstream.endpoint.borrow().is_some()
     }
 
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Ready for new sessions: running, its probe passes, not draining.
     fn ready(&self) -> bool {
-        self.running() && self.state.borrow().is_ready()
+        !self.draining() && self.running() && self.state.borrow().is_ready()
+    }
+
+    /// Its metric handles, when metrics are recorded.
+    fn metrics(&self, record: bool) -> Option<&WorkerMetrics> {
+        if !record {
+            return None;
+        }
+        Some(self.metrics.get_or_init(|| {
+            let id = self.id.to_string();
+            WorkerMetrics {
+                sessions: metrics::gauge!(crate::metric_names::WORKER_SESSIONS, "worker" => id.clone()),
+                placements: metrics::counter!(crate::metric_names::WORKER_PLACEMENTS, "worker" => id),
+            }
+        }))
     }
 }
 
 #[derive(Debug)]
 struct Known {
+    /// The worker's id.
     worker: usize,
     /// Where the worker listened when the session was learned: a worker restarted since (on
     /// another port) no longer holds the session.
@@ -134,13 +167,21 @@ struct Known {
     open: usize,
 }
 
+/// Every worker the pool ever had, worker id `n` at index `n - 1` (append-only: ids are never
+/// reused, so an old affinity cookie never names another process).
+type Workers = Arc<[Arc<Worker>]>;
+
 /// The UI workers and the sessions they hold (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct UiPool {
-    workers: Vec<Worker>,
+    /// The workers, replaced as a whole when one is added (rare: a rolling restart).
+    workers: RwLock<Workers>,
+    /// The rule runs (several workers, or ever had): while false, one worker serves every UI
+    /// request as [`crate::GatewayBuilder::ui`] would and the engines do not call [`Self::place`].
+    routing: AtomicBool,
     /// `{root}/_stcore/`: the prefix of Streamlit's own paths.
     stcore: String,
-    /// The cookie's `Path`: the root path, or `/`.
+    /// `{root}/`: the cookie's `Path`, and the prefix of the paths a draining worker keeps.
     cookie_path: String,
     /// Where the next tie of least-loaded workers starts.
     turn: AtomicUsize,
@@ -151,18 +192,8 @@ pub(crate) struct UiPool {
     record_metrics: bool,
 }
 
-/// Whether a session's worker still holds it ([`UiPool::holder`]).
-enum Holder {
-    /// Worker `.0` does.
-    Held(usize),
-    /// The worker is gone (stopped, or restarted on another port); the session's last page.
-    Lost(Option<Arc<[u8]>>),
-    /// The gateway does not know the session.
-    Unknown,
-}
-
-/// Where a UI request goes: the worker (index), its address, and the `Set-Cookie` value when
-/// the request was placed anew.
+/// Where a UI request goes: the worker (id, from 1), its address, and the `Set-Cookie` value
+/// when the request was placed anew.
 #[derive(Debug, Clone)]
 pub(crate) struct Placed {
     pub(crate) worker: usize,
@@ -183,20 +214,26 @@ pub(crate) struct Ask<'a> {
     pub(crate) websocket: bool,
 }
 
+/// Paths under the root whose requests belong to sessions a worker already holds: with a
+/// draining worker's cookie they still reach it. Anything else there (a page load) is a new
+/// session's start and goes to a worker that takes new sessions.
+const HELD_PREFIXES: [&str; 4] = ["_stcore/", "static/", "media/", "component/"];
+
 impl UiPool {
-    /// A pool of `workers` (at least two; one worker is served without a pool) under `root`;
-    /// with `record_metrics`, the per-worker series are recorded.
+    /// A pool of `workers` (ids 1 to `workers.len()`) under `root`; with `record_metrics`, the
+    /// per-worker series are recorded. With one worker the rule is off until a second is added
+    /// ([`UiWorkers::add`]).
     pub(crate) fn new(workers: Vec<UiWorker>, root: &str, record_metrics: bool) -> Self {
+        let routing = workers.len() > 1;
         Self {
-            workers: workers
-                .into_iter()
-                .map(|w| Worker {
-                    upstream: w.upstream,
-                    state: w.state,
-                    open: AtomicUsize::new(0),
-                    metrics: OnceLock::new(),
-                })
-                .collect(),
+            workers: RwLock::new(
+                workers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, w)| Arc::new(Worker::new(i + 1, w)))
+                    .collect(),
+            ),
+            routing: AtomicBool::new(routing),
             stcore: format!("{root}/_stcore/"),
             cookie_path: format!("{root}/"),
             turn: AtomicUsize::new(0),
@@ -206,28 +243,27 @@ impl UiPool {
         }
     }
 
-    /// Worker `worker`'s metric handles, when metrics are recorded.
-    fn metrics(&self, worker: usize) -> Option<&WorkerMetrics> {
-        if !self.record_metrics {
-            return None;
+    /// Whether the engines place UI requests with [`Self::place`] (one relaxed load: the whole
+    /// cost of the pool for a single worker's requests).
+    pub(crate) fn routing(&self) -> bool {
+        self.routing.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Workers {
+        match self.workers.read() {
+            Ok(w) => w.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        let w = self.workers.get(worker)?;
-        Some(w.metrics.get_or_init(|| {
-            let id = (worker + 1).to_string();
-            WorkerMetrics {
-                sessions: metrics::gauge!(crate::metric_names::WORKER_SESSIONS, "worker" => id.clone()),
-                placements: metrics::counter!(crate::metric_names::WORKER_PLACEMENTS, "worker" => id),
-            }
-        }))
     }
 
     /// Picks the worker for a UI request to `path` (the rule in the module documentation);
     /// `None` when no worker runs (the engines answer 503).
     pub(crate) fn place(&self, path: &str, ask: &Ask<'_>) -> Option<Placed> {
+        let workers = self.snapshot();
         let mut replay = None;
         if let Some(session) = self.session_of(path, ask) {
-            match self.holder(session) {
-                Holder::Held(w) => return self.placed(w, None, None),
+            match self.holder(&workers, session) {
+                Holder::Held(w) => return placed(w, None, None),
                 // Only a reconnect starts its page again; an upload of a lost session fails
                 // as it would on the lost worker.
                 Holder::Lost(page) if ask.websocket => {
@@ -241,38 +277,34 @@ impl UiPool {
         let cookie = ask.cookies.iter().find_map(|c| affinity_cookie(c));
         if let Some(w) = cookie
             .and_then(|id| id.checked_sub(1))
-            .filter(|w| self.workers.get(*w).is_some_and(Worker::running))
+            .and_then(|i| workers.get(i))
+            .filter(|w| w.running() && (!w.draining() || self.held(path, ask)))
         {
-            return self.placed(w, None, replay);
+            return placed(w, None, replay);
         }
-        let w = self.least_loaded()?;
-        if let Some(m) = self.metrics(w) {
+        let w = self.least_loaded(&workers)?;
+        if let Some(m) = w.metrics(self.record_metrics) {
             m.placements.increment(1);
         }
         let cookie = HeaderValue::from_str(&format!(
             "{COOKIE}={}; Path={}; HttpOnly; SameSite=Lax",
-            w + 1,
-            self.cookie_path
+            w.id, self.cookie_path
         ))
         .ok();
-        self.placed(w, cookie, replay)
+        placed(w, cookie, replay)
     }
 
-    fn placed(
-        &self,
-        worker: usize,
-        set_cookie: Option<HeaderValue>,
-        replay: Option<Arc<[u8]>>,
-    ) -> Option<Placed> {
-        let w = self.workers.get(worker)?;
-        let endpoint = w.upstream.endpoint.borrow().clone()?;
-        Some(Placed {
-            worker,
-            upstream: w.upstream.clone(),
-            endpoint,
-            set_cookie,
-            replay,
-        })
+    /// Whether a request with a draining worker's cookie belongs to the sessions that worker
+    /// holds ([`HELD_PREFIXES`]); a stream WebSocket that got here named no session it holds,
+    /// so it starts a new session and is placed anew.
+    fn held(&self, path: &str, ask: &Ask<'_>) -> bool {
+        let Some(rest) = path.strip_prefix(&self.cookie_path) else {
+            return false;
+        };
+        if ask.websocket && path.strip_prefix(&self.stcore) == Some("stream") {
+            return false;
+        }
+        HELD_PREFIXES.iter().any(|p| rest.starts_with(p))
     }
 
     /// The session a request names: the upload path's, or a stream reconnect's third
@@ -295,58 +327,71 @@ impl UiPool {
         None
     }
 
-    /// Whether the worker that held `session` still does.
-    fn holder(&self, session: &[u8]) -> Holder {
+    /// Whether the worker that held `session` still does: it runs (draining or not) where it
+    /// ran when the session was learned.
+    fn holder<'w>(&self, workers: &'w Workers, session: &[u8]) -> Holder<'w> {
         let Ok(id) = std::str::from_utf8(session) else {
             return Holder::Unknown;
         };
-        let Ok(sessions) = self.sessions.lock() else {
-            return Holder::Unknown;
+        let (worker, at, page) = {
+            let Ok(sessions) = self.sessions.lock() else {
+                return Holder::Unknown;
+            };
+            let Some(k) = sessions.get(id) else {
+                return Holder::Unknown;
+            };
+            (k.worker, k.at.clone(), k.page.clone())
         };
-        let Some(k) = sessions.get(id) else {
-            return Holder::Unknown;
+        let Some(w) = worker.checked_sub(1).and_then(|i| workers.get(i)) else {
+            return Holder::Lost(page);
         };
-        let now = self.workers.get(k.worker).and_then(|w| {
-            w.upstream
-                .endpoint
-                .borrow()
-                .as_ref()
-                .map(|e| e.authority.clone())
-        });
-        match now {
-            Some(at) if at == k.at => Holder::Held(k.worker),
-            _ => Holder::Lost(k.page.clone()),
+        let now = w
+            .upstream
+            .endpoint
+            .borrow()
+            .as_ref()
+            .map(|e| e.authority.clone());
+        if now.as_ref() == Some(&at) {
+            Holder::Held(w)
+        } else {
+            Holder::Lost(page)
         }
     }
 
     /// The ready worker with the fewest open sessions; ties are taken in turn, starting after
     /// the last worker a tie went to.
-    fn least_loaded(&self) -> Option<usize> {
-        let n = self.workers.len();
+    fn least_loaded<'w>(&self, workers: &'w Workers) -> Option<&'w Arc<Worker>> {
+        let n = workers.len();
+        if n == 0 {
+            return None;
+        }
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, usize)> = None;
-        for i in (0..n).map(|k| (start + k) % n) {
-            let w = &self.workers[i];
+        let mut best: Option<(&Arc<Worker>, usize)> = None;
+        for w in (0..n).map(|k| &workers[(start + k) % n]) {
             if !w.ready() {
                 continue;
             }
             let load = w.open.load(Ordering::Relaxed);
             if best.is_none_or(|(_, l)| load < l) {
-                best = Some((i, load));
+                best = Some((w, load));
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(w, _)| w)
     }
 
-    /// A tap for a WebSocket that was just switched on `worker`: counts the session open until
-    /// dropped and learns the session id from the server's first messages.
-    /// `replay` is [`Placed::replay`]: the page the tunnel starts on the worker first.
-    pub(crate) fn tap(self: &Arc<Self>, worker: usize, replay: Option<Arc<[u8]>>) -> SessionTap {
-        if let Some(w) = self.workers.get(worker) {
+    /// A tap for a WebSocket that was just switched on worker `id`: counts the session open
+    /// until dropped, learns the session id from the server's first messages and the page
+    /// from the client's `rerun_script` messages. `replay` is [`Placed::replay`]: the page the
+    /// tunnel starts on the worker first.
+    pub(crate) fn tap(self: &Arc<Self>, id: usize, replay: Option<Arc<[u8]>>) -> SessionTap {
+        let worker = id
+            .checked_sub(1)
+            .and_then(|i| self.snapshot().get(i).cloned());
+        if let Some(w) = &worker {
             w.open.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(m) = self.metrics(worker) {
-            m.sessions.increment(1.0);
+            if let Some(m) = w.metrics(self.record_metrics) {
+                m.sessions.increment(1.0);
+            }
         }
         SessionTap {
             pool: self.clone(),
@@ -359,21 +404,21 @@ impl UiPool {
         }
     }
 
-    fn learned(&self, id: &str, worker: usize, page: Option<Arc<[u8]>>) {
-        let Some(at) = self.workers.get(worker).and_then(|w| {
-            w.upstream
-                .endpoint
-                .borrow()
-                .as_ref()
-                .map(|e| e.authority.clone())
-        }) else {
+    fn learned(&self, id: &str, worker: &Worker, page: Option<Arc<[u8]>>) {
+        let Some(at) = worker
+            .upstream
+            .endpoint
+            .borrow()
+            .as_ref()
+            .map(|e| e.authority.clone())
+        else {
             return;
         };
         let Ok(mut sessions) = self.sessions.lock() else {
             return;
         };
         if let Some(k) = sessions.get_mut(id) {
-            k.worker = worker;
+            k.worker = worker.id;
             k.at = at;
             k.open += 1;
             k.ended = None;
@@ -399,7 +444,7 @@ impl UiPool {
         sessions.insert(
             id.into(),
             Known {
-                worker,
+                worker: worker.id,
                 at,
                 page,
                 ended: None,
@@ -434,12 +479,116 @@ impl UiPool {
         }
     }
 
-    /// Open WebSocket sessions per worker (index order).
+    /// Open WebSocket sessions per worker, worker 1 first (every worker ever added).
     pub(crate) fn open_sessions(&self) -> Vec<usize> {
-        self.workers
+        self.snapshot()
             .iter()
             .map(|w| w.open.load(Ordering::Relaxed))
             .collect()
+    }
+}
+
+impl Worker {
+    fn new(id: usize, w: UiWorker) -> Self {
+        Self {
+            id,
+            upstream: w.upstream,
+            state: w.state,
+            open: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            metrics: OnceLock::new(),
+        }
+    }
+}
+
+fn placed(
+    w: &Worker,
+    set_cookie: Option<HeaderValue>,
+    replay: Option<Arc<[u8]>>,
+) -> Option<Placed> {
+    let endpoint = w.upstream.endpoint.borrow().clone()?;
+    Some(Placed {
+        worker: w.id,
+        upstream: w.upstream.clone(),
+        endpoint,
+        set_cookie,
+        replay,
+    })
+}
+
+/// Whether a session's worker still holds it ([`UiPool::holder`]).
+enum Holder<'w> {
+    /// This worker does.
+    Held(&'w Arc<Worker>),
+    /// The worker is gone (stopped, or restarted on another port); the session's last page.
+    Lost(Option<Arc<[u8]>>),
+    /// The gateway does not know the session.
+    Unknown,
+}
+
+/// Changes the UI workers of a running gateway ([`crate::Gateway::ui_workers`]): a rolling
+/// restart adds a new generation of workers and drains the old one (docs/scaling.md).
+///
+/// A worker is never removed: its process stops and the [`Upstream`] it was added with says
+/// so (no address), which ends its routing; its entry (a few hundred bytes) stays so that its
+/// id is never given to another process.
+#[derive(Debug, Clone)]
+pub struct UiWorkers {
+    pool: Arc<UiPool>,
+}
+
+impl UiWorkers {
+    pub(crate) fn new(pool: Arc<UiPool>) -> Self {
+        Self { pool }
+    }
+
+    /// Adds a worker and returns its id (one more than the last id ever given). From the second
+    /// worker on, the gateway places UI requests by the rule in `pool.rs` (a pool built with
+    /// one worker served without it until now).
+    pub fn add(&self, worker: UiWorker) -> usize {
+        let mut guard = match self.pool.workers.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let id = guard.len() + 1;
+        let mut all: Vec<Arc<Worker>> = guard.iter().cloned().collect();
+        all.push(Arc::new(Worker::new(id, worker)));
+        *guard = all.into();
+        drop(guard);
+        if id > 1 {
+            self.pool.routing.store(true, Ordering::Relaxed);
+        }
+        id
+    }
+
+    /// Marks worker `id` as draining: it gets no new sessions (no placement, and a page load
+    /// with its cookie is placed on another worker with a new cookie), while requests of the
+    /// sessions it holds (WebSocket reconnects naming them, their uploads, and with its cookie
+    /// `{root}/_stcore/…`, `static/…`, `media/…`, `component/…`) still reach it as long as it
+    /// runs. Unknown ids are ignored.
+    pub fn drain(&self, id: usize) {
+        if let Some(w) = self.worker(id) {
+            w.draining.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Open WebSocket sessions on worker `id` now (`None` for an unknown id).
+    pub fn open_sessions(&self, id: usize) -> Option<usize> {
+        self.worker(id).map(|w| w.open.load(Ordering::Relaxed))
+    }
+
+    /// Ids of the workers that take new sessions now (running, not draining; ready or not).
+    pub fn serving(&self) -> Vec<usize> {
+        self.pool
+            .snapshot()
+            .iter()
+            .filter(|w| w.running() && !w.draining())
+            .map(|w| w.id)
+            .collect()
+    }
+
+    fn worker(&self, id: usize) -> Option<Arc<Worker>> {
+        self.pool.snapshot().get(id.checked_sub(1)?).cloned()
     }
 }
 
@@ -546,7 +695,7 @@ fn valid_session_id(id: &[u8]) -> bool {
 #[derive(Debug)]
 pub(crate) struct SessionTap {
     pool: Arc<UiPool>,
-    worker: usize,
+    worker: Option<Arc<Worker>>,
     session: Option<Box<str>>,
     frames: Frames,
     /// The client's messages, read for their page.
@@ -564,12 +713,14 @@ impl SessionTap {
             return;
         }
         if let Some(id) = self.frames.feed(bytes) {
-            self.pool.learned(&id, self.worker, self.page.clone());
-            tracing::debug!(session = %id, worker = self.worker + 1, "Streamlit session placed");
+            if let Some(w) = &self.worker {
+                self.pool.learned(&id, w, self.page.clone());
+            }
+            let worker = self.worker.as_ref().map_or(0, |w| w.id);
+            tracing::debug!(session = %id, worker, "Streamlit session placed");
             self.session = Some(id.into());
         }
     }
-
     /// Bytes the client sent to the upstream, in order (as written to the upstream).
     pub(crate) fn client_sent(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
@@ -619,11 +770,11 @@ impl SessionTap {
 
 impl Drop for SessionTap {
     fn drop(&mut self) {
-        if let Some(w) = self.pool.workers.get(self.worker) {
+        if let Some(w) = &self.worker {
             w.open.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(m) = self.pool.metrics(self.worker) {
-            m.sessions.decrement(1.0);
+            if let Some(m) = w.metrics(self.pool.record_metrics) {
+                m.sessions.decrement(1.0);
+            }
         }
         if let Some(id) = &self.session {
             self.pool.closed(id);
@@ -992,10 +1143,10 @@ mod tests {
                 c.to_str().unwrap(),
                 format!(
                     "fluxlit_worker={}; Path=/app/; HttpOnly; SameSite=Lax",
-                    placed.worker + 1
+                    placed.worker
                 )
             );
-            counts[placed.worker] += 1;
+            counts[placed.worker - 1] += 1;
         }
         assert_eq!(counts, [10, 10, 10]);
     }
@@ -1003,14 +1154,14 @@ mod tests {
     #[test]
     fn the_least_loaded_ready_worker_gets_new_sessions() {
         let (p, s) = pool(3);
-        let _a = p.tap(0, None);
-        let _b = p.tap(0, None);
-        let _c = p.tap(2, None);
+        let _a = p.tap(1, None);
+        let _b = p.tap(1, None);
+        let _c = p.tap(3, None);
         for _ in 0..5 {
-            assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 1);
+            assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 2);
         }
         s[1].send_replace(ComponentState::NotReady("probe failed".into()));
-        assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 2);
+        assert_eq!(p.place("/app/", &ask(&[], &[], false)).unwrap().worker, 3);
         for tx in &s {
             tx.send_replace(ComponentState::NotReady("down".into()));
         }
@@ -1019,7 +1170,7 @@ mod tests {
         let placed = p
             .place("/app/", &ask(&["a=1; fluxlit_worker=2"], &[], false))
             .unwrap();
-        assert_eq!((placed.worker, placed.set_cookie), (1, None));
+        assert_eq!((placed.worker, placed.set_cookie), (2, None));
     }
 
     #[test]
@@ -1058,7 +1209,7 @@ mod tests {
         let placed = p
             .place("/", &ask(&["fluxlit_worker=1"], &[], false))
             .unwrap();
-        assert_eq!(placed.worker, 1, "worker 1 is not running");
+        assert_eq!(placed.worker, 2, "worker 1 is not running");
         assert_eq!(
             placed.set_cookie.unwrap().to_str().unwrap(),
             "fluxlit_worker=2; Path=/; HttpOnly; SameSite=Lax"
@@ -1093,7 +1244,7 @@ mod tests {
     fn sessions_are_learned_from_the_first_server_messages_and_route_uploads_and_reconnects() {
         let (p, _s) = pool(3);
         let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f00";
-        let mut tap = p.tap(2, None);
+        let mut tap = p.tap(3, None);
         let mut bytes = binary_frame(&[0x0a, 1, b'h', 0x48, 1]); // another message first
         bytes.extend(binary_frame(&new_session_message(id)));
         // Split anywhere: frames arrive in pieces.
@@ -1106,12 +1257,12 @@ mod tests {
         let placed = p
             .place(&upload, &ask(&["fluxlit_worker=1"], &[], false))
             .unwrap();
-        assert_eq!((placed.worker, placed.set_cookie), (2, None));
+        assert_eq!((placed.worker, placed.set_cookie), (3, None));
         let proto = format!("streamlit, xsrf-token, {id}");
         let placed = p
             .place("/app/_stcore/stream", &ask(&[], &[&proto], true))
             .unwrap();
-        assert_eq!(placed.worker, 2);
+        assert_eq!(placed.worker, 3);
         // Not a WebSocket, or not the stream: the protocol list means nothing.
         let placed = p
             .place(
@@ -1119,19 +1270,104 @@ mod tests {
                 &ask(&["fluxlit_worker=1"], &[&proto], false),
             )
             .unwrap();
-        assert_eq!(placed.worker, 0);
+        assert_eq!(placed.worker, 1);
         // Ended: still known within the TTL (a reconnect finds it), and no longer counted.
         drop(tap);
         assert_eq!(p.open_sessions(), [0, 0, 0]);
-        assert_eq!(p.place(&upload, &ask(&[], &[], false)).unwrap().worker, 2);
+        assert_eq!(p.place(&upload, &ask(&[], &[], false)).unwrap().worker, 3);
         // An unknown session falls back to the cookie.
         let other = "/app/_stcore/upload_file/ffffffff-0000/file-1";
         assert_eq!(
             p.place(other, &ask(&["fluxlit_worker=2"], &[], false))
                 .unwrap()
                 .worker,
-            1
+            2
         );
+    }
+
+    #[test]
+    fn a_draining_worker_keeps_its_sessions_and_gets_no_new_ones() {
+        let (p, _s) = pool(2);
+        let handle = UiWorkers::new(p.clone());
+        let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f01";
+        let mut tap = p.tap(1, None);
+        tap.observe(&binary_frame(&new_session_message(id)));
+        let (tx, rx) = watch::channel(Some(Endpoint::loopback(9100)));
+        let new = handle.add(UiWorker {
+            upstream: Upstream::dynamic("streamlit", rx),
+            state: watch::channel(ComponentState::Ready).1,
+        });
+        assert_eq!(new, 3, "ids continue after the last one");
+        handle.drain(1);
+        handle.drain(2);
+        assert_eq!(handle.serving(), [3]);
+        assert_eq!(handle.open_sessions(1), Some(1));
+        // New clients, and page loads or new streams with an old cookie: the new worker.
+        for a in [ask(&[], &[], false), ask(&["fluxlit_worker=1"], &[], false)] {
+            let placed = p.place("/app/", &a).unwrap();
+            assert_eq!(placed.worker, 3);
+            assert!(placed.set_cookie.is_some());
+        }
+        let placed = p
+            .place(
+                "/app/_stcore/stream",
+                &ask(&["fluxlit_worker=1"], &["streamlit, x"], true),
+            )
+            .unwrap();
+        assert_eq!(placed.worker, 3);
+        // The old worker's sessions: reconnects, uploads, and with its cookie its media and
+        // Streamlit's own requests.
+        let proto = format!("streamlit, xsrf, {id}");
+        let placed = p
+            .place("/app/_stcore/stream", &ask(&[], &[&proto], true))
+            .unwrap();
+        assert_eq!((placed.worker, placed.set_cookie), (1, None));
+        let upload = format!("/app/_stcore/upload_file/{id}/f");
+        assert_eq!(p.place(&upload, &ask(&[], &[], false)).unwrap().worker, 1);
+        for path in [
+            "/app/media/abc.png",
+            "/app/_stcore/host-config",
+            "/app/static/js/x.js",
+            "/app/component/c/index.html",
+        ] {
+            let placed = p
+                .place(path, &ask(&["fluxlit_worker=1"], &[], false))
+                .unwrap();
+            assert_eq!((placed.worker, placed.set_cookie), (1, None), "{path}");
+        }
+        // Stopped: its sessions' reconnects go to the new generation.
+        drop(tap);
+        assert_eq!(handle.open_sessions(1), Some(0));
+        let (stopped_tx, stopped_rx) = watch::channel(None);
+        let p1 = UiPool::new(
+            vec![UiWorker {
+                upstream: Upstream::dynamic("streamlit", stopped_rx),
+                state: watch::channel(ComponentState::Ready).1,
+            }],
+            "/app",
+            false,
+        );
+        assert!(!p1.routing(), "one worker: the rule is off");
+        let h1 = UiWorkers::new(Arc::new(p1));
+        assert_eq!(
+            h1.add(UiWorker {
+                upstream: Upstream::fixed("streamlit", Endpoint::loopback(9200)),
+                state: watch::channel(ComponentState::Ready).1,
+            }),
+            2
+        );
+        assert!(h1.pool.routing(), "a second worker turns the rule on");
+        h1.drain(1);
+        drop(stopped_tx);
+        let placed = h1
+            .pool
+            .place(
+                "/app/_stcore/stream",
+                &ask(&["fluxlit_worker=1"], &[&proto], true),
+            )
+            .unwrap();
+        assert_eq!(placed.worker, 2);
+        drop(tx);
     }
 
     /// A client frame: masked with `key` (RFC 6455 §5.3).
@@ -1263,7 +1499,7 @@ mod tests {
         let p = Arc::new(UiPool::new(workers, "/app", false));
         let id = "0b2f6c1e-6f2a-4d1e-9a57-3c1c2b1a0f00";
         // The client asks for its page before the server names the session.
-        let mut tap = p.tap(0, None);
+        let mut tap = p.tap(1, None);
         tap.client_sent(&client_frame(0x2, &rerun("h1", b"w"), [4, 3, 2, 1]));
         tap.observe(&binary_frame(&new_session_message(id)));
         // It navigates: the page known is the last one.
@@ -1274,8 +1510,8 @@ mod tests {
 
         // Held: the reconnect is passed on untouched.
         let placed = p.place("/app/_stcore/stream", &reconnect).unwrap();
-        assert_eq!((placed.worker, placed.replay), (0, None));
-        let mut tap = p.tap(0, None);
+        assert_eq!((placed.worker, placed.replay), (1, None));
+        let mut tap = p.tap(1, None);
         assert_eq!(tap.replay_frame(), None);
         drop(tap);
 
@@ -1283,7 +1519,7 @@ mod tests {
         // goes where its cookie says (worker 1 again) and starts its page there.
         senders[0].send_replace(Some(Endpoint::loopback(9200)));
         let placed = p.place("/app/_stcore/stream", &reconnect).unwrap();
-        assert_eq!(placed.worker, 0);
+        assert_eq!(placed.worker, 1);
         assert_eq!(placed.replay.as_deref(), Some(&page("h2")[..]));
         // The frame: masked binary, `BackMsg { rerun_script: page }`; once.
         let mut tap = p.tap(placed.worker, placed.replay);
@@ -1301,7 +1537,7 @@ mod tests {
         // replayed (only a reconnect starts a page).
         senders[0].send_replace(None);
         let lost = p.place("/app/_stcore/stream", &reconnect).unwrap();
-        assert_eq!(lost.worker, 1);
+        assert_eq!(lost.worker, 2);
         assert_eq!(lost.replay.as_deref(), Some(&page("h2")[..]));
         let upload = format!("/app/_stcore/upload_file/{id}/f");
         assert_eq!(
@@ -1315,7 +1551,7 @@ mod tests {
             None
         );
         // The client spoke first: nothing is replayed behind its bytes.
-        let mut tap = p.tap(1, lost.replay);
+        let mut tap = p.tap(2, lost.replay);
         tap.client_sent(&client_frame(0x2, &field(17, b""), [0; 4]));
         assert_eq!(tap.replay_frame(), None);
     }

@@ -92,7 +92,8 @@ pub(crate) struct UpstreamHop<'a> {
     pub(crate) session: Option<crate::sessions::SessionGuard>,
     /// The UI worker the request was placed on, when there are several (`pool.rs`): a
     /// WebSocket to it is counted as its session and its session id learned.
-    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, &'a crate::pool::Placed)>,
+    /// The third member is [`crate::pool::Placed::replay`].
+    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, usize, Option<Arc<[u8]>>)>,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -541,7 +542,7 @@ impl Proxy {
         upstream: &Upstream,
         mut req: Request<B>,
         path: &str,
-        hop: UpstreamHop<'_>,
+        mut hop: UpstreamHop<'_>,
     ) -> Forwarded
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -783,7 +784,8 @@ impl Proxy {
             spec.session = hop.session.clone();
             spec.tap = hop
                 .worker
-                .map(|(pool, p)| pool.tap(p.worker, p.replay.clone()));
+                .take()
+                .map(|(pool, w, replay)| pool.tap(w, replay));
             let conn = hop.conn.clone();
             self.tunnels.spawn(async move {
                 let _conn = conn;

@@ -12,7 +12,7 @@ mod support;
 
 use std::sync::Arc;
 
-use fluxlit_gateway::{ComponentState, Gateway, LogWriter, UiWorker};
+use fluxlit_gateway::{ComponentState, Endpoint, Gateway, LogWriter, UiWorker, Upstream};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use support::{ENGINES, engine, start_on, up_at, within};
@@ -423,6 +423,195 @@ async fn each_worker_has_its_series_and_the_access_log_and_debug_ring_name_it() 
             .find(|l| l.contains(" GET /app/new1 200 "))
             .unwrap_or_else(|| panic!("{what}: {text}"));
         assert!(line.ends_with(" worker=2"), "{what}: {line}");
+    }
+}
+
+/// A worker whose address the test controls (`None`: its process stopped).
+async fn stoppable(n: usize) -> (RecordingUpstream, watch::Sender<Option<Endpoint>>, UiWorker) {
+    let w = worker(n).await;
+    let (tx, rx) = watch::channel(Some(Endpoint {
+        authority: w.addr.to_string().parse().unwrap(),
+        base_path: String::new(),
+    }));
+    let ui = UiWorker {
+        upstream: Upstream::dynamic("streamlit", rx),
+        state: watch::channel(ComponentState::Ready).1,
+    };
+    (w, tx, ui)
+}
+
+/// The worker id a `Set-Cookie` value names.
+fn cookie_id(r: &fluxlit_testkit::raw::RawResponse) -> Option<usize> {
+    r.get("set-cookie")?
+        .strip_prefix("fluxlit_worker=")?
+        .split(';')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A rolling restart as `fluxlit reload` does it (`UiWorkers`): a new generation is added and
+/// the old one drained. New clients, and page loads or new streams with an old cookie, go to
+/// the new generation with a new cookie; the old worker's session keeps reaching it (reconnect,
+/// upload, media and Streamlit's own requests with its cookie) until its process stops; then
+/// the session's reconnect goes to the new generation. On both engines.
+#[tokio::test]
+async fn a_rolling_restart_sends_new_sessions_to_the_new_generation_and_keeps_old_ones() {
+    for fast in ENGINES {
+        let what = engine(fast);
+        let (old1, stop1, ui1) = stoppable(1).await;
+        let (old2, _stop2, ui2) = stoppable(2).await;
+        let gw = start_on(builder(vec![ui1, ui2]), fast).await;
+        let workers = gw.gateway.ui_workers().expect("a pool");
+
+        // A session on worker 1.
+        let mut ws = RawClient::connect(gw.addr).await;
+        ws.send(upgrade(Some("fluxlit_worker=1"), "streamlit, tok").as_bytes())
+            .await;
+        let r = within("101", ws.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{what}");
+        assert!(!ws.closed().await, "{what}: the session's first message");
+        let session = "s1-0";
+
+        // The new generation: ids 3 and 4, never 1 or 2 again.
+        let (new3, _stop3, ui3) = stoppable(3).await;
+        let (new4, _stop4, ui4) = stoppable(4).await;
+        assert_eq!((workers.add(ui3), workers.add(ui4)), (3, 4), "{what}");
+        workers.drain(1);
+        workers.drain(2);
+        assert_eq!(workers.serving(), [3, 4], "{what}");
+        assert_eq!(workers.open_sessions(1), Some(1), "{what}");
+
+        for (i, cookie) in [None, Some("fluxlit_worker=1"), Some("fluxlit_worker=2")]
+            .into_iter()
+            .enumerate()
+        {
+            let r = one(gw.addr, &get(&format!("/app/?load={i}"), cookie)).await;
+            assert_eq!(r.status, 200, "{what}");
+            let id = cookie_id(&r).unwrap_or_else(|| panic!("{what}: a new cookie for {cookie:?}"));
+            assert!(id == 3 || id == 4, "{what}: page load placed on {id}");
+        }
+        let mut fresh = RawClient::connect(gw.addr).await;
+        fresh
+            .send(upgrade(Some("fluxlit_worker=1"), "streamlit, tok").as_bytes())
+            .await;
+        let r = within("101", fresh.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{what}");
+        let id = cookie_id(&r).expect("a new stream with an old cookie gets a new cookie");
+        assert!(id == 3 || id == 4, "{what}: new stream on {id}");
+
+        // The old session's requests still reach worker 1.
+        let proto = format!("streamlit, tok, {session}");
+        let mut again = RawClient::connect(gw.addr).await;
+        again
+            .send(upgrade(Some("fluxlit_worker=4"), &proto).as_bytes())
+            .await;
+        let r = within("101", again.response(false)).await.expect("101");
+        assert_eq!((r.status, r.get("set-cookie")), (101, None), "{what}");
+        let upload = format!("/app/_stcore/upload_file/{session}/file-1");
+        let r = one(
+            gw.addr,
+            &format!("PUT {upload} HTTP/1.1\r\nHost: app.test\r\nCookie: fluxlit_worker=3\r\nContent-Length: 2\r\n\r\nhi"),
+        )
+        .await;
+        assert_eq!((r.status, r.get("set-cookie")), (200, None), "{what}");
+        for path in ["/app/media/a.png", "/app/_stcore/host-config"] {
+            let r = one(gw.addr, &get(path, Some("fluxlit_worker=1"))).await;
+            assert_eq!(
+                (r.status, r.get("set-cookie")),
+                (200, None),
+                "{what}: {path}"
+            );
+        }
+        let on = |w: &RecordingUpstream, target: &str| {
+            w.requests().iter().filter(|r| r.target == target).count()
+        };
+        assert_eq!(on(&old1, "/app/_stcore/stream"), 2, "{what}");
+        assert_eq!(on(&old1, &upload), 1, "{what}");
+        assert_eq!(on(&old1, "/app/media/a.png"), 1, "{what}");
+        assert_eq!(on(&old1, "/app/_stcore/host-config"), 1, "{what}");
+        for w in [&old1, &old2] {
+            assert!(
+                w.requests()
+                    .iter()
+                    .all(|r| !r.target.starts_with("/app/?load")),
+                "{what}: a page load reached the old generation"
+            );
+        }
+
+        // Worker 1's process stops: the session's reconnect goes to the new generation.
+        drop((ws, again));
+        stop1.send_replace(None);
+        let before = on(&new3, "/app/_stcore/stream") + on(&new4, "/app/_stcore/stream");
+        let mut after_stop = RawClient::connect(gw.addr).await;
+        after_stop
+            .send(upgrade(Some("fluxlit_worker=1"), &proto).as_bytes())
+            .await;
+        let r = within("101", after_stop.response(false))
+            .await
+            .expect("101");
+        assert_eq!(r.status, 101, "{what}");
+        assert!(matches!(cookie_id(&r), Some(3 | 4)), "{what}");
+        assert_eq!(
+            on(&new3, "/app/_stcore/stream") + on(&new4, "/app/_stcore/stream"),
+            before + 1,
+            "{what}"
+        );
+        assert_eq!(on(&old1, "/app/_stcore/stream"), 2, "{what}");
+    }
+}
+
+/// One worker: no cookie and no placement until a rolling restart adds a second; its sessions
+/// were tapped all the same, so the old worker keeps its session's reconnects and uploads
+/// while the new one gets everything new, with the cookie from then on. On both engines.
+#[tokio::test]
+async fn a_rolling_restart_of_one_worker_keeps_its_sessions_on_it() {
+    for fast in ENGINES {
+        let what = engine(fast);
+        let (old, _stop_old, ui1) = stoppable(1).await;
+        let gw = start_on(builder(vec![ui1]), fast).await;
+        let workers = gw.gateway.ui_workers().expect("a pool");
+        let mut ws = RawClient::connect(gw.addr).await;
+        ws.send(upgrade(None, "streamlit, tok").as_bytes()).await;
+        let r = within("101", ws.response(false)).await.expect("101");
+        assert_eq!((r.status, r.get("set-cookie")), (101, None), "{what}");
+        assert!(!ws.closed().await, "{what}: the session's first message");
+        let g = workers.clone();
+        fluxlit_testkit::eventually(support::WAIT, "the session to be counted", || {
+            let n = g.open_sessions(1);
+            async move { (n == Some(1)).then_some(()) }
+        })
+        .await;
+        assert!(
+            gw.gateway.ui_worker_sessions().is_empty(),
+            "{what}: no pool shown yet"
+        );
+
+        let (new, _stop_new, ui2) = stoppable(2).await;
+        assert_eq!(workers.add(ui2), 2);
+        workers.drain(1);
+        let r = one(gw.addr, &get("/app/?after", None)).await;
+        assert_eq!(cookie_id(&r), Some(2), "{what}");
+        let upload = "/app/_stcore/upload_file/s1-0/file-1";
+        let r = one(
+            gw.addr,
+            &format!("PUT {upload} HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{what}");
+        let mut again = RawClient::connect(gw.addr).await;
+        again
+            .send(upgrade(None, "streamlit, tok, s1-0").as_bytes())
+            .await;
+        let r = within("101", again.response(false)).await.expect("101");
+        assert_eq!(r.status, 101, "{what}");
+        let on = |w: &RecordingUpstream, target: &str| {
+            w.requests().iter().filter(|r| r.target == target).count()
+        };
+        assert_eq!(on(&old, upload), 1, "{what}");
+        assert_eq!(on(&old, "/app/_stcore/stream"), 2, "{what}");
+        assert_eq!(on(&new, "/app/?after"), 1, "{what}");
+        assert_eq!(gw.gateway.ui_worker_sessions(), [2, 0], "{what}");
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fluxlit_gateway::{ComponentState, Endpoint};
 use fluxlit_sidecar::{ExitInfo, HealthProbe, Sidecar, SidecarState};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What the debug snapshot shows of the sidecars: name → {pid, port, state}.
 pub(crate) type SidecarInfo = Arc<Mutex<BTreeMap<&'static str, serde_json::Value>>>;
@@ -20,13 +21,20 @@ pub(crate) struct Link {
     pub(crate) endpoint: watch::Sender<Option<Endpoint>>,
     pub(crate) state: watch::Sender<ComponentState>,
     pub(crate) info: SidecarInfo,
+    /// The task mirroring the current sidecar's state into `state` (replaced, and the previous
+    /// one ended, when another sidecar is published: a restart, or a rolling restart's new
+    /// worker while the old one still runs).
+    pub(crate) follow: Option<AbortOnDropHandle<()>>,
 }
 
 impl Link {
     /// The sidecar is ready on `port`: route to it, follow its state, count it up.
-    pub(crate) fn publish(&self, sidecar: &Sidecar, port: u16) {
+    pub(crate) fn publish(&mut self, sidecar: &Sidecar, port: u16) {
         self.endpoint.send_replace(Some(Endpoint::loopback(port)));
-        tokio::spawn(forward_state(sidecar.state(), self.state.clone()));
+        self.follow = Some(AbortOnDropHandle::new(tokio::spawn(forward_state(
+            sidecar.state(),
+            self.state.clone(),
+        ))));
         metrics::gauge!(fluxlit_gateway::metric_names::SIDECAR_UP, "sidecar" => self.name).set(1.0);
         if let Ok(mut m) = self.info.lock() {
             m.insert(

@@ -254,6 +254,7 @@ pub struct AppBuilder {
     pidfile: Option<Option<PathBuf>>,
     metrics: Option<MetricsRender>,
     reload_api: Option<Arc<tokio::sync::Notify>>,
+    rolling_restarts: Option<tokio::sync::mpsc::UnboundedReceiver<Settings>>,
 }
 
 impl std::fmt::Debug for AppBuilder {
@@ -269,6 +270,7 @@ impl std::fmt::Debug for AppBuilder {
             .field("pidfile", &self.pidfile)
             .field("metrics", &self.metrics.is_some())
             .field("reload_api", &self.reload_api.is_some())
+            .field("rolling_restarts", &self.rolling_restarts.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -280,7 +282,7 @@ impl std::fmt::Debug for AppBuilder {
 /// (`X-Forwarded-User` → `sub`, `-Email` → `email`, `-Name` → `name`,
 /// `-Preferred-Username` → `preferred_username`, `-Groups` → `groups`); any other header its
 /// lower-case name with `x-forwarded-` dropped and `-` as `_`.
-fn forward_auth_streamlit_arg(s: &Settings) -> Option<String> {
+pub(crate) fn forward_auth_streamlit_arg(s: &Settings) -> Option<String> {
     if s.streamlit_run_cli_args
         .iter()
         .any(|a| a.contains("trustedUserHeaders"))
@@ -430,6 +432,25 @@ impl AppBuilder {
         self
     }
 
+    /// Restarts the Streamlit workers without dropping open tabs each time settings arrive on
+    /// `settings` (`fluxlit reload`, SIGHUP; docs/scaling.md "Rolling restarts"): a new
+    /// generation of `streamlit_workers` workers is started with the new settings' Streamlit
+    /// part (`streamlit_run_cli_args`, `streamlit_page_config`, `sidecar_start_timeout_s`,
+    /// `sidecar_stop_timeout_s`, `streamlit_drain_timeout_s`; the script is read anew by the
+    /// new processes) and, once all are ready within `sidecar_start_timeout_s`, new sessions go
+    /// to it; each old worker stops when its last open session ends or
+    /// `streamlit_drain_timeout_s` has passed. When the new workers do not become ready, they
+    /// are stopped, the error is logged and the old ones keep serving. The other settings and
+    /// the number of workers stay as they were at start. Ignored when FluxLit starts no
+    /// Streamlit (`ui_upstream`). Default: none.
+    pub fn rolling_restarts(
+        mut self,
+        settings: tokio::sync::mpsc::UnboundedReceiver<Settings>,
+    ) -> Self {
+        self.rolling_restarts = Some(settings);
+        self
+    }
+
     /// Resolves the settings and builds the gateway. Nothing is bound or started yet.
     ///
     /// # Errors
@@ -571,6 +592,7 @@ impl AppBuilder {
             api_service: self.api_service,
             metrics: self.metrics,
             reload_api: self.reload_api,
+            rolling_restarts: self.rolling_restarts,
         })
     }
 }
@@ -616,6 +638,7 @@ struct Assembly {
     api_service: Option<ApiService>,
     metrics: Option<MetricsRender>,
     reload_api: Option<Arc<tokio::sync::Notify>>,
+    rolling_restarts: Option<tokio::sync::mpsc::UnboundedReceiver<Settings>>,
 }
 
 /// How the API mount is served.
@@ -661,6 +684,8 @@ pub struct App {
     sidecar_info: SidecarInfo,
     /// See [`AppBuilder::reload_api`].
     reload_api: Option<Arc<tokio::sync::Notify>>,
+    /// See [`AppBuilder::rolling_restarts`].
+    rolling_restarts: Option<tokio::sync::mpsc::UnboundedReceiver<Settings>>,
 }
 
 impl std::fmt::Debug for App {
@@ -743,8 +768,13 @@ impl App {
                     });
                 }
                 if workers == 1 {
+                    // A pool of one: served as a single UI until a rolling restart adds a
+                    // worker (`fluxlit_gateway::UiWorkers`).
                     builder = builder
-                        .ui(Upstream::dynamic("streamlit", ui_rx))
+                        .ui_workers(vec![UiWorker {
+                            upstream: Upstream::dynamic("streamlit", ui_rx),
+                            state: ui_state_rx.clone(),
+                        }])
                         .readiness(ReadinessCheck::new("streamlit", ui_state_rx));
                 } else {
                     cookie_secret =
@@ -857,6 +887,7 @@ impl App {
         let child_path = launch::child_path(a.env.get("PATH"), python_bin_dir.as_deref());
         Ok(App {
             reload_api: a.reload_api,
+            rolling_restarts: a.rolling_restarts,
             child_path,
             gateway,
             start_streamlit,

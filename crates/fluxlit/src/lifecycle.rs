@@ -61,11 +61,12 @@ impl App {
     /// (admin listener), [`AppError::Port`], [`AppError::Spawn`], [`AppError::Start`],
     /// [`AppError::ApiCommand`], [`AppError::Pidfile`]. Once FluxLit is ready, `run` returns
     /// only `Ok`.
-    pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> Result<Exit, AppError>
+    pub async fn run<F>(mut self, listener: TcpListener, shutdown: F) -> Result<Exit, AppError>
     where
         F: Future<Output = ()>,
     {
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut rolling = self.rolling_restarts.take();
         let s = &self.settings;
         let bound = listener.local_addr().map_err(AppError::Listener)?;
         let base = fluxlit_gateway::loopback_base(bound);
@@ -204,6 +205,7 @@ impl App {
                 endpoint: c.endpoint.clone(),
                 state: c.state.clone(),
                 info: self.sidecar_info.clone(),
+                follow: None,
             })
             .collect();
         links.push(Link {
@@ -211,11 +213,12 @@ impl App {
             endpoint: self.api_link.endpoint.clone(),
             state: self.api_link.state.clone(),
             info: self.sidecar_info.clone(),
+            follow: None,
         });
         let api_at = links.len() - 1;
         let mut running: Vec<Running> = ui;
         running.push(api);
-        for (link, r) in links.iter().zip(&running) {
+        for (link, r) in links.iter_mut().zip(&running) {
             if let Some((sidecar, port)) = r {
                 link.publish(sidecar, *port);
             }
@@ -229,7 +232,7 @@ impl App {
                         path: path.clone(),
                         source,
                     };
-                    stop_all(&self.gateway, serving, running).await;
+                    stop_all(&self.gateway, serving, running, Vec::new()).await;
                     return Err(e);
                 }
             },
@@ -238,26 +241,91 @@ impl App {
         tracing::info!(url = %format!("{base}{mount}/"), api = %format!("{base}{mount}{}", s.api_mount_path), "FluxLit is ready");
 
         let mut backoffs: Vec<Backoff> = links.iter().map(|_| Backoff::default()).collect();
+        // Rolling restarts (`fluxlit reload`): the gateway's workers, each slot's worker id
+        // there (ids are never reused), the settings the current workers were started with,
+        // and the old workers being drained.
+        let ui_pool = self.gateway.ui_workers().filter(|_| self.start_streamlit);
+        let mut ids: Vec<usize> = (1..=api_at).collect();
+        let mut ui_settings = s.clone();
+        let drain_stop = CancellationToken::new();
+        let mut draining: Vec<AbortOnDropHandle<()>> = Vec::new();
         // The per-worker RSS gauge (metrics on, Streamlit started by us); the first tick is at
         // once. Samples pause while a sidecar waits to be restarted.
         let mut rss_tick = tokio::time::interval(RSS_EVERY);
         rss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sample_rss = s.enable_gateway_prometheus_metrics && self.start_streamlit;
+        let max_rss = s.streamlit_worker_max_rss_bytes;
+        let sample_rss =
+            (s.enable_gateway_prometheus_metrics || max_rss > 0) && self.start_streamlit;
+        // The old worker of the last memory recycling while it drains.
+        let mut recycled: Option<AbortOnDropHandle<()>> = None;
         let stop = loop {
             let (which, exit) = tokio::select! {
                 () = &mut shutdown => break Stop::Shutdown,
                 (which, exit) = wait_any_exit(&running) => (which, exit),
                 _ = rss_tick.tick(), if sample_rss => {
+                    let mut over = None;
                     for (i, r) in running[..api_at].iter().enumerate() {
                         if let Some(rss) = r.as_ref().and_then(|(sc, _)| memory::rss_bytes(sc.pid())) {
-                            metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => (i + 1).to_string()).set(rss as f64);
+                            metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => ids[i].to_string()).set(rss as f64);
+                            if max_rss > 0 && rss > max_rss && over.is_none() {
+                                over = Some((i, rss));
+                            }
                         }
                     }
+                    // Memory recycling, one worker at a time: not while the last one replaced
+                    // still drains.
+                    let (Some((i, rss)), Some(pool)) = (over, &ui_pool) else { continue };
+                    if recycled.as_ref().is_some_and(|d| !d.is_finished()) {
+                        continue;
+                    }
+                    tracing::warn!(sidecar = links[i].name, worker = ids[i], rss_bytes = rss, streamlit_worker_max_rss_bytes = max_rss, "Streamlit worker above streamlit_worker_max_rss_bytes; replacing it (its sessions stay until they end or streamlit_drain_timeout_s)");
+                    let started = tokio::select! {
+                        r = launch::start_streamlit(&ui_settings, &launch) => r,
+                        () = &mut shutdown => break Stop::Shutdown,
+                    };
+                    match started {
+                        Ok(new) => {
+                            metrics::counter!(fluxlit_gateway::metric_names::WORKER_RECYCLES).increment(1);
+                            recycled = replace_worker(pool, &mut links[i], &mut ids[i], &mut running[i], new, ui_settings.streamlit_drain_timeout_s, &drain_stop);
+                            backoffs[i] = Backoff::default();
+                        }
+                        Err(e) => tracing::error!(sidecar = links[i].name, error = %e, "memory recycling: the replacement worker did not become ready; the worker keeps serving"),
+                    }
+                    continue;
+                }
+                next = next_reload(&mut rolling) => {
+                    let Some(pool) = &ui_pool else {
+                        tracing::warn!("reload asked for, but FluxLit starts no Streamlit here (ui_upstream); nothing to restart");
+                        continue;
+                    };
+                    draining.retain(|d| !d.is_finished());
+                    let next = streamlit_part(&ui_settings, next);
+                    if usize::try_from(next.streamlit_workers.resolve()).ok() != Some(workers) {
+                        tracing::warn!(running = workers, "streamlit_workers changed: a reload keeps the number of workers; restart FluxLit to change it");
+                    }
+                    tracing::info!(workers, "reload: starting a new generation of Streamlit workers (streamlit_run_cli_args, streamlit_page_config, sidecar_*_timeout_s and streamlit_drain_timeout_s are applied; other settings need a restart)");
+                    let started = tokio::select! {
+                        r = launch::start_streamlit_workers(&next, &launch, workers) => r,
+                        () = &mut shutdown => break Stop::Shutdown,
+                    };
+                    let new = match started {
+                        Ok(new) => new,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload failed: the new Streamlit workers did not become ready; the running workers keep serving");
+                            continue;
+                        }
+                    };
+                    for (i, (sidecar, port)) in new.into_iter().enumerate() {
+                        let old = replace_worker(pool, &mut links[i], &mut ids[i], &mut running[i], (sidecar, port), next.streamlit_drain_timeout_s, &drain_stop);
+                        draining.extend(old);
+                        backoffs[i] = Backoff::default();
+                    }
+                    ui_settings = next;
                     continue;
                 }
                 () = reload_wanted(self.reload_api.as_deref()) => {
                     let ApiMode::Command(cmd) = &self.api else { continue };
-                    let link = &links[api_at];
+                    let link = &mut links[api_at];
                     tracing::info!(sidecar = link.name, "sources changed; restarting the API");
                     link.reloading("reloading: the sources changed");
                     if let Some((old, _)) = running[api_at].take() {
@@ -281,10 +349,10 @@ impl App {
                     continue;
                 }
             };
-            let link = &links[which];
+            let link = &mut links[which];
             link.exited(&exit);
             if sample_rss && which < api_at {
-                metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => (which + 1).to_string()).set(0.0);
+                metrics::gauge!(fluxlit_gateway::metric_names::WORKER_RSS, "worker" => ids[which].to_string()).set(0.0);
             }
             // With several Streamlit workers, a dead one is restarted whatever `sidecar_restart`
             // says: the others keep serving meanwhile, and readiness holds while
@@ -328,7 +396,9 @@ impl App {
                 }
                 let start = async {
                     match (which, &self.api) {
-                        (w, _) if w < api_at => launch::start_streamlit(s, &launch).await,
+                        (w, _) if w < api_at => {
+                            launch::start_streamlit(&ui_settings, &launch).await
+                        }
                         (_, ApiMode::Command(cmd)) => {
                             launch::start_api_process(s, &launch, cmd).await
                         }
@@ -348,7 +418,7 @@ impl App {
                 Some((sidecar, port)) => {
                     metrics::counter!(fluxlit_gateway::metric_names::SIDECAR_RESTARTS, "sidecar" => link.name).increment(1);
                     if which < api_at {
-                        metrics::counter!(fluxlit_gateway::metric_names::WORKER_RESTARTS, "worker" => (which + 1).to_string()).increment(1);
+                        metrics::counter!(fluxlit_gateway::metric_names::WORKER_RESTARTS, "worker" => ids[which].to_string()).increment(1);
                     }
                     link.publish(&sidecar, port);
                     running[which] = Some((sidecar, port));
@@ -368,12 +438,149 @@ impl App {
             }
         };
         probers.clear();
-        stop_all(&self.gateway, serving, running).await;
+        drain_stop.cancel();
+        draining.extend(recycled);
+        stop_all(&self.gateway, serving, running, draining).await;
         drop(pidfile);
         drop(background);
         tracing::info!("stopped");
         Ok(exit)
     }
+}
+
+/// The next settings for a rolling restart of the Streamlit workers
+/// ([`crate::AppBuilder::rolling_restarts`]); never without a sender.
+async fn next_reload(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<fluxlit_config::Settings>>,
+) -> fluxlit_config::Settings {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(s) => s,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The running settings with `next`'s Streamlit part: what a rolling restart applies (see
+/// [`crate::AppBuilder::rolling_restarts`]).
+fn streamlit_part(
+    current: &fluxlit_config::Settings,
+    next: fluxlit_config::Settings,
+) -> fluxlit_config::Settings {
+    let mut s = current.clone();
+    s.streamlit_run_cli_args = next.streamlit_run_cli_args;
+    if let Some(arg) = crate::forward_auth_streamlit_arg(&s) {
+        s.streamlit_run_cli_args.push(arg);
+    }
+    s.streamlit_page_config = next.streamlit_page_config;
+    s.sidecar_start_timeout_s = next.sidecar_start_timeout_s;
+    s.sidecar_stop_timeout_s = next.sidecar_stop_timeout_s;
+    s.streamlit_drain_timeout_s = next.streamlit_drain_timeout_s;
+    s
+}
+
+/// Puts a new Streamlit worker (`new`, ready) in a slot's place: the gateway gets it as a new
+/// worker (next id) and new sessions go to it, the slot's readiness and debug entry follow it,
+/// and the slot's old worker (if it runs) drains ([`drain_worker`]); its task is returned.
+fn replace_worker(
+    pool: &fluxlit_gateway::UiWorkers,
+    link: &mut Link,
+    id: &mut usize,
+    running: &mut Running,
+    new: (Sidecar, u16),
+    drain_timeout: Duration,
+    drain_stop: &CancellationToken,
+) -> Option<AbortOnDropHandle<()>> {
+    let (sidecar, port) = new;
+    let (endpoint, rx) =
+        tokio::sync::watch::channel(Some(fluxlit_gateway::Endpoint::loopback(port)));
+    let new_id = pool.add(fluxlit_gateway::UiWorker {
+        upstream: fluxlit_gateway::Upstream::dynamic("streamlit", rx),
+        state: link.state.subscribe(),
+    });
+    let old_id = std::mem::replace(id, new_id);
+    let old_endpoint = std::mem::replace(&mut link.endpoint, endpoint);
+    link.publish(&sidecar, port);
+    pool.drain(old_id);
+    tracing::info!(
+        sidecar = link.name,
+        worker = new_id,
+        old_worker = old_id,
+        port,
+        "new Streamlit worker serving; the old one drains"
+    );
+    match running.replace((sidecar, port)) {
+        Some((old, _)) => Some(AbortOnDropHandle::new(tokio::spawn(drain_worker(
+            old,
+            old_endpoint,
+            old_id,
+            pool.clone(),
+            drain_timeout,
+            drain_stop.clone(),
+        )))),
+        None => {
+            old_endpoint.send_replace(None);
+            None
+        }
+    }
+}
+
+/// How long an old worker still runs after its address was withdrawn at the end of its drain,
+/// for HTTP requests that were placed on it just before to finish.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a draining worker's open sessions are looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// Drains an old Streamlit worker after a rolling restart: it keeps its sessions until the
+/// last one ends, `timeout` passes or `stop_now` is cancelled (FluxLit stops); then its address
+/// is withdrawn (its sessions' reconnects go to the new workers) and it is stopped as at
+/// shutdown (Streamlit closes its WebSockets with 1012 and browsers reconnect). Not
+/// supervised: a draining worker that exits is not restarted.
+async fn drain_worker(
+    sidecar: Sidecar,
+    endpoint: tokio::sync::watch::Sender<Option<fluxlit_gateway::Endpoint>>,
+    id: usize,
+    pool: fluxlit_gateway::UiWorkers,
+    timeout: Duration,
+    stop_now: CancellationToken,
+) {
+    let sessions_ended = async {
+        let mut tick = tokio::time::interval(DRAIN_POLL);
+        loop {
+            tick.tick().await;
+            if pool.open_sessions(id).unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    };
+    let reason = tokio::select! {
+        () = sessions_ended => "its sessions ended",
+        () = tokio::time::sleep(timeout) => "streamlit_drain_timeout_s passed",
+        () = stop_now.cancelled() => "FluxLit is stopping",
+        exit = sidecar.exited() => {
+            endpoint.send_replace(None);
+            tracing::warn!(worker = id, exit = %exit, "a draining Streamlit worker exited");
+            return;
+        }
+    };
+    tracing::info!(
+        worker = id,
+        open_sessions = pool.open_sessions(id).unwrap_or(0),
+        reason,
+        "stopping an old Streamlit worker"
+    );
+    endpoint.send_replace(None);
+    // Requests placed on it just before (a page load, a static file) get a moment to finish.
+    if !stop_now.is_cancelled() {
+        tokio::select! {
+            () = tokio::time::sleep(IN_FLIGHT_GRACE) => {}
+            () = stop_now.cancelled() => {}
+        }
+    }
+    sidecar.stop().await;
+    tracing::info!(worker = id, "old Streamlit worker stopped");
 }
 
 /// Resolves when a reload of the API is asked for ([`crate::AppBuilder::reload_api`]); never
@@ -411,8 +618,15 @@ async fn shutdown_gateway(gateway: &Gateway, serving: Serving) {
     gateway.drain_tunnels(Duration::ZERO).await;
 }
 
-/// The ordered stop: HTTP drain, then the sidecars, then the remaining tunnels.
-async fn stop_all(gateway: &Gateway, serving: Serving, sidecars: Vec<Running>) {
+/// The ordered stop: HTTP drain, then the sidecars (old Streamlit workers still draining
+/// after a reload too: their tasks were told to stop them at once), then the remaining
+/// tunnels.
+async fn stop_all(
+    gateway: &Gateway,
+    serving: Serving,
+    sidecars: Vec<Running>,
+    draining: Vec<AbortOnDropHandle<()>>,
+) {
     // 1. Readiness 503, stop accepting; let in-flight HTTP finish (up to
     //    `graceful_shutdown_timeout_s`). Open WebSocket tunnels do not hold this: a Streamlit
     //    session never ends by itself.
@@ -427,7 +641,11 @@ async fn stop_all(gateway: &Gateway, serving: Serving, sidecars: Vec<Running>) {
             "in-flight requests done; stopping the sidecars (Streamlit closes its sessions with 1012)"
         );
     }
-    futures_util::future::join_all(sidecars.into_iter().flatten().map(|(s, _)| s.stop())).await;
+    futures_util::future::join(
+        futures_util::future::join_all(sidecars.into_iter().flatten().map(|(s, _)| s.stop())),
+        futures_util::future::join_all(draining),
+    )
+    .await;
     // 3. Cut whatever tunnels are left.
     let cut = gateway.drain_tunnels(TUNNEL_GRACE).await;
     if cut > 0 {

@@ -1,5 +1,6 @@
 //! Stopping a running `fluxlit run` from outside, through its pidfile: what `fluxlit shutdown`
-//! does (FluxLit for Python 0.13 reference §1.5: the same messages and exit codes).
+//! does (FluxLit for Python 0.13 reference §1.5: the same messages and exit codes); and
+//! [`reload`], what `fluxlit reload` does (SIGHUP through the same pidfile).
 //!
 //! Steps: read the pidfile (`"<pid>\n"`, written by `fluxlit run` once the sidecars are ready);
 //! note the process groups of the gateway's children (each sidecar leads a group of its own,
@@ -157,6 +158,85 @@ pub fn stop(pidfile: &Path, opts: StopOptions) -> Outcome {
     match left {
         Some(Left::Gateway) | None => Outcome::StillRunning(pid, opts.wait),
         Some(Left::Sidecars(pids)) => Outcome::SidecarsStillRunning(pid, opts.wait, pids),
+    }
+}
+
+/// What `fluxlit reload` did; [`fmt::Display`] is its message, [`Reload::exit_code`] its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// No file at the path (exit 2).
+    NoPidfile(PathBuf),
+    /// The file could not be read or did not hold a positive process id (exit 1); it is left
+    /// as it is.
+    InvalidPidfile(PathBuf),
+    /// The process it names does not run (exit 1); the file is left as it is.
+    NotRunning(i32, PathBuf),
+    /// SIGHUP was refused (exit 1), e.g. `EPERM` for another user's process.
+    CannotSignal(i32, String),
+    /// SIGHUP was sent (exit 0): the rolling restart runs in the background (its progress is in
+    /// `fluxlit run`'s log).
+    Sent(i32),
+}
+
+impl Reload {
+    /// The process exit code `fluxlit reload` ends with: 0 sent, 1 not sent, 2 no pidfile.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Reload::Sent(_) => 0,
+            Reload::NoPidfile(_) => 2,
+            Reload::InvalidPidfile(_) | Reload::NotRunning(..) | Reload::CannotSignal(..) => 1,
+        }
+    }
+}
+
+impl fmt::Display for Reload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reload::NoPidfile(p) => write!(
+                f,
+                "No pid file at {}: is `fluxlit run` running here? (--pidfile names another)",
+                p.display()
+            ),
+            Reload::InvalidPidfile(p) => write!(
+                f,
+                "The pid file at {} does not hold a process id; nothing was reloaded",
+                p.display()
+            ),
+            Reload::NotRunning(pid, p) => write!(
+                f,
+                "Process {pid} (from {}) is not running; nothing was reloaded",
+                p.display()
+            ),
+            Reload::CannotSignal(pid, e) => write!(f, "Cannot signal pid {pid}: {e}"),
+            Reload::Sent(pid) => write!(
+                f,
+                "Sent SIGHUP to process {pid}: new Streamlit workers start, the old ones drain (see its log)"
+            ),
+        }
+    }
+}
+
+/// Asks the `fluxlit run` named by `pidfile` for a rolling restart of its Streamlit workers
+/// (SIGHUP; docs/scaling.md). Returns once the signal is sent; never panics.
+pub fn reload(pidfile: &Path) -> Reload {
+    let text = match std::fs::read_to_string(pidfile) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Reload::NoPidfile(pidfile.to_path_buf());
+        }
+        Err(_) => return Reload::InvalidPidfile(pidfile.to_path_buf()),
+    };
+    let pid = match text.trim().parse::<i32>() {
+        Ok(p) if p > 0 => p,
+        _ => return Reload::InvalidPidfile(pidfile.to_path_buf()),
+    };
+    if !alive(pid) {
+        return Reload::NotRunning(pid, pidfile.to_path_buf());
+    }
+    match kill(Pid::from_raw(pid), Signal::SIGHUP) {
+        Ok(()) => Reload::Sent(pid),
+        Err(Errno::ESRCH) => Reload::NotRunning(pid, pidfile.to_path_buf()),
+        Err(e) => Reload::CannotSignal(pid, e.desc().to_owned()),
     }
 }
 
@@ -352,6 +432,50 @@ mod tests {
             assert_eq!(o.to_string(), text);
             assert_eq!(o.exit_code(), code, "{text}");
         }
+    }
+
+    #[test]
+    fn reload_says_why_nothing_was_signalled_and_signals_a_running_process() {
+        let path = scratch("reload");
+        let _ = std::fs::remove_file(&path);
+        let r = reload(&path);
+        assert_eq!(r, Reload::NoPidfile(path.clone()));
+        assert_eq!(r.exit_code(), 2);
+        assert!(
+            r.to_string().contains("is `fluxlit run` running here?"),
+            "{r}"
+        );
+        for junk in ["", "abc\n", "-5\n", "0\n"] {
+            std::fs::write(&path, junk).unwrap();
+            assert_eq!(
+                reload(&path),
+                Reload::InvalidPidfile(path.clone()),
+                "{junk:?}"
+            );
+            assert!(path.exists(), "a reload leaves the file as it is");
+        }
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(gone.id()).unwrap();
+        gone.wait().unwrap();
+        std::fs::write(&path, format!("{pid}\n")).unwrap();
+        let r = reload(&path);
+        assert_eq!(r, Reload::NotRunning(pid, path.clone()));
+        assert_eq!(r.exit_code(), 1);
+        // A live process gets SIGHUP (sleep's default action for it: exit by that signal).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        std::fs::write(&path, format!("{pid}\n")).unwrap();
+        assert_eq!(reload(&path), Reload::Sent(pid));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(1),
+            "SIGHUP"
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
