@@ -92,9 +92,11 @@ pub(crate) struct UpstreamHop<'a> {
     pub(crate) session: Option<crate::sessions::SessionGuard>,
     /// The UI worker the request was placed on, when there are several (`pool.rs`): a
     /// WebSocket to it is counted as its session and its session id learned.
-    /// The third member is [`crate::pool::Placed::replay`].
-    pub(crate) worker: Option<(&'a Arc<crate::pool::UiPool>, usize, Option<Arc<[u8]>>)>,
+    pub(crate) worker: Option<WorkerHop<'a>>,
 }
+
+/// The pool, the worker id a UI request was placed on, and [`crate::pool::Placed::replay`].
+pub(crate) type WorkerHop<'a> = (&'a Arc<crate::pool::UiPool>, usize, Option<Arc<[u8]>>);
 
 /// Why an upstream exchange failed before response headers.
 enum SendError {
