@@ -17,7 +17,8 @@
 //! `target/bench/{quick,full}.md` and `.json` and print the markdown.
 //!
 //! Exit status: 0 when every row that must run (direct, FluxLit, nginx, HAProxy) produced
-//! numbers for every scenario and the shutdown was timed in both cases; 1 when the harness failed (a proxy did not start or died, a
+//! numbers for every scenario, the shutdown was timed in both cases and every authentication row
+//! produced numbers without errors (`bench/auth.rs`); 1 when the harness failed (a proxy did not start or died, a
 //! tool failed, a scenario has no number). FluxLit for Python is optional: its row says why it
 //! was skipped. Whether the numbers meet the targets does not change the exit status.
 

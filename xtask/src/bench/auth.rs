@@ -775,6 +775,16 @@ pub(crate) fn markdown(s: &mut String, r: &AuthResult) {
             row.mode.credential(),
         );
     }
+    let foreign = r
+        .rows
+        .iter()
+        .filter_map(|row| row.summary)
+        .map(|x| x.max_foreign_cpu_pct)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        s,
+        "\nOther processes used up to {foreign:.0} % of the machine during a run (10 ms CPU ticks; compare the CPU columns, which other load disturbs less than rates and p99)."
+    );
     if let Some(why) = &r.redis_skipped {
         let _ = writeln!(s, "\nThe redis store was not measured: {why}.");
     }
@@ -882,6 +892,10 @@ mod tests {
         );
         assert!(
             md.contains("| jwt (RS256) | API GET 1 KiB | Authorization: Bearer |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("\nOther processes used up to 0 % of the machine"),
             "{md}"
         );
         assert!(
