@@ -368,8 +368,8 @@ fn workers_window(opts: &Opts) -> Duration {
 }
 
 /// Rounds, seconds per row and warm-up of the authentication section: 2 × 2 s without warm-up in
-/// a quick run (the differences it reports are a few µs of CPU per request, which one 1-second
-/// round of 10 ms CPU ticks does not resolve), else the run's own.
+/// a quick run (a single 1-second round, counted in 10 ms CPU ticks on a shared machine, is too
+/// noisy for a difference between rows), else the run's own.
 fn auth_window(opts: &Opts) -> (usize, Duration, Duration) {
     if opts.quick {
         (2, Duration::from_secs(2), Duration::ZERO)

@@ -727,7 +727,7 @@ pub(crate) fn markdown(s: &mut String, r: &AuthResult) {
     use std::fmt::Write as _;
     let _ = writeln!(
         s,
-        "\n## Authentication cost\n\nThe same requests through FluxLit (release), one gateway process per row, {CONNS} connections, {} round(s) × {:.0} s, rows interleaved; every request carries the row's credential. \"Cost per request\" is the row's gateway CPU per request minus `off`'s on the same request; \"fast path\" is the share of the process's requests its HTTP/1.1 fast path served (the rest: hyper's engine, which also answered the readiness probe and the bench's two checks).\n\n| auth_mode | request | credential | req/s | p99 | CPU µs/op | cost per request (µs of gateway CPU) | fast path |\n|---|---|---|---:|---:|---:|---:|---:|",
+        "\n## Authentication cost\n\nThe same requests through FluxLit (release), one gateway process per row, {CONNS} connections, {} round(s) × {:.0} s, rows interleaved; every request carries the row's credential. \"Cost per request\" is the row's gateway CPU per request minus `off`'s on the same request; \"fast path\" is the share of the process's requests its HTTP/1.1 fast path served (the rest: hyper's engine, which also answered the readiness probe, the bench's checks and, with oidc, the login).\n\n| auth_mode | request | credential | req/s | p99 | CPU µs/op | cost per request (µs of gateway CPU) | fast path |\n|---|---|---|---:|---:|---:|---:|---:|",
         r.rounds, r.duration_s
     );
     for row in &r.rows {
