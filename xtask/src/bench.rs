@@ -12,14 +12,17 @@
 //! run`'s stop on SIGTERM with real Streamlit (examples/hello), idle and with Streamlit
 //! sessions open (3 runs each, 5 in a full run; `bench/shutdown.rs`); compare reruns per
 //! second and p99 of a CPU-bound Streamlit script with one and two Streamlit workers
-//! (`bench/workers.rs`); write
+//! (`bench/workers.rs`); measure the cost of authentication (`auth_mode` off, oidc with a
+//! session cookie, jwt with a bearer token; `bench/auth.rs`); write
 //! `target/bench/{quick,full}.md` and `.json` and print the markdown.
 //!
 //! Exit status: 0 when every row that must run (direct, FluxLit, nginx, HAProxy) produced
-//! numbers for every scenario and the shutdown was timed in both cases; 1 when the harness failed (a proxy did not start or died, a
+//! numbers for every scenario, the shutdown was timed in both cases and every authentication row
+//! produced numbers without errors (`bench/auth.rs`); 1 when the harness failed (a proxy did not start or died, a
 //! tool failed, a scenario has no number). FluxLit for Python is optional: its row says why it
 //! was skipped. Whether the numbers meet the targets does not change the exit status.
 
+pub(crate) mod auth;
 mod load;
 pub(crate) mod peers;
 pub(crate) mod procs;
@@ -40,7 +43,7 @@ use report::{Machine, Memory, Method, Results, RowInfo};
 use crate::{Failed, Result, cargo, project_root, run as run_cmd};
 
 /// Debian packages the bench needs (also in `APT_PACKAGES`, so `cargo xtask setup` has them).
-const BENCH_APT_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk"];
+const BENCH_APT_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk", "redis-server"];
 
 /// A run during which other processes used more of the machine than this (percent of all
 /// cores) is marked in the report.
@@ -49,7 +52,7 @@ pub(crate) const FOREIGN_CPU_WARN_PCT: f64 = 10.0;
 /// Descriptors kept aside in every proxy for listeners, logs, epoll and friends.
 const FD_RESERVE: u64 = 160;
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build] [--shutdown-only] [--workers-only]
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration-s S] [--tunnels N] [--upstream-threads N] [--no-python] [--no-build] [--shutdown-only] [--workers-only] [--auth-only]
   --quick              CI's short run: 1 round of 1 s per cell, 1,000 idle tunnels, FluxLit for
                        Python only if already installed in target/bench/py-venv
   --rounds N           rounds per cell (full: 3)
@@ -63,6 +66,10 @@ const USAGE: &str = "usage: cargo xtask bench [--quick] [--rounds N] [--duration
   --workers-only       only compare 1 and 2 Streamlit workers (8 sessions rerunning a
                        script of 50 ms CPU; 5 s per count in --quick, else 20 s); prints its
                        table, writes no report
+  --auth-only          only the cost of authentication: UI and API GET through FluxLit with
+                       auth_mode off, oidc (session cookie; cookie and redis store) and jwt
+                       (bearer token); 2 rounds of 2 s per row in --quick, else --rounds and
+                       --duration-s; prints its table, writes no report
   --soak [MINUTES]     only the soak (default 10 minutes): FluxLit production (JSON access
                        log to a file, metrics) under 64 HTTP connections and 16 WebSocket
                        sessions, RSS and descriptors sampled every second; fails on any
@@ -80,6 +87,7 @@ struct Opts {
     build: bool,
     shutdown_only: bool,
     workers_only: bool,
+    auth_only: bool,
     /// `--soak [MINUTES]`.
     soak: Option<f64>,
 }
@@ -98,6 +106,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             build: true,
             shutdown_only: false,
             workers_only: false,
+            auth_only: false,
             soak: None,
         }
     } else {
@@ -112,6 +121,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             build: true,
             shutdown_only: false,
             workers_only: false,
+            auth_only: false,
             soak: None,
         }
     };
@@ -128,6 +138,7 @@ fn parse(args: &[String]) -> std::result::Result<Opts, String> {
             "--no-build" => o.build = false,
             "--shutdown-only" => o.shutdown_only = true,
             "--workers-only" => o.workers_only = true,
+            "--auth-only" => o.auth_only = true,
             "--soak" => {
                 let minutes = match it.clone().next().map(|m| m.parse::<f64>()) {
                     Some(Ok(m)) => {
@@ -200,6 +211,10 @@ pub(crate) fn run(args: &[String]) -> Result {
     if !opts.shutdown_only && !opts.workers_only {
         ensure_apt()?;
     }
+    // The authentication section's OpenID provider (npm `oidc-provider`, as the tests use it).
+    if opts.auth_only || (opts.soak.is_none() && !opts.shutdown_only && !opts.workers_only) {
+        crate::setup_idp()?;
+    }
     // The workers comparison needs only `fluxlit`; everything else also the bench's tools.
     let packages: &[&str] = if opts.workers_only {
         &["-p", "fluxlit-cli"]
@@ -241,6 +256,23 @@ pub(crate) fn run(args: &[String]) -> Result {
             Err(Failed(format!(
                 "the soak failed: {}",
                 r.failures.join("; ")
+            )))
+        };
+    }
+
+    if opts.auth_only {
+        let (rounds, duration, warmup) = auth_window(&opts);
+        let a = auth::run(&bin, &work, rounds, duration, warmup);
+        let mut md = String::new();
+        auth::markdown(&mut md, &a);
+        println!("{md}");
+        let missing = a.missing();
+        return if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Failed(format!(
+                "the bench produced no numbers for: {}",
+                missing.join(", ")
             )))
         };
     }
@@ -300,6 +332,9 @@ pub(crate) fn run(args: &[String]) -> Result {
         results.shutdown = Some(shutdown::run(&bin, &root, &work, runs));
         eprintln!("xtask bench: Streamlit-bound reruns with 1 and 2 workers");
         results.workers = Some(workers::run(&bin, &root, &work, workers_window(&opts)));
+        eprintln!("xtask bench: authentication cost (auth_mode off, oidc, jwt)");
+        let (rounds, duration, warmup) = auth_window(&opts);
+        results.auth = Some(auth::run(&bin, &work, rounds, duration, warmup));
     }
     machine.background_cpu_after_pct = foreign_cpu_pct(Duration::from_secs(1));
 
@@ -330,6 +365,17 @@ pub(crate) fn run(args: &[String]) -> Result {
 /// The measured window per worker count: 5 s in a quick run, 20 s in a full one.
 fn workers_window(opts: &Opts) -> Duration {
     Duration::from_secs(if opts.quick { 5 } else { 20 })
+}
+
+/// Rounds, seconds per row and warm-up of the authentication section: 2 × 2 s without warm-up in
+/// a quick run (a single 1-second round, counted in 10 ms CPU ticks on a shared machine, is too
+/// noisy for a difference between rows), else the run's own.
+fn auth_window(opts: &Opts) -> (usize, Duration, Duration) {
+    if opts.quick {
+        (2, Duration::from_secs(2), Duration::ZERO)
+    } else {
+        (opts.rounds, opts.duration, opts.warmup)
+    }
 }
 
 /// Stops timed per case: 3 in a quick run, 5 in a full one.
@@ -680,6 +726,10 @@ fn check_complete(r: &Results) -> Result {
         )),
         None => missing.push("Streamlit workers (not measured)".to_owned()),
     }
+    match &r.auth {
+        Some(a) => missing.extend(a.missing()),
+        None => missing.push("authentication cost (not measured)".to_owned()),
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -836,6 +886,14 @@ mod tests {
         let s = parse(&args(&["--quick", "--shutdown-only", "--no-build"])).unwrap();
         assert!(s.shutdown_only && !s.build);
         assert_eq!((shutdown_runs(&s), shutdown_runs(&f)), (3, 5));
+        let a = parse(&args(&["--quick", "--auth-only"])).unwrap();
+        assert!(a.auth_only && !a.workers_only && !a.shutdown_only);
+        assert_eq!(auth_window(&a), (2, Duration::from_secs(2), Duration::ZERO));
+        assert_eq!(
+            auth_window(&f),
+            (3, Duration::from_secs(5), Duration::from_secs(1))
+        );
+        assert!(!f.auth_only);
         let w = parse(&args(&["--quick", "--workers-only"])).unwrap();
         assert!(w.workers_only && !w.shutdown_only);
         assert_eq!(

@@ -2005,9 +2005,14 @@ impl Gateway {
         drop(listener);
         closing.cancel();
         let deadline = tokio::time::Instant::now() + self.inner.drain_timeout;
+        // The engine counters ([`Gateway::served`]) let an operator (and `cargo xtask bench`'s
+        // authentication section) read the fast path's share of what this process served.
+        let served = self.served();
         tracing::info!(
             drain_timeout_s = self.inner.drain_timeout.as_secs_f64(),
             websocket_tunnels = self.active_tunnels(),
+            requests_fast_path = served.h1,
+            requests_hyper = served.hyper,
             "stopped accepting; waiting for in-flight requests to finish (WebSocket sessions do not hold the stop; a second signal stops now)"
         );
         // Only client connections are waited for: a connection whose request became a tunnel

@@ -121,13 +121,22 @@ pub(crate) fn free_port() -> Result<u16> {
 
 /// Status code of `GET path` on 127.0.0.1:port (one fresh connection, 2 s timeouts).
 pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_status_with(port, path, &[])
+}
+
+/// [`http_status`] with `headers` (name, value) added to the request.
+pub(crate) fn http_status_with(port: u16, path: &str, headers: &[(String, String)]) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = [0u8; 64];
@@ -227,9 +236,21 @@ pub(crate) fn start_fluxlit_with(
     name: &str,
     env: &[(&str, &str)],
 ) -> Result<Row> {
+    start_fluxlit_on(bin, work, upstream, name, env, free_port()?)
+}
+
+/// [`start_fluxlit_with`] on `port` (the authentication section needs the port before the
+/// gateway starts: its public URL is registered at the OpenID provider).
+pub(crate) fn start_fluxlit_on(
+    bin: &Path,
+    work: &Path,
+    upstream: u16,
+    name: &str,
+    env: &[(&str, &str)],
+    port: u16,
+) -> Result<Row> {
     let dir = work.join(name);
     fresh_dir(&dir)?;
-    let port = free_port()?;
     let mut cmd = command(bin.join("fluxlit"));
     // The API is the same upstream under `/api` (the API scenario: prefix stripped).
     cmd.args([

@@ -104,6 +104,8 @@ pub(crate) struct Results {
     pub(crate) shutdown: Option<ShutdownResult>,
     /// Reruns of a CPU-bound Streamlit script with one and two workers.
     pub(crate) workers: Option<super::workers::WorkersResult>,
+    /// The cost of authentication (`bench/auth.rs`).
+    pub(crate) auth: Option<super::auth::AuthResult>,
 }
 
 impl Results {
@@ -377,7 +379,7 @@ pub(crate) struct Method {
     pub(crate) wall_s: f64,
 }
 
-fn fmt_us(us: f64) -> String {
+pub(crate) fn fmt_us(us: f64) -> String {
     if !us.is_finite() {
         "–".into()
     } else if us >= 10_000.0 {
@@ -389,7 +391,7 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-fn fmt_rate(x: f64) -> String {
+pub(crate) fn fmt_rate(x: f64) -> String {
     if x >= 100.0 {
         let n = format!("{x:.0}");
         // Thousands separators.
@@ -644,6 +646,9 @@ pub(crate) fn markdown(r: &Results, m: &Machine, method: &Method) -> String {
     if let Some(w) = &r.workers {
         super::workers::markdown(&mut s, w);
     }
+    if let Some(a) = &r.auth {
+        super::auth::markdown(&mut s, a);
+    }
     s
 }
 
@@ -764,5 +769,6 @@ pub(crate) fn json(r: &Results, m: &Machine, method: &Method) -> serde_json::Val
             "speedup": w.speedup(),
             "target_speedup": super::workers::TARGET_SPEEDUP,
         })),
+        "auth": r.auth,
     })
 }

@@ -135,7 +135,7 @@ pub(crate) fn run(bin: &Path, work: &Path, minutes: f64) -> Result<SoakResult> {
         threads.push(std::thread::spawn(move || {
             let r = std::fs::create_dir_all(&dir)
                 .map_err(|e| Failed(format!("cannot create {}: {e}", dir.display())))
-                .and_then(|()| load::http(port, path, conns, min_bytes, post, duration, &dir));
+                .and_then(|()| load::http(port, path, conns, min_bytes, post, duration, &dir, &[]));
             let _ = tx.send(result(name, r));
         }));
     }
