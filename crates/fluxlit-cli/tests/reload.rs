@@ -10,15 +10,13 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fluxlit_testkit::streamlit::{RERUN_SCRIPT, session_id};
 use fluxlit_testkit::{TempDir, eventually, process};
 use futures_util::{SinkExt, StreamExt};
-use support::{Fluxlit, request, run_subcommand};
+use support::{Fluxlit, Watch, request, run_subcommand};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -178,55 +176,6 @@ fn streamlit_pids(gw: &Fluxlit) -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
-}
-
-/// Polls readiness and the page until stopped, counting answers other than 200.
-struct Watch {
-    stop: Arc<AtomicBool>,
-    failed: Arc<std::sync::Mutex<Vec<String>>>,
-    polls: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Watch {
-    fn start(gw: &Fluxlit) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let polls = Arc::new(AtomicUsize::new(0));
-        let (readyz, page) = (gw.url("/api/readyz"), gw.url("/"));
-        let task = tokio::spawn({
-            let (stop, failed, polls) = (stop.clone(), failed.clone(), polls.clone());
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    for url in [&readyz, &page] {
-                        match support::get(url).await {
-                            Ok((200, _, _)) => {}
-                            Ok((s, _, body)) => {
-                                failed.lock().unwrap().push(format!("{url}: {s} {body}"))
-                            }
-                            Err(e) => failed.lock().unwrap().push(format!("{url}: {e}")),
-                        }
-                    }
-                    polls.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Self {
-            stop,
-            failed,
-            polls,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        let failed = self.failed.lock().unwrap().clone();
-        (self.polls.load(Ordering::Relaxed), failed)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,3 +298,56 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// Polls readiness and the page every 100 ms until stopped, recording answers other than 200
+/// (a rolling restart must not fail one).
+pub struct Watch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    pub fn start(gw: &Fluxlit) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (readyz, page) = (gw.url("/api/readyz"), gw.url("/"));
+        let task = tokio::spawn({
+            let (stop, failed, polls) = (stop.clone(), failed.clone(), polls.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    for url in [&readyz, &page] {
+                        match get(url).await {
+                            Ok((200, _, _)) => {}
+                            Ok((s, _, body)) => {
+                                failed.lock().unwrap().push(format!("{url}: {s} {body}"))
+                            }
+                            Err(e) => failed.lock().unwrap().push(format!("{url}: {e}")),
+                        }
+                    }
+                    polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Self {
+            stop,
+            failed,
+            polls,
+            task,
+        }
+    }
+
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        let failed = self.failed.lock().unwrap().clone();
+        (
+            self.polls.load(std::sync::atomic::Ordering::Relaxed),
+            failed,
+        )
+    }
+}
