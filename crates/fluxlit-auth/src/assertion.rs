@@ -17,8 +17,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::SigningKey;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::Digest as _;
 
 use crate::session::Session;
@@ -29,15 +28,11 @@ pub const AUDIENCE: &str = "fluxlit-api";
 /// The header the assertion travels in.
 pub const HEADER: &str = "x-fluxlit-identity";
 
-/// RFC 8410 §7: the PKCS #8 v1 prefix of an Ed25519 private key (the 32-byte seed follows).
-const PKCS8_ED25519_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
 struct Key {
     kid: String,
     public: [u8; 32],
-    encoding: EncodingKey,
+    /// Expanded once: signing on every request must not derive the key again.
+    signing: SigningKey,
 }
 
 /// Signs assertions and publishes their keys.
@@ -71,14 +66,12 @@ impl Asserter {
                     .expand(b"fluxlit identity assertion v1", &mut seed);
                 let signing = SigningKey::from_bytes(&seed);
                 let public = signing.verifying_key().to_bytes();
-                let mut der = PKCS8_ED25519_PREFIX.to_vec();
-                der.extend_from_slice(&seed);
                 let digest = sha2::Sha256::digest(public);
                 let kid = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
                 Key {
                     kid,
                     public,
-                    encoding: EncodingKey::from_ed_der(&der),
+                    signing,
                 }
             })
             .collect();
@@ -136,9 +129,16 @@ impl Asserter {
                 claims[k] = v;
             }
         }
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding).ok()
+        // A JWS in compact serialization (RFC 7515 §7.1) with EdDSA (RFC 8037 §3.1), signed
+        // with the key prepared at start.
+        let header = serde_json::json!({"typ": "JWT", "alg": "EdDSA", "kid": key.kid});
+        let mut jws = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).ok()?);
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).ok()?));
+        let signature = key.signing.sign(jws.as_bytes());
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+        Some(jws)
     }
 }
 
@@ -146,7 +146,7 @@ impl Asserter {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 
     use super::*;
     use crate::session::SessionIdentity;
@@ -188,6 +188,11 @@ mod tests {
         let now = crate::session::now();
         let a = Asserter::new("https://app.example", &[S1]).unwrap();
         let token = a.sign(&session(now + 3600), now, 300).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(
+            (header.alg, header.typ.as_deref()),
+            (Algorithm::EdDSA, Some("JWT"))
+        );
         let claims = verify(&a.jwks(), &token);
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["sid"], "sid1");
