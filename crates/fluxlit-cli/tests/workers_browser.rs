@@ -1,10 +1,10 @@
 //! Several Streamlit workers behind one gateway (issue 17; `streamlit_workers`,
 //! docs/scaling.md), seen from a real browser: headless Chromium, one browser context (its own
 //! cookie jar) per person, the real binary and real Streamlit. The people are spread over the
-//! workers; each one's upload and media (`st.file_uploader`, `st.image`) reach the worker that
-//! holds their session; when a worker is killed with SIGKILL its tab reconnects to a live
-//! worker and shows its page from there within 10 s, with no click, while the other tabs keep
-//! their sessions.
+//! workers; each one's upload, media and custom component (`st.file_uploader`, `st.image`, a
+//! component declared from a directory) reach the worker that holds their session; when a
+//! worker is killed with SIGKILL its tab reconnects to a live worker and shows its page from
+//! there within 10 s, with no click, while the other tabs keep their sessions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,7 +30,13 @@ const APP: &str = r#"import os
 import uuid
 
 import streamlit as st
+import streamlit.components.v1 as components
 from PIL import Image
+
+# A custom component served by the worker from this directory (`/component/...`).
+probe = components.declare_component(
+    "probe", path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe")
+)
 
 st.session_state.setdefault("token", uuid.uuid4().hex[:12])
 st.session_state.runs = st.session_state.get("runs", 0) + 1
@@ -43,14 +49,22 @@ if f is not None:
     st.write(f"uploaded-bytes={len(f.getvalue())}")
 st.image(Image.new("RGB", (40, 30), (200, 30, 30)), caption="a media image")
 st.download_button("Download", data=b"hello", file_name="hello.txt")
+probe()
 st.button("Again")
 st.write("page-done")
 "#;
 
-/// True when every image Streamlit serves from its media store has loaded (and there is one).
+/// True when every image Streamlit serves from its media store has loaded (and there is one)
+/// and the custom component's frame (served by the worker under `/component/`) shows its page.
 const MEDIA_LOADED: &str = "(() => { const imgs = Array.from(document.images)
     .filter(i => i.src.includes('/media/'));
-  return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()";
+  const media = imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+  const f = Array.from(document.querySelectorAll('iframe'))
+    .find(f => f.src.includes('/component/'));
+  let component = false;
+  try { component = !!f && f.contentDocument.body.innerText.includes('component-ok'); }
+  catch (e) { component = false; }
+  return media && component; })()";
 
 /// Clicks the app's "Again" button (a rerun in the same session).
 const CLICK_AGAIN: &str = "(() => { const b = Array.from(document.querySelectorAll('button'))
@@ -60,6 +74,12 @@ const CLICK_AGAIN: &str = "(() => { const b = Array.from(document.querySelectorA
 fn app_dir() -> TempDir {
     let dir = TempDir::new("workers-browser");
     std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    std::fs::create_dir(dir.path().join("probe")).unwrap();
+    std::fs::write(
+        dir.path().join("probe/index.html"),
+        "<!doctype html><html><body><p>component-ok</p></body></html>",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("fluxlit.toml"),
         format!("target = \"app.py\"\nstreamlit_workers = {WORKERS}\ndebug = true\n"),
@@ -125,7 +145,7 @@ async fn wait_media(browser: &mut Browser, page: &Page, within: Duration) {
     while browser.eval(page, MEDIA_LOADED).await != Value::Bool(true) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the media image did not load within {within:?}: {}",
+            "the media image and the component did not load within {within:?}: {}",
             browser.text(page).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
