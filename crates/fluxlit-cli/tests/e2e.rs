@@ -20,8 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const API_TEXT: &str = "Hello from the FluxLit example API";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::Ws;
 
 /// Opens Streamlit's WebSocket through the gateway, asks for a script run, and returns the
 /// socket, the session id and whether the app's API-derived text arrived.

@@ -13,15 +13,14 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fluxlit_testkit::streamlit::{RERUN_SCRIPT, session_id};
+use fluxlit_testkit::streamlit::RERUN_SCRIPT;
 use fluxlit_testkit::{TempDir, eventually, process};
 use futures_util::{SinkExt, StreamExt};
 use support::{Fluxlit, Watch, request, run_subcommand};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::Ws;
 
 /// How long old sessions are kept after the reload (the test's drain deadline).
 const DRAIN_S: u64 = 20;
@@ -82,29 +81,7 @@ async fn open(gw: &Fluxlit, cookies: &[(String, String)], reconnect: Option<&str
         .insert("sec-websocket-protocol", protocols.parse().unwrap());
     req.headers_mut()
         .insert("cookie", cookie_header(cookies).parse().unwrap());
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("the WebSocket handshake within 30 s")
-    .expect("the WebSocket handshake through the gateway");
-    ws.send(Message::Binary(Bytes::from_static(&RERUN_SCRIPT)))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("the session's first message within 30 s")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Binary(b) = msg
-            && let Some(id) = session_id(&b)
-        {
-            return (ws, id);
-        }
-    }
+    support::streamlit_session(req).await
 }
 
 /// Reads the session's messages until one carries `text` (the script's output): `false` when

@@ -15,11 +15,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fluxlit_testkit::cdp::Browser;
-use fluxlit_testkit::streamlit::{RERUN_SCRIPT, session_id};
+
 use fluxlit_testkit::{TempDir, eventually, process};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use support::{Fluxlit, get};
 use tokio_tungstenite::tungstenite::Message;
@@ -35,8 +34,7 @@ const STOP_BOUND: Duration = Duration::from_secs(6);
 
 const API_TEXT: &str = "Hello from the FluxLit example API";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::Ws;
 
 /// The sidecars' pids (each leads its own process group).
 fn sidecars(gw: &Fluxlit) -> Vec<u32> {
@@ -131,29 +129,7 @@ async fn streamlit_session(gw: &Fluxlit) -> Ws {
         .unwrap();
     req.headers_mut()
         .insert("sec-websocket-protocol", "streamlit".parse().unwrap());
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("the WebSocket handshake within 30 s")
-    .expect("the WebSocket handshake through the gateway");
-    ws.send(Message::Binary(Bytes::from_static(&RERUN_SCRIPT)))
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("the session's first message within 30 s")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Binary(b) = msg
-            && session_id(&b).is_some()
-        {
-            return ws;
-        }
-    }
+    support::streamlit_session(req).await.0
 }
 
 /// How the WebSocket ended: `close Some(code)`, `error …` or `eof`.

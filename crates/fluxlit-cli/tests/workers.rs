@@ -20,8 +20,7 @@ use support::{Fluxlit, request};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::Ws;
 
 const WORKERS: usize = 3;
 const SESSIONS: usize = 30;
@@ -106,34 +105,7 @@ async fn open_session(gw: &Fluxlit, jar: &Jar, reconnect: Option<&str>) -> (Ws, 
     if !cookie.is_empty() {
         req.headers_mut().insert("cookie", cookie.parse().unwrap());
     }
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async(req),
-    )
-    .await
-    .expect("the WebSocket handshake within 30 s")
-    .expect("the WebSocket handshake through the gateway");
-    ws.send(Message::Binary(Bytes::from_static(&RERUN_SCRIPT)))
-        .await
-        .unwrap();
-    let id = first_session_id(&mut ws).await;
-    (ws, id)
-}
-
-async fn first_session_id(ws: &mut Ws) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("the session's first message within 30 s")
-            .expect("socket open")
-            .unwrap();
-        if let Message::Binary(b) = msg
-            && let Some(id) = session_id(&b)
-        {
-            return id;
-        }
-    }
+    support::streamlit_session(req).await
 }
 
 /// A new client: the page (the gateway places it and sets its cookie), Streamlit's health

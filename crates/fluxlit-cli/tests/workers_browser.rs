@@ -125,18 +125,10 @@ async fn wait_shown(
     what: &str,
     ok: impl Fn(&Shown) -> bool,
 ) -> Shown {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let text = browser.text(page).await;
-        if let Some(s) = shown(&text).filter(|s| ok(s)) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {within:?}; the page shows: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_page(browser, page, within, what, |text| {
+        shown(text).filter(|s| ok(s))
+    })
+    .await
 }
 
 /// Polls until the page's media images have loaded, for at most `within`.

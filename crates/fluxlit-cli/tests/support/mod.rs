@@ -351,3 +351,65 @@ impl Watch {
         )
     }
 }
+
+/// A WebSocket client connection (Streamlit's stream through the gateway).
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a Streamlit session as a browser does: the WebSocket handshake of `req` (the stream's
+/// URL with the protocols and cookies the caller chose), a run asked for, and the session's id
+/// from its first server messages; each step within 30 s (panics otherwise).
+pub async fn streamlit_session(
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (Ws, String) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("the WebSocket handshake within 30 s")
+    .expect("the WebSocket handshake through the gateway");
+    ws.send(Message::Binary(bytes::Bytes::from_static(
+        &fluxlit_testkit::streamlit::RERUN_SCRIPT,
+    )))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the session's first message within 30 s")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Binary(b) = msg
+            && let Some(id) = fluxlit_testkit::streamlit::session_id(&b)
+        {
+            return (ws, id);
+        }
+    }
+}
+
+/// Polls the text of a page in headless Chromium every 100 ms until `parse` finds what it
+/// waits for; panics with `what` and the page's text after `within`.
+pub async fn wait_page<T>(
+    browser: &mut fluxlit_testkit::cdp::Browser,
+    page: &fluxlit_testkit::cdp::Page,
+    within: Duration,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = browser.text(page).await;
+        if let Some(found) = parse(&text) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {within:?}; the page shows: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
