@@ -155,6 +155,24 @@ fn streamlit_pids(gw: &Fluxlit) -> Vec<u32> {
     pids
 }
 
+/// `fluxlit reload` for `gw` once its pidfile is written; its stdout (it must succeed).
+async fn reload(gw: &Fluxlit) -> String {
+    let pidfile = gw.pidfile.clone();
+    eventually(Duration::from_secs(10), "the pidfile", || {
+        let p = pidfile.clone();
+        async move { p.exists().then_some(()) }
+    })
+    .await;
+    let (code, out, err) = run_subcommand(
+        gw.dir.path(),
+        "reload",
+        &["--pidfile", &gw.pidfile.display().to_string()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_open_tabs_until_the_drain_deadline_then_moves_them_to_the_new_code() {
     let dir = TempDir::new("reload");
@@ -184,19 +202,7 @@ async fn a_reload_keeps_open_tabs_until_the_drain_deadline_then_moves_them_to_th
 
     let watch = Watch::start(&gw);
     app(&gw.dir, "two");
-    let pidfile = gw.pidfile.clone();
-    eventually(Duration::from_secs(10), "the pidfile", || {
-        let p = pidfile.clone();
-        async move { p.exists().then_some(()) }
-    })
-    .await;
-    let (code, out, err) = run_subcommand(
-        gw.dir.path(),
-        "reload",
-        &["--pidfile", &gw.pidfile.display().to_string()],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let out = reload(&gw).await;
     assert!(out.contains("Sent SIGHUP"), "{out}");
     let log = eventually(
         Duration::from_secs(90),
@@ -379,19 +385,7 @@ async fn sigterm_during_a_drain_stops_both_generations_at_once() {
     gw.wait_ready("/api/readyz").await;
     let mut tab = new_tab(&gw).await;
     assert!(shows(&mut tab.ws, "code of generation one").await);
-    let pidfile = gw.pidfile.clone();
-    eventually(Duration::from_secs(10), "the pidfile", || {
-        let p = pidfile.clone();
-        async move { p.exists().then_some(()) }
-    })
-    .await;
-    let (code, out, err) = run_subcommand(
-        gw.dir.path(),
-        "reload",
-        &["--pidfile", &gw.pidfile.display().to_string()],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    reload(&gw).await;
     eventually(Duration::from_secs(60), "the new worker to serve", || {
         let log = gw.log();
         async move { log.contains("new Streamlit worker serving").then_some(()) }

@@ -746,26 +746,32 @@ impl SessionTap {
         let page = self.replay.take()?;
         let mut msg = Vec::with_capacity(page.len() + 8);
         put_field(&mut msg, 11, &page);
-        let mut frame = Vec::with_capacity(msg.len() + 14);
-        frame.push(0x82);
-        match msg.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
         let uuid = uuid::Uuid::new_v4();
         let mut key = [0u8; 4];
         key.copy_from_slice(&uuid.as_bytes()[..4]);
-        frame.extend_from_slice(&key);
-        frame.extend(msg.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        Some(frame)
+        Some(masked_frame(0x2, &msg, key))
     }
+}
+
+/// A final client frame of `opcode` carrying `payload`, masked with `key` (RFC 6455 §5.2,
+/// §5.3).
+fn masked_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
 }
 
 impl Drop for SessionTap {
@@ -1372,21 +1378,7 @@ mod tests {
 
     /// A client frame: masked with `key` (RFC 6455 §5.3).
     fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n @ 0..=125 => f.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        f
+        masked_frame(opcode, payload, key)
     }
 
     fn field(number: u64, value: &[u8]) -> Vec<u8> {
