@@ -50,6 +50,35 @@ pub fn field_path<'a>(msg: &'a [u8], path: &[u64]) -> Option<&'a [u8]> {
     None
 }
 
+/// Whether a `ForwardMsg` carries `script_finished` (field 6, a varint, at the top level;
+/// docs/streamlit-protocol-notes.md).
+pub fn script_finished(msg: &[u8]) -> bool {
+    let mut pos = 0;
+    while pos < msg.len() {
+        let Some(key) = varint(msg, &mut pos) else {
+            return false;
+        };
+        match key & 7 {
+            0 => {
+                if varint(msg, &mut pos).is_none() {
+                    return false;
+                }
+                if key >> 3 == 6 {
+                    return true;
+                }
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => match varint(msg, &mut pos).and_then(|l| usize::try_from(l).ok()) {
+                Some(len) => pos = pos.saturating_add(len),
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The session id in a `ForwardMsg.new_session(4).initialize(1).session_id(6)` frame.
 pub fn session_id(frame: &[u8]) -> Option<String> {
     field_path(frame, &[4, 1, 6]).and_then(|b| String::from_utf8(b.to_vec()).ok())
@@ -58,6 +87,15 @@ pub fn session_id(frame: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_script_finished_at_the_top_level_only() {
+        // metadata (2) { field 6: varint 0 }, then script_finished (6): 0
+        let msg = [0x12, 0x02, 0x30, 0x00, 0x30, 0x00];
+        assert!(script_finished(&msg));
+        assert!(!script_finished(&msg[..4]), "only nested");
+        assert!(!script_finished(&[0x12, 0x7f]), "truncated");
+    }
 
     #[test]
     fn walks_nested_fields() {

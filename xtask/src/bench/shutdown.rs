@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fluxlit_testkit::process;
+use fluxlit_testkit::streamlit::RERUN_SCRIPT;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_tungstenite::tungstenite;
@@ -23,9 +24,6 @@ pub(crate) const SESSIONS: usize = 3;
 /// What the issue asks: gone within this after SIGTERM, idle and with sessions open.
 pub(crate) const TARGET_IDLE_S: f64 = 1.0;
 pub(crate) const TARGET_SESSIONS_S: f64 = 2.0;
-
-/// Streamlit's "rerun the script" message (`BackMsg{rerun_script: {}}`): starts a session.
-const RERUN_SCRIPT: [u8; 2] = [0x5a, 0x00];
 
 /// The label of the last element examples/hello's page renders (after the data it fetched
 /// from the API): once a session has received it, its script run is done and the tab is a
@@ -227,11 +225,11 @@ pub(crate) fn wait_log<T>(
     }
 }
 
-type Ws = tungstenite::WebSocket<TcpStream>;
+pub(crate) type Ws = tungstenite::WebSocket<TcpStream>;
 
-/// Opens `ws://ADDR/_stcore/stream` (subprotocol `streamlit`), starts a script run and waits
-/// until the page has been rendered ([`PAGE_DONE_TEXT`]; each read bounded by 30 s).
-fn open_session(addr: &str) -> Result<Ws> {
+/// Opens `ws://ADDR/_stcore/stream` with the subprotocol `streamlit`, as a browser does (each
+/// read then bounded by 30 s).
+pub(crate) fn connect_stream(addr: &str) -> Result<Ws> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Failed(format!("session {what}: {e}"));
     let stream = TcpStream::connect(addr).map_err(|e| fail("connect", &e))?;
     stream
@@ -245,7 +243,15 @@ fn open_session(addr: &str) -> Result<Ws> {
         "sec-websocket-protocol",
         http::HeaderValue::from_static("streamlit"),
     );
-    let (mut ws, _) = tungstenite::client(req, stream).map_err(|e| fail("handshake", &e))?;
+    let (ws, _) = tungstenite::client(req, stream).map_err(|e| fail("handshake", &e))?;
+    Ok(ws)
+}
+
+/// Opens `ws://ADDR/_stcore/stream` ([`connect_stream`]), starts a script run and waits until
+/// the page has been rendered ([`PAGE_DONE_TEXT`]; each read bounded by 30 s).
+fn open_session(addr: &str) -> Result<Ws> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Failed(format!("session {what}: {e}"));
+    let mut ws = connect_stream(addr)?;
     ws.send(tungstenite::Message::Binary(bytes::Bytes::from_static(
         &RERUN_SCRIPT,
     )))

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite;
 
 use super::procs::{Proc, command};
-use super::shutdown::wait_log;
+use super::shutdown::{Ws, connect_stream, wait_log};
 use crate::{Failed, Result};
+use fluxlit_testkit::streamlit::{RERUN_SCRIPT, script_finished};
 
 /// CPU milliseconds the script spends per run.
 pub(crate) const CPU_MS: u32 = 50;
@@ -29,9 +30,6 @@ pub(crate) const WORKER_COUNTS: [usize; 2] = [1, 2];
 
 /// Target of the issue: reruns per second with two workers over one.
 pub(crate) const TARGET_SPEEDUP: f64 = 1.7;
-
-/// Streamlit's "rerun the script" message (`BackMsg{rerun_script: {}}`).
-const RERUN_SCRIPT: [u8; 2] = [0x5a, 0x00];
 
 /// One worker count's measurement.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -271,24 +269,9 @@ fn sessions_per_worker(addr: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-type Ws = tungstenite::WebSocket<TcpStream>;
-
-/// Opens `ws://ADDR/_stcore/stream` (subprotocol `streamlit`) and completes the first run.
+/// Opens `ws://ADDR/_stcore/stream` ([`connect_stream`]) and completes the first run.
 fn open_session(addr: &str) -> Result<Ws> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| Failed(format!("session {what}: {e}"));
-    let stream = TcpStream::connect(addr).map_err(|e| fail("connect", &e))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| fail("timeout", &e))?;
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{addr}/_stcore/stream"
-    ))
-    .map_err(|e| fail("request", &e))?;
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        http::HeaderValue::from_static("streamlit"),
-    );
-    let (mut ws, _) = tungstenite::client(req, stream).map_err(|e| fail("handshake", &e))?;
+    let mut ws = connect_stream(addr)?;
     rerun(&mut ws)?;
     Ok(ws)
 }
@@ -309,48 +292,6 @@ fn rerun(ws: &mut Ws) -> Result {
             Err(e) => return Err(Failed(format!("reading a run's messages: {e}"))),
         }
     }
-}
-
-/// Whether a `ForwardMsg` carries `script_finished` (field 6, a varint, at the top level;
-/// docs/streamlit-protocol-notes.md).
-fn script_finished(msg: &[u8]) -> bool {
-    let mut pos = 0;
-    while pos < msg.len() {
-        let Some(key) = varint(msg, &mut pos) else {
-            return false;
-        };
-        match key & 7 {
-            0 => {
-                if varint(msg, &mut pos).is_none() {
-                    return false;
-                }
-                if key >> 3 == 6 {
-                    return true;
-                }
-            }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => match varint(msg, &mut pos).and_then(|l| usize::try_from(l).ok()) {
-                Some(len) => pos = pos.saturating_add(len),
-                None => return false,
-            },
-            _ => return false,
-        }
-    }
-    false
-}
-
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 /// The section of the report: one row per worker count, and the speed-up against the target.
@@ -390,19 +331,5 @@ pub(crate) fn markdown(s: &mut String, r: &WorkersResult) {
     }
     if let Some(e) = &r.error {
         let _ = writeln!(s, "\n**The workers measurement failed:** {e}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_script_finished_at_the_top_level_only() {
-        // metadata (2) { field 6: varint 0 }, then script_finished (6): 0
-        let msg = [0x12, 0x02, 0x30, 0x00, 0x30, 0x00];
-        assert!(script_finished(&msg));
-        assert!(!script_finished(&msg[..4]), "only nested");
-        assert!(!script_finished(&[0x12, 0x7f]), "truncated");
     }
 }
