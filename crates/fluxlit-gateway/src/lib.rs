@@ -46,6 +46,7 @@ mod logwriter;
 pub mod observe;
 mod pool;
 mod proxy;
+mod relay;
 mod response;
 mod rewrite;
 pub mod routing;
@@ -1878,10 +1879,10 @@ impl Gateway {
                                         // path's, it is drained through `drain_tunnels`, and it
                                         // holds the connection's permit for its life.
                                         let client = deadline::WriteDeadline::new(client, write_timeout);
-                                        inner.proxy.tunnels.spawn(async move {
-                                            let _permit = permit;
-                                            proxy::tunnel(client, upstream, *spec).await;
-                                        });
+                                        let mut spec = *spec;
+                                        spec.conn = Some(permit);
+                                        // The tunnel's future is the task: no wrapper to size.
+                                        inner.proxy.tunnels.spawn(proxy::tunnel(client, upstream, spec));
                                         return;
                                     }
                                 }

@@ -44,11 +44,6 @@ const POOL_IDLE_TIMEOUT: Duration = crate::affinity::IDLE_TIMEOUT;
 /// does not say otherwise.
 const MAX_PARKED: usize = 256;
 
-/// Copy buffer per direction of a WebSocket tunnel, bytes. Streamlit's messages are mostly small,
-/// and every idle tunnel holds two of these: 4 KiB keeps 10,000 idle tunnels within ~150 MiB
-/// (16 KiB cost ~270 MiB in `cargo xtask bench`) while larger frames still stream through.
-const TUNNEL_BUFFER: usize = 4 * 1024;
-
 pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
     /// Idle upstream connections of ended client connections, both engines' (see
@@ -852,6 +847,8 @@ pub(crate) struct TunnelSpec {
     /// With several UI workers: counts the session on its worker and learns its id
     /// (`pool.rs`).
     pub(crate) tap: Option<crate::pool::SessionTap>,
+    /// The client connection's slot (`gateway_max_connections`), held for the tunnel's life.
+    pub(crate) conn: Option<Arc<ConnPermit>>,
 }
 
 impl Proxy {
@@ -915,12 +912,13 @@ impl Proxy {
             slot: None,
             session: None,
             tap: None,
+            conn: None,
         }
     }
 }
 
 /// Splices an upgraded client connection and upstream connection byte for byte
-/// (`TUNNEL_BUFFER` per direction) until either side closes, the tunnel is idle for
+/// ([`crate::relay::Relay`]: no buffer while idle) until either side closes, the tunnel is idle for
 /// `gateway_ws_idle_timeout_s`, reaches `gateway_ws_max_lifetime_s`, or is cut at shutdown; logs
 /// the tunnel's open and end (`fluxlit::access`) and records the tunnel metrics.
 ///
@@ -928,15 +926,24 @@ impl Proxy {
 /// closed and whose bytes have all reached the client (the client's write side shut down, so
 /// its close frame went through) ends at once instead of waiting for the client to close its
 /// end: there is nothing left to carry, in either direction. Both engines' tunnels run here.
-pub(crate) async fn tunnel<A, B>(client: A, upstream: B, mut spec: TunnelSpec)
+///
+/// Every idle tunnel is one task of this future, so it is kept small: a plain function (not an
+/// `async fn`, whose future would hold its arguments besides `splice`'s copy of them), and the
+/// tapped variant, with several UI workers only, is boxed instead of sizing every tunnel for it.
+pub(crate) fn tunnel<A, B>(
+    client: A,
+    upstream: B,
+    mut spec: TunnelSpec,
+) -> impl Future<Output = ()> + use<A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    use tokio_util::either::Either;
     match spec.tap.take() {
         // Several UI workers: the server's bytes pass the session tap (`pool.rs`), and a
         // reconnect of a session whose worker is gone starts its page on this one first.
-        Some(mut tap) => {
+        Some(mut tap) => Either::Right(Box::pin(async move {
             let mut upstream = upstream;
             if let Some(frame) = tap.replay_frame() {
                 let wrote = tokio::time::timeout(Duration::from_secs(5), async {
@@ -949,9 +956,9 @@ where
                     return;
                 }
             }
-            splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await
-        }
-        None => splice(client, upstream, spec).await,
+            splice(client, crate::pool::Tapped { io: upstream, tap }, spec).await;
+        })),
+        None => Either::Left(splice(client, upstream, spec)),
     }
 }
 
@@ -970,6 +977,7 @@ where
         slot: _slot,
         session,
         tap: _,
+        conn: _conn,
     } = spec;
     let session_ended = async {
         match &session {
@@ -1009,7 +1017,7 @@ where
         }
     };
     let (up, down, how) = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, TUNNEL_BUFFER, TUNNEL_BUFFER) => match r {
+        r = crate::relay::Relay::new(&mut client, &mut upstream) => match r {
             Ok((up, down)) => (up, down, "closed"),
             Err(_) => (client.read, upstream.read, "ended with an error"),
         },

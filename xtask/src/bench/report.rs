@@ -687,7 +687,7 @@ pub(crate) fn markdown(r: &Results, m: &Machine, method: &Method) -> String {
     }
     let _ = writeln!(
         s,
-        "\nTask count: tokio does not expose it from outside the process; each tunnel is one task owning two sockets in the gateway (`proxy::tunnel`: the client connection's own task on the fast path, a spawned one on the general path), so the socket count above is the task count × 2, and its return to the \"before\" value shows the tasks ended."
+        "\nTask count: tokio does not expose it from outside the process; each tunnel is one task owning two sockets in the gateway (`proxy::tunnel`: a task of its own on both engines), so the socket count above is the task count × 2, and its return to the \"before\" value shows the tasks ended."
     );
     if let Some(sd) = &r.shutdown {
         shutdown_markdown(&mut s, sd);
