@@ -19,7 +19,7 @@
 //! request (`HeaderPolicy`), so they never pass from a peer the gateway does not trust, whatever
 //! the mode. Only the hyper engine authenticates: with forward auth on, UI requests have the
 //! `authenticate` reason of `decide::HyperOnly`, so the HTTP/1.1 fast path hands them over
-//! (`decide::fast_path_ui`).
+//! (`decide::fast_forward`).
 
 use std::net::IpAddr;
 

@@ -7,8 +7,9 @@
 //! reach the client ([`forwards_response_field`]). The two engines are interpreters of this
 //! decision: hyper's path (`lib.rs`, `proxy.rs`) applies it to a `HeaderMap`, the HTTP/1.1 fast
 //! path (`h1.rs`) to the raw head while copying it. The fast path serves the requests whose
-//! decision is "forward to the UI"; everything else is handed to hyper, so a guard added here
-//! holds on both. What a forward needs besides forwarding is shared too, and both engines do
+//! decision is "forward to the UI" or "forward to the API's HTTP upstream" while no
+//! [`HyperOnly`] reason holds ([`fast_forward`]); everything else is handed to hyper, so a
+//! guard added here holds on both. What a forward needs besides forwarding is shared too, and both engines do
 //! it: the rate limit and the upstream concurrency cap (`Inner::rate_gate`,
 //! `Proxy::upstream_slot`), the debug ring, the access log and the request metrics
 //! (`observe::Record::report`).
@@ -42,9 +43,10 @@ pub(crate) enum Decision {
     Jwks,
     /// Under `/__fluxlit` but not an enabled endpoint: 404, never forwarded.
     NotFound,
-    /// To the API, at `path` (mount stripped). Never served by the fast path (it serves only
-    /// [`Decision::Ui`]), so every API request reaches `Gateway::api` on hyper's engine, where
-    /// the bearer check of `auth_mode = jwt` runs before anything is forwarded.
+    /// To the API, at `path` (mount stripped). Served by the fast path only when the API is an
+    /// HTTP upstream and no [`HyperOnly`] reason holds ([`fast_forward`]): the bearer check of
+    /// `auth_mode = jwt`, the login session, forward auth, CORS and the security headers run in
+    /// `Gateway::api` on hyper's engine, before anything is forwarded.
     Api {
         /// Path after the API mount.
         path: String,
@@ -108,28 +110,81 @@ pub(crate) fn decide(raw_path: &str, root: &str, api: &str, own: OwnEndpoints<'_
 /// Why a request the fast path could otherwise carry must be served by the hyper engine: a
 /// rule only hyper's path carries out, from the gateway's configuration. Every rule the fast
 /// path does not apply itself is a reason here, so that it holds on both engines (see
-/// [`fast_path_ui`]).
+/// [`fast_forward`]). `authenticate` keeps UI and API requests on hyper's path; the others
+/// only API requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct HyperOnly {
-    /// Authenticate the request (`auth_mode = forward`, `auth.rs`): only hyper's path checks
-    /// the peer and the front proxy's identity fields.
+    /// Authenticate the request (`auth_mode = forward` or `oidc`, `auth.rs`,
+    /// `fluxlit_auth::bff`): only hyper's path checks the peer, the front proxy's identity
+    /// fields and the login session, and sets the identity fields.
     pub(crate) authenticate: bool,
+    /// The bearer-token check of API requests (`auth_mode = jwt`, `Gateway::api`).
+    pub(crate) bearer: bool,
+    /// The API is not an HTTP upstream (`ApiTarget::None`: hyper's path answers 404;
+    /// `ApiTarget::Service`: called in process).
+    pub(crate) api_not_upstream: bool,
+    /// CORS on API responses (`cors_allow_origins`: preflights answered, fields added).
+    pub(crate) cors: bool,
+    /// Security headers on API responses (`enable_security_headers`).
+    pub(crate) security_headers: bool,
 }
 
 impl HyperOnly {
-    /// No reason: the fast path may serve a UI forward.
-    pub(crate) fn none(self) -> bool {
+    /// No reason for a UI forward: the fast path may serve it.
+    fn serves_ui(self) -> bool {
+        !self.authenticate
+    }
+
+    /// No reason for an API forward: the fast path may serve it.
+    fn serves_api(self) -> bool {
         self == Self::default()
     }
 }
 
+/// A forward the HTTP/1.1 fast path serves, with the upstream's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FastForward {
+    /// To the UI upstream, at `path` (root path kept), with the UI hop's allow-list.
+    Ui {
+        /// Path for the UI upstream.
+        path: String,
+    },
+    /// To the API's HTTP upstream (`ApiTarget::Upstream`), at `path` (mount stripped), with
+    /// `X-Forwarded-Prefix` the public API prefix (`Inner::api_public_prefix`) and the
+    /// response's `Location` and `Set-Cookie` rewritten under it (`rewrite.rs`).
+    Api {
+        /// Path after the API mount.
+        path: String,
+    },
+}
+
+impl FastForward {
+    /// The `dispatch` of the request (access log, metrics, rate limit), as hyper's path names
+    /// the same route.
+    pub(crate) fn dispatch(&self) -> &'static str {
+        match self {
+            Self::Ui { .. } => crate::observe::DISPATCH_UI,
+            Self::Api { .. } => crate::observe::DISPATCH_API,
+        }
+    }
+}
+
 /// The one decision "this request needs the hyper engine", as the HTTP/1.1 fast path asks it:
-/// `Some(path)` (the UI upstream's path) when the fast path may serve the request, `None` when
-/// it must hand it to hyper: every decision but [`Decision::Ui`] (answered, refused or sent to
-/// the API by hyper's path), and a UI forward while any [`HyperOnly`] reason holds.
-pub(crate) fn fast_path_ui(decision: Decision, hyper_only: HyperOnly) -> Option<String> {
+/// `Some` forward when the fast path may serve the request, `None` when it must hand it to
+/// hyper: every decision but [`Decision::Ui`] and [`Decision::Api`] (answered or refused by
+/// hyper's path), a UI forward while [`HyperOnly::authenticate`] holds, and an API forward
+/// while any [`HyperOnly`] reason holds or when it is a WebSocket upgrade (`websocket`; the
+/// API's tunnels are hyper's path's).
+pub(crate) fn fast_forward(
+    decision: Decision,
+    hyper_only: HyperOnly,
+    websocket: bool,
+) -> Option<FastForward> {
     match decision {
-        Decision::Ui { path } if hyper_only.none() => Some(path),
+        Decision::Ui { path } if hyper_only.serves_ui() => Some(FastForward::Ui { path }),
+        Decision::Api { path } if hyper_only.serves_api() && !websocket => {
+            Some(FastForward::Api { path })
+        }
         _ => None,
     }
 }
@@ -244,20 +299,70 @@ mod tests {
     };
 
     #[test]
-    fn only_a_ui_forward_without_a_hyper_reason_is_the_fast_paths() {
+    fn only_forwards_without_a_hyper_reason_are_the_fast_paths() {
         let d = |p: &str| decide(p, "/app", "/api", OWN);
         let none = HyperOnly::default();
-        let auth = HyperOnly { authenticate: true };
-        assert_eq!(fast_path_ui(d("/x"), none), Some("/app/x".to_owned()));
-        assert_eq!(fast_path_ui(d("/x"), auth), None, "forward auth");
+        let ui = |p: &str| Some(FastForward::Ui { path: p.to_owned() });
+        let api = |p: &str| Some(FastForward::Api { path: p.to_owned() });
+        assert_eq!(fast_forward(d("/x"), none, false), ui("/app/x"));
+        assert_eq!(
+            fast_forward(d("/x"), none, true),
+            ui("/app/x"),
+            "UI WebSocket"
+        );
+        assert_eq!(fast_forward(d("/app/api/x"), none, false), api("/x"));
+        assert_eq!(
+            fast_forward(d("/app/api/x"), none, true),
+            None,
+            "API WebSocket"
+        );
+        let auth = HyperOnly {
+            authenticate: true,
+            ..none
+        };
+        assert_eq!(fast_forward(d("/x"), auth, false), None, "forward auth");
+        assert_eq!(fast_forward(d("/app/api/x"), auth, false), None, "auth");
+        for api_only in [
+            HyperOnly {
+                bearer: true,
+                ..none
+            },
+            HyperOnly {
+                api_not_upstream: true,
+                ..none
+            },
+            HyperOnly { cors: true, ..none },
+            HyperOnly {
+                security_headers: true,
+                ..none
+            },
+        ] {
+            assert_eq!(
+                fast_forward(d("/app/api/x"), api_only, false),
+                None,
+                "{api_only:?}"
+            );
+            assert_eq!(
+                fast_forward(d("/x"), api_only, false),
+                ui("/app/x"),
+                "{api_only:?}"
+            );
+        }
+        assert_eq!(
+            fast_forward(d("/app/api/x"), none, false).map(|f| f.dispatch()),
+            Some("api")
+        );
+        assert_eq!(
+            fast_forward(d("/x"), none, false).map(|f| f.dispatch()),
+            Some("streamlit")
+        );
         for p in [
-            "/api/x",
             "/app/api/healthz",
             "/__fluxlit/debug",
             "/app/__fluxlit/nope",
             "/app/__fluxlit/jwks.json",
         ] {
-            assert_eq!(fast_path_ui(d(p), none), None, "{p}");
+            assert_eq!(fast_forward(d(p), none, false), None, "{p}");
         }
     }
 

@@ -1,20 +1,32 @@
-//! The HTTP/1.1 forwarding fast path: plain HTTP/1.1 requests for the UI upstream are parsed in
-//! place (`httparse`), their head is rewritten in one pass straight into the upstream's buffer,
+//! The HTTP/1.1 forwarding fast path: plain HTTP/1.1 requests for the UI upstream, and for the
+//! API's HTTP upstream while no `decide::HyperOnly` reason holds (`decide::fast_forward`), are
+//! parsed in place (`httparse`), their head is rewritten in one pass straight into the upstream's
+//! buffer,
 //! and bodies are relayed by their framing (RFC 9112 §6), without building `HeaderMap`s, without
 //! hyper's server and client dispatchers and without a body channel between them.
 //!
-//! WebSocket upgrades take it too: the upgrade request is forwarded the same way and a 101 turns
-//! the client and upstream connections into a tunnel ([`Outcome::Tunnel`]).
+//! WebSocket upgrades to the UI take it too: the upgrade request is forwarded the same way and a
+//! 101 turns the client and upstream connections into a tunnel ([`Outcome::Tunnel`]).
+//!
+//! An API forward is carried out as hyper's path does it (`Gateway::api`, `Proxy::forward`
+//! with the API hop): the mount stripped, no UI allow-list, `X-Forwarded-Prefix` the public API
+//! prefix (`Inner::api_public_prefix`), the API body cap (`max_api_body`), the API rate limit,
+//! `dispatch` `api` and the API upstream's name in the access log and metrics, and the
+//! response's `Location` and `Set-Cookie` rewritten under the public prefix by the functions
+//! hyper's path calls (`rewrite::location`, `rewrite::set_cookie`). UI and API requests
+//! alternate on one client connection: the upstream connection not in use is parked and taken
+//! back when the next request goes there.
 //!
 //! Anything else is handed to hyper with the bytes already read ([`Outcome::Handoff`]), and hyper
 //! serves the rest of that connection: HTTP/2 and HTTP/1.0 clients, upgrades with a body or
 //! under an Origin allow-list, `Expect`, `Transfer-Encoding` on requests, requests without
 //! `Host`, several `Content-Length`s, bodies over the cap (hyper answers 413), heads that do not
-//! parse or are too large (400, 431), the gateway's own endpoints, the API, and an upstream that
-//! is not running (503).
+//! parse or are too large (400, 431), the gateway's own endpoints, API requests under a
+//! `decide::HyperOnly` reason or asking for an upgrade, and an upstream that is not running
+//! (503).
 //!
-//! What a UI forward needs besides forwarding is done here by the code hyper's path uses: the
-//! UI rate limit (`Inner::rate_gate`) and the upstream concurrency cap
+//! What a forward needs besides forwarding is done here by the code hyper's path uses: the
+//! rate limit of its dispatch (`Inner::rate_gate`) and the upstream concurrency cap
 //! (`Proxy::upstream_slot`) with their 429 and 503, the debug ring, and, when the exchange
 //! ends, the access-log line and the request metrics ([`observe::Record::report`]), read from
 //! the parsed head and the relay's byte counts.
@@ -51,7 +63,7 @@ use crate::framing::{
 use crate::headers::{ClientHop, ConnectionOptions};
 use crate::proxy::{TunnelSpec, UpstreamError};
 use crate::upstream::{Endpoint, Upstream};
-use crate::{Body, Engine, Inner, observe};
+use crate::{ApiTarget, Body, Engine, Inner, observe, rewrite};
 
 /// Header fields per message, as hyper's default limit.
 const MAX_HEADERS: usize = 100;
@@ -232,10 +244,11 @@ pub(crate) async fn serve(
         inner.served.count(Engine::H1);
         let observing = inner.access_log || inner.record_metrics;
         let start = observing.then(Instant::now);
+        let (dispatch, upstream) = (plan.dispatch, plan.upstream);
         if inner.debug.is_some() {
             inner.recent.push(observe::Dispatch {
                 request_id: seen.rid.to_str().unwrap_or("").to_owned(),
-                dispatch: DISPATCH,
+                dispatch,
                 path: seen.target.path().to_owned(),
                 worker: plan.worker,
             });
@@ -244,7 +257,6 @@ pub(crate) async fn serve(
         let mut tally = Tally::default();
         let next = exchange(
             inner,
-            ui,
             &mut client,
             &mut buf,
             &mut up,
@@ -258,13 +270,13 @@ pub(crate) async fn serve(
             observe::Record {
                 elapsed: start.elapsed(),
                 request_id: &seen.rid,
-                dispatch: DISPATCH,
+                dispatch,
                 method: &seen.method,
                 websocket: tally.status == 101,
                 path: seen.target.path(),
                 query: seen.target.query(),
                 client_ip: seen.client_ip,
-                upstream: Some(ui.name()),
+                upstream: Some(upstream.name()),
                 worker,
                 status: tally.status,
                 bytes_in: tally.bytes_in,
@@ -320,9 +332,6 @@ async fn linger(client: &mut TcpStream, buf: &mut BytesMut, remaining: u64) {
     .await;
 }
 
-/// The `dispatch` of every request the fast path serves (a UI forward).
-const DISPATCH: &str = "streamlit";
-
 /// What the access log and the metrics read of an exchange, counted as it goes.
 #[derive(Debug, Default)]
 struct Tally {
@@ -354,7 +363,13 @@ enum Next {
 }
 
 /// A request head the fast path takes, turned into what to send upstream.
-struct Plan {
+struct Plan<'a> {
+    /// The upstream it goes to: the UI's (or the UI worker's, `endpoint`) or the API's.
+    upstream: &'a Upstream,
+    /// The request's `dispatch` (`decide::FastForward::dispatch`).
+    dispatch: &'static str,
+    /// An API forward: where its response's `Location` and `Set-Cookie` are rewritten to.
+    api: Option<ApiPublic>,
     /// Length of the client's request head in the buffer.
     head_len: usize,
     /// The upstream request head (request line, fields, empty line).
@@ -387,8 +402,8 @@ struct Plan {
     clippy::large_enum_variant,
     reason = "returned once per request head and taken apart at once: boxing it would cost an allocation per request"
 )]
-enum Parsed {
-    Plan(Plan, Seen),
+enum Parsed<'a> {
+    Plan(Plan<'a>, Seen),
     /// The head is not complete yet.
     Partial,
     /// Not for the fast path: hyper serves it.
@@ -442,8 +457,19 @@ fn push_own_fields(out: &mut Vec<u8>, date: bool, close: bool) {
     }
 }
 
+/// The public side of an API forward, for the response's rewrite (`rewrite.rs`), as hyper's
+/// path gives it (`Gateway::api`).
+struct ApiPublic {
+    /// The public API prefix (`Inner::api_public_prefix`).
+    prefix: String,
+    /// The host the client used (the client view's).
+    host: Option<HeaderValue>,
+    /// `http` or `https`, as the client view resolves it.
+    proto: &'static str,
+}
+
 /// Decides what to do with the request head at the start of `buf`.
-fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
+fn plan<'a>(inner: &'a Inner, ui: &'a Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed<'a> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -472,14 +498,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     if head_size > inner.limits.max_header_bytes.max(8192) {
         return Parsed::Handoff;
     }
-    // The shared decision (`decide.rs`): only a UI forward that needs nothing only hyper's path
-    // does (`decide::HyperOnly`, e.g. forward auth) is ours.
-    let Some(path) = decide::fast_path_ui(
-        decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints()),
-        inner.hyper_only,
-    ) else {
-        return Parsed::Handoff;
-    };
+    let decision = decide::decide(pq.path(), &inner.root, &inner.api, inner.own_endpoints());
     let policy = &inner.header_policy;
 
     // One pass for the fields that decide the exchange.
@@ -527,6 +546,19 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         .then(|| ws_key.map(crate::headers::websocket_accept))
         .flatten();
     let upgrade = ws_accept.is_some();
+    // The shared decision (`decide.rs`): only a UI or API forward that needs nothing only
+    // hyper's path does (`decide::HyperOnly`: authentication, CORS, …) is ours.
+    let Some(forward) = decide::fast_forward(decision, inner.hyper_only, upgrade) else {
+        return Parsed::Handoff;
+    };
+    let dispatch = forward.dispatch();
+    let (path, upstream, api) = match forward {
+        decide::FastForward::Ui { path } => (path, ui, false),
+        decide::FastForward::Api { path } => match &inner.api_target {
+            ApiTarget::Upstream(u) => (path, u, true),
+            _ => return Parsed::Handoff,
+        },
+    };
     let client_close = connection.close;
     if upgrade && (length.is_some_and(|n| n > 0) || !inner.limits.ws_allowed_origins.is_empty()) {
         return Parsed::Handoff;
@@ -535,13 +567,18 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         return Parsed::Handoff;
     };
     let body_len = length.unwrap_or(0);
-    let cap = inner.limits.max_ui_body;
+    // Over its hop's cap, hyper's path answers 413 (`Proxy::forward`'s `body_cap`).
+    let cap = if api {
+        inner.limits.max_api_body
+    } else {
+        inner.limits.max_ui_body
+    };
     if cap > 0 && body_len > cap {
         return Parsed::Handoff;
     }
     // Several workers: the one rule picks the worker (`pool.rs`); none running is hyper's
-    // path's 503. With one worker there is no pool and nothing of this runs.
-    let placed = match inner.pool.as_ref().filter(|p| p.routing()) {
+    // path's 503. With one worker there is no pool and nothing of this runs; nor for the API.
+    let placed = match inner.pool.as_ref().filter(|p| !api && p.routing()) {
         None => None,
         Some(pool) => {
             let mut ask = crate::pool::Ask {
@@ -563,7 +600,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
     };
     let endpoint = match &placed {
         Some(p) => p.endpoint.clone(),
-        None => match ui.endpoint.borrow().clone() {
+        None => match upstream.endpoint.borrow().clone() {
             Some(e) => e,
             None => return Parsed::Handoff,
         },
@@ -600,10 +637,20 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
         client_rid,
         observe::keeps_client_request_id(inner.request_id_trust, view.peer_trusted),
     );
-    let prefix = view
-        .prefix
-        .as_deref()
-        .or((!inner.root.is_empty()).then_some(&*inner.root));
+    // The API hop's `X-Forwarded-Prefix` is the public API prefix; the UI's the stripped
+    // prefix or the root path.
+    let api = api.then(|| ApiPublic {
+        prefix: inner.api_public_prefix(view.prefix.as_deref()),
+        host: view.host.clone(),
+        proto: view.proto,
+    });
+    let prefix = match &api {
+        Some(a) => Some(a.prefix.as_str()),
+        None => view
+            .prefix
+            .as_deref()
+            .or((!inner.root.is_empty()).then_some(&*inner.root)),
+    };
 
     let mut out = Vec::with_capacity(head_len + 256);
     out.extend_from_slice(method.as_bytes());
@@ -636,7 +683,7 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
             }
             continue;
         }
-        if decide::forwards_request_field(policy, &connection, true, name.as_bytes()) {
+        if decide::forwards_request_field(policy, &connection, api.is_none(), name.as_bytes()) {
             // The gateway's own cookie stays here; the rest of the field goes on as sent.
             let rest = if strip_cookie && name.eq_ignore_ascii_case("cookie") {
                 crate::pool::without_affinity_cookie(h.value)
@@ -666,6 +713,9 @@ fn plan(inner: &Inner, ui: &Upstream, hop: &ClientHop, buf: &[u8]) -> Parsed {
 
     Parsed::Plan(
         Plan {
+            upstream,
+            dispatch,
+            api,
             head_len,
             upstream_head: out,
             body_len,
@@ -727,6 +777,9 @@ struct HeadCtx<'a> {
     ws_accept: Option<&'a str>,
     /// `Set-Cookie` for the gateway's affinity cookie (`pool.rs`), added to the response.
     set_cookie: Option<&'a HeaderValue>,
+    /// An API forward: its public side and the upstream's authority, for the rewrite of
+    /// `Location` and `Set-Cookie` (`rewrite.rs`).
+    api: Option<(&'a ApiPublic, &'a str)>,
 }
 
 /// Forwards one request and its response (`tally`: what was sent); says what becomes of the
@@ -734,11 +787,10 @@ struct HeadCtx<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     inner: &Inner,
-    ui: &Upstream,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     up: &mut Option<UpConn>,
-    plan: Plan,
+    plan: Plan<'_>,
     seen: &Seen,
     closing: &CancellationToken,
     tally: &mut Tally,
@@ -747,6 +799,7 @@ async fn exchange(
     let fresh = plan.fresh;
     let wt = inner.limits.write_timeout;
     let authority = plan.endpoint.authority.clone();
+    let upstream = plan.upstream;
     let rid = &seen.rid;
     let out = plan.upstream_head;
     let mut remaining = plan.body_len;
@@ -756,16 +809,20 @@ async fn exchange(
         close: plan.client_close || closing.is_cancelled(),
         ws_accept: plan.ws_accept.as_deref(),
         set_cookie: plan.set_cookie.as_ref(),
+        api: plan
+            .api
+            .as_ref()
+            .map(|a| (a, plan.endpoint.authority.as_str())),
     };
     let (timeout, timeout_setting) = if plan.ws_accept.is_some() {
         (inner.limits.ws_open_timeout, "gateway_ws_open_timeout_s")
     } else {
         (proxy.read_timeout, "gateway_upstream_read_timeout_s")
     };
-    // The UI rate limit and the upstream concurrency cap, as on hyper's path (the slot is held
-    // until the response is relayed).
+    // The rate limit of the request's dispatch and the upstream concurrency cap, as on hyper's
+    // path (the slot is held until the response is relayed).
     let slot = match inner
-        .rate_gate(DISPATCH, seen.client_ip, rid)
+        .rate_gate(plan.dispatch, seen.client_ip, rid)
         .and_then(|()| proxy.upstream_slot(rid))
     {
         Ok(slot) => slot,
@@ -782,10 +839,18 @@ async fn exchange(
         None => None,
     };
 
-    let kept = up
-        .take()
-        .filter(|c| c.authority == authority && c.usable(fresh))
-        .or_else(|| proxy.parking.adopt_h1(&authority, fresh));
+    // The connection's upstream connection when it goes to this upstream; one to another
+    // upstream (UI and API, or another UI worker) is parked for the next request that goes
+    // there, on this client connection or another.
+    let kept = match up.take() {
+        Some(c) if c.authority == authority => Some(c).filter(|c| c.usable(fresh)),
+        Some(other) => {
+            proxy.parking.park_h1(other);
+            None
+        }
+        None => None,
+    }
+    .or_else(|| proxy.parking.adopt_h1(&authority, fresh));
     let attempt = tokio::time::timeout(timeout, async {
         let (mut conn, mut reused) = match kept {
             Some(c) => (c, true),
@@ -803,7 +868,7 @@ async fn exchange(
                     source,
                     closed: true,
                 })) if reused && plan.retryable => {
-                    tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = ui.name(), error = %source, "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
+                    tracing::debug!(request_id = rid.to_str().unwrap_or(""), upstream = upstream.name(), error = %source, "a kept-alive upstream connection closed under an idempotent request; retrying once on a new one");
                     conn = connect(proxy, &authority).await?;
                     reused = false;
                 }
@@ -813,7 +878,7 @@ async fn exchange(
     })
     .await;
     tally.bytes_in = plan.body_len - remaining;
-    let name = ui.name();
+    let name = upstream.name();
     let (mut conn, head) = match attempt {
         Ok(Ok(x)) => x,
         Ok(Err(UpError::Client)) => {
@@ -848,6 +913,7 @@ async fn exchange(
         let mut session = inner
             .pool
             .as_ref()
+            .filter(|_| plan.api.is_none())
             .map(|p| p.tap(plan.worker.unwrap_or(1), plan.replay.clone()));
         if let Some(tap) = &mut session {
             tap.observe(&conn.buf);
@@ -1134,6 +1200,16 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
     let mut out = Vec::with_capacity(512);
     push_status_line(&mut out, status, resp.reason.unwrap_or(""));
     let mut length_sent = false;
+    /// Where the API response's `Location` rewrite is.
+    enum Location {
+        /// No `Location` yet.
+        Unseen,
+        /// The first was left as sent: so is every other.
+        Kept,
+        /// The first was rewritten: the others go.
+        Replaced,
+    }
+    let mut location = Location::Unseen;
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -1156,9 +1232,48 @@ fn rewrite_head(resp: &httparse::Response<'_, '_>, ctx: &HeadCtx<'_>) -> Result<
         } else {
             decide::forwards_response_field(&connection, name.as_bytes())
         };
-        if keep {
-            push_field(&mut out, name.as_bytes(), h.value);
+        if !keep {
+            continue;
         }
+        // An API response: `Location` and `Set-Cookie` under the public prefix, by the rule
+        // hyper's path applies to its `HeaderMap` (`rewrite::api_response`): the first
+        // `Location` decides, and when it is rewritten it replaces every `Location`.
+        if let Some((public, upstream)) = ctx.api {
+            if name.eq_ignore_ascii_case("location") {
+                match location {
+                    Location::Replaced => continue,
+                    Location::Kept => {}
+                    Location::Unseen => {
+                        let host = public.host.as_ref().and_then(|h| h.to_str().ok());
+                        let origin = host.map(|h| format!("{}://{h}", public.proto));
+                        let to = rewrite::Public {
+                            prefix: &public.prefix,
+                            host,
+                            upstream,
+                            origin: origin.as_deref(),
+                        };
+                        if let Some(new) = rewrite::location(h.value, &to) {
+                            push_field(&mut out, name.as_bytes(), new.as_bytes());
+                            location = Location::Replaced;
+                            continue;
+                        }
+                        location = Location::Kept;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("set-cookie") {
+                let to = rewrite::Public {
+                    prefix: &public.prefix,
+                    host: None,
+                    upstream,
+                    origin: None,
+                };
+                if let Some(new) = rewrite::set_cookie(h.value, &to) {
+                    push_field(&mut out, name.as_bytes(), new.as_bytes());
+                    continue;
+                }
+            }
+        }
+        push_field(&mut out, name.as_bytes(), h.value);
     }
     if let Some(cookie) = ctx.set_cookie {
         push_field(&mut out, b"set-cookie", cookie.as_bytes());

@@ -563,9 +563,14 @@ impl GatewayBuilder {
         };
         let jwt = self.jwt.transpose().map_err(BuildError::Jwt)?;
         let rate = limits::RateLimits::new(&self.limits);
-        // What keeps a UI request off the fast path (`decide::fast_path_ui`).
+        // What keeps a request off the fast path (`decide::fast_forward`): every rule of
+        // `Gateway::handle` and `Gateway::api` that only hyper's path carries out.
         let hyper_only = decide::HyperOnly {
             authenticate: self.forward_auth.is_some() || self.oidc.is_some(),
+            bearer: jwt.is_some(),
+            api_not_upstream: !matches!(self.api, ApiTarget::Upstream(_)),
+            cors: self.api_headers.cors.is_some(),
+            security_headers: self.api_headers.security_headers,
         };
         let header_policy = match &self.forward_auth {
             Some(fa) => self
@@ -821,7 +826,7 @@ struct Inner {
     recent: observe::Recent,
     /// Plain HTTP/1.1 UI requests take the fast path (see [`GatewayBuilder::http1_fast_path`]).
     fast_path: bool,
-    /// What keeps UI requests off the fast path (`decide::fast_path_ui`).
+    /// What keeps requests off the fast path (`decide::fast_forward`).
     hyper_only: decide::HyperOnly,
     /// `auth_mode = forward` ([`ForwardAuth`]).
     forward_auth: Option<ForwardAuth>,
@@ -854,10 +859,12 @@ fn no_worker(rid: &HeaderValue) -> Response<Body> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Engine {
-    /// The HTTP/1.1 fast path (`h1.rs`): plain HTTP/1.1 requests for the UI upstream.
+    /// The HTTP/1.1 fast path (`h1.rs`): plain HTTP/1.1 requests for the UI upstream, and for
+    /// the API's HTTP upstream when no rule only hyper's path applies holds
+    /// (authentication, CORS, security headers).
     H1,
-    /// hyper's server: everything else (HTTP/2, the API, the gateway's own endpoints, every
-    /// refusal).
+    /// hyper's server: everything else (HTTP/2, the API otherwise, the gateway's own
+    /// endpoints, every refusal).
     Hyper,
 }
 
@@ -941,7 +948,10 @@ impl Inner {
         client_ip: std::net::IpAddr,
         rid: &HeaderValue,
     ) -> Result<(), Box<Response<Body>>> {
-        let Err(wait) = self.rate.check(dispatch == "api", client_ip) else {
+        let Err(wait) = self
+            .rate
+            .check(dispatch == observe::DISPATCH_API, client_ip)
+        else {
             return Ok(());
         };
         metrics::counter!(observe::names::RATE_LIMITED, "dispatch" => dispatch).increment(1);
@@ -954,6 +964,18 @@ impl Inner {
         );
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         Err(Box::new(r))
+    }
+
+    /// The public API prefix, `{prefix}{api}`: the prefix a trusted proxy stripped
+    /// (`view_prefix`, from `X-Forwarded-Prefix`) or else the root path, then the API mount.
+    /// Both engines send it as the API hop's `X-Forwarded-Prefix` and rewrite the API's
+    /// `Location` and `Set-Cookie` under it (`rewrite.rs`).
+    fn api_public_prefix(&self, view_prefix: Option<&str>) -> String {
+        let outer = view_prefix.unwrap_or(&self.root);
+        let mut p = String::with_capacity(outer.len() + self.api.len());
+        p.push_str(outer);
+        p.push_str(&self.api);
+        p
     }
 
     /// The gateway's own endpoints that are on, for [`decide::decide`].
@@ -1183,9 +1205,9 @@ impl Gateway {
         };
 
         let dispatch: &'static str = match &route {
-            Route::Healthz | Route::Readyz | Route::Gateway { .. } => "internal",
-            Route::Api { .. } => "api",
-            Route::Ui { .. } => "streamlit",
+            Route::Healthz | Route::Readyz | Route::Gateway { .. } => observe::DISPATCH_INTERNAL,
+            Route::Api { .. } => observe::DISPATCH_API,
+            Route::Ui { .. } => observe::DISPATCH_UI,
         };
         let is_health = matches!(route, Route::Healthz | Route::Readyz);
         let bytes_in = observing.then(|| Arc::new(AtomicU64::new(0)));
@@ -1362,11 +1384,7 @@ impl Gateway {
                 // Answered above; kept for completeness.
                 Route::Gateway { .. } => (plain(StatusCode::NOT_FOUND, "Not Found\n"), None),
                 Route::Api { path } => {
-                    let public_prefix = format!(
-                        "{}{}",
-                        view.prefix.as_deref().unwrap_or(&inner.root),
-                        inner.api
-                    );
+                    let public_prefix = inner.api_public_prefix(view.prefix.as_deref());
                     let req = req.map(|b| observe::Counted::new(b, bytes_in.clone()));
                     let (r, slot) = self
                         .api(
@@ -1515,8 +1533,9 @@ impl Gateway {
         let cors = inner.api_headers.cors.clone();
         let handler = |req: Request<observe::Counted<cap::Lingering>>| async move {
             // `auth_mode = jwt`: no API request goes on without a valid bearer token. Every API
-            // request reaches the API here, on whichever engine it arrived: the fast path
-            // serves only `Decision::Ui` (`decide.rs`) and hands every API request to hyper.
+            // request reaches the API here, on whichever engine it arrived: the bearer check is
+            // a `decide::HyperOnly` reason, so the fast path hands every API request to hyper
+            // while it applies.
             // With `auth_mode = oidc`, only a request without a login session is checked here.
             if check_bearer {
                 let field = req.headers().get(http::header::AUTHORIZATION);
@@ -1565,10 +1584,12 @@ impl Gateway {
                         let origin = host.map(|h| format!("{}://{h}", view.proto));
                         rewrite::api_response(
                             resp.headers_mut(),
-                            public_prefix,
-                            host,
-                            ep.authority.as_str(),
-                            origin.as_deref(),
+                            &rewrite::Public {
+                                prefix: public_prefix,
+                                host,
+                                upstream: ep.authority.as_str(),
+                                origin: origin.as_deref(),
+                            },
                         );
                     }
                     (resp, f.slot)
@@ -1635,10 +1656,12 @@ impl Gateway {
                     let origin = host.map(|h| format!("{}://{h}", view.proto));
                     rewrite::api_response(
                         resp.headers_mut(),
-                        public_prefix,
-                        host,
-                        "",
-                        origin.as_deref(),
+                        &rewrite::Public {
+                            prefix: public_prefix,
+                            host,
+                            upstream: "",
+                            origin: origin.as_deref(),
+                        },
                     );
                     (resp, None)
                 }

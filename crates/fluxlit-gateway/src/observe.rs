@@ -138,8 +138,14 @@ pub fn describe_metrics() {
     );
 }
 
+/// The `dispatch` of a request to the API (label value, access-log field).
+pub(crate) const DISPATCH_API: &str = "api";
+/// The `dispatch` of a request to the UI upstream (Streamlit).
+pub(crate) const DISPATCH_UI: &str = "streamlit";
+/// The `dispatch` of a request the gateway answers itself (health, readiness, own endpoints).
+pub(crate) const DISPATCH_INTERNAL: &str = "internal";
 /// The `dispatch` label values.
-const DISPATCHES: [&str; 3] = ["api", "streamlit", "internal"];
+const DISPATCHES: [&str; 3] = [DISPATCH_API, DISPATCH_UI, DISPATCH_INTERNAL];
 /// The `method_kind` label values.
 const METHOD_KINDS: [&str; 9] = [
     "GET",

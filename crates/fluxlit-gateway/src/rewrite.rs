@@ -72,21 +72,72 @@ fn rewrite_cookie(value: &str, prefix: &str) -> Option<String> {
     changed.then(|| parts.join(";"))
 }
 
-/// Rewrites `Location` and `Set-Cookie` paths of an API response. `prefix` is the public API
-/// prefix (`/myapp/api`), `public_host` the host the client used, `upstream` the upstream's
-/// authority, `public_origin` `scheme://host` as the client sees it.
-pub(crate) fn api_response(
-    headers: &mut HeaderMap,
-    prefix: &str,
-    public_host: Option<&str>,
-    upstream: &str,
-    public_origin: Option<&str>,
-) {
-    if prefix.is_empty() {
-        return;
+/// Where an API response is rewritten to: the public side of the API hop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Public<'a> {
+    /// The public API prefix (`/myapp/api`, `Inner::api_public_prefix`); empty: nothing is
+    /// rewritten.
+    pub(crate) prefix: &'a str,
+    /// The host (authority) the client used, as the client view resolves it.
+    pub(crate) host: Option<&'a str>,
+    /// The upstream's authority (empty for an in-process API).
+    pub(crate) upstream: &'a str,
+    /// `scheme://host` as the client sees it.
+    pub(crate) origin: Option<&'a str>,
+}
+
+/// A field value as text, as `HeaderValue::to_str` reads it (visible ASCII and tab), else
+/// `None` (such a value is left alone).
+fn text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// A rewritten value, when it is a valid field value (RFC 9110 §5.5, as
+/// `HeaderValue::from_str` checks it); `None` leaves the original.
+fn valid(new: String) -> Option<String> {
+    new.bytes()
+        .all(|b| b == b'\t' || (b >= 32 && b != 127))
+        .then_some(new)
+}
+
+/// The rewritten value of an API response's (first) `Location` field, or `None` to leave it
+/// as sent: an absolute path not under the public prefix is put under it; an absolute URL to
+/// the client's own host or to the upstream is too (and one to the upstream is made public).
+/// Both engines call it: [`api_response`] on a `HeaderMap`, the fast path on the raw head.
+pub(crate) fn location(value: &[u8], to: &Public<'_>) -> Option<String> {
+    if to.prefix.is_empty() {
+        return None;
     }
-    if let Some(loc) = headers.get(LOCATION).and_then(|v| v.to_str().ok())
-        && let Some(new) = rewrite_location(loc, prefix, public_host, upstream, public_origin)
+    let v = text(value)?;
+    valid(rewrite_location(
+        v,
+        to.prefix,
+        to.host,
+        to.upstream,
+        to.origin,
+    )?)
+}
+
+/// The rewritten value of one API response `Set-Cookie` field, or `None` to leave it as sent:
+/// a `Path` attribute not under the public prefix is put under it. Both engines call it.
+pub(crate) fn set_cookie(value: &[u8], to: &Public<'_>) -> Option<String> {
+    if to.prefix.is_empty() {
+        return None;
+    }
+    valid(rewrite_cookie(text(value)?, to.prefix)?)
+}
+
+/// Rewrites `Location` (the first; when it changes it replaces every `Location`) and each
+/// `Set-Cookie` of an API response ([`location`], [`set_cookie`]), the `HeaderMap` interpreter
+/// of the rule.
+pub(crate) fn api_response(headers: &mut HeaderMap, to: &Public<'_>) {
+    if let Some(new) = headers
+        .get(LOCATION)
+        .and_then(|v| location(v.as_bytes(), to))
         && let Ok(v) = HeaderValue::from_str(&new)
     {
         headers.insert(LOCATION, v);
@@ -96,9 +147,7 @@ pub(crate) fn api_response(
             .get_all(SET_COOKIE)
             .iter()
             .map(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| rewrite_cookie(s, prefix))
+                set_cookie(v.as_bytes(), to)
                     .and_then(|s| HeaderValue::from_str(&s).ok())
                     .map(|mut nv| {
                         nv.set_sensitive(true);
@@ -164,7 +213,15 @@ mod tests {
         h.insert(LOCATION, HeaderValue::from_static("/next"));
         h.append(SET_COOKIE, HeaderValue::from_static("a=1; Path=/"));
         h.append(SET_COOKIE, HeaderValue::from_static("b=2"));
-        api_response(&mut h, "/api", None, "127.0.0.1:1", None);
+        api_response(
+            &mut h,
+            &Public {
+                prefix: "/api",
+                host: None,
+                upstream: "127.0.0.1:1",
+                origin: None,
+            },
+        );
         assert_eq!(h[LOCATION], "/api/next");
         let c: Vec<_> = h
             .get_all(SET_COOKIE)
@@ -172,5 +229,21 @@ mod tests {
             .map(|v| v.to_str().unwrap().to_owned())
             .collect();
         assert_eq!(c, vec!["a=1; Path=/api/", "b=2"]);
+    }
+
+    #[test]
+    fn values_that_are_not_visible_text_and_an_empty_prefix_are_left_alone() {
+        let to = Public {
+            prefix: "/api",
+            host: None,
+            upstream: "",
+            origin: None,
+        };
+        assert_eq!(location(b"/x\xff", &to), None);
+        assert_eq!(set_cookie(b"a=1; Path=/\x01", &to), None);
+        assert_eq!(location(b"/x", &to).as_deref(), Some("/api/x"));
+        let none = Public { prefix: "", ..to };
+        assert_eq!(location(b"/x", &none), None);
+        assert_eq!(set_cookie(b"a=1; Path=/", &none), None);
     }
 }

@@ -9,7 +9,9 @@
 //!   or other bytes) and generated upstream responses. Each case is sent over a fresh TCP
 //!   connection to two gateways (fast path on, off), each in front of its own
 //!   [`ScriptedUpstream`] that records the exact bytes it read and answers with the generated
-//!   response. The gateways and upstreams are reused across cases (one client connection per
+//!   response; that upstream is both the UI and the API's HTTP upstream, and about one target
+//!   in six is under the API mount (prefix stripped, `X-Forwarded-Prefix`, `Location` and
+//!   `Set-Cookie` rewritten: the fast path's since issue 15). The gateways and upstreams are reused across cases (one client connection per
 //!   case); a client reads until the responses it waits for are complete by their framing, the
 //!   connection closes, or [`CASE_DEADLINE`]. `FLUXLIT_DIFF_CASES` sets the number of cases
 //!   (default 10,000: about a minute in a debug build on 2 cores); `FLUXLIT_DIFF_EXPLORE=1`
@@ -62,7 +64,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fluxlit_gateway::{Gateway, Limits, Served, TrustPolicy};
+use fluxlit_gateway::{ApiTarget, Gateway, Limits, Served, TrustPolicy};
 use fluxlit_testkit::raw::{RawReceived, Reply, ScriptedUpstream, chunked_body_len};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
@@ -496,6 +498,9 @@ fn target_strategy() -> impl Strategy<Value = String> {
         1 => Just("/__fluxlit/x".to_owned()),
         1 => Just(format!("/{}", "l".repeat(3000))),
         1 => Just("/q?".to_owned()),
+        // The API mount (the API's HTTP upstream: the fast path's as well since issue 15).
+        8 => "/api(/[a-z0-9._~-]{0,8}){0,3}(\\?[a-z0-9=&%]{0,12})?",
+        1 => Just("/api".to_owned()),
     ]
 }
 
@@ -571,6 +576,10 @@ fn resp_fields_strategy() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
         ("X-Up", "1"),
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
+        // Rewritten under the public prefix on the API hop (`rewrite.rs`).
+        ("Set-Cookie", "s=1; Path=/"),
+        ("Location", "/next?x=1"),
+        ("Location", "http://x/abs"),
         ("Connection", "keep-alive"),
         ("Connection", "x-hop"),
         ("Connection", "close"),
@@ -723,6 +732,7 @@ fn test_limits() -> Limits {
     Limits {
         header_read_timeout: Duration::from_secs(1),
         max_ui_body: BODY_CAP,
+        max_api_body: BODY_CAP,
         ..Limits::default()
     }
 }
@@ -736,6 +746,7 @@ impl Side {
         let gw = support::start(
             Gateway::builder()
                 .ui(support::up_at(up.addr, "ui"))
+                .api(ApiTarget::Upstream(support::up_at(up.addr, "api")))
                 .http1_fast_path(fast)
                 .trust(TrustPolicy::trusting(Vec::new()))
                 .read_timeout(UPSTREAM_READ_TIMEOUT)

@@ -112,7 +112,7 @@ async fn client_view_reports_the_resolved_request() {
 
 /// Trust off; trust on from an allowed peer (with and without `trust_forwarded_prefix`); trust
 /// on from a disallowed peer — on the API and UI hops (the WebSocket hop is covered below), on
-/// both engines (the UI hop is the fast path's when it is on, the API hop always hyper's).
+/// both engines (the UI and API hops are the fast path's when it is on).
 #[tokio::test]
 async fn spoofing_matrix_http_hops() {
     let u = TestUpstream::start().await;
@@ -184,7 +184,7 @@ async fn spoofing_matrix_http_hops() {
                     }
                 }
             }
-            gw.assert_split(fast, 1, 1, &format!("peer {peer}: one UI, one API request"));
+            gw.assert_split(fast, 2, 0, &format!("peer {peer}: one UI, one API request"));
         }
     }
 }
@@ -276,14 +276,13 @@ async fn request_ids_from_clients_on_both_engines() {
             let gw = start_on(builder, fast).await;
             let mut n = 0;
             for (what, fields, id) in &cases {
-                for (path, extra, api) in [
-                    ("/page", "", false),
+                for (path, extra) in [
+                    ("/page", ""),
                     (
                         "/_stcore/stream",
                         "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-                        false,
                     ),
-                    ("/api/items", "", true),
+                    ("/api/items", ""),
                 ] {
                     let ctx = format!("{} / {mode} / {what} / {path}", engine(fast));
                     let mut req =
@@ -328,12 +327,12 @@ async fn request_ids_from_clients_on_both_engines() {
                         [forwarded[0].as_str()],
                         "{ctx}: the same id comes back"
                     );
-                    // Which engine served it: the fast path forwards plain UI requests and
-                    // upgrades; the API is always hyper's.
+                    // Which engine served it: the fast path forwards plain UI and API requests
+                    // and UI upgrades (`decide::fast_forward`).
                     let after = gw.served();
                     let by_fast_path = after.h1 - before.h1;
                     let by_hyper = after.hyper - before.hyper;
-                    if fast && !api {
+                    if fast {
                         assert_eq!(
                             (by_fast_path, by_hyper),
                             (1, 0),
@@ -464,7 +463,12 @@ async fn body_caps_refuse_before_and_while_streaming() {
         // GET without a body is never refused.
         let (s, _, _) = send(gw.addr, get("/api/echo").body(empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK, "{what}");
-        gw.assert_split(fast, 1, 4, "one UI request within the cap, four others");
+        gw.assert_split(
+            fast,
+            2,
+            3,
+            "one UI and one API request within the cap, three others",
+        );
     }
 }
 
@@ -640,7 +644,12 @@ async fn rate_limits_give_429_with_retry_after_and_spare_health_probes() {
         }
         let (s, _, _) = send(gw.addr, get("/echo").body(empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK, "{what}: the UI has its own budget");
-        gw.assert_split(fast, 1, 9, "one UI request, nine API requests");
+        gw.assert_split(
+            fast,
+            5,
+            5,
+            "one UI request, four API requests, five health probes",
+        );
     }
 }
 
@@ -811,7 +820,7 @@ async fn api_redirects_and_cookies_stay_under_the_public_prefix() {
                 "{what}"
             );
         }
-        gw.assert_served(0, 2, &format!("{what}: the upstream API"));
+        gw.assert_split(fast, 2, 0, &format!("{what}: the upstream API"));
     }
 }
 
@@ -1046,8 +1055,8 @@ async fn websocket_max_lifetime_closes_busy_tunnels_too() {
     }
 }
 
-/// Which upstream the reuse cases forward to: the UI (the fast path's when it is on) or the API
-/// upstream (always hyper's).
+/// Which upstream the reuse cases forward to: the UI or the API upstream (both the fast path's
+/// when it is on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Ui,
@@ -1074,11 +1083,7 @@ impl Route {
 
     /// Asserts that `n` requests of this route were served by the expected engine.
     fn assert_served(self, gw: &support::Running, fast: bool, n: u64, what: &str) {
-        let what = format!("{what}, {self:?} route");
-        match self {
-            Route::Ui => gw.assert_split(fast, n, 0, &what),
-            Route::Api => gw.assert_split(fast, 0, n, &what),
-        }
+        gw.assert_split(fast, n, 0, &format!("{what}, {self:?} route"));
     }
 }
 

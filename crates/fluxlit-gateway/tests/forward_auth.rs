@@ -151,7 +151,7 @@ async fn any_other_peer_gets_403_and_its_identity_never_passes_on_both_engines()
 }
 
 /// Forward auth is a reason of the one "needs the hyper engine" decision
-/// (`decide::fast_path_ui`), so it holds whatever else the fast path now does itself: with the
+/// (`decide::fast_forward`), so it holds whatever else the fast path now does itself: with the
 /// access log and metrics on (which the fast path serves since issue 15), a UI request that the
 /// fast path takes without forward auth is, with it, handed to hyper and refused there (401
 /// without the user header, 403 from an untrusted peer), and nothing reaches the upstream.

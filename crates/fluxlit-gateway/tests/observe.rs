@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use fluxlit_gateway::{Gateway, Limits, LogWriter};
+use fluxlit_gateway::{ApiTarget, Gateway, Limits, LogWriter};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply, echo_line};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::Value;
@@ -48,8 +48,9 @@ struct Observed {
 
 /// The access-log line (text and JSON), the request metrics and the debug ring of the same
 /// requests are the same on both engines, field for field (only the time stamp and the
-/// duration's value differ), and the fast path served the forwards itself. UI rate limit and
-/// upstream concurrency cap are on (with room) so every duty is exercised.
+/// duration's value differ), and the fast path served the forwards itself, the API request's
+/// included (`dispatch` api, `upstream` the API's). UI and API rate limits and the upstream
+/// concurrency cap are on (with room) so every duty is exercised.
 #[tokio::test]
 async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
     let mut seen = Vec::new();
@@ -82,11 +83,13 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
         let gw = start_on(
             Gateway::builder()
                 .ui(up_at(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(up_at(rec.addr, "api")))
                 .access_log(true, false)
                 .record_metrics(true)
                 .debug(Arc::new(|| serde_json::json!({})))
                 .limits(Limits {
                     rate_ui: Some((1000, 1000)),
+                    rate_api: Some((1000, 1000)),
                     max_upstream_concurrency: 8,
                     ..Limits::default()
                 }),
@@ -94,7 +97,7 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
         )
         .await;
         let mut c = RawClient::connect(gw.addr).await;
-        let requests: [(&str, u16, &str); 4] = [
+        let requests: [(&str, u16, &str); 5] = [
             (
                 "GET /page?token=secret&x=1 HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-1\r\n\r\n",
                 200,
@@ -114,6 +117,11 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
                 "GET /chunked HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-4\r\n\r\n",
                 200,
                 "hello world",
+            ),
+            (
+                "GET /api/items?token=secret HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-5\r\n\r\n",
+                200,
+                "GET /items?token=secret",
             ),
         ];
         for (req, status, body) in requests {
@@ -143,9 +151,16 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             ("obs-4", "/chunked"),
         ]
         .map(|(id, p)| (id.into(), "streamlit".into(), p.into()))
-        .into();
+        .into_iter()
+        .chain([("obs-5".into(), "api".into(), "/api/items".into())])
+        .collect();
         assert_eq!(ring, want, "{what}: the debug ring");
-        gw.assert_split(fast, 4, 1, "four UI forwards, the debug snapshot");
+        gw.assert_split(
+            fast,
+            5,
+            1,
+            "four UI forwards, an API forward, the debug snapshot",
+        );
         drop(gw);
 
         assert!(
@@ -172,7 +187,7 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             .collect();
         assert_eq!(
             json.len(),
-            4,
+            5,
             "{what}: one JSON line per request: {json:#?}"
         );
         assert_eq!(
@@ -210,6 +225,23 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             11,
             "{what}: a chunked body's data bytes"
         );
+        assert_eq!(
+            (
+                fields(4, "fluxlit_dispatch"),
+                fields(4, "path"),
+                fields(4, "query"),
+                fields(4, "upstream"),
+                fields(4, "bytes_out"),
+            ),
+            (
+                "api".into(),
+                "/api/items".into(),
+                "token=<redacted>".into(),
+                "api".into(),
+                23.into()
+            ),
+            "{what}: the API request's line"
+        );
         let text: Vec<String> = text_sink
             .lines()
             .into_iter()
@@ -232,7 +264,7 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             .collect();
         assert_eq!(
             text.len(),
-            4,
+            5,
             "{what}: one text line per request: {text:#?}"
         );
         assert!(
@@ -265,6 +297,10 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             "fluxlit_gateway_request_bytes_total{dispatch=\"streamlit\"} 5",
             "fluxlit_gateway_response_bytes_total{dispatch=\"streamlit\"} 58",
             "fluxlit_gateway_request_duration_seconds_count{dispatch=\"streamlit\"} 4",
+            "fluxlit_gateway_requests_total{dispatch=\"api\",method_kind=\"GET\"} 1",
+            "fluxlit_gateway_responses_total{dispatch=\"api\",status_class=\"2xx\"} 1",
+            "fluxlit_gateway_response_bytes_total{dispatch=\"api\"} 23",
+            "fluxlit_gateway_request_duration_seconds_count{dispatch=\"api\"} 1",
         ] {
             assert!(
                 metrics.iter().any(|l| l == want),

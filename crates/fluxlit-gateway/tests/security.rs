@@ -780,7 +780,7 @@ async fn the_in_process_api_gets_no_hop_by_hop_fields() {
             fast,
         )
         .await;
-        gw.hyper_only(); // the API is hyper's
+        gw.hyper_only(); // an in-process API is hyper's
         let mut c = RawClient::connect(gw.addr).await;
         c.send(b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop, X-Request-ID\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nUpgrade: h2c\r\nX-Remote-User: admin\r\nX-Kept: 1\r\n\r\n").await;
         let r = c.response(false).await.expect("response");
@@ -1289,9 +1289,9 @@ async fn response_codings_and_head_limits_are_the_same_on_both_engines() {
     }
 }
 
-/// The fast path serves exactly the requests whose decision is a UI forward, whatever else the
-/// gateway must do for them (the access log, metrics, the debug ring, a UI rate limit, the
-/// upstream concurrency cap: it does those too); API requests are always hyper's.
+/// The fast path serves exactly the requests whose decision is a UI or API forward, whatever
+/// else the gateway must do for them (the access log, metrics, the debug ring, the UI and API
+/// rate limits, the upstream concurrency cap: it does those too).
 #[tokio::test]
 async fn the_fast_path_serves_ui_forwards_with_every_duty() {
     let rec = RecordingUpstream::start().await;
@@ -1313,6 +1313,7 @@ async fn the_fast_path_serves_ui_forwards_with_every_duty() {
         Gateway::builder().limits(limits),
         Gateway::builder().limits(fluxlit_gateway::Limits {
             rate_ui: Some((1000, 1000)),
+            rate_api: Some((1000, 1000)),
             ..fluxlit_gateway::Limits::default()
         }),
     ];
@@ -1326,16 +1327,27 @@ async fn the_fast_path_serves_ui_forwards_with_every_duty() {
     let s = no_duty.served();
     assert_eq!(
         (s.h1, s.hyper),
-        (2, 1),
-        "no duty: UI on the fast path, API on hyper"
+        (3, 0),
+        "no duty: UI and API on the fast path"
     );
     for (i, b) in duties.into_iter().enumerate() {
-        let gw = start(b.ui(upstream(rec.addr, "ui")), true).await;
+        let gw = start(
+            b.ui(upstream(rec.addr, "ui"))
+                .api(ApiTarget::Upstream(upstream(rec.addr, "api"))),
+            true,
+        )
+        .await;
         let mut c = RawClient::connect(gw.addr).await;
-        c.send(b"GET /ui HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        c.send(b"GET /ui HTTP/1.1\r\nHost: x\r\n\r\nGET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
         assert_eq!(c.response(false).await.expect("ui").status, 200);
+        assert_eq!(c.response(false).await.expect("api").status, 200);
         let s = gw.served();
-        assert_eq!((s.h1, s.hyper), (1, 0), "duty {i}: the fast path serves it");
+        assert_eq!(
+            (s.h1, s.hyper),
+            (2, 0),
+            "duty {i}: the fast path serves them"
+        );
     }
 }
 

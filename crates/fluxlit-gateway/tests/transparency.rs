@@ -423,7 +423,7 @@ async fn hop_by_hop_identity_and_forwarded_headers_on(fast: bool) {
             assert_eq!(get_header(&seen, "x-forwarded-prefix"), ["/api"]);
         }
     }
-    gw.assert_split(fast, 1, 1, "one UI and one API request");
+    gw.assert_split(fast, 2, 0, "one UI and one API request");
     gw.stop().await;
 }
 
@@ -607,8 +607,8 @@ async fn upstream_failures_are_responses_on(fast: bool) {
     );
     gw.assert_split(
         fast,
-        1,
-        1,
+        2,
+        0,
         "a UI request to a dead upstream, an API request",
     );
     // The same on the UI hop, and the connection stays usable for the next request.
@@ -643,7 +643,8 @@ async fn upstream_failures_are_responses_on(fast: bool) {
     gw2.stop().await;
 }
 
-/// The gateway's own endpoints and the API are hyper's on both engines.
+/// The gateway's own endpoints are hyper's on both engines; the API upstream is the fast path's
+/// when it is on.
 #[tokio::test]
 async fn health_readiness_and_api_routing() {
     for fast in ENGINES {
@@ -722,7 +723,7 @@ async fn health_readiness_and_api_routing_on(fast: bool) {
             .collect();
         assert_eq!(prefix, vec![Value::from("/myapp/api")]);
     }
-    gw.assert_split(fast, 0, 7, "health, readiness and API requests");
+    gw.assert_split(fast, 2, 5, "health and readiness requests, API requests");
     gw.stop().await;
 }
 
@@ -904,8 +905,7 @@ async fn ui_and_api_at(addr: SocketAddr, fast: bool) -> support::Running {
 
 /// The transparency checks over ONE kept-alive connection mixing UI and API requests: every
 /// response reads like the upstream's own on one kept-alive connection. With the fast path on,
-/// it serves the UI requests up to the first API request and hyper serves the rest of the
-/// connection (UI requests included); with it off, hyper serves them all.
+/// it serves them all (UI and API alike); with it off, hyper serves them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_kept_alive_connection_mixing_ui_and_api_reads_like_direct() {
     let steps: [Step; 11] = [
@@ -914,7 +914,7 @@ async fn one_kept_alive_connection_mixing_ui_and_api_reads_like_direct() {
         ("GET", "/big?bytes=100000", "/big?bytes=100000", None),
         ("HEAD", "/big?bytes=1000", "/big?bytes=1000", None),
         ("GET", "/chunked?bytes=5000", "/chunked?bytes=5000", None),
-        // The first API request: the fast path hands the connection to hyper here.
+        // The first API request: the fast path serves it too.
         ("GET", "/api/echo/3?y=2", "/echo/3?y=2", None),
         ("GET", "/status/404", "/status/404", None),
         ("POST", "/api/echo/4", "/echo/4", Some(b"api body")),
@@ -930,18 +930,13 @@ async fn one_kept_alive_connection_mixing_ui_and_api_reads_like_direct() {
         for ((step, d), g) in steps.iter().zip(&direct).zip(&via) {
             assert_reads_like_direct(step, d, g, engine(fast));
         }
-        gw.assert_split(
-            fast,
-            5,
-            6,
-            "five UI requests, then the API request and the rest of the connection",
-        );
+        gw.assert_split(fast, 11, 0, "nine UI and two API requests");
     }
 }
 
 /// Several requests written in one write are answered in order, each like the upstream's own
-/// answer to the same pipelined requests: UI requests only (the fast path keeps the connection
-/// when on), and UI and API requests mixed (handed over at the API request when on).
+/// answer to the same pipelined requests: UI requests only, and UI and API requests mixed (the
+/// fast path keeps the connection for both when on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_like_direct() {
     let ui_only: [Step; 5] = [
@@ -974,12 +969,7 @@ async fn pipelined_requests_are_answered_in_order_like_direct() {
         for ((step, d), g) in mixed.iter().zip(&direct_mixed).zip(&via) {
             assert_reads_like_direct(step, d, g, &format!("{} mixed", engine(fast)));
         }
-        gw.assert_split(
-            fast,
-            5 + 3,
-            4,
-            "then three UI requests, the API request and the rest of that connection",
-        );
+        gw.assert_split(fast, 5 + 7, 0, "then six UI requests and an API request");
     }
 }
 
@@ -1046,7 +1036,7 @@ async fn through_every_engine_and_route(
             .await;
             out.push((fast, api, parse_wire(&bytes, false)));
         }
-        gw.assert_split(fast, 1, 1, &format!("{path}: one UI, one API request"));
+        gw.assert_split(fast, 2, 0, &format!("{path}: one UI, one API request"));
     }
     out
 }
@@ -1242,7 +1232,7 @@ async fn an_http10_upstream_answer_reaches_the_client_as_http11() {
 }
 
 /// Scripted upstream answers in a row on ONE kept-alive client connection, UI and API requests
-/// mixed (the fast path hands over at the first API request): each is answered like on a
+/// mixed (all the fast path's when it is on): each is answered like on a
 /// connection of its own, and the connection stays usable after each of them, on both engines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_answers_in_a_row_on_one_kept_alive_connection() {
@@ -1253,7 +1243,7 @@ async fn scripted_answers_in_a_row_on_one_kept_alive_connection() {
         ("/interim-103", 200, Some(b"final")),
         ("/bad-length", 502, None),
         ("/http10", 200, Some(b"ok")),
-        // The first API request: the fast path hands the connection to hyper here.
+        // The first API request: the fast path serves it too.
         ("/api/interim-103", 200, Some(b"final")),
         ("/interim-100", 200, Some(b"final")),
         ("/api/http10", 200, Some(b"ok")),
@@ -1276,11 +1266,6 @@ async fn scripted_answers_in_a_row_on_one_kept_alive_connection() {
                 assert_eq!(r.body, body, "{what}");
             }
         }
-        gw.assert_split(
-            fast,
-            4,
-            6,
-            "four UI requests, then the API request and the rest",
-        );
+        gw.assert_split(fast, 10, 0, "seven UI and three API requests");
     }
 }
