@@ -196,16 +196,24 @@ const PRODUCTION_SCENARIOS: [Scenario; 5] = [
 /// The WebSocket scenarios of issue 15's "≥ 1.00 × the best peer".
 const WS_SCENARIOS: [Scenario; 3] = [Scenario::WsRtt, Scenario::WsEcho16, Scenario::WsConnect];
 
+/// `f` of each of `scenarios` that has a value, with the scenario's id.
+fn scored<'a>(
+    r: &'a Results,
+    scenarios: &'a [Scenario],
+    f: impl Fn(&Results, Scenario) -> Option<f64> + 'a,
+) -> impl Iterator<Item = (f64, &'static str)> + 'a {
+    scenarios
+        .iter()
+        .filter_map(move |sc| f(r, *sc).map(|v| (v, sc.id())))
+}
+
 /// The highest of `f` over `scenarios`, with the scenario's id.
 fn highest(
     r: &Results,
     scenarios: &[Scenario],
     f: impl Fn(&Results, Scenario) -> Option<f64>,
 ) -> Option<(f64, &'static str)> {
-    scenarios
-        .iter()
-        .filter_map(|sc| f(r, *sc).map(|v| (v, sc.id())))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+    scored(r, scenarios, f).max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// The lowest of `f` over `scenarios`, with the scenario's id.
@@ -214,10 +222,7 @@ fn lowest(
     scenarios: &[Scenario],
     f: impl Fn(&Results, Scenario) -> Option<f64>,
 ) -> Option<(f64, &'static str)> {
-    scenarios
-        .iter()
-        .filter_map(|sc| f(r, *sc).map(|v| (v, sc.id())))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
+    scored(r, scenarios, f).min_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// The worst (lowest) of `f` over the production scenarios, with the scenario's id.
@@ -374,10 +379,8 @@ pub(crate) fn targets() -> Vec<Target> {
                 if k != Kind::FluxlitProduction {
                     return None;
                 }
-                let (v, sc) = PRODUCTION_SCENARIOS
-                    .iter()
-                    .filter_map(|sc| r.production_cpu_ratio(*sc).map(|v| (v, sc.id())))
-                    .max_by(|a, b| a.0.total_cmp(&b.0))?;
+                let (v, sc) =
+                    highest(r, &PRODUCTION_SCENARIOS, |r, sc| r.production_cpu_ratio(sc))?;
                 Some((format!("{v:.2} ({sc})"), v <= 1.15))
             },
         },
