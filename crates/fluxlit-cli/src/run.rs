@@ -101,6 +101,10 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The last lines (the stop, an error) are written before the process exits, whichever way
+    // `run` ends, a panic unwinding out of the runtime included (lines wait in the buffer for up
+    // to `LogWriter::LINGER`).
+    let _flush = FlushOnExit(log.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(log.clone());
@@ -136,21 +140,27 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fluxlit: cannot start the async runtime: {e}");
-            log.flush(LOG_FLUSH_TIMEOUT);
             return ExitCode::from(1);
         }
     };
-    let code = match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
+    match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("fluxlit: {e}");
             ExitCode::from(1)
         }
-    };
-    // The last lines (the stop, an error) are written before the process exits.
-    log.flush(LOG_FLUSH_TIMEOUT);
-    code
+    }
+}
+
+/// Waits, when dropped, for the log's buffered lines to be written (at most
+/// [`LOG_FLUSH_TIMEOUT`]).
+struct FlushOnExit(fluxlit_gateway::LogWriter);
+
+impl Drop for FlushOnExit {
+    fn drop(&mut self) {
+        self.0.flush(LOG_FLUSH_TIMEOUT);
+    }
 }
 
 /// How long the end of a run waits for buffered log lines to be written, at most.
