@@ -165,7 +165,8 @@ async fn restart_policy_brings_a_crashed_sidecar_back() {
     );
     let (s, _, body) = get(&gw.url("/_stcore/health")).await.unwrap();
     assert_eq!((s, body.as_str()), (200, "ok"));
-    assert!(gw.log().contains("restarting sidecar"));
+    gw.log_line("the restart's log line", &["restarting sidecar"])
+        .await;
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
     assert!(!process::pid_alive(new));
@@ -228,7 +229,8 @@ async fn a_crash_loop_is_reported_in_readiness_and_the_log() {
     )
     .await;
     assert!(body.contains("api: not ready: crash loop: "), "{body}");
-    assert!(gw.log().contains("sidecar is crash-looping"));
+    gw.log_line("the crash loop's log line", &["sidecar is crash-looping"])
+        .await;
     assert!(
         gw.child.try_wait().unwrap().is_none(),
         "the gateway keeps running and retrying"

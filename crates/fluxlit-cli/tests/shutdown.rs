@@ -55,23 +55,6 @@ fn assert_nothing_left(gw: &Fluxlit, sidecars: &[u32]) {
     assert!(!gw.pidfile.exists(), "pidfile removed\n{}", gw.log());
 }
 
-/// Waits for a line of the gateway's log containing every one of `needles`; returns it.
-async fn log_line(gw: &Fluxlit, what: &str, needles: &[&str]) -> String {
-    let log = gw.log.clone();
-    let needles: Vec<String> = needles.iter().map(|s| (*s).to_owned()).collect();
-    eventually(Duration::from_secs(30), what, || {
-        let log = log.clone();
-        let needles = needles.clone();
-        async move {
-            let text = log.lock().ok()?.clone();
-            text.lines()
-                .find(|l| needles.iter().all(|n| l.contains(n.as_str())))
-                .map(str::to_owned)
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_browser_session_open_stops_at_once() {
     let mut gw = Fluxlit::start_with_env(
@@ -109,7 +92,9 @@ async fn sigterm_with_a_browser_session_open_stops_at_once() {
     // The session was open when the signal came, and it ended when Streamlit closed it (the
     // browser answers Streamlit's close frame; its answer may meet a socket Streamlit already
     // closed, which ends the tunnel with an error), not by the gateway's cut at the end.
-    let stopping = log_line(&gw, "the drain's log line", &["stopped accepting"]).await;
+    let stopping = gw
+        .log_line("the drain's log line", &["stopped accepting"])
+        .await;
     assert!(
         stopping.contains("websocket_tunnels=1") || stopping.contains("websocket_tunnels=2"),
         "{stopping}"
@@ -216,7 +201,8 @@ async fn in_flight_requests_finish_and_then_sessions_do_not_hold_the_stop() {
     )
     .await;
     gw.signal(Signal::SIGTERM);
-    log_line(&gw, "the drain to start", &["stopped accepting"]).await;
+    gw.log_line("the drain to start", &["stopped accepting"])
+        .await;
 
     // ...holds the stop: accepting has stopped, but the gateway and Streamlit still run.
     assert!(

@@ -417,7 +417,8 @@ async fn a_killed_worker_leaves_the_others_sessions_open_and_comes_back() {
     let d = debug(&gw).await;
     let again = d["sidecars"]["streamlit-2"]["pid"].as_u64().unwrap() as u32;
     assert_ne!(again, victim);
-    assert!(gw.log().contains("restarting sidecar"), "{}", gw.log());
+    gw.log_line("the restart's log line", &["restarting sidecar"])
+        .await;
     let render = metrics(&gw).await;
     assert_eq!(
         series(

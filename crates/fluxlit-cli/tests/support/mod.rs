@@ -19,6 +19,8 @@ pub struct Fluxlit {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// How many of the stdout/stderr reader threads have not reached the end of their pipe.
+    readers: Arc<std::sync::atomic::AtomicUsize>,
     pub dir: TempDir,
     pub pidfile: PathBuf,
 }
@@ -120,6 +122,7 @@ impl Fluxlit {
         cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("start fluxlit");
         let log = Arc::new(Mutex::new(String::new()));
+        let readers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in [
             child
                 .stderr
@@ -134,6 +137,8 @@ impl Fluxlit {
         .flatten()
         {
             let log = log.clone();
+            let open = readers.clone();
+            open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     eprintln!("[fluxlit] {line}");
@@ -142,6 +147,7 @@ impl Fluxlit {
                         l.push('\n');
                     }
                 }
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         let log2 = log.clone();
@@ -166,6 +172,7 @@ impl Fluxlit {
             child,
             addr,
             log,
+            readers,
             dir,
             pidfile,
         }
@@ -183,6 +190,26 @@ impl Fluxlit {
             async move { (get(&url).await.ok()?.0 == 200).then_some(()) }
         })
         .await;
+    }
+
+    /// Waits (30 s at most) for a line of the gateway's output containing every one of
+    /// `needles`, and returns it. Use it for any line the gateway writes while running: the
+    /// access and event log is written in batches (`LogWriter::LINGER`, 10 ms), so a line can
+    /// reach the pipe after the effect a test observed over HTTP.
+    pub async fn log_line(&self, what: &str, needles: &[&str]) -> String {
+        let log = self.log.clone();
+        let needles: Vec<String> = needles.iter().map(|s| (*s).to_owned()).collect();
+        eventually(Duration::from_secs(30), what, || {
+            let log = log.clone();
+            let needles = needles.clone();
+            async move {
+                let text = log.lock().ok()?.clone();
+                text.lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n.as_str())))
+                    .map(str::to_owned)
+            }
+        })
+        .await
     }
 
     /// Everything the process printed so far. (Not empty on a poisoned lock: tests assert
@@ -217,14 +244,23 @@ impl Fluxlit {
             .expect("signal fluxlit");
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, then (5 s at most, not an error: a child that outlived
+    /// the gateway may hold the pipes) for its output to be read to the end, so that `log()`
+    /// holds its last lines.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = &mut self.child;
-        eventually(timeout, "fluxlit to exit", || {
+        let status = eventually(timeout, "fluxlit to exit", || {
             let r = child.try_wait().expect("try_wait");
             async move { r }
         })
-        .await
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.readers.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        status
     }
 }
 
