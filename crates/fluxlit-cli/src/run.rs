@@ -108,16 +108,25 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(log.clone());
-    match loaded.settings.log_format {
-        fluxlit_config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        fluxlit_config::LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // The gateway writes its access-log lines into the same buffer itself, in the same format
+    // (`AccessLogSink`: the `tracing` formatter costs more than the rest of a small request);
+    // a colour terminal keeps `tracing`'s coloured lines.
+    let access_sink = match loaded.settings.log_format {
+        fluxlit_config::LogFormat::Json => {
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .init();
+            Some(fluxlit_gateway::AccessLogFormat::Json)
+        }
+        fluxlit_config::LogFormat::Text => {
+            builder.with_ansi(ansi).init();
+            (!ansi).then_some(fluxlit_gateway::AccessLogFormat::Text)
+        }
     }
+    .map(|format| fluxlit_gateway::AccessLogSink::new(log.clone(), format));
     for f in &found {
         tracing::warn!(code = f.code, "{}", f.message);
     }
@@ -143,7 +152,7 @@ fn main_with(args: ConfigArgs, env: Environment, dev: Option<Dev>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(loaded, opts, env, args.workbench, dev)) {
+    match runtime.block_on(serve(loaded, opts, env, args.workbench, dev, access_sink)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");
@@ -197,6 +206,7 @@ async fn serve(
     env: Environment,
     workbench: bool,
     dev: Option<Dev>,
+    access_sink: Option<fluxlit_gateway::AccessLogSink>,
 ) -> Result<ExitCode, RunError> {
     let s = &loaded.settings;
     // Workbench/Connect mode prints its banner once the port is bound (crate::workbench).
@@ -229,7 +239,10 @@ async fn serve(
         loaded,
         &opts,
         &env,
-        metrics.as_ref(),
+        Outputs {
+            metrics: metrics.as_ref(),
+            access_sink: access_sink.as_ref(),
+        },
         dev,
         &reload_api,
         rolling,
@@ -309,7 +322,18 @@ async fn serve(
             tracing::error!("stopping for the restart: {e}");
         }
         current = Some(next.settings.clone());
-        app = match build_app(next, &opts, &env, metrics.as_ref(), dev, &reload_api, None) {
+        app = match build_app(
+            next,
+            &opts,
+            &env,
+            Outputs {
+                metrics: metrics.as_ref(),
+                access_sink: access_sink.as_ref(),
+            },
+            dev,
+            &reload_api,
+            None,
+        ) {
             Ok(a) => a,
             Err(e) => return Err(e.into()),
         };
@@ -369,19 +393,35 @@ fn dev_settings(mut loaded: Loaded) -> Loaded {
     loaded
 }
 
+/// What the process set up once, for every app of the run (a reload's included).
+#[derive(Clone, Copy)]
+struct Outputs<'a> {
+    /// The Prometheus recorder's renderer, when metrics are on.
+    metrics: Option<&'a fluxlit::MetricsRender>,
+    /// Where the gateway writes its access-log lines itself (the log's buffer, in its format).
+    access_sink: Option<&'a fluxlit_gateway::AccessLogSink>,
+}
+
 /// Builds the app of one run.
 fn build_app(
     loaded: Loaded,
     opts: &LoadOptions,
     env: &Environment,
-    metrics: Option<&fluxlit::MetricsRender>,
+    outputs: Outputs<'_>,
     dev: Option<Dev>,
     reload_api: &Arc<tokio::sync::Notify>,
     rolling: Option<tokio::sync::mpsc::UnboundedReceiver<fluxlit_config::Settings>>,
 ) -> Result<fluxlit::App, fluxlit::AppError> {
+    let Outputs {
+        metrics,
+        access_sink,
+    } = outputs;
     let mut app = fluxlit::App::builder()
         .cwd(opts.cwd.clone())
         .environment(env.clone());
+    if let Some(sink) = access_sink {
+        app = app.access_log_sink(sink.clone());
+    }
     if loaded.settings.enable_gateway_prometheus_metrics {
         match metrics {
             Some(render) => app = app.metrics(render.clone()),

@@ -283,7 +283,9 @@ pub(crate) async fn serve(
                 bytes_out: tally.bytes_out,
             }
             .report(
-                inner.access_log,
+                inner
+                    .access_log
+                    .then(|| observe::log_to(inner.access_log_sink.as_ref())),
                 inner.record_metrics.then_some(&*inner.request_metrics),
             );
         }

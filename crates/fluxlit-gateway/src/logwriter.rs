@@ -221,6 +221,11 @@ impl LogWriter {
         })
     }
 
+    /// Buffers one whole access-log line (`fluxlit::access`), or drops and counts it.
+    pub(crate) fn push_access(&self, line: &[u8]) {
+        self.shared.push(line, true);
+    }
+
     /// Lines dropped so far because the buffer was full or the output failed.
     pub fn dropped(&self) -> DroppedLines {
         DroppedLines {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::AccessLogSink;
 use bytes::Bytes;
 use fluxlit_config::RequestIdTrust;
 use http::{HeaderMap, HeaderValue, Method};
@@ -347,7 +348,7 @@ impl Recent {
 /// One finished request, as either engine reports it: the access-log line and the request
 /// metrics are written from this, by [`Record::report`] alone, so both engines write the same
 /// fields in the same format. Everything is borrowed: reporting copies nothing but the line.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Record<'a> {
     /// From the parsed request head to the end of the response body.
     pub(crate) elapsed: Duration,
@@ -374,14 +375,46 @@ pub(crate) struct Record<'a> {
     pub(crate) bytes_out: u64,
 }
 
+/// Where a request's access-log line goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LogRef<'a> {
+    /// A `tracing` event (target `fluxlit::access`).
+    Tracing,
+    /// Straight into the gateway's [`AccessLogSink`].
+    Sink(&'a AccessLogSink),
+}
+
+/// [`LogRef`], owned (the hyper engine's [`Exchange`] outlives the request's borrow).
+#[derive(Debug, Clone)]
+pub(crate) enum LogTo {
+    Tracing,
+    Sink(AccessLogSink),
+}
+
+impl LogTo {
+    fn as_ref(&self) -> LogRef<'_> {
+        match self {
+            LogTo::Tracing => LogRef::Tracing,
+            LogTo::Sink(s) => LogRef::Sink(s),
+        }
+    }
+}
+
+/// The gateway's access-log destination: its sink when it has one, `tracing` otherwise.
+pub(crate) fn log_to(sink: Option<&AccessLogSink>) -> LogRef<'_> {
+    sink.map_or(LogRef::Tracing, LogRef::Sink)
+}
+
 impl Record<'_> {
-    /// Writes the access-log line (when `log`) and records the request metrics (when
-    /// `metrics`, through the gateway's handles).
-    pub(crate) fn report(&self, log: bool, metrics: Option<&RequestMetrics>) {
+    /// Writes the access-log line (when `log` says where) and records the request metrics
+    /// (when `metrics`, through the gateway's handles).
+    pub(crate) fn report(&self, log: Option<LogRef<'_>>, metrics: Option<&RequestMetrics>) {
         if let Some(m) = metrics {
             m.record(self);
         }
-        if log {
+        if let Some(LogRef::Sink(sink)) = log {
+            sink.write(self);
+        } else if log.is_some() {
             let (bytes_in, bytes_out) = (self.bytes_in, self.bytes_out);
             tracing::info!(
                 target: "fluxlit::access",
@@ -465,7 +498,8 @@ pub(crate) struct Exchange {
     pub(crate) worker: Option<usize>,
     pub(crate) status: u16,
     pub(crate) bytes_in: Arc<AtomicU64>,
-    pub(crate) log: bool,
+    /// Where the access-log line goes; `None`: no line.
+    pub(crate) log: Option<LogTo>,
     /// The gateway's metric handles, when it records metrics.
     pub(crate) metrics: Option<Arc<RequestMetrics>>,
 }
@@ -488,7 +522,10 @@ impl Exchange {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
         }
-        .report(self.log, self.metrics.as_deref());
+        .report(
+            self.log.as_ref().map(LogTo::as_ref),
+            self.metrics.as_deref(),
+        );
     }
 }
 

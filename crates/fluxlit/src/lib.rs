@@ -253,6 +253,7 @@ pub struct AppBuilder {
     api_service: Option<ApiService>,
     pidfile: Option<Option<PathBuf>>,
     metrics: Option<MetricsRender>,
+    access_log_sink: Option<fluxlit_gateway::AccessLogSink>,
     reload_api: Option<Arc<tokio::sync::Notify>>,
     rolling_restarts: Option<tokio::sync::mpsc::UnboundedReceiver<Settings>>,
 }
@@ -269,6 +270,7 @@ impl std::fmt::Debug for AppBuilder {
             .field("api_service", &self.api_service.is_some())
             .field("pidfile", &self.pidfile)
             .field("metrics", &self.metrics.is_some())
+            .field("access_log_sink", &self.access_log_sink)
             .field("reload_api", &self.reload_api.is_some())
             .field("rolling_restarts", &self.rolling_restarts.is_some())
             .finish_non_exhaustive()
@@ -417,6 +419,15 @@ impl AppBuilder {
     /// `enable_gateway_prometheus_metrics` is on). Default: no metrics endpoint.
     pub fn metrics(mut self, render: MetricsRender) -> Self {
         self.metrics = Some(render);
+        self
+    }
+
+    /// Writes the access log's lines straight into `sink`, in its format, instead of through
+    /// `tracing`'s formatter (same lines, same filter, a fraction of the cost:
+    /// [`fluxlit_gateway::AccessLogSink`]). Give it the writer and format of the process's
+    /// `tracing` subscriber (the CLI does). Default: none (the lines go through `tracing`).
+    pub fn access_log_sink(mut self, sink: fluxlit_gateway::AccessLogSink) -> Self {
+        self.access_log_sink = Some(sink);
         self
     }
 
@@ -591,6 +602,7 @@ impl AppBuilder {
             pidfile,
             api_service: self.api_service,
             metrics: self.metrics,
+            access_log_sink: self.access_log_sink,
             reload_api: self.reload_api,
             rolling_restarts: self.rolling_restarts,
         })
@@ -636,6 +648,7 @@ struct Assembly {
     python: PathBuf,
     pidfile: Option<PathBuf>,
     api_service: Option<ApiService>,
+    access_log_sink: Option<fluxlit_gateway::AccessLogSink>,
     metrics: Option<MetricsRender>,
     reload_api: Option<Arc<tokio::sync::Notify>>,
     rolling_restarts: Option<tokio::sync::mpsc::UnboundedReceiver<Settings>>,
@@ -857,6 +870,9 @@ impl App {
         }
 
         let mut admin = None;
+        if let Some(sink) = a.access_log_sink {
+            builder = builder.access_log_sink(sink);
+        }
         if let Some(render) = a.metrics {
             match &s.metrics_addr {
                 Some(addr) => admin = Some((addr.clone(), render)),
