@@ -235,18 +235,11 @@ async fn serve(
         }
         Some(_) => None,
     };
-    let app = build_app(
-        loaded,
-        &opts,
-        &env,
-        Outputs {
-            metrics: metrics.as_ref(),
-            access_sink: access_sink.as_ref(),
-        },
-        dev,
-        &reload_api,
-        rolling,
-    )?;
+    let outputs = Outputs {
+        metrics: metrics.as_ref(),
+        access_sink: access_sink.as_ref(),
+    };
+    let app = build_app(loaded, &opts, &env, outputs, dev, &reload_api, rolling)?;
     let listener = tokio::net::TcpListener::bind(&bind_addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -322,18 +315,7 @@ async fn serve(
             tracing::error!("stopping for the restart: {e}");
         }
         current = Some(next.settings.clone());
-        app = match build_app(
-            next,
-            &opts,
-            &env,
-            Outputs {
-                metrics: metrics.as_ref(),
-                access_sink: access_sink.as_ref(),
-            },
-            dev,
-            &reload_api,
-            None,
-        ) {
+        app = match build_app(next, &opts, &env, outputs, dev, &reload_api, None) {
             Ok(a) => a,
             Err(e) => return Err(e.into()),
         };
