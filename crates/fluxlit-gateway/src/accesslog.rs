@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::LogWriter;
 use crate::observe::{Record, RedactedQuery};
@@ -55,7 +55,25 @@ impl AccessLogSink {
 
     /// Writes `r`'s line when the log filter lets `fluxlit::access` at `INFO` through.
     pub(crate) fn write(&self, r: &Record<'_>) {
-        if !tracing::enabled!(target: "fluxlit::access", tracing::Level::INFO) {
+        // Asked as the event itself would be (an event, its target, level and field names),
+        // so that `log_level` directives naming fields (`[{field}]`) decide alike.
+        if !tracing::event_enabled!(
+            target: "fluxlit::access",
+            tracing::Level::INFO,
+            message,
+            request_id,
+            fluxlit_dispatch,
+            http_method_or_type,
+            path,
+            query,
+            status,
+            bytes_in,
+            bytes_out,
+            duration_ms,
+            client_ip,
+            upstream,
+            worker
+        ) {
             return;
         }
         let now = SystemTime::now();
@@ -183,10 +201,13 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
         static SECOND: std::cell::Cell<(u64, [u8; 20])> =
             const { std::cell::Cell::new((u64::MAX, [0; 20])) };
     }
-    // A clock before 1970 (which `humantime` refuses) is written as the epoch.
+    // `humantime` formats 1970 to 9999 (and errs outside, which `write!` would turn into a
+    // panic): a clock outside is written as the nearest end of that range.
+    const LAST: Duration = Duration::from_micros(253_402_300_799_999_999);
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .min(LAST);
     let now = SystemTime::UNIX_EPOCH + since;
     let (secs, micros) = (since.as_secs(), since.subsec_micros());
     let (cached, mut prefix) = SECOND.get();
@@ -198,7 +219,7 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
                 prefix.copy_from_slice(p);
                 SECOND.set((secs, prefix));
             }
-            // Not the usual shape (a year past 9999): as formatted, not cached.
+            // Not the usual shape (it always is in range): as formatted, not cached.
             _ => {
                 out.extend_from_slice(&full);
                 return;
@@ -311,7 +332,6 @@ mod tests {
     use crate::observe::LogRef;
     use http::{HeaderValue, Method};
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     /// An output the tests read back.
     #[derive(Clone, Default)]
@@ -333,18 +353,14 @@ mod tests {
         }
     }
 
-    /// The lines `report` writes for `records` under the CLI's subscriber in `format` at
-    /// `level`, through `tracing` (`sink` false) or through an [`AccessLogSink`].
-    fn lines(
-        records: &[Record<'_>],
-        format: AccessLogFormat,
-        level: tracing::Level,
-        sink: bool,
-    ) -> String {
+    /// The lines `report` writes for `records` under the CLI's subscriber in `format` with
+    /// `log_level` = `filter`, through `tracing` (`sink` false) or through an
+    /// [`AccessLogSink`].
+    fn lines(records: &[Record<'_>], format: AccessLogFormat, filter: &str, sink: bool) -> String {
         let out = Captured::default();
         let log = LogWriter::new(out.clone(), LogWriter::DEFAULT_CAPACITY).expect("log thread");
         let builder = tracing_subscriber::fmt()
-            .with_max_level(level)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(log.clone());
         let dispatch = match format {
             AccessLogFormat::Json => tracing::Dispatch::new(
@@ -435,11 +451,18 @@ mod tests {
                 query: Some(""),
                 ..base
             },
+            // Not a path either engine lets through, but the line must not care: quotes, a
+            // backslash, terminal controls (escaped in the text line's message only).
+            Record {
+                path: "/a\"b\\c\u{1b}[31m\u{7}\u{9b}é",
+                query: Some("k=\u{1b}\t"),
+                ..base
+            },
         ];
         for format in [AccessLogFormat::Json, AccessLogFormat::Text] {
-            let traced = lines(&records, format, tracing::Level::INFO, false);
-            let direct = lines(&records, format, tracing::Level::INFO, true);
-            assert_eq!(traced.lines().count(), 3, "{traced}");
+            let traced = lines(&records, format, "info", false);
+            let direct = lines(&records, format, "info", true);
+            assert_eq!(traced.lines().count(), 4, "{traced}");
             assert_eq!(
                 without_timestamps(&direct),
                 without_timestamps(&traced),
@@ -471,14 +494,31 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
         };
+        // (log_level, whether the access line is written): target and level directives, and
+        // directives naming fields the event has or has not (EnvFilter applies a field
+        // directive only to events with that field).
+        let cases = [
+            ("info", true),
+            ("warn", false),
+            ("info,fluxlit::access=warn", false),
+            ("warn,fluxlit::access=info", true),
+            ("warn,fluxlit=info", true),
+            ("warn,other=info", false),
+            ("warn,[{error}]=debug", false),
+            ("warn,[{status}]=info", true),
+            ("info,fluxlit[{sidecar}]=warn", true),
+            ("info,fluxlit[{upstream}]=warn", false),
+        ];
         for format in [AccessLogFormat::Json, AccessLogFormat::Text] {
-            assert_eq!(lines(&[r], format, tracing::Level::WARN, true), "");
-            assert_eq!(
-                lines(&[r], format, tracing::Level::INFO, true)
-                    .lines()
-                    .count(),
-                1
-            );
+            for (filter, written) in cases {
+                let traced = lines(&[r], format, filter, false).lines().count();
+                let direct = lines(&[r], format, filter, true).lines().count();
+                assert_eq!(traced, usize::from(written), "tracing, {filter:?}");
+                assert_eq!(
+                    direct, traced,
+                    "the sink decides as tracing does, {filter:?}"
+                );
+            }
         }
     }
 
@@ -523,6 +563,15 @@ mod tests {
         assert_eq!(
             before, b"1970-01-01T00:00:00.000000Z",
             "before 1970: the epoch"
+        );
+        let mut after = Vec::new();
+        timestamp(
+            &mut after,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+        );
+        assert_eq!(
+            after, b"9999-12-31T23:59:59.999999Z",
+            "after 9999: its last instant"
         );
     }
 
