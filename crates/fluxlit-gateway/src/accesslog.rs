@@ -7,7 +7,8 @@
 //! (fmt adaptors checking UTF-8 on every fragment, the timestamp through `fmt::Write`).
 //!
 //! The log filter still decides: a line is written only when `tracing` would let an
-//! `INFO` event of target `fluxlit::access` through (`tracing::enabled!`).
+//! `INFO` event of target `fluxlit::access` with the event's field names through
+//! (`tracing::event_enabled!`, so that `log_level` directives naming fields decide alike).
 
 use std::cell::RefCell;
 use std::io::Write as _;
