@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use fluxlit_gateway::{ApiTarget, Gateway, Limits, LogWriter};
+use fluxlit_gateway::{AccessLogFormat, AccessLogSink, ApiTarget, Gateway, Limits, LogWriter};
 use fluxlit_testkit::raw::{RawClient, Recorded, RecordingUpstream, Reply, echo_line};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::Value;
@@ -317,6 +317,134 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
     assert_eq!(fast.json, hyper.json, "JSON lines, fast path vs hyper");
     assert_eq!(fast.text, hyper.text, "text lines, fast path vs hyper");
     assert_eq!(fast.metrics, hyper.metrics, "metrics, fast path vs hyper");
+}
+
+/// With an [`AccessLogSink`] (what `fluxlit run` sets), both engines write the access-log line
+/// through the sink, not through `tracing` (whose own writer gets no access line), in the
+/// same bytes on both engines and the same bytes `tracing` writes (the first line is
+/// checked field for field), JSON and text.
+#[tokio::test]
+async fn the_access_log_sink_writes_the_same_lines_on_both_engines() {
+    let mut seen = Vec::new();
+    for format in [AccessLogFormat::Json, AccessLogFormat::Text] {
+        for fast in ENGINES {
+            let what = format!("{} {format:?}", engine(fast));
+            let rec = RecordingUpstream::with(respond).await;
+            let (sink_out, traced_out) = (Sink::default(), Sink::default());
+            let sink_log = LogWriter::new(sink_out.clone(), LogWriter::DEFAULT_CAPACITY).unwrap();
+            let traced_log =
+                LogWriter::new(traced_out.clone(), LogWriter::DEFAULT_CAPACITY).unwrap();
+            // The subscriber decides what is logged; its writer should see no access line.
+            let subscriber = tracing_subscriber::registry().with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(traced_log.clone())
+                    .with_filter(access_only()),
+            );
+            let _log = tracing::subscriber::set_default(subscriber);
+            let gw = start_on(
+                Gateway::builder()
+                    .ui(up_at(rec.addr, "ui"))
+                    .api(ApiTarget::Upstream(up_at(rec.addr, "api")))
+                    .access_log(true, false)
+                    .access_log_sink(AccessLogSink::new(sink_log.clone(), format)),
+                fast,
+            )
+            .await;
+            let mut c = RawClient::connect(gw.addr).await;
+            for (req, status) in [
+                (
+                    "GET /page?token=secret&x=1 HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-1\r\n\r\n",
+                    200,
+                ),
+                (
+                    "POST /submit HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-2\r\nContent-Length: 5\r\n\r\nhello",
+                    200,
+                ),
+                (
+                    "GET /missing HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-3\r\n\r\n",
+                    404,
+                ),
+                (
+                    "GET /api/items?token=secret HTTP/1.1\r\nHost: h\r\nX-Request-ID: obs-4\r\n\r\n",
+                    200,
+                ),
+            ] {
+                c.send(req.as_bytes()).await;
+                let r = c.response(false).await.expect(req);
+                assert_eq!(r.status, status, "{what}: {req}");
+            }
+            gw.assert_split(fast, 4, 0, "the forwards");
+            drop(gw);
+            assert!(
+                sink_log.flush(WAIT) && traced_log.flush(WAIT),
+                "{what}: flushed"
+            );
+            assert!(
+                !traced_out.text().contains("fluxlit::access"),
+                "{what}: no access line through tracing: {}",
+                traced_out.text()
+            );
+            // The time stamp and the duration's value differ between runs.
+            let lines: Vec<String> = sink_out
+                .lines()
+                .iter()
+                .map(|l| match format {
+                    AccessLogFormat::Json => {
+                        let mut v: Value = serde_json::from_str(l).unwrap();
+                        let o = v.as_object_mut().unwrap();
+                        assert!(o.remove("timestamp").is_some(), "{what}: {l}");
+                        assert!(
+                            o.remove("duration_ms").is_some_and(|d| d.is_f64()),
+                            "{what}: {l}"
+                        );
+                        v.to_string()
+                    }
+                    _ => l
+                        .split(' ')
+                        .skip(1)
+                        .map(|w| {
+                            if w.starts_with("duration_ms=") {
+                                "duration_ms=*"
+                            } else {
+                                w
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                })
+                .collect();
+            assert_eq!(lines.len(), 4, "{what}: one line per request: {lines:#?}");
+            let first = match format {
+                AccessLogFormat::Json => serde_json::json!({
+                    "level": "INFO",
+                    "target": "fluxlit::access",
+                    "message": "GET /page 200",
+                    "request_id": "obs-1",
+                    "fluxlit_dispatch": "streamlit",
+                    "http_method_or_type": "GET",
+                    "path": "/page",
+                    "query": "token=<redacted>&x=1",
+                    "status": 200,
+                    "bytes_in": 0,
+                    "bytes_out": 26,
+                    "client_ip": "127.0.0.1",
+                    "upstream": "ui",
+                })
+                .to_string(),
+                _ => " INFO fluxlit::access: GET /page 200 request_id=\"obs-1\" fluxlit_dispatch=\"streamlit\" http_method_or_type=\"GET\" path=/page query=token=<redacted>&x=1 status=200 bytes_in=0 bytes_out=26 duration_ms=* client_ip=127.0.0.1 upstream=\"ui\"".to_owned(),
+            };
+            assert_eq!(lines[0], first, "{what}");
+            assert!(
+                lines[3].contains("/api/items") && lines[3].contains("\"api\""),
+                "{what}: {}",
+                lines[3]
+            );
+            seen.push(lines);
+        }
+    }
+    assert_eq!(seen[0], seen[1], "JSON lines, fast path vs hyper");
+    assert_eq!(seen[2], seen[3], "text lines, fast path vs hyper");
 }
 
 /// A log output nobody reads (a pipe whose reader never reads): the gateway keeps serving on
