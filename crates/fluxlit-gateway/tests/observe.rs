@@ -38,6 +38,26 @@ fn respond(r: &Recorded) -> Reply {
     }
 }
 
+/// The JSON access line of `GET /page?token=secret&x=1` (request id `obs-1`, a 26-byte echo),
+/// without its time stamp and duration.
+fn first_json_line() -> Value {
+    serde_json::json!({
+        "level": "INFO",
+        "target": "fluxlit::access",
+        "message": "GET /page 200",
+        "request_id": "obs-1",
+        "fluxlit_dispatch": "streamlit",
+        "http_method_or_type": "GET",
+        "path": "/page",
+        "query": "token=<redacted>&x=1",
+        "status": 200,
+        "bytes_in": 0,
+        "bytes_out": 26,
+        "client_ip": "127.0.0.1",
+        "upstream": "ui",
+    })
+}
+
 /// What one engine wrote for the scenario.
 #[derive(Debug)]
 struct Observed {
@@ -190,25 +210,7 @@ async fn the_access_log_and_metrics_are_the_same_on_both_engines() {
             5,
             "{what}: one JSON line per request: {json:#?}"
         );
-        assert_eq!(
-            json[0],
-            serde_json::json!({
-                "level": "INFO",
-                "target": "fluxlit::access",
-                "message": "GET /page 200",
-                "request_id": "obs-1",
-                "fluxlit_dispatch": "streamlit",
-                "http_method_or_type": "GET",
-                "path": "/page",
-                "query": "token=<redacted>&x=1",
-                "status": 200,
-                "bytes_in": 0,
-                "bytes_out": 26,
-                "client_ip": "127.0.0.1",
-                "upstream": "ui",
-            }),
-            "{what}"
-        );
+        assert_eq!(json[0], first_json_line(), "{what}");
         let fields = |i: usize, k: &str| json[i][k].clone();
         assert_eq!(
             (
@@ -416,22 +418,7 @@ async fn the_access_log_sink_writes_the_same_lines_on_both_engines() {
                 .collect();
             assert_eq!(lines.len(), 4, "{what}: one line per request: {lines:#?}");
             let first = match format {
-                AccessLogFormat::Json => serde_json::json!({
-                    "level": "INFO",
-                    "target": "fluxlit::access",
-                    "message": "GET /page 200",
-                    "request_id": "obs-1",
-                    "fluxlit_dispatch": "streamlit",
-                    "http_method_or_type": "GET",
-                    "path": "/page",
-                    "query": "token=<redacted>&x=1",
-                    "status": 200,
-                    "bytes_in": 0,
-                    "bytes_out": 26,
-                    "client_ip": "127.0.0.1",
-                    "upstream": "ui",
-                })
-                .to_string(),
+                AccessLogFormat::Json => first_json_line().to_string(),
                 _ => " INFO fluxlit::access: GET /page 200 request_id=\"obs-1\" fluxlit_dispatch=\"streamlit\" http_method_or_type=\"GET\" path=/page query=token=<redacted>&x=1 status=200 bytes_in=0 bytes_out=26 duration_ms=* client_ip=127.0.0.1 upstream=\"ui\"".to_owned(),
             };
             assert_eq!(lines[0], first, "{what}");
